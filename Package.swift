@@ -1,0 +1,111 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// `STORK_STRICT=1` (set by scripts/test in CI) turns every warning in Stork's own targets into an error.
+// It is read here rather than passed as `-Xswiftc` so that dependencies keep building with their own settings.
+let strict = Context.environment["STORK_STRICT"] == "1"
+let storkSwiftSettings: [SwiftSetting] =
+    strict ? [.unsafeFlags(["-warnings-as-errors"])] : []
+
+let package = Package(
+    name: "Stork",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Stork", targets: ["Stork"]),
+        .library(name: "StorkCore", targets: ["StorkCore"]),
+        .library(name: "StorkPlacement", targets: ["StorkPlacement"]),
+        .library(name: "StorkMembership", targets: ["StorkMembership"]),
+        .library(name: "StorkResources", targets: ["StorkResources"]),
+        .library(name: "StorkTestKit", targets: ["StorkTestKit"]),
+        .executable(name: "stork", targets: ["stork"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+    ],
+    targets: [
+        // MARK: - Pure cores (no I/O, no clocks, no tasks)
+        .target(
+            name: "StorkCore",
+            dependencies: [
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "HeapModule", package: "swift-collections"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        .target(
+            name: "StorkPlacement",
+            dependencies: ["StorkCore"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .target(
+            name: "StorkMembership",
+            dependencies: ["StorkCore"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .target(
+            name: "StorkResources",
+            dependencies: [
+                "StorkCore",
+                "StorkMembership",
+                "StorkPlacement",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - Umbrella library for Swift users: `import Stork`
+        .target(
+            name: "Stork",
+            dependencies: ["StorkCore", "StorkMembership", "StorkPlacement", "StorkResources"],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - Deterministic simulator, shared by tests, benchmarks and `stork sim`
+        .target(
+            name: "StorkTestKit",
+            dependencies: ["StorkCore", "StorkMembership", "StorkPlacement", "StorkResources"],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - Command-line tool
+        .executableTarget(
+            name: "stork",
+            dependencies: [
+                "Stork",
+                "StorkTestKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - Tests
+        .testTarget(name: "StorkCoreTests", dependencies: ["StorkCore"], swiftSettings: storkSwiftSettings),
+        .testTarget(
+            name: "StorkPlacementTests",
+            dependencies: ["StorkPlacement"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkMembershipTests",
+            dependencies: ["StorkMembership"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkResourcesTests",
+            dependencies: ["StorkResources", "StorkTestKit"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkSimulationTests",
+            dependencies: ["StorkTestKit"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkCLITests",
+            dependencies: ["stork"],
+            swiftSettings: storkSwiftSettings
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

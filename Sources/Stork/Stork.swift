@@ -1,0 +1,4 @@
+@_exported import StorkCore
+@_exported import StorkMembership
+@_exported import StorkPlacement
+@_exported import StorkResources

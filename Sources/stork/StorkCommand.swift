@@ -1,0 +1,10 @@
+import ArgumentParser
+
+@main
+struct StorkCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stork",
+        abstract: "Stork: keeps long-lived resources running on exactly one node of a cluster.",
+        subcommands: []
+    )
+}
