@@ -65,7 +65,13 @@ let package = Package(
         // MARK: - Deterministic simulator, shared by tests, benchmarks and `stork sim`
         .target(
             name: "StorkTestKit",
-            dependencies: ["StorkCore", "StorkMembership", "StorkPlacement", "StorkResources"],
+            dependencies: [
+                "StorkCore",
+                "StorkMembership",
+                "StorkPlacement",
+                "StorkResources",
+                .product(name: "HeapModule", package: "swift-collections"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         // MARK: - Command-line tool

@@ -5,6 +5,10 @@ struct StorkCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "stork",
         abstract: "Stork: keeps long-lived resources running on exactly one node of a cluster.",
-        subcommands: []
+        subcommands: [
+            LookupCommand.self,
+            BenchCommand.self,
+            SimCommand.self,
+        ]
     )
 }

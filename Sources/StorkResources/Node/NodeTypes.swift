@@ -1,0 +1,163 @@
+import StorkCore
+import StorkMembership
+import StorkPlacement
+
+// MARK: - Settings
+
+/// Everything one node's state machine needs to know, with working defaults.
+public struct NodeSettings: Sendable, Hashable {
+    public var membership = MembershipSettings()
+    public var orchestrator = OrchestratorSettings()
+    /// How resources are placed on members: rendezvous hashing (`default`) or the ringpop-compatible ring.
+    public var placement: PlacementStrategy = .rendezvous
+    /// How often the node compares its desired set with one random member's (anti-entropy).
+    public var desiredSyncInterval: Duration = .seconds(2)
+    /// How long a removed resource is remembered, so that an older addition arriving late cannot revive it.
+    public var desiredTombstoneRetention: Duration = .seconds(3600)
+    /// How long `allocate` / `deallocate` keep trying to reach the owner before they fail with a timeout.
+    public var forwardDeadline: Duration = .seconds(30)
+    /// How long one forwarding attempt waits for the owner's answer before it is sent again.
+    public var forwardAttemptTimeout: Duration = .seconds(3)
+    /// Backoff between attempts after a refusal: doubles from the initial value up to the maximum.
+    public var forwardRetryInitial: Duration = .milliseconds(50)
+    public var forwardRetryMaximum: Duration = .seconds(1)
+
+    public init() {}
+}
+
+// MARK: - Messages
+
+/// Anti-entropy and dissemination of the desired set.
+public enum DesiredSetMessage: Hashable, Sendable {
+    /// Entries that just changed at the sender.
+    case delta(from: NodeID, entries: [DesiredEntry])
+    /// "This is my digest": the receiver answers with its full state when its own differs.
+    case digest(from: NodeID, digest: UInt64)
+    /// A full state. `isReply` means the sender was asked; the asker answers with its own state in turn when
+    /// the digests still differ after merging.
+    case state(from: NodeID, entries: [DesiredEntry], digest: UInt64, isReply: Bool)
+
+    public var from: NodeID {
+        switch self {
+        case .delta(let from, _), .digest(let from, _), .state(let from, _, _, _): return from
+        }
+    }
+}
+
+/// An `allocate` or `deallocate` carried to the resource's owner.
+public enum ForwardOperation: Hashable, Sendable {
+    case allocate(DesiredEntry)
+    case deallocate(DesiredEntry)
+
+    public var entry: DesiredEntry {
+        switch self {
+        case .allocate(let entry), .deallocate(let entry): return entry
+        }
+    }
+}
+
+public struct ForwardItem: Hashable, Sendable {
+    public var requestID: UInt64
+    public var operation: ForwardOperation
+
+    public init(requestID: UInt64, operation: ForwardOperation) {
+        self.requestID = requestID
+        self.operation = operation
+    }
+}
+
+/// The owner's answer to one forwarded request.
+public enum ForwardAnswer: Hashable, Sendable {
+    /// The owner's handler handled the resource (it runs).
+    case handled
+    /// The owner's handler failed; the owner keeps retrying with backoff.
+    case handleFailed(attempt: Int)
+    /// The owner terminated the resource (or it was not running).
+    case terminated
+    /// The owner's view differs from the sender's, or the resource moved: the sender re-resolves and retries.
+    case refused(checksum: UInt64)
+}
+
+public struct ForwardReply: Hashable, Sendable {
+    public var requestID: UInt64
+    public var answer: ForwardAnswer
+
+    public init(requestID: UInt64, answer: ForwardAnswer) {
+        self.requestID = requestID
+        self.answer = answer
+    }
+}
+
+public enum ForwardMessage: Hashable, Sendable {
+    /// Requests from one node to the owner, batched, with the sender's placement checksum.
+    case request(from: NodeID, checksum: UInt64, items: [ForwardItem])
+    case reply(from: NodeID, replies: [ForwardReply])
+
+    public var from: NodeID {
+        switch self {
+        case .request(let from, _, _), .reply(let from, _): return from
+        }
+    }
+}
+
+/// Everything nodes say to each other.
+public enum ClusterMessage: Hashable, Sendable {
+    case membership(MembershipMessage)
+    case ownership(OwnershipMessage)
+    case desired(DesiredSetMessage)
+    case forward(ForwardMessage)
+
+    public var from: NodeID {
+        switch self {
+        case .membership(let message): return message.from
+        case .ownership(let message): return message.from
+        case .desired(let message): return message.from
+        case .forward(let message): return message.from
+        }
+    }
+}
+
+// MARK: - Outcomes, events, actions
+
+/// How an `allocate` or `deallocate` ended, as reported by the resource's owner.
+public enum RequestOutcome: Hashable, Sendable {
+    /// `allocate`: the owner's handler handled the resource.
+    case handled(by: NodeID)
+    /// `allocate`: the owner's handler failed; the owner retries with backoff and calls `handleFailed`.
+    case handleFailed(by: NodeID, attempt: Int)
+    /// `deallocate`: the owner terminated the resource, or it was not running anywhere.
+    case terminated(by: NodeID)
+    /// The request could not reach an owner that agreed on the view before the deadline.
+    case timedOut
+    /// The node is leaving or stopped.
+    case shutdown
+
+    public var succeeded: Bool {
+        switch self {
+        case .handled, .terminated: return true
+        case .handleFailed, .timedOut, .shutdown: return false
+        }
+    }
+}
+
+/// What a node reports about itself and its resources.
+public enum NodeEvent: Hashable, Sendable {
+    case resource(ResourceEvent)
+    case member(MemberChange)
+    case joined(standalone: Bool)
+    case refuted(incarnation: UInt64)
+    /// A new view was applied: these members, this placement checksum.
+    case viewApplied(members: [NodeID], checksum: UInt64)
+    /// Nothing runs here any more and the node left the membership.
+    case left
+}
+
+/// What one node's state machine asks its driver to do.
+public enum NodeAction: Hashable, Sendable {
+    case send(ClusterMessage, to: String)
+    case handle(Resource, attempt: Int, ticket: UInt64)
+    case terminate(Resource, reason: TerminationReason, ticket: UInt64)
+    /// A local `allocate` / `deallocate` call finished.
+    case complete(requestID: UInt64, RequestOutcome)
+    case event(NodeEvent)
+}

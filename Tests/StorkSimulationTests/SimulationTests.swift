@@ -1,0 +1,135 @@
+import Foundation
+import StorkCore
+import StorkResources
+import StorkTestKit
+import Testing
+
+/// The seeds a test runs, overridable for long local runs: `STORK_SIM_SEEDS=5000 swift test --filter Simulation`.
+func seedCount(_ default: Int) -> Int {
+    if let text = ProcessInfo.processInfo.environment["STORK_SIM_SEEDS"], let count = Int(text) { return count }
+    return `default`
+}
+
+func run(_ seeds: Range<UInt64>, _ configure: (inout SimulationConfiguration) -> Void) async -> SimulationSummary {
+    var base = SimulationConfiguration()
+    configure(&base)
+    return await SimulationRunner.runParallel(
+        seeds: Array(seeds),
+        base: base,
+        parallelism: ProcessInfo.processInfo.activeProcessorCount
+    )
+}
+
+func describe(_ summary: SimulationSummary) -> String {
+    summary.failures.prefix(3).map { report in
+        "seed \(report.configuration.seed): \(report.violations.prefix(3).joined(separator: "; ")) "
+            + "notes: \(report.notes.joined(separator: " | ")) replay: \(report.configuration.replayCommand)"
+    }.joined(separator: "\n")
+}
+
+@Suite("Simulation: invariants hold under faults")
+struct SimulationInvariantTests {
+    @Test("without faults: no overlap ever, every request succeeds, convergence")
+    func faultFree() async {
+        let summary = await run(1..<UInt64(1 + seedCount(20))) { config in
+            config.nodes = 5
+            config.faults = []
+        }
+        #expect(summary.failures.isEmpty, "\(describe(summary))")
+        #expect(summary.excusedOverlaps == 0)
+        #expect(summary.falseDeaths == 0)
+        #expect(summary.requestsIssued > 0)
+        #expect(summary.outcomes["timed-out", default: 0] == 0)
+    }
+
+    @Test("each fault alone", arguments: SimulationFault.allCases)
+    func singleFault(_ fault: SimulationFault) async {
+        let summary = await run(100..<UInt64(100 + seedCount(25))) { config in
+            config.nodes = 5
+            config.faults = [fault]
+        }
+        #expect(summary.failures.isEmpty, "\(describe(summary))")
+        #expect(summary.convergenceTimes.count == summary.seedsRun)
+        if fault == .loss {
+            // 5% loss must not make Lifeguard declare a live member dead.
+            #expect(summary.falseDeaths == 0)
+        }
+    }
+
+    @Test("500 seeds of mixed faults (crash, pause, partition, loss) on 3 to 7 nodes")
+    func mixedFaults() async {
+        let total = seedCount(500)
+        var summary = SimulationSummary()
+        for (offset, nodes) in [3, 4, 5, 6, 7].enumerated() {
+            let share = total / 5 + (offset < total % 5 ? 1 : 0)
+            let first = UInt64(10_000 + offset * 100_000)
+            let part = await run(first..<first + UInt64(share)) { config in
+                config.nodes = nodes
+                config.resources = 60
+                config.faults = Set(SimulationFault.allCases)
+                config.faultWindow = .seconds(20)
+            }
+            summary.merge(part)
+        }
+        #expect(summary.seedsRun == total)
+        #expect(summary.failures.isEmpty, "\(describe(summary))")
+        #expect(summary.crashes > 0 && summary.pauses > 0 && summary.partitions > 0)
+    }
+}
+
+@Suite("Simulation: the checker and the replay")
+struct SimulationCheckerTests {
+    @Test("the same seed replays the same run, event for event")
+    func deterministic() {
+        var config = SimulationConfiguration()
+        config.seed = 4242
+        config.faults = Set(SimulationFault.allCases)
+        var first = Simulation(configuration: config)
+        var second = Simulation(configuration: config)
+        let a = first.run()
+        let b = second.run()
+        #expect(a.events == b.events)
+        #expect(a.traceFingerprint == b.traceFingerprint)
+        #expect(a.handles == b.handles)
+        var other = config
+        other.seed = 4243
+        var third = Simulation(configuration: other)
+        #expect(third.run().traceFingerprint != a.traceFingerprint)
+    }
+
+    @Test("a new owner that does not wait for the old one is caught as double handling")
+    func brokenHandoffIsCaught() async {
+        // Handle after 1 ms whether or not the old owner confirmed: the handoff is no longer revoke-then-assign.
+        let summary = await run(1..<6) { config in
+            config.faults = []
+            config.node.orchestrator.claimResendInterval = .milliseconds(1)
+            config.node.orchestrator.handoffDeadline = .zero
+            config.minimumHandlerLatency = .milliseconds(50)
+            config.maximumHandlerLatency = .milliseconds(200)
+        }
+        #expect(!summary.failures.isEmpty)
+        #expect(summary.failures.contains { $0.violations.contains { $0.contains("handled on") } })
+    }
+
+    @Test("a trace is recorded on request")
+    func trace() {
+        var config = SimulationConfiguration()
+        config.seed = 7
+        config.recordTrace = true
+        config.nodes = 3
+        var simulation = Simulation(configuration: config)
+        let report = simulation.run()
+        #expect(report.passed)
+        #expect(report.trace.contains { $0.contains("node-0 joined") })
+        #expect(report.trace.contains { $0.contains("handle res-") })
+    }
+
+    @Test("fault lists parse, and unknown faults are rejected with a clear error")
+    func parseFaults() throws {
+        #expect(try SimulationFault.parseList("crash,loss") == [.crash, .loss])
+        #expect(try SimulationFault.parseList("none").isEmpty)
+        #expect(try SimulationFault.parseList("all") == Set(SimulationFault.allCases))
+        #expect(throws: StorkError.self) { try SimulationFault.parseList("crash,meteor") }
+    }
+}
+
