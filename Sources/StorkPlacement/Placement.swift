@@ -301,13 +301,12 @@ extension Placement {
 
     /// Appends the decimal digits of a non-negative `value`, as `String(value)` spells it.
     static func appendDecimal(_ value: Int, to bytes: inout [UInt8]) {
-        let start = bytes.count
-        var value = value
+        var divisor = 1
+        while value / divisor >= 10 { divisor *= 10 }
         repeat {
-            bytes.append(UInt8(ascii: "0") + UInt8(value % 10))
-            value /= 10
-        } while value > 0
-        bytes[start...].reverse()
+            bytes.append(UInt8(ascii: "0") + UInt8(value / divisor % 10))
+            divisor /= 10
+        } while divisor > 0
     }
 
     /// The owner of the first point whose hash is at least `hash`, wrapping around to the first point.

@@ -196,6 +196,12 @@ public struct ClusterNodeStateMachine: Sendable {
         return self.flush(now: now)
     }
 
+    /// A running resource stopped by itself; it is retried with backoff.
+    public mutating func runningFailed(_ id: ResourceID, now: StorkInstant) -> [NodeAction] {
+        self.process(self.orchestrator.runningFailed(id, now: now), now: now)
+        return self.flush(now: now)
+    }
+
     // MARK: Messages and timers
 
     public mutating func receive(_ message: ClusterMessage, now: StorkInstant) -> [NodeAction] {

@@ -202,19 +202,35 @@ public struct OrchestratorStateMachine: Sendable {
             self.entries[id] = entry
             self.emit(id, .handled(attempt: attempt), now: now)
         } else {
-            var delay = self.settings.retryDelay(attempt: entry.attempt)
-            delay = self.random.jittered(delay, fraction: self.settings.retryJitter)
-            let retryAt = now + delay
-            entry.phase = .failed(retryAt: retryAt)
-            self.entries[id] = entry
-            self.timers.schedule(.retry(id), at: retryAt)
-            self.emit(id, .handleFailed(attempt: entry.attempt, retryIn: delay), now: now)
-            self.actions.append(.scheduleRetry(id, attempt: entry.attempt + 1, at: retryAt))
-            // Someone may be waiting for this resource to stop here: a failed handle leaves nothing running.
-            self.confirmWaiters(of: id)
+            self.fail(id, entry, now: now)
         }
         self.reconcile(id, now: now)
         return self.flush()
+    }
+
+    /// A running resource stopped by itself (a runner returned or threw): nothing runs here any more, and it is
+    /// retried with backoff like a failed handle.
+    public mutating func runningFailed(_ id: ResourceID, now: StorkInstant) -> [OrchestratorAction] {
+        guard var entry = self.entries[id], entry.phase == .running else { return self.flush() }
+        entry.attempt = max(entry.attempt, 1)
+        self.fail(id, entry, now: now)
+        self.reconcile(id, now: now)
+        self.checkDrained()
+        return self.flush()
+    }
+
+    private mutating func fail(_ id: ResourceID, _ entry: Entry, now: StorkInstant) {
+        var entry = entry
+        var delay = self.settings.retryDelay(attempt: entry.attempt)
+        delay = self.random.jittered(delay, fraction: self.settings.retryJitter)
+        let retryAt = now + delay
+        entry.phase = .failed(retryAt: retryAt)
+        self.entries[id] = entry
+        self.timers.schedule(.retry(id), at: retryAt)
+        self.emit(id, .handleFailed(attempt: entry.attempt, retryIn: delay), now: now)
+        self.actions.append(.scheduleRetry(id, attempt: entry.attempt + 1, at: retryAt))
+        // Someone may be waiting for this resource to stop here: a failed handle leaves nothing running.
+        self.confirmWaiters(of: id)
     }
 
     /// The handler's `terminate` for `id` returned (`succeeded`) or threw. Either way the resource no longer runs

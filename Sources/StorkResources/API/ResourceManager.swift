@@ -1,0 +1,560 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import StorkCore
+import StorkMembership
+import StorkPlacement
+import Synchronization
+
+// MARK: - Configuration
+
+/// How one node of a Stork cluster runs. Every field has a working default except the node's name.
+public struct ResourceManagerConfiguration: Sendable {
+    /// The node's stable name: placement hashes it, so a restarted node gets its resources back.
+    public var name: String
+    /// Addresses of nodes to join through. Empty: this node starts a new cluster.
+    public var seeds: [String] = []
+    /// Membership, orchestrator, placement and forwarding settings.
+    public var node = NodeSettings()
+    /// Poll the source this often (only the node that owns the source's key polls). Nil: fetch once.
+    public var pollInterval: Duration?
+    /// Keep every resource in the replicated desired set (true), or refetch the source after every rebalance
+    /// (false; the original library's behaviour without a cache).
+    public var cacheAllResources = true
+    /// How long failing fetches are retried before the node gives up: it then terminates everything it runs and
+    /// leaves the cluster, so nothing it ran is orphaned.
+    public var maxLengthOfTimeToRetryResourceFetching: Duration = .seconds(60)
+    /// First delay between fetch retries; doubles up to the time that is left.
+    public var fetchRetryInitial: Duration = .seconds(1)
+    /// How long a node that left keeps answering, so that its departure reaches every member.
+    public var leaveLinger: Duration = .milliseconds(300)
+    /// The key whose owner polls the source.
+    public var sourceKey: ResourceID = "stork.source"
+
+    public init(name: String) {
+        self.name = name
+    }
+}
+
+/// The retry schedule of source fetches: exponential backoff until a total time runs out.
+public struct FetchRetryPolicy: Sendable, Hashable {
+    public var initial: Duration
+    public var maximumTotal: Duration
+
+    public init(initial: Duration, maximumTotal: Duration) {
+        self.initial = initial
+        self.maximumTotal = maximumTotal
+    }
+
+    /// The delay before the next attempt after `failures` failed attempts that took `elapsed` so far, or nil when
+    /// the time is up.
+    public func delay(afterFailures failures: Int, elapsed: Duration) -> Duration? {
+        guard elapsed < self.maximumTotal else { return nil }
+        let exponent = Double(max(0, failures - 1))
+        let seconds = self.initial.secondsDouble * pow(2, min(exponent, 30))
+        let left = (self.maximumTotal - elapsed).secondsDouble
+        return .nanoseconds(Int64(min(seconds, left) * 1e9))
+    }
+}
+
+/// A snapshot of one node.
+public struct ResourceManagerStatus: Sendable {
+    public var identity: NodeID
+    public var isJoined: Bool
+    public var members: [Member]
+    /// The members resources are placed on, and the placement checksum of that view.
+    public var view: [NodeID]
+    public var viewChecksum: UInt64
+    public var running: [ResourceID]
+    public var desiredCount: Int
+}
+
+// MARK: - ResourceManager
+
+/// Runs resources on this node as part of a cluster: the library form of Stork.
+///
+/// Give it a handler (or a runner), optionally a source, and a transport; run it as a `Service` (for example in a
+/// `ServiceGroup`). `allocate` and `deallocate` work on any node; `stop` leaves gracefully (everything running
+/// here is terminated before the node leaves, so nothing is orphaned).
+public final class ResourceManager: Service, Sendable {
+    enum Mode: Sendable {
+        case handler(any ResourceHandler)
+        case runner(any ResourceRunner)
+    }
+
+    enum Work: Sendable {
+        case handle(Resource, attempt: Int, ticket: UInt64)
+        case terminate(Resource, reason: TerminationReason, ticket: UInt64)
+        /// Stop after a pause (the node left; let its departure spread first).
+        case finishAfter(Duration)
+        case finish
+    }
+
+    struct RunningResource: Sendable {
+        var stop = OneShotSignal()
+        var done = OneShotSignal()
+    }
+
+    struct State: Sendable {
+        var machine: ClusterNodeStateMachine
+        var requests: [UInt64: CheckedContinuation<RequestOutcome, Never>] = [:]
+        var nextRequestID: UInt64 = 0
+        var subscribers: [Int: AsyncStream<NodeEvent>.Continuation] = [:]
+        var nextSubscriber = 0
+        var runners: [ResourceID: RunningResource] = [:]
+        var hasLeft = false
+        var failure: StorkError?
+    }
+
+    public let identity: NodeID
+    public let configuration: ResourceManagerConfiguration
+    private let mode: Mode
+    private let source: (any ResourceSource)?
+    private let transport: any ClusterTransport
+    private let logger: Logger
+    private let clock = ContinuousClock()
+    private let origin: ContinuousClock.Instant
+    private let state: Mutex<State>
+    private let work: AsyncStream<Work>
+    private let workContinuation: AsyncStream<Work>.Continuation
+    private let wake = WakeSignal()
+    private let joined = OneShotSignal()
+    private let left = OneShotSignal()
+
+    public convenience init(
+        configuration: ResourceManagerConfiguration,
+        handler: some ResourceHandler,
+        source: (any ResourceSource)? = nil,
+        transport: some ClusterTransport,
+        logger: Logger = Logger(label: "stork.resources")
+    ) {
+        self.init(configuration, .handler(handler), source, transport, logger)
+    }
+
+    public convenience init(
+        configuration: ResourceManagerConfiguration,
+        runner: some ResourceRunner,
+        source: (any ResourceSource)? = nil,
+        transport: some ClusterTransport,
+        logger: Logger = Logger(label: "stork.resources")
+    ) {
+        self.init(configuration, .runner(runner), source, transport, logger)
+    }
+
+    private init(
+        _ configuration: ResourceManagerConfiguration,
+        _ mode: Mode,
+        _ source: (any ResourceSource)?,
+        _ transport: any ClusterTransport,
+        _ logger: Logger
+    ) {
+        var random = SeededRandom()
+        let milliseconds = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
+        self.identity = NodeID(
+            name: configuration.name,
+            address: transport.address,
+            uid: NodeID.makeUID(unixMilliseconds: milliseconds, using: &random)
+        )
+        self.configuration = configuration
+        self.mode = mode
+        self.source = source
+        self.transport = transport
+        var logger = logger
+        logger[metadataKey: "stork.node"] = "\(configuration.name)"
+        self.logger = logger
+        self.origin = self.clock.now
+        self.state = Mutex(
+            State(
+                machine: ClusterNodeStateMachine(
+                    myself: self.identity,
+                    seeds: configuration.seeds,
+                    settings: configuration.node,
+                    random: random.split(),
+                    epochMillis: milliseconds
+                )
+            )
+        )
+        (self.work, self.workContinuation) = AsyncStream<Work>.makeStream(bufferingPolicy: .unbounded)
+    }
+
+    // MARK: Public API
+
+    /// Adds a resource to the cluster (or updates it) and returns once its owner's handler finished with it.
+    @discardableResult
+    public func allocate(_ resource: Resource) async -> RequestOutcome {
+        await self.request { machine, requestID, now in machine.allocate(resource, requestID: requestID, now: now) }
+    }
+
+    /// Removes a resource from the cluster and returns once its owner terminated it.
+    @discardableResult
+    public func deallocate(_ id: ResourceID) async -> RequestOutcome {
+        await self.request { machine, requestID, now in machine.deallocate(id, requestID: requestID, now: now) }
+    }
+
+    /// Leaves gracefully: terminates everything running here (others take it over), leaves the membership, and
+    /// returns when done. `run()` returns afterwards.
+    public func stop() async {
+        self.beginLeave()
+        await self.left.wait()
+    }
+
+    /// Lifecycle events of this node: resources claimed, handled, failed, terminated; members; views.
+    public func events() -> AsyncStream<NodeEvent> {
+        let (stream, continuation) = AsyncStream<NodeEvent>.makeStream(bufferingPolicy: .bufferingNewest(10_000))
+        let id = self.state.withLock { state -> Int in
+            state.nextSubscriber += 1
+            state.subscribers[state.nextSubscriber] = continuation
+            return state.nextSubscriber
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    /// A snapshot of this node's view and work.
+    public func status() -> ResourceManagerStatus {
+        self.state.withLock { state in
+            let machine = state.machine
+            return ResourceManagerStatus(
+                identity: self.identity,
+                isJoined: machine.membership.isJoined,
+                members: machine.membership.members,
+                view: machine.placement.members.map(\.node),
+                viewChecksum: machine.placement.checksum,
+                running: machine.orchestrator.runningResources,
+                desiredCount: machine.desired.liveCount
+            )
+        }
+    }
+
+    // MARK: Service
+
+    public func run() async throws {
+        if let source {
+            try await source.setup()
+        }
+        await withGracefulShutdownHandler {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.receiveLoop() }
+                group.addTask { await self.timerLoop() }
+                if let source = self.source {
+                    group.addTask { await self.sourceLoop(source) }
+                    if let changes = source.changes() {
+                        group.addTask { await self.changesLoop(changes) }
+                    }
+                }
+                self.apply { machine, now in machine.start(now: now) }
+                for await item in self.work {
+                    switch item {
+                    case .finish:
+                        break
+                    case .finishAfter(let linger):
+                        group.addTask {
+                            try? await Task.sleep(for: linger)
+                            self.workContinuation.yield(.finish)
+                        }
+                        continue
+                    case .handle, .terminate:
+                        group.addTask { await self.execute(item) }
+                        continue
+                    }
+                    break
+                }
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.beginLeave()
+        }
+        self.transport.close()
+        await self.source?.tearDown()
+        let failure = self.state.withLock { state -> StorkError? in
+            for continuation in state.subscribers.values { continuation.finish() }
+            state.subscribers = [:]
+            return state.failure
+        }
+        self.left.fire()
+        if let failure { throw failure }
+    }
+
+    // MARK: Driving the state machine
+
+    private func now() -> StorkInstant {
+        StorkInstant(nanoseconds: (self.clock.now - self.origin).nanosecondsClamped)
+    }
+
+    /// Runs one event through the state machine and performs what it asks, in order.
+    private func apply(_ body: (inout ClusterNodeStateMachine, StorkInstant) -> [NodeAction]) {
+        let now = self.now()
+        let completions = self.state.withLock { state -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] in
+            let actions = body(&state.machine, now)
+            return self.perform(actions, state: &state)
+        }
+        for (continuation, outcome) in completions { continuation.resume(returning: outcome) }
+        self.wake.signal()
+    }
+
+    private func perform(
+        _ actions: [NodeAction],
+        state: inout State
+    ) -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] {
+        var completions: [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] = []
+        for action in actions {
+            switch action {
+            case .send(let message, let address):
+                self.transport.send(message, to: address)
+            case .handle(let resource, let attempt, let ticket):
+                self.workContinuation.yield(.handle(resource, attempt: attempt, ticket: ticket))
+            case .terminate(let resource, let reason, let ticket):
+                self.workContinuation.yield(.terminate(resource, reason: reason, ticket: ticket))
+            case .complete(let requestID, let outcome):
+                if let continuation = state.requests.removeValue(forKey: requestID) {
+                    completions.append((continuation, outcome))
+                }
+            case .event(let event):
+                self.log(event)
+                for subscriber in state.subscribers.values { subscriber.yield(event) }
+                switch event {
+                case .joined:
+                    self.joined.fire()
+                case .left:
+                    state.hasLeft = true
+                    // Keep answering briefly so the departure reaches everyone, then stop.
+                    self.workContinuation.yield(.finishAfter(self.configuration.leaveLinger))
+                default:
+                    break
+                }
+            }
+        }
+        return completions
+    }
+
+    private func request(
+        _ body: @escaping @Sendable (inout ClusterNodeStateMachine, UInt64, StorkInstant) -> [NodeAction]
+    ) async -> RequestOutcome {
+        await withCheckedContinuation { (continuation: CheckedContinuation<RequestOutcome, Never>) in
+            let now = self.now()
+            let completions = self.state.withLock { state -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] in
+                if state.hasLeft { return [(continuation, .shutdown)] }
+                state.nextRequestID += 1
+                state.requests[state.nextRequestID] = continuation
+                let actions = body(&state.machine, state.nextRequestID, now)
+                return self.perform(actions, state: &state)
+            }
+            for (continuation, outcome) in completions { continuation.resume(returning: outcome) }
+            self.wake.signal()
+        }
+    }
+
+    private func beginLeave() {
+        self.apply { machine, now in machine.leave(now: now) }
+    }
+
+    // MARK: Loops
+
+    private func receiveLoop() async {
+        for await message in self.transport.incoming() {
+            self.apply { machine, now in machine.receive(message, now: now) }
+        }
+    }
+
+    private func timerLoop() async {
+        while !Task.isCancelled {
+            let (deadline, now) = self.state.withLock { ($0.machine.nextDeadline, self.now()) }
+            if let deadline, deadline <= now {
+                self.apply { machine, now in machine.tick(now: now) }
+                continue
+            }
+            let delay = deadline.map { $0 - now } ?? .seconds(1)
+            await self.wake.wait(timeout: min(delay, .seconds(1)))
+        }
+    }
+
+    private func sourceLoop(_ source: any ResourceSource) async {
+        await self.joined.wait()
+        var fetchedAsOwner = false
+        var lastFetch: ContinuousClock.Instant?
+        var lastChecksum: UInt64?
+        while !Task.isCancelled {
+            // Decide on the applied view only: before the first one, every node thinks it is alone.
+            let (isOwner, checksum) = self.state.withLock { state in
+                (
+                    state.machine.orchestrator.isReady
+                        && state.machine.placement.owner(of: self.configuration.sourceKey) == self.identity,
+                    state.machine.placement.checksum
+                )
+            }
+            if isOwner {
+                let pollDue =
+                    self.configuration.pollInterval.map { interval in
+                        lastFetch.map { self.clock.now - $0 >= interval } ?? true
+                    } ?? false
+                let refetch = !self.configuration.cacheAllResources && lastChecksum != checksum
+                if !fetchedAsOwner || pollDue || refetch {
+                    guard let resources = await self.fetchWithRetry(source) else { return }
+                    fetchedAsOwner = true
+                    lastFetch = self.clock.now
+                    lastChecksum = checksum
+                    self.apply { machine, now in machine.sourceReplaced(resources, now: now) }
+                }
+            } else {
+                fetchedAsOwner = false
+            }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// Fetches, retrying with backoff; on giving up, leaves the cluster and returns nil.
+    private func fetchWithRetry(_ source: any ResourceSource) async -> [Resource]? {
+        let policy = FetchRetryPolicy(
+            initial: self.configuration.fetchRetryInitial,
+            maximumTotal: self.configuration.maxLengthOfTimeToRetryResourceFetching
+        )
+        let started = self.clock.now
+        var failures = 0
+        while !Task.isCancelled {
+            do {
+                return try await source.fetch()
+            } catch {
+                failures += 1
+                guard let delay = policy.delay(afterFailures: failures, elapsed: self.clock.now - started) else {
+                    let failure = StorkError(
+                        .sourceFailed,
+                        "the source failed for \(failures) attempts; leaving the cluster",
+                        underlying: error
+                    )
+                    self.logger.error("\(failure)")
+                    self.state.withLock { $0.failure = failure }
+                    self.beginLeave()
+                    return nil
+                }
+                self.logger.warning(
+                    "source fetch failed; retrying",
+                    metadata: ["stork.error": "\(error)", "stork.retry_in": "\(delay)"]
+                )
+                try? await Task.sleep(for: delay)
+            }
+        }
+        return nil
+    }
+
+    private func changesLoop(_ changes: AsyncStream<ResourceSourceChange>) async {
+        await self.joined.wait()
+        for await change in changes {
+            switch change {
+            case .upserted(let resources):
+                self.apply { machine, now in machine.sourceChanged(upserted: resources, removed: [], now: now) }
+            case .removed(let ids):
+                self.apply { machine, now in machine.sourceChanged(upserted: [], removed: ids, now: now) }
+            case .replaced(let resources):
+                self.apply { machine, now in machine.sourceReplaced(resources, now: now) }
+            }
+        }
+    }
+
+    // MARK: Handler calls
+
+    private func context(for resource: Resource, attempt: Int) -> ResourceContext {
+        var logger = self.logger
+        logger[metadataKey: "stork.resource"] = "\(resource.id)"
+        return ResourceContext(node: self.identity, attempt: attempt, logger: logger)
+    }
+
+    private func execute(_ item: Work) async {
+        switch item {
+        case .handle(let resource, let attempt, let ticket):
+            let context = self.context(for: resource, attempt: attempt)
+            switch self.mode {
+            case .handler(let handler):
+                do {
+                    try await handler.handle(resource, context: context)
+                    self.apply { $0.handleCompleted(resource.id, ticket: ticket, succeeded: true, now: $1) }
+                } catch {
+                    await handler.handleFailed(resource, error: error, context: context)
+                    self.apply { $0.handleCompleted(resource.id, ticket: ticket, succeeded: false, now: $1) }
+                }
+            case .runner(let runner):
+                await self.runRunner(runner, resource: resource, ticket: ticket, context: context)
+            }
+        case .terminate(let resource, let reason, let ticket):
+            let context = self.context(for: resource, attempt: 0)
+            switch self.mode {
+            case .handler(let handler):
+                do {
+                    try await handler.terminate(resource, reason: reason, context: context)
+                    self.apply { $0.terminateCompleted(resource.id, ticket: ticket, succeeded: true, now: $1) }
+                } catch {
+                    await handler.handleFailedTermination(resource, error: error, context: context)
+                    self.apply { $0.terminateCompleted(resource.id, ticket: ticket, succeeded: false, now: $1) }
+                }
+            case .runner:
+                let running = self.state.withLock { $0.runners[resource.id] }
+                if let running {
+                    running.stop.fire()
+                    await running.done.wait()
+                }
+                self.apply { $0.terminateCompleted(resource.id, ticket: ticket, succeeded: true, now: $1) }
+            }
+        case .finish, .finishAfter:
+            break
+        }
+    }
+
+    private func runRunner(
+        _ runner: any ResourceRunner,
+        resource: Resource,
+        ticket: UInt64,
+        context: ResourceContext
+    ) async {
+        let running = RunningResource()
+        self.state.withLock { $0.runners[resource.id] = running }
+        self.apply { $0.handleCompleted(resource.id, ticket: ticket, succeeded: true, now: $1) }
+        let stoppedByUs = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                do {
+                    try await runner.run(resource, context: context)
+                } catch {
+                    if !Task.isCancelled {
+                        context.logger.warning("runner failed", metadata: ["stork.error": "\(error)"])
+                    }
+                }
+                return false
+            }
+            group.addTask {
+                await running.stop.wait()
+                return true
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        self.state.withLock { state in
+            if state.runners[resource.id]?.done === running.done { state.runners[resource.id] = nil }
+        }
+        running.done.fire()
+        if !stoppedByUs {
+            self.apply { $0.runningFailed(resource.id, now: $1) }
+        }
+    }
+
+    // MARK: Logging
+
+    private func log(_ event: NodeEvent) {
+        switch event {
+        case .resource(let event):
+            self.logger.debug("resource \(event.id): \(event.kind)")
+        case .member(let change):
+            self.logger.info(
+                "member \(change.node): \(change.previous.map { "\($0)" } ?? "-") -> \(change.current.map { "\($0)" } ?? "-")"
+            )
+        case .joined(let standalone):
+            self.logger.info(standalone ? "no seed answered; running as a cluster of one" : "joined the cluster")
+        case .refuted(let incarnation):
+            self.logger.warning("refuted a suspicion about this node (incarnation \(incarnation))")
+        case .viewApplied(let members, let checksum):
+            self.logger.info("view of \(members.count) members applied (checksum \(checksum))")
+        case .left:
+            self.logger.info("left the cluster")
+        }
+    }
+}

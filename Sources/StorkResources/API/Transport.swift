@@ -1,0 +1,94 @@
+import Synchronization
+import StorkCore
+
+// MARK: - ClusterTransport
+
+/// How a node reaches its peers. The NIO transport (UDP for membership, TCP frames for the rest) implements it
+/// for real clusters; `InMemoryNetwork` implements it inside one process for tests, examples and the demo.
+public protocol ClusterTransport: Sendable {
+    /// The address peers use to reach this node.
+    var address: String { get }
+    /// Sends without waiting; delivery is best-effort (the protocols above retry).
+    func send(_ message: ClusterMessage, to address: String)
+    /// Messages for this node. Called once; the stream ends when the transport closes.
+    func incoming() -> AsyncStream<ClusterMessage>
+    /// Stops delivering and sending.
+    func close()
+}
+
+// MARK: - InMemoryNetwork
+
+/// Nodes in one process, connected by in-memory queues. Endpoints can be cut off (to play a crash or a
+/// partition) and reconnected.
+public final class InMemoryNetwork: Sendable {
+    struct State {
+        var endpoints: [String: AsyncStream<ClusterMessage>.Continuation] = [:]
+        var isolated: Set<String> = []
+        var delivered = 0
+        var dropped = 0
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// A transport bound to `address`. A second endpoint on the same address replaces the first.
+    public func endpoint(_ address: String) -> InMemoryTransport {
+        let (stream, continuation) = AsyncStream<ClusterMessage>.makeStream(bufferingPolicy: .unbounded)
+        let previous = self.state.withLock { state in
+            let previous = state.endpoints[address]
+            state.endpoints[address] = continuation
+            state.isolated.remove(address)
+            return previous
+        }
+        previous?.finish()
+        return InMemoryTransport(address: address, network: self, stream: stream)
+    }
+
+    /// Drops everything to and from `address` until `reconnect` (a crash or a partition of one node).
+    public func isolate(_ address: String) {
+        self.state.withLock { _ = $0.isolated.insert(address) }
+    }
+
+    public func reconnect(_ address: String) {
+        self.state.withLock { _ = $0.isolated.remove(address) }
+    }
+
+    /// Messages delivered and dropped so far.
+    public var counts: (delivered: Int, dropped: Int) {
+        self.state.withLock { ($0.delivered, $0.dropped) }
+    }
+
+    func deliver(_ message: ClusterMessage, from: String, to: String) {
+        self.state.withLock { state in
+            guard !state.isolated.contains(from), !state.isolated.contains(to), let target = state.endpoints[to] else {
+                state.dropped += 1
+                return
+            }
+            state.delivered += 1
+            target.yield(message)
+        }
+    }
+
+    func remove(_ address: String) {
+        let continuation = self.state.withLock { $0.endpoints.removeValue(forKey: address) }
+        continuation?.finish()
+    }
+}
+
+/// One node's endpoint on an `InMemoryNetwork`.
+public struct InMemoryTransport: ClusterTransport {
+    public let address: String
+    let network: InMemoryNetwork
+    let stream: AsyncStream<ClusterMessage>
+
+    public func send(_ message: ClusterMessage, to address: String) {
+        self.network.deliver(message, from: self.address, to: address)
+    }
+
+    public func incoming() -> AsyncStream<ClusterMessage> { self.stream }
+
+    public func close() {
+        self.network.remove(self.address)
+    }
+}
