@@ -89,6 +89,10 @@ func configuration(_ name: String, seeds: [String]) -> ResourceManagerConfigurat
     var configuration = ResourceManagerConfiguration(name: name)
     configuration.seeds = seeds
     configuration.leaveLinger = .milliseconds(100)
+    // Real time on a shared CI machine: generous failure detection, so that a busy core is not a dead node.
+    configuration.node.membership.probeTimeout = .milliseconds(300)
+    configuration.node.membership.indirectProbeTimeout = .milliseconds(600)
+    configuration.node.membership.suspicionMinimum = .seconds(2)
     configuration.fetchRetryInitial = .milliseconds(50)
     return configuration
 }
