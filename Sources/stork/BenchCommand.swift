@@ -13,7 +13,8 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Measure Stork's components and print the results as Markdown.",
         subcommands: [
-            PlacementBenchCommand.self
+            PlacementBenchCommand.self,
+            DetectionBenchCommand.self,
         ]
     )
 }

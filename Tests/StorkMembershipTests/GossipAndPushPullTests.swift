@@ -12,7 +12,7 @@ struct MembershipGossipTests {
 
     @Test("retransmit limit: retransmitMultiplier × ceil(log10(n + 1))")
     func retransmitLimit() {
-        let settings = MembershipSettings()
+        let settings = testSettings
         #expect(settings.retransmitLimit(memberCount: 1) == 4)
         #expect(settings.retransmitLimit(memberCount: 5) == 4)
         #expect(settings.retransmitLimit(memberCount: 9) == 4)

@@ -16,10 +16,18 @@ func at(_ ms: Int) -> StorkInstant {
 }
 
 /// A started machine for `me` with no seeds (so it is standalone at once) and the given members alive.
+/// The settings the tests' timing arithmetic is written against: the defaults with a 200 ms probe interval,
+/// pinned so that tuning the production default does not rewrite every expected time.
+let testSettings: MembershipSettings = {
+    var settings = MembershipSettings()
+    settings.probeInterval = .milliseconds(200)
+    return settings
+}()
+
 func machine(
     _ me: NodeID = node("a"),
     seeds: [String] = [],
-    settings: MembershipSettings = .init(),
+    settings: MembershipSettings = testSettings,
     seed: UInt64 = 1,
     alive others: [NodeID] = [],
     now: StorkInstant = .zero

@@ -80,7 +80,7 @@ struct MembershipRefutationTests {
 struct MembershipSuspicionTests {
     @Test("min/max formula for several n and C")
     func arithmetic() {
-        let settings = MembershipSettings()
+        let settings = testSettings
         func seconds(_ c: Int, _ n: Int) -> Double {
             settings.suspicionTimeout(confirmations: c, memberCount: n).secondsDouble
         }
