@@ -9,6 +9,7 @@ struct StorkCommand: AsyncParsableCommand {
             LookupCommand.self,
             BenchCommand.self,
             SimCommand.self,
+            DemoCommand.self,
         ]
     )
 }

@@ -203,21 +203,33 @@ struct ResourceManagerTests {
                 logger: quietLogger()
             )
         }
+        let (crashSignal, crash) = AsyncStream<Void>.makeStream()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            for manager in managers { group.addTask { try await manager.run() } }
+            for manager in managers.prefix(2) { group.addTask { try await manager.run() } }
+            // c runs until it "crashes": its task ends abruptly, without leaving.
+            group.addTask {
+                await withTaskGroup(of: Void.self) { inner in
+                    inner.addTask { try? await managers[2].run() }
+                    inner.addTask { for await _ in crashSignal { break } }
+                    await inner.next()
+                    inner.cancelAll()
+                }
+            }
             try await eventually("all running on three nodes") {
                 recorder.running.count == 30 && Set(recorder.running.values).count == 3
             }
-            // "Crash" c: its messages stop; what it ran is gone with it.
+            // Crash c: its messages stop and its process ends; what it ran is gone with it.
             network.isolate("c:1")
+            crash.finish()
             recorder.crashed("c")
             try await eventually("a and b run everything") {
                 let running = recorder.running
                 return running.count == 30 && Set(running.values) == ["a", "b"]
             }
-            for manager in managers { await manager.stop() }
+            for manager in managers.prefix(2) { await manager.stop() }
             try await group.waitForAll()
         }
+        #expect(recorder.overlaps.isEmpty, "c was really gone before the others took over")
     }
 
     @Test("a runner runs until cancelled to terminate, and is restarted when it ends by itself")

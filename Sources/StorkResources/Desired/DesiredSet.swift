@@ -34,11 +34,15 @@ public struct DesiredEntry: Hashable, Sendable, Codable {
     /// The resource, or nil for a removal.
     public var resource: Resource?
     public var version: DesiredVersion
+    /// Whether the resource came from the source (and goes when the source stops listing it), rather than from
+    /// `allocate` (and goes only with `deallocate`).
+    public var fromSource: Bool
 
-    public init(id: ResourceID, resource: Resource?, version: DesiredVersion) {
+    public init(id: ResourceID, resource: Resource?, version: DesiredVersion, fromSource: Bool = false) {
         self.id = id
         self.resource = resource
         self.version = version
+        self.fromSource = fromSource
     }
 
     public var isRemoval: Bool { self.resource == nil }
@@ -47,7 +51,7 @@ public struct DesiredEntry: Hashable, Sendable, Codable {
     var fingerprint: UInt64 {
         var hash = StableHash.fnv1a64(self.id.rawValue)
         hash = StableHash.fnv1a64(self.version.origin, continuing: hash ^ self.version.clock)
-        return StableHash.mix64(hash ^ (self.isRemoval ? 0x5bd1_e995 : 0))
+        return StableHash.mix64(hash ^ (self.isRemoval ? 0x5bd1_e995 : 0) ^ (self.fromSource ? 0x27d4_eb2f : 0))
     }
 }
 
@@ -85,9 +89,26 @@ public struct DesiredSet: Sendable {
     // MARK: Local changes
 
     /// Adds or updates a resource. Returns the new entry, or nil when the resource was already there unchanged.
-    public mutating func put(_ resource: Resource, physicalMillis: UInt64, now: StorkInstant) -> DesiredEntry? {
-        if let current = self.entries[resource.id], current.resource == resource { return nil }
-        let entry = DesiredEntry(id: resource.id, resource: resource, version: self.nextVersion(physicalMillis))
+    ///
+    /// `fromSource` marks resources that the source lists: `replace(with:)` removes those it no longer lists, and
+    /// never touches resources added through `allocate`.
+    public mutating func put(
+        _ resource: Resource,
+        fromSource: Bool = false,
+        physicalMillis: UInt64,
+        now: StorkInstant
+    ) -> DesiredEntry? {
+        if let current = self.entries[resource.id], current.resource == resource,
+            current.fromSource == fromSource || !fromSource
+        {
+            return nil
+        }
+        let entry = DesiredEntry(
+            id: resource.id,
+            resource: resource,
+            version: self.nextVersion(physicalMillis),
+            fromSource: fromSource
+        )
         self.store(entry, now: now)
         return entry
     }
@@ -103,8 +124,9 @@ public struct DesiredSet: Sendable {
         return entry
     }
 
-    /// Makes the set equal to `resources`: adds and updates what is new or changed, removes what is missing.
-    /// Returns the entries that changed (the delta to publish).
+    /// Makes the source's part of the set equal to `resources`: adds and updates what is new or changed, removes
+    /// what the source listed before and no longer lists. Resources added through `allocate` stay. Returns the
+    /// entries that changed (the delta to publish).
     public mutating func replace(
         with resources: [Resource],
         physicalMillis: UInt64,
@@ -115,9 +137,12 @@ public struct DesiredSet: Sendable {
         seen.reserveCapacity(resources.count)
         for resource in resources {
             seen.insert(resource.id)
-            if let entry = self.put(resource, physicalMillis: physicalMillis, now: now) { changes.append(entry) }
+            if let entry = self.put(resource, fromSource: true, physicalMillis: physicalMillis, now: now) {
+                changes.append(entry)
+            }
         }
-        let missing = self.entries.values.filter { $0.resource != nil && !seen.contains($0.id) }.map(\.id).sorted()
+        let missing = self.entries.values.filter { $0.resource != nil && $0.fromSource && !seen.contains($0.id) }
+            .map(\.id).sorted()
         for id in missing {
             if let entry = self.remove(id, physicalMillis: physicalMillis, now: now) { changes.append(entry) }
         }

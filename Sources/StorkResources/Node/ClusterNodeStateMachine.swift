@@ -165,7 +165,9 @@ public struct ClusterNodeStateMachine: Sendable {
         var changes: [DesiredEntry] = []
         let millis = self.physicalMillis(now)
         for resource in upserted {
-            if let entry = self.desired.put(resource, physicalMillis: millis, now: now) { changes.append(entry) }
+            if let entry = self.desired.put(resource, fromSource: true, physicalMillis: millis, now: now) {
+                changes.append(entry)
+            }
         }
         for id in removed {
             if let entry = self.desired.remove(id, physicalMillis: millis, now: now) { changes.append(entry) }

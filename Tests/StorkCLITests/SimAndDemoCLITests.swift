@@ -1,0 +1,51 @@
+import Foundation
+import Testing
+
+/// `stork sim`, `stork bench detection` and `stork demo`, run as real processes.
+@Suite("stork sim / demo (CLI)")
+struct SimAndDemoCLITests {
+    @Test("stork sim runs seeds, prints the summary, exits 0 without violations")
+    func simSummary() throws {
+        let run = try StorkBinary.run(["sim", "--seeds", "4", "--nodes", "4", "--faults", "crash,loss", "--fault-window", "5"])
+        #expect(run.status == 0, "\(run.standardError)")
+        #expect(run.standardOutput.contains("stork sim: 4 seeds, 4 nodes"))
+        #expect(run.standardOutput.contains("violations:             0"))
+        #expect(run.standardOutput.contains("convergence after heal: p50"))
+    }
+
+    @Test("a seed replays identically in another process (same trace fingerprint)")
+    func replayAcrossProcesses() throws {
+        let arguments = ["sim", "--seed", "31", "--nodes", "5", "--faults", "crash,pause,partition,loss", "--fault-window", "8"]
+        let first = try StorkBinary.run(arguments)
+        let second = try StorkBinary.run(arguments)
+        #expect(first.status == 0, "\(first.standardOutput)")
+        let fingerprint = first.lines.first { $0.contains("trace fingerprint") }
+        #expect(fingerprint != nil)
+        #expect(fingerprint == second.lines.first { $0.contains("trace fingerprint") })
+        #expect(first.standardOutput.contains("replay: stork sim --seed 31"))
+    }
+
+    @Test("bad sim arguments are rejected with a clear message")
+    func simRejectsBadArguments() throws {
+        let run = try StorkBinary.run(["sim", "--faults", "crash,meteor"])
+        #expect(run.status != 0)
+        #expect(run.standardError.contains("unknown fault 'meteor'"))
+    }
+
+    @Test("stork bench detection prints a table for the sizes asked")
+    func detectionBench() throws {
+        let run = try StorkBinary.run(["bench", "detection", "--nodes", "5", "--seeds", "2", "--observe", "5"])
+        #expect(run.status == 0, "\(run.standardError)")
+        #expect(run.lines.contains { $0.hasPrefix("| 5 |") })
+    }
+
+    @Test("stork demo tells the story and exits 0: no account on two nodes, every request answered")
+    func demo() throws {
+        let run = try StorkBinary.run(["demo"])
+        #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
+        #expect(run.standardOutput.contains("Every account runs on exactly one node"))
+        #expect(run.standardOutput.contains("node-c leaves gracefully"))
+        #expect(run.standardOutput.contains("node-a crashes"))
+        #expect(run.standardOutput.contains("0 overlaps"))
+    }
+}
