@@ -85,6 +85,17 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - Examples (built with the package so that they keep compiling)
+        .executableTarget(
+            name: "stork-example-embedded",
+            dependencies: [
+                "Stork",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Examples/Embedded",
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - Tests
         .testTarget(name: "StorkCoreTests", dependencies: ["StorkCore"], swiftSettings: storkSwiftSettings),
         .testTarget(
