@@ -34,7 +34,9 @@ struct EmbeddedExample {
         logger.logLevel = .warning
         let network = InMemoryNetwork()
         let accounts = StaticResourceSource(
-            (1...6).map { Resource(id: ResourceID("acct-\($0)"), attributes: ["url": .string("wss://cloud.example/\($0)")]) }
+            (1...6).map {
+                Resource(id: ResourceID("acct-\($0)"), attributes: ["url": .string("wss://cloud.example/\($0)")])
+            }
         )
 
         var first = ResourceManagerConfiguration(name: "instance-1")
@@ -72,7 +74,9 @@ struct EmbeddedExample {
             print("instance-1 runs \(one.status().running), instance-2 runs \(two.status().running)")
 
             print("Allocating acct-7 through instance-1:")
-            let outcome = await one.allocate(Resource(id: "acct-7", attributes: ["url": .string("wss://cloud.example/7")]))
+            let outcome = await one.allocate(
+                Resource(id: "acct-7", attributes: ["url": .string("wss://cloud.example/7")])
+            )
             print("  \(outcome)")
 
             print("instance-2 stops; instance-1 takes its accounts over:")

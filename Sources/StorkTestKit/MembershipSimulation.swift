@@ -120,7 +120,9 @@ public struct MembershipSimulation {
                     break
                 }
             }
-            if alive[node], let deadline = machines[node]?.nextDeadline, wakes[node].map({ deadline < $0 || $0 < now }) ?? true {
+            if alive[node], let deadline = machines[node]?.nextDeadline,
+                wakes[node].map({ deadline < $0 || $0 < now }) ?? true
+            {
                 wakes[node] = max(deadline, now)
                 schedule(.wake(node), at: max(deadline, now))
             }

@@ -274,7 +274,9 @@ public struct Simulation {
             guard self.deferIfPaused(index, event) else { return }
             guard self.nodes[index].state == .up else { return }
             self.trace(2, index, ticket)
-            self.log("node-\(index) \(isHandle ? "handle" : "terminate") \(id) #\(ticket) \(succeeded ? "done" : "failed")")
+            self.log(
+                "node-\(index) \(isHandle ? "handle" : "terminate") \(id) #\(ticket) \(succeeded ? "done" : "failed")"
+            )
             if isHandle {
                 if !succeeded { self.nodes[index].running[id] = nil }
                 self.drive(index) { $0.handleCompleted(id, ticket: ticket, succeeded: succeeded, now: $1) }
@@ -481,7 +483,9 @@ public struct Simulation {
                 self.nodes[index].handoffTimeouts[resourceEvent.id] = self.now
             }
         case .member(let change):
-            self.log("node-\(index) sees \(change.node.name)#\(change.node.uid) \(change.previous.map { "\($0)" } ?? "-") -> \(change.current.map { "\($0)" } ?? "-")")
+            self.log(
+                "node-\(index) sees \(change.node.name)#\(change.node.uid) \(change.previous.map { "\($0)" } ?? "-") -> \(change.current.map { "\($0)" } ?? "-")"
+            )
             if change.current == .dead, let victim = self.addressIndex[change.node.address],
                 self.nodes[victim].identity == change.node, self.nodes[victim].state == .up
             {
@@ -504,7 +508,9 @@ public struct Simulation {
             return
         }
         self.report.outcomes[Self.outcomeName(outcome), default: 0] += 1
-        self.log("node-\(index) request \(requestID) (\(request.isAllocate ? "allocate" : "deallocate") \(request.id)): \(outcome)")
+        self.log(
+            "node-\(index) request \(requestID) (\(request.isAllocate ? "allocate" : "deallocate") \(request.id)): \(outcome)"
+        )
         let succeeded: Bool
         switch outcome {
         case .handled, .handleFailed: succeeded = request.isAllocate

@@ -87,4 +87,3 @@ public struct SimulationConfiguration: Sendable {
             + (self.churn ? "" : " --no-churn") + " --trace"
     }
 }
-

@@ -114,7 +114,9 @@ struct Demo {
     func play() async throws -> Bool {
         let ledger = DemoLedger(verbose: self.verbose)
         let network = InMemoryNetwork()
-        let accounts = (1...self.resources).map { Resource(id: ResourceID("acct-\($0)"), attributes: ["kind": .string("websocket")]) }
+        let accounts = (1...self.resources).map {
+            Resource(id: ResourceID("acct-\($0)"), attributes: ["kind": .string("websocket")])
+        }
         var logger = Logger(label: "stork.demo")
         logger.logLevel = .error
 
@@ -136,7 +138,9 @@ struct Demo {
             let byNode = Dictionary(grouping: running.keys, by: { running[$0]! })
             ledger.say(title)
             for node in byNode.keys.sorted() {
-                let ids = byNode[node]!.sorted { $0.rawValue.localizedStandardCompare($1.rawValue) == .orderedAscending }
+                let ids = byNode[node]!.sorted {
+                    $0.rawValue.localizedStandardCompare($1.rawValue) == .orderedAscending
+                }
                 print("            \(node): \(ids.count) — \(ids.map(\.rawValue).joined(separator: " "))")
             }
         }
@@ -175,7 +179,9 @@ struct Demo {
             table("Every account runs on exactly one node:")
 
             let extra = Resource(id: "acct-new", attributes: ["kind": .string("websocket")])
-            let owner = nodes[0].status().view.isEmpty ? "?" : (Placement(nodes: nodes[1].status().view).owner(of: extra.id)?.name ?? "?")
+            let owner =
+                nodes[0].status().view.isEmpty
+                ? "?" : (Placement(nodes: nodes[1].status().view).owner(of: extra.id)?.name ?? "?")
             ledger.say("Allocating acct-new through node-b; its owner is \(owner).")
             let outcome = await nodes[1].allocate(extra)
             ledger.say("→ \(Self.describe(outcome))")
@@ -209,7 +215,10 @@ struct Demo {
                     ledger.running.count == self.resources + 1 && !ledger.running.values.contains("node-a")
                 } && ok
             ledger.say(
-                String(format: "→ every account runs again, %.2f s after the crash.", (ContinuousClock.now - crashedAt).secondsDouble)
+                String(
+                    format: "→ every account runs again, %.2f s after the crash.",
+                    (ContinuousClock.now - crashedAt).secondsDouble
+                )
             )
             table("After node-a crashed:")
 
@@ -223,7 +232,9 @@ struct Demo {
             try? await group.waitForAll()
 
             let state = ledger.state.withLock { $0 }
-            ledger.say("Done: \(state.handles) handles, \(state.terminations) terminations, \(state.overlaps.count) overlaps.")
+            ledger.say(
+                "Done: \(state.handles) handles, \(state.terminations) terminations, \(state.overlaps.count) overlaps."
+            )
             for overlap in state.overlaps { ledger.say("✗ overlap: \(overlap)") }
             if state.overlaps.isEmpty && ok {
                 ledger.say("✓ no account ever ran on two nodes at once, and every request was answered.")

@@ -50,7 +50,9 @@ struct DetectionBenchCommand: AsyncParsableCommand {
     func validate() throws {
         guard self.seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         guard (0..<1).contains(self.loss) else { throw ValidationError("--loss must be in [0, 1)") }
-        guard (try? self.sizes()) != nil else { throw ValidationError("--nodes must be a list of sizes ≥ 2, e.g. 5,10,50") }
+        guard (try? self.sizes()) != nil else {
+            throw ValidationError("--nodes must be a list of sizes ≥ 2, e.g. 5,10,50")
+        }
     }
 
     func sizes() throws -> [Int] {
@@ -90,8 +92,14 @@ struct DetectionBenchCommand: AsyncParsableCommand {
                 for seed in 1...UInt64(seedCount) {
                     group.addTask {
                         let crash = MembershipSimulation(nodes: size, settings: frozen, seed: seed).run()
-                        let lossyCrash = MembershipSimulation(nodes: size, settings: frozen, lossRate: loss, seed: seed).run()
-                        var quiet = MembershipSimulation(nodes: size, settings: frozen, lossRate: loss, seed: seed + 10_000)
+                        let lossyCrash = MembershipSimulation(nodes: size, settings: frozen, lossRate: loss, seed: seed)
+                            .run()
+                        var quiet = MembershipSimulation(
+                            nodes: size,
+                            settings: frozen,
+                            lossRate: loss,
+                            seed: seed + 10_000
+                        )
                         quiet.crashAfterConvergence = nil
                         quiet.observeFor = .seconds(observe)
                         return (crash, lossyCrash, quiet.run())
@@ -103,7 +111,9 @@ struct DetectionBenchCommand: AsyncParsableCommand {
             }
             if ProcessInfo.processInfo.environment["STORK_BENCH_VERBOSE"] != nil {
                 for row in rows {
-                    print("  suspect \(row.0.firstSuspicion?.secondsDouble ?? -1) first \(row.0.firstDetection?.secondsDouble ?? -1) all \(row.0.detectionTime?.secondsDouble ?? -1)")
+                    print(
+                        "  suspect \(row.0.firstSuspicion?.secondsDouble ?? -1) first \(row.0.firstDetection?.secondsDouble ?? -1) all \(row.0.detectionTime?.secondsDouble ?? -1)"
+                    )
                 }
             }
             let times = rows.compactMap { $0.0.detectionTime?.secondsDouble }.sorted()

@@ -86,17 +86,25 @@ struct SimCommand: AsyncParsableCommand {
         )
         let elapsed = ContinuousClock.now - started
         let faultNames = base.faults.isEmpty ? "none" : base.faults.sorted().map(\.rawValue).joined(separator: ",")
-        print("stork sim: \(summary.seedsRun) seeds, \(self.nodes) nodes, \(self.resources) resources, faults \(faultNames)")
+        print(
+            "stork sim: \(summary.seedsRun) seeds, \(self.nodes) nodes, \(self.resources) resources, faults \(faultNames)"
+        )
         print("  events:                 \(summary.events)")
         let p50 = summary.convergenceQuantile(0.5).map { String(format: "%.2f", $0) } ?? "-"
         let p99 = summary.convergenceQuantile(0.99).map { String(format: "%.2f", $0) } ?? "-"
         print("  convergence after heal: p50 \(p50) s, p99 \(p99) s (virtual)")
-        print("  faults injected:        \(summary.crashes) crashes, \(summary.pauses) pauses, \(summary.partitions) partitions")
+        print(
+            "  faults injected:        \(summary.crashes) crashes, \(summary.pauses) pauses, \(summary.partitions) partitions"
+        )
         print("  false deaths:           \(summary.falseDeaths) (a live member declared dead, under faults)")
         print("  excused overlaps:       \(summary.excusedOverlaps) (a member declared dead still ran it)")
         print("  handoff timeouts:       \(summary.handoffTimeouts)")
-        print("  lost with crashed node: \(summary.lostWithCrashedNode) (acknowledged changes that never left a node before it crashed)")
-        let outcomes = summary.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+        print(
+            "  lost with crashed node: \(summary.lostWithCrashedNode) (acknowledged changes that never left a node before it crashed)"
+        )
+        let outcomes = summary.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(
+            separator: ", "
+        )
         print("  requests:               \(summary.requestsIssued) issued; \(outcomes)")
         print("  wall time:              \(String(format: "%.1f", elapsed.secondsDouble)) s")
         print("  violations:             \(summary.violations)")
@@ -112,7 +120,9 @@ struct SimCommand: AsyncParsableCommand {
     static func printReport(_ report: SimulationReport) {
         let config = report.configuration
         print("seed \(config.seed): \(report.passed ? "passed" : "FAILED")")
-        print("  events \(report.events), virtual time \(String(format: "%.1f", report.virtualDuration.secondsDouble)) s")
+        print(
+            "  events \(report.events), virtual time \(String(format: "%.1f", report.virtualDuration.secondsDouble)) s"
+        )
         if let time = report.convergenceTime {
             print("  converged \(String(format: "%.2f", time.secondsDouble)) s after the faults healed")
         } else {
@@ -121,8 +131,12 @@ struct SimCommand: AsyncParsableCommand {
         print("  crashes \(report.crashes), pauses \(report.pauses), partitions \(report.partitions)")
         print("  handles \(report.handles), terminations \(report.terminations), refutations \(report.refutations)")
         print("  messages \(report.messagesSent) sent, \(report.messagesDropped) dropped")
-        print("  false deaths \(report.falseDeaths), excused overlaps \(report.excusedOverlaps), handoff timeouts \(report.handoffTimeouts)")
-        let outcomes = report.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+        print(
+            "  false deaths \(report.falseDeaths), excused overlaps \(report.excusedOverlaps), handoff timeouts \(report.handoffTimeouts)"
+        )
+        let outcomes = report.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(
+            separator: ", "
+        )
         print("  requests \(report.requestsIssued) issued; \(outcomes)")
         print("  final resources \(report.finalResources)")
         print("  trace fingerprint \(String(report.traceFingerprint, radix: 16))")

@@ -6,7 +6,9 @@ import Testing
 struct SimAndDemoCLITests {
     @Test("stork sim runs seeds, prints the summary, exits 0 without violations")
     func simSummary() throws {
-        let run = try StorkBinary.run(["sim", "--seeds", "4", "--nodes", "4", "--faults", "crash,loss", "--fault-window", "5"])
+        let run = try StorkBinary.run([
+            "sim", "--seeds", "4", "--nodes", "4", "--faults", "crash,loss", "--fault-window", "5",
+        ])
         #expect(run.status == 0, "\(run.standardError)")
         #expect(run.standardOutput.contains("stork sim: 4 seeds, 4 nodes"))
         #expect(run.standardOutput.contains("violations:             0"))
@@ -15,7 +17,9 @@ struct SimAndDemoCLITests {
 
     @Test("a seed replays identically in another process (same trace fingerprint)")
     func replayAcrossProcesses() throws {
-        let arguments = ["sim", "--seed", "31", "--nodes", "5", "--faults", "crash,pause,partition,loss", "--fault-window", "8"]
+        let arguments = [
+            "sim", "--seed", "31", "--nodes", "5", "--faults", "crash,pause,partition,loss", "--fault-window", "8",
+        ]
         let first = try StorkBinary.run(arguments)
         let second = try StorkBinary.run(arguments)
         #expect(first.status == 0, "\(first.standardOutput)")

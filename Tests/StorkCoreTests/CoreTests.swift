@@ -41,7 +41,10 @@ import Testing
     }
 
     @Test func roundTrips() throws {
-        let resource = Resource(id: "r1", attributes: ["url": .string("ws://x"), "tags": .array([.bool(true), .null])])
+        let resource = Resource(
+            id: "r1",
+            attributes: ["url": .string("ws://x"), "tags": .array([.bool(true), .null])]
+        )
         let data = try JSONEncoder().encode(resource)
         #expect(try JSONDecoder().decode(Resource.self, from: data) == resource)
     }

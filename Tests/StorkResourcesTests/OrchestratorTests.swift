@@ -88,7 +88,10 @@ struct OrchestratorHarness {
     }
 
     @discardableResult
-    mutating func complete(_ actions: [OrchestratorAction], succeeding: (ResourceID) -> Bool = { _ in true })
+    mutating func complete(
+        _ actions: [OrchestratorAction],
+        succeeding: (ResourceID) -> Bool = { _ in true }
+    )
         -> [OrchestratorAction]
     {
         var result: [OrchestratorAction] = []
@@ -172,9 +175,14 @@ struct OriginalScenarioTests {
         let outcome = h.complete(first, succeeding: { $0 != failing })
         #expect(h.machine.runningResources == Array(mine.dropFirst()).sorted())
         #expect(
-            outcome.events.contains { $0.id == failing && { if case .handleFailed(1, _) = $0.kind { true } else { false } }($0) }
+            outcome.events.contains {
+                $0.id == failing && { if case .handleFailed(1, _) = $0.kind { true } else { false } }($0)
+            }
         )
-        guard case .scheduleRetry(failing, 2, let retryAt)? = outcome.first(where: { if case .scheduleRetry = $0 { true } else { false } })
+        guard
+            case .scheduleRetry(failing, 2, let retryAt)? = outcome.first(where: {
+                if case .scheduleRetry = $0 { true } else { false }
+            })
         else {
             Issue.record("no retry scheduled")
             return
@@ -311,7 +319,10 @@ struct HandoffTests {
 
         // A has not applied the new view yet: it refuses (views differ).
         let early = a.record(
-            a.machine.receive(.releaseRequest(from: nodeB, checksum: b.machine.placement.checksum, items: request), now: a.now)
+            a.machine.receive(
+                .releaseRequest(from: nodeB, checksum: b.machine.placement.checksum, items: request),
+                now: a.now
+            )
         )
         #expect(early.refusals[nodeB]?.map(\.id) == [id])
 
@@ -320,7 +331,10 @@ struct HandoffTests {
         #expect(moved.terminated == [id])
         // Asked again while terminating: the answer waits for the termination.
         let waiting = a.record(
-            a.machine.receive(.releaseRequest(from: nodeB, checksum: b.machine.placement.checksum, items: request), now: a.now)
+            a.machine.receive(
+                .releaseRequest(from: nodeB, checksum: b.machine.placement.checksum, items: request),
+                now: a.now
+            )
         )
         #expect(waiting.confirms.isEmpty)
         let terminated = a.complete(moved)
@@ -379,7 +393,9 @@ struct HandoffTests {
         var a = OrchestratorHarness(myself: nodeA)
         a.join([nodeA, nodeB])
         let items = [ClaimItem(id: "x", round: 1)]
-        let refused = a.record(a.machine.receive(.releaseRequest(from: nodeB, checksum: 12345, items: items), now: a.now))
+        let refused = a.record(
+            a.machine.receive(.releaseRequest(from: nodeB, checksum: 12345, items: items), now: a.now)
+        )
         #expect(refused.refusals[nodeB] == items)
     }
 
@@ -389,11 +405,16 @@ struct HandoffTests {
         h.desire(["x"])
         h.complete(h.join([nodeA]))
         let update = h.record(
-            h.machine.desiredChanged(upserted: [Resource(id: "x", attributes: ["v": .number(2)])], removed: [], now: h.now)
+            h.machine.desiredChanged(
+                upserted: [Resource(id: "x", attributes: ["v": .number(2)])],
+                removed: [],
+                now: h.now
+            )
         )
         #expect(update.terminated == ["x"])
         let restart = h.complete(update)
-        guard case .handle(let resource, _, _)? = restart.first(where: { if case .handle = $0 { true } else { false } }) else {
+        guard case .handle(let resource, _, _)? = restart.first(where: { if case .handle = $0 { true } else { false } })
+        else {
             Issue.record("not restarted")
             return
         }

@@ -132,4 +132,3 @@ struct SimulationCheckerTests {
         #expect(throws: StorkError.self) { try SimulationFault.parseList("crash,meteor") }
     }
 }
-

@@ -286,7 +286,8 @@ public final class ResourceManager: Service, Sendable {
     /// Runs one event through the state machine and performs what it asks, in order.
     private func apply(_ body: (inout ClusterNodeStateMachine, StorkInstant) -> [NodeAction]) {
         let now = self.now()
-        let completions = self.state.withLock { state -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] in
+        let completions = self.state.withLock {
+            state -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] in
             let actions = body(&state.machine, now)
             return self.perform(actions, state: &state)
         }
@@ -334,7 +335,8 @@ public final class ResourceManager: Service, Sendable {
     ) async -> RequestOutcome {
         await withCheckedContinuation { (continuation: CheckedContinuation<RequestOutcome, Never>) in
             let now = self.now()
-            let completions = self.state.withLock { state -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] in
+            let completions = self.state.withLock {
+                state -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] in
                 if state.hasLeft { return [(continuation, .shutdown)] }
                 state.nextRequestID += 1
                 state.requests[state.nextRequestID] = continuation

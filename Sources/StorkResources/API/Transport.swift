@@ -1,5 +1,5 @@
-import Synchronization
 import StorkCore
+import Synchronization
 
 // MARK: - ClusterTransport
 

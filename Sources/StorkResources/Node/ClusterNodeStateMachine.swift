@@ -93,7 +93,10 @@ public struct ClusterNodeStateMachine: Sendable {
 
     public mutating func start(now: StorkInstant) -> [NodeAction] {
         self.process(self.membership.start(now: now), now: now)
-        self.timers.schedule(.desiredSync, at: now + self.random.jittered(self.settings.desiredSyncInterval, fraction: 0.2))
+        self.timers.schedule(
+            .desiredSync,
+            at: now + self.random.jittered(self.settings.desiredSyncInterval, fraction: 0.2)
+        )
         self.timers.schedule(.desiredGarbage, at: now + .seconds(60))
         return self.flush(now: now)
     }
@@ -124,7 +127,10 @@ public struct ClusterNodeStateMachine: Sendable {
             self.publish([entry], now: now)
         }
         guard let entry = self.desired.entry(resource.id) else { return self.flush(now: now) }
-        self.outgoing[requestID] = PendingForward(operation: .allocate(entry), deadline: now + self.settings.forwardDeadline)
+        self.outgoing[requestID] = PendingForward(
+            operation: .allocate(entry),
+            deadline: now + self.settings.forwardDeadline
+        )
         self.attemptForward(requestID, now: now)
         return self.flush(now: now)
     }
@@ -467,7 +473,11 @@ public struct ClusterNodeStateMachine: Sendable {
             self.merge(accepted.map(\.operation.entry).filter { $0.version.clock > 0 }, now: now)
             for item in accepted {
                 let kind: WaiterKind = item.operation.entry.isRemoval ? .deallocate : .allocate
-                self.addWaiter(Waiter(requester: from, requestID: item.requestID, kind: kind), for: item.operation.entry.id, now: now)
+                self.addWaiter(
+                    Waiter(requester: from, requestID: item.requestID, kind: kind),
+                    for: item.operation.entry.id,
+                    now: now
+                )
             }
         }
     }

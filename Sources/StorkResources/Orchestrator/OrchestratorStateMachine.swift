@@ -384,7 +384,9 @@ public struct OrchestratorStateMachine: Sendable {
 
     private mutating func confirmWaiters(of id: ResourceID) {
         guard var entry = self.entries[id], !entry.waiters.isEmpty else { return }
-        for (peer, round) in entry.waiters { self.confirmOutbox[peer, default: []].append(ClaimItem(id: id, round: round)) }
+        for (peer, round) in entry.waiters {
+            self.confirmOutbox[peer, default: []].append(ClaimItem(id: id, round: round))
+        }
         entry.waiters = [:]
         self.entries[id] = entry
     }
@@ -517,7 +519,9 @@ public struct OrchestratorStateMachine: Sendable {
         self.actions = []
         let checksum = self.placement.checksum
         for peer in self.refuseOutbox.keys.sorted() {
-            result.append(.send(.releaseRefuse(from: self.myself, checksum: checksum, items: self.refuseOutbox[peer]!), to: peer))
+            result.append(
+                .send(.releaseRefuse(from: self.myself, checksum: checksum, items: self.refuseOutbox[peer]!), to: peer)
+            )
         }
         for peer in self.confirmOutbox.keys.sorted() {
             result.append(.send(.releaseConfirm(from: self.myself, items: self.confirmOutbox[peer]!), to: peer))

@@ -122,4 +122,3 @@ public enum OrchestratorAction: Hashable, Sendable {
     /// Leaving: nothing runs here any more.
     case drained
 }
-
