@@ -287,11 +287,10 @@ struct ResourceManagerTests {
             let managers = ["a", "b"].map { name in
                 var config = configuration(name, seeds: name == "a" ? [] : ["a:1"])
                 config.cacheAllResources = cache
-                config.sourceKey = key
                 return ResourceManager(
                     configuration: config,
                     handler: RecordingHandler(node: name, recorder: recorder),
-                    source: source,
+                    sources: [SourceRegistration(name: "accounts", source: source, electionKey: key)],
                     transport: network.endpoint("\(name):1"),
                     logger: quietLogger()
                 )

@@ -16,7 +16,8 @@ public struct ResourceManagerConfiguration: Sendable {
     public var seeds: [String] = []
     /// Membership, orchestrator, placement and forwarding settings.
     public var node = NodeSettings()
-    /// Poll the source this often (only the node that owns the source's key polls). Nil: fetch once.
+    /// Poll the source given to the convenience initializers this often (only the node that owns the source's
+    /// key polls). Nil: fetch once (and again when another node takes over the source).
     public var pollInterval: Duration?
     /// Keep every resource in the replicated desired set (true), or refetch the source after every rebalance
     /// (false; the original library's behaviour without a cache).
@@ -28,8 +29,6 @@ public struct ResourceManagerConfiguration: Sendable {
     public var fetchRetryInitial: Duration = .seconds(1)
     /// How long a node that left keeps answering, so that its departure reaches every member.
     public var leaveLinger: Duration = .milliseconds(300)
-    /// The key whose owner polls the source.
-    public var sourceKey: ResourceID = "stork.source"
 
     public init(name: String) {
         self.name = name
@@ -54,6 +53,25 @@ public struct FetchRetryPolicy: Sendable, Hashable {
         let seconds = self.initial.secondsDouble * pow(2, min(exponent, 30))
         let left = (self.maximumTotal - elapsed).secondsDouble
         return .nanoseconds(Int64(min(seconds, left) * 1e9))
+    }
+}
+
+/// A source and how the cluster uses it.
+public struct SourceRegistration: Sendable {
+    /// The source's name: resources remember which source listed them, so that a source's refresh only removes
+    /// what that source stopped listing.
+    public var name: String
+    public var source: any ResourceSource
+    /// Poll this often; nil fetches once (and again when another node takes the source over).
+    public var pollInterval: Duration?
+    /// The key whose owner (by placement) is the one node that fetches and polls this source.
+    public var electionKey: ResourceID
+
+    public init(name: String, source: any ResourceSource, pollInterval: Duration? = nil, electionKey: ResourceID? = nil) {
+        self.name = name
+        self.source = source
+        self.pollInterval = pollInterval
+        self.electionKey = electionKey ?? ResourceID("stork.source.\(name)")
     }
 }
 
@@ -109,7 +127,7 @@ public final class ResourceManager: Service, Sendable {
     public let identity: NodeID
     public let configuration: ResourceManagerConfiguration
     private let mode: Mode
-    private let source: (any ResourceSource)?
+    private let sources: [SourceRegistration]
     private let transport: any ClusterTransport
     private let logger: Logger
     private let clock = ContinuousClock()
@@ -121,6 +139,7 @@ public final class ResourceManager: Service, Sendable {
     private let joined = OneShotSignal()
     private let left = OneShotSignal()
 
+    /// A node whose resources come from one source (named "default", polled every `pollInterval`) and `allocate`.
     public convenience init(
         configuration: ResourceManagerConfiguration,
         handler: some ResourceHandler,
@@ -128,9 +147,22 @@ public final class ResourceManager: Service, Sendable {
         transport: some ClusterTransport,
         logger: Logger = Logger(label: "stork.resources")
     ) {
-        self.init(configuration, .handler(handler), source, transport, logger)
+        let sources = source.map { [SourceRegistration(name: "default", source: $0, pollInterval: configuration.pollInterval)] }
+        self.init(configuration, .handler(handler), sources ?? [], transport, logger)
     }
 
+    /// A node whose resources come from several named sources and `allocate`.
+    public convenience init(
+        configuration: ResourceManagerConfiguration,
+        handler: some ResourceHandler,
+        sources: [SourceRegistration],
+        transport: some ClusterTransport,
+        logger: Logger = Logger(label: "stork.resources")
+    ) {
+        self.init(configuration, .handler(handler), sources, transport, logger)
+    }
+
+    /// A node whose resources run as `ResourceRunner.run` calls, cancelled to terminate.
     public convenience init(
         configuration: ResourceManagerConfiguration,
         runner: some ResourceRunner,
@@ -138,13 +170,14 @@ public final class ResourceManager: Service, Sendable {
         transport: some ClusterTransport,
         logger: Logger = Logger(label: "stork.resources")
     ) {
-        self.init(configuration, .runner(runner), source, transport, logger)
+        let sources = source.map { [SourceRegistration(name: "default", source: $0, pollInterval: configuration.pollInterval)] }
+        self.init(configuration, .runner(runner), sources ?? [], transport, logger)
     }
 
     private init(
         _ configuration: ResourceManagerConfiguration,
         _ mode: Mode,
-        _ source: (any ResourceSource)?,
+        _ sources: [SourceRegistration],
         _ transport: any ClusterTransport,
         _ logger: Logger
     ) {
@@ -157,7 +190,7 @@ public final class ResourceManager: Service, Sendable {
         )
         self.configuration = configuration
         self.mode = mode
-        self.source = source
+        self.sources = sources
         self.transport = transport
         var logger = logger
         logger[metadataKey: "stork.node"] = "\(configuration.name)"
@@ -231,17 +264,17 @@ public final class ResourceManager: Service, Sendable {
     // MARK: Service
 
     public func run() async throws {
-        if let source {
-            try await source.setup()
+        for registration in self.sources {
+            try await registration.source.setup()
         }
         await withGracefulShutdownHandler {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await self.receiveLoop() }
                 group.addTask { await self.timerLoop() }
-                if let source = self.source {
-                    group.addTask { await self.sourceLoop(source) }
-                    if let changes = source.changes() {
-                        group.addTask { await self.changesLoop(changes) }
+                for registration in self.sources {
+                    group.addTask { await self.sourceLoop(registration) }
+                    if let changes = registration.source.changes() {
+                        group.addTask { await self.changesLoop(changes, source: registration.name) }
                     }
                 }
                 self.apply { machine, now in machine.start(now: now) }
@@ -267,7 +300,7 @@ public final class ResourceManager: Service, Sendable {
             self.beginLeave()
         }
         self.transport.close()
-        await self.source?.tearDown()
+        for registration in self.sources { await registration.source.tearDown() }
         let failure = self.state.withLock { state -> StorkError? in
             for continuation in state.subscribers.values { continuation.finish() }
             state.subscribers = [:]
@@ -372,7 +405,7 @@ public final class ResourceManager: Service, Sendable {
         }
     }
 
-    private func sourceLoop(_ source: any ResourceSource) async {
+    private func sourceLoop(_ registration: SourceRegistration) async {
         await self.joined.wait()
         var fetchedAsOwner = false
         var lastFetch: ContinuousClock.Instant?
@@ -382,22 +415,22 @@ public final class ResourceManager: Service, Sendable {
             let (isOwner, checksum) = self.state.withLock { state in
                 (
                     state.machine.orchestrator.isReady
-                        && state.machine.placement.owner(of: self.configuration.sourceKey) == self.identity,
+                        && state.machine.placement.owner(of: registration.electionKey) == self.identity,
                     state.machine.placement.checksum
                 )
             }
             if isOwner {
                 let pollDue =
-                    self.configuration.pollInterval.map { interval in
+                    registration.pollInterval.map { interval in
                         lastFetch.map { self.clock.now - $0 >= interval } ?? true
                     } ?? false
                 let refetch = !self.configuration.cacheAllResources && lastChecksum != checksum
                 if !fetchedAsOwner || pollDue || refetch {
-                    guard let resources = await self.fetchWithRetry(source) else { return }
+                    guard let resources = await self.fetchWithRetry(registration) else { return }
                     fetchedAsOwner = true
                     lastFetch = self.clock.now
                     lastChecksum = checksum
-                    self.apply { machine, now in machine.sourceReplaced(resources, now: now) }
+                    self.apply { machine, now in machine.sourceReplaced(resources, source: registration.name, now: now) }
                 }
             } else {
                 fetchedAsOwner = false
@@ -407,7 +440,7 @@ public final class ResourceManager: Service, Sendable {
     }
 
     /// Fetches, retrying with backoff; on giving up, leaves the cluster and returns nil.
-    private func fetchWithRetry(_ source: any ResourceSource) async -> [Resource]? {
+    private func fetchWithRetry(_ registration: SourceRegistration) async -> [Resource]? {
         let policy = FetchRetryPolicy(
             initial: self.configuration.fetchRetryInitial,
             maximumTotal: self.configuration.maxLengthOfTimeToRetryResourceFetching
@@ -416,13 +449,13 @@ public final class ResourceManager: Service, Sendable {
         var failures = 0
         while !Task.isCancelled {
             do {
-                return try await source.fetch()
+                return try await registration.source.fetch()
             } catch {
                 failures += 1
                 guard let delay = policy.delay(afterFailures: failures, elapsed: self.clock.now - started) else {
                     let failure = StorkError(
                         .sourceFailed,
-                        "the source failed for \(failures) attempts; leaving the cluster",
+                        "the source '\(registration.name)' failed for \(failures) attempts; leaving the cluster",
                         underlying: error
                     )
                     self.logger.error("\(failure)")
@@ -432,7 +465,7 @@ public final class ResourceManager: Service, Sendable {
                 }
                 self.logger.warning(
                     "source fetch failed; retrying",
-                    metadata: ["stork.error": "\(error)", "stork.retry_in": "\(delay)"]
+                    metadata: ["stork.source": "\(registration.name)", "stork.error": "\(error)", "stork.retry_in": "\(delay)"]
                 )
                 try? await Task.sleep(for: delay)
             }
@@ -440,16 +473,18 @@ public final class ResourceManager: Service, Sendable {
         return nil
     }
 
-    private func changesLoop(_ changes: AsyncStream<ResourceSourceChange>) async {
+    private func changesLoop(_ changes: AsyncStream<ResourceSourceChange>, source: String) async {
         await self.joined.wait()
         for await change in changes {
             switch change {
             case .upserted(let resources):
-                self.apply { machine, now in machine.sourceChanged(upserted: resources, removed: [], now: now) }
+                self.apply { machine, now in
+                    machine.sourceChanged(upserted: resources, removed: [], source: source, now: now)
+                }
             case .removed(let ids):
-                self.apply { machine, now in machine.sourceChanged(upserted: [], removed: ids, now: now) }
+                self.apply { machine, now in machine.sourceChanged(upserted: [], removed: ids, source: source, now: now) }
             case .replaced(let resources):
-                self.apply { machine, now in machine.sourceReplaced(resources, now: now) }
+                self.apply { machine, now in machine.sourceReplaced(resources, source: source, now: now) }
             }
         }
     }

@@ -34,15 +34,15 @@ public struct DesiredEntry: Hashable, Sendable, Codable {
     /// The resource, or nil for a removal.
     public var resource: Resource?
     public var version: DesiredVersion
-    /// Whether the resource came from the source (and goes when the source stops listing it), rather than from
-    /// `allocate` (and goes only with `deallocate`).
-    public var fromSource: Bool
+    /// The name of the source that lists the resource (it goes when that source stops listing it), or nil when it
+    /// came from `allocate` (it goes only with `deallocate`).
+    public var source: String?
 
-    public init(id: ResourceID, resource: Resource?, version: DesiredVersion, fromSource: Bool = false) {
+    public init(id: ResourceID, resource: Resource?, version: DesiredVersion, source: String? = nil) {
         self.id = id
         self.resource = resource
         self.version = version
-        self.fromSource = fromSource
+        self.source = source
     }
 
     public var isRemoval: Bool { self.resource == nil }
@@ -51,7 +51,8 @@ public struct DesiredEntry: Hashable, Sendable, Codable {
     var fingerprint: UInt64 {
         var hash = StableHash.fnv1a64(self.id.rawValue)
         hash = StableHash.fnv1a64(self.version.origin, continuing: hash ^ self.version.clock)
-        return StableHash.mix64(hash ^ (self.isRemoval ? 0x5bd1_e995 : 0) ^ (self.fromSource ? 0x27d4_eb2f : 0))
+        if let source = self.source { hash = StableHash.fnv1a64(source, continuing: hash ^ 0x27d4_eb2f) }
+        return StableHash.mix64(hash ^ (self.isRemoval ? 0x5bd1_e995 : 0))
     }
 }
 
@@ -90,16 +91,16 @@ public struct DesiredSet: Sendable {
 
     /// Adds or updates a resource. Returns the new entry, or nil when the resource was already there unchanged.
     ///
-    /// `fromSource` marks resources that the source lists: `replace(with:)` removes those it no longer lists, and
-    /// never touches resources added through `allocate`.
+    /// `source` names the source that lists the resource: `replace(with:source:)` removes what that source no
+    /// longer lists, and never touches resources added through `allocate` (source nil) or listed by other sources.
     public mutating func put(
         _ resource: Resource,
-        fromSource: Bool = false,
+        source: String? = nil,
         physicalMillis: UInt64,
         now: StorkInstant
     ) -> DesiredEntry? {
         if let current = self.entries[resource.id], current.resource == resource,
-            current.fromSource == fromSource || !fromSource
+            current.source == source || source == nil
         {
             return nil
         }
@@ -107,7 +108,7 @@ public struct DesiredSet: Sendable {
             id: resource.id,
             resource: resource,
             version: self.nextVersion(physicalMillis),
-            fromSource: fromSource
+            source: source
         )
         self.store(entry, now: now)
         return entry
@@ -129,6 +130,7 @@ public struct DesiredSet: Sendable {
     /// entries that changed (the delta to publish).
     public mutating func replace(
         with resources: [Resource],
+        source: String,
         physicalMillis: UInt64,
         now: StorkInstant
     ) -> [DesiredEntry] {
@@ -137,11 +139,11 @@ public struct DesiredSet: Sendable {
         seen.reserveCapacity(resources.count)
         for resource in resources {
             seen.insert(resource.id)
-            if let entry = self.put(resource, fromSource: true, physicalMillis: physicalMillis, now: now) {
+            if let entry = self.put(resource, source: source, physicalMillis: physicalMillis, now: now) {
                 changes.append(entry)
             }
         }
-        let missing = self.entries.values.filter { $0.resource != nil && $0.fromSource && !seen.contains($0.id) }
+        let missing = self.entries.values.filter { $0.resource != nil && $0.source == source && !seen.contains($0.id) }
             .map(\.id).sorted()
         for id in missing {
             if let entry = self.remove(id, physicalMillis: physicalMillis, now: now) { changes.append(entry) }

@@ -155,9 +155,18 @@ public struct ClusterNodeStateMachine: Sendable {
         return self.flush(now: now)
     }
 
-    /// A source delivered its complete list: the desired set becomes exactly that list.
-    public mutating func sourceReplaced(_ resources: [Resource], now: StorkInstant) -> [NodeAction] {
-        let changes = self.desired.replace(with: resources, physicalMillis: self.physicalMillis(now), now: now)
+    /// A source delivered its complete list: that source's part of the desired set becomes exactly that list.
+    public mutating func sourceReplaced(
+        _ resources: [Resource],
+        source: String = "default",
+        now: StorkInstant
+    ) -> [NodeAction] {
+        let changes = self.desired.replace(
+            with: resources,
+            source: source,
+            physicalMillis: self.physicalMillis(now),
+            now: now
+        )
         if !changes.isEmpty { self.publish(changes, now: now) }
         return self.flush(now: now)
     }
@@ -166,12 +175,13 @@ public struct ClusterNodeStateMachine: Sendable {
     public mutating func sourceChanged(
         upserted: [Resource],
         removed: [ResourceID],
+        source: String = "default",
         now: StorkInstant
     ) -> [NodeAction] {
         var changes: [DesiredEntry] = []
         let millis = self.physicalMillis(now)
         for resource in upserted {
-            if let entry = self.desired.put(resource, fromSource: true, physicalMillis: millis, now: now) {
+            if let entry = self.desired.put(resource, source: source, physicalMillis: millis, now: now) {
                 changes.append(entry)
             }
         }
