@@ -75,10 +75,37 @@ public struct SourceRegistration: Sendable {
     }
 }
 
+/// What this node is doing with one resource.
+public struct ResourceState: Sendable, Hashable {
+    public var id: ResourceID
+    /// claiming, handling, running, failed or terminating.
+    public var state: String
+    /// When it entered that state.
+    public var since: Date
+    /// The handle attempt (1 = first since it came here).
+    public var attempt: Int
+    public var resource: Resource?
+}
+
+/// Counters of one node since it started.
+public struct ResourceManagerStatistics: Sendable, Hashable {
+    public var handles = 0
+    public var handleFailures = 0
+    public var terminations = 0
+    public var terminationFailures = 0
+    public var handoffTimeouts = 0
+    /// allocate / deallocate calls made on this node.
+    public var requests = 0
+}
+
 /// A snapshot of one node.
 public struct ResourceManagerStatus: Sendable {
     public var identity: NodeID
     public var isJoined: Bool
+    /// Whether the node applied a view of the cluster and handles what it owns.
+    public var isReady: Bool
+    /// Whether the node is leaving (draining) or has left.
+    public var isLeaving: Bool
     public var members: [Member]
     /// The members resources are placed on, and the placement checksum of that view.
     public var view: [NodeID]
@@ -121,7 +148,10 @@ public final class ResourceManager: Service, Sendable {
         var nextSubscriber = 0
         var runners: [ResourceID: RunningResource] = [:]
         var hasLeft = false
+        var isLeaving = false
         var failure: StorkError?
+        var resourceStates: [ResourceID: ResourceState] = [:]
+        var statistics = ResourceManagerStatistics()
     }
 
     public let identity: NodeID
@@ -252,6 +282,8 @@ public final class ResourceManager: Service, Sendable {
             return ResourceManagerStatus(
                 identity: self.identity,
                 isJoined: machine.membership.isJoined,
+                isReady: machine.orchestrator.isReady,
+                isLeaving: state.isLeaving || state.hasLeft,
                 members: machine.membership.members,
                 view: machine.placement.members.map(\.node),
                 viewChecksum: machine.placement.checksum,
@@ -347,6 +379,7 @@ public final class ResourceManager: Service, Sendable {
                 }
             case .event(let event):
                 self.log(event)
+                Self.record(event, in: &state)
                 for subscriber in state.subscribers.values { subscriber.yield(event) }
                 switch event {
                 case .joined:
@@ -363,6 +396,44 @@ public final class ResourceManager: Service, Sendable {
         return completions
     }
 
+    /// Keeps the per-resource state table and the counters up to date.
+    private static func record(_ event: NodeEvent, in state: inout State) {
+        guard case .resource(let event) = event else { return }
+        let now = Date()
+        func set(_ phase: String, attempt: Int? = nil) {
+            let previous = state.resourceStates[event.id]
+            state.resourceStates[event.id] = ResourceState(
+                id: event.id,
+                state: phase,
+                since: previous?.state == phase ? previous!.since : now,
+                attempt: attempt ?? previous?.attempt ?? 0,
+                resource: state.machine.orchestrator.desiredResource(event.id)
+            )
+        }
+        switch event.kind {
+        case .claiming:
+            set("claiming")
+        case .handling(let attempt):
+            state.statistics.handles += 1
+            set("handling", attempt: attempt)
+        case .handled(let attempt):
+            set("running", attempt: attempt)
+        case .handleFailed(let attempt, _):
+            state.statistics.handleFailures += 1
+            set("failed", attempt: attempt)
+        case .terminating:
+            state.statistics.terminations += 1
+            set("terminating")
+        case .terminated:
+            state.resourceStates[event.id] = nil
+        case .terminationFailed:
+            state.statistics.terminationFailures += 1
+            state.resourceStates[event.id] = nil
+        case .handoffTimedOut:
+            state.statistics.handoffTimeouts += 1
+        }
+    }
+
     private func request(
         _ body: @escaping @Sendable (inout ClusterNodeStateMachine, UInt64, StorkInstant) -> [NodeAction]
     ) async -> RequestOutcome {
@@ -371,6 +442,7 @@ public final class ResourceManager: Service, Sendable {
             let completions = self.state.withLock {
                 state -> [(CheckedContinuation<RequestOutcome, Never>, RequestOutcome)] in
                 if state.hasLeft { return [(continuation, .shutdown)] }
+                state.statistics.requests += 1
                 state.nextRequestID += 1
                 state.requests[state.nextRequestID] = continuation
                 let actions = body(&state.machine, state.nextRequestID, now)
@@ -382,7 +454,31 @@ public final class ResourceManager: Service, Sendable {
     }
 
     private func beginLeave() {
+        self.state.withLock { $0.isLeaving = true }
         self.apply { machine, now in machine.leave(now: now) }
+    }
+
+    /// Starts a graceful leave without waiting for it (`stop()` waits). Used by `stork drain` and SIGTERM.
+    public func drain() {
+        self.beginLeave()
+    }
+
+    /// The resources this node holds state for (claiming, handling, running, failed, terminating), sorted by id.
+    public func resourceStates() -> [ResourceState] {
+        self.state.withLock { $0.resourceStates.values.sorted { $0.id < $1.id } }
+    }
+
+    /// Counters since start.
+    public func statistics() -> ResourceManagerStatistics {
+        self.state.withLock { $0.statistics }
+    }
+
+    /// The owner of every desired resource in this node's view: the cluster-wide picture as placement gives it.
+    public func clusterAssignment() -> [(resource: Resource, owner: NodeID?)] {
+        self.state.withLock { state in
+            let placement = state.machine.placement
+            return state.machine.desired.resources.map { ($0, placement.owner(of: $0.id)) }
+        }
     }
 
     // MARK: Loops

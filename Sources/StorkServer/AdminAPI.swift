@@ -1,0 +1,314 @@
+import Foundation
+import Hummingbird
+import NIOCore
+import StorkCore
+import StorkMembership
+import StorkResources
+
+// MARK: - AdminAPI
+//
+// The node's admin HTTP API, documented in Docs/admin-api.md:
+//
+//   GET    /v1/cluster                    this node, the members with status and incarnation, the view checksum
+//   GET    /v1/resources[?scope=cluster]  this node's resources with state and since; or every desired resource
+//                                         with its owner in this node's view
+//   POST   /v1/resources                  allocate: body is one resource object with a string "id"
+//   DELETE /v1/resources/{id}             deallocate
+//   POST   /v1/drain                      leave gracefully (hand every resource off), then exit
+//   GET    /v1/events                     server-sent events of lifecycle changes
+//   GET    /healthz  /readyz  /metrics
+
+/// Extra numbers the admin API reports that the resource manager does not know (for example the transport's).
+public protocol AdminMetricsSource: Sendable {
+    /// Prometheus samples: (name, labels, value, type "counter" or "gauge", help).
+    func samples() -> [MetricSample]
+}
+
+public struct MetricSample: Sendable, Hashable {
+    public var name: String
+    public var labels: [String: String]
+    public var value: Double
+    public var type: String
+    public var help: String
+
+    public init(name: String, labels: [String: String] = [:], value: Double, type: String = "counter", help: String) {
+        self.name = name
+        self.labels = labels
+        self.value = value
+        self.type = type
+        self.help = help
+    }
+}
+
+public enum AdminAPI {
+    /// Largest request body accepted (an allocate of one resource).
+    public static let maximumBodySize = 1 << 20
+
+    public static func router(
+        manager: ResourceManager,
+        extraMetrics: [any AdminMetricsSource] = []
+    ) -> Router<BasicRequestContext> {
+        let router = Router()
+
+        router.get("/healthz") { _, _ in
+            Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+        }
+
+        router.get("/readyz") { _, _ in
+            let status = manager.status()
+            let ready = status.isReady && !status.isLeaving
+            return Response(
+                status: ready ? .ok : .serviceUnavailable,
+                body: .init(byteBuffer: ByteBuffer(string: ready ? "ready\n" : (status.isLeaving ? "leaving\n" : "joining\n")))
+            )
+        }
+
+        router.get("/v1/cluster") { _, _ in
+            json(clusterDocument(manager.status()))
+        }
+
+        router.get("/v1/resources") { request, _ in
+            if request.uri.queryParameters["scope"].map(String.init) == "cluster" {
+                let local = Dictionary(uniqueKeysWithValues: manager.resourceStates().map { ($0.id, $0) })
+                let items: [JSONValue] = manager.clusterAssignment().map { resource, owner in
+                    var item: [String: JSONValue] = [
+                        "id": .string(resource.id.rawValue),
+                        "owner": owner.map { .string($0.name) } ?? .null,
+                        "resource": .object(resource.attributes),
+                    ]
+                    if let state = local[resource.id] { item["state"] = .string(state.state) }
+                    return .object(item)
+                }
+                return json(.object(["scope": "cluster", "resources": .array(items)]))
+            }
+            let node = manager.identity.name
+            let items: [JSONValue] = manager.resourceStates().map { state in
+                .object([
+                    "id": .string(state.id.rawValue),
+                    "node": .string(node),
+                    "state": .string(state.state),
+                    "since": .string(iso8601(state.since)),
+                    "attempt": .number(Double(state.attempt)),
+                    "resource": state.resource.map { .object($0.attributes) } ?? .null,
+                ])
+            }
+            return json(.object(["scope": "node", "node": .string(node), "resources": .array(items)]))
+        }
+
+        router.post("/v1/resources") { request, _ in
+            let body = try await request.body.collect(upTo: maximumBodySize)
+            let resource: Resource
+            do {
+                resource = try JSONDecoder().decode(Resource.self, from: Data(buffer: body))
+            } catch {
+                return problem(.badRequest, "the body must be one JSON object with a non-empty string \"id\": \(error)")
+            }
+            return outcomeResponse(await manager.allocate(resource), id: resource.id)
+        }
+
+        router.delete("/v1/resources/:id") { _, context in
+            guard let raw = context.parameters.get("id"), !raw.isEmpty else {
+                return problem(.badRequest, "missing resource id")
+            }
+            let id = ResourceID(raw.removingPercentEncoding ?? raw)
+            return outcomeResponse(await manager.deallocate(id), id: id)
+        }
+
+        router.post("/v1/drain") { _, _ in
+            manager.drain()
+            return json(.object(["draining": true]), status: .accepted)
+        }
+
+        router.get("/v1/events") { _, _ in
+            let events = manager.events()
+            var headers = HTTPFields()
+            headers[.contentType] = "text/event-stream"
+            headers[.cacheControl] = "no-cache"
+            return Response(
+                status: .ok,
+                headers: headers,
+                body: ResponseBody { writer in
+                    try await writer.write(ByteBuffer(string: ": stork events\n\n"))
+                    for await event in events {
+                        let line = "data: " + eventDocument(event).description + "\n\n"
+                        try await writer.write(ByteBuffer(string: line))
+                    }
+                    try await writer.finish(nil)
+                }
+            )
+        }
+
+        router.get("/metrics") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/plain; version=0.0.4"
+            let text = prometheusText(manager: manager, extra: extraMetrics.flatMap { $0.samples() })
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
+        }
+
+        return router
+    }
+
+    // MARK: Documents
+
+    static func clusterDocument(_ status: ResourceManagerStatus) -> JSONValue {
+        let members: [JSONValue] = status.members.map { member in
+            .object([
+                "name": .string(member.node.name),
+                "address": .string(member.node.address),
+                "uid": .string(String(member.node.uid, radix: 16)),
+                "status": .string(member.status.description),
+                "incarnation": .number(Double(member.incarnation)),
+            ])
+        }
+        return .object([
+            "self": .object([
+                "name": .string(status.identity.name),
+                "address": .string(status.identity.address),
+                "uid": .string(String(status.identity.uid, radix: 16)),
+            ]),
+            "joined": .bool(status.isJoined),
+            "ready": .bool(status.isReady),
+            "leaving": .bool(status.isLeaving),
+            "members": .array(members),
+            "view": .array(status.view.map { .string($0.name) }),
+            "checksum": .string(String(status.viewChecksum)),
+            "running": .number(Double(status.running.count)),
+            "desired": .number(Double(status.desiredCount)),
+        ])
+    }
+
+    static func eventDocument(_ event: NodeEvent) -> JSONValue {
+        switch event {
+        case .resource(let event):
+            return .object([
+                "type": "resource", "id": .string(event.id.rawValue), "event": .string("\(event.kind)"),
+            ])
+        case .member(let change):
+            return .object([
+                "type": "member", "node": .string(change.node.name), "address": .string(change.node.address),
+                "previous": change.previous.map { .string($0.description) } ?? .null,
+                "current": change.current.map { .string($0.description) } ?? .null,
+            ])
+        case .joined(let standalone):
+            return .object(["type": "joined", "standalone": .bool(standalone)])
+        case .refuted(let incarnation):
+            return .object(["type": "refuted", "incarnation": .number(Double(incarnation))])
+        case .viewApplied(let members, let checksum):
+            return .object([
+                "type": "view", "members": .array(members.map { .string($0.name) }),
+                "checksum": .string(String(checksum)),
+            ])
+        case .left:
+            return .object(["type": "left"])
+        }
+    }
+
+    static func outcomeResponse(_ outcome: RequestOutcome, id: ResourceID) -> Response {
+        switch outcome {
+        case .handled(let node):
+            return json(.object(["id": .string(id.rawValue), "outcome": "handled", "node": .string(node.name)]))
+        case .handleFailed(let node, let attempt):
+            return json(
+                .object([
+                    "id": .string(id.rawValue), "outcome": "handle-failed", "node": .string(node.name),
+                    "attempt": .number(Double(attempt)), "retrying": true,
+                ]),
+                status: .accepted
+            )
+        case .terminated(let node):
+            return json(.object(["id": .string(id.rawValue), "outcome": "terminated", "node": .string(node.name)]))
+        case .timedOut:
+            return problem(.gatewayTimeout, "no owner answered for \(id) before the deadline")
+        case .shutdown:
+            return problem(.serviceUnavailable, "this node is leaving the cluster")
+        }
+    }
+
+    static func prometheusText(manager: ResourceManager, extra: [MetricSample]) -> String {
+        let status = manager.status()
+        let statistics = manager.statistics()
+        var samples: [MetricSample] = []
+        var byStatus: [String: Int] = ["alive": 0, "suspect": 0, "dead": 0, "left": 0]
+        for member in status.members { byStatus[member.status.description, default: 0] += 1 }
+        for (name, count) in byStatus.sorted(by: { $0.key < $1.key }) {
+            samples.append(
+                MetricSample(
+                    name: "stork_members", labels: ["status": name], value: Double(count), type: "gauge",
+                    help: "Members known to this node, by status."
+                )
+            )
+        }
+        var byState: [String: Int] = ["claiming": 0, "handling": 0, "running": 0, "failed": 0, "terminating": 0]
+        for state in manager.resourceStates() { byState[state.state, default: 0] += 1 }
+        for (name, count) in byState.sorted(by: { $0.key < $1.key }) {
+            samples.append(
+                MetricSample(
+                    name: "stork_resources", labels: ["state": name], value: Double(count), type: "gauge",
+                    help: "Resources on this node, by state."
+                )
+            )
+        }
+        samples += [
+            MetricSample(name: "stork_desired_resources", value: Double(status.desiredCount), type: "gauge",
+                help: "Resources in the cluster's desired set."),
+            MetricSample(name: "stork_handles_total", value: Double(statistics.handles), help: "Handle calls."),
+            MetricSample(name: "stork_handle_failures_total", value: Double(statistics.handleFailures),
+                help: "Failed handle calls (each is retried with backoff)."),
+            MetricSample(name: "stork_terminations_total", value: Double(statistics.terminations),
+                help: "Terminate calls."),
+            MetricSample(name: "stork_termination_failures_total", value: Double(statistics.terminationFailures),
+                help: "Failed terminate calls."),
+            MetricSample(name: "stork_handoff_timeouts_total", value: Double(statistics.handoffTimeouts),
+                help: "Handoffs that went ahead without every member's confirmation."),
+            MetricSample(name: "stork_requests_total", value: Double(statistics.requests),
+                help: "allocate and deallocate requests made on this node (forwarded to owners)."),
+        ]
+        samples += extra
+        var text = ""
+        var described = Set<String>()
+        for sample in samples {
+            if described.insert(sample.name).inserted {
+                text += "# HELP \(sample.name) \(sample.help)\n# TYPE \(sample.name) \(sample.type)\n"
+            }
+            let labels = sample.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\"\(escape($0.value))\"" }
+            text += sample.name + (labels.isEmpty ? "" : "{\(labels.joined(separator: ","))}") + " "
+                + formatNumber(sample.value) + "\n"
+        }
+        return text
+    }
+}
+
+// MARK: - Helpers
+
+private func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    let data = (try? JSONEncoder.sorted.encode(value)) ?? Data("null".utf8)
+    return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data + [0x0A])))
+}
+
+private func problem(_ status: HTTPResponse.Status, _ message: String) -> Response {
+    json(.object(["error": .string(message), "status": .number(Double(status.code))]), status: status)
+}
+
+private func iso8601(_ date: Date) -> String {
+    date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+}
+
+private func escape(_ value: String) -> String {
+    value.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        .replacingOccurrences(of: "\n", with: "\\n")
+}
+
+private func formatNumber(_ value: Double) -> String {
+    if value.rounded() == value, abs(value) < 1e15 { return String(Int64(value)) }
+    return String(value)
+}
+
+extension JSONEncoder {
+    static var sorted: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }
+}
