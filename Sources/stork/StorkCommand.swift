@@ -10,6 +10,11 @@ struct StorkCommand: AsyncParsableCommand {
             BenchCommand.self,
             SimCommand.self,
             DemoCommand.self,
+            StatusCommand.self,
+            ResourcesCommand.self,
+            AllocateCommand.self,
+            DeallocateCommand.self,
+            DrainCommand.self,
         ]
     )
 }
