@@ -25,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -62,11 +63,26 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - Cluster transport: wire codec, UDP + TCP over NIO, peer authentication
+        .target(
+            name: "StorkCluster",
+            dependencies: [
+                "StorkCore",
+                "StorkMembership",
+                "StorkResources",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - The server: configuration, sources, handlers, admin API, composition
         .target(
             name: "StorkServer",
             dependencies: [
                 "StorkCore",
+                "StorkCluster",
                 "StorkMembership",
                 "StorkPlacement",
                 "StorkResources",
@@ -125,6 +141,11 @@ let package = Package(
         ),
         // MARK: - Tests
         .testTarget(name: "StorkCoreTests", dependencies: ["StorkCore"], swiftSettings: storkSwiftSettings),
+        .testTarget(
+            name: "StorkClusterTests",
+            dependencies: ["StorkCluster", "StorkTestKit"],
+            swiftSettings: storkSwiftSettings
+        ),
         .testTarget(
             name: "StorkServerTests",
             dependencies: [
