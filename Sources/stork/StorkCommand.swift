@@ -10,6 +10,7 @@ struct StorkCommand: AsyncParsableCommand {
             BenchCommand.self,
             SimCommand.self,
             DemoCommand.self,
+            ServeCommand.self,
             StatusCommand.self,
             ResourcesCommand.self,
             AllocateCommand.self,

@@ -1,0 +1,372 @@
+import Foundation
+import StorkCore
+import StorkMembership
+import StorkPlacement
+import Yams
+
+// MARK: - Loading: defaults < file < environment < flags
+
+extension ServerConfiguration {
+    /// Reads the configuration: the defaults, then the YAML file (if any), then `STORK_*` environment variables,
+    /// then the command-line overrides. Any problem is a `StorkError(.invalidInput)` naming the key.
+    public static func load(
+        path: String?,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        overrides: ConfigurationOverrides = .init()
+    ) throws -> ServerConfiguration {
+        var configuration = ServerConfiguration()
+        if let path {
+            let text: String
+            do {
+                text = try String(contentsOfFile: path, encoding: .utf8)
+            } catch {
+                throw StorkError(.invalidInput, "cannot read the configuration file \(path)", underlying: error)
+            }
+            configuration = try Self.parse(yaml: text, environment: environment, file: path)
+        }
+        try configuration.apply(environment: environment)
+        try configuration.apply(overrides)
+        try configuration.validate()
+        return configuration
+    }
+
+    /// Parses YAML text on top of the defaults.
+    public static func parse(
+        yaml text: String,
+        environment: [String: String] = [:],
+        file: String = "configuration"
+    ) throws -> ServerConfiguration {
+        guard text.utf8.count <= 1 << 20 else { throw StorkError(.invalidInput, "\(file): larger than 1 MiB") }
+        let root: Yams.Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw StorkError(.invalidInput, "\(file): not valid YAML: \(error)")
+        }
+        var configuration = ServerConfiguration()
+        guard let root else { return configuration }
+        let document = ConfigNode(node: root, path: "", environment: environment)
+        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership"])
+        if let node = top["node"] {
+            let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data"])
+            if let value = fields["name"] { configuration.node.name = try value.string() }
+            if let value = fields["bind"] { configuration.node.bind = try value.address() }
+            if let value = fields["advertise"] { configuration.node.advertise = try value.address() }
+            if let value = fields["http"] { configuration.node.http = try value.address() }
+            if let value = fields["seeds"] { configuration.node.seeds = try value.addressList() }
+            if let value = fields["data"] { configuration.node.data = try value.string() }
+        }
+        if let cluster = top["cluster"] {
+            let fields = try cluster.mapping(allowed: ["name", "key"])
+            if let value = fields["name"] { configuration.cluster.name = try value.string() }
+            if let value = fields["key"] {
+                let key = try value.optionalString()
+                configuration.cluster.key = key?.isEmpty == true ? nil : key
+            }
+        }
+        if let resources = top["resources"] {
+            let fields = try resources.mapping(
+                allowed: ["sources", "handler", "placement", "cacheAllResources", "maxLengthOfTimeToRetryResourceFetching"]
+            )
+            if let value = fields["sources"] { configuration.resources.sources = try Self.sources(value) }
+            if let value = fields["handler"] { configuration.resources.handler = try Self.handler(value) }
+            if let value = fields["placement"] {
+                let name = try value.string()
+                guard let strategy = PlacementStrategy(parsing: name) else {
+                    throw value.error("unknown placement '\(name)'; expected default or ringpop")
+                }
+                configuration.resources.placement = strategy
+            }
+            if let value = fields["cacheAllResources"] { configuration.resources.cacheAllResources = try value.bool() }
+            if let value = fields["maxLengthOfTimeToRetryResourceFetching"] {
+                configuration.resources.maxLengthOfTimeToRetryResourceFetching = try value.duration()
+            }
+        }
+        if let membership = top["membership"] {
+            let fields = try membership.mapping(
+                allowed: ["probeInterval", "probeTimeout", "indirectProbeTimeout", "suspicionMinimum", "pushPullInterval"]
+            )
+            if let value = fields["probeInterval"] { configuration.membership.probeInterval = try value.duration() }
+            if let value = fields["probeTimeout"] { configuration.membership.probeTimeout = try value.duration() }
+            if let value = fields["indirectProbeTimeout"] {
+                configuration.membership.indirectProbeTimeout = try value.duration()
+            }
+            if let value = fields["suspicionMinimum"] { configuration.membership.suspicionMinimum = try value.duration() }
+            if let value = fields["pushPullInterval"] { configuration.membership.pushPullInterval = try value.duration() }
+        }
+        return configuration
+    }
+
+    static func sources(_ value: ConfigNode) throws -> [Source] {
+        var counts: [String: Int] = [:]
+        return try value.sequence().map { item in
+            let fields = try item.mapping(allowed: ["type", "name", "path", "url", "poll", "reload", "headers", "timeout"])
+            guard let typeNode = fields["type"] else { throw item.error("missing 'type' (file or http)") }
+            let type = try typeNode.string()
+            counts[type, default: 0] += 1
+            let name = try fields["name"]?.string() ?? "\(type)-\(counts[type]!)"
+            guard !name.isEmpty else { throw item.error("'name' must not be empty") }
+            let poll = try fields["poll"]?.duration()
+            switch type {
+            case "file":
+                guard let path = fields["path"] else { throw item.error("a file source needs 'path'") }
+                for key in ["url", "headers", "timeout"] where fields[key] != nil {
+                    throw fields[key]!.error("not a key of a file source")
+                }
+                return Source(
+                    name: name,
+                    kind: .file(path: try path.string(), reload: try fields["reload"]?.bool() ?? true),
+                    poll: poll
+                )
+            case "http":
+                guard let url = fields["url"] else { throw item.error("an http source needs 'url'") }
+                if let path = fields["path"] { throw path.error("not a key of an http source") }
+                if let reload = fields["reload"] { throw reload.error("not a key of an http source") }
+                return Source(
+                    name: name,
+                    kind: .http(
+                        url: try url.httpURL(),
+                        headers: try fields["headers"]?.stringMap() ?? [:],
+                        timeout: try fields["timeout"]?.duration() ?? .seconds(5)
+                    ),
+                    poll: poll
+                )
+            default:
+                throw typeNode.error("unknown source type '\(type)'; expected file or http")
+            }
+        }
+    }
+
+    static func handler(_ value: ConfigNode) throws -> Handler {
+        let fields = try value.mapping(allowed: ["type", "url", "timeout", "headers"])
+        guard let typeNode = fields["type"] else { throw value.error("missing 'type' (sidecar or log)") }
+        switch try typeNode.string() {
+        case "sidecar":
+            guard let url = fields["url"] else { throw value.error("a sidecar handler needs 'url'") }
+            return .sidecar(
+                url: try url.httpURL(),
+                timeout: try fields["timeout"]?.duration() ?? .seconds(10),
+                headers: try fields["headers"]?.stringMap() ?? [:]
+            )
+        case "log":
+            for key in ["url", "timeout", "headers"] where fields[key] != nil {
+                throw fields[key]!.error("not a key of a log handler")
+            }
+            return .log
+        case let other:
+            throw typeNode.error("unknown handler type '\(other)'; expected sidecar or log")
+        }
+    }
+
+    // MARK: Environment and flags
+
+    mutating func apply(environment: [String: String]) throws {
+        if let value = environment["STORK_NODE_NAME"], !value.isEmpty { self.node.name = value }
+        if let value = environment["STORK_BIND"], !value.isEmpty {
+            self.node.bind = try ConfigValue.address(value, path: "STORK_BIND")
+        }
+        if let value = environment["STORK_HTTP"], !value.isEmpty {
+            self.node.http = try ConfigValue.address(value, path: "STORK_HTTP")
+        }
+        if let value = environment["STORK_SEEDS"] {
+            self.node.seeds = try ConfigValue.addressList(value, path: "STORK_SEEDS")
+        }
+        if let value = environment["STORK_CLUSTER_KEY"], !value.isEmpty { self.cluster.key = value }
+        if let value = environment["STORK_DATA"], !value.isEmpty { self.node.data = value }
+    }
+
+    mutating func apply(_ overrides: ConfigurationOverrides) throws {
+        if let name = overrides.name { self.node.name = name }
+        if let bind = overrides.bind { self.node.bind = try ConfigValue.address(bind, path: "--bind") }
+        if let http = overrides.http { self.node.http = try ConfigValue.address(http, path: "--http") }
+        if let seeds = overrides.seeds {
+            self.node.seeds = try seeds.map { try ConfigValue.address($0, path: "--seeds") }
+        }
+    }
+
+    func validate() throws {
+        guard !self.node.name.isEmpty, self.node.name.utf8.count <= 255 else {
+            throw StorkError(.invalidInput, "node.name must be 1 to 255 bytes")
+        }
+        guard !self.cluster.name.isEmpty, self.cluster.name.utf8.count <= 64 else {
+            throw StorkError(.invalidInput, "cluster.name must be 1 to 64 bytes")
+        }
+        let names = self.resources.sources.map(\.name)
+        if Set(names).count != names.count {
+            throw StorkError(.invalidInput, "resources.sources: two sources have the same name")
+        }
+    }
+}
+
+// MARK: - Reading YAML nodes with their key path
+
+struct ConfigNode {
+    let node: Yams.Node
+    let path: String
+    let environment: [String: String]
+
+    func error(_ message: String) -> StorkError {
+        StorkError(.invalidInput, "\(self.path.isEmpty ? "configuration" : self.path): \(message)")
+    }
+
+    func child(_ key: String, _ node: Yams.Node) -> ConfigNode {
+        ConfigNode(node: node, path: self.path.isEmpty ? key : "\(self.path).\(key)", environment: self.environment)
+    }
+
+    func mapping(allowed: [String]) throws -> [String: ConfigNode] {
+        guard case .mapping(let mapping) = self.node else { throw self.error("expected a mapping of keys") }
+        var result: [String: ConfigNode] = [:]
+        for (key, value) in mapping {
+            guard let name = key.string else { throw self.error("keys must be strings") }
+            guard allowed.contains(name) else {
+                let suggestion = allowed.min { ConfigValue.distance($0, name) < ConfigValue.distance($1, name) }
+                let hint = suggestion.map { ConfigValue.distance($0, name) <= 2 ? " (did you mean '\($0)'?)" : "" } ?? ""
+                throw self.child(name, value).error("unknown key\(hint)")
+            }
+            guard result[name] == nil else { throw self.child(name, value).error("given twice") }
+            result[name] = self.child(name, value)
+        }
+        return result
+    }
+
+    func sequence() throws -> [ConfigNode] {
+        guard case .sequence(let sequence) = self.node else { throw self.error("expected a list") }
+        return sequence.enumerated().map { index, node in
+            ConfigNode(node: node, path: "\(self.path)[\(index)]", environment: self.environment)
+        }
+    }
+
+    func optionalString() throws -> String? {
+        guard case .scalar(let scalar) = self.node else { throw self.error("expected a value") }
+        if scalar.tag == Tag(.null), scalar.style == .plain, ["", "~", "null"].contains(scalar.string) { return nil }
+        return try ConfigValue.substitute(scalar.string, environment: self.environment, path: self.path)
+    }
+
+    func string() throws -> String {
+        guard let value = try self.optionalString() else { throw self.error("expected a value, got null") }
+        return value
+    }
+
+    func bool() throws -> Bool {
+        switch try self.string().lowercased() {
+        case "true", "yes", "on": return true
+        case "false", "no", "off": return false
+        case let other: throw self.error("expected true or false, got '\(other)'")
+        }
+    }
+
+    func duration() throws -> Duration {
+        try ConfigValue.duration(try self.string(), path: self.path)
+    }
+
+    func address() throws -> String {
+        try ConfigValue.address(try self.string(), path: self.path)
+    }
+
+    func addressList() throws -> [String] {
+        if case .scalar = self.node { return try ConfigValue.addressList(try self.string(), path: self.path) }
+        return try self.sequence().map { try $0.address() }
+    }
+
+    func httpURL() throws -> String {
+        let text = try self.string()
+        guard let url = URL(string: text), ["http", "https"].contains(url.scheme?.lowercased() ?? ""),
+            url.host != nil
+        else {
+            throw self.error("'\(text)' is not an http(s) URL")
+        }
+        return text.hasSuffix("/") ? String(text.dropLast()) : text
+    }
+
+    func stringMap() throws -> [String: String] {
+        guard case .mapping(let mapping) = self.node else { throw self.error("expected a mapping") }
+        var result: [String: String] = [:]
+        for (key, value) in mapping {
+            guard let name = key.string else { throw self.error("keys must be strings") }
+            result[name] = try self.child(name, value).string()
+        }
+        return result
+    }
+}
+
+enum ConfigValue {
+    /// `${VAR}` and `${VAR:-default}` from the environment. An unset variable without a default is an error.
+    static func substitute(_ text: String, environment: [String: String], path: String) throws -> String {
+        guard text.contains("${") else { return text }
+        var result = ""
+        var rest = Substring(text)
+        while let start = rest.range(of: "${") {
+            result += rest[..<start.lowerBound]
+            guard let end = rest[start.upperBound...].firstIndex(of: "}") else {
+                throw StorkError(.invalidInput, "\(path): unterminated ${")
+            }
+            let expression = rest[start.upperBound..<end]
+            let name: Substring
+            var fallback: Substring?
+            if let separator = expression.range(of: ":-") {
+                name = expression[..<separator.lowerBound]
+                fallback = expression[separator.upperBound...]
+            } else {
+                name = expression
+            }
+            guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                throw StorkError(.invalidInput, "\(path): bad variable name in ${\(expression)}")
+            }
+            if let value = environment[String(name)], !(value.isEmpty && fallback != nil) {
+                result += value
+            } else if let fallback {
+                result += fallback
+            } else {
+                result += ""
+            }
+            rest = rest[rest.index(after: end)...]
+        }
+        return result + rest
+    }
+
+    /// "500ms", "10s", "2m", "1h", or a number of seconds.
+    static func duration(_ text: String, path: String) throws -> Duration {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where trimmed.hasSuffix(suffix) {
+            let number = trimmed.dropLast(suffix.count)
+            if let value = Double(number), value.isFinite, value >= 0, value * scale < 1e9 {
+                return .nanoseconds(Int64(value * scale * 1e9))
+            }
+            // "5m" vs "5ms": only fall through when the number part does not parse.
+        }
+        if let value = Double(trimmed), value.isFinite, value >= 0, value < 1e9 {
+            return .nanoseconds(Int64(value * 1e9))
+        }
+        throw StorkError(.invalidInput, "\(path): '\(text)' is not a duration (like 500ms, 10s, 2m)")
+    }
+
+    static func address(_ text: String, path: String) throws -> String {
+        let trimmed = text.trimmingCharacters(in: .whitespaces)
+        guard let colon = trimmed.lastIndex(of: ":"), let port = Int(trimmed[trimmed.index(after: colon)...]),
+            (0...65_535).contains(port), colon > trimmed.startIndex
+        else {
+            throw StorkError(.invalidInput, "\(path): '\(text)' is not host:port")
+        }
+        return trimmed
+    }
+
+    static func addressList(_ text: String, path: String) throws -> [String] {
+        try text.split(separator: ",").map { String($0) }.filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+            .map { try Self.address($0, path: path) }
+    }
+
+    static func distance(_ a: String, _ b: String) -> Int {
+        let a = Array(a)
+        let b = Array(b)
+        var previous = Array(0...b.count)
+        for i in 1...max(1, a.count) where !a.isEmpty {
+            var current = [i] + Array(repeating: 0, count: b.count)
+            for j in 1...max(1, b.count) where !b.isEmpty {
+                current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+            }
+            previous = current
+        }
+        return a.isEmpty ? b.count : (b.isEmpty ? a.count : previous[b.count])
+    }
+}

@@ -1,0 +1,100 @@
+import Foundation
+import StorkCore
+import StorkMembership
+import StorkPlacement
+import StorkResources
+
+// MARK: - ServerConfiguration
+//
+// What `stork serve` runs. Every key is documented in Docs/configuration.md; every field has a working default, so
+// that no configuration at all runs a single node on loopback.
+
+/// The configuration of one `stork serve` process.
+public struct ServerConfiguration: Sendable, Hashable {
+    public struct Node: Sendable, Hashable {
+        /// Unique per node; placement hashes it.
+        public var name = ServerConfiguration.defaultNodeName()
+        /// Cluster address, UDP and TCP.
+        public var bind = "127.0.0.1:7946"
+        /// The address other nodes use to reach this one (default: `bind`).
+        public var advertise: String?
+        /// Admin HTTP API.
+        public var http = "127.0.0.1:8080"
+        /// Addresses of live members to join through; may include this node's own.
+        public var seeds: [String] = []
+        /// Local state directory.
+        public var data = "./stork-data"
+    }
+
+    public struct Cluster: Sendable, Hashable {
+        public var name = "stork"
+        /// With a key, all cluster traffic is authenticated (HMAC-SHA256).
+        public var key: String?
+    }
+
+    public enum SourceKind: Sendable, Hashable {
+        /// A JSON or YAML file, reloaded when it changes.
+        case file(path: String, reload: Bool)
+        /// An HTTP URL, polled.
+        case http(url: String, headers: [String: String], timeout: Duration)
+    }
+
+    public struct Source: Sendable, Hashable {
+        public var name: String
+        public var kind: SourceKind
+        public var poll: Duration?
+    }
+
+    public enum Handler: Sendable, Hashable {
+        /// Calls the user's app: POST/DELETE {url}/resources/{id}.
+        case sidecar(url: String, timeout: Duration, headers: [String: String])
+        /// Logs handle and terminate; always succeeds.
+        case log
+    }
+
+    public struct Resources: Sendable, Hashable {
+        public var sources: [Source] = []
+        public var handler: Handler = .log
+        public var placement: PlacementStrategy = .rendezvous
+        public var cacheAllResources = true
+        public var maxLengthOfTimeToRetryResourceFetching: Duration = .seconds(60)
+    }
+
+    public var node = Node()
+    public var cluster = Cluster()
+    public var resources = Resources()
+    public var membership = MembershipSettings()
+
+    public init() {}
+
+    static func defaultNodeName() -> String {
+        let host = ProcessInfo.processInfo.hostName
+        return host.isEmpty || host == "localhost" ? "stork-1" : host
+    }
+
+    /// The resource manager's configuration for this server.
+    public func resourceManagerConfiguration() -> ResourceManagerConfiguration {
+        var configuration = ResourceManagerConfiguration(name: self.node.name)
+        configuration.seeds = self.node.seeds
+        configuration.node.membership = self.membership
+        configuration.node.placement = self.resources.placement
+        configuration.cacheAllResources = self.resources.cacheAllResources
+        configuration.maxLengthOfTimeToRetryResourceFetching = self.resources.maxLengthOfTimeToRetryResourceFetching
+        return configuration
+    }
+}
+
+/// Values from the command line, which win over everything else.
+public struct ConfigurationOverrides: Sendable, Hashable {
+    public var name: String?
+    public var bind: String?
+    public var http: String?
+    public var seeds: [String]?
+
+    public init(name: String? = nil, bind: String? = nil, http: String? = nil, seeds: [String]? = nil) {
+        self.name = name
+        self.bind = bind
+        self.http = http
+        self.seeds = seeds
+    }
+}

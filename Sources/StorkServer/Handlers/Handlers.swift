@@ -1,0 +1,125 @@
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import StorkCore
+import StorkResources
+
+// MARK: - Sidecar
+
+/// Lets an app in any language handle resources: Stork calls it over HTTP.
+///
+/// handle: `POST {url}/resources/{id}` with the resource as JSON; 2xx means handled, anything else (or a timeout)
+/// is a failure that Stork retries with backoff. terminate: `DELETE {url}/resources/{id}`. Headers: `Stork-Node`,
+/// `Stork-Attempt`, `Stork-Reason` (terminate), and `Stork-Fencing-Token` when leases are on.
+public struct SidecarHandler: ResourceHandler {
+    public var url: String
+    public var timeout: Duration
+    public var headers: [String: String]
+    let client: HTTPClient
+
+    public init(url: String, timeout: Duration = .seconds(10), headers: [String: String] = [:], client: HTTPClient) {
+        self.url = url.hasSuffix("/") ? String(url.dropLast()) : url
+        self.timeout = timeout
+        self.headers = headers
+        self.client = client
+    }
+
+    func endpoint(_ id: ResourceID) -> String {
+        let allowed = CharacterSet.urlPathAllowed.subtracting(CharacterSet(charactersIn: "/?#"))
+        let segment = id.rawValue.addingPercentEncoding(withAllowedCharacters: allowed)
+        return "\(self.url)/resources/\(segment ?? id.rawValue)"
+    }
+
+    func call(
+        _ method: HTTPMethod,
+        _ resource: Resource,
+        context: ResourceContext,
+        reason: TerminationReason?
+    ) async throws {
+        var request = HTTPClientRequest(url: self.endpoint(resource.id))
+        request.method = method
+        for (name, value) in self.headers { request.headers.replaceOrAdd(name: name, value: value) }
+        request.headers.replaceOrAdd(name: "Stork-Node", value: context.node.name)
+        request.headers.replaceOrAdd(name: "Stork-Attempt", value: String(context.attempt))
+        if let token = context.fencingToken {
+            request.headers.replaceOrAdd(name: "Stork-Fencing-Token", value: String(token))
+        }
+        if let reason { request.headers.replaceOrAdd(name: "Stork-Reason", value: reason.rawValue) }
+        if method == .POST {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            request.headers.replaceOrAdd(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: try encoder.encode(resource)))
+        }
+        let response: HTTPClientResponse
+        do {
+            response = try await self.client.execute(request, timeout: .nanoseconds(self.timeout.nanosecondsClamped))
+        } catch {
+            throw StorkError(.handlerFailed, "\(method) \(self.endpoint(resource.id)) failed", underlying: error)
+        }
+        // Read (a bounded amount of) the body so that the connection can be reused.
+        _ = try? await response.body.collect(upTo: 1 << 20)
+        guard (200..<300).contains(response.status.code) else {
+            throw StorkError(.handlerFailed, "\(method) \(self.endpoint(resource.id)) answered \(response.status.code)")
+        }
+    }
+
+    public func handle(_ resource: Resource, context: ResourceContext) async throws {
+        try await self.call(.POST, resource, context: context, reason: nil)
+    }
+
+    public func terminate(_ resource: Resource, reason: TerminationReason, context: ResourceContext) async throws {
+        try await self.call(.DELETE, resource, context: context, reason: reason)
+    }
+}
+
+// MARK: - Log
+
+/// Logs handle and terminate and always succeeds: for trying Stork out.
+public struct LogHandler: ResourceHandler {
+    public init() {}
+
+    public func handle(_ resource: Resource, context: ResourceContext) async throws {
+        context.logger.info("handle", metadata: ["stork.attempt": "\(context.attempt)"])
+    }
+
+    public func terminate(_ resource: Resource, reason: TerminationReason, context: ResourceContext) async throws {
+        context.logger.info("terminate", metadata: ["stork.reason": "\(reason.rawValue)"])
+    }
+}
+
+// MARK: - From configuration
+
+extension ServerConfiguration {
+    /// The sources this configuration names, ready for the resource manager.
+    public func makeSourceRegistrations(httpClient: HTTPClient, logger: Logger) -> [SourceRegistration] {
+        self.resources.sources.map { source in
+            switch source.kind {
+            case .file(let path, let reload):
+                return SourceRegistration(
+                    name: source.name,
+                    source: FileResourceSource(path: path, reload: reload, logger: logger),
+                    pollInterval: source.poll
+                )
+            case .http(let url, let headers, let timeout):
+                return SourceRegistration(
+                    name: source.name,
+                    source: HTTPResourceSource(url: url, headers: headers, timeout: timeout, client: httpClient),
+                    pollInterval: source.poll
+                )
+            }
+        }
+    }
+
+    /// The handler this configuration names.
+    public func makeHandler(httpClient: HTTPClient) -> any ResourceHandler {
+        switch self.resources.handler {
+        case .sidecar(let url, let timeout, let headers):
+            return SidecarHandler(url: url, timeout: timeout, headers: headers, client: httpClient)
+        case .log:
+            return LogHandler()
+        }
+    }
+}

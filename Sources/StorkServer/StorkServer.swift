@@ -1,0 +1,127 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+import StorkCluster
+import StorkCore
+import StorkResources
+
+// MARK: - StorkServer
+//
+// The composition root of `stork serve`: configuration → cluster transport, resource manager (handler, sources),
+// admin HTTP API, run as one ServiceGroup. Start order: transport, resource manager, HTTP; on SIGTERM or
+// `stork drain` the group shuts down in reverse: the HTTP server stops, the node hands every resource off and
+// leaves, the transport closes.
+
+/// One running Stork node, built from a `ServerConfiguration`.
+public struct StorkServer: Sendable {
+    public var configuration: ServerConfiguration
+    public var logger: Logger
+
+    public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "stork")) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Runs until SIGTERM / SIGINT (graceful), a drain, or cancellation.
+    public func run(installSignalHandlers: Bool = true) async throws {
+        let configuration = self.configuration
+        var logger = self.logger
+        logger[metadataKey: "stork.node"] = "\(configuration.node.name)"
+        try FileManager.default.createDirectory(atPath: configuration.node.data, withIntermediateDirectories: true)
+
+        var transportConfiguration = ClusterTransportConfiguration(
+            bind: configuration.node.bind,
+            clusterName: configuration.cluster.name,
+            clusterKey: configuration.cluster.key
+        )
+        transportConfiguration.advertise = configuration.node.advertise
+        let transport = try await NIOClusterTransport.start(configuration: transportConfiguration, logger: logger)
+        let httpClient = HTTPClient(eventLoopGroupProvider: .singleton)
+        defer {
+            transport.close()
+        }
+
+        let manager = ResourceManager(
+            configuration: configuration.resourceManagerConfiguration(),
+            handler: configuration.makeHandler(httpClient: httpClient),
+            sources: configuration.makeSourceRegistrations(httpClient: httpClient, logger: logger),
+            transport: transport,
+            logger: logger
+        )
+        let (host, port) = try Self.hostAndPort(configuration.node.http)
+        let app = Application(
+            router: AdminAPI.router(manager: manager, extraMetrics: [TransportMetrics(transport: transport)]),
+            configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "stork"),
+            logger: logger
+        )
+        logger.info(
+            "starting",
+            metadata: [
+                "stork.cluster": "\(transport.address)", "stork.http": "\(configuration.node.http)",
+                "stork.seeds": "\(configuration.node.seeds)",
+            ]
+        )
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup),
+                    .init(service: app),
+                ],
+                gracefulShutdownSignals: installSignalHandlers ? [.sigterm, .sigint] : [],
+                logger: logger
+            )
+        )
+        do {
+            try await group.run()
+        } catch {
+            try? await httpClient.shutdown()
+            throw error
+        }
+        try? await httpClient.shutdown()
+        logger.info("stopped")
+    }
+
+    static func hostAndPort(_ address: String) throws -> (String, Int) {
+        guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
+            throw StorkError(.invalidInput, "'\(address)' is not host:port")
+        }
+        return (String(address[..<colon]), port)
+    }
+}
+
+/// The transport's counters as Prometheus samples.
+struct TransportMetrics: AdminMetricsSource {
+    let transport: NIOClusterTransport
+
+    func samples() -> [MetricSample] {
+        let statistics = self.transport.statistics
+        var samples = [
+            MetricSample(name: "stork_gossip_datagrams_total", labels: ["direction": "sent"],
+                value: Double(statistics.datagramsSent), help: "Membership datagrams (UDP)."),
+            MetricSample(name: "stork_gossip_datagrams_total", labels: ["direction": "received"],
+                value: Double(statistics.datagramsReceived), help: "Membership datagrams (UDP)."),
+            MetricSample(name: "stork_cluster_frames_total", labels: ["direction": "sent"],
+                value: Double(statistics.framesSent), help: "Cluster frames (TCP)."),
+            MetricSample(name: "stork_cluster_frames_total", labels: ["direction": "received"],
+                value: Double(statistics.framesReceived), help: "Cluster frames (TCP)."),
+            MetricSample(name: "stork_cluster_bytes_total", labels: ["direction": "sent"],
+                value: Double(statistics.bytesSent), help: "Bytes of cluster traffic (UDP and TCP)."),
+            MetricSample(name: "stork_cluster_bytes_total", labels: ["direction": "received"],
+                value: Double(statistics.bytesReceived), help: "Bytes of cluster traffic (UDP and TCP)."),
+            MetricSample(name: "stork_cluster_send_queue_drops_total", value: Double(statistics.queueDrops),
+                help: "Frames dropped because a peer's send queue was full."),
+            MetricSample(name: "stork_cluster_connection_failures_total", value: Double(statistics.connectionFailures),
+                help: "Failed connections to peers."),
+        ]
+        for code in WireError.Code.allCases {
+            samples.append(
+                MetricSample(name: "stork_frames_rejected_total", labels: ["reason": code.rawValue],
+                    value: Double(statistics.rejected[code, default: 0]),
+                    help: "Frames and datagrams dropped as malformed, oversized, foreign, forged or replayed.")
+            )
+        }
+        return samples
+    }
+}

@@ -1,0 +1,49 @@
+import ArgumentParser
+import Foundation
+import Logging
+import StorkServer
+
+/// `stork serve`: run one node of a Stork cluster.
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Run a Stork node: cluster membership, resources, and the admin HTTP API.",
+        discussion: """
+            Reads --config (YAML; every key is in Docs/configuration.md), then STORK_* environment variables, then \
+            the flags below. With no configuration at all it runs a single node on 127.0.0.1:7946 (cluster) and \
+            127.0.0.1:8080 (admin API) with the log handler. SIGTERM or `stork drain` hands every resource off and \
+            exits.
+            """
+    )
+
+    @Option(help: "The configuration file (YAML).") var config: String?
+    @Option(help: "The node's name (node.name).") var name: String?
+    @Option(help: "Cluster address host:port (node.bind).") var bind: String?
+    @Option(help: "Admin API address host:port (node.http).") var http: String?
+    @Option(help: "Comma-separated seed addresses (node.seeds).") var seeds: String?
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+
+    func run() async throws {
+        guard let level = Logger.Level(rawValue: self.logLevel) else {
+            throw ValidationError("unknown log level '\(self.logLevel)'")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let overrides = ConfigurationOverrides(
+            name: self.name,
+            bind: self.bind,
+            http: self.http,
+            seeds: self.seeds.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+        )
+        let configuration: ServerConfiguration
+        do {
+            configuration = try ServerConfiguration.load(path: self.config, overrides: overrides)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        try await StorkServer(configuration: configuration, logger: Logger(label: "stork")).run()
+    }
+}
