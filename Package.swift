@@ -151,6 +151,7 @@ let package = Package(
             dependencies: [
                 "StorkServer",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: storkSwiftSettings
         ),

@@ -37,15 +37,18 @@ extension ServerConfiguration {
         file: String = "configuration"
     ) throws -> ServerConfiguration {
         guard text.utf8.count <= 1 << 20 else { throw StorkError(.invalidInput, "\(file): larger than 1 MiB") }
+        // `${VAR}` may stand anywhere, even unquoted inside a flow mapping where its braces would be YAML syntax:
+        // swap each for a plain placeholder before parsing, and substitute after.
+        let (protected, expressions) = ConfigValue.protectVariables(text)
         let root: Yams.Node?
         do {
-            root = try Yams.compose(yaml: text)
+            root = try Yams.compose(yaml: protected)
         } catch {
             throw StorkError(.invalidInput, "\(file): not valid YAML: \(error)")
         }
         var configuration = ServerConfiguration()
         guard let root else { return configuration }
-        let document = ConfigNode(node: root, path: "", environment: environment)
+        let document = ConfigNode(node: root, path: "", environment: environment, expressions: expressions)
         let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership"])
         if let node = top["node"] {
             let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data"])
@@ -204,13 +207,19 @@ struct ConfigNode {
     let node: Yams.Node
     let path: String
     let environment: [String: String]
+    var expressions: [String] = []
 
     func error(_ message: String) -> StorkError {
         StorkError(.invalidInput, "\(self.path.isEmpty ? "configuration" : self.path): \(message)")
     }
 
     func child(_ key: String, _ node: Yams.Node) -> ConfigNode {
-        ConfigNode(node: node, path: self.path.isEmpty ? key : "\(self.path).\(key)", environment: self.environment)
+        ConfigNode(
+            node: node,
+            path: self.path.isEmpty ? key : "\(self.path).\(key)",
+            environment: self.environment,
+            expressions: self.expressions
+        )
     }
 
     func mapping(allowed: [String]) throws -> [String: ConfigNode] {
@@ -232,14 +241,15 @@ struct ConfigNode {
     func sequence() throws -> [ConfigNode] {
         guard case .sequence(let sequence) = self.node else { throw self.error("expected a list") }
         return sequence.enumerated().map { index, node in
-            ConfigNode(node: node, path: "\(self.path)[\(index)]", environment: self.environment)
+            ConfigNode(node: node, path: "\(self.path)[\(index)]", environment: self.environment, expressions: self.expressions)
         }
     }
 
     func optionalString() throws -> String? {
         guard case .scalar(let scalar) = self.node else { throw self.error("expected a value") }
         if scalar.tag == Tag(.null), scalar.style == .plain, ["", "~", "null"].contains(scalar.string) { return nil }
-        return try ConfigValue.substitute(scalar.string, environment: self.environment, path: self.path)
+        let restored = ConfigValue.restoreVariables(scalar.string, self.expressions)
+        return try ConfigValue.substitute(restored, environment: self.environment, path: self.path)
     }
 
     func string() throws -> String {
@@ -290,6 +300,31 @@ struct ConfigNode {
 }
 
 enum ConfigValue {
+    static let placeholderPrefix = "STORKVAR"
+
+    /// Replaces every `${…}` with `STORKVAR<n>X`, returning the expressions in order.
+    static func protectVariables(_ text: String) -> (String, [String]) {
+        var expressions: [String] = []
+        var result = ""
+        var rest = Substring(text)
+        while let start = rest.range(of: "${"), let end = rest[start.upperBound...].firstIndex(of: "}") {
+            result += rest[..<start.lowerBound]
+            expressions.append(String(rest[start.lowerBound...end]))
+            result += "\(Self.placeholderPrefix)\(expressions.count - 1)X"
+            rest = rest[rest.index(after: end)...]
+        }
+        return (result + rest, expressions)
+    }
+
+    static func restoreVariables(_ text: String, _ expressions: [String]) -> String {
+        guard !expressions.isEmpty, text.contains(Self.placeholderPrefix) else { return text }
+        var result = text
+        for (index, expression) in expressions.enumerated().reversed() {
+            result = result.replacingOccurrences(of: "\(Self.placeholderPrefix)\(index)X", with: expression)
+        }
+        return result
+    }
+
     /// `${VAR}` and `${VAR:-default}` from the environment. An unset variable without a default is an error.
     static func substitute(_ text: String, environment: [String: String], path: String) throws -> String {
         guard text.contains("${") else { return text }
