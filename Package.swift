@@ -177,7 +177,11 @@ let package = Package(
         ),
         .testTarget(
             name: "StorkCLITests",
-            dependencies: ["stork"],
+            dependencies: [
+                "stork",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
     ],
