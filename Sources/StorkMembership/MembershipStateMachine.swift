@@ -58,8 +58,9 @@ import StorkCore
 //
 // Join and leave. `start` sends a join push-pull to every seed but our own address and retries with exponential
 // backoff; the first push-pull reply emits `.joined(standalone: false)` (that first reply is merged without
-// re-gossiping it: a new node disseminates only itself). Without an answer by `standaloneAfter` we emit
-// `.joined(standalone: true)` and keep retrying every `joinBackoffMax`. `leave` raises our incarnation, marks us
+// re-gossiping it: a new node disseminates only itself). A node that is itself one of its seeds emits
+// `.joined(standalone: true)` without an answer by `standaloneAfter` and keeps retrying every `joinBackoffMax`;
+// any other node keeps retrying and stays unjoined (so it never runs resources as an island of one). `leave` raises our incarnation, marks us
 // left, sends the update to every alive/suspect member and queues it; we then stop probing and push-pulling but
 // keep answering. Dead and left members are forgotten `tombstoneTimeout` after their status changed.
 
@@ -74,6 +75,10 @@ public struct MembershipStateMachine: Sendable {
     public let settings: MembershipSettings
     /// Seed addresses, without our own address, deduplicated and sorted.
     public let seeds: [String]
+    /// Whether this node may start a cluster on its own: it has no seeds, or its own address is one of them. A node
+    /// that is not a seed waits (retrying) until a seed answers, rather than forming an island that would run
+    /// every resource by itself.
+    public let maySeedCluster: Bool
     /// Our incarnation: raised to refute a suspicion and to leave.
     public private(set) var incarnation: UInt64 = 0
     /// `.alive`, or `.left` after `leave`.
@@ -133,6 +138,7 @@ public struct MembershipStateMachine: Sendable {
         self.myself = myself
         self.settings = settings
         self.seeds = Set(seeds).subtracting([myself.address]).sorted()
+        self.maySeedCluster = seeds.isEmpty || seeds.contains(myself.address)
         self.random = random
         self.refreshChecksum()
     }
@@ -213,7 +219,7 @@ public struct MembershipStateMachine: Sendable {
                 backoff: self.settings.joinBackoffInitial,
                 nextAttemptAt: now + positive(min(wait, self.settings.joinBackoffMax))
             )
-            self.standaloneAt = now + self.settings.standaloneAfter
+            self.standaloneAt = self.maySeedCluster ? now + self.settings.standaloneAfter : nil
         }
         // The first probe is staggered so that nodes started together do not probe in lockstep.
         self.nextProbeAt = now + positive(self.settings.probeInterval.scaled(by: self.random.nextUnitDouble()))

@@ -10,29 +10,54 @@ import Synchronization
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Run a small Stork cluster in this process and watch resources move as nodes join, leave and crash.",
+        abstract: "Run a local Stork cluster and watch accounts move as nodes crash and join.",
         discussion: """
-            Starts three nodes (the real ResourceManager, membership and orchestrator, connected by an in-memory \
-            network), gives them customer accounts to keep connected, then: allocates one more through a node that \
-            does not own it, lets a node leave gracefully, adds a node, cuts a node off as if it crashed, and \
-            deallocates an account. Every handle and terminate is checked: no account ever runs on two nodes at \
-            once. Exits 0 when the story ran and the checks held.
+            Starts --nodes `stork serve` processes on loopback, a source of --resources accounts and a recording \
+            sidecar (both in this process), then repeatedly kills the oldest node with SIGKILL and starts a new \
+            one, printing who owns what and how long each move took. Every handle is checked against the sidecar's \
+            record: no account may run on two live nodes at once. Runs for --duration seconds, or until Ctrl-C; \
+            exits 0 when every step succeeded and the check held. --in-process runs the smaller story of one \
+            process (three nodes on an in-memory network: allocate, leave, join, crash, deallocate).
             """
     )
 
     @Option(help: "How many resources the source lists.")
-    var resources: Int = 12
+    var resources: Int = 300
 
-    @Flag(help: "Print every handle and terminate as it happens.")
+    @Option(help: "How many nodes to start.")
+    var nodes: Int = 3
+
+    @Option(help: "Stop after this many seconds (default: run until Ctrl-C).")
+    var duration: Int?
+
+    @Option(help: "Cluster ports are base+1, base+2, …; admin ports base+101, base+102, ….")
+    var basePort: Int = 27_000
+
+    @Flag(help: "Run the in-process story instead of child processes.")
+    var inProcess = false
+
+    @Flag(help: "With --in-process: print every handle and terminate as it happens.")
     var verbose = false
 
     func validate() throws {
         guard (1...10_000).contains(self.resources) else { throw ValidationError("--resources must be 1...10000") }
+        guard (2...20).contains(self.nodes) else { throw ValidationError("--nodes must be 2...20") }
+        if let duration = self.duration, duration < 1 { throw ValidationError("--duration must be at least 1") }
+        guard (1024...60_000).contains(self.basePort) else { throw ValidationError("--base-port must be 1024...60000") }
     }
 
     func run() async throws {
-        let demo = Demo(resources: self.resources, verbose: self.verbose)
-        let ok = try await demo.play()
+        let ok: Bool
+        if self.inProcess {
+            ok = try await Demo(resources: min(self.resources, 12), verbose: self.verbose).play()
+        } else {
+            ok = try await ProcessDemo(
+                nodes: self.nodes,
+                resources: self.resources,
+                duration: self.duration,
+                basePort: self.basePort
+            ).play()
+        }
         if !ok { throw ExitCode(1) }
     }
 }

@@ -43,13 +43,24 @@ struct SimAndDemoCLITests {
         #expect(run.lines.contains { $0.hasPrefix("| 5 |") })
     }
 
-    @Test("stork demo tells the story and exits 0: no account on two nodes, every request answered")
-    func demo() throws {
-        let run = try StorkBinary.run(["demo"])
+    @Test("stork demo --in-process tells the story and exits 0: no account on two nodes, every request answered")
+    func inProcessDemo() throws {
+        let run = try StorkBinary.run(["demo", "--in-process"])
         #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
         #expect(run.standardOutput.contains("Every account runs on exactly one node"))
         #expect(run.standardOutput.contains("node-c leaves gracefully"))
         #expect(run.standardOutput.contains("node-a crashes"))
         #expect(run.standardOutput.contains("0 overlaps"))
+    }
+
+    @Test("stork demo runs real processes: kills and replaces nodes, moves every account, exits 0")
+    func processDemo() throws {
+        let base = String(30_000 + Int.random(in: 0..<20_000))
+        let run = try StorkBinary.run(["demo", "--duration", "14", "--resources", "120", "--base-port", base])
+        #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
+        #expect(run.standardOutput.contains("Every account runs on exactly one node"))
+        #expect(run.standardOutput.contains("handled again elsewhere"))
+        #expect(run.standardOutput.contains("took over"))
+        #expect(run.standardOutput.contains(", 0 overlaps"))
     }
 }

@@ -240,6 +240,17 @@ struct MembershipPushPullTests {
         #expect(!later.pushPulls.contains { $0.0.isJoin })
     }
 
+    @Test("a node that is not one of its own seeds never runs alone: it keeps trying its seeds")
+    func nonSeedWaits() {
+        var machine = MembershipStateMachine(myself: node("a"), seeds: ["s1:1", "s2:1"], random: SeededRandom(seed: 2))
+        #expect(!machine.maySeedCluster)
+        _ = machine.start(now: .zero)
+        let actions = machine.advance(to: at(60_000))
+        #expect(!actions.contains { if case .joined = $0.1 { true } else { false } })
+        #expect(!machine.isJoined)
+        #expect(actions.filter { if case .send(.pushPull(let request), "s1:1") = $0.1 { request.isJoin } else { false } }.count >= 10)
+    }
+
     @Test("no seeds but our own address: standalone at once")
     func standaloneAtOnce() {
         let a = node("a")
