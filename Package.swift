@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "StorkMembership", targets: ["StorkMembership"]),
         .library(name: "StorkResources", targets: ["StorkResources"]),
         .library(name: "StorkTestKit", targets: ["StorkTestKit"]),
+        .library(name: "StorkCluster", targets: ["StorkCluster"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
     dependencies: [
@@ -74,6 +75,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ],
             swiftSettings: storkSwiftSettings
         ),
@@ -145,7 +147,13 @@ let package = Package(
         .testTarget(name: "StorkCoreTests", dependencies: ["StorkCore"], swiftSettings: storkSwiftSettings),
         .testTarget(
             name: "StorkClusterTests",
-            dependencies: ["StorkCluster", "StorkTestKit"],
+            dependencies: [
+                "StorkCluster",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(

@@ -6,21 +6,74 @@ import StorkResources
 
 // MARK: - Wire format, version 1
 //
-// Every datagram (UDP) and every frame (TCP, after a 4-byte big-endian length) is:
+// One frame is a UDP datagram, or the payload of a TCP frame (TCP adds a 4-byte big-endian length in front, which
+// is not part of the frame). All integers are big-endian and fixed width.
 //
-//   "STK"  version:u8=1  flags:u8  cluster:str8  sender-uid:u64  sequence:u64  kind:u8  body-length:u32  body
-//   [ HMAC-SHA256 over everything above: 32 bytes, when flags bit 0 is set ]
+//   offset  size   field
+//   0       3      magic "STK"
+//   3       1      version = 1
+//   4       1      flags: bit 0 = authenticated (a MAC follows the body), bit 1 = datagram (the sequence comes from
+//                  the sender's datagram counter); every other bit must be 0
+//   5       1+n    cluster name: u8 length (at most 64) + UTF-8
+//   .       8      sender uid: random per transport instance (per process start)
+//   .       8      sequence: per sender and per channel (datagram / stream), starts at 1, increases by 1 per frame
+//   .       1      message kind (`WireCodec.Kind`)
+//   .       4      body length
+//   .       n      body
+//   .       32     HMAC-SHA256 over every byte above, when flag bit 0 is set
 //
-// Integers are big-endian. str8/str16 are UTF-8 with a 1- or 2-byte length. Lists have a u32 count that is checked
-// against the bytes left before anything is allocated. A resource travels as compact JSON (u32 length + bytes).
-// With a cluster key every frame must carry a valid MAC; without one, frames must not. The (sender uid, sequence)
-// pair lets receivers drop replayed datagrams.
+// Body values: node = str8 name, str8 address, u64 uid; str8 = u8 length + UTF-8 (at most 255 bytes); str16 = u16
+// length + UTF-8 (at most 1024 bytes: resource ids, version origins, source names); optional = u8 0/1 + value;
+// bool = u8 0/1; list = u32 count + elements, where the count must fit in the bytes left (checked before anything
+// is allocated); a resource = u32 length + compact JSON (sorted keys, nesting at most 64 deep) whose "id" must equal
+// the entry's id. Enumerations travel as u8 raw values and anything unknown is an error.
+//
+// With a cluster key every frame must carry a valid MAC, and without one no frame may: a node never silently
+// accepts unauthenticated traffic because a peer forgot its key. The MAC covers the header too, so the sender uid,
+// the sequence and the datagram flag cannot be changed; the transport drops a frame whose (uid, channel, sequence)
+// it has already seen or that is older than its replay window (`ReplayWindow`).
 
-/// Why a frame was rejected.
+// MARK: - Errors
+
+/// Why a frame was rejected (decoding) or could not be built (encoding). Messages never quote the frame's bytes.
 public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Code: String, Hashable, Sendable, CaseIterable {
-        case truncated, oversized, badMagic, badVersion, wrongCluster, badMAC, missingMAC, unexpectedMAC
-        case unknownKind, badValue, trailingBytes, stale
+        /// The frame ends before a field it announces.
+        case truncated
+        /// The frame, a datagram or a TCP length prefix is larger than allowed.
+        case oversized
+        /// Not a Stork frame.
+        case badMagic
+        /// A wire version this node does not speak.
+        case badVersion
+        /// Unknown flag bits, or a datagram flag that does not match the channel the frame arrived on.
+        case badFlags
+        /// The frame belongs to another cluster.
+        case wrongCluster
+        /// This node has a cluster key and the frame carries no MAC.
+        case missingMAC
+        /// The frame carries a MAC and this node has no cluster key.
+        case unexpectedMAC
+        /// The MAC does not match: another key, or a forged or corrupted frame.
+        case badMAC
+        /// A message kind this node does not know.
+        case unknownKind
+        /// An enumeration (member status, boolean, operation, answer, optional marker) with an unknown raw value.
+        case badEnumValue
+        /// A string is not valid UTF-8.
+        case invalidUTF8
+        /// A resource is not valid JSON, not an object with a string "id", or nested too deeply.
+        case invalidJSON
+        /// A string is longer than its field allows.
+        case fieldTooLong
+        /// A list announces more elements than the bytes left could hold.
+        case countTooLarge
+        /// A value that decodes but makes no sense (a resource whose id differs from its entry's).
+        case badValue
+        /// Bytes after the message or after the MAC.
+        case trailingBytes
+        /// A replayed or too old frame (the transport's replay window, only with a cluster key).
+        case stale
     }
 
     public var code: Code
@@ -34,340 +87,230 @@ public struct WireError: Error, Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(self.code.rawValue): \(self.message)" }
 }
 
-/// Settings shared by the encoder and the decoder of one cluster.
-public struct WireSettings: Sendable {
-    public var clusterName: String
-    /// The HMAC key's bytes (SHA-256 of the cluster key); nil when the cluster has no key.
-    var keyBytes: [UInt8]?
-    public var maximumFrameSize: Int
+// MARK: - Settings, header, frame
 
+/// Limits of the wire format.
+public enum WireLimits {
+    /// Cluster names are at most this many UTF-8 bytes.
+    public static let maximumClusterNameBytes = 64
+    /// Node names and addresses are at most this many UTF-8 bytes.
+    public static let maximumNameBytes = 255
+    /// Resource ids, version origins and source names are at most this many UTF-8 bytes.
+    public static let maximumIDBytes = 1024
+    /// Resource JSON may nest arrays and objects at most this deep.
+    public static let maximumJSONDepth = 64
+    /// The bytes of a frame before its body, not counting the cluster name.
+    static let fixedHeaderBytes = 3 + 1 + 1 + 1 + 8 + 8 + 1 + 4
+    static let macBytes = 32
+}
+
+/// What the encoder and the decoder of one cluster agree on.
+public struct WireSettings: Sendable {
+    /// The cluster name every frame carries; frames of other clusters are rejected.
+    public var clusterName: String
+    /// The largest frame encoded or accepted, MAC included (the TCP length prefix is not counted).
+    public var maximumFrameSize: Int
+    /// The HMAC key: SHA-256 of the cluster key. Nil when the cluster has no key.
+    var key: SymmetricKey? { self.macKey?.key }
+    private let macKey: MACKey?
+
+    /// - Parameters:
+    ///   - clusterName: at most 64 UTF-8 bytes (checked by `validate()` and by the encoder).
+    ///   - clusterKey: any string; the HMAC-SHA256 key is its SHA-256. Nil: frames are not authenticated.
+    ///   - maximumFrameSize: 16 MiB by default.
     public init(clusterName: String, clusterKey: String?, maximumFrameSize: Int = 16 << 20) {
         self.clusterName = clusterName
-        self.keyBytes = clusterKey.map { Array(SHA256.hash(data: Data($0.utf8))) }
+        self.macKey = clusterKey.map { MACKey(key: SymmetricKey(data: SHA256.hash(data: Array($0.utf8)))) }
         self.maximumFrameSize = maximumFrameSize
     }
 
-    /// The HMAC key, derived from the cluster key; nil when the cluster has no key.
-    var key: SymmetricKey? { self.keyBytes.map { SymmetricKey(data: $0) } }
+    /// Whether frames are authenticated.
+    public var isAuthenticated: Bool { self.key != nil }
+
+    /// Throws when the settings cannot produce valid frames.
+    public func validate() throws(WireError) {
+        guard self.clusterName.utf8.count <= WireLimits.maximumClusterNameBytes else {
+            throw WireError(.fieldTooLong, "the cluster name is longer than \(WireLimits.maximumClusterNameBytes) bytes")
+        }
+        let smallest = WireLimits.fixedHeaderBytes + self.clusterName.utf8.count + WireLimits.macBytes
+        guard self.maximumFrameSize >= smallest else {
+            throw WireError(.oversized, "the maximum frame size \(self.maximumFrameSize) is below \(smallest) bytes")
+        }
+    }
 }
 
-/// A decoded frame: the message, and who sent it with which sequence (for replay protection).
-public struct WireFrame: Sendable {
+/// Carries the HMAC key across threads.
+///
+/// `@unchecked Sendable`: swift-crypto 3 does not mark `SymmetricKey` as `Sendable`, but it is an immutable value
+/// (its bytes are written once, at creation, and only read afterwards), so sharing it is safe.
+struct MACKey: @unchecked Sendable {
+    let key: SymmetricKey
+}
+
+/// The authenticated header fields that the transport needs for replay protection.
+public struct WireHeader: Hashable, Sendable {
+    /// Random per transport instance: a restarted process starts new sequences under a new uid.
     public var senderUID: UInt64
+    /// Per sender and channel; increases with every frame.
     public var sequence: UInt64
-    public var message: ClusterMessage
+    /// The frame was sent as a UDP datagram (its sequence comes from the sender's datagram counter).
+    public var isDatagram: Bool
+
+    public init(senderUID: UInt64, sequence: UInt64, isDatagram: Bool) {
+        self.senderUID = senderUID
+        self.sequence = sequence
+        self.isDatagram = isDatagram
+    }
 }
 
+/// A decoded frame.
+public struct WireFrame: Hashable, Sendable {
+    public var header: WireHeader
+    public var message: ClusterMessage
+
+    public var senderUID: UInt64 { self.header.senderUID }
+    public var sequence: UInt64 { self.header.sequence }
+}
+
+// MARK: - WireCodec
+
+/// Encodes and decodes cluster messages (`ClusterMessage`) to and from frames of wire version 1. Pure: no I/O, no
+/// NIO types; bytes are `[UInt8]`. The decoder never traps and never allocates more than a small multiple of the
+/// frame's size: anything malformed, oversized, foreign or forged is a `WireError`.
 public enum WireCodec {
     static let magic: [UInt8] = Array("STK".utf8)
     static let version: UInt8 = 1
+    static let flagAuthenticated: UInt8 = 1 << 0
+    static let flagDatagram: UInt8 = 1 << 1
 
-    enum Kind: UInt8 {
-        case ping = 1, ack, pingRequest, nack, gossip, pushPull
-        case ownership = 10, desired, forward
+    /// The message kinds, one per case of every message enumeration.
+    enum Kind: UInt8, CaseIterable {
+        case ping = 1
+        case ack = 2
+        case pingRequest = 3
+        case nack = 4
+        case gossip = 5
+        case pushPull = 6
+        case releaseRequest = 16
+        case releaseConfirm = 17
+        case releaseRefuse = 18
+        case desiredDelta = 32
+        case desiredDigest = 33
+        case desiredState = 34
+        case forwardRequest = 48
+        case forwardReply = 49
     }
 
     // MARK: Encoding
 
+    /// Encodes one message into a frame.
+    ///
+    /// Throws `fieldTooLong` when a name, address or id exceeds its field, `invalidJSON` when a resource has an
+    /// attribute JSON cannot carry (NaN, infinity), and `oversized` when the frame exceeds
+    /// `settings.maximumFrameSize`.
     public static func encode(
         _ message: ClusterMessage,
-        senderUID: UInt64,
-        sequence: UInt64,
+        header: WireHeader,
         settings: WireSettings
-    ) -> [UInt8] {
-        var body = WireWriter()
-        let kind = Self.writeBody(message, into: &body)
-        var frame = WireWriter()
-        frame.bytes.reserveCapacity(body.bytes.count + 64)
-        frame.bytes += Self.magic
-        frame.u8(Self.version)
-        frame.u8(settings.key == nil ? 0 : 1)
-        frame.str8(settings.clusterName)
-        frame.u64(senderUID)
-        frame.u64(sequence)
-        frame.u8(kind.rawValue)
-        frame.u32(UInt32(body.bytes.count))
-        frame.bytes += body.bytes
-        if let key = settings.key {
-            frame.bytes += Array(HMAC<SHA256>.authenticationCode(for: frame.bytes, using: key))
-        }
-        return frame.bytes
+    ) throws(WireError) -> [UInt8] {
+        let (kind, body) = try Self.encodeBody(message)
+        return try Self.assemble(kind: kind.rawValue, body: body, header: header, settings: settings)
     }
 
-    static func writeBody(_ message: ClusterMessage, into w: inout WireWriter) -> Kind {
-        switch message {
-        case .membership(let message):
-            switch message {
-            case .ping(let ping):
-                w.node(ping.from)
-                w.u64(ping.sequence)
-                w.optionalNode(ping.target)
-                w.updates(ping.updates)
-                w.u64(ping.checksum)
-                return .ping
-            case .ack(let ack):
-                w.node(ack.from)
-                w.u64(ack.sequence)
-                w.updates(ack.updates)
-                w.u64(ack.checksum)
-                return .ack
-            case .pingRequest(let request):
-                w.node(request.from)
-                w.u64(request.sequence)
-                w.node(request.target)
-                w.updates(request.updates)
-                return .pingRequest
-            case .nack(let nack):
-                w.node(nack.from)
-                w.u64(nack.sequence)
-                return .nack
-            case .gossip(let gossip):
-                w.node(gossip.from)
-                w.updates(gossip.updates)
-                return .gossip
-            case .pushPull(let pushPull):
-                w.node(pushPull.from)
-                w.bool(pushPull.isJoin)
-                w.bool(pushPull.isReply)
-                w.updates(pushPull.members)
-                w.u64(pushPull.checksum)
-                return .pushPull
-            }
-        case .ownership(let message):
-            switch message {
-            case .releaseRequest(let from, let checksum, let items):
-                w.u8(0)
-                w.node(from)
-                w.u64(checksum)
-                w.claims(items)
-            case .releaseConfirm(let from, let items):
-                w.u8(1)
-                w.node(from)
-                w.claims(items)
-            case .releaseRefuse(let from, let checksum, let items):
-                w.u8(2)
-                w.node(from)
-                w.u64(checksum)
-                w.claims(items)
-            }
-            return .ownership
-        case .desired(let message):
-            switch message {
-            case .delta(let from, let entries):
-                w.u8(0)
-                w.node(from)
-                w.entries(entries)
-            case .digest(let from, let digest):
-                w.u8(1)
-                w.node(from)
-                w.u64(digest)
-            case .state(let from, let entries, let digest, let isReply):
-                w.u8(2)
-                w.node(from)
-                w.entries(entries)
-                w.u64(digest)
-                w.bool(isReply)
-            }
-            return .desired
-        case .forward(let message):
-            switch message {
-            case .request(let from, let checksum, let items):
-                w.u8(0)
-                w.node(from)
-                w.u64(checksum)
-                w.u32(UInt32(items.count))
-                for item in items {
-                    w.u64(item.requestID)
-                    switch item.operation {
-                    case .allocate(let entry):
-                        w.u8(0)
-                        w.entry(entry)
-                    case .deallocate(let entry):
-                        w.u8(1)
-                        w.entry(entry)
-                    }
-                }
-            case .reply(let from, let replies):
-                w.u8(1)
-                w.node(from)
-                w.u32(UInt32(replies.count))
-                for reply in replies {
-                    w.u64(reply.requestID)
-                    switch reply.answer {
-                    case .handled: w.u8(0)
-                    case .handleFailed(let attempt):
-                        w.u8(1)
-                        w.u32(UInt32(clamping: attempt))
-                    case .terminated: w.u8(2)
-                    case .refused(let checksum):
-                        w.u8(3)
-                        w.u64(checksum)
-                    }
-                }
-            }
-            return .forward
+    /// The kind and the body of a message, without the header (the transport builds the header per channel).
+    static func encodeBody(_ message: ClusterMessage) throws(WireError) -> (Kind, [UInt8]) {
+        var writer = WireWriter()
+        let kind = try writer.message(message)
+        return (kind, writer.bytes)
+    }
+
+    /// Builds a frame around a body. `kind` is a raw byte so that tests can build frames of unknown kinds.
+    static func assemble(
+        kind: UInt8,
+        body: [UInt8],
+        header: WireHeader,
+        settings: WireSettings
+    ) throws(WireError) -> [UInt8] {
+        try settings.validate()
+        let name = Array(settings.clusterName.utf8)
+        let size = WireLimits.fixedHeaderBytes + name.count + body.count + (settings.key == nil ? 0 : WireLimits.macBytes)
+        guard size <= settings.maximumFrameSize, body.count <= UInt32.max else {
+            throw WireError(.oversized, "a frame of \(size) bytes exceeds the maximum of \(settings.maximumFrameSize)")
         }
+        var writer = WireWriter()
+        writer.bytes.reserveCapacity(size)
+        writer.bytes += Self.magic
+        writer.u8(Self.version)
+        var flags: UInt8 = 0
+        if settings.key != nil { flags |= Self.flagAuthenticated }
+        if header.isDatagram { flags |= Self.flagDatagram }
+        writer.u8(flags)
+        writer.u8(UInt8(name.count))
+        writer.bytes += name
+        writer.u64(header.senderUID)
+        writer.u64(header.sequence)
+        writer.u8(kind)
+        writer.u32(UInt32(body.count))
+        writer.bytes += body
+        if let key = settings.key {
+            writer.bytes += HMAC<SHA256>.authenticationCode(for: writer.bytes, using: key)
+        }
+        return writer.bytes
     }
 
     // MARK: Decoding
 
-    /// Decodes one frame. Never traps: anything malformed, oversized, foreign or forged is a `WireError`.
-    public static func decode(_ bytes: some Collection<UInt8>, settings: WireSettings) throws(WireError) -> WireFrame {
-        guard bytes.count <= settings.maximumFrameSize + 64 else {
-            throw WireError(.oversized, "frame of \(bytes.count) bytes exceeds \(settings.maximumFrameSize)")
+    /// Decodes one frame: checks size, magic, version, flags, cluster name and MAC (before looking at the body),
+    /// then the body. Never traps.
+    public static func decode(_ bytes: [UInt8], settings: WireSettings) throws(WireError) -> WireFrame {
+        guard bytes.count <= settings.maximumFrameSize else {
+            throw WireError(.oversized, "a frame of \(bytes.count) bytes exceeds the maximum of \(settings.maximumFrameSize)")
         }
-        let bytes = Array(bytes)
-        var r = WireReader(bytes)
-        guard Array(try r.take(3)) == Self.magic else { throw WireError(.badMagic, "not a Stork frame") }
-        let version = try r.u8()
-        guard version == Self.version else { throw WireError(.badVersion, "unsupported wire version \(version)") }
-        let flags = try r.u8()
-        let cluster = try r.str8()
-        guard cluster == settings.clusterName else {
-            throw WireError(.wrongCluster, "frame for cluster '\(cluster.prefix(64))'")
+        var reader = WireReader(bytes)
+        guard try reader.take(3).elementsEqual(Self.magic) else { throw WireError(.badMagic, "not a Stork frame") }
+        let version = try reader.u8()
+        guard version == Self.version else { throw WireError(.badVersion, "wire version \(version) is not supported") }
+        let flags = try reader.u8()
+        guard flags & ~(Self.flagAuthenticated | Self.flagDatagram) == 0 else {
+            throw WireError(.badFlags, "unknown flags \(flags)")
         }
-        let sender = try r.u64()
-        let sequence = try r.u64()
-        let kindByte = try r.u8()
-        let bodyLength = Int(try r.u32())
-        guard bodyLength <= settings.maximumFrameSize else { throw WireError(.oversized, "body of \(bodyLength) bytes") }
-        let bodyStart = r.offset
-        _ = try r.take(bodyLength)
-        let macStart = r.offset
-        let authenticated = flags & 1 == 1
+        let nameLength = Int(try reader.u8())
+        let name = try reader.take(nameLength)
+        guard name.elementsEqual(settings.clusterName.utf8) else {
+            throw WireError(.wrongCluster, "the frame belongs to another cluster")
+        }
+        let header = WireHeader(
+            senderUID: try reader.u64(),
+            sequence: try reader.u64(),
+            isDatagram: flags & Self.flagDatagram != 0
+        )
+        let kindByte = try reader.u8()
+        let bodyLength = Int(try reader.u32())
+        let bodyStart = reader.offset
+        _ = try reader.take(bodyLength)
+        let bodyEnd = reader.offset
+
+        let authenticated = flags & Self.flagAuthenticated != 0
         switch (authenticated, settings.key) {
         case (true, let key?):
-            let mac = try r.take(32)
-            guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: bytes[0..<macStart], using: key) else {
-                throw WireError(.badMAC, "authentication code does not match")
+            let mac = try reader.take(WireLimits.macBytes)
+            guard reader.isAtEnd else { throw WireError(.trailingBytes, "\(reader.remaining) bytes after the MAC") }
+            guard HMAC<SHA256>.isValidAuthenticationCode(mac, authenticating: bytes[0..<bodyEnd], using: key) else {
+                throw WireError(.badMAC, "the authentication code does not match")
             }
         case (false, .some):
-            throw WireError(.missingMAC, "the cluster requires authenticated frames")
+            throw WireError(.missingMAC, "this cluster requires authenticated frames")
         case (true, .none):
-            throw WireError(.unexpectedMAC, "authenticated frame, but this node has no cluster key")
+            throw WireError(.unexpectedMAC, "an authenticated frame, but this node has no cluster key")
         case (false, .none):
-            break
+            guard reader.isAtEnd else { throw WireError(.trailingBytes, "\(reader.remaining) bytes after the body") }
         }
-        guard r.isAtEnd else { throw WireError(.trailingBytes, "\(bytes.count - r.offset) bytes after the frame") }
-        guard let kind = Kind(rawValue: kindByte) else { throw WireError(.unknownKind, "message kind \(kindByte)") }
-        var body = WireReader(Array(bytes[bodyStart..<macStart]))
-        let message = try Self.readBody(kind, from: &body)
-        guard body.isAtEnd else { throw WireError(.trailingBytes, "bytes after the message body") }
-        return WireFrame(senderUID: sender, sequence: sequence, message: message)
-    }
 
-    static func readBody(_ kind: Kind, from r: inout WireReader) throws(WireError) -> ClusterMessage {
-        switch kind {
-        case .ping:
-            let from = try r.node()
-            let sequence = try r.u64()
-            let target = try r.optionalNode()
-            let updates = try r.updates()
-            let checksum = try r.u64()
-            return .membership(
-                .ping(Ping(from: from, sequence: sequence, target: target, updates: updates, checksum: checksum))
-            )
-        case .ack:
-            let from = try r.node()
-            let sequence = try r.u64()
-            let updates = try r.updates()
-            let checksum = try r.u64()
-            return .membership(.ack(Ack(from: from, sequence: sequence, updates: updates, checksum: checksum)))
-        case .pingRequest:
-            let from = try r.node()
-            let sequence = try r.u64()
-            let target = try r.node()
-            let updates = try r.updates()
-            return .membership(
-                .pingRequest(PingRequest(from: from, sequence: sequence, target: target, updates: updates))
-            )
-        case .nack:
-            let from = try r.node()
-            return .membership(.nack(Nack(from: from, sequence: try r.u64())))
-        case .gossip:
-            let from = try r.node()
-            return .membership(.gossip(Gossip(from: from, updates: try r.updates())))
-        case .pushPull:
-            let from = try r.node()
-            let isJoin = try r.bool()
-            let isReply = try r.bool()
-            let members = try r.updates()
-            let checksum = try r.u64()
-            return .membership(
-                .pushPull(PushPull(from: from, isJoin: isJoin, isReply: isReply, members: members, checksum: checksum))
-            )
-        case .ownership:
-            let subtype = try r.u8()
-            let from = try r.node()
-            switch subtype {
-            case 0:
-                let checksum = try r.u64()
-                return .ownership(.releaseRequest(from: from, checksum: checksum, items: try r.claims()))
-            case 1:
-                return .ownership(.releaseConfirm(from: from, items: try r.claims()))
-            case 2:
-                let checksum = try r.u64()
-                return .ownership(.releaseRefuse(from: from, checksum: checksum, items: try r.claims()))
-            default:
-                throw WireError(.badValue, "ownership message type \(subtype)")
-            }
-        case .desired:
-            let subtype = try r.u8()
-            let from = try r.node()
-            switch subtype {
-            case 0:
-                return .desired(.delta(from: from, entries: try r.entries()))
-            case 1:
-                return .desired(.digest(from: from, digest: try r.u64()))
-            case 2:
-                let entries = try r.entries()
-                let digest = try r.u64()
-                let isReply = try r.bool()
-                return .desired(.state(from: from, entries: entries, digest: digest, isReply: isReply))
-            default:
-                throw WireError(.badValue, "desired-set message type \(subtype)")
-            }
-        case .forward:
-            let subtype = try r.u8()
-            let from = try r.node()
-            switch subtype {
-            case 0:
-                let checksum = try r.u64()
-                let count = try r.count(minimumElementSize: 10)
-                var items: [ForwardItem] = []
-                items.reserveCapacity(count)
-                for _ in 0..<count {
-                    let requestID = try r.u64()
-                    let op = try r.u8()
-                    let entry = try r.entry()
-                    switch op {
-                    case 0: items.append(ForwardItem(requestID: requestID, operation: .allocate(entry)))
-                    case 1: items.append(ForwardItem(requestID: requestID, operation: .deallocate(entry)))
-                    default: throw WireError(.badValue, "forward operation \(op)")
-                    }
-                }
-                return .forward(.request(from: from, checksum: checksum, items: items))
-            case 1:
-                let count = try r.count(minimumElementSize: 9)
-                var replies: [ForwardReply] = []
-                replies.reserveCapacity(count)
-                for _ in 0..<count {
-                    let requestID = try r.u64()
-                    let answer: ForwardAnswer
-                    switch try r.u8() {
-                    case 0: answer = .handled
-                    case 1: answer = .handleFailed(attempt: Int(try r.u32()))
-                    case 2: answer = .terminated
-                    case 3: answer = .refused(checksum: try r.u64())
-                    case let other: throw WireError(.badValue, "forward answer \(other)")
-                    }
-                    replies.append(ForwardReply(requestID: requestID, answer: answer))
-                }
-                return .forward(.reply(from: from, replies: replies))
-            default:
-                throw WireError(.badValue, "forward message type \(subtype)")
-            }
-        }
+        guard let kind = Kind(rawValue: kindByte) else { throw WireError(.unknownKind, "message kind \(kindByte)") }
+        var body = WireReader(bytes, range: bodyStart..<bodyEnd)
+        let message = try body.message(kind)
+        guard body.isAtEnd else { throw WireError(.trailingBytes, "\(body.remaining) bytes after the message") }
+        return WireFrame(header: header, message: message)
     }
 }
 
@@ -375,130 +318,265 @@ public enum WireCodec {
 
 struct WireWriter {
     var bytes: [UInt8] = []
+    let json: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }()
 
     mutating func u8(_ value: UInt8) { self.bytes.append(value) }
     mutating func bool(_ value: Bool) { self.bytes.append(value ? 1 : 0) }
-    mutating func u16(_ value: UInt16) { withUnsafeBytes(of: value.bigEndian) { self.bytes += $0 } }
-    mutating func u32(_ value: UInt32) { withUnsafeBytes(of: value.bigEndian) { self.bytes += $0 } }
-    mutating func u64(_ value: UInt64) { withUnsafeBytes(of: value.bigEndian) { self.bytes += $0 } }
+    mutating func u16(_ value: UInt16) { self.integer(value) }
+    mutating func u32(_ value: UInt32) { self.integer(value) }
+    mutating func u64(_ value: UInt64) { self.integer(value) }
 
-    /// Strings longer than the field allows are truncated at a character boundary (names and addresses are
-    /// validated long before they get here).
-    mutating func str8(_ value: String) {
-        let utf8 = Self.prefix(value, maximum: 255)
+    mutating func integer<T: FixedWidthInteger>(_ value: T) {
+        var shift = T.bitWidth - 8
+        while shift >= 0 {
+            self.bytes.append(UInt8(truncatingIfNeeded: value >> shift))
+            shift -= 8
+        }
+    }
+
+    /// A string of at most 255 bytes with a 1-byte length.
+    mutating func str8(_ value: String, _ field: StaticString) throws(WireError) {
+        let utf8 = value.utf8
+        guard utf8.count <= WireLimits.maximumNameBytes else {
+            throw WireError(.fieldTooLong, "\(field) is \(utf8.count) bytes, more than \(WireLimits.maximumNameBytes)")
+        }
         self.u8(UInt8(utf8.count))
         self.bytes += utf8
     }
 
-    mutating func str16(_ value: String) {
-        let utf8 = Self.prefix(value, maximum: 65_535)
+    /// A string of at most 1024 bytes with a 2-byte length.
+    mutating func str16(_ value: String, _ field: StaticString) throws(WireError) {
+        let utf8 = value.utf8
+        guard utf8.count <= WireLimits.maximumIDBytes else {
+            throw WireError(.fieldTooLong, "\(field) is \(utf8.count) bytes, more than \(WireLimits.maximumIDBytes)")
+        }
         self.u16(UInt16(utf8.count))
         self.bytes += utf8
     }
 
-    mutating func blob(_ value: [UInt8]) {
-        self.u32(UInt32(value.count))
-        self.bytes += value
-    }
+    mutating func count(_ count: Int) { self.u32(UInt32(truncatingIfNeeded: count)) }
 
-    static func prefix(_ value: String, maximum: Int) -> [UInt8] {
-        var result = Array(value.utf8)
-        if result.count <= maximum { return result }
-        var cut = maximum
-        while cut > 0, result[cut] & 0xC0 == 0x80 { cut -= 1 }
-        result.removeSubrange(cut...)
-        return result
-    }
-
-    mutating func node(_ node: NodeID) {
-        self.str8(node.name)
-        self.str8(node.address)
+    mutating func node(_ node: NodeID) throws(WireError) {
+        try self.str8(node.name, "a node name")
+        try self.str8(node.address, "a node address")
         self.u64(node.uid)
     }
 
-    mutating func optionalNode(_ node: NodeID?) {
+    mutating func optionalNode(_ node: NodeID?) throws(WireError) {
         if let node {
             self.u8(1)
-            self.node(node)
+            try self.node(node)
         } else {
             self.u8(0)
         }
     }
 
-    mutating func updates(_ updates: [MemberUpdate]) {
-        self.u32(UInt32(updates.count))
+    mutating func updates(_ updates: [MemberUpdate]) throws(WireError) {
+        self.count(updates.count)
         for update in updates {
-            self.node(update.node)
+            try self.node(update.node)
             self.u8(update.status.rawValue)
             self.u64(update.incarnation)
-            self.optionalNode(update.source)
+            try self.optionalNode(update.source)
         }
     }
 
-    mutating func claims(_ items: [ClaimItem]) {
-        self.u32(UInt32(items.count))
+    mutating func claims(_ items: [ClaimItem]) throws(WireError) {
+        self.count(items.count)
         for item in items {
-            self.str16(item.id.rawValue)
+            try self.str16(item.id.rawValue, "a resource id")
             self.u64(item.round)
         }
     }
 
-    mutating func entries(_ entries: [DesiredEntry]) {
-        self.u32(UInt32(entries.count))
-        for entry in entries { self.entry(entry) }
+    mutating func entries(_ entries: [DesiredEntry]) throws(WireError) {
+        self.count(entries.count)
+        for entry in entries { try self.entry(entry) }
     }
 
-    mutating func entry(_ entry: DesiredEntry) {
-        self.str16(entry.id.rawValue)
+    mutating func entry(_ entry: DesiredEntry) throws(WireError) {
+        try self.str16(entry.id.rawValue, "a resource id")
         if let resource = entry.resource {
             self.u8(1)
-            self.blob(Array(WireJSON.encode(resource)))
+            let json: Data
+            do {
+                json = try self.json.encode(resource)
+            } catch {
+                throw WireError(.invalidJSON, "a resource attribute cannot be written as JSON (NaN or infinity)")
+            }
+            self.count(json.count)
+            self.bytes += json
         } else {
             self.u8(0)
         }
         self.u64(entry.version.clock)
-        self.str8(entry.version.origin)
+        try self.str16(entry.version.origin, "a version origin")
         if let source = entry.source {
             self.u8(1)
-            self.str8(source)
+            try self.str16(source, "a source name")
         } else {
             self.u8(0)
+        }
+    }
+
+    mutating func message(_ message: ClusterMessage) throws(WireError) -> WireCodec.Kind {
+        switch message {
+        case .membership(let message):
+            switch message {
+            case .ping(let ping):
+                try self.node(ping.from)
+                self.u64(ping.sequence)
+                try self.optionalNode(ping.target)
+                try self.updates(ping.updates)
+                self.u64(ping.checksum)
+                return .ping
+            case .ack(let ack):
+                try self.node(ack.from)
+                self.u64(ack.sequence)
+                try self.updates(ack.updates)
+                self.u64(ack.checksum)
+                return .ack
+            case .pingRequest(let request):
+                try self.node(request.from)
+                self.u64(request.sequence)
+                try self.node(request.target)
+                try self.updates(request.updates)
+                return .pingRequest
+            case .nack(let nack):
+                try self.node(nack.from)
+                self.u64(nack.sequence)
+                return .nack
+            case .gossip(let gossip):
+                try self.node(gossip.from)
+                try self.updates(gossip.updates)
+                return .gossip
+            case .pushPull(let pushPull):
+                try self.node(pushPull.from)
+                self.bool(pushPull.isJoin)
+                self.bool(pushPull.isReply)
+                try self.updates(pushPull.members)
+                self.u64(pushPull.checksum)
+                return .pushPull
+            }
+        case .ownership(let message):
+            switch message {
+            case .releaseRequest(let from, let checksum, let items):
+                try self.node(from)
+                self.u64(checksum)
+                try self.claims(items)
+                return .releaseRequest
+            case .releaseConfirm(let from, let items):
+                try self.node(from)
+                try self.claims(items)
+                return .releaseConfirm
+            case .releaseRefuse(let from, let checksum, let items):
+                try self.node(from)
+                self.u64(checksum)
+                try self.claims(items)
+                return .releaseRefuse
+            }
+        case .desired(let message):
+            switch message {
+            case .delta(let from, let entries):
+                try self.node(from)
+                try self.entries(entries)
+                return .desiredDelta
+            case .digest(let from, let digest):
+                try self.node(from)
+                self.u64(digest)
+                return .desiredDigest
+            case .state(let from, let entries, let digest, let isReply):
+                try self.node(from)
+                try self.entries(entries)
+                self.u64(digest)
+                self.bool(isReply)
+                return .desiredState
+            }
+        case .forward(let message):
+            switch message {
+            case .request(let from, let checksum, let items):
+                try self.node(from)
+                self.u64(checksum)
+                self.count(items.count)
+                for item in items {
+                    self.u64(item.requestID)
+                    switch item.operation {
+                    case .allocate(let entry):
+                        self.u8(0)
+                        try self.entry(entry)
+                    case .deallocate(let entry):
+                        self.u8(1)
+                        try self.entry(entry)
+                    }
+                }
+                return .forwardRequest
+            case .reply(let from, let replies):
+                try self.node(from)
+                self.count(replies.count)
+                for reply in replies {
+                    self.u64(reply.requestID)
+                    switch reply.answer {
+                    case .handled:
+                        self.u8(0)
+                    case .handleFailed(let attempt):
+                        self.u8(1)
+                        self.u64(UInt64(bitPattern: Int64(attempt)))
+                    case .terminated:
+                        self.u8(2)
+                    case .refused(let checksum):
+                        self.u8(3)
+                        self.u64(checksum)
+                    }
+                }
+                return .forwardReply
+            }
         }
     }
 }
 
 // MARK: - Reader
 
+/// Reads values from a range of a byte array. Every read checks the bytes left first; nothing traps.
 struct WireReader {
     let bytes: [UInt8]
-    var offset = 0
+    private(set) var offset: Int
+    let end: Int
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    init(_ bytes: [UInt8]) {
+        self.init(bytes, range: 0..<bytes.count)
+    }
 
-    var isAtEnd: Bool { self.offset == self.bytes.count }
-    var remaining: Int { self.bytes.count - self.offset }
+    init(_ bytes: [UInt8], range: Range<Int>) {
+        self.bytes = bytes
+        self.offset = range.lowerBound
+        self.end = range.upperBound
+    }
+
+    var isAtEnd: Bool { self.offset == self.end }
+    var remaining: Int { self.end - self.offset }
 
     mutating func take(_ count: Int) throws(WireError) -> ArraySlice<UInt8> {
         guard count >= 0, count <= self.remaining else {
-            throw WireError(.truncated, "needed \(count) bytes, \(self.remaining) left")
+            throw WireError(.truncated, "\(count) bytes needed, \(self.remaining) left")
         }
-        defer { self.offset += count }
-        return self.bytes[self.offset..<self.offset + count]
+        let start = self.offset
+        self.offset += count
+        return self.bytes[start..<self.offset]
     }
 
-    mutating func u8() throws(WireError) -> UInt8 { try self.take(1).first! }
-
-    mutating func bool() throws(WireError) -> Bool {
-        switch try self.u8() {
-        case 0: return false
-        case 1: return true
-        case let other: throw WireError(.badValue, "boolean \(other)")
-        }
+    mutating func u8() throws(WireError) -> UInt8 {
+        guard self.offset < self.end else { throw WireError(.truncated, "1 byte needed, none left") }
+        defer { self.offset += 1 }
+        return self.bytes[self.offset]
     }
 
     mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(WireError) -> T {
         var value: T = 0
-        for byte in try self.take(MemoryLayout<T>.size) { value = (value << 8) | T(byte) }
+        for byte in try self.take(T.bitWidth / 8) { value = (value << 8) | T(byte) }
         return value
     }
 
@@ -506,46 +584,80 @@ struct WireReader {
     mutating func u32() throws(WireError) -> UInt32 { try self.integer(UInt32.self) }
     mutating func u64() throws(WireError) -> UInt64 { try self.integer(UInt64.self) }
 
-    mutating func string(length: Int) throws(WireError) -> String {
+    mutating func bool() throws(WireError) -> Bool {
+        switch try self.u8() {
+        case 0: return false
+        case 1: return true
+        case let other: throw WireError(.badEnumValue, "boolean \(other)")
+        }
+    }
+
+    /// The marker in front of an optional value.
+    mutating func present() throws(WireError) -> Bool {
+        switch try self.u8() {
+        case 0: return false
+        case 1: return true
+        case let other: throw WireError(.badEnumValue, "optional marker \(other)")
+        }
+    }
+
+    mutating func string(length: Int, maximum: Int, _ field: StaticString) throws(WireError) -> String {
+        guard length <= maximum else {
+            throw WireError(.fieldTooLong, "\(field) of \(length) bytes, more than \(maximum)")
+        }
         let slice = try self.take(length)
         guard let string = String(validating: slice, as: UTF8.self) else {
-            throw WireError(.badValue, "invalid UTF-8")
+            throw WireError(.invalidUTF8, "\(field) is not valid UTF-8")
         }
         return string
     }
 
-    mutating func str8() throws(WireError) -> String { try self.string(length: Int(try self.u8())) }
-    mutating func str16() throws(WireError) -> String { try self.string(length: Int(try self.u16())) }
+    mutating func str8(_ field: StaticString) throws(WireError) -> String {
+        try self.string(length: Int(try self.u8()), maximum: WireLimits.maximumNameBytes, field)
+    }
 
-    /// A list count, refused when the bytes left could not hold that many elements.
+    mutating func str16(_ field: StaticString) throws(WireError) -> String {
+        try self.string(length: Int(try self.u16()), maximum: WireLimits.maximumIDBytes, field)
+    }
+
+    /// A list count, refused when the bytes left could not hold that many elements of at least
+    /// `minimumElementSize` bytes each: a hostile count never makes the decoder reserve memory.
     mutating func count(minimumElementSize: Int) throws(WireError) -> Int {
         let count = Int(try self.u32())
-        guard count <= self.remaining / max(1, minimumElementSize) else {
-            throw WireError(.badValue, "count \(count) larger than the bytes left allow")
+        guard count <= self.remaining / minimumElementSize else {
+            throw WireError(.countTooLarge, "\(count) elements announced, \(self.remaining) bytes left")
         }
         return count
     }
 
+    // Smallest encodings, for `count(minimumElementSize:)`.
+    static let minimumNode = 1 + 1 + 8
+    static let minimumUpdate = minimumNode + 1 + 8 + 1
+    static let minimumClaim = 2 + 8
+    static let minimumEntry = 2 + 1 + 8 + 2 + 1
+    static let minimumForwardItem = 8 + 1 + minimumEntry
+    static let minimumForwardReply = 8 + 1
+
     mutating func node() throws(WireError) -> NodeID {
-        let name = try self.str8()
-        let address = try self.str8()
-        let uid = try self.u64()
-        guard !name.isEmpty else { throw WireError(.badValue, "empty node name") }
-        return NodeID(name: name, address: address, uid: uid)
+        let name = try self.str8("a node name")
+        let address = try self.str8("a node address")
+        return NodeID(name: name, address: address, uid: try self.u64())
     }
 
     mutating func optionalNode() throws(WireError) -> NodeID? {
-        try self.bool() ? try self.node() : nil
+        try self.present() ? try self.node() : nil
     }
 
     mutating func updates() throws(WireError) -> [MemberUpdate] {
-        let count = try self.count(minimumElementSize: 20)
+        let count = try self.count(minimumElementSize: Self.minimumUpdate)
         var updates: [MemberUpdate] = []
         updates.reserveCapacity(count)
         for _ in 0..<count {
             let node = try self.node()
             let raw = try self.u8()
-            guard let status = MemberStatus(rawValue: raw) else { throw WireError(.badValue, "member status \(raw)") }
+            guard let status = MemberStatus(rawValue: raw) else {
+                throw WireError(.badEnumValue, "member status \(raw)")
+            }
             let incarnation = try self.u64()
             let source = try self.optionalNode()
             updates.append(MemberUpdate(node: node, status: status, incarnation: incarnation, source: source))
@@ -554,19 +666,18 @@ struct WireReader {
     }
 
     mutating func claims() throws(WireError) -> [ClaimItem] {
-        let count = try self.count(minimumElementSize: 10)
+        let count = try self.count(minimumElementSize: Self.minimumClaim)
         var items: [ClaimItem] = []
         items.reserveCapacity(count)
         for _ in 0..<count {
-            let id = try self.str16()
-            guard !id.isEmpty else { throw WireError(.badValue, "empty resource id") }
+            let id = try self.str16("a resource id")
             items.append(ClaimItem(id: ResourceID(id), round: try self.u64()))
         }
         return items
     }
 
     mutating func entries() throws(WireError) -> [DesiredEntry] {
-        let count = try self.count(minimumElementSize: 13)
+        let count = try self.count(minimumElementSize: Self.minimumEntry)
         var entries: [DesiredEntry] = []
         entries.reserveCapacity(count)
         for _ in 0..<count { entries.append(try self.entry()) }
@@ -574,18 +685,19 @@ struct WireReader {
     }
 
     mutating func entry() throws(WireError) -> DesiredEntry {
-        let id = try self.str16()
-        guard !id.isEmpty else { throw WireError(.badValue, "empty resource id") }
+        let id = try self.str16("a resource id")
         var resource: Resource?
-        if try self.bool() {
+        if try self.present() {
             let length = Int(try self.u32())
-            let json = try self.take(length)
-            resource = try WireJSON.decode(json)
-            guard resource?.id.rawValue == id else { throw WireError(.badValue, "resource id does not match entry") }
+            let decoded = try WireJSON.resource(try self.take(length))
+            guard decoded.id.rawValue == id else {
+                throw WireError(.badValue, "the resource's id differs from its entry's")
+            }
+            resource = decoded
         }
         let clock = try self.u64()
-        let origin = try self.str8()
-        let source = try self.bool() ? try self.str8() : nil
+        let origin = try self.str16("a version origin")
+        let source = try self.present() ? try self.str16("a source name") : nil
         return DesiredEntry(
             id: ResourceID(id),
             resource: resource,
@@ -593,22 +705,160 @@ struct WireReader {
             source: source
         )
     }
+
+    mutating func message(_ kind: WireCodec.Kind) throws(WireError) -> ClusterMessage {
+        switch kind {
+        case .ping:
+            let from = try self.node()
+            let sequence = try self.u64()
+            let target = try self.optionalNode()
+            let updates = try self.updates()
+            let checksum = try self.u64()
+            return .membership(
+                .ping(Ping(from: from, sequence: sequence, target: target, updates: updates, checksum: checksum))
+            )
+        case .ack:
+            let from = try self.node()
+            let sequence = try self.u64()
+            let updates = try self.updates()
+            let checksum = try self.u64()
+            return .membership(.ack(Ack(from: from, sequence: sequence, updates: updates, checksum: checksum)))
+        case .pingRequest:
+            let from = try self.node()
+            let sequence = try self.u64()
+            let target = try self.node()
+            let updates = try self.updates()
+            return .membership(
+                .pingRequest(PingRequest(from: from, sequence: sequence, target: target, updates: updates))
+            )
+        case .nack:
+            let from = try self.node()
+            return .membership(.nack(Nack(from: from, sequence: try self.u64())))
+        case .gossip:
+            let from = try self.node()
+            return .membership(.gossip(Gossip(from: from, updates: try self.updates())))
+        case .pushPull:
+            let from = try self.node()
+            let isJoin = try self.bool()
+            let isReply = try self.bool()
+            let members = try self.updates()
+            let checksum = try self.u64()
+            return .membership(
+                .pushPull(PushPull(from: from, isJoin: isJoin, isReply: isReply, members: members, checksum: checksum))
+            )
+        case .releaseRequest:
+            let from = try self.node()
+            let checksum = try self.u64()
+            return .ownership(.releaseRequest(from: from, checksum: checksum, items: try self.claims()))
+        case .releaseConfirm:
+            let from = try self.node()
+            return .ownership(.releaseConfirm(from: from, items: try self.claims()))
+        case .releaseRefuse:
+            let from = try self.node()
+            let checksum = try self.u64()
+            return .ownership(.releaseRefuse(from: from, checksum: checksum, items: try self.claims()))
+        case .desiredDelta:
+            let from = try self.node()
+            return .desired(.delta(from: from, entries: try self.entries()))
+        case .desiredDigest:
+            let from = try self.node()
+            return .desired(.digest(from: from, digest: try self.u64()))
+        case .desiredState:
+            let from = try self.node()
+            let entries = try self.entries()
+            let digest = try self.u64()
+            let isReply = try self.bool()
+            return .desired(.state(from: from, entries: entries, digest: digest, isReply: isReply))
+        case .forwardRequest:
+            let from = try self.node()
+            let checksum = try self.u64()
+            let count = try self.count(minimumElementSize: Self.minimumForwardItem)
+            var items: [ForwardItem] = []
+            items.reserveCapacity(count)
+            for _ in 0..<count {
+                let requestID = try self.u64()
+                let operation = try self.u8()
+                let entry = try self.entry()
+                switch operation {
+                case 0: items.append(ForwardItem(requestID: requestID, operation: .allocate(entry)))
+                case 1: items.append(ForwardItem(requestID: requestID, operation: .deallocate(entry)))
+                default: throw WireError(.badEnumValue, "forward operation \(operation)")
+                }
+            }
+            return .forward(.request(from: from, checksum: checksum, items: items))
+        case .forwardReply:
+            let from = try self.node()
+            let count = try self.count(minimumElementSize: Self.minimumForwardReply)
+            var replies: [ForwardReply] = []
+            replies.reserveCapacity(count)
+            for _ in 0..<count {
+                let requestID = try self.u64()
+                let answer: ForwardAnswer
+                switch try self.u8() {
+                case 0: answer = .handled
+                case 1: answer = .handleFailed(attempt: Int(truncatingIfNeeded: Int64(bitPattern: try self.u64())))
+                case 2: answer = .terminated
+                case 3: answer = .refused(checksum: try self.u64())
+                case let other: throw WireError(.badEnumValue, "forward answer \(other)")
+                }
+                replies.append(ForwardReply(requestID: requestID, answer: answer))
+            }
+            return .forward(.reply(from: from, replies: replies))
+        }
+    }
 }
 
 // MARK: - Resources as JSON
 
 enum WireJSON {
-    static func encode(_ resource: Resource) -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return (try? encoder.encode(resource)) ?? Data("{}".utf8)
-    }
-
-    static func decode(_ bytes: ArraySlice<UInt8>) throws(WireError) -> Resource {
+    /// Decodes a resource from compact JSON. The nesting depth is checked first, with a linear scan, so that hostile
+    /// input cannot make the recursive decoder use much stack.
+    static func resource(_ bytes: ArraySlice<UInt8>) throws(WireError) -> Resource {
+        guard Self.depth(of: bytes, exceeds: WireLimits.maximumJSONDepth) == false else {
+            throw WireError(.invalidJSON, "resource JSON nests deeper than \(WireLimits.maximumJSONDepth)")
+        }
         do {
             return try JSONDecoder().decode(Resource.self, from: Data(bytes))
+        } catch let error as DecodingError {
+            switch error {
+            case .dataCorrupted: throw WireError(.invalidJSON, "resource JSON is malformed or has no string id")
+            case .typeMismatch: throw WireError(.invalidJSON, "resource JSON is not an object")
+            case .keyNotFound, .valueNotFound: throw WireError(.invalidJSON, "resource JSON misses a value")
+            @unknown default: throw WireError(.invalidJSON, "resource JSON is not valid")
+            }
         } catch {
-            throw WireError(.badValue, "resource JSON: \(error)")
+            throw WireError(.invalidJSON, "resource JSON is not valid")
         }
+    }
+
+    /// Whether arrays and objects nest deeper than `limit` (brackets inside strings do not count).
+    static func depth(of bytes: ArraySlice<UInt8>, exceeds limit: Int) -> Bool {
+        var depth = 0
+        var inString = false
+        var escaped = false
+        for byte in bytes {
+            if inString {
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
+                continue
+            }
+            switch byte {
+            case UInt8(ascii: "\""):
+                inString = true
+            case UInt8(ascii: "["), UInt8(ascii: "{"):
+                depth += 1
+                if depth > limit { return true }
+            case UInt8(ascii: "]"), UInt8(ascii: "}"):
+                depth -= 1
+            default:
+                break
+            }
+        }
+        return false
     }
 }

@@ -35,6 +35,14 @@ final class Inbox: Sendable {
     }
 }
 
+/// The socket address of a transport bound to an IP literal.
+func socketAddress(_ address: String) throws -> SocketAddress {
+    guard case .ip(let socket) = try PeerAddress(address) else {
+        throw StorkError(.invalidInput, "'\(address)' is not an IP address")
+    }
+    return socket
+}
+
 func withInbox(_ transport: NIOClusterTransport, _ body: (Inbox) async throws -> Void) async throws {
     let inbox = Inbox()
     try await withThrowingTaskGroup(of: Void.self) { group in
@@ -53,7 +61,7 @@ struct TransportTests {
     func exchange(key: String?) async throws {
         let a = try await startTransport(key: key)
         let b = try await startTransport(key: key)
-        var generator = MessageGenerator(random: SeededRandom(seed: 5))
+        var generator = MessageGenerator(seed: 5)
         let messages = (0..<140).map { generator.message(kind: $0 % MessageGenerator.kinds) }
         try await withInbox(b) { inbox in
             for message in messages { a.send(message, to: b.address) }
@@ -74,7 +82,7 @@ struct TransportTests {
     func largeState() async throws {
         let a = try await startTransport()
         let b = try await startTransport()
-        var generator = MessageGenerator(random: SeededRandom(seed: 6))
+        var generator = MessageGenerator(seed: 6)
         let message = ClusterMessage.desired(
             .state(from: generator.node(), entries: (0..<5_000).map { _ in generator.entry() }, digest: 9, isReply: false)
         )

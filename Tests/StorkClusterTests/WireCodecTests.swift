@@ -1,4 +1,4 @@
-import Foundation
+import Crypto
 import StorkCore
 import StorkMembership
 import StorkResources
@@ -6,191 +6,266 @@ import Testing
 
 @testable import StorkCluster
 
-/// Random but reproducible messages of every kind.
-struct MessageGenerator {
-    var random: SeededRandom
-
-    mutating func int(_ range: Range<Int>) -> Int { range.lowerBound + Int(self.random.next() % UInt64(range.count)) }
-    mutating func string(_ maximum: Int = 12) -> String {
-        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789-_.:/é✓")
-        return String((0..<self.int(1..<maximum + 1)).map { _ in alphabet[self.int(0..<alphabet.count)] })
+/// The code of the error `body` throws, or nil when it succeeds.
+func wireErrorCode(_ body: () throws(WireError) -> Void) -> WireError.Code? {
+    do {
+        try body()
+        return nil
+    } catch {
+        return error.code
     }
-    mutating func node() -> NodeID {
-        NodeID(name: self.string(), address: "10.0.\(self.int(0..<255)).\(self.int(0..<255)):\(self.int(1..<65_535))", uid: self.random.next())
-    }
-    mutating func update() -> MemberUpdate {
-        MemberUpdate(
-            node: self.node(),
-            status: MemberStatus(rawValue: UInt8(self.int(0..<4)))!,
-            incarnation: self.random.next() >> 20,
-            source: self.int(0..<2) == 0 ? nil : self.node()
-        )
-    }
-    mutating func updates() -> [MemberUpdate] { (0..<self.int(0..<8)).map { _ in self.update() } }
-    mutating func json(depth: Int = 0) -> JSONValue {
-        switch self.int(0..<(depth > 2 ? 4 : 6)) {
-        case 0: return .null
-        case 1: return .bool(self.int(0..<2) == 0)
-        case 2: return .number(Double(self.int(-1000..<1000)) / 4)
-        case 3: return .string(self.string(20))
-        case 4: return .array((0..<self.int(0..<4)).map { _ in self.json(depth: depth + 1) })
-        default:
-            return .object(Dictionary((0..<self.int(0..<4)).map { _ in (self.string(6), self.json(depth: depth + 1)) }, uniquingKeysWith: { a, _ in a }))
-        }
-    }
-    mutating func resource() -> Resource {
-        var attributes: [String: JSONValue] = [:]
-        for _ in 0..<self.int(0..<5) { attributes[self.string(8)] = self.json() }
-        return Resource(id: ResourceID("res-" + self.string()), attributes: attributes)
-    }
-    mutating func entry() -> DesiredEntry {
-        let resource = self.resource()
-        return DesiredEntry(
-            id: resource.id,
-            resource: self.int(0..<3) == 0 ? nil : resource,
-            version: DesiredVersion(clock: self.random.next() >> 8, origin: self.string()),
-            source: self.int(0..<2) == 0 ? nil : self.string()
-        )
-    }
-    mutating func claims() -> [ClaimItem] {
-        (0..<self.int(0..<6)).map { _ in ClaimItem(id: ResourceID(self.string()), round: self.random.next()) }
-    }
-    mutating func message(kind: Int) -> ClusterMessage {
-        switch kind {
-        case 0: return .membership(.ping(Ping(from: self.node(), sequence: self.random.next(), target: self.int(0..<2) == 0 ? nil : self.node(), updates: self.updates(), checksum: self.random.next())))
-        case 1: return .membership(.ack(Ack(from: self.node(), sequence: self.random.next(), updates: self.updates(), checksum: self.random.next())))
-        case 2: return .membership(.pingRequest(PingRequest(from: self.node(), sequence: self.random.next(), target: self.node(), updates: self.updates())))
-        case 3: return .membership(.nack(Nack(from: self.node(), sequence: self.random.next())))
-        case 4: return .membership(.gossip(Gossip(from: self.node(), updates: self.updates())))
-        case 5: return .membership(.pushPull(PushPull(from: self.node(), isJoin: self.int(0..<2) == 0, isReply: self.int(0..<2) == 0, members: self.updates(), checksum: self.random.next())))
-        case 6: return .ownership(.releaseRequest(from: self.node(), checksum: self.random.next(), items: self.claims()))
-        case 7: return .ownership(.releaseConfirm(from: self.node(), items: self.claims()))
-        case 8: return .ownership(.releaseRefuse(from: self.node(), checksum: self.random.next(), items: self.claims()))
-        case 9: return .desired(.delta(from: self.node(), entries: (0..<self.int(0..<5)).map { _ in self.entry() }))
-        case 10: return .desired(.digest(from: self.node(), digest: self.random.next()))
-        case 11: return .desired(.state(from: self.node(), entries: (0..<self.int(0..<5)).map { _ in self.entry() }, digest: self.random.next(), isReply: self.int(0..<2) == 0))
-        case 12:
-            let items = (0..<self.int(0..<4)).map { _ in
-                ForwardItem(requestID: self.random.next(), operation: self.int(0..<2) == 0 ? .allocate(self.entry()) : .deallocate(self.entry()))
-            }
-            return .forward(.request(from: self.node(), checksum: self.random.next(), items: items))
-        default:
-            let answers: [ForwardAnswer] = [.handled, .handleFailed(attempt: self.int(1..<9)), .terminated, .refused(checksum: self.random.next())]
-            let replies = (0..<self.int(0..<5)).map { _ in ForwardReply(requestID: self.random.next(), answer: answers[self.int(0..<4)]) }
-            return .forward(.reply(from: self.node(), replies: replies))
-        }
-    }
-    static let kinds = 14
 }
 
 @Suite("Wire codec")
 struct WireCodecTests {
     static let plain = WireSettings(clusterName: "stork", clusterKey: nil)
-    static let keyed = WireSettings(clusterName: "stork", clusterKey: "s3cret")
+    static let keyed = WireSettings(clusterName: "stork", clusterKey: "correct horse battery staple")
+    static let header = WireHeader(senderUID: 0xDEAD_BEEF, sequence: 42, isDatagram: false)
 
-    @Test("every message kind round-trips, with and without a cluster key", arguments: [false, true])
+    static func decodeCode(_ bytes: [UInt8], _ settings: WireSettings = Self.plain) -> WireError.Code? {
+        wireErrorCode { () throws(WireError) in _ = try WireCodec.decode(bytes, settings: settings) }
+    }
+
+    /// A frame around a hand-written body (to build invalid bodies with a valid header).
+    static func frame(_ kind: WireCodec.Kind, _ body: (inout WireWriter) -> Void) -> [UInt8] {
+        var writer = WireWriter()
+        body(&writer)
+        return try! WireCodec.assemble(kind: kind.rawValue, body: writer.bytes, header: Self.header, settings: Self.plain)
+    }
+
+    // MARK: Round trips
+
+    @Test("every message kind round-trips, with random values, with and without a key", arguments: [false, true])
     func roundTrip(keyed: Bool) throws {
         let settings = keyed ? Self.keyed : Self.plain
-        var generator = MessageGenerator(random: SeededRandom(seed: keyed ? 2 : 1))
-        for i in 0..<2_000 {
-            let message = generator.message(kind: i % MessageGenerator.kinds)
-            let bytes = WireCodec.encode(message, senderUID: 7, sequence: UInt64(i), settings: settings)
+        var generator = MessageGenerator(seed: keyed ? 2 : 1)
+        var seen = Set<WireCodec.Kind>()
+        var longest = 0
+        for i in 0..<1_400 {
+            let message = generator.message(kind: i)
+            let header = WireHeader(senderUID: generator.u64(), sequence: UInt64(i), isDatagram: i % 3 == 0)
+            let bytes = try WireCodec.encode(message, header: header, settings: settings)
             let frame = try WireCodec.decode(bytes, settings: settings)
-            #expect(frame.message == message, "kind \(i % MessageGenerator.kinds)")
-            #expect(frame.senderUID == 7 && frame.sequence == UInt64(i))
+            #expect(frame.message == message, "kind \(WireCodec.Kind.allCases[i % MessageGenerator.kinds])")
+            #expect(frame.header == header)
+            seen.insert(MessageGenerator.kind(of: message))
+            longest = max(longest, bytes.count)
         }
+        #expect(seen == Set(WireCodec.Kind.allCases))
+        #expect(longest > 20_000, "some messages carry long lists")
     }
 
-    @Test("a large state message (5,000 entries) round-trips")
+    @Test("a full state of 5,000 desired entries round-trips")
     func largeState() throws {
-        var generator = MessageGenerator(random: SeededRandom(seed: 3))
+        var generator = MessageGenerator(seed: 3)
         let entries = (0..<5_000).map { _ in generator.entry() }
         let message = ClusterMessage.desired(.state(from: generator.node(), entries: entries, digest: 1, isReply: true))
-        let bytes = WireCodec.encode(message, senderUID: 1, sequence: 1, settings: Self.plain)
-        #expect(try WireCodec.decode(bytes, settings: Self.plain).message == message)
+        let bytes = try WireCodec.encode(message, header: Self.header, settings: Self.keyed)
+        #expect(bytes.count > 500_000)
+        #expect(try WireCodec.decode(bytes, settings: Self.keyed).message == message)
     }
 
-    @Test("bad frames are rejected with the right reason")
-    func rejections() {
-        var generator = MessageGenerator(random: SeededRandom(seed: 4))
+    @Test("the frame layout: magic, version, flags, cluster, uid, sequence, kind, body length, body, MAC")
+    func layout() throws {
+        let message = ClusterMessage.desired(.digest(from: NodeID(name: "n", address: "a", uid: 2), digest: 3))
+        let header = WireHeader(senderUID: 0x0102_0304_0506_0708, sequence: 9, isDatagram: true)
+        let bytes = try WireCodec.encode(message, header: header, settings: Self.keyed)
+        let body: [UInt8] = [1, UInt8(ascii: "n"), 1, UInt8(ascii: "a"), 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3]
+        let expected: [UInt8] =
+            Array("STK".utf8) + [1, 0b11, 5] + Array("stork".utf8) + [1, 2, 3, 4, 5, 6, 7, 8] + [0, 0, 0, 0, 0, 0, 0, 9]
+            + [33] + [0, 0, 0, UInt8(body.count)] + body
+        #expect(Array(bytes.prefix(expected.count)) == expected)
+        let mac = HMAC<SHA256>.authenticationCode(
+            for: expected,
+            using: SymmetricKey(data: SHA256.hash(data: Array("correct horse battery staple".utf8)))
+        )
+        #expect(Array(bytes.suffix(32)) == Array(mac))
+        #expect(bytes.count == expected.count + 32)
+    }
+
+    // MARK: Limits when encoding
+
+    @Test("fields at their limits encode; one byte more is refused")
+    func encodingLimits() throws {
+        func encode(_ message: ClusterMessage, _ settings: WireSettings = Self.plain) -> WireError.Code? {
+            wireErrorCode { () throws(WireError) in _ = try WireCodec.encode(message, header: Self.header, settings: settings) }
+        }
+        func node(name: Int = 1, address: Int = 1) -> NodeID {
+            NodeID(name: String(repeating: "n", count: name), address: String(repeating: "a", count: address), uid: 1)
+        }
+        func claim(_ bytes: Int) -> ClusterMessage {
+            .ownership(.releaseConfirm(from: node(), items: [ClaimItem(id: ResourceID(String(repeating: "r", count: bytes)), round: 1)]))
+        }
+        #expect(encode(.membership(.nack(Nack(from: node(name: 255, address: 255), sequence: 1)))) == nil)
+        #expect(encode(.membership(.nack(Nack(from: node(name: 256), sequence: 1)))) == .fieldTooLong)
+        #expect(encode(.membership(.nack(Nack(from: node(address: 256), sequence: 1)))) == .fieldTooLong)
+        #expect(encode(claim(1024)) == nil)
+        #expect(encode(claim(1025)) == .fieldTooLong)
+        let nan = Resource(id: "r", attributes: ["x": .number(.nan)])
+        let entry = DesiredEntry(id: "r", resource: nan, version: DesiredVersion(clock: 1, origin: "o"))
+        #expect(encode(.desired(.delta(from: node(), entries: [entry]))) == .invalidJSON)
+        let long = WireSettings(clusterName: String(repeating: "c", count: 65), clusterKey: nil)
+        #expect(encode(claim(1), long) == .fieldTooLong)
+        let tiny = WireSettings(clusterName: "stork", clusterKey: nil, maximumFrameSize: 100)
+        #expect(encode(claim(100), tiny) == .oversized)
+    }
+
+    // MARK: Rejections
+
+    @Test("each kind of bad frame is rejected with its own code")
+    func rejections() throws {
+        var generator = MessageGenerator(seed: 4)
         let message = generator.message(kind: 0)
-        let plain = WireCodec.encode(message, senderUID: 1, sequence: 1, settings: Self.plain)
-        let keyed = WireCodec.encode(message, senderUID: 1, sequence: 1, settings: Self.keyed)
-        func code(_ bytes: [UInt8], _ settings: WireSettings) -> WireError.Code? {
-            do {
-                _ = try WireCodec.decode(bytes, settings: settings)
-                return nil
-            } catch {
-                return error.code
-            }
-        }
-        #expect(code(Array(plain.prefix(10)), Self.plain) == .truncated)
-        #expect(code([0x58] + plain.dropFirst(), Self.plain) == .badMagic)
+        let plain = try WireCodec.encode(message, header: Self.header, settings: Self.plain)
+        let keyed = try WireCodec.encode(message, header: Self.header, settings: Self.keyed)
+        let nameEnd = 6 + 5
+
+        #expect(Self.decodeCode(plain) == nil)
+        #expect(Self.decodeCode([]) == .truncated)
+        #expect(Self.decodeCode(Array(plain.prefix(10))) == .truncated)
+        #expect(Self.decodeCode(Array(plain.dropLast())) == .truncated)
+        #expect(Self.decodeCode(plain, WireSettings(clusterName: "stork", clusterKey: nil, maximumFrameSize: 64)) == .oversized)
+        #expect(Self.decodeCode(Array("XTK".utf8) + plain.dropFirst(3)) == .badMagic)
         var version = plain
-        version[3] = 9
-        #expect(code(version, Self.plain) == .badVersion)
-        #expect(code(plain, WireSettings(clusterName: "other", clusterKey: nil)) == .wrongCluster)
-        #expect(code(plain, Self.keyed) == .missingMAC)
-        #expect(code(keyed, Self.plain) == .unexpectedMAC)
-        #expect(code(keyed, WireSettings(clusterName: "stork", clusterKey: "wrong")) == .badMAC)
-        var forged = keyed
-        forged[forged.count - 40] ^= 1
-        #expect(code(forged, Self.keyed) == .badMAC)
-        #expect(code(plain + [0], Self.plain) == .trailingBytes)
-        let tiny = WireSettings(clusterName: "stork", clusterKey: nil, maximumFrameSize: 16)
-        #expect(code(plain, tiny) == .oversized)
+        version[3] = 2
+        #expect(Self.decodeCode(version) == .badVersion)
+        var flags = plain
+        flags[4] = 0b100
+        #expect(Self.decodeCode(flags) == .badFlags)
+        #expect(Self.decodeCode(plain, WireSettings(clusterName: "storm", clusterKey: nil)) == .wrongCluster)
+        #expect(Self.decodeCode(plain, WireSettings(clusterName: "", clusterKey: nil)) == .wrongCluster)
+        #expect(Self.decodeCode(plain, Self.keyed) == .missingMAC)
+        #expect(Self.decodeCode(keyed, Self.plain) == .unexpectedMAC)
+        #expect(Self.decodeCode(keyed, WireSettings(clusterName: "stork", clusterKey: "wrong")) == .badMAC)
+        var forgedBody = keyed
+        forgedBody[forgedBody.count - 40] ^= 1
+        #expect(Self.decodeCode(forgedBody, Self.keyed) == .badMAC)
+        var forgedMAC = keyed
+        forgedMAC[forgedMAC.count - 1] ^= 0x80
+        #expect(Self.decodeCode(forgedMAC, Self.keyed) == .badMAC)
+        var forgedSequence = keyed
+        forgedSequence[nameEnd + 15] ^= 1
+        #expect(Self.decodeCode(forgedSequence, Self.keyed) == .badMAC)
+        var forgedChannel = keyed
+        forgedChannel[4] |= WireCodec.flagDatagram
+        #expect(Self.decodeCode(forgedChannel, Self.keyed) == .badMAC)
+        #expect(Self.decodeCode(Array(keyed.dropLast(5)), Self.keyed) == .truncated)
+        #expect(Self.decodeCode(plain + [0]) == .trailingBytes)
+        #expect(Self.decodeCode(keyed + [0], Self.keyed) == .trailingBytes)
+        var unknown = plain
+        unknown[nameEnd + 16] = 99
+        #expect(Self.decodeCode(unknown) == .unknownKind)
     }
 
-    /// Decoders must never trap on hostile input: 100,000 random byte strings and 100,000 mutations of valid
-    /// frames (bit flips, truncations, insertions, corrupted length and count fields).
-    @Test("fuzz: random and mutated frames never crash the decoder")
-    func fuzz() {
-        var random = SeededRandom(seed: 99)
-        var generator = MessageGenerator(random: SeededRandom(seed: 100))
-        var accepted = 0
-        var rejected = 0
-        func feed(_ bytes: [UInt8], _ settings: WireSettings) {
-            do {
-                _ = try WireCodec.decode(bytes, settings: settings)
-                accepted += 1
-            } catch {
-                rejected += 1
-            }
+    @Test("bad bodies behind a valid header are rejected with their own code")
+    func badBodies() {
+        let node: (inout WireWriter) -> Void = { w in
+            w.u8(1)
+            w.bytes += Array("n".utf8)
+            w.u8(1)
+            w.bytes += Array("a".utf8)
+            w.u64(1)
         }
-        for _ in 0..<100_000 {
-            let length = Int(random.next() % 96)
-            var bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: random.next()) }
-            // Half of them start like a frame, so that they get past the first checks.
-            if random.next() % 2 == 0 { bytes = Array("STK".utf8) + [1, 0, 5] + Array("stork".utf8) + bytes }
-            feed(bytes, Self.plain)
+        // A gossip with one update whose status is 7.
+        #expect(Self.decodeCode(Self.frame(.gossip) { w in
+            node(&w)
+            w.u32(1)
+            node(&w)
+            w.u8(7)
+            w.u64(1)
+            w.u8(0)
+        }) == .badEnumValue)
+        // A boolean that is 2, an optional marker that is 5, an unknown forward operation and answer.
+        #expect(Self.decodeCode(Self.frame(.pushPull) { w in
+            node(&w)
+            w.u8(2)
+        }) == .badEnumValue)
+        #expect(Self.decodeCode(Self.frame(.ping) { w in
+            node(&w)
+            w.u64(1)
+            w.u8(5)
+        }) == .badEnumValue)
+        #expect(Self.decodeCode(Self.frame(.forwardReply) { w in
+            node(&w)
+            w.u32(1)
+            w.u64(1)
+            w.u8(9)
+        }) == .badEnumValue)
+        // A node name that is not UTF-8.
+        #expect(Self.decodeCode(Self.frame(.nack) { w in
+            w.u8(2)
+            w.bytes += [0xC3, 0x28]
+            w.u8(0)
+            w.u64(1)
+            w.u64(1)
+        }) == .invalidUTF8)
+        // A resource id longer than 1,024 bytes.
+        #expect(Self.decodeCode(Self.frame(.releaseConfirm) { w in
+            node(&w)
+            w.u32(1)
+            w.u16(2000)
+            w.bytes += [UInt8](repeating: 0x61, count: 2000)
+            w.u64(1)
+        }) == .fieldTooLong)
+        // A list count that the bytes left cannot hold.
+        #expect(Self.decodeCode(Self.frame(.desiredDelta) { w in
+            node(&w)
+            w.u32(UInt32.max)
+        }) == .countTooLarge)
+        #expect(Self.decodeCode(Self.frame(.gossip) { w in
+            node(&w)
+            w.u32(3)
+            node(&w)
+        }) == .countTooLarge)
+        // Bytes after the message.
+        #expect(Self.decodeCode(Self.frame(.nack) { w in
+            node(&w)
+            w.u64(1)
+            w.u8(0)
+        }) == .trailingBytes)
+        // A body cut short.
+        #expect(Self.decodeCode(Self.frame(.ack) { w in
+            node(&w)
+            w.u32(0)
+        }) == .truncated)
+    }
+
+    static func entryFrame(id: String, json: [UInt8]) -> [UInt8] {
+        Self.frame(.desiredDelta) { w in
+            w.u8(1)
+            w.bytes += Array("n".utf8)
+            w.u8(0)
+            w.u64(1)
+            w.u32(1)
+            w.u16(UInt16(id.utf8.count))
+            w.bytes += Array(id.utf8)
+            w.u8(1)
+            w.u32(UInt32(json.count))
+            w.bytes += json
+            w.u64(1)
+            w.u16(1)
+            w.bytes += Array("o".utf8)
+            w.u8(0)
         }
-        let valid = (0..<200).map { i in
-            WireCodec.encode(generator.message(kind: i % MessageGenerator.kinds), senderUID: 1, sequence: 1, settings: Self.plain)
+    }
+
+    @Test("resource JSON: valid, malformed, not an object, without an id, another id, too deep")
+    func resourceJSON() {
+        func code(_ json: String, id: String = "r1") -> WireError.Code? {
+            Self.decodeCode(Self.entryFrame(id: id, json: Array(json.utf8)))
         }
-        for i in 0..<100_000 {
-            var bytes = valid[i % valid.count]
-            switch random.next() % 5 {
-            case 0:
-                for _ in 0..<(1 + random.next() % 4) {
-                    let index = Int(random.next() % UInt64(bytes.count))
-                    bytes[index] ^= UInt8(1 << (random.next() % 8))
-                }
-            case 1:
-                bytes = Array(bytes.prefix(Int(random.next() % UInt64(bytes.count))))
-            case 2:
-                let index = Int(random.next() % UInt64(bytes.count))
-                bytes.insert(contentsOf: (0..<(1 + random.next() % 8)).map { _ in UInt8(truncatingIfNeeded: random.next()) }, at: index)
-            case 3:
-                // A length or count field set to something huge.
-                let index = Int(random.next() % UInt64(max(1, bytes.count - 4)))
-                bytes.replaceSubrange(index..<index + 4, with: [0xFF, 0xFF, 0xFF, UInt8(truncatingIfNeeded: random.next())])
-            default:
-                bytes.removeSubrange(Int(random.next() % UInt64(bytes.count))..<bytes.count)
-                bytes += (0..<(random.next() % 32)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
-            }
-            feed(bytes, Self.plain)
-        }
-        #expect(accepted + rejected == 200_000)
-        #expect(rejected > 150_000)
+        #expect(code(#"{"id":"r1","a":{"b":[1,2,{"c":null}]}}"#) == nil)
+        #expect(code(#"{"id":"r1","a":"[[[[{{{{"}"#) == nil, "brackets inside strings do not count")
+        #expect(code(#"{"id":"r1","#) == .invalidJSON)
+        #expect(code(#"["id","r1"]"#) == .invalidJSON)
+        #expect(code(#"{"name":"x"}"#) == .invalidJSON)
+        #expect(code(#"{"id":7}"#) == .invalidJSON)
+        #expect(code(#"{"id":""}"#, id: "") == .invalidJSON)
+        #expect(code(#"{"id":"r2"}"#) == .badValue)
+        #expect(code("\u{FF}") == .invalidJSON)
+        let deep = #"{"id":"r1","a":"# + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000) + "}"
+        #expect(code(deep) == .invalidJSON)
+        let limit = #"{"id":"r1","a":"# + String(repeating: "[", count: 63) + String(repeating: "]", count: 63) + "}"
+        #expect(code(limit) == nil, "64 levels (the object and 63 arrays) are allowed")
     }
 }
