@@ -15,6 +15,7 @@ struct BenchCommand: ParsableCommand {
         subcommands: [
             PlacementBenchCommand.self,
             DetectionBenchCommand.self,
+            FailoverBenchCommand.self,
         ]
     )
 }

@@ -43,6 +43,19 @@ struct SimAndDemoCLITests {
         #expect(run.lines.contains { $0.hasPrefix("| 5 |") })
     }
 
+    @Test("stork bench failover kills real nodes, times detection and failover, and finds no overlap")
+    func failoverBench() throws {
+        let base = String(30_000 + Int.random(in: 0..<20_000))
+        let run = try StorkBinary.run([
+            "bench", "failover", "--nodes", "3", "--resources", "60", "--kills", "2", "--burn", "2", "--base-port", base,
+        ])
+        #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
+        #expect(run.lines.filter { $0.hasPrefix("round ") && $0.contains("all running elsewhere") }.count == 2)
+        #expect(run.lines.contains { $0.hasPrefix("| Stork: kill -9 → all its resources handled elsewhere |") })
+        #expect(run.standardOutput.contains("Overlaps recorded by the sidecar: 0."))
+        #expect(run.standardOutput.contains("no live node declared dead"))
+    }
+
     @Test("stork demo --in-process tells the story and exits 0: no account on two nodes, every request answered")
     func inProcessDemo() throws {
         let run = try StorkBinary.run(["demo", "--in-process"])
