@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "StorkResources", targets: ["StorkResources"]),
         .library(name: "StorkTestKit", targets: ["StorkTestKit"]),
         .library(name: "StorkCluster", targets: ["StorkCluster"]),
+        .library(name: "StorkLeases", targets: ["StorkLeases"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
     dependencies: [
@@ -32,6 +33,9 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // MARK: - Pure cores (no I/O, no clocks, no tasks)
@@ -79,12 +83,28 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - Ownership stores for lease mode: SQLite (one host) and PostgreSQL (a cluster)
+        .target(
+            name: "StorkLeases",
+            dependencies: [
+                "StorkCore",
+                "StorkResources",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - The server: configuration, sources, handlers, admin API, composition
         .target(
             name: "StorkServer",
             dependencies: [
                 "StorkCore",
                 "StorkCluster",
+                "StorkLeases",
                 "StorkMembership",
                 "StorkPlacement",
                 "StorkResources",
@@ -163,6 +183,11 @@ let package = Package(
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkLeasesTests",
+            dependencies: ["StorkLeases", .product(name: "Logging", package: "swift-log")],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(

@@ -21,6 +21,8 @@ public struct StorkError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let shutdown = Code("shutdown")
         /// No member of the cluster can take the request.
         public static let noOwner = Code("no-owner")
+        /// A store or service Stork depends on cannot be reached or failed.
+        public static let unavailable = Code("unavailable")
     }
 
     public var code: Code

@@ -5,6 +5,7 @@ import Logging
 import ServiceLifecycle
 import StorkCluster
 import StorkCore
+import StorkLeases
 import StorkResources
 
 // MARK: - StorkServer
@@ -43,8 +44,14 @@ public struct StorkServer: Sendable {
             transport.close()
         }
 
+        var managerConfiguration = configuration.resourceManagerConfiguration()
+        if let url = configuration.ownershipStoreURL {
+            let store = try OwnershipStores.make(url: url, cluster: configuration.cluster.name, logger: logger)
+            managerConfiguration.ownershipStore = store
+            logger.info("lease ownership", metadata: ["stork.store": "\(store.description)"])
+        }
         let manager = ResourceManager(
-            configuration: configuration.resourceManagerConfiguration(),
+            configuration: managerConfiguration,
             handler: configuration.makeHandler(httpClient: httpClient),
             sources: configuration.makeSourceRegistrations(httpClient: httpClient, logger: logger),
             transport: transport,
@@ -77,9 +84,11 @@ public struct StorkServer: Sendable {
             try await group.run()
         } catch {
             try? await httpClient.shutdown()
+            await managerConfiguration.ownershipStore?.close()
             throw error
         }
         try? await httpClient.shutdown()
+        await managerConfiguration.ownershipStore?.close()
         logger.info("stopped")
     }
 

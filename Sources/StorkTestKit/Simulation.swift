@@ -18,6 +18,13 @@ import StorkResources
 //   the same desired set, every desired resource runs on exactly one live node (its owner) and nothing else runs;
 // * every allocate/deallocate gets an answer (unless the node it was made on crashed), and without faults every
 //   answer is a success.
+//
+// In lease mode the simulator also models the ownership store (`LeaseTable` on a clock of its own, with latency,
+// timeouts and outages) and checks, at every step where it matters:
+// * a handle starts only under the lease the store currently holds valid for that node, and each resource's tokens
+//   strictly increase from one handle to the next, cluster-wide;
+// * never two valid leases for one resource: when the store grants a lease, no other node (running, paused or
+//   partitioned) still believes it holds an unexpired lease on it.
 
 /// A deterministic simulation of one Stork cluster. Create, `run()`, read the report.
 public struct Simulation {
@@ -71,6 +78,25 @@ public struct Simulation {
         case allocate(ResourceID)
         case deallocate(ResourceID)
         case check
+        /// Lease mode: a request reaches the store, and the store's answer reaches the node.
+        case storeRequest(Int, generation: Int, holder: String, StoreRequest, requestedAt: StorkInstant)
+        case storeAnswer(Int, generation: Int, StoreAnswer, requestedAt: StorkInstant)
+        case storeDown
+        case storeUp
+    }
+
+    enum StoreRequest {
+        case acquire([ResourceID])
+        case renew([LeaseKey])
+        case release([LeaseKey])
+    }
+
+    enum StoreAnswer {
+        case acquired(LeaseGrants)
+        case renewed(LeaseRenewals)
+        case acquireFailed([ResourceID])
+        case renewFailed
+        case released
     }
 
     struct Link: Hashable {
@@ -133,6 +159,11 @@ public struct Simulation {
     private var report: SimulationReport
     private var traceHash: UInt64 = 0xCBF2_9CE4_8422_2325
     private let traceLines = TraceLines()
+    /// Lease mode: the store's table, whether it answers, and the last token each resource was handled with.
+    private var leaseTable = LeaseTable()
+    private var storeAvailable = true
+    private var lastHandledToken: [ResourceID: UInt64] = [:]
+    private var leaseSettings: LeaseSettings? { self.configuration.node.orchestrator.ownership.leaseSettings }
 
     public init(configuration: SimulationConfiguration) {
         self.configuration = configuration
@@ -203,6 +234,9 @@ public struct Simulation {
                 case .partition:
                     self.schedule(.partition(blocked: self.randomPartition()), at: t)
                     self.schedule(.heal, at: t + length)
+                case .store:
+                    self.schedule(.storeDown, at: t)
+                    self.schedule(.storeUp, at: t + length)
                 case .loss:
                     break
                 }
@@ -338,7 +372,139 @@ public struct Simulation {
             self.issue(id, isAllocate: false)
         case .check:
             self.checkConvergence()
+        case .storeRequest(let index, let generation, let holder, let request, let requestedAt):
+            self.serveStore(index, generation: generation, holder: holder, request, requestedAt: requestedAt)
+        case .storeAnswer(let index, let generation, let answer, let requestedAt):
+            guard self.nodes[index].generation == generation else { return }
+            guard self.deferIfPaused(index, event) else { return }
+            guard self.nodes[index].state == .up else { return }
+            switch answer {
+            case .acquired(let grants):
+                self.drive(index) {
+                    $0.leasesAcquired(granted: grants.granted, refused: grants.refused, requestedAt: requestedAt, now: $1)
+                }
+            case .renewed(let renewals):
+                self.drive(index) {
+                    $0.leasesRenewed(renewed: renewals.renewed, lost: renewals.lost, requestedAt: requestedAt, now: $1)
+                }
+            case .acquireFailed(let ids):
+                self.drive(index) { $0.leaseAcquireFailed(ids, now: $1) }
+            case .renewFailed:
+                self.drive(index) { $0.leaseRenewFailed(now: $1) }
+            case .released:
+                break
+            }
+        case .storeDown:
+            self.report.storeOutages += 1
+            self.log("the ownership store goes down")
+            self.storeAvailable = false
+        case .storeUp:
+            self.log("the ownership store is back")
+            self.storeAvailable = true
         }
+    }
+
+    // MARK: The ownership store (lease mode)
+
+    private var storeNow: StorkInstant { self.now + self.configuration.storeClockOffset }
+
+    private func holder(_ index: Int) -> String { "\(self.nodes[index].name)/\(self.nodes[index].identity.uid)" }
+
+    /// Sends a request from a node to the store: it arrives after the store latency, or, with the store down, the
+    /// node's wait times out.
+    private mutating func requestStore(_ request: StoreRequest, from index: Int) {
+        let generation = self.nodes[index].generation
+        guard self.storeAvailable else {
+            self.answerStoreFailure(request, to: index, generation: generation, requestedAt: self.now)
+            return
+        }
+        self.schedule(
+            .storeRequest(index, generation: generation, holder: self.holder(index), request, requestedAt: self.now),
+            at: self.now + self.uniform(self.configuration.minimumStoreLatency, self.configuration.maximumStoreLatency)
+        )
+    }
+
+    private mutating func answerStoreFailure(_ request: StoreRequest, to index: Int, generation: Int, requestedAt: StorkInstant) {
+        let answer: StoreAnswer
+        switch request {
+        case .acquire(let ids): answer = .acquireFailed(ids)
+        case .renew: answer = .renewFailed
+        case .release: answer = .released
+        }
+        self.schedule(
+            .storeAnswer(index, generation: generation, answer, requestedAt: requestedAt),
+            at: requestedAt + self.configuration.storeTimeout
+        )
+    }
+
+    private mutating func serveStore(
+        _ index: Int,
+        generation: Int,
+        holder: String,
+        _ request: StoreRequest,
+        requestedAt: StorkInstant
+    ) {
+        guard let settings = self.leaseSettings else { return }
+        guard self.storeAvailable else {
+            self.answerStoreFailure(request, to: index, generation: generation, requestedAt: requestedAt)
+            return
+        }
+        // The store applies requests even from a process that has crashed since: they were already sent.
+        let answer: StoreAnswer
+        switch request {
+        case .acquire(let ids):
+            let grants = self.leaseTable.acquire(ids, holder: holder, duration: settings.duration, now: self.storeNow)
+            for key in grants.granted { self.checkGrant(key, to: index, generation: generation) }
+            self.report.leaseGrants += grants.granted.count
+            answer = .acquired(grants)
+        case .renew(let keys):
+            answer = .renewed(self.leaseTable.renew(keys, holder: holder, duration: settings.duration, now: self.storeNow))
+        case .release(let keys):
+            self.leaseTable.release(keys, holder: holder, now: self.storeNow)
+            answer = .released
+        }
+        self.report.storeOperations += 1
+        self.schedule(
+            .storeAnswer(index, generation: generation, answer, requestedAt: requestedAt),
+            at: self.now + self.uniform(self.configuration.minimumStoreLatency, self.configuration.maximumStoreLatency)
+        )
+    }
+
+    /// Never two valid leases: when the store grants `key`, no other node may still believe it holds an unexpired
+    /// lease on that resource (paused and partitioned nodes included: their belief is measured on their clock).
+    private mutating func checkGrant(_ key: LeaseKey, to index: Int, generation: Int) {
+        for other in self.nodes where !(other.index == index && other.generation == generation) {
+            guard let machine = other.machine,
+                let held = machine.orchestrator.heldLeases.first(where: { $0.key.id == key.id })
+            else { continue }
+            if held.fenceAt > self.now {
+                self.violation(
+                    "\(key.id): the store granted token \(key.token) to node-\(index) while \(other.name) [\(other.state)] "
+                        + "still holds token \(held.key.token) until \(held.fenceAt)"
+                )
+            }
+        }
+    }
+
+    /// A handle in lease mode starts only under the lease the store holds valid for this node, with a token larger
+    /// than any earlier handle of the resource anywhere.
+    private mutating func checkLeaseAtHandle(_ id: ResourceID, on index: Int) {
+        guard self.leaseSettings != nil else { return }
+        guard let token = self.nodes[index].machine?.orchestrator.fencingToken(of: id) else {
+            self.violation("\(id) handled on node-\(index) without a lease")
+            return
+        }
+        if let valid = self.leaseTable.validLease(of: id, now: self.storeNow) {
+            if valid.holder != self.holder(index) || valid.token != token {
+                self.violation("\(id) handled on node-\(index) with token \(token) but the store holds \(valid.token) for \(valid.holder)")
+            }
+        } else {
+            self.violation("\(id) handled on node-\(index) with token \(token) after the lease expired in the store")
+        }
+        if let last = self.lastHandledToken[id], token < last {
+            self.violation("\(id) handled on node-\(index) with token \(token) after token \(last) was used")
+        }
+        self.lastHandledToken[id] = max(token, self.lastHandledToken[id] ?? 0)
     }
 
     /// Returns false (and keeps the event) when the node is paused.
@@ -437,6 +603,7 @@ public struct Simulation {
             self.trace(3, index, ticket)
             self.log("node-\(index) handle \(resource.id) #\(ticket)")
             self.checkOverlap(resource.id, startingOn: index)
+            self.checkLeaseAtHandle(resource.id, on: index)
             self.nodes[index].running[resource.id] = Set(
                 self.nodes[index].machine?.placement.members.map(\.node) ?? []
             )
@@ -472,6 +639,14 @@ public struct Simulation {
             self.complete(requestID, outcome, at: index)
         case .event(let event):
             self.observe(event, at: index)
+        case .acquireLeases(let ids):
+            self.log("node-\(index) acquires \(ids.count) leases")
+            self.requestStore(.acquire(ids), from: index)
+        case .renewLeases(let keys):
+            self.requestStore(.renew(keys), from: index)
+        case .releaseLeases(let keys):
+            self.log("node-\(index) releases \(keys.count) leases")
+            self.requestStore(.release(keys), from: index)
         }
     }
 
@@ -751,6 +926,10 @@ public struct SimulationReport: Sendable {
     public var handoffTimeouts = 0
     /// Successful requests whose change was lost because the node that took them crashed before passing it on.
     public var lostWithCrashedNode = 0
+    /// Lease mode: leases granted, store operations served, store outages.
+    public var leaseGrants = 0
+    public var storeOperations = 0
+    public var storeOutages = 0
     public var requestsIssued = 0
     public var outcomes: [String: Int] = [:]
     public var finalResources = 0

@@ -14,6 +14,8 @@ public enum SimulationFault: String, CaseIterable, Sendable, Hashable, Comparabl
     case partition
     /// Messages are lost and duplicated at random.
     case loss
+    /// Lease mode: the ownership store cannot be reached (requests time out) for a while.
+    case store
 
     public static func < (lhs: SimulationFault, rhs: SimulationFault) -> Bool { lhs.rawValue < rhs.rawValue }
 
@@ -29,7 +31,7 @@ public enum SimulationFault: String, CaseIterable, Sendable, Hashable, Comparabl
             guard let fault = SimulationFault(rawValue: part) else {
                 throw StorkError(
                     .invalidInput,
-                    "unknown fault '\(part)'; expected a comma-separated list of crash, pause, partition, loss"
+                    "unknown fault '\(part)'; expected a comma-separated list of crash, pause, partition, loss, store"
                 )
             }
             result.insert(fault)
@@ -74,6 +76,14 @@ public struct SimulationConfiguration: Sendable {
     public var handleFailureRate = 0.03
     public var terminateFailureRate = 0.02
 
+    /// Lease mode (set `node.orchestrator.ownership = .lease(…)`): the ownership store's one-way latency, how long
+    /// a node waits for an answer before the request counts as failed, and the store clock's offset from the
+    /// nodes' (the store judges expiry by its own clock).
+    public var minimumStoreLatency: Duration = .milliseconds(1)
+    public var maximumStoreLatency: Duration = .milliseconds(20)
+    public var storeTimeout: Duration = .seconds(1)
+    public var storeClockOffset: Duration = .seconds(1_000)
+
     /// Keep a trace of every event (for `--trace` and replays); costs memory.
     public var recordTrace = false
 
@@ -84,6 +94,7 @@ public struct SimulationConfiguration: Sendable {
         let faults = self.faults.isEmpty ? "none" : self.faults.sorted().map(\.rawValue).joined(separator: ",")
         return
             "stork sim --seed \(self.seed) --nodes \(self.nodes) --resources \(self.resources) --faults \(faults)"
-            + (self.churn ? "" : " --no-churn") + " --trace"
+            + (self.churn ? "" : " --no-churn") + (self.node.orchestrator.ownership.leaseSettings != nil ? " --leases" : "")
+            + " --trace"
     }
 }

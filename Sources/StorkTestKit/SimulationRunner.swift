@@ -18,6 +18,8 @@ public struct SimulationSummary: Sendable {
     public var lostWithCrashedNode = 0
     public var requestsIssued = 0
     public var outcomes: [String: Int] = [:]
+    public var leaseGrants = 0
+    public var storeOutages = 0
 
     public init() {}
 
@@ -34,6 +36,8 @@ public struct SimulationSummary: Sendable {
         self.falseDeaths += report.falseDeaths
         self.lostWithCrashedNode += report.lostWithCrashedNode
         self.requestsIssued += report.requestsIssued
+        self.leaseGrants += report.leaseGrants
+        self.storeOutages += report.storeOutages
         for (name, count) in report.outcomes { self.outcomes[name, default: 0] += count }
     }
 
@@ -50,6 +54,8 @@ public struct SimulationSummary: Sendable {
         self.falseDeaths += other.falseDeaths
         self.lostWithCrashedNode += other.lostWithCrashedNode
         self.requestsIssued += other.requestsIssued
+        self.leaseGrants += other.leaseGrants
+        self.storeOutages += other.storeOutages
         for (name, count) in other.outcomes { self.outcomes[name, default: 0] += count }
     }
 

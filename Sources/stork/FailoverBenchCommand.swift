@@ -188,7 +188,8 @@ struct FailoverBenchCommand: AsyncParsableCommand {
         burner.executableURL = URL(fileURLWithPath: "/usr/bin/yes")
         burner.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
         try burner.run()
-        defer { if burner.isRunning { burner.terminate() } }
+        // SIGKILL: the child inherits this thread's signal mask, in which SIGTERM may be blocked (seen: `yes` outlived terminate()).
+        defer { if burner.isRunning { kill(burner.processIdentifier, SIGKILL) } }
         var uids: [String: String] = [:]
         for index in live { uids["n\(index)"] = try await Self.uid(of: cluster.adminAddress(index)) }
         var falseDeaths = Set<String>()

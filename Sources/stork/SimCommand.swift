@@ -1,6 +1,6 @@
 import ArgumentParser
 import Foundation
-import StorkCore
+import Stork
 import StorkTestKit
 
 /// `stork sim`: runs the deterministic cluster simulator over many seeds and checks the invariants.
@@ -32,7 +32,7 @@ struct SimCommand: AsyncParsableCommand {
     @Option(help: "Resources in the source at start.")
     var resources: Int = 100
 
-    @Option(help: "Comma-separated faults: crash, pause, partition, loss (or none, all).")
+    @Option(help: "Comma-separated faults: crash, pause, partition, loss, store (or none, all).")
     var faults: String = "crash,pause,partition,loss"
 
     @Option(help: "Seconds of virtual time during which faults are injected.")
@@ -40,6 +40,9 @@ struct SimCommand: AsyncParsableCommand {
 
     @Flag(help: "Do not allocate and deallocate resources during the run.")
     var noChurn = false
+
+    @Flag(help: "Lease ownership (default lease settings) with a simulated ownership store; checks the lease invariants.")
+    var leases = false
 
     @Flag(help: "With --seed: print the run's trace of events.")
     var trace = false
@@ -66,6 +69,7 @@ struct SimCommand: AsyncParsableCommand {
         base.faults = try SimulationFault.parseList(self.faults)
         base.churn = !self.noChurn
         base.faultWindow = .seconds(self.faultWindow)
+        if self.leases { base.node.orchestrator.ownership = .lease(LeaseSettings()) }
 
         if let seed = self.seed {
             base.seed = seed
@@ -99,6 +103,9 @@ struct SimCommand: AsyncParsableCommand {
         print("  false deaths:           \(summary.falseDeaths) (a live member declared dead, under faults)")
         print("  excused overlaps:       \(summary.excusedOverlaps) (a member declared dead still ran it)")
         print("  handoff timeouts:       \(summary.handoffTimeouts)")
+        if self.leases {
+            print("  leases granted:         \(summary.leaseGrants) (store outages: \(summary.storeOutages))")
+        }
         print(
             "  lost with crashed node: \(summary.lostWithCrashedNode) (acknowledged changes that never left a node before it crashed)"
         )

@@ -42,6 +42,8 @@ struct HandWiredCluster {
                 self.mutate(name) { $0.terminateCompleted(resource.id, ticket: ticket, succeeded: true, now: now) }
             case .complete(let requestID, let outcome):
                 self.completions[requestID] = outcome
+            case .acquireLeases, .renewLeases, .releaseLeases:
+                break  // gossip mode: never asked
             case .event:
                 break
             }

@@ -29,6 +29,10 @@ public struct ResourceManagerConfiguration: Sendable {
     public var fetchRetryInitial: Duration = .seconds(1)
     /// How long a node that left keeps answering, so that its departure reaches every member.
     public var leaveLinger: Duration = .milliseconds(300)
+    /// Required in lease mode (`node.orchestrator.ownership = .lease(…)`): where the leases live.
+    public var ownershipStore: (any OwnershipStore)?
+    /// Lease mode: how long one store operation may take before it counts as failed.
+    public var ownershipStoreTimeout: Duration = .seconds(2)
 
     public init(name: String) {
         self.name = name
@@ -78,13 +82,15 @@ public struct SourceRegistration: Sendable {
 /// What this node is doing with one resource.
 public struct ResourceState: Sendable, Hashable {
     public var id: ResourceID
-    /// claiming, handling, running, failed or terminating.
+    /// claiming (gossip mode) or acquiring (lease mode), handling, running, failed or terminating.
     public var state: String
     /// When it entered that state.
     public var since: Date
     /// The handle attempt (1 = first since it came here).
     public var attempt: Int
     public var resource: Resource?
+    /// Lease mode: the fencing token of the lease it runs under.
+    public var fencingToken: UInt64?
 }
 
 /// Counters of one node since it started.
@@ -96,6 +102,12 @@ public struct ResourceManagerStatistics: Sendable, Hashable {
     public var handoffTimeouts = 0
     /// allocate / deallocate calls made on this node.
     public var requests = 0
+    /// Lease mode: leases granted to this node, leases it lost (self-fenced or taken), store operations (one per
+    /// batch) and store operations that failed or timed out.
+    public var leasesAcquired = 0
+    public var leasesLost = 0
+    public var leaseStoreOperations = 0
+    public var leaseStoreFailures = 0
 }
 
 /// A snapshot of one node.
@@ -128,8 +140,11 @@ public final class ResourceManager: Service, Sendable {
     }
 
     enum Work: Sendable {
-        case handle(Resource, attempt: Int, ticket: UInt64)
-        case terminate(Resource, reason: TerminationReason, ticket: UInt64)
+        case handle(Resource, attempt: Int, ticket: UInt64, token: UInt64?)
+        case terminate(Resource, reason: TerminationReason, ticket: UInt64, token: UInt64?)
+        case acquireLeases([ResourceID])
+        case renewLeases([LeaseKey])
+        case releaseLeases([LeaseKey])
         /// Stop after a pause (the node left; let its departure spread first).
         case finishAfter(Duration)
         case finish
@@ -152,10 +167,16 @@ public final class ResourceManager: Service, Sendable {
         var failure: StorkError?
         var resourceStates: [ResourceID: ResourceState] = [:]
         var statistics = ResourceManagerStatistics()
+        /// Lease mode: the token each resource was handled under, passed to its terminate.
+        var handledTokens: [ResourceID: UInt64] = [:]
+        /// Lease mode: store operations in flight (waited for, briefly, before the node stops).
+        var storeOperations = 0
     }
 
     public let identity: NodeID
     public let configuration: ResourceManagerConfiguration
+    /// Lease mode: who this node is in the ownership store ("name/uid": a restarted node is a new holder).
+    public var leaseHolder: String { "\(self.identity.name)/\(self.identity.uid)" }
     private let mode: Mode
     private let sources: [SourceRegistration]
     private let transport: any ClusterTransport
@@ -296,6 +317,13 @@ public final class ResourceManager: Service, Sendable {
     // MARK: Service
 
     public func run() async throws {
+        if self.configuration.node.orchestrator.ownership.leaseSettings != nil {
+            guard let store = self.configuration.ownershipStore else {
+                throw StorkError(.invalidInput, "lease ownership needs an ownership store (configuration.ownershipStore)")
+            }
+            try self.configuration.node.orchestrator.ownership.leaseSettings?.validate()
+            try await store.prepare()
+        }
         for registration in self.sources {
             try await registration.source.setup()
         }
@@ -313,14 +341,14 @@ public final class ResourceManager: Service, Sendable {
                 for await item in self.work {
                     switch item {
                     case .finish:
-                        break
+                        await self.waitForStoreOperations(timeout: self.configuration.ownershipStoreTimeout)
                     case .finishAfter(let linger):
                         group.addTask {
                             try? await Task.sleep(for: linger)
                             self.workContinuation.yield(.finish)
                         }
                         continue
-                    case .handle, .terminate:
+                    case .handle, .terminate, .acquireLeases, .renewLeases, .releaseLeases:
                         group.addTask { await self.execute(item) }
                         continue
                     }
@@ -370,9 +398,22 @@ public final class ResourceManager: Service, Sendable {
             case .send(let message, let address):
                 self.transport.send(message, to: address)
             case .handle(let resource, let attempt, let ticket):
-                self.workContinuation.yield(.handle(resource, attempt: attempt, ticket: ticket))
+                let token = state.machine.orchestrator.fencingToken(of: resource.id)
+                state.handledTokens[resource.id] = token
+                if let token { state.resourceStates[resource.id]?.fencingToken = token }
+                self.workContinuation.yield(.handle(resource, attempt: attempt, ticket: ticket, token: token))
             case .terminate(let resource, let reason, let ticket):
-                self.workContinuation.yield(.terminate(resource, reason: reason, ticket: ticket))
+                let token = state.handledTokens.removeValue(forKey: resource.id)
+                self.workContinuation.yield(.terminate(resource, reason: reason, ticket: ticket, token: token))
+            case .acquireLeases(let ids):
+                state.storeOperations += 1
+                self.workContinuation.yield(.acquireLeases(ids))
+            case .renewLeases(let keys):
+                state.storeOperations += 1
+                self.workContinuation.yield(.renewLeases(keys))
+            case .releaseLeases(let keys):
+                state.storeOperations += 1
+                self.workContinuation.yield(.releaseLeases(keys))
             case .complete(let requestID, let outcome):
                 if let continuation = state.requests.removeValue(forKey: requestID) {
                     completions.append((continuation, outcome))
@@ -413,6 +454,12 @@ public final class ResourceManager: Service, Sendable {
         switch event.kind {
         case .claiming:
             set("claiming")
+        case .acquiringLease:
+            set("acquiring")
+        case .leaseAcquired:
+            state.statistics.leasesAcquired += 1
+        case .leaseLost:
+            state.statistics.leasesLost += 1
         case .handling(let attempt):
             state.statistics.handles += 1
             set("handling", attempt: attempt)
@@ -587,16 +634,43 @@ public final class ResourceManager: Service, Sendable {
 
     // MARK: Handler calls
 
-    private func context(for resource: Resource, attempt: Int) -> ResourceContext {
+    private func context(for resource: Resource, attempt: Int, token: UInt64?) -> ResourceContext {
         var logger = self.logger
         logger[metadataKey: "stork.resource"] = "\(resource.id)"
-        return ResourceContext(node: self.identity, attempt: attempt, logger: logger)
+        if let token { logger[metadataKey: "stork.fencing_token"] = "\(token)" }
+        return ResourceContext(node: self.identity, attempt: attempt, fencingToken: token, logger: logger)
     }
 
     private func execute(_ item: Work) async {
         switch item {
-        case .handle(let resource, let attempt, let ticket):
-            let context = self.context(for: resource, attempt: attempt)
+        case .acquireLeases(let ids):
+            await self.storeOperation(
+                { store, settings in try await store.acquire(ids, holder: self.leaseHolder, duration: settings.duration) },
+                succeeded: { grants, requestedAt in
+                    self.apply {
+                        $0.leasesAcquired(granted: grants.granted, refused: grants.refused, requestedAt: requestedAt, now: $1)
+                    }
+                },
+                failed: { self.apply { $0.leaseAcquireFailed(ids, now: $1) } }
+            )
+        case .renewLeases(let keys):
+            await self.storeOperation(
+                { store, settings in try await store.renew(keys, holder: self.leaseHolder, duration: settings.duration) },
+                succeeded: { renewals, requestedAt in
+                    self.apply {
+                        $0.leasesRenewed(renewed: renewals.renewed, lost: renewals.lost, requestedAt: requestedAt, now: $1)
+                    }
+                },
+                failed: { self.apply { $0.leaseRenewFailed(now: $1) } }
+            )
+        case .releaseLeases(let keys):
+            await self.storeOperation(
+                { store, _ in try await store.release(keys, holder: self.leaseHolder) },
+                succeeded: { _, _ in },
+                failed: {}
+            )
+        case .handle(let resource, let attempt, let ticket, let token):
+            let context = self.context(for: resource, attempt: attempt, token: token)
             switch self.mode {
             case .handler(let handler):
                 do {
@@ -609,8 +683,8 @@ public final class ResourceManager: Service, Sendable {
             case .runner(let runner):
                 await self.runRunner(runner, resource: resource, ticket: ticket, context: context)
             }
-        case .terminate(let resource, let reason, let ticket):
-            let context = self.context(for: resource, attempt: 0)
+        case .terminate(let resource, let reason, let ticket, let token):
+            let context = self.context(for: resource, attempt: 0, token: token)
             switch self.mode {
             case .handler(let handler):
                 do {
@@ -667,6 +741,55 @@ public final class ResourceManager: Service, Sendable {
         running.done.fire()
         if !stoppedByUs {
             self.apply { $0.runningFailed(resource.id, now: $1) }
+        }
+    }
+
+    // MARK: Ownership store calls
+
+    /// Runs one store call with the configured timeout and reports its outcome; the time just before the call is
+    /// what lease deadlines are measured from.
+    private func storeOperation<T: Sendable>(
+        _ call: @escaping @Sendable (any OwnershipStore, LeaseSettings) async throws -> T,
+        succeeded: (T, StorkInstant) -> Void,
+        failed: () -> Void
+    ) async {
+        defer { self.state.withLock { $0.storeOperations -= 1 } }
+        guard let store = self.configuration.ownershipStore,
+            let settings = self.configuration.node.orchestrator.ownership.leaseSettings
+        else { return }
+        let requestedAt = self.now()
+        let timeout = self.configuration.ownershipStoreTimeout
+        do {
+            let result = try await withThrowingTaskGroup(of: T?.self) { group in
+                group.addTask { try await call(store, settings) }
+                group.addTask {
+                    try await Task.sleep(for: timeout)
+                    return nil
+                }
+                defer { group.cancelAll() }
+                guard let first = try await group.next(), let value = first else {
+                    throw StorkError(.timeout, "the ownership store did not answer within \(timeout)")
+                }
+                return value
+            }
+            self.state.withLock { $0.statistics.leaseStoreOperations += 1 }
+            succeeded(result, requestedAt)
+        } catch {
+            self.state.withLock {
+                $0.statistics.leaseStoreOperations += 1
+                $0.statistics.leaseStoreFailures += 1
+            }
+            self.logger.warning("ownership store operation failed", metadata: ["stork.error": "\(error)"])
+            failed()
+        }
+    }
+
+    /// Waits (at most `timeout`) for store operations in flight, so that leases given back on leaving reach the
+    /// store before the node stops.
+    private func waitForStoreOperations(timeout: Duration) async {
+        let deadline = self.clock.now + timeout
+        while self.state.withLock({ $0.storeOperations > 0 }), self.clock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(10))
         }
     }
 

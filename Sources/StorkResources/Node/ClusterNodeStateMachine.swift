@@ -220,6 +220,44 @@ public struct ClusterNodeStateMachine: Sendable {
         return self.flush(now: now)
     }
 
+    // MARK: Ownership store answers (lease mode)
+
+    public mutating func leasesAcquired(
+        granted: [LeaseKey],
+        refused: [ResourceID],
+        requestedAt: StorkInstant,
+        now: StorkInstant
+    ) -> [NodeAction] {
+        self.process(
+            self.orchestrator.leasesAcquired(granted: granted, refused: refused, requestedAt: requestedAt, now: now),
+            now: now
+        )
+        return self.flush(now: now)
+    }
+
+    public mutating func leaseAcquireFailed(_ ids: [ResourceID], now: StorkInstant) -> [NodeAction] {
+        self.process(self.orchestrator.leaseAcquireFailed(ids, now: now), now: now)
+        return self.flush(now: now)
+    }
+
+    public mutating func leasesRenewed(
+        renewed: [LeaseKey],
+        lost: [LeaseKey],
+        requestedAt: StorkInstant,
+        now: StorkInstant
+    ) -> [NodeAction] {
+        self.process(
+            self.orchestrator.leasesRenewed(renewed: renewed, lost: lost, requestedAt: requestedAt, now: now),
+            now: now
+        )
+        return self.flush(now: now)
+    }
+
+    public mutating func leaseRenewFailed(now: StorkInstant) -> [NodeAction] {
+        self.process(self.orchestrator.leaseRenewFailed(now: now), now: now)
+        return self.flush(now: now)
+    }
+
     // MARK: Messages and timers
 
     public mutating func receive(_ message: ClusterMessage, now: StorkInstant) -> [NodeAction] {
@@ -309,6 +347,12 @@ public struct ClusterNodeStateMachine: Sendable {
                 self.actions.append(.event(.resource(event)))
                 self.resolveWaiters(for: event, now: now)
                 touched.append(event.id)
+            case .acquireLeases(let ids):
+                self.actions.append(.acquireLeases(ids))
+            case .renewLeases(let keys):
+                self.actions.append(.renewLeases(keys))
+            case .releaseLeases(let keys):
+                self.actions.append(.releaseLeases(keys))
             case .drained:
                 self.process(self.membership.leave(now: now), now: now)
                 self.hasLeft = true

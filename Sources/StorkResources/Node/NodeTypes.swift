@@ -160,4 +160,8 @@ public enum NodeAction: Hashable, Sendable {
     /// A local `allocate` / `deallocate` call finished.
     case complete(requestID: UInt64, RequestOutcome)
     case event(NodeEvent)
+    /// Lease mode: the orchestrator's requests to the ownership store (see `OrchestratorAction`).
+    case acquireLeases([ResourceID])
+    case renewLeases([LeaseKey])
+    case releaseLeases([LeaseKey])
 }

@@ -23,6 +23,13 @@ import StorkPlacement
 //    latest view. Answers to claims use the applied view only.
 // 5. A node leaving terminates everything and reports `drained` before it leaves the membership, so nobody
 //    starts its resources while it still runs them.
+//
+// In lease mode (`OwnershipMode.lease`) rule 2 is replaced by a lease in an ownership store: the placement owner
+// asks the store for the resource's lease (batched), handles once granted (with the lease's fencing token), renews
+// all its leases in one batch every `renewInterval`, and gives a lease back after terminating a resource that moved.
+// If no renewal succeeded for `renewDeadline` since the last successful request was sent, it terminates the
+// resource itself (self-fencing) before the store's `duration` can run out, and asks for the lease again. Another
+// node gets the lease only once it was given back or expired by the store's clock.
 
 /// The per-node orchestrator of resource ownership. See the comment at the top of this file for the rules.
 public struct OrchestratorStateMachine: Sendable {
@@ -31,6 +38,8 @@ public struct OrchestratorStateMachine: Sendable {
     enum Phase: Hashable, Sendable {
         /// Waiting for `waiting` to confirm they released the resource (nothing runs here).
         case claiming(round: UInt64, waiting: Set<NodeID>, started: StorkInstant)
+        /// Lease mode: waiting for the store to grant the lease (nothing runs here).
+        case acquiring
         /// `handle` is in flight.
         case handling(ticket: UInt64)
         /// Handled, running.
@@ -44,7 +53,7 @@ public struct OrchestratorStateMachine: Sendable {
         var isActive: Bool {
             switch self {
             case .handling, .running, .terminating: return true
-            case .claiming, .failed: return false
+            case .claiming, .acquiring, .failed: return false
             }
         }
     }
@@ -65,6 +74,15 @@ public struct OrchestratorStateMachine: Sendable {
         case rebalance
         case claimResend
         case retry(ResourceID)
+        case leaseRenew
+        case leaseCheck
+        case acquireRetry
+    }
+
+    /// A lease this node holds: its token, and when the node must stop acting on it unless renewed.
+    struct HeldLease: Hashable, Sendable {
+        var token: UInt64
+        var fenceAt: StorkInstant
     }
 
     public let myself: NodeID
@@ -81,6 +99,11 @@ public struct OrchestratorStateMachine: Sendable {
     private var desired: [ResourceID: Resource] = [:]
     private var entries: [ResourceID: Entry] = [:]
     private var claiming: Set<ResourceID> = []
+    private var leases: [ResourceID: HeldLease] = [:]
+    /// Lease mode: resources in `.acquiring`, and those whose acquisition is with the store right now.
+    private var acquiring: Set<ResourceID> = []
+    private var acquireInFlight: Set<ResourceID> = []
+    private var renewInFlight = false
     private var timers = DeadlineQueue<Timer>()
     private var nextRound: UInt64 = 0
     private var nextTicket: UInt64 = 0
@@ -91,6 +114,8 @@ public struct OrchestratorStateMachine: Sendable {
     private var requestOutbox: [NodeID: [ClaimItem]] = [:]
     private var confirmOutbox: [NodeID: [ClaimItem]] = [:]
     private var refuseOutbox: [NodeID: [ClaimItem]] = [:]
+    private var acquireOutbox: [ResourceID] = []
+    private var releaseOutbox: [LeaseKey] = []
 
     public init(
         myself: NodeID,
@@ -120,6 +145,21 @@ public struct OrchestratorStateMachine: Sendable {
     }
 
     public var desiredCount: Int { self.desired.count }
+
+    /// Lease mode: the fencing token of the lease this node holds for `id`, if any.
+    public func fencingToken(of id: ResourceID) -> UInt64? { self.leases[id]?.token }
+
+    /// Lease mode: the leases this node holds, and when it must stop acting on each unless renewed.
+    public var heldLeases: [(key: LeaseKey, fenceAt: StorkInstant)] {
+        self.leases.map { (LeaseKey(id: $0.key, token: $0.value.token), $0.value.fenceAt) }.sorted { $0.key < $1.key }
+    }
+
+    private var leaseSettings: LeaseSettings? { self.settings.ownership.leaseSettings }
+
+    private func hasValidLease(_ id: ResourceID, now: StorkInstant) -> Bool {
+        guard let lease = self.leases[id] else { return false }
+        return lease.fenceAt > now
+    }
     public func desiredResource(_ id: ResourceID) -> Resource? { self.desired[id] }
     public var desiredResources: [Resource] { self.desired.values.sorted { $0.id < $1.id } }
 
@@ -128,6 +168,7 @@ public struct OrchestratorStateMachine: Sendable {
         guard let entry = self.entries[id] else { return nil }
         switch entry.phase {
         case .claiming: return "claiming"
+        case .acquiring: return "acquiring"
         case .handling: return "handling"
         case .running: return "running"
         case .failed: return "failed"
@@ -249,6 +290,7 @@ public struct OrchestratorStateMachine: Sendable {
         self.emit(id, succeeded ? .terminated(reason) : .terminationFailed(reason), now: now)
         self.confirmWaiters(of: id)
         self.entries[id] = nil
+        self.releaseLeaseIfUnneeded(id)
         self.reconcile(id, now: now)
         self.checkDrained()
         return self.flush()
@@ -268,6 +310,131 @@ public struct OrchestratorStateMachine: Sendable {
         return self.flush()
     }
 
+    // MARK: Lease events
+
+    /// Lease mode: the store answered an `acquireLeases` request sent at `requestedAt`: `granted` leases with their
+    /// tokens; the other ids are held by another node (asked again every `acquireRetryInterval`).
+    public mutating func leasesAcquired(
+        granted: [LeaseKey],
+        refused: [ResourceID],
+        requestedAt: StorkInstant,
+        now: StorkInstant
+    ) -> [OrchestratorAction] {
+        guard let settings = self.leaseSettings else { return self.flush() }
+        for key in granted {
+            self.acquireInFlight.remove(key.id)
+            self.leases[key.id] = HeldLease(token: key.token, fenceAt: requestedAt + settings.renewDeadline)
+            self.emit(key.id, .leaseAcquired(token: key.token), now: now)
+            if let entry = self.entries[key.id], entry.phase == .acquiring, self.shouldRun(key.id),
+                self.hasValidLease(key.id, now: now)
+            {
+                self.startHandle(key.id, now: now)
+            } else {
+                self.releaseLeaseIfUnneeded(key.id)
+            }
+        }
+        self.acquireFailed(refused, now: now)
+        self.scheduleLeaseTimers(now: now)
+        return self.flush()
+    }
+
+    /// Lease mode: an `acquireLeases` request failed (the store is unreachable or answered with an error).
+    public mutating func leaseAcquireFailed(_ ids: [ResourceID], now: StorkInstant) -> [OrchestratorAction] {
+        self.acquireFailed(ids, now: now)
+        return self.flush()
+    }
+
+    /// Lease mode: the store answered a `renewLeases` request sent at `requestedAt`: `renewed` leases last another
+    /// `duration`; `lost` ones are no longer this node's (expired, or another node holds them now).
+    public mutating func leasesRenewed(
+        renewed: [LeaseKey],
+        lost: [LeaseKey],
+        requestedAt: StorkInstant,
+        now: StorkInstant
+    ) -> [OrchestratorAction] {
+        guard let settings = self.leaseSettings else { return self.flush() }
+        self.renewInFlight = false
+        for key in renewed {
+            guard var lease = self.leases[key.id], lease.token == key.token else { continue }
+            lease.fenceAt = max(lease.fenceAt, requestedAt + settings.renewDeadline)
+            self.leases[key.id] = lease
+        }
+        for key in lost where self.leases[key.id]?.token == key.token {
+            self.fence(key.id, token: key.token, now: now)
+        }
+        self.checkLeases(now: now)
+        return self.flush()
+    }
+
+    /// Lease mode: a `renewLeases` request failed. The leases stay until their deadline; the next renewal may work.
+    public mutating func leaseRenewFailed(now: StorkInstant) -> [OrchestratorAction] {
+        self.renewInFlight = false
+        return self.flush()
+    }
+
+    private mutating func acquireFailed(_ ids: [ResourceID], now: StorkInstant) {
+        guard let settings = self.leaseSettings else { return }
+        var retry = false
+        for id in ids {
+            self.acquireInFlight.remove(id)
+            if self.acquiring.contains(id) { retry = true }
+        }
+        if retry {
+            let delay = self.random.jittered(settings.acquireRetryInterval, fraction: 0.2)
+            self.timers.scheduleIfEarlier(.acquireRetry, at: now + delay)
+        }
+    }
+
+    private mutating func retryAcquisitions(now: StorkInstant) {
+        for id in self.acquiring.sorted() where !self.acquireInFlight.contains(id) {
+            guard self.shouldRun(id) else {
+                self.dropEntry(id)
+                continue
+            }
+            self.acquireOutbox.append(id)
+        }
+    }
+
+    private mutating func renewLeases(now: StorkInstant) {
+        guard self.leaseSettings != nil, !self.leases.isEmpty else { return }
+        if !self.renewInFlight {
+            self.renewInFlight = true
+            self.actions.append(.renewLeases(self.leases.map { LeaseKey(id: $0.key, token: $0.value.token) }.sorted()))
+        }
+        self.scheduleLeaseTimers(now: now)
+    }
+
+    /// Self-fencing: stops every resource whose lease was not renewed in time.
+    private mutating func checkLeases(now: StorkInstant) {
+        for (id, lease) in self.leases where lease.fenceAt <= now {
+            self.fence(id, token: lease.token, now: now)
+        }
+        self.scheduleLeaseTimers(now: now)
+    }
+
+    private mutating func fence(_ id: ResourceID, token: UInt64, now: StorkInstant) {
+        self.leases[id] = nil
+        self.emit(id, .leaseLost(token: token), now: now)
+        self.reconcile(id, now: now)
+        // A lease granted too late to use leaves its resource waiting: ask again.
+        if self.entries[id]?.phase == .acquiring, !self.acquireInFlight.contains(id) { self.acquireOutbox.append(id) }
+    }
+
+    private mutating func scheduleLeaseTimers(now: StorkInstant) {
+        guard let settings = self.leaseSettings else { return }
+        if self.leases.isEmpty {
+            self.timers.cancel(.leaseRenew)
+            self.timers.cancel(.leaseCheck)
+            return
+        }
+        if self.timers.deadline(of: .leaseRenew) == nil {
+            self.timers.schedule(.leaseRenew, at: now + settings.renewInterval)
+        }
+        if let earliest = self.leases.values.lazy.map(\.fenceAt).min() {
+            self.timers.schedule(.leaseCheck, at: max(earliest, now))
+        }
+    }
+
     /// Runs every timer due at `now`.
     public mutating func tick(now: StorkInstant) -> [OrchestratorAction] {
         while let timer = self.timers.popDue(now: now) {
@@ -278,6 +445,12 @@ public struct OrchestratorStateMachine: Sendable {
                 self.resendClaims(now: now)
             case .retry(let id):
                 self.retry(id, now: now)
+            case .leaseRenew:
+                self.renewLeases(now: now)
+            case .leaseCheck:
+                self.checkLeases(now: now)
+            case .acquireRetry:
+                self.retryAcquisitions(now: now)
             }
         }
         return self.flush()
@@ -303,7 +476,7 @@ public struct OrchestratorStateMachine: Sendable {
         }
         let wanted = self.desired[id]
         switch entry.phase {
-        case .claiming:
+        case .claiming, .acquiring:
             if !shouldRun {
                 self.dropEntry(id)
             } else if let wanted, wanted != entry.resource {
@@ -323,6 +496,8 @@ public struct OrchestratorStateMachine: Sendable {
                 let reason: TerminationReason =
                     wanted == nil ? .removed : (self.isLeaving || !self.isReady ? .leaving : .moved)
                 self.startTerminate(id, reason: reason, now: now)
+            } else if self.leaseSettings != nil, !self.hasValidLease(id, now: now) {
+                self.startTerminate(id, reason: .leaseLost, now: now)
             } else if let wanted, wanted != entry.resource {
                 self.startTerminate(id, reason: .updated, now: now)
             }
@@ -333,6 +508,10 @@ public struct OrchestratorStateMachine: Sendable {
     }
 
     private mutating func startClaim(_ id: ResourceID, resource: Resource, previous: Entry?, now: StorkInstant) {
+        if self.leaseSettings != nil {
+            self.startAcquire(id, resource: resource, previous: previous, now: now)
+            return
+        }
         var entry = previous ?? Entry(resource: resource, phase: .running)
         entry.resource = resource
         entry.waiters = [:]
@@ -356,9 +535,27 @@ public struct OrchestratorStateMachine: Sendable {
         self.emit(id, .claiming(peers: waiting.count), now: now)
     }
 
+    /// Lease mode: handle at once under a lease still held, or ask the store for it.
+    private mutating func startAcquire(_ id: ResourceID, resource: Resource, previous: Entry?, now: StorkInstant) {
+        var entry = previous ?? Entry(resource: resource, phase: .acquiring)
+        entry.resource = resource
+        entry.waiters = [:]
+        if self.hasValidLease(id, now: now) {
+            self.entries[id] = entry
+            self.startHandle(id, now: now)
+            return
+        }
+        entry.phase = .acquiring
+        self.entries[id] = entry
+        self.acquiring.insert(id)
+        if !self.acquireInFlight.contains(id) { self.acquireOutbox.append(id) }
+        self.emit(id, .acquiringLease, now: now)
+    }
+
     private mutating func startHandle(_ id: ResourceID, now: StorkInstant) {
         guard var entry = self.entries[id] else { return }
         self.claiming.remove(id)
+        self.acquiring.remove(id)
         self.nextTicket &+= 1
         entry.attempt += 1
         entry.phase = .handling(ticket: self.nextTicket)
@@ -379,7 +576,16 @@ public struct OrchestratorStateMachine: Sendable {
     private mutating func dropEntry(_ id: ResourceID) {
         self.confirmWaiters(of: id)
         self.claiming.remove(id)
+        self.acquiring.remove(id)
         self.entries[id] = nil
+        self.releaseLeaseIfUnneeded(id)
+    }
+
+    /// Lease mode: gives the lease back when nothing of the resource runs here and this node should not run it.
+    private mutating func releaseLeaseIfUnneeded(_ id: ResourceID) {
+        guard let lease = self.leases[id], self.entries[id] == nil, !self.shouldRun(id) else { return }
+        self.leases[id] = nil
+        self.releaseOutbox.append(LeaseKey(id: id, token: lease.token))
     }
 
     private mutating func confirmWaiters(of id: ResourceID) {
@@ -397,7 +603,9 @@ public struct OrchestratorStateMachine: Sendable {
             self.dropEntry(id)
             return
         }
-        if entry.claimedUnder == self.placement.checksum {
+        if self.leaseSettings != nil {
+            self.startAcquire(id, resource: resource, previous: entry, now: now)
+        } else if entry.claimedUnder == self.placement.checksum {
             var updated = entry
             updated.resource = resource
             self.entries[id] = updated
@@ -463,7 +671,7 @@ public struct OrchestratorStateMachine: Sendable {
                 continue
             }
             switch entry.phase {
-            case .claiming:
+            case .claiming, .acquiring:
                 // Impossible in one view (one owner per id); refuse rather than guess.
                 self.refuseOutbox[from, default: []].append(item)
             case .failed:
@@ -515,7 +723,13 @@ public struct OrchestratorStateMachine: Sendable {
     }
 
     private mutating func flush() -> [OrchestratorAction] {
-        var result = self.actions
+        var result: [OrchestratorAction] = []
+        // Leases given back first, so that a driver sees them before `drained`.
+        if !self.releaseOutbox.isEmpty {
+            result.append(.releaseLeases(self.releaseOutbox.sorted()))
+            self.releaseOutbox = []
+        }
+        result += self.actions
         self.actions = []
         let checksum = self.placement.checksum
         for peer in self.refuseOutbox.keys.sorted() {
@@ -533,6 +747,11 @@ public struct OrchestratorStateMachine: Sendable {
         self.refuseOutbox = [:]
         self.confirmOutbox = [:]
         self.requestOutbox = [:]
+        if !self.acquireOutbox.isEmpty {
+            self.acquireInFlight.formUnion(self.acquireOutbox)
+            result.append(.acquireLeases(self.acquireOutbox))
+            self.acquireOutbox = []
+        }
         return result
     }
 }

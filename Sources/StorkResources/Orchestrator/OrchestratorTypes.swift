@@ -19,6 +19,9 @@ public struct OrchestratorSettings: Sendable, Hashable {
     public var retryMultiplier: Double = 2
     /// Each retry delay is multiplied by a random factor in `[1 - retryJitter, 1 + retryJitter]`.
     public var retryJitter: Double = 0.2
+    /// Who may run a resource: the placement owner once every member confirmed (`gossip`), or the placement owner
+    /// while it holds a lease in an ownership store (`lease`).
+    public var ownership: OwnershipMode = .gossip
 
     public init() {}
 
@@ -28,6 +31,71 @@ public struct OrchestratorSettings: Sendable, Hashable {
         let seconds = self.retryInitial.secondsDouble * pow(self.retryMultiplier, exponent)
         return .nanoseconds(Int64(min(seconds, self.retryMaximum.secondsDouble) * 1e9))
     }
+}
+
+// MARK: - Ownership mode and leases
+
+/// How ownership of a resource is decided.
+public enum OwnershipMode: Sendable, Hashable {
+    /// Placement on the gossiped view, with revoke-then-assign between members. Two nodes run one resource only
+    /// when a live node was declared dead (a pause or partition longer than failure detection).
+    case gossip
+    /// Placement says who should own; a lease in an `OwnershipStore` says who may act. A node handles only while
+    /// it holds an unexpired lease, and every acquisition carries a new fencing token.
+    case lease(LeaseSettings)
+
+    public var leaseSettings: LeaseSettings? {
+        if case .lease(let settings) = self { return settings }
+        return nil
+    }
+}
+
+/// Lease timing, as in Kubernetes leader election: a lease lasts `duration` from the store's clock at each
+/// acquisition or renewal; its holder renews every `renewInterval`; if no renewal succeeded for `renewDeadline`
+/// (measured on the holder's own clock from the moment it sent the last successful request), the holder stops the
+/// resource itself, before the store can consider the lease expired and grant it to another node.
+public struct LeaseSettings: Sendable, Hashable {
+    public var duration: Duration = .seconds(10)
+    public var renewInterval: Duration = .seconds(2)
+    public var renewDeadline: Duration = .seconds(7)
+    /// How often a node that wants a lease held by another node asks again.
+    public var acquireRetryInterval: Duration = .milliseconds(500)
+
+    public init() {}
+
+    public init(duration: Duration, renewInterval: Duration, renewDeadline: Duration, acquireRetryInterval: Duration) {
+        self.duration = duration
+        self.renewInterval = renewInterval
+        self.renewDeadline = renewDeadline
+        self.acquireRetryInterval = acquireRetryInterval
+    }
+
+    /// Throws unless `renewInterval < renewDeadline < duration` and every duration is positive.
+    public func validate() throws {
+        guard self.renewInterval > .zero, self.acquireRetryInterval > .zero else {
+            throw StorkError(.invalidInput, "ownership.renewInterval and ownership.acquireRetryInterval must be positive")
+        }
+        guard self.renewInterval < self.renewDeadline else {
+            throw StorkError(.invalidInput, "ownership.renewInterval must be shorter than ownership.renewDeadline")
+        }
+        guard self.renewDeadline < self.duration else {
+            throw StorkError(.invalidInput, "ownership.renewDeadline must be shorter than ownership.leaseDuration")
+        }
+    }
+}
+
+/// A lease on one resource as its holder knows it: the fencing token of its acquisition.
+public struct LeaseKey: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var id: ResourceID
+    public var token: UInt64
+
+    public init(id: ResourceID, token: UInt64) {
+        self.id = id
+        self.token = token
+    }
+
+    public static func < (lhs: LeaseKey, rhs: LeaseKey) -> Bool { (lhs.id, lhs.token) < (rhs.id, rhs.token) }
+    public var description: String { "\(self.id)#\(self.token)" }
 }
 
 // MARK: - Messages between orchestrators
@@ -77,6 +145,9 @@ public enum TerminationReason: String, Hashable, Sendable, Codable {
     case updated
     /// This node is leaving the cluster or stopping.
     case leaving
+    /// Lease mode: this node could not renew its lease in time (or the store says another node holds it), so it
+    /// stops the resource itself (self-fencing).
+    case leaseLost
 }
 
 /// What happened to a resource on this node; the `ResourceManager` publishes these as its lifecycle events.
@@ -92,6 +163,12 @@ public enum ResourceEventKind: Hashable, Sendable {
     case terminationFailed(TerminationReason)
     /// Members in the current view did not confirm the release before the deadline; the node handled anyway.
     case handoffTimedOut(unconfirmed: [NodeID])
+    /// Lease mode: this node owns the resource by placement and asks the store for its lease.
+    case acquiringLease
+    /// Lease mode: the store granted the lease with this fencing token.
+    case leaseAcquired(token: UInt64)
+    /// Lease mode: the lease was not renewed in time, or another node holds it now.
+    case leaseLost(token: UInt64)
 }
 
 public struct ResourceEvent: Hashable, Sendable, CustomStringConvertible {
@@ -121,4 +198,13 @@ public enum OrchestratorAction: Hashable, Sendable {
     case event(ResourceEvent)
     /// Leaving: nothing runs here any more.
     case drained
+    /// Lease mode: ask the store for these leases (one batch). Report with `leasesAcquired(…)` or
+    /// `leaseAcquireFailed(…)`, passing the time just before the request was sent.
+    case acquireLeases([ResourceID])
+    /// Lease mode: renew every lease this node holds (one batch). Report with `leasesRenewed(…)` or
+    /// `leaseRenewFailed(…)`.
+    case renewLeases([LeaseKey])
+    /// Lease mode: give these leases back (the resources stopped here and belong elsewhere). Best effort: an
+    /// unreleased lease expires.
+    case releaseLeases([LeaseKey])
 }

@@ -2,6 +2,7 @@ import Foundation
 import StorkCore
 import StorkMembership
 import StorkPlacement
+import StorkResources
 import Yams
 
 // MARK: - Loading: defaults < file < environment < flags
@@ -49,7 +50,7 @@ extension ServerConfiguration {
         var configuration = ServerConfiguration()
         guard let root else { return configuration }
         let document = ConfigNode(node: root, path: "", environment: environment, expressions: expressions)
-        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership"])
+        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership", "ownership"])
         if let node = top["node"] {
             let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data"])
             if let value = fields["name"] { configuration.node.name = try value.string() }
@@ -96,6 +97,29 @@ extension ServerConfiguration {
             }
             if let value = fields["suspicionMinimum"] { configuration.membership.suspicionMinimum = try value.duration() }
             if let value = fields["pushPullInterval"] { configuration.membership.pushPullInterval = try value.duration() }
+        }
+        if let ownership = top["ownership"] {
+            let fields = try ownership.mapping(
+                allowed: [
+                    "mode", "store", "leaseDuration", "renewInterval", "renewDeadline", "acquireRetryInterval",
+                    "storeTimeout",
+                ]
+            )
+            if let value = fields["mode"] {
+                let name = try value.string()
+                guard let mode = Ownership.Mode(rawValue: name) else {
+                    throw value.error("unknown ownership mode '\(name)'; expected gossip or lease")
+                }
+                configuration.ownership.mode = mode
+            }
+            if let value = fields["store"] { configuration.ownership.store = try value.string() }
+            if let value = fields["leaseDuration"] { configuration.ownership.lease.duration = try value.duration() }
+            if let value = fields["renewInterval"] { configuration.ownership.lease.renewInterval = try value.duration() }
+            if let value = fields["renewDeadline"] { configuration.ownership.lease.renewDeadline = try value.duration() }
+            if let value = fields["acquireRetryInterval"] {
+                configuration.ownership.lease.acquireRetryInterval = try value.duration()
+            }
+            if let value = fields["storeTimeout"] { configuration.ownership.storeTimeout = try value.duration() }
         }
         return configuration
     }
@@ -176,6 +200,13 @@ extension ServerConfiguration {
         }
         if let value = environment["STORK_CLUSTER_KEY"], !value.isEmpty { self.cluster.key = value }
         if let value = environment["STORK_DATA"], !value.isEmpty { self.node.data = value }
+        if let value = environment["STORK_OWNERSHIP_MODE"], !value.isEmpty {
+            guard let mode = Ownership.Mode(rawValue: value) else {
+                throw StorkError(.invalidInput, "STORK_OWNERSHIP_MODE: unknown mode '\(value)'; expected gossip or lease")
+            }
+            self.ownership.mode = mode
+        }
+        if let value = environment["STORK_OWNERSHIP_STORE"], !value.isEmpty { self.ownership.store = value }
     }
 
     mutating func apply(_ overrides: ConfigurationOverrides) throws {
@@ -193,6 +224,17 @@ extension ServerConfiguration {
         }
         guard !self.cluster.name.isEmpty, self.cluster.name.utf8.count <= 64 else {
             throw StorkError(.invalidInput, "cluster.name must be 1 to 64 bytes")
+        }
+        if self.ownership.mode == .lease {
+            try self.ownership.lease.validate()
+            guard self.ownership.storeTimeout > .zero, self.ownership.storeTimeout < self.ownership.lease.renewDeadline else {
+                throw StorkError(.invalidInput, "ownership.storeTimeout must be positive and shorter than ownership.renewDeadline")
+            }
+            if let store = self.ownership.store, !(store.hasPrefix("sqlite:") || store.hasPrefix("postgres://")
+                || store.hasPrefix("postgresql://"))
+            {
+                throw StorkError(.invalidInput, "ownership.store must be sqlite:PATH or postgres://user:password@host:port/db")
+            }
         }
         let names = self.resources.sources.map(\.name)
         if Set(names).count != names.count {

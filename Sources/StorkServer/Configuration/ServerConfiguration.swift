@@ -60,10 +60,26 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var maxLengthOfTimeToRetryResourceFetching: Duration = .seconds(60)
     }
 
+    /// Who may run a resource: `gossip` (placement on the gossiped view) or `lease` (placement plus a lease with a
+    /// fencing token in an ownership store).
+    public struct Ownership: Sendable, Hashable {
+        public enum Mode: String, Sendable, Hashable {
+            case gossip, lease
+        }
+
+        public var mode: Mode = .gossip
+        /// `sqlite:PATH` or `postgres://…`; in lease mode without a store, `sqlite:{node.data}/leases.db`.
+        public var store: String?
+        public var lease = LeaseSettings()
+        /// How long one store operation may take before it counts as failed.
+        public var storeTimeout: Duration = .seconds(2)
+    }
+
     public var node = Node()
     public var cluster = Cluster()
     public var resources = Resources()
     public var membership = MembershipSettings()
+    public var ownership = Ownership()
 
     public init() {}
 
@@ -80,7 +96,17 @@ public struct ServerConfiguration: Sendable, Hashable {
         configuration.node.placement = self.resources.placement
         configuration.cacheAllResources = self.resources.cacheAllResources
         configuration.maxLengthOfTimeToRetryResourceFetching = self.resources.maxLengthOfTimeToRetryResourceFetching
+        if self.ownership.mode == .lease {
+            configuration.node.orchestrator.ownership = .lease(self.ownership.lease)
+            configuration.ownershipStoreTimeout = self.ownership.storeTimeout
+        }
         return configuration
+    }
+
+    /// The ownership store URL in force (lease mode), with the default applied.
+    public var ownershipStoreURL: String? {
+        guard self.ownership.mode == .lease else { return nil }
+        return self.ownership.store ?? "sqlite:\(self.node.data)/leases.db"
     }
 }
 
