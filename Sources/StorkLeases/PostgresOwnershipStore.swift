@@ -26,6 +26,8 @@ public actor PostgresOwnershipStore: OwnershipStore {
     private nonisolated let redacted: String
     private let logger: Logger
     private var connection: PostgresConnection?
+    /// True while one operation opens the connection; the others wait for it (actor methods interleave at awaits).
+    private var isConnecting = false
     private var nextConnectionID = 0
     static let batchSize = 10_000
     /// The advisory lock key that serializes migrations ("stork" in ASCII).
@@ -85,8 +87,24 @@ public actor PostgresOwnershipStore: OwnershipStore {
 
     public nonisolated var description: String { self.redacted }
 
+    deinit {
+        // A store dropped without `close()` still closes its connection (the closure keeps it alive until then).
+        if let connection = self.connection { connection.close().whenComplete { _ in _ = connection } }
+    }
+
+    /// The open connection, opening one if needed. Every connection this store drops is closed first.
     private func open() async throws -> PostgresConnection {
-        if let connection = self.connection, !connection.isClosed { return connection }
+        while true {
+            if let connection = self.connection, !connection.isClosed { return connection }
+            guard self.isConnecting else { break }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        self.isConnecting = true
+        defer { self.isConnecting = false }
+        if let stale = self.connection {
+            self.connection = nil
+            try? await stale.close()
+        }
         self.nextConnectionID += 1
         let connection = try await PostgresConnection.connect(
             configuration: self.configuration,
@@ -97,14 +115,20 @@ public actor PostgresOwnershipStore: OwnershipStore {
         return connection
     }
 
-    /// Runs `body` on the connection; on an error the connection is closed and reopened next time.
+    /// Runs `body` on the connection. A connection that broke, or whose operation was cancelled (a caller's
+    /// timeout: the server may be unreachable), is closed and reopened by the next operation; other errors leave
+    /// it open.
     private func withConnection<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        var used: PostgresConnection?
         do {
             let connection = try await self.open()
+            used = connection
             return try await body(connection)
         } catch {
-            try? await self.connection?.close()
-            self.connection = nil
+            if let used, used.isClosed || Task.isCancelled || error is CancellationError {
+                if self.connection === used { self.connection = nil }
+                try? await used.close()
+            }
             // PSQLError's description hides everything; its reflection has the server's message (no password:
             // the connection configuration is not part of it).
             throw StorkError(.unavailable, "the PostgreSQL ownership store at \(self.redacted) failed: \(Self.explain(error))")

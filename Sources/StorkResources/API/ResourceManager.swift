@@ -171,6 +171,12 @@ public final class ResourceManager: Service, Sendable {
         var handledTokens: [ResourceID: UInt64] = [:]
         /// Lease mode: store operations in flight (waited for, briefly, before the node stops).
         var storeOperations = 0
+        /// Lease mode: acquisitions and releases asked for while one of the same kind is with the store; they go
+        /// together in the next batch, so that a burst of moves costs a few queries rather than one per event.
+        var pendingAcquisitions: [ResourceID] = []
+        var acquisitionInFlight = false
+        var pendingReleases: [LeaseKey] = []
+        var releaseInFlight = false
     }
 
     public let identity: NodeID
@@ -406,14 +412,14 @@ public final class ResourceManager: Service, Sendable {
                 let token = state.handledTokens.removeValue(forKey: resource.id)
                 self.workContinuation.yield(.terminate(resource, reason: reason, ticket: ticket, token: token))
             case .acquireLeases(let ids):
-                state.storeOperations += 1
-                self.workContinuation.yield(.acquireLeases(ids))
+                state.pendingAcquisitions += ids
+                self.startNextBatch(&state)
             case .renewLeases(let keys):
                 state.storeOperations += 1
                 self.workContinuation.yield(.renewLeases(keys))
             case .releaseLeases(let keys):
-                state.storeOperations += 1
-                self.workContinuation.yield(.releaseLeases(keys))
+                state.pendingReleases += keys
+                self.startNextBatch(&state)
             case .complete(let requestID, let outcome):
                 if let continuation = state.requests.removeValue(forKey: requestID) {
                     completions.append((continuation, outcome))
@@ -653,6 +659,7 @@ public final class ResourceManager: Service, Sendable {
                 },
                 failed: { self.apply { $0.leaseAcquireFailed(ids, now: $1) } }
             )
+            self.batchFinished(acquisition: true)
         case .renewLeases(let keys):
             await self.storeOperation(
                 { store, settings in try await store.renew(keys, holder: self.leaseHolder, duration: settings.duration) },
@@ -669,6 +676,7 @@ public final class ResourceManager: Service, Sendable {
                 succeeded: { _, _ in },
                 failed: {}
             )
+            self.batchFinished(acquisition: false)
         case .handle(let resource, let attempt, let ticket, let token):
             let context = self.context(for: resource, attempt: attempt, token: token)
             switch self.mode {
@@ -745,6 +753,29 @@ public final class ResourceManager: Service, Sendable {
     }
 
     // MARK: Ownership store calls
+
+    /// Sends the waiting acquisitions and releases, each kind as one batch, unless one of that kind is in flight.
+    private func startNextBatch(_ state: inout State) {
+        if !state.acquisitionInFlight, !state.pendingAcquisitions.isEmpty {
+            state.acquisitionInFlight = true
+            state.storeOperations += 1
+            self.workContinuation.yield(.acquireLeases(state.pendingAcquisitions))
+            state.pendingAcquisitions = []
+        }
+        if !state.releaseInFlight, !state.pendingReleases.isEmpty {
+            state.releaseInFlight = true
+            state.storeOperations += 1
+            self.workContinuation.yield(.releaseLeases(state.pendingReleases))
+            state.pendingReleases = []
+        }
+    }
+
+    private func batchFinished(acquisition: Bool) {
+        self.state.withLock { state in
+            if acquisition { state.acquisitionInFlight = false } else { state.releaseInFlight = false }
+            self.startNextBatch(&state)
+        }
+    }
 
     /// Runs one store call with the configured timeout and reports its outcome; the time just before the call is
     /// what lease deadlines are measured from.

@@ -42,8 +42,21 @@ public final class ResourceListServer: Sendable {
 }
 
 /// The user's app as Stork sees it: records every handle and terminate, per node, and notices overlaps.
+///
+/// With fencing tokens (lease mode) it is also the downstream system that checks them: per resource it remembers the
+/// highest token it accepted, answers 409 to a handle with an older token (and ignores a terminate with one), and
+/// records every token it accepted, so that a test can check they only grow.
 public final class RecordingSidecar: Sendable {
     public struct State: Sendable {
+        /// Resource id → the highest fencing token accepted.
+        public var highestToken: [String: UInt64] = [:]
+        /// Resource id → (node, token) of every accepted handle, in order.
+        public var acceptedHandles: [String: [(node: String, token: UInt64)]] = [:]
+        /// Handles refused because a newer token had been seen: "id node token".
+        public var staleHandles: [String] = []
+        /// Node → resource ids it terminated with an older token than the newest seen (a stale owner fencing
+        /// itself), with the reason it gave.
+        public var staleTerminations: [String: [(id: String, reason: String)]] = [:]
         /// Resource id → the node running it.
         public var running: [String: String] = [:]
         /// A handle on one node while another (not killed) node ran the resource.
@@ -63,20 +76,36 @@ public final class RecordingSidecar: Sendable {
         router.post("/resources/:id") { request, context -> Response in
             let id = context.parameters.get("id")?.removingPercentEncoding ?? "?"
             let node = request.headers[HTTPField.Name("Stork-Node")!] ?? "?"
-            self.state.withLock { state in
-                if let other = state.running[id], other != node, !state.dead.contains(other) {
+            let token = request.headers[HTTPField.Name("Stork-Fencing-Token")!].flatMap { UInt64($0) }
+            let accepted = self.state.withLock { state -> Bool in
+                if let token {
+                    if let highest = state.highestToken[id], token < highest {
+                        state.staleHandles.append("\(id) \(node) \(token)")
+                        return false
+                    }
+                    state.highestToken[id] = token
+                    state.acceptedHandles[id, default: []].append((node, token))
+                    // With tokens, the newest token's holder is the one that runs it: no overlap to report.
+                } else if let other = state.running[id], other != node, !state.dead.contains(other) {
                     state.overlaps.append("\(id) handled on \(node) while \(other) runs it")
                 }
                 state.running[id] = node
                 state.handles += 1
+                return true
             }
-            return Response(status: .ok)
+            return Response(status: accepted ? .ok : .conflict)
         }
         router.delete("/resources/:id") { request, context -> Response in
             let id = context.parameters.get("id")?.removingPercentEncoding ?? "?"
             let node = request.headers[HTTPField.Name("Stork-Node")!] ?? "?"
             let reason = request.headers[HTTPField.Name("Stork-Reason")!] ?? "?"
+            let token = request.headers[HTTPField.Name("Stork-Fencing-Token")!].flatMap { UInt64($0) }
             self.state.withLock { state in
+                if let token, let highest = state.highestToken[id], token < highest {
+                    // A stale owner stopping what it ran: it must not stop the newer owner's work.
+                    state.staleTerminations[node, default: []].append((id, reason))
+                    return
+                }
                 if state.running[id] == node { state.running[id] = nil }
                 state.terminations[id, default: []].append("\(node):\(reason)")
             }
@@ -108,7 +137,7 @@ public final class NodeProcess: @unchecked Sendable {
         self.log = directory.appendingPathComponent("\(name).log")
         _ = FileManager.default.createFile(atPath: self.log.path, contents: nil)
         self.process.executableURL = executable
-        self.process.arguments = ["serve", "--config", config, "--log-level", "warning"]
+        self.process.arguments = ["serve", "--config", config, "--log-level", ProcessInfo.processInfo.environment["STORK_TEST_LOG_LEVEL"] ?? "warning"]
         let handle = try FileHandle(forWritingTo: self.log)
         self.process.standardOutput = handle
         self.process.standardError = handle
@@ -174,6 +203,10 @@ public final class LocalCluster: @unchecked Sendable {
     public var poll = "1s"
     /// Extra YAML under `membership:` (flow style), e.g. "probeTimeout: 300ms".
     public var membership: String?
+    /// YAML under `ownership:` (flow style), e.g. "mode: lease, store: 'sqlite:/tmp/l.db'".
+    public var ownership: String?
+    /// The cluster's name (also the key of its rows in an ownership store).
+    public var clusterName = "local"
     public private(set) var nodes: [String: NodeProcess] = [:]
 
     public init(directory: URL, executable: URL, basePort: Int, sourceURL: String, sidecarURL: String) {
@@ -192,7 +225,8 @@ public final class LocalCluster: @unchecked Sendable {
     public func start(_ index: Int, seeds: [Int] = [1, 2]) throws -> NodeProcess {
         let name = "n\(index)"
         let config = self.directory.appendingPathComponent("\(name).yaml")
-        let membership = self.membership.map { "membership: {\($0)}\n" } ?? ""
+        let membership =
+            (self.membership.map { "membership: {\($0)}\n" } ?? "") + (self.ownership.map { "ownership: {\($0)}\n" } ?? "")
         let yaml = """
             node:
               name: \(name)
@@ -200,7 +234,7 @@ public final class LocalCluster: @unchecked Sendable {
               http: \(self.adminAddress(index))
               seeds: [\(seeds.map(self.clusterAddress).joined(separator: ", "))]
               data: \(self.directory.path)/\(name)-data
-            cluster: {name: local, key: local-cluster-key}
+            cluster: {name: \(self.clusterName), key: local-cluster-key}
             \(membership)resources:
               sources:
                 - {type: http, name: accounts, url: \(self.sourceURL), poll: \(self.poll)}
