@@ -141,6 +141,7 @@ let package = Package(
             name: "stork",
             dependencies: [
                 "Stork",
+                "StorkLeases",
                 "StorkServer",
                 "StorkTestKit",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

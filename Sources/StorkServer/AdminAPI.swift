@@ -89,6 +89,7 @@ public enum AdminAPI {
                     "state": .string(state.state),
                     "since": .string(iso8601(state.since)),
                     "attempt": .number(Double(state.attempt)),
+                    "fencingToken": state.fencingToken.map { .number(Double($0)) } ?? .null,
                     "resource": state.resource.map { .object($0.attributes) } ?? .null,
                 ])
             }
@@ -262,6 +263,14 @@ public enum AdminAPI {
                 help: "Handoffs that went ahead without every member's confirmation."),
             MetricSample(name: "stork_requests_total", value: Double(statistics.requests),
                 help: "allocate and deallocate requests made on this node (forwarded to owners)."),
+            MetricSample(name: "stork_leases_acquired_total", value: Double(statistics.leasesAcquired),
+                help: "Lease mode: leases granted to this node."),
+            MetricSample(name: "stork_leases_lost_total", value: Double(statistics.leasesLost),
+                help: "Lease mode: leases this node stopped using (not renewed in time, or taken over)."),
+            MetricSample(name: "stork_lease_store_operations_total", value: Double(statistics.leaseStoreOperations),
+                help: "Lease mode: ownership store operations (one per batch)."),
+            MetricSample(name: "stork_lease_store_failures_total", value: Double(statistics.leaseStoreFailures),
+                help: "Lease mode: ownership store operations that failed or timed out."),
         ]
         samples += extra
         var text = ""

@@ -1,6 +1,7 @@
 import Foundation
 import StorkCore
 import StorkPlacement
+import StorkResources
 import Testing
 
 @testable import StorkServer
@@ -144,5 +145,66 @@ struct ConfigurationTests {
         #expect(throws: StorkError.self) { try ConfigValue.duration("-1s", path: "x") }
         #expect(try ConfigValue.address("127.0.0.1:0", path: "x") == "127.0.0.1:0")
         #expect(throws: StorkError.self) { try ConfigValue.address(":80", path: "x") }
+    }
+}
+
+@Suite("Server configuration: ownership")
+struct OwnershipConfigurationTests {
+    @Test("ownership: {mode: lease, store: …} with durations; the default store is SQLite in node.data")
+    func leaseMode() throws {
+        let configuration = try ServerConfiguration.parse(
+            yaml: """
+                node: {data: /var/lib/stork}
+                ownership: {mode: lease, leaseDuration: 6s, renewInterval: 1s, renewDeadline: 4s, acquireRetryInterval: 200ms, storeTimeout: 500ms}
+                """
+        )
+        #expect(configuration.ownership.mode == .lease)
+        #expect(configuration.ownershipStoreURL == "sqlite:/var/lib/stork/leases.db")
+        let manager = configuration.resourceManagerConfiguration()
+        #expect(
+            manager.node.orchestrator.ownership
+                == .lease(LeaseSettings(duration: .seconds(6), renewInterval: .seconds(1), renewDeadline: .seconds(4), acquireRetryInterval: .milliseconds(200)))
+        )
+        #expect(manager.ownershipStoreTimeout == .milliseconds(500))
+        let postgres = try ServerConfiguration.parse(
+            yaml: "ownership: {mode: lease, store: 'postgres://u:p@127.0.0.1:5432/db'}"
+        )
+        #expect(postgres.ownershipStoreURL == "postgres://u:p@127.0.0.1:5432/db")
+        #expect(try ServerConfiguration.parse(yaml: "node: {name: a}").ownershipStoreURL == nil, "gossip by default")
+    }
+
+    @Test("environment overrides the mode and the store")
+    func environment() throws {
+        let configuration = try ServerConfiguration.load(
+            path: nil,
+            environment: ["STORK_OWNERSHIP_MODE": "lease", "STORK_OWNERSHIP_STORE": "sqlite:/tmp/x.db"]
+        )
+        #expect(configuration.ownershipStoreURL == "sqlite:/tmp/x.db")
+    }
+
+    @Test(
+        "bad ownership settings are refused with the key in the message",
+        arguments: [
+            ("ownership: {mode: strict}", "ownership.mode"),
+            ("ownership: {mode: lease, renewDeadline: 20s}", "ownership.renewDeadline"),
+            ("ownership: {mode: lease, renewInterval: 8s}", "ownership.renewInterval"),
+            ("ownership: {mode: lease, store: 'mysql://x'}", "ownership.store"),
+            ("ownership: {mode: lease, storeTimeout: 9s}", "ownership.storeTimeout"),
+            ("ownership: {mode: lease, lease: 5s}", "ownership.lease"),
+        ]
+    )
+    func rejected(yaml: String, key: String) throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("stork-config-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let file = directory.appendingPathComponent("stork.yaml")
+        try yaml.write(to: file, atomically: true, encoding: .utf8)
+        do {
+            _ = try ServerConfiguration.load(path: file.path, environment: [:])
+            Issue.record("accepted: \(yaml)")
+        } catch let error as StorkError {
+            #expect(error.code == .invalidInput)
+            #expect(error.message.contains(key), "\(error.message)")
+        }
     }
 }

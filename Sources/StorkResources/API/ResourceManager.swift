@@ -454,7 +454,8 @@ public final class ResourceManager: Service, Sendable {
                 state: phase,
                 since: previous?.state == phase ? previous!.since : now,
                 attempt: attempt ?? previous?.attempt ?? 0,
-                resource: state.machine.orchestrator.desiredResource(event.id)
+                resource: state.machine.orchestrator.desiredResource(event.id),
+                fencingToken: state.handledTokens[event.id] ?? previous?.fencingToken
             )
         }
         switch event.kind {
