@@ -52,7 +52,9 @@ public struct LeaseRecord: Sendable, Hashable {
 /// - `acquire` grants a lease when nobody holds it, its lease expired, it was released, or the caller already holds
 ///   it; each grant increments the resource's fencing token, which is never reused (it survives restarts of the
 ///   store and of Stork, and releases).
-/// - `renew` extends only leases the caller holds with that exact token and that have not expired.
+/// - `renew` reports as renewed only leases the caller holds with that exact token and that have not expired (a
+///   store may also extend the caller's unexpired lease on the same resource under a newer token; never another
+///   holder's).
 /// - `release` gives back only leases the caller holds with that token.
 public protocol OwnershipStore: Sendable {
     /// A short description for logs ("sqlite:/var/lib/stork/leases.db", "postgres://…@host/db").
