@@ -54,10 +54,16 @@ struct ProcessDemo {
             )
             // Every node lists every starting node as a seed, itself included: any of them may start the cluster.
             for index in 1...self.nodes { try cluster.start(index, seeds: Array(1...self.nodes)) }
-            var ok = try await self.wait(timeout: .seconds(60)) {
-                sidecar.running.count == self.resources && Set(sidecar.running.values).count == self.nodes
+            _ = try await self.wait(timeout: .seconds(60)) {
+                (sidecar.running.count == self.resources && Set(sidecar.running.values).count == self.nodes)
+                    || !cluster.exitedNodes().isEmpty
             }
+            var ok = sidecar.running.count == self.resources && Set(sidecar.running.values).count == self.nodes
             self.table(sidecar, title: ok ? "Every account runs on exactly one node:" : "Not all accounts started:", since: start)
+            for (name, line) in cluster.exitedNodes() {
+                self.say("\(name) exited: \(line)", since: start)
+                ok = false
+            }
 
             var live = Array(1...self.nodes)
             var next = self.nodes + 1

@@ -23,7 +23,7 @@ struct LeaseChaosTests {
         defer { if ProcessInfo.processInfo.environment["STORK_KEEP_TEST_FILES"] == nil { try? FileManager.default.removeItem(at: directory) } }
         let list = ResourceListServer(ids: (0..<Self.resources).map { "res-\($0)" })
         let sidecar = RecordingSidecar()
-        let base = 20_000 + Int.random(in: 0..<20_000)
+        let base = testBasePort()
         try await withThrowingTaskGroup(of: Void.self) { group in
             let listServer = LocalServer(list.router())
             let sidecarServer = LocalServer(sidecar.router())

@@ -8,6 +8,10 @@ import Synchronization
 import StorkServer
 import Testing
 
+/// A first port for a local cluster (it uses up to 200 ports above it), below Linux's ephemeral range (32768 and
+/// up), so that no outgoing connection of this or another test can hold one of its ports.
+func testBasePort() -> Int { 10_000 + Int.random(in: 0..<200) * 100 }
+
 func waitFor(_ what: String, timeout: Duration, _ condition: () -> Bool) async throws {
     let clock = ContinuousClock()
     let deadline = clock.now + timeout
@@ -31,7 +35,7 @@ struct ProcessClusterTests {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let list = ResourceListServer(ids: (0..<Self.resources).map { "res-\($0)" })
         let sidecar = RecordingSidecar()
-        let base = 20_000 + Int.random(in: 0..<20_000)
+        let base = testBasePort()
         try await withThrowingTaskGroup(of: Void.self) { group in
             let listServer = LocalServer(list.router())
             let sidecarServer = LocalServer(sidecar.router())

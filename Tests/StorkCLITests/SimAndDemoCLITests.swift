@@ -45,7 +45,7 @@ struct SimAndDemoCLITests {
 
     @Test("stork bench failover kills real nodes, times detection and failover, and finds no overlap")
     func failoverBench() throws {
-        let base = String(30_000 + Int.random(in: 0..<20_000))
+        let base = String(testBasePort())
         let run = try StorkBinary.run([
             "bench", "failover", "--nodes", "3", "--resources", "60", "--kills", "2", "--burn", "2", "--base-port", base,
         ])
@@ -68,7 +68,7 @@ struct SimAndDemoCLITests {
 
     @Test("stork demo runs real processes: kills and replaces nodes, moves every account, exits 0")
     func processDemo() throws {
-        let base = String(30_000 + Int.random(in: 0..<20_000))
+        let base = String(testBasePort())
         let run = try StorkBinary.run(["demo", "--duration", "14", "--resources", "120", "--base-port", base])
         #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
         #expect(run.standardOutput.contains("Every account runs on exactly one node"))

@@ -247,6 +247,15 @@ public final class LocalCluster: @unchecked Sendable {
         return node
     }
 
+    /// Nodes whose process ended, with the last line of their log (why they stopped, e.g. a port in use).
+    public func exitedNodes() -> [(name: String, lastLine: String)] {
+        self.nodes.filter { !$0.value.isRunning }.sorted { $0.key < $1.key }.map { name, node in
+            let text = (try? String(contentsOf: node.log, encoding: .utf8)) ?? ""
+            let line = text.split(separator: "\n").last(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty })
+            return (name, line.map(String.init) ?? "(no output)")
+        }
+    }
+
     public func killAll() {
         for node in self.nodes.values { node.kill(signal: SIGKILL) }
     }
