@@ -19,6 +19,9 @@ let package = Package(
         .library(name: "StorkTestKit", targets: ["StorkTestKit"]),
         .library(name: "StorkCluster", targets: ["StorkCluster"]),
         .library(name: "StorkLeases", targets: ["StorkLeases"]),
+        .library(name: "StorkStreaming", targets: ["StorkStreaming"]),
+        .library(name: "StorkStreamStores", targets: ["StorkStreamStores"]),
+        .library(name: "StorkNATS", targets: ["StorkNATS"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
     dependencies: [
@@ -68,6 +71,40 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - Streaming core: subjects, subscription index, streams, consumers, the message-store contract
+        .target(
+            name: "StorkStreaming",
+            dependencies: [
+                "StorkCore",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - Message stores that persist: file (segmented log), later SQLite and PostgreSQL
+        .target(
+            name: "StorkStreamStores",
+            dependencies: [
+                "StorkCore",
+                "StorkStreaming",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - NATS client protocol: codec (pure, fuzzed) and the server endpoint over NIO
+        .target(
+            name: "StorkNATS",
+            dependencies: [
+                "StorkCore",
+                "StorkStreaming",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - Cluster transport: wire codec, UDP + TCP over NIO, peer authentication
         .target(
             name: "StorkCluster",
@@ -106,8 +143,10 @@ let package = Package(
                 "StorkCluster",
                 "StorkLeases",
                 "StorkMembership",
+                "StorkNATS",
                 "StorkPlacement",
                 "StorkResources",
+                "StorkStreaming",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -189,6 +228,22 @@ let package = Package(
         .testTarget(
             name: "StorkLeasesTests",
             dependencies: ["StorkLeases", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkStreamingTests",
+            dependencies: ["StorkStreaming", "StorkStreamStores"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkNATSTests",
+            dependencies: [
+                "StorkNATS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(

@@ -3,6 +3,7 @@ import Hummingbird
 import NIOCore
 import StorkCore
 import StorkMembership
+import StorkNATS
 import StorkResources
 
 // MARK: - AdminAPI
@@ -17,6 +18,7 @@ import StorkResources
 //   POST   /v1/drain                      leave gracefully (hand every resource off), then exit
 //   GET    /v1/events                     server-sent events of lifecycle changes
 //   GET    /healthz  /readyz  /metrics
+//   GET    /varz  /connz  /subsz           the NATS endpoint's monitoring, in nats-server's JSON shapes
 
 /// Extra numbers the admin API reports that the resource manager does not know (for example the transport's).
 public protocol AdminMetricsSource: Sendable {
@@ -46,12 +48,28 @@ public enum AdminAPI {
 
     public static func router(
         manager: ResourceManager,
+        nats: NATSServer? = nil,
         extraMetrics: [any AdminMetricsSource] = []
     ) -> Router<BasicRequestContext> {
         let router = Router()
 
+        // JSON as nats-server answers it, so that NATS health checks work against Stork too.
         router.get("/healthz") { _, _ in
-            Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+            var headers = HTTPFields()
+            headers[.contentType] = "application/json"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: "{\"status\":\"ok\"}\n")))
+        }
+
+        if let nats {
+            router.get("/varz") { _, _ in encoded(nats.varz()) }
+            router.get("/connz") { request, _ in
+                let query = request.uri.queryParameters
+                let offset = query["offset"].flatMap { Int($0) } ?? 0
+                let limit = query["limit"].flatMap { Int($0) } ?? 1024
+                let subscriptions = query["subs"].map { $0 == "1" || $0 == "true" } ?? false
+                return encoded(nats.connz(offset: offset, limit: limit, subscriptions: subscriptions))
+            }
+            router.get("/subsz") { _, _ in encoded(nats.subsz()) }
         }
 
         router.get("/readyz") { _, _ in
@@ -294,6 +312,13 @@ private func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Resp
     headers[.contentType] = "application/json"
     let data = (try? JSONEncoder.sorted.encode(value)) ?? Data("null".utf8)
     return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data + [0x0A])))
+}
+
+private func encoded(_ value: some Encodable) -> Response {
+    var headers = HTTPFields()
+    headers[.contentType] = "application/json"
+    let data = (try? JSONEncoder.sorted.encode(value)) ?? Data("null".utf8)
+    return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: data + [0x0A])))
 }
 
 private func problem(_ status: HTTPResponse.Status, _ message: String) -> Response {

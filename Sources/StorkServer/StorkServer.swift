@@ -6,6 +6,7 @@ import ServiceLifecycle
 import StorkCluster
 import StorkCore
 import StorkLeases
+import StorkNATS
 import StorkResources
 
 // MARK: - StorkServer
@@ -57,9 +58,12 @@ public struct StorkServer: Sendable {
             transport: transport,
             logger: logger
         )
+        let nats = try configuration.node.nats.map { address in
+            try NATSServer(configuration: configuration.natsServerConfiguration(address: address), logger: logger)
+        }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         let app = Application(
-            router: AdminAPI.router(manager: manager, extraMetrics: [TransportMetrics(transport: transport)]),
+            router: AdminAPI.router(manager: manager, nats: nats, extraMetrics: [TransportMetrics(transport: transport)]),
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "stork"),
             logger: logger
         )
@@ -67,15 +71,19 @@ public struct StorkServer: Sendable {
             "starting",
             metadata: [
                 "stork.cluster": "\(transport.address)", "stork.http": "\(configuration.node.http)",
-                "stork.seeds": "\(configuration.node.seeds)",
+                "stork.seeds": "\(configuration.node.seeds)", "stork.nats": "\(configuration.node.nats ?? "off")",
             ]
         )
+        // Endpoints start last and stop first: the NATS endpoint and the HTTP API close before the node hands its
+        // resources off.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup)
+        ]
+        if let nats { services.append(.init(service: nats)) }
+        services.append(.init(service: app))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [
-                    .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup),
-                    .init(service: app),
-                ],
+                services: services,
                 gracefulShutdownSignals: installSignalHandlers ? [.sigterm, .sigint] : [],
                 logger: logger
             )
@@ -92,7 +100,7 @@ public struct StorkServer: Sendable {
         logger.info("stopped")
     }
 
-    static func hostAndPort(_ address: String) throws -> (String, Int) {
+    public static func hostAndPort(_ address: String) throws -> (String, Int) {
         guard let colon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: colon)...]) else {
             throw StorkError(.invalidInput, "'\(address)' is not host:port")
         }

@@ -21,6 +21,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Cluster address host:port (node.bind).") var bind: String?
     @Option(help: "Admin API address host:port (node.http).") var http: String?
     @Option(help: "Comma-separated seed addresses (node.seeds).") var seeds: String?
+    @Option(help: "NATS client endpoint host:port, or off (node.nats; default 127.0.0.1:4222).") var nats: String?
+    @Option(help: "Local state directory (node.data).") var data: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
 
     func run() async throws {
@@ -36,7 +38,9 @@ struct ServeCommand: AsyncParsableCommand {
             name: self.name,
             bind: self.bind,
             http: self.http,
-            seeds: self.seeds.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+            seeds: self.seeds.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } },
+            nats: self.nats,
+            data: self.data
         )
         let configuration: ServerConfiguration
         do {

@@ -50,15 +50,19 @@ extension ServerConfiguration {
         var configuration = ServerConfiguration()
         guard let root else { return configuration }
         let document = ConfigNode(node: root, path: "", environment: environment, expressions: expressions)
-        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership", "ownership"])
+        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership", "ownership", "nats"])
         if let node = top["node"] {
-            let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data"])
+            let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data", "nats"])
             if let value = fields["name"] { configuration.node.name = try value.string() }
             if let value = fields["bind"] { configuration.node.bind = try value.address() }
             if let value = fields["advertise"] { configuration.node.advertise = try value.address() }
             if let value = fields["http"] { configuration.node.http = try value.address() }
             if let value = fields["seeds"] { configuration.node.seeds = try value.addressList() }
             if let value = fields["data"] { configuration.node.data = try value.string() }
+            if let value = fields["nats"] { configuration.node.nats = try value.optionalEndpoint() }
+        }
+        if let nats = top["nats"] {
+            configuration.nats = try Self.nats(nats)
         }
         if let cluster = top["cluster"] {
             let fields = try cluster.mapping(allowed: ["name", "key"])
@@ -164,6 +168,39 @@ extension ServerConfiguration {
         }
     }
 
+    static func nats(_ value: ConfigNode) throws -> NATS {
+        var nats = NATS()
+        let fields = try value.mapping(
+            allowed: [
+                "token", "users", "maxPayload", "maxControlLine", "maxPending", "maxConnections", "pingInterval",
+                "maxPingsOut", "authTimeout",
+            ]
+        )
+        if let value = fields["token"] {
+            let token = try value.optionalString()
+            nats.token = token?.isEmpty == true ? nil : token
+        }
+        if let value = fields["users"] {
+            for item in try value.sequence() {
+                let user = try item.mapping(allowed: ["user", "password"])
+                guard let name = user["user"], let password = user["password"] else {
+                    throw item.error("a user needs 'user' and 'password'")
+                }
+                let userName = try name.string()
+                guard nats.users[userName] == nil else { throw name.error("user '\(userName)' given twice") }
+                nats.users[userName] = try password.string()
+            }
+        }
+        if let value = fields["maxPayload"] { nats.maxPayload = try value.integer(in: 1...(64 << 20)) }
+        if let value = fields["maxControlLine"] { nats.maxControlLine = try value.integer(in: 256...(1 << 20)) }
+        if let value = fields["maxPending"] { nats.maxPending = try value.integer(in: 1024...(1 << 34)) }
+        if let value = fields["maxConnections"] { nats.maxConnections = try value.integer(in: 1...(1 << 24)) }
+        if let value = fields["pingInterval"] { nats.pingInterval = try value.duration() }
+        if let value = fields["maxPingsOut"] { nats.maxPingsOut = try value.integer(in: 1...1000) }
+        if let value = fields["authTimeout"] { nats.authTimeout = try value.duration() }
+        return nats
+    }
+
     static func handler(_ value: ConfigNode) throws -> Handler {
         let fields = try value.mapping(allowed: ["type", "url", "timeout", "headers"])
         guard let typeNode = fields["type"] else { throw value.error("missing 'type' (sidecar or log)") }
@@ -200,6 +237,9 @@ extension ServerConfiguration {
         }
         if let value = environment["STORK_CLUSTER_KEY"], !value.isEmpty { self.cluster.key = value }
         if let value = environment["STORK_DATA"], !value.isEmpty { self.node.data = value }
+        if let value = environment["STORK_NATS"], !value.isEmpty {
+            self.node.nats = try ConfigValue.optionalEndpoint(value, path: "STORK_NATS")
+        }
         if let value = environment["STORK_OWNERSHIP_MODE"], !value.isEmpty {
             guard let mode = Ownership.Mode(rawValue: value) else {
                 throw StorkError(.invalidInput, "STORK_OWNERSHIP_MODE: unknown mode '\(value)'; expected gossip or lease")
@@ -216,6 +256,8 @@ extension ServerConfiguration {
         if let seeds = overrides.seeds {
             self.node.seeds = try seeds.map { try ConfigValue.address($0, path: "--seeds") }
         }
+        if let nats = overrides.nats { self.node.nats = try ConfigValue.optionalEndpoint(nats, path: "--nats") }
+        if let data = overrides.data { self.node.data = data }
     }
 
     func validate() throws {
@@ -235,6 +277,12 @@ extension ServerConfiguration {
             {
                 throw StorkError(.invalidInput, "ownership.store must be sqlite:PATH or postgres://user:password@host:port/db")
             }
+        }
+        if self.nats.token != nil, !self.nats.users.isEmpty {
+            throw StorkError(.invalidInput, "nats: give either 'token' or 'users', not both")
+        }
+        guard self.nats.pingInterval > .zero, self.nats.authTimeout > .zero else {
+            throw StorkError(.invalidInput, "nats.pingInterval and nats.authTimeout must be positive")
         }
         let names = self.resources.sources.map(\.name)
         if Set(names).count != names.count {
@@ -313,6 +361,21 @@ struct ConfigNode {
 
     func address() throws -> String {
         try ConfigValue.address(try self.string(), path: self.path)
+    }
+
+    /// An address, or `off` / `false` / empty for a feature turned off.
+    func optionalEndpoint() throws -> String? {
+        guard let text = try self.optionalString() else { return nil }
+        return try ConfigValue.optionalEndpoint(text, path: self.path)
+    }
+
+    func integer(in range: ClosedRange<Int>) throws -> Int {
+        let text = try self.string()
+        guard let value = Int(text) else { throw self.error("expected a whole number, got '\(text)'") }
+        guard range.contains(value) else {
+            throw self.error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)")
+        }
+        return value
     }
 
     func addressList() throws -> [String] {
@@ -426,6 +489,11 @@ enum ConfigValue {
             throw StorkError(.invalidInput, "\(path): '\(text)' is not host:port")
         }
         return trimmed
+    }
+
+    static func optionalEndpoint(_ text: String, path: String) throws -> String? {
+        if ["", "off", "false", "no", "none"].contains(text.lowercased()) { return nil }
+        return try self.address(text, path: path)
     }
 
     static func addressList(_ text: String, path: String) throws -> [String] {

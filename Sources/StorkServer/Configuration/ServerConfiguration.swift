@@ -1,6 +1,7 @@
 import Foundation
 import StorkCore
 import StorkMembership
+import StorkNATS
 import StorkPlacement
 import StorkResources
 
@@ -24,6 +25,23 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var seeds: [String] = []
         /// Local state directory.
         public var data = "./stork-data"
+        /// The NATS client endpoint (host:port), nil when turned off (`nats: off`).
+        public var nats: String? = "127.0.0.1:4222"
+    }
+
+    /// The NATS endpoint's protocol limits and authentication (the `nats:` section).
+    public struct NATS: Sendable, Hashable {
+        /// Clients must send this `auth_token` in CONNECT.
+        public var token: String?
+        /// Clients must send one of these `user`/`pass` pairs in CONNECT (user → password).
+        public var users: [String: String] = [:]
+        public var maxPayload = 1_048_576
+        public var maxControlLine = 4096
+        public var maxPending = 64 * 1024 * 1024
+        public var maxConnections = 65536
+        public var pingInterval: Duration = .seconds(120)
+        public var maxPingsOut = 2
+        public var authTimeout: Duration = .seconds(2)
     }
 
     public struct Cluster: Sendable, Hashable {
@@ -80,6 +98,7 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var resources = Resources()
     public var membership = MembershipSettings()
     public var ownership = Ownership()
+    public var nats = NATS()
 
     public init() {}
 
@@ -103,6 +122,28 @@ public struct ServerConfiguration: Sendable, Hashable {
         return configuration
     }
 
+    /// The NATS endpoint's settings for listening on `address` (host:port).
+    public func natsServerConfiguration(address: String) throws -> NATSServerConfiguration {
+        var result = NATSServerConfiguration()
+        let (host, port) = try StorkServer.hostAndPort(address)
+        result.host = host
+        result.port = port
+        result.serverName = self.node.name
+        result.maxPayload = self.nats.maxPayload
+        result.maxControlLine = self.nats.maxControlLine
+        result.maxPending = self.nats.maxPending
+        result.maxConnections = self.nats.maxConnections
+        result.pingInterval = self.nats.pingInterval
+        result.maxPingsOut = self.nats.maxPingsOut
+        result.authTimeout = self.nats.authTimeout
+        if let token = self.nats.token {
+            result.authentication = .token(token)
+        } else if !self.nats.users.isEmpty {
+            result.authentication = .users(self.nats.users)
+        }
+        return result
+    }
+
     /// The ownership store URL in force (lease mode), with the default applied.
     public var ownershipStoreURL: String? {
         guard self.ownership.mode == .lease else { return nil }
@@ -116,11 +157,24 @@ public struct ConfigurationOverrides: Sendable, Hashable {
     public var bind: String?
     public var http: String?
     public var seeds: [String]?
+    /// `--nats`: host:port, or `off`.
+    public var nats: String?
+    /// `--data`: the local state directory.
+    public var data: String?
 
-    public init(name: String? = nil, bind: String? = nil, http: String? = nil, seeds: [String]? = nil) {
+    public init(
+        name: String? = nil,
+        bind: String? = nil,
+        http: String? = nil,
+        seeds: [String]? = nil,
+        nats: String? = nil,
+        data: String? = nil
+    ) {
         self.name = name
         self.bind = bind
         self.http = http
         self.seeds = seeds
+        self.nats = nats
+        self.data = data
     }
 }

@@ -196,7 +196,7 @@ public final class LocalCluster: @unchecked Sendable {
     // @unchecked: used from the task that owns the cluster only.
     public let directory: URL
     public let executable: URL
-    /// Cluster ports are `basePort + index`, admin ports `basePort + 100 + index`.
+    /// Cluster ports are `basePort + index`, admin ports `basePort + 100 + index`, NATS ports `basePort + 200 + index`.
     public let basePort: Int
     public var sourceURL: String
     public var sidecarURL: String
@@ -219,6 +219,7 @@ public final class LocalCluster: @unchecked Sendable {
 
     public func clusterAddress(_ index: Int) -> String { "127.0.0.1:\(self.basePort + index)" }
     public func adminAddress(_ index: Int) -> String { "127.0.0.1:\(self.basePort + 100 + index)" }
+    public func natsAddress(_ index: Int) -> String { "127.0.0.1:\(self.basePort + 200 + index)" }
 
     /// Starts node `n<index>`; it joins through the nodes `seeds` (default: nodes 1 and 2).
     @discardableResult
@@ -232,6 +233,7 @@ public final class LocalCluster: @unchecked Sendable {
               name: \(name)
               bind: \(self.clusterAddress(index))
               http: \(self.adminAddress(index))
+              nats: \(self.natsAddress(index))
               seeds: [\(seeds.map(self.clusterAddress).joined(separator: ", "))]
               data: \(self.directory.path)/\(name)-data
             cluster: {name: \(self.clusterName), key: local-cluster-key}

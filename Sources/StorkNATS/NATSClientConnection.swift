@@ -1,0 +1,235 @@
+import NIOCore
+import Synchronization
+
+// MARK: - NATSClientConnection
+
+/// One client connection as the rest of the server sees it: where to deliver messages (an outbound buffer any thread
+/// may append to, flushed on the connection's event loop), its subscriptions and its counters.
+///
+/// Publishers on other event loops append under a lock and schedule at most one flush at a time, so that many
+/// messages go out in one write. A client that does not read lets its buffer grow; past `maxPending` bytes it is
+/// disconnected as a slow consumer and nobody else waits for it.
+public final class NATSClientConnection: Sendable {
+    struct Outbound {
+        var buffer: ByteBuffer
+        var flushScheduled = false
+        var writable = true
+        var closed = false
+        var outMessages = 0
+        var outBytes = 0
+        var subscriptions: [String: NATSSubscription] = [:]
+        var name: String?
+        var lang: String?
+        var version: String?
+        var lastActivity: ContinuousClock.Instant
+    }
+
+    public let id: UInt64
+    let channel: any Channel
+    let remoteAddress: SocketAddress?
+    let started: ContinuousClock.Instant
+    let startedWallClock: Double
+    private let maxPending: Int
+    private let state: Mutex<Outbound>
+    let inMessages = Atomic<Int>(0)
+    let inBytes = Atomic<Int>(0)
+    private let echoEnabled = Atomic<Bool>(true)
+    /// Why the connection was closed by the server, for logs and monitoring.
+    let slowConsumer = Atomic<Bool>(false)
+
+    init(id: UInt64, channel: any Channel, maxPending: Int, now: ContinuousClock.Instant, wallClock: Double) {
+        self.id = id
+        self.channel = channel
+        self.remoteAddress = channel.remoteAddress
+        self.maxPending = maxPending
+        self.started = now
+        self.startedWallClock = wallClock
+        self.state = Mutex(Outbound(buffer: channel.allocator.buffer(capacity: 4096), lastActivity: now))
+    }
+
+    var eventLoop: any EventLoop { self.channel.eventLoop }
+
+    /// Whether the client receives messages it published itself (`CONNECT` `echo`, default true).
+    var echo: Bool {
+        get { self.echoEnabled.load(ordering: .relaxed) }
+        set { self.echoEnabled.store(newValue, ordering: .relaxed) }
+    }
+
+    // MARK: Outbound
+
+    private enum Outcome {
+        case queued
+        case scheduleFlush
+        case slowConsumer
+        case closed
+    }
+
+    /// Appends a `MSG`/`HMSG` for subscription `sid`. False when the connection is closed or was just found slow.
+    func enqueueMessage(_ message: NATSMessage, sid: String) -> Bool {
+        let size = message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
+        let outcome = self.state.withLock { state -> Outcome in
+            if state.closed { return .closed }
+            state.buffer.writeNATSMessage(
+                subject: message.subject,
+                sid: sid,
+                replyTo: message.replyTo,
+                headers: message.headers,
+                payload: message.payload
+            )
+            state.outMessages += 1
+            state.outBytes += size
+            return self.outcome(&state)
+        }
+        return self.act(on: outcome)
+    }
+
+    /// Appends protocol output of the server's own (INFO, PONG, +OK, -ERR), in order with messages.
+    @discardableResult
+    func enqueue(_ write: (inout ByteBuffer) -> Void) -> Bool {
+        let outcome = self.state.withLock { state -> Outcome in
+            if state.closed { return .closed }
+            write(&state.buffer)
+            return self.outcome(&state)
+        }
+        return self.act(on: outcome)
+    }
+
+    private func outcome(_ state: inout Outbound) -> Outcome {
+        if state.buffer.readableBytes > self.maxPending {
+            state.closed = true
+            state.buffer.clear()
+            return .slowConsumer
+        }
+        if state.flushScheduled { return .queued }
+        state.flushScheduled = true
+        return .scheduleFlush
+    }
+
+    private func act(on outcome: Outcome) -> Bool {
+        switch outcome {
+        case .queued:
+            return true
+        case .scheduleFlush:
+            self.eventLoop.execute { self.flush() }
+            return true
+        case .slowConsumer:
+            self.slowConsumer.store(true, ordering: .relaxed)
+            self.eventLoop.execute {
+                var buffer = self.channel.allocator.buffer(capacity: 32)
+                buffer.writeNATSError(.slowConsumer)
+                self.channel.writeAndFlush(buffer, promise: nil)
+                self.channel.close(promise: nil)
+            }
+            return false
+        case .closed:
+            return false
+        }
+    }
+
+    /// Writes what is buffered. On the connection's event loop.
+    func flush() {
+        let pending = self.state.withLock { state -> ByteBuffer? in
+            // While the socket cannot take more, the flag stays set: the writability change flushes.
+            guard !state.closed, state.writable else { return nil }
+            state.flushScheduled = false
+            guard state.buffer.readableBytes > 0 else { return nil }
+            let capacity = min(max(state.buffer.readableBytes, 4096), 1 << 20)
+            let taken = state.buffer
+            state.buffer = self.channel.allocator.buffer(capacity: capacity)
+            return taken
+        }
+        if let pending { self.channel.writeAndFlush(pending, promise: nil) }
+    }
+
+    func writabilityChanged(_ writable: Bool) {
+        self.state.withLock { $0.writable = writable }
+        if writable { self.flush() }
+    }
+
+    /// Marks the connection closed: nothing more is buffered. Returns its subscriptions, to be removed from the
+    /// router.
+    func markClosed() -> [NATSSubscription] {
+        self.state.withLock { state in
+            state.closed = true
+            state.buffer.clear()
+            let subscriptions = Array(state.subscriptions.values)
+            state.subscriptions.removeAll()
+            return subscriptions
+        }
+    }
+
+    // MARK: Subscriptions and identity
+
+    func remember(_ subscription: NATSSubscription) -> Bool {
+        self.state.withLock { state in
+            guard state.subscriptions[subscription.sid] == nil else { return false }
+            state.subscriptions[subscription.sid] = subscription
+            return true
+        }
+    }
+
+    func subscription(sid: String) -> NATSSubscription? {
+        self.state.withLock { $0.subscriptions[sid] }
+    }
+
+    func forget(_ subscription: NATSSubscription) {
+        self.state.withLock { state in
+            if state.subscriptions[subscription.sid] === subscription {
+                state.subscriptions[subscription.sid] = nil
+            }
+        }
+    }
+
+    func identify(name: String?, lang: String?, version: String?) {
+        self.state.withLock { state in
+            state.name = name
+            state.lang = lang
+            state.version = version
+        }
+    }
+
+    func touch(_ now: ContinuousClock.Instant) {
+        self.state.withLock { $0.lastActivity = now }
+    }
+
+    /// A consistent view of the connection for monitoring.
+    struct Snapshot: Sendable {
+        var id: UInt64
+        var ip: String
+        var port: Int
+        var name: String?
+        var lang: String?
+        var version: String?
+        var subscriptions: [String]
+        var inMessages: Int
+        var inBytes: Int
+        var outMessages: Int
+        var outBytes: Int
+        var pendingBytes: Int
+        var started: ContinuousClock.Instant
+        var startedWallClock: Double
+        var lastActivity: ContinuousClock.Instant
+    }
+
+    func snapshot() -> Snapshot {
+        self.state.withLock { state in
+            Snapshot(
+                id: self.id,
+                ip: self.remoteAddress?.ipAddress ?? "",
+                port: self.remoteAddress?.port ?? 0,
+                name: state.name,
+                lang: state.lang,
+                version: state.version,
+                subscriptions: state.subscriptions.values.map(\.subject).sorted(),
+                inMessages: self.inMessages.load(ordering: .relaxed),
+                inBytes: self.inBytes.load(ordering: .relaxed),
+                outMessages: state.outMessages,
+                outBytes: state.outBytes,
+                pendingBytes: state.buffer.readableBytes,
+                started: self.started,
+                startedWallClock: self.startedWallClock,
+                lastActivity: state.lastActivity
+            )
+        }
+    }
+}

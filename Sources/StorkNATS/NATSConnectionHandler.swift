@@ -1,0 +1,257 @@
+import Logging
+import NIOCore
+import StorkStreaming
+
+// MARK: - NATSConnectionHandler
+
+/// The bytes of one client connection: parses operations, answers them, routes publishes. Lives on the connection's
+/// event loop; what other threads need is in ``NATSClientConnection``.
+final class NATSConnectionHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let server: NATSServer
+    private var parser: NATSClientParser
+    private var accumulated: ByteBuffer?
+    private var client: NATSClientConnection?
+    private var options = NATSConnectOptions()
+    private var connectReceived = false
+    private var verbose = false
+    private var pedantic = false
+    private var noResponders = false
+    private var closing = false
+    private var pingsOut = 0
+    private var pingTask: RepeatedTask?
+    private var authTimeout: Scheduled<Void>?
+    private var logger: Logger
+
+    init(server: NATSServer) {
+        self.server = server
+        self.parser = NATSClientParser(
+            maxControlLine: server.configuration.maxControlLine,
+            maxPayload: server.configuration.maxPayload
+        )
+        self.logger = server.logger
+    }
+
+    // MARK: Lifecycle
+
+    func channelActive(context: ChannelHandlerContext) {
+        guard let client = self.server.register(context.channel) else {
+            var buffer = context.channel.allocator.buffer(capacity: 64)
+            buffer.writeNATSError(.maxConnectionsExceeded)
+            let channel = context.channel
+            context.writeAndFlush(self.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+            self.closing = true
+            return
+        }
+        self.client = client
+        self.logger[metadataKey: "nats.cid"] = "\(client.id)"
+        let info = self.server.infoLine(for: client)
+        client.enqueue { $0.writeImmutableBuffer(info) }
+
+        let configuration = self.server.configuration
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let contextBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        if configuration.authentication.isRequired {
+            self.authTimeout = context.eventLoop.scheduleTask(in: .init(configuration.authTimeout)) {
+                loopBound.value.fail(.authorizationTimeout, context: contextBound.value)
+            }
+        }
+        let interval = TimeAmount(configuration.pingInterval)
+        self.pingTask = context.eventLoop.scheduleRepeatedTask(initialDelay: interval, delay: interval) { _ in
+            loopBound.value.pingTick(context: contextBound.value)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.pingTask?.cancel()
+        self.authTimeout?.cancel()
+        if let client = self.client {
+            self.server.unregister(client)
+        }
+        self.client = nil
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        self.client?.writabilityChanged(context.channel.isWritable)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.logger.debug("connection error", metadata: ["error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    // MARK: Reading
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !self.closing, let client = self.client else { return }
+        var incoming = self.unwrapInboundIn(data)
+        if var buffer = self.accumulated {
+            self.accumulated = nil
+            buffer.writeBuffer(&incoming)
+            self.process(&buffer, client: client, context: context)
+            self.keep(buffer)
+        } else {
+            self.process(&incoming, client: client, context: context)
+            self.keep(incoming)
+        }
+    }
+
+    private func keep(_ buffer: ByteBuffer) {
+        guard !self.closing, buffer.readableBytes > 0 else { return }
+        var rest = buffer
+        if rest.readerIndex > 65536 { rest.discardReadBytes() }
+        self.accumulated = rest
+    }
+
+    private func process(_ buffer: inout ByteBuffer, client: NATSClientConnection, context: ChannelHandlerContext) {
+        while !self.closing {
+            let operation: NATSClientOperation?
+            do {
+                operation = try self.parser.next(&buffer)
+            } catch {
+                self.fail(error, context: context)
+                return
+            }
+            guard let operation else { return }
+            self.handle(operation, client: client, context: context)
+        }
+    }
+
+    // MARK: Operations
+
+    private func handle(_ operation: NATSClientOperation, client: NATSClientConnection, context: ChannelHandlerContext) {
+        if case .connect(let json) = operation {
+            self.connect(json, client: client, context: context)
+            return
+        }
+        if !self.connectReceived, self.server.configuration.authentication.isRequired {
+            self.fail(.authorizationViolation, context: context)
+            return
+        }
+        switch operation {
+        case .connect:
+            preconditionFailure("CONNECT is handled above")
+        case .publish(let message):
+            self.publish(message, client: client)
+        case .subscribe(let subject, let queue, let sid):
+            guard Subject.isValidPattern(subject), queue.map(Subject.isValidLiteral) ?? true else {
+                self.fail(.invalidSubject, context: context)
+                return
+            }
+            let subscription = NATSSubscription(subject: subject, queue: queue, sid: sid, target: .client(client))
+            if client.remember(subscription) {
+                self.server.router.add(subscription)
+            }
+            self.ok(client)
+        case .unsubscribe(let sid, let max):
+            if let subscription = client.subscription(sid: sid) {
+                let delivered = subscription.delivered.load(ordering: .relaxed)
+                if let max, max > 0, delivered < max {
+                    subscription.maxMessages.store(max, ordering: .relaxed)
+                } else {
+                    self.server.router.remove(subscription)
+                    client.forget(subscription)
+                }
+            }
+            self.ok(client)
+        case .ping:
+            client.enqueue { $0.writeStaticString("PONG\r\n") }
+        case .pong:
+            self.pingsOut = 0
+        }
+    }
+
+    private func connect(_ json: ByteBuffer, client: NATSClientConnection, context: ChannelHandlerContext) {
+        let options: NATSConnectOptions
+        do {
+            options = try NATSConnectOptions.decode(json)
+        } catch {
+            self.fail(error, context: context)
+            return
+        }
+        if let proto = options.protocol, proto < 0 || proto > 1 {
+            self.fail(.invalidClientProtocol, context: context)
+            return
+        }
+        guard self.server.configuration.authentication.admits(options) else {
+            self.logger.info("authorization failed", metadata: ["nats.user": "\(options.user ?? "")"])
+            self.fail(.authorizationViolation, context: context)
+            return
+        }
+        self.authTimeout?.cancel()
+        self.authTimeout = nil
+        self.options = options
+        self.connectReceived = true
+        self.verbose = options.verbose ?? false
+        self.pedantic = options.pedantic ?? false
+        self.noResponders = (options.noResponders ?? false) && (options.headers ?? false)
+        client.echo = options.echo ?? true
+        client.identify(name: options.name, lang: options.lang, version: options.version)
+        self.ok(client)
+    }
+
+    private func publish(_ message: NATSMessage, client: NATSClientConnection) {
+        if self.pedantic, !Subject.isValidLiteral(message.subject) {
+            client.enqueue { $0.writeNATSError(NATSProtocolError("Invalid Publish Subject", closesConnection: false)) }
+            return
+        }
+        client.inMessages.wrappingAdd(1, ordering: .relaxed)
+        client.inBytes.wrappingAdd(
+            message.payload.readableBytes + (message.headers?.readableBytes ?? 0),
+            ordering: .relaxed
+        )
+        let deliveries = self.server.router.route(message, from: client)
+        if deliveries == 0, self.noResponders, let reply = message.replyTo,
+            let own = self.server.router.subscription(of: client, matching: reply)
+        {
+            // Nobody listens: tell the requester at once instead of letting it time out (NATS status 503).
+            client.enqueue { buffer in
+                buffer.writeStaticString("HMSG ")
+                buffer.writeString(reply)
+                buffer.writeInteger(UInt8(ascii: " "))
+                buffer.writeString(own.sid)
+                buffer.writeStaticString(" 16 16\r\nNATS/1.0 503\r\n\r\n\r\n")
+            }
+        }
+        self.ok(client)
+    }
+
+    private func ok(_ client: NATSClientConnection) {
+        if self.verbose { client.enqueue { $0.writeStaticString("+OK\r\n") } }
+    }
+
+    // MARK: Keepalive and errors
+
+    private func pingTick(context: ChannelHandlerContext) {
+        guard let client = self.client, !self.closing else { return }
+        if self.pingsOut >= self.server.configuration.maxPingsOut {
+            self.fail(.staleConnection, context: context)
+            return
+        }
+        self.pingsOut += 1
+        client.enqueue { $0.writeStaticString("PING\r\n") }
+    }
+
+    /// Sends `-ERR`; closes the connection when the error says so, after what was queued before it is written.
+    private func fail(_ error: NATSProtocolError, context: ChannelHandlerContext) {
+        guard !self.closing else { return }
+        guard error.closesConnection else {
+            self.client?.enqueue { $0.writeNATSError(error) }
+            return
+        }
+        self.closing = true
+        self.accumulated = nil
+        self.logger.debug("closing connection", metadata: ["nats.error": "\(error.message)"])
+        self.client?.flush()
+        var buffer = context.channel.allocator.buffer(capacity: 64)
+        buffer.writeNATSError(error)
+        if let client = self.client { self.server.dropSubscriptions(of: client) }
+        let channel = context.channel
+        context.writeAndFlush(self.wrapOutboundOut(buffer)).whenComplete { _ in channel.close(promise: nil) }
+    }
+}

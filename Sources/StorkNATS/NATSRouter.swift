@@ -1,0 +1,143 @@
+import NIOCore
+import StorkStreaming
+import Synchronization
+
+// MARK: - Subscriptions
+
+/// Code inside the server that receives messages like a client does: JetStream's API, streams capturing their
+/// subjects, resource handlers through the Swift API. Called on the publisher's thread: it must not block.
+public protocol NATSLocalReceiver: Sendable {
+    func receive(_ message: NATSMessage, subscription: NATSSubscription)
+}
+
+/// One subscription: a client's `SUB`, or a local receiver inside the server.
+public final class NATSSubscription: Hashable, Sendable {
+    public enum Target: Sendable {
+        case client(NATSClientConnection)
+        case local(any NATSLocalReceiver)
+    }
+
+    public let subject: String
+    public let queue: String?
+    public let sid: String
+    public let target: Target
+    /// Deliveries so far, counted only when ``maxMessages`` is set.
+    let delivered = Atomic<Int>(0)
+    /// Deliveries after which the subscription ends (`UNSUB sid max`); 0 for none.
+    let maxMessages = Atomic<Int>(0)
+
+    public init(subject: String, queue: String?, sid: String, target: Target) {
+        self.subject = subject
+        self.queue = queue
+        self.sid = sid
+        self.target = target
+    }
+
+    var client: NATSClientConnection? {
+        if case .client(let client) = self.target { return client }
+        return nil
+    }
+
+    public static func == (lhs: NATSSubscription, rhs: NATSSubscription) -> Bool { lhs === rhs }
+    public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
+}
+
+// MARK: - NATSRouter
+
+/// Who is interested in which subject, and delivery to them: the subscription index shared by every connection and
+/// local receiver of one server.
+public final class NATSRouter: Sendable {
+    private let index = Mutex(SubjectIndex<NATSSubscription>())
+    private let queueCursor = Atomic<Int>(0)
+
+    public init() {}
+
+    public var subscriptionCount: Int { self.index.withLock { $0.count } }
+
+    func add(_ subscription: NATSSubscription) {
+        self.index.withLock { $0.insert(subscription, pattern: subscription.subject, queue: subscription.queue) }
+    }
+
+    @discardableResult
+    func remove(_ subscription: NATSSubscription) -> Bool {
+        self.index.withLock { $0.remove(subscription, pattern: subscription.subject, queue: subscription.queue) }
+    }
+
+    /// Subscribes a local receiver to `subject` (a pattern), in a queue group when `queue` is given.
+    public func subscribe(_ subject: String, queue: String? = nil, receiver: any NATSLocalReceiver) -> NATSSubscription {
+        let subscription = NATSSubscription(subject: subject, queue: queue, sid: "local", target: .local(receiver))
+        self.add(subscription)
+        return subscription
+    }
+
+    /// Ends a local subscription.
+    public func unsubscribe(_ subscription: NATSSubscription) {
+        self.remove(subscription)
+    }
+
+    /// Whether anyone would receive a message on `subject`.
+    public func hasInterest(in subject: String) -> Bool {
+        !self.index.withLock { $0.match(subject) }.isEmpty
+    }
+
+    /// Publishes from inside the server (no client connection): every matching subscription gets it, one member of
+    /// each queue group. Returns how many received it.
+    @discardableResult
+    public func publish(_ message: NATSMessage) -> Int {
+        self.route(message, from: nil)
+    }
+
+    /// Delivers `message` to every match. `publisher` is the client that sent it (nil from inside the server); a
+    /// client that connected with `echo: false` does not receive its own messages.
+    func route(_ message: NATSMessage, from publisher: NATSClientConnection?) -> Int {
+        let match = self.index.withLock { $0.match(message.subject) }
+        if match.isEmpty { return 0 }
+        let skipOwn = publisher.map { !$0.echo } ?? false
+        var deliveries = 0
+        for subscription in match.plain {
+            if skipOwn, subscription.client === publisher { continue }
+            if self.deliver(message, to: subscription) { deliveries += 1 }
+        }
+        for group in match.groups {
+            let members = group.members
+            let start = self.queueCursor.wrappingAdd(1, ordering: .relaxed).oldValue
+            // One member: start at a rotating position and take the first that accepts the message.
+            for offset in 0..<members.count {
+                let subscription = members[(start &+ offset) % members.count]
+                if skipOwn, subscription.client === publisher { continue }
+                if self.deliver(message, to: subscription) {
+                    deliveries += 1
+                    break
+                }
+            }
+        }
+        return deliveries
+    }
+
+    /// The subscription of `client` that a reply subject would reach (for "no responders").
+    func subscription(of client: NATSClientConnection, matching subject: String) -> NATSSubscription? {
+        let match = self.index.withLock { $0.match(subject) }
+        return match.plain.first { $0.client === client }
+            ?? match.groups.lazy.flatMap(\.members).first { $0.client === client }
+    }
+
+    /// Delivers to one subscription; false when it has reached its maximum or its connection is gone.
+    private func deliver(_ message: NATSMessage, to subscription: NATSSubscription) -> Bool {
+        let maximum = subscription.maxMessages.load(ordering: .relaxed)
+        if maximum > 0 {
+            let count = subscription.delivered.wrappingAdd(1, ordering: .relaxed).newValue
+            if count > maximum { return false }
+            if count == maximum {
+                self.remove(subscription)
+                subscription.client?.forget(subscription)
+            }
+        }
+        switch subscription.target {
+        case .client(let client):
+            return client.enqueueMessage(message, sid: subscription.sid)
+        case .local(let receiver):
+            receiver.receive(message, subscription: subscription)
+            return true
+        }
+    }
+}
