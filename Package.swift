@@ -146,6 +146,7 @@ let package = Package(
                 "StorkNATS",
                 "StorkPlacement",
                 "StorkResources",
+                "StorkStreamStores",
                 "StorkStreaming",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -30,6 +30,7 @@ public final class NATSClientConnection: Sendable {
     let started: ContinuousClock.Instant
     let startedWallClock: Double
     private let maxPending: Int
+    static let eagerFlushBytes = 64 * 1024
     private let state: Mutex<Outbound>
     let inMessages = Atomic<Int>(0)
     let inBytes = Atomic<Int>(0)
@@ -59,6 +60,9 @@ public final class NATSClientConnection: Sendable {
 
     private enum Outcome {
         case queued
+        /// Queued, and enough is waiting that a publisher on the same event loop should write it now rather than
+        /// at the end of its read batch (which may hold many large messages).
+        case queuedLarge
         case scheduleFlush
         case slowConsumer
         case closed
@@ -95,12 +99,17 @@ public final class NATSClientConnection: Sendable {
     }
 
     private func outcome(_ state: inout Outbound) -> Outcome {
-        if state.buffer.readableBytes > self.maxPending {
+        // Slow means the socket is backed up (the channel stopped being writable) and still more than maxPending
+        // waits here. A writable channel whose loop simply has not flushed yet is not slow, up to a hard bound.
+        let pendingBytes = state.buffer.readableBytes
+        if (pendingBytes > self.maxPending && !state.writable) || pendingBytes > 2 * self.maxPending + (8 << 20) {
             state.closed = true
             state.buffer.clear()
             return .slowConsumer
         }
-        if state.flushScheduled { return .queued }
+        if state.flushScheduled {
+            return state.writable && state.buffer.readableBytes >= Self.eagerFlushBytes ? .queuedLarge : .queued
+        }
         state.flushScheduled = true
         return .scheduleFlush
     }
@@ -108,6 +117,9 @@ public final class NATSClientConnection: Sendable {
     private func act(on outcome: Outcome) -> Bool {
         switch outcome {
         case .queued:
+            return true
+        case .queuedLarge:
+            if self.eventLoop.inEventLoop { self.flush() }
             return true
         case .scheduleFlush:
             self.eventLoop.execute { self.flush() }

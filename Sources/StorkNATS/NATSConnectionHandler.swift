@@ -137,7 +137,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         case .connect:
             preconditionFailure("CONNECT is handled above")
         case .publish(let message):
-            self.publish(message, client: client)
+            self.publish(message, client: client, context: context)
         case .subscribe(let subject, let queue, let sid):
             guard Subject.isValidPattern(subject), queue.map(Subject.isValidLiteral) ?? true else {
                 self.fail(.invalidSubject, context: context)
@@ -195,11 +195,18 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         self.ok(client)
     }
 
-    private func publish(_ message: NATSMessage, client: NATSClientConnection) {
+    private func publish(_ message: NATSMessage, client: NATSClientConnection, context: ChannelHandlerContext) {
+        if message.headers != nil, self.options.headers != true {
+            // Like nats-server: headers were not negotiated in CONNECT, so HPUB is a protocol violation.
+            self.fail(.headersNotSupported, context: context)
+            return
+        }
         if self.pedantic, !Subject.isValidLiteral(message.subject) {
             client.enqueue { $0.writeNATSError(NATSProtocolError("Invalid Publish Subject", closesConnection: false)) }
             return
         }
+        // +OK comes before any message this publish delivers back to the publisher (nats-server's order).
+        self.ok(client)
         client.inMessages.wrappingAdd(1, ordering: .relaxed)
         client.inBytes.wrappingAdd(
             message.payload.readableBytes + (message.headers?.readableBytes ?? 0),
@@ -218,7 +225,6 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 buffer.writeStaticString(" 16 16\r\nNATS/1.0 503\r\n\r\n\r\n")
             }
         }
-        self.ok(client)
     }
 
     private func ok(_ client: NATSClientConnection) {

@@ -70,4 +70,6 @@ public struct NATSProtocolError: Error, Hashable, Sendable, CustomStringConverti
     public static let maxConnectionsExceeded = NATSProtocolError("Maximum Connections Exceeded")
     public static let invalidSubject = NATSProtocolError("Invalid Subject", closesConnection: false)
     public static let invalidClientProtocol = NATSProtocolError("Invalid Client Protocol")
+    /// HPUB on a connection whose CONNECT did not ask for headers.
+    public static let headersNotSupported = NATSProtocolError("Message Headers Not Supported")
 }

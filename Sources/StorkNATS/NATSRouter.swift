@@ -87,10 +87,17 @@ public final class NATSRouter: Sendable {
         self.route(message, from: nil)
     }
 
+    /// Delivers `message` to the subscribers of `subject` while the message keeps its own subject on the wire (how
+    /// a stream's message reaches a consumer's inbox or deliver subject).
+    @discardableResult
+    public func publish(_ message: NATSMessage, to subject: String) -> Int {
+        self.route(message, from: nil, routingSubject: subject)
+    }
+
     /// Delivers `message` to every match. `publisher` is the client that sent it (nil from inside the server); a
     /// client that connected with `echo: false` does not receive its own messages.
-    func route(_ message: NATSMessage, from publisher: NATSClientConnection?) -> Int {
-        let match = self.index.withLock { $0.match(message.subject) }
+    func route(_ message: NATSMessage, from publisher: NATSClientConnection?, routingSubject: String? = nil) -> Int {
+        let match = self.index.withLock { $0.match(routingSubject ?? message.subject) }
         if match.isEmpty { return 0 }
         let skipOwn = publisher.map { !$0.echo } ?? false
         var deliveries = 0
@@ -98,9 +105,11 @@ public final class NATSRouter: Sendable {
             if skipOwn, subscription.client === publisher { continue }
             if self.deliver(message, to: subscription) { deliveries += 1 }
         }
-        for group in match.groups {
+        let cursor = match.groups.isEmpty ? 0 : self.queueCursor.wrappingAdd(1, ordering: .relaxed).oldValue
+        for (groupIndex, group) in match.groups.enumerated() {
             let members = group.members
-            let start = self.queueCursor.wrappingAdd(1, ordering: .relaxed).oldValue
+            // Rotates per message; groups start at different members so that they do not move in lockstep.
+            let start = (cursor &+ groupIndex &* 7) & Int.max
             // One member: start at a rotating position and take the first that accepts the message.
             for offset in 0..<members.count {
                 let subscription = members[(start &+ offset) % members.count]

@@ -8,6 +8,8 @@ import StorkCore
 import StorkLeases
 import StorkNATS
 import StorkResources
+import StorkStreamStores
+import StorkStreaming
 
 // MARK: - StorkServer
 //
@@ -61,6 +63,19 @@ public struct StorkServer: Sendable {
         let nats = try configuration.node.nats.map { address in
             try NATSServer(configuration: configuration.natsServerConfiguration(address: address), logger: logger)
         }
+        // Durable streams behind the JetStream API, on the NATS endpoint's router; file stores under node.data.
+        let storeLogger = logger
+        let jetstream = nats.map { nats in
+            nats.jetstream = true
+            return JetStream(
+                configuration: .init(directory: "\(configuration.node.data)/jetstream"),
+                router: nats.router,
+                storeFactory: { _, directory in
+                    FileMessageStore(directory: directory, logger: storeLogger)
+                },
+                logger: logger
+            )
+        }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         let app = Application(
             router: AdminAPI.router(manager: manager, nats: nats, extraMetrics: [TransportMetrics(transport: transport)]),
@@ -79,6 +94,7 @@ public struct StorkServer: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup)
         ]
+        if let jetstream { services.append(.init(service: jetstream)) }
         if let nats { services.append(.init(service: nats)) }
         services.append(.init(service: app))
         let group = ServiceGroup(

@@ -32,16 +32,19 @@ public final class MemoryMessageStore: MessageStore {
 
     public func append(_ messages: [StoredMessage]) async throws {
         try self.state.withLock { state in
+            // The whole batch is checked first: a bad batch changes nothing.
+            var last = state.lastSequence
             for message in messages {
-                guard message.sequence > state.lastSequence else {
+                guard message.sequence > last else {
                     throw StorkError(
                         .storeFailed,
-                        "append of sequence \(message.sequence) after \(state.lastSequence): sequences must grow"
+                        "append of sequence \(message.sequence) after \(last): sequences must grow"
                     )
                 }
-                state.messages.append(message)
-                state.lastSequence = message.sequence
+                last = message.sequence
             }
+            state.messages.append(contentsOf: messages)
+            state.lastSequence = last
         }
     }
 

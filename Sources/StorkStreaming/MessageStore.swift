@@ -94,7 +94,8 @@ public protocol MessageStore: Sendable {
     /// Opens the store, creating it when it does not exist, and recovers what it holds. Called once, first.
     func open() async throws -> MessageStoreRecovery
 
-    /// Appends messages whose sequences are consecutive and greater than every sequence stored before.
+    /// Appends messages whose sequences grow and are greater than every sequence stored before (gaps are allowed:
+    /// a sequence whose write failed is never reused). A batch that breaks the rule is refused whole.
     func append(_ messages: [StoredMessage]) async throws
 
     /// The message with this sequence, or nil when it was never stored or has been removed.

@@ -1,0 +1,318 @@
+import Foundation
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOCore
+import ServiceLifecycle
+import StorkCore
+import StorkStreaming
+import Synchronization
+
+// MARK: - JetStream
+
+/// Durable streams and consumers behind the JetStream API subset that NATS clients use (`$JS.API.>`, acks on
+/// `$JS.ACK.>`), on top of a ``NATSRouter``. Streams persist in the store their configuration names (memory, or
+/// what `storeFactory` makes for file storage); the catalog of streams lives under `directory`.
+///
+/// A `Service`: `run()` recovers the streams, serves the API and runs each stream's loop; on shutdown it saves
+/// every consumer's state and closes the stores.
+public final class JetStream: Service, Sendable {
+    public struct Configuration: Sendable {
+        /// Where the catalog (one folder per stream with `stream.json`) and the file stores live.
+        public var directory: String
+        /// How often timers (ack waits, request expiry, age limits) are looked at.
+        public var tick: Duration = .milliseconds(50)
+        /// Streams at most.
+        public var maxStreams = 10_000
+
+        public init(directory: String) {
+            self.directory = directory
+        }
+    }
+
+    /// Makes the store for a stream with file storage (or the store its `stork_store` names), in `directory`.
+    public typealias StoreFactory = @Sendable (_ config: StreamConfig, _ directory: String) throws -> any MessageStore
+
+    public let configuration: Configuration
+    let router: NATSRouter
+    let storeFactory: StoreFactory
+    let logger: Logger
+    let now: @Sendable () -> Int64
+    let streams = Mutex<[String: JetStreamStream]>([:])
+    private let requests: AsyncStream<APIRequest>
+    private let requestsContinuation: AsyncStream<APIRequest>.Continuation
+    private let spawns: AsyncStream<JetStreamStream>
+    private let spawnsContinuation: AsyncStream<JetStreamStream>.Continuation
+    private let apiSubscriptions = Mutex<[NATSSubscription]>([])
+
+    struct APIRequest: Sendable {
+        var subject: String
+        var replyTo: String?
+        var payload: ByteBuffer
+    }
+
+    public init(
+        configuration: Configuration,
+        router: NATSRouter,
+        storeFactory: @escaping StoreFactory,
+        logger: Logger = Logger(label: "stork.jetstream"),
+        now: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1e9) }
+    ) {
+        self.configuration = configuration
+        self.router = router
+        self.storeFactory = storeFactory
+        self.logger = logger
+        self.now = now
+        (self.requests, self.requestsContinuation) = AsyncStream.makeStream(of: APIRequest.self)
+        (self.spawns, self.spawnsContinuation) = AsyncStream.makeStream(of: JetStreamStream.self)
+    }
+
+    // MARK: Running
+
+    public func run() async throws {
+        try FileManager.default.createDirectory(atPath: self.configuration.directory, withIntermediateDirectories: true)
+        try await self.recover()
+        let receiver = APIReceiver(jetstream: self)
+        self.apiSubscriptions.withLock {
+            $0 = [
+                self.router.subscribe("$JS.API.>", receiver: receiver),
+                self.router.subscribe("$JS.ACK.>", receiver: AckReceiver(jetstream: self)),
+            ]
+        }
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.serveRequests() }
+                group.addTask { await self.tickLoop() }
+                for await stream in self.spawns {
+                    group.addTask { await stream.run() }
+                }
+                group.cancelAll()
+            }
+        } onGracefulShutdown: {
+            self.stopIntake()
+        }
+        self.stopIntake()
+        for subscription in self.apiSubscriptions.withLock({ $0 }) { self.router.unsubscribe(subscription) }
+        let streams = self.streams.withLock { Array($0.values) }
+        for stream in streams {
+            stream.unbindSubjects()
+            stream.close()
+            await stream.persistConsumers(force: true)
+            try? await stream.store.close()
+        }
+        self.logger.info("JetStream stopped", metadata: ["streams": "\(streams.count)"])
+    }
+
+    private func stopIntake() {
+        self.requestsContinuation.finish()
+        self.spawnsContinuation.finish()
+    }
+
+    private func serveRequests() async {
+        for await request in self.requests {
+            await self.handle(request)
+        }
+    }
+
+    private func tickLoop() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: self.configuration.tick)
+            let streams = self.streams.withLock { Array($0.values) }
+            for stream in streams where stream.needsTicks { stream.signal() }
+        }
+    }
+
+    // MARK: Catalog
+
+    struct CatalogEntry: Codable {
+        var config: StreamConfig
+        var created: String
+    }
+
+    private func streamDirectory(_ name: String) -> String {
+        "\(self.configuration.directory)/\(name)"
+    }
+
+    private func recover() async throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: self.configuration.directory)) ?? []
+        for name in names.sorted() {
+            let path = "\(self.streamDirectory(name))/stream.json"
+            guard let data = FileManager.default.contents(atPath: path) else { continue }
+            guard let entry = try? JSONDecoder().decode(CatalogEntry.self, from: data) else {
+                self.logger.error("unreadable stream catalog entry skipped", metadata: ["path": "\(path)"])
+                continue
+            }
+            do {
+                let stream = try await self.openStream(entry.config, created: entry.created)
+                self.logger.info(
+                    "stream recovered",
+                    metadata: ["stream": "\(name)", "messages": "\(stream.state.withLock { $0.index.count })"]
+                )
+            } catch {
+                self.logger.error("stream could not be opened", metadata: ["stream": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    func writeCatalog(_ config: StreamConfig, created: String) throws {
+        let directory = self.streamDirectory(config.name)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let data = try JSONEncoder().encode(CatalogEntry(config: config, created: created))
+        let temporary = "\(directory)/stream.json.tmp"
+        guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+            throw StorkError(.storeFailed, "cannot write \(temporary)")
+        }
+        guard rename(temporary, "\(directory)/stream.json") == 0 else {
+            throw StorkError(.storeFailed, "cannot replace \(directory)/stream.json (errno \(errno))")
+        }
+    }
+
+    private func makeStore(_ config: StreamConfig) throws -> any MessageStore {
+        if config.storkStore == "memory" || (config.storkStore == nil && config.storage == .memory) {
+            return MemoryMessageStore()
+        }
+        return try self.storeFactory(config, "\(self.streamDirectory(config.name))/store")
+    }
+
+    @discardableResult
+    func openStream(_ config: StreamConfig, created: String) async throws -> JetStreamStream {
+        let store = try self.makeStore(config)
+        let recovery = try await store.open()
+        if recovery.truncatedBytes > 0 {
+            self.logger.warning(
+                "stream store cut a torn tail",
+                metadata: ["stream": "\(config.name)", "bytes": "\(recovery.truncatedBytes)"]
+            )
+        }
+        let stream = JetStreamStream(
+            config: config,
+            created: created,
+            store: store,
+            recovery: recovery,
+            router: self.router,
+            logger: self.logger,
+            now: self.now
+        )
+        self.streams.withLock { $0[config.name] = stream }
+        stream.bindSubjects()
+        self.spawnsContinuation.yield(stream)
+        stream.signal()
+        return stream
+    }
+
+    // MARK: Acks and pull requests (publisher's thread)
+
+    struct APIReceiver: NATSLocalReceiver {
+        let jetstream: JetStream
+        func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+            if message.subject.hasPrefix("$JS.API.CONSUMER.MSG.NEXT.") {
+                self.jetstream.pullRequest(message)
+            } else {
+                self.jetstream.requestsContinuation.yield(
+                    APIRequest(subject: message.subject, replyTo: message.replyTo, payload: message.payload)
+                )
+            }
+        }
+    }
+
+    struct AckReceiver: NATSLocalReceiver {
+        let jetstream: JetStream
+        func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+            self.jetstream.ack(message)
+        }
+    }
+
+    func ack(_ message: NATSMessage) {
+        let tokens = message.subject.split(separator: ".", omittingEmptySubsequences: false)
+        let streamName: Substring
+        let consumerName: Substring
+        let sequenceToken: Substring
+        switch tokens.count {
+        case 9:
+            (streamName, consumerName, sequenceToken) = (tokens[2], tokens[3], tokens[5])
+        case 11, 12:
+            (streamName, consumerName, sequenceToken) = (tokens[4], tokens[5], tokens[7])
+        default:
+            return
+        }
+        guard let sequence = UInt64(sequenceToken),
+            let stream = self.streams.withLock({ $0[String(streamName)] })
+        else { return }
+        let body = String(buffer: message.payload).trimmingCharacters(in: .whitespacesAndNewlines)
+        let kind: ConsumerStateMachine.Acknowledgement
+        if body.isEmpty || body.hasPrefix("+ACK") || body.hasPrefix("+NXT") {
+            kind = .ack
+        } else if body.hasPrefix("-NAK") {
+            var delay: Int64 = 0
+            let rest = body.dropFirst(4).trimmingCharacters(in: .whitespaces)
+            if let data = rest.data(using: .utf8), !rest.isEmpty,
+                let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let value = object["delay"] as? NSNumber
+            {
+                delay = value.int64Value
+            }
+            kind = .nak(delay: delay)
+        } else if body.hasPrefix("+WPI") {
+            kind = .inProgress
+        } else if body.hasPrefix("+TERM") {
+            kind = .terminate
+        } else {
+            return
+        }
+        let now = self.now()
+        let changed = stream.state.withLock { state in
+            state.consumers[String(consumerName)]?.acknowledge(kind, streamSequence: sequence, now: now) ?? false
+        }
+        if changed { stream.signal() }
+        if let reply = message.replyTo {
+            self.router.publish(NATSMessage(subject: reply, payload: ByteBuffer()))
+        }
+    }
+
+    func pullRequest(_ message: NATSMessage) {
+        guard let reply = message.replyTo else { return }
+        let tokens = message.subject.split(separator: ".", omittingEmptySubsequences: false)
+        guard tokens.count == 7 else { return }
+        let streamName = String(tokens[5])
+        let consumerName = String(tokens[6])
+        var batch = 1
+        var expires: Int64?
+        var noWait = false
+        let text = String(buffer: message.payload).trimmingCharacters(in: .whitespacesAndNewlines)
+        if let number = Int(text) {
+            batch = number
+        } else if let data = text.data(using: .utf8), !text.isEmpty,
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+        {
+            batch = (object["batch"] as? NSNumber)?.intValue ?? 1
+            if let value = (object["expires"] as? NSNumber)?.int64Value, value > 0 { expires = self.now() + value }
+            noWait = (object["no_wait"] as? Bool) ?? false
+        }
+        guard let stream = self.streams.withLock({ $0[streamName] }) else {
+            self.sendStatus(reply, code: 404, description: "No Messages")
+            return
+        }
+        let request = ConsumerStateMachine.PullRequest(replyTo: reply, batch: batch, expires: expires, noWait: noWait)
+        enum Outcome {
+            case noConsumer
+            case status(ConsumerStateMachine.Status)
+            case queued
+        }
+        let outcome = stream.state.withLock { state -> Outcome in
+            guard state.consumers[consumerName] != nil else { return .noConsumer }
+            if let status = state.consumers[consumerName]!.pull(request, index: state.index) { return .status(status) }
+            return .queued
+        }
+        switch outcome {
+        case .noConsumer: self.sendStatus(reply, code: 409, description: "Consumer Deleted")
+        case .status(let status): stream.sendStatus(status)
+        case .queued: stream.signal()
+        }
+    }
+
+    private func sendStatus(_ reply: String, code: Int, description: String) {
+        let headers = NATSHeaders(status: code, statusDescription: description)
+        self.router.publish(NATSMessage(subject: reply, headers: headers.encoded, payload: ByteBuffer()))
+    }
+}

@@ -1,0 +1,434 @@
+import Foundation
+import Logging
+import NIOCore
+import StorkCore
+import StorkStreaming
+import Synchronization
+
+// MARK: - JetStreamStream
+
+/// One stream at run time: its index and consumers under one lock, its store, and the loop that writes published
+/// messages in batches, answers publishers once their messages are stored, and delivers to consumers.
+///
+/// Publishing, acks and pull requests arrive on publishers' threads and only touch the locked state; everything
+/// that awaits the store happens in ``run()``, one step at a time, so the stream's order is the store's order.
+final class JetStreamStream: Sendable {
+    struct PendingWrite: Sendable {
+        var message: StoredMessage
+        var replyTo: String?
+        var messageID: String?
+    }
+
+    struct State: Sendable {
+        var config: StreamConfig
+        var created: String
+        var index: StreamIndex
+        var duplicates = DuplicateWindow()
+        var consumers: [String: ConsumerStateMachine] = [:]
+        /// Accepted, sequence assigned, not yet stored.
+        var writes: [PendingWrite] = []
+        var writesBytes: UInt64 = 0
+        var nextSequence: UInt64
+        /// Recently stored messages, for deliveries without a store read.
+        var recent: [UInt64: StoredMessage] = [:]
+        var recentOrder: [UInt64] = []
+        var closed = false
+        var consumersDirtyAt: Int64?
+    }
+
+    let name: String
+    let store: any MessageStore
+    let router: NATSRouter
+    let logger: Logger
+    let now: @Sendable () -> Int64
+    let state: Mutex<State>
+    private let wake: AsyncStream<Void>
+    private let wakeContinuation: AsyncStream<Void>.Continuation
+    private let subscriptions = Mutex<[NATSSubscription]>([])
+    static let recentLimit = 8192
+
+    init(
+        config: StreamConfig,
+        created: String,
+        store: any MessageStore,
+        recovery: MessageStoreRecovery,
+        router: NATSRouter,
+        logger: Logger,
+        now: @escaping @Sendable () -> Int64
+    ) {
+        self.name = config.name
+        self.store = store
+        self.router = router
+        self.logger = logger
+        self.now = now
+        let index = StreamIndex(recovery: recovery)
+        var state = State(config: config, created: created, index: index, nextSequence: index.lastSequence + 1)
+        for (key, value) in recovery.metadata where key.hasPrefix("consumer.") {
+            let consumerName = String(key.dropFirst("consumer.".count))
+            if let snapshot = try? JSONDecoder().decode(ConsumerStateMachine.Snapshot.self, from: Data(value)) {
+                state.consumers[consumerName] = ConsumerStateMachine(name: consumerName, snapshot: snapshot)
+            } else {
+                logger.warning("unreadable consumer state skipped", metadata: ["stream": "\(config.name)", "consumer": "\(consumerName)"])
+            }
+        }
+        self.state = Mutex(state)
+        (self.wake, self.wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
+    }
+
+    func signal() { self.wakeContinuation.yield() }
+
+    // MARK: Subjects
+
+    /// Listens on the stream's subjects (again, after a change of subjects).
+    func bindSubjects() {
+        let subjects = self.state.withLock { $0.config.subjects }
+        let receiver = StreamReceiver(stream: self)
+        let new = subjects.map { self.router.subscribe($0, receiver: receiver) }
+        let old = self.subscriptions.withLock { subscriptions in
+            defer { subscriptions = new }
+            return subscriptions
+        }
+        for subscription in old { self.router.unsubscribe(subscription) }
+    }
+
+    func unbindSubjects() {
+        let old = self.subscriptions.withLock { subscriptions in
+            defer { subscriptions = [] }
+            return subscriptions
+        }
+        for subscription in old { self.router.unsubscribe(subscription) }
+    }
+
+    struct StreamReceiver: NATSLocalReceiver {
+        let stream: JetStreamStream
+        func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+            self.stream.accept(message)
+        }
+    }
+
+    // MARK: Publishing (publisher's thread)
+
+    /// Takes a published message: refuses it (limits, size, sealed), answers a duplicate at once, or assigns it the
+    /// next sequence and queues it for the store.
+    func accept(_ message: NATSMessage) {
+        let headers = message.headers.flatMap(NATSHeaders.parse)
+        let messageID = headers?["Nats-Msg-Id"]
+        let now = self.now()
+        var stored = StoredMessage(
+            sequence: 0,
+            subject: message.subject,
+            headers: message.headers.map { Array($0.readableBytesView) } ?? [],
+            payload: Array(message.payload.readableBytesView),
+            timestamp: now
+        )
+        enum Outcome {
+            case queued
+            case refused(JetStreamAPIError)
+            case duplicate(UInt64)
+        }
+        let outcome = self.state.withLock { state -> Outcome in
+            if state.closed { return .refused(.streamNotFound) }
+            if state.config.sealed { return .refused(.streamSealed) }
+            if let expected = headers?["Nats-Expected-Stream"], expected != state.config.name {
+                return .refused(JetStreamAPIError(code: 400, errCode: 10060, description: "expected stream does not match"))
+            }
+            if let messageID,
+                let sequence = state.duplicates.sequence(of: messageID, now: now, window: state.config.duplicateWindow)
+            {
+                return .duplicate(sequence)
+            }
+            if let messageID, state.writes.contains(where: { $0.messageID == messageID }) {
+                return .duplicate(state.writes.first { $0.messageID == messageID }!.message.sequence)
+            }
+            // Limits count what is queued as well as what is stored.
+            let messageSize = UInt64(stored.payload.count + stored.headers.count)
+            if state.config.maxMsgSize >= 0, messageSize > UInt64(state.config.maxMsgSize) {
+                return .refused(.messageTooLarge)
+            }
+            if let refusal = self.refusal(stored.accountedSize, state: state) { return .refused(refusal) }
+            stored.sequence = state.nextSequence
+            state.nextSequence += 1
+            state.writes.append(PendingWrite(message: stored, replyTo: message.replyTo, messageID: messageID))
+            state.writesBytes += stored.accountedSize
+            if let messageID {
+                state.duplicates.record(messageID, sequence: stored.sequence, timestamp: now)
+            }
+            return .queued
+        }
+        switch outcome {
+        case .queued:
+            self.signal()
+        case .refused(let error):
+            if let reply = message.replyTo { self.respond(reply, ErrorResponse(error: error)) }
+        case .duplicate(let sequence):
+            if let reply = message.replyTo {
+                self.respond(reply, PubAck(stream: self.name, seq: sequence, duplicate: true))
+            }
+        }
+    }
+
+    private func refusal(_ size: UInt64, state: State) -> JetStreamAPIError? {
+        let config = state.config
+        guard config.discard == .new else { return nil }
+        if config.maxMsgs > 0, state.index.count + state.writes.count >= config.maxMsgs { return .maximumMessagesExceeded }
+        if config.maxBytes > 0, state.index.bytes + state.writesBytes + size > UInt64(config.maxBytes) {
+            return .maximumBytesExceeded
+        }
+        return nil
+    }
+
+    func respond(_ replyTo: String, _ body: some Encodable) {
+        let data = (try? JetStreamJSON.encoder.encode(body)) ?? Data("{}".utf8)
+        self.router.publish(NATSMessage(subject: replyTo, payload: ByteBuffer(bytes: data)))
+    }
+
+    // MARK: The loop
+
+    /// Writes, answers and delivers until the stream is closed.
+    func run() async {
+        for await _ in self.wake {
+            if self.state.withLock({ $0.closed }) { break }
+            await self.step()
+        }
+    }
+
+    func close() {
+        self.state.withLock { $0.closed = true }
+        self.wakeContinuation.finish()
+    }
+
+    /// One round: store what was published, trim by limits, deliver to consumers, expire timers, persist consumers.
+    func step() async {
+        await self.writePending()
+        await self.trim()
+        await self.deliverAll()
+        await self.persistConsumers(force: false)
+    }
+
+    private func writePending() async {
+        let writes = self.state.withLock { state -> [PendingWrite] in
+            defer {
+                state.writes = []
+                state.writesBytes = 0
+            }
+            return state.writes
+        }
+        guard !writes.isEmpty else { return }
+        do {
+            try await self.store.append(writes.map(\.message))
+        } catch {
+            self.logger.error("stream store append failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
+            for write in writes {
+                if let reply = write.replyTo {
+                    self.respond(reply, ErrorResponse(error: .storeFailure("\(error)")))
+                }
+            }
+            return
+        }
+        self.state.withLock { state in
+            for write in writes {
+                state.index.append(write.message.indexEntry)
+                state.recent[write.message.sequence] = write.message
+                state.recentOrder.append(write.message.sequence)
+            }
+            if state.recentOrder.count > Self.recentLimit {
+                let excess = state.recentOrder.count - Self.recentLimit
+                for sequence in state.recentOrder.prefix(excess) { state.recent[sequence] = nil }
+                state.recentOrder.removeFirst(excess)
+            }
+        }
+        for write in writes {
+            if let reply = write.replyTo { self.respond(reply, PubAck(stream: self.name, seq: write.message.sequence)) }
+        }
+    }
+
+    /// Drops what the limits no longer allow, in the index, the consumers and the store.
+    func trim() async {
+        let evicted = self.state.withLock { state -> [UInt64] in
+            let evicted = state.index.evict(config: state.config, now: self.now())
+            if !evicted.isEmpty {
+                for sequence in evicted { state.recent[sequence] = nil }
+                for name in state.consumers.keys { state.consumers[name]!.streamTrimmed(index: state.index) }
+            }
+            return evicted
+        }
+        guard !evicted.isEmpty else { return }
+        do {
+            try await self.store.remove(evicted)
+        } catch {
+            self.logger.error("stream store remove failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Delivering
+
+    private func deliverAll() async {
+        let names = self.state.withLock { state -> [String] in
+            let now = self.now()
+            var statuses: [ConsumerStateMachine.Status] = []
+            for name in state.consumers.keys {
+                statuses += state.consumers[name]!.tick(now: now, index: state.index)
+                if let subject = state.consumers[name]!.config.deliverSubject {
+                    state.consumers[name]!.pushActive = self.router.hasInterest(in: subject)
+                }
+            }
+            for status in statuses { self.sendStatus(status) }
+            return Array(state.consumers.keys)
+        }
+        for name in names { await self.deliver(consumer: name) }
+        // A no-wait request that the deliveries drained gets its status now.
+        let statuses = self.state.withLock { state -> [ConsumerStateMachine.Status] in
+            var statuses: [ConsumerStateMachine.Status] = []
+            let now = self.now()
+            for name in state.consumers.keys where state.consumers[name]!.waiting.contains(where: \.noWait) {
+                statuses += state.consumers[name]!.tick(now: now, index: state.index)
+            }
+            return statuses
+        }
+        for status in statuses { self.sendStatus(status) }
+    }
+
+    private func deliver(consumer name: String) async {
+        while true {
+            let batch = self.state.withLock { state -> [(ConsumerStateMachine.Delivery, StoredMessage?)] in
+                guard state.consumers[name] != nil else { return [] }
+                var batch: [(ConsumerStateMachine.Delivery, StoredMessage?)] = []
+                let now = self.now()
+                while batch.count < 256, let delivery = state.consumers[name]!.nextDelivery(index: state.index, now: now) {
+                    batch.append((delivery, state.recent[delivery.streamSequence]))
+                }
+                return batch
+            }
+            if batch.isEmpty { return }
+            var missing = batch.filter { $0.1 == nil }.map(\.0.streamSequence)
+            var loaded: [UInt64: StoredMessage] = [:]
+            if let first = missing.min(), let last = missing.max() {
+                do {
+                    if last - first < UInt64(missing.count * 2 + 16) {
+                        for message in try await self.store.messages(from: first, limit: Int(last - first) + 1) {
+                            loaded[message.sequence] = message
+                        }
+                    }
+                    missing.removeAll { loaded[$0] != nil }
+                    for sequence in missing {
+                        if let message = try await self.store.message(sequence) { loaded[sequence] = message }
+                    }
+                } catch {
+                    self.logger.error("stream store read failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
+                }
+            }
+            for (delivery, cached) in batch {
+                guard let message = cached ?? loaded[delivery.streamSequence] else { continue }
+                self.send(message, delivery: delivery, consumer: name)
+            }
+        }
+    }
+
+    private func send(_ message: StoredMessage, delivery: ConsumerStateMachine.Delivery, consumer: String) {
+        var reply = "$JS.ACK."
+        reply += self.name
+        reply += "."
+        reply += consumer
+        reply += ".\(delivery.deliveries).\(delivery.streamSequence).\(delivery.consumerSequence).\(message.timestamp).\(delivery.pendingAfter)"
+        let out = NATSMessage(
+            subject: message.subject,
+            replyTo: reply,
+            headers: message.headers.isEmpty ? nil : ByteBuffer(bytes: message.headers),
+            payload: ByteBuffer(bytes: message.payload)
+        )
+        self.router.publish(out, to: delivery.subject)
+    }
+
+    func sendStatus(_ status: ConsumerStateMachine.Status) {
+        var headers = NATSHeaders(status: status.code, statusDescription: status.description)
+        if status.code == 408 {
+            headers.fields = [("Nats-Pending-Messages", "\(status.pendingMessages)"), ("Nats-Pending-Bytes", "0")]
+        }
+        self.router.publish(NATSMessage(subject: status.replyTo, headers: headers.encoded, payload: ByteBuffer()))
+    }
+
+    // MARK: Consumers' persistence
+
+    /// Writes the state of consumers that changed, at most every 50 ms unless forced.
+    func persistConsumers(force: Bool) async {
+        let now = self.now()
+        let snapshots = self.state.withLock { state -> [(String, ConsumerStateMachine.Snapshot)] in
+            let dirty = state.consumers.filter { $0.value.dirty }
+            guard !dirty.isEmpty else { return [] }
+            if !force {
+                guard let since = state.consumersDirtyAt else {
+                    state.consumersDirtyAt = now
+                    return []
+                }
+                guard now - since >= 50_000_000 else { return [] }
+            }
+            state.consumersDirtyAt = nil
+            for name in dirty.keys { state.consumers[name]!.dirty = false }
+            return dirty.map { ($0.key, $0.value.snapshot) }
+        }
+        for (name, snapshot) in snapshots {
+            do {
+                let data = try JSONEncoder().encode(snapshot)
+                try await self.store.saveMetadata(key: "consumer.\(name)", value: Array(data))
+            } catch {
+                self.logger.error("consumer state not saved", metadata: ["stream": "\(self.name)", "consumer": "\(name)", "error": "\(error)"])
+                self.state.withLock { $0.consumers[name]?.dirty = true }
+            }
+        }
+    }
+
+    /// Whether the stream has timers running (ack waits, request expiries, age limits, push consumers waiting for
+    /// interest), so the ticker should wake it.
+    var needsTicks: Bool {
+        self.state.withLock { state in
+            if state.config.maxAge > 0, !state.index.entries.isEmpty { return true }
+            if state.consumersDirtyAt != nil { return true }
+            return state.consumers.values.contains { consumer in
+                consumer.nextDeadline != nil || (!consumer.config.isPull && !consumer.pushActive)
+            }
+        }
+    }
+}
+
+// MARK: - Responses
+
+struct PubAck: Encodable {
+    var stream: String
+    var seq: UInt64
+    var duplicate: Bool?
+}
+
+struct ErrorResponse: Encodable {
+    var type: String?
+    var error: JetStreamAPIError
+}
+
+enum JetStreamJSON {
+    static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
+
+    static func time(_ nanoseconds: Int64) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.string(from: Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
+    }
+
+    static func parseTime(_ text: String) -> Int64? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        if let date = formatter.date(from: text) { return Int64(date.timeIntervalSince1970 * 1e9) }
+        formatter.formatOptions = [.withInternetDateTime]
+        if let date = formatter.date(from: text) { return Int64(date.timeIntervalSince1970 * 1e9) }
+        // Nanosecond fractions (Go writes 9 digits): cut to milliseconds and retry.
+        if let dot = text.firstIndex(of: "."), let end = text[dot...].firstIndex(where: { $0 == "Z" || $0 == "+" || $0 == "-" }) {
+            let fraction = text[text.index(after: dot)..<end]
+            let trimmed = text[..<dot] + "." + fraction.prefix(3) + text[end...]
+            formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+            if let date = formatter.date(from: String(trimmed)) { return Int64(date.timeIntervalSince1970 * 1e9) }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,403 @@
+import StorkStreaming
+
+// MARK: - What a segment file holds
+
+/// The records of one segment file, as a scan or its index file found them.
+struct SegmentContents {
+    /// Every message record, in file (and sequence) order, removed or not.
+    var entries: [MessageIndexEntry] = []
+    /// The file offset of each entry's record.
+    var offsets: [UInt64] = []
+    /// The ranges of every deletion record in the file.
+    var deletions: [ClosedRange<UInt64>] = []
+    /// Bytes of whole, valid records from the start of the file: the file's size unless `damage` is set.
+    var validBytes: UInt64 = 0
+    /// Why the record at `validBytes` is not valid, when one is not.
+    var damage: LogRecord.Damage?
+}
+
+// MARK: - Segment
+
+/// One segment file and its in-memory index: sequence → (offset, length), and which records are removed.
+///
+/// Not thread-safe: owned by a `SegmentedLog`, which is only used under its store's lock.
+final class Segment {
+    /// The first sequence this segment may hold, which names the file; the last is just below the next segment's.
+    let start: UInt64
+    let logPath: String
+    let indexPath: String
+    /// The file's size: every record it holds ends at or before it.
+    var size: UInt64 = 0
+    /// Whether it is no longer the active (last) segment: sealed segments are only read, compacted or deleted.
+    var isSealed = false
+    /// An open descriptor, or -1. The active segment's is read-write and always open; sealed segments open theirs on
+    /// demand and the log closes the least recently used.
+    var descriptor: Int32 = -1
+    /// The ranges of the deletion records in this file.
+    var deletions: [ClosedRange<UInt64>] = []
+
+    private(set) var sequences: [UInt64] = []
+    private(set) var offsets: [UInt64] = []
+    private(set) var lengths: [UInt32] = []
+    private var removedBits: [UInt64] = []
+    /// Entries not removed.
+    private(set) var liveCount = 0
+    /// Bytes of removed message records still in the file.
+    private(set) var removedBytes: UInt64 = 0
+    /// The entries before the first live one (all removed), and their bytes. Removal from the head of a segment is
+    /// how limits age messages out; those bytes come back when the whole segment goes, so compaction ignores them.
+    private(set) var headCount = 0
+    private(set) var headBytes: UInt64 = 0
+
+    init(start: UInt64, directory: String) {
+        self.start = start
+        let name = Self.fileName(start)
+        self.logPath = "\(directory)/\(name).log"
+        self.indexPath = "\(directory)/\(name).idx"
+    }
+
+    /// `00000000000000000042` for 42: twenty digits, so that names sort as numbers.
+    static func fileName(_ start: UInt64) -> String {
+        let digits = String(start)
+        return String(repeating: "0", count: max(0, 20 - digits.count)) + digits
+    }
+
+    /// The start of the segment file named `name` (`<20 digits>.log`), or nil for another file.
+    static func start(ofLogFileNamed name: String) -> UInt64? {
+        guard name.hasSuffix(".log") else { return nil }
+        let digits = name.dropLast(4)
+        guard digits.count == 20, digits.allSatisfy({ $0.isASCII && $0.isNumber }) else { return nil }
+        return UInt64(digits)
+    }
+
+    var count: Int { self.sequences.count }
+    var lastSequence: UInt64? { self.sequences.last }
+    /// Removed bytes that are not at the head: what compaction would reclaim that waiting would not.
+    var interiorRemovedBytes: UInt64 { self.removedBytes - self.headBytes }
+
+    // MARK: Loading and appending
+
+    /// Replaces the index with what a scan or an index file found (nothing removed yet).
+    func load(_ contents: SegmentContents, size: UInt64) {
+        self.size = size
+        self.sequences = contents.entries.map(\.sequence)
+        self.offsets = contents.offsets
+        self.lengths = contents.entries.map { UInt32($0.size + LogRecord.accountingDifference) }
+        self.removedBits = [UInt64](repeating: 0, count: (contents.entries.count + 63) / 64)
+        self.liveCount = contents.entries.count
+        self.removedBytes = 0
+        self.headCount = 0
+        self.headBytes = 0
+        self.deletions = contents.deletions
+    }
+
+    func reserveCapacity(adding count: Int) {
+        let needed = self.sequences.count + count
+        guard needed > self.sequences.capacity else { return }
+        let capacity = max(needed, self.sequences.capacity * 2, 1024)
+        self.sequences.reserveCapacity(capacity)
+        self.offsets.reserveCapacity(capacity)
+        self.lengths.reserveCapacity(capacity)
+    }
+
+    @inline(__always)
+    func appendEntry(sequence: UInt64, offset: UInt64, length: Int) {
+        if self.sequences.count & 63 == 0 { self.removedBits.append(0) }
+        self.sequences.append(sequence)
+        self.offsets.append(offset)
+        self.lengths.append(UInt32(length))
+        self.liveCount += 1
+    }
+
+    /// Drops the entries from `count` on (all live): an append whose write failed.
+    func truncateEntries(to count: Int) {
+        guard count < self.sequences.count else { return }
+        self.liveCount -= self.sequences.count - count
+        self.sequences.removeSubrange(count...)
+        self.offsets.removeSubrange(count...)
+        self.lengths.removeSubrange(count...)
+        self.removedBits.removeSubrange(((count + 63) / 64)...)
+    }
+
+    // MARK: Lookup
+
+    /// The position of the first entry with a sequence ≥ `sequence`.
+    func firstIndex(atOrAfter sequence: UInt64) -> Int {
+        // Sequences are usually dense: try the direct position first.
+        if let first = self.sequences.first, sequence >= first {
+            let guess = sequence - first
+            if guess < UInt64(self.sequences.count), self.sequences[Int(guess)] == sequence { return Int(guess) }
+        }
+        var low = 0
+        var high = self.sequences.count
+        while low < high {
+            let middle = (low + high) / 2
+            if self.sequences[middle] < sequence { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    /// The position of the entry with this sequence, removed or not.
+    func index(of sequence: UInt64) -> Int? {
+        let index = self.firstIndex(atOrAfter: sequence)
+        return index < self.sequences.count && self.sequences[index] == sequence ? index : nil
+    }
+
+    @inline(__always)
+    func isRemoved(_ index: Int) -> Bool {
+        self.removedBits[index >> 6] & (1 << UInt64(index & 63)) != 0
+    }
+
+    /// Marks an entry removed; false when it already was.
+    @discardableResult
+    func markRemoved(_ index: Int) -> Bool {
+        guard !self.isRemoved(index) else { return false }
+        self.removedBits[index >> 6] |= 1 << UInt64(index & 63)
+        self.liveCount -= 1
+        self.removedBytes += UInt64(self.lengths[index])
+        while self.headCount < self.sequences.count, self.isRemoved(self.headCount) {
+            self.headBytes += UInt64(self.lengths[self.headCount])
+            self.headCount += 1
+        }
+        return true
+    }
+}
+
+// MARK: - Scanning a segment file
+
+/// Reads a segment file from the start, record by record, in large sequential reads, and stops at the first bytes
+/// that are not a valid record: a torn or garbled tail, a checksum mismatch, a sequence out of place.
+enum SegmentScanner {
+    static let chunkSize = 1 << 20
+
+    /// - Parameters:
+    ///   - start: the segment's first possible sequence; `limit`: the next segment's, when there is one.
+    ///   - verifyChecksums: false only for a file this process wrote and checked (building an index at seal).
+    static func scan(
+        descriptor: Int32,
+        path: String,
+        size: UInt64,
+        start: UInt64,
+        limit: UInt64?,
+        verifyChecksums: Bool
+    ) throws -> SegmentContents {
+        var contents = SegmentContents()
+        var capacity = Self.chunkSize
+        var buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 8)
+        defer { buffer.deallocate() }
+        var bufferOffset: UInt64 = 0  // the file offset of buffer[0]
+        var filled = 0
+        var position = 0
+        var previous: UInt64?
+
+        /// Makes at least `minimum` bytes from `position` available, as far as the file has them.
+        func fill(_ minimum: Int) throws {
+            if position > 0 {
+                (buffer).copyMemory(from: buffer + position, byteCount: filled - position)
+                bufferOffset += UInt64(position)
+                filled -= position
+                position = 0
+            }
+            if minimum > capacity {
+                let larger = UnsafeMutableRawPointer.allocate(byteCount: minimum, alignment: 8)
+                larger.copyMemory(from: buffer, byteCount: filled)
+                buffer.deallocate()
+                buffer = larger
+                capacity = minimum
+            }
+            let wanted = Int(min(UInt64(capacity - filled), size - (bufferOffset + UInt64(filled))))
+            guard wanted > 0 else { return }
+            filled += try FileSystem.readFile(
+                descriptor,
+                into: UnsafeMutableRawBufferPointer(start: buffer + filled, count: wanted),
+                count: wanted,
+                at: bufferOffset + UInt64(filled),
+                path: path
+            )
+        }
+
+        func damaged(_ damage: LogRecord.Damage) -> SegmentContents {
+            contents.validBytes = bufferOffset + UInt64(position)
+            contents.damage = damage
+            return contents
+        }
+
+        while bufferOffset + UInt64(position) < size {
+            let offset = bufferOffset + UInt64(position)
+            if filled - position < LogRecord.headerSize {
+                try fill(LogRecord.headerSize)
+                if filled - position < LogRecord.headerSize {
+                    return damaged(.tornHeader(available: filled - position))
+                }
+            }
+            let header: LogRecord.Header
+            switch LogRecord.parseHeader(buffer + position) {
+            case .success(let parsed): header = parsed
+            case .failure(let damage): return damaged(damage)
+            }
+            guard UInt64(header.length) <= size - offset else {
+                return damaged(.tornRecord(length: header.length, available: size - offset))
+            }
+            if filled - position < header.length {
+                try fill(header.length)
+                guard filled - position >= header.length else {
+                    return damaged(.tornRecord(length: header.length, available: UInt64(filled - position)))
+                }
+            }
+            let record = UnsafeRawPointer(buffer + position)
+            if verifyChecksums, !LogRecord.checksumMatches(record, length: header.length) {
+                return damaged(.badChecksum)
+            }
+            switch header.kind {
+            case .message:
+                let sequence = header.sequence
+                if sequence < start { return damaged(.badSequence(sequence, "is below the segment's first \(start)")) }
+                if let limit, sequence >= limit {
+                    return damaged(.badSequence(sequence, "belongs to the next segment (from \(limit))"))
+                }
+                if let previous, sequence <= previous {
+                    return damaged(.badSequence(sequence, "does not follow \(previous)"))
+                }
+                previous = sequence
+                contents.entries.append(
+                    MessageIndexEntry(
+                        sequence: sequence,
+                        subject: LogRecord.subject(header, record),
+                        size: UInt64(header.length) - LogRecord.accountingDifference,
+                        timestamp: header.timestamp
+                    )
+                )
+                contents.offsets.append(offset)
+            case .deletion:
+                guard let ranges = LogRecord.deletedRanges(header, record) else { return damaged(.badDeletion) }
+                contents.deletions.append(contentsOf: ranges)
+            }
+            position += header.length
+        }
+        contents.validBytes = size
+        return contents
+    }
+}
+
+// MARK: - Index files
+
+/// The persisted index of a sealed segment (`<start>.idx`), written when it is sealed or compacted, so that opening
+/// a store reads a small file per segment instead of the segment. Layout (little-endian):
+///
+///     "SKI1"  start u64  logSize u64  entryCount u32  deletionCount u32
+///     entryCount × (sequence u64, offset u64, length u32, timestamp i64, subjectLength u16, subject)
+///     deletionCount × (first u64, last u64)
+///     CRC-32C of everything before it, u32
+///
+/// An index whose checksum, start or log size does not match its segment is stale and rebuilt by a scan.
+enum SegmentIndexFile {
+    static let magic: UInt32 = 0x3149_4B53  // "SKI1"
+
+    static func encode(start: UInt64, logSize: UInt64, contents: SegmentContents) -> [UInt8] {
+        var writer = ByteWriter()
+        writer.bytes.reserveCapacity(32 + contents.entries.count * 48 + contents.deletions.count * 16)
+        writer.append(Self.magic)
+        writer.append(start)
+        writer.append(logSize)
+        writer.append(UInt32(contents.entries.count))
+        writer.append(UInt32(contents.deletions.count))
+        for (entry, offset) in zip(contents.entries, contents.offsets) {
+            writer.append(entry.sequence)
+            writer.append(offset)
+            writer.append(UInt32(entry.size + LogRecord.accountingDifference))
+            writer.append(entry.timestamp)
+            let subject = Array(entry.subject.utf8)
+            writer.append(UInt16(subject.count))
+            writer.bytes.append(contentsOf: subject)
+        }
+        for range in contents.deletions {
+            writer.append(range.lowerBound)
+            writer.append(range.upperBound)
+        }
+        writer.append(CRC32C.checksum(writer.bytes))
+        return writer.bytes
+    }
+
+    /// The contents an index file describes, or nil when it is damaged or does not describe this log file.
+    static func decode(_ bytes: [UInt8], start: UInt64, logSize: UInt64) -> SegmentContents? {
+        guard bytes.count >= 32 else { return nil }
+        let stored = bytes.withUnsafeBytes {
+            UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: bytes.count - 4, as: UInt32.self))
+        }
+        guard bytes.withUnsafeBytes({ CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0.dropLast(4))) }) == stored
+        else { return nil }
+        var reader = ByteReader(bytes: bytes, end: bytes.count - 4)
+        guard reader.read(UInt32.self) == Self.magic, reader.read(UInt64.self) == start,
+            reader.read(UInt64.self) == logSize, let entryCount = reader.read(UInt32.self),
+            let deletionCount = reader.read(UInt32.self)
+        else { return nil }
+        var contents = SegmentContents()
+        contents.entries.reserveCapacity(Int(entryCount))
+        contents.offsets.reserveCapacity(Int(entryCount))
+        var previous: UInt64?
+        for _ in 0..<entryCount {
+            guard let sequence = reader.read(UInt64.self), let offset = reader.read(UInt64.self),
+                let length = reader.read(UInt32.self), let timestamp = reader.read(Int64.self),
+                let subjectLength = reader.read(UInt16.self), let subject = reader.readBytes(Int(subjectLength)),
+                length >= LogRecord.overhead, offset <= logSize, UInt64(length) <= logSize - offset, sequence >= start,
+                previous.map({ sequence > $0 }) ?? true
+            else { return nil }
+            previous = sequence
+            contents.entries.append(
+                MessageIndexEntry(
+                    sequence: sequence,
+                    subject: String(decoding: subject, as: UTF8.self),
+                    size: UInt64(length) - LogRecord.accountingDifference,
+                    timestamp: timestamp
+                )
+            )
+            contents.offsets.append(offset)
+        }
+        for _ in 0..<deletionCount {
+            guard let first = reader.read(UInt64.self), let last = reader.read(UInt64.self), first <= last else {
+                return nil
+            }
+            contents.deletions.append(first...last)
+        }
+        guard reader.isAtEnd else { return nil }
+        contents.validBytes = logSize
+        return contents
+    }
+}
+
+// MARK: - Little-endian byte helpers for small files
+
+struct ByteWriter {
+    var bytes: [UInt8] = []
+
+    mutating func append<Value: FixedWidthInteger>(_ value: Value) {
+        withUnsafeBytes(of: value.littleEndian) { self.bytes.append(contentsOf: $0) }
+    }
+}
+
+struct ByteReader {
+    let bytes: [UInt8]
+    let end: Int
+    private(set) var position = 0
+
+    init(bytes: [UInt8], end: Int) {
+        self.bytes = bytes
+        self.end = end
+    }
+
+    var isAtEnd: Bool { self.position == self.end }
+
+    mutating func read<Value: FixedWidthInteger>(_: Value.Type) -> Value? {
+        let size = MemoryLayout<Value>.size
+        guard self.end - self.position >= size else { return nil }
+        let value = self.bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: self.position, as: Value.self) }
+        self.position += size
+        return Value(littleEndian: value)
+    }
+
+    mutating func readBytes(_ count: Int) -> ArraySlice<UInt8>? {
+        guard count >= 0, self.end - self.position >= count else { return nil }
+        defer { self.position += count }
+        return self.bytes[self.position..<(self.position + count)]
+    }
+}

@@ -1,0 +1,947 @@
+import Foundation
+import Logging
+import StorkCore
+import StorkStreaming
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+// MARK: - SegmentedLog
+//
+// The file store's engine: a directory of segment files named by the first sequence each may hold, the last one
+// active (appended to), the others sealed. Removals are deletion records appended to the active segment (a list of
+// sequence ranges); whole segments below a purge are unlinked. The name of the active segment is always at most the
+// highest sequence + 1, so that the highest sequence survives when every message is gone.
+//
+// Not thread-safe: `FileMessageStore` keeps it in a `Mutex`.
+
+final class SegmentedLog {
+    private enum Phase {
+        case created, open, closed
+    }
+
+    /// What the background syncer does outside the lock: fsync a duplicate of the active descriptor and/or the
+    /// directory.
+    struct SyncWork {
+        var descriptor: Int32?
+        var path = ""
+        var directory: String?
+    }
+
+    let directory: String
+    let configuration: FileMessageStoreConfiguration
+    let logger: Logger
+    private let metadata: MetadataDirectory
+    private var phase = Phase.created
+    private var lock: DirectoryLock?
+    /// In start order; the last is the active segment.
+    private var segments: [Segment] = []
+    private var lastSequence: UInt64 = 0
+    /// A buffer for encoding appends and for reads, grown as needed.
+    private var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
+    /// Sealed segments with an open descriptor, least recently read first.
+    private var openSegments: [Segment] = []
+    /// Writes to the active segment not yet synced (`.batched`).
+    private var activeDirty = false
+    /// Names created or removed not yet synced (`.batched`).
+    private var directoryDirty = false
+    /// A failed fsync: the kernel may have dropped the data, so the log takes no more writes.
+    private var syncFailure: StorkError?
+
+    init(directory: String, configuration: FileMessageStoreConfiguration, logger: Logger) {
+        self.directory = directory
+        self.configuration = configuration
+        self.logger = logger
+        self.metadata = MetadataDirectory(storeDirectory: directory)
+    }
+
+    deinit {
+        self.abandon()
+        self.scratch.deallocate()
+    }
+
+    private var active: Segment { self.segments[self.segments.count - 1] }
+
+    private var isAlwaysSynced: Bool { self.configuration.fsync == .always }
+
+    // MARK: - Open and recover
+
+    func open() throws -> MessageStoreRecovery {
+        guard self.phase == .created else {
+            throw StorkError(.storeFailed, "file store \(self.directory) was already opened")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: self.directory, withIntermediateDirectories: true)
+        } catch {
+            throw StorkError(.storeFailed, "create \(self.directory)", underlying: error)
+        }
+        try FileSystem.createDirectory(self.metadata.path)
+        self.lock = try DirectoryLock(directory: self.directory)
+        do {
+            let recovery = try self.recover()
+            self.phase = .open
+            return recovery
+        } catch {
+            self.abandon()
+            throw error
+        }
+    }
+
+    private func recover() throws -> MessageStoreRecovery {
+        var starts: [UInt64] = []
+        var indexFiles: [String] = []
+        for name in try FileSystem.contentsOfDirectory(self.directory) {
+            if name.hasSuffix(".tmp") {
+                try FileSystem.removeFile("\(self.directory)/\(name)")
+            } else if let start = Segment.start(ofLogFileNamed: name) {
+                starts.append(start)
+            } else if name.hasSuffix(".idx") {
+                indexFiles.append(name)
+            }
+        }
+        starts.sort()
+        // An index whose segment is gone (a crash while a segment was deleted).
+        let logNames = Set(starts.map { Segment.fileName($0) })
+        for name in indexFiles where !logNames.contains(String(name.dropLast(4))) {
+            try FileSystem.removeFile("\(self.directory)/\(name)")
+        }
+
+        var truncatedBytes: UInt64 = 0
+        var recovered: [(segment: Segment, entries: [MessageIndexEntry])] = []
+        for (position, start) in starts.enumerated() {
+            let isLast = position == starts.count - 1
+            let segment = Segment(start: start, directory: self.directory)
+            segment.isSealed = !isLast
+            let (contents, cut) = try self.recoverSegment(segment, limit: isLast ? nil : starts[position + 1])
+            truncatedBytes += cut
+            if segment.isSealed, segment.size == 0 {
+                // Nothing left to read, and only the last segment's name matters for the highest sequence.
+                FileSystem.closeFile(segment.descriptor)
+                try FileSystem.removeFile(segment.logPath)
+                try FileSystem.removeFile(segment.indexPath)
+                self.directoryDirty = true
+                continue
+            }
+            if segment.isSealed {
+                FileSystem.closeFile(segment.descriptor)
+                segment.descriptor = -1
+            }
+            self.segments.append(segment)
+            recovered.append((segment, contents.entries))
+        }
+        if self.segments.isEmpty {
+            try self.createActiveSegment(start: 1)
+        }
+        self.applyDeletions()
+
+        self.lastSequence = self.active.start - 1
+        for segment in self.segments.reversed() {
+            if let last = segment.lastSequence {
+                self.lastSequence = max(self.lastSequence, last)
+                break
+            }
+        }
+        var messages: [MessageIndexEntry] = []
+        messages.reserveCapacity(recovered.reduce(0) { $0 + $1.segment.liveCount })
+        for (segment, entries) in recovered {
+            for index in entries.indices where !segment.isRemoved(index) {
+                messages.append(entries[index])
+            }
+        }
+        let metadata = try self.metadata.load(logger: self.logger)
+        if self.directoryDirty { try self.syncDirectoryNow() }
+        self.logger.debug(
+            "file store opened",
+            metadata: [
+                "stork.store.directory": "\(self.directory)",
+                "stork.store.segments": "\(self.segments.count)",
+                "stork.store.messages": "\(messages.count)",
+                "stork.store.last_sequence": "\(self.lastSequence)",
+                "stork.store.truncated_bytes": "\(truncatedBytes)",
+            ]
+        )
+        return MessageStoreRecovery(
+            messages: messages,
+            lastSequence: self.lastSequence,
+            metadata: metadata,
+            truncatedBytes: truncatedBytes
+        )
+    }
+
+    /// Reads one segment's index file or scans it, cuts a damaged tail, and loads its in-memory index. Leaves its
+    /// descriptor open (read-write). Returns what it holds and how many bytes were cut.
+    private func recoverSegment(
+        _ segment: Segment,
+        limit: UInt64?
+    ) throws -> (contents: SegmentContents, cut: UInt64) {
+        segment.descriptor = try FileSystem.openFile(segment.logPath, O_RDWR)
+        do {
+            let size = try FileSystem.fileSize(segment.descriptor, path: segment.logPath)
+            var contents: SegmentContents?
+            if segment.isSealed, self.configuration.verification == .activeSegment,
+                let bytes = try FileSystem.contents(of: segment.indexPath)
+            {
+                contents = SegmentIndexFile.decode(bytes, start: segment.start, logSize: size)
+                if contents == nil {
+                    self.logger.info(
+                        "file store index is stale or damaged, scanning its segment",
+                        metadata: ["stork.store.file": "\(segment.indexPath)"]
+                    )
+                }
+            }
+            let scanned = contents == nil
+            var found =
+                try contents
+                ?? SegmentScanner.scan(
+                    descriptor: segment.descriptor,
+                    path: segment.logPath,
+                    size: size,
+                    start: segment.start,
+                    limit: limit,
+                    verifyChecksums: true
+                )
+            var cut: UInt64 = 0
+            if let damage = found.damage {
+                cut = size - found.validBytes
+                self.logger.warning(
+                    "file store cut a damaged tail",
+                    metadata: [
+                        "stork.store.file": "\(segment.logPath)",
+                        "stork.store.offset": "\(found.validBytes)",
+                        "stork.store.cut_bytes": "\(cut)",
+                        "stork.store.damage": "\(damage)",
+                        "stork.store.segment": "\(segment.isSealed ? "sealed" : "active")",
+                    ]
+                )
+                try FileSystem.truncateFile(segment.descriptor, to: found.validBytes, path: segment.logPath)
+                try FileSystem.syncFile(segment.descriptor, path: segment.logPath)
+                found.damage = nil
+                if segment.isSealed { try FileSystem.removeFile(segment.indexPath) }
+            }
+            segment.load(found, size: found.validBytes)
+            if segment.isSealed, scanned, found.validBytes > 0 {
+                self.writeIndex(segment.indexPath, start: segment.start, logSize: found.validBytes, contents: found)
+            }
+            return (found, cut)
+        } catch {
+            FileSystem.closeFile(segment.descriptor)
+            segment.descriptor = -1
+            throw error
+        }
+    }
+
+    /// Marks removed every message that a deletion record in any segment names.
+    private func applyDeletions() {
+        var ranges = self.segments.flatMap(\.deletions)
+        guard !ranges.isEmpty else { return }
+        ranges.sort { $0.lowerBound < $1.lowerBound }
+        var merged: [ClosedRange<UInt64>] = []
+        merged.reserveCapacity(ranges.count)
+        for range in ranges {
+            if let last = merged.last, range.lowerBound == 0 || range.lowerBound - 1 <= last.upperBound {
+                merged[merged.count - 1] = last.lowerBound...max(last.upperBound, range.upperBound)
+            } else {
+                merged.append(range)
+            }
+        }
+        for segment in self.segments {
+            guard let first = segment.sequences.first, let last = segment.lastSequence else { continue }
+            // The first range that ends at or after this segment's first message.
+            var low = 0
+            var high = merged.count
+            while low < high {
+                let middle = (low + high) / 2
+                if merged[middle].upperBound < first { low = middle + 1 } else { high = middle }
+            }
+            while low < merged.count, merged[low].lowerBound <= last {
+                var index = segment.firstIndex(atOrAfter: merged[low].lowerBound)
+                while index < segment.count, segment.sequences[index] <= merged[low].upperBound {
+                    segment.markRemoved(index)
+                    index += 1
+                }
+                low += 1
+            }
+        }
+    }
+
+    // MARK: - Append
+
+    func append(_ messages: [StoredMessage]) throws {
+        try self.checkWritable()
+        guard !messages.isEmpty else { return }
+        var previous = self.lastSequence
+        var total = 0
+        for message in messages {
+            guard message.sequence > previous else {
+                throw StorkError(
+                    .storeFailed,
+                    "append of sequence \(message.sequence) after \(previous): sequences must grow"
+                )
+            }
+            guard let length = LogRecord.encodedLength(of: message) else {
+                throw StorkError(
+                    .storeFailed,
+                    "message \(message.sequence) is too large for the file store (subject over 65535 bytes or "
+                        + "record over \(LogRecord.maximumLength) bytes)"
+                )
+            }
+            total += length
+            previous = message.sequence
+        }
+        if self.active.size > 0, self.active.size + UInt64(total) > UInt64(self.configuration.segmentMaxBytes) {
+            try self.rollOver()
+        }
+        self.reserveScratch(total)
+        let segment = self.active
+        let entriesBefore = segment.count
+        segment.reserveCapacity(adding: messages.count)
+        var position = 0
+        let base = self.scratch.baseAddress!
+        for message in messages {
+            let length = LogRecord.encodedLength(of: message)!
+            LogRecord.encode(message, length: length, into: base + position)
+            segment.appendEntry(sequence: message.sequence, offset: segment.size + UInt64(position), length: length)
+            position += length
+        }
+        do {
+            try self.writeToActive(UnsafeRawBufferPointer(start: base, count: total))
+        } catch {
+            segment.truncateEntries(to: entriesBefore)
+            throw error
+        }
+        self.lastSequence = previous
+    }
+
+    /// Appends bytes (whole records) to the active segment and syncs by the policy.
+    private func writeToActive(_ bytes: UnsafeRawBufferPointer) throws {
+        let segment = self.active
+        do {
+            try FileSystem.writeFile(segment.descriptor, bytes, at: segment.size, path: segment.logPath)
+        } catch {
+            // Cut whatever part of the write reached the file, so that the next append starts on a boundary.
+            try? FileSystem.truncateFile(segment.descriptor, to: segment.size, path: segment.logPath)
+            throw error
+        }
+        segment.size += UInt64(bytes.count)
+        if self.isAlwaysSynced {
+            do {
+                try Self.syncData(segment.descriptor, path: segment.logPath)
+            } catch let error as StorkError {
+                self.syncFailure = error
+                throw error
+            }
+        } else {
+            self.activeDirty = true
+        }
+    }
+
+    /// Seals the active segment (synced, with an index file) and starts a new one named after the highest sequence.
+    private func rollOver() throws {
+        let old = self.active
+        if self.activeDirty {
+            try Self.syncData(old.descriptor, path: old.logPath)
+            self.activeDirty = false
+        }
+        try self.createActiveSegment(start: self.lastSequence + 1)
+        old.isSealed = true
+        self.buildIndex(old)
+        self.rememberOpen(old)
+        self.compactIfWorthwhile(old)
+    }
+
+    private func createActiveSegment(start: UInt64) throws {
+        let segment = Segment(start: start, directory: self.directory)
+        segment.descriptor = try FileSystem.openFile(segment.logPath, O_RDWR | O_CREAT | O_EXCL)
+        self.segments.append(segment)
+        try self.directoryChanged()
+    }
+
+    // MARK: - Read
+
+    func message(_ sequence: UInt64) throws -> StoredMessage? {
+        try self.checkOpen()
+        guard let segment = self.segment(containing: sequence), let index = segment.index(of: sequence),
+            !segment.isRemoved(index)
+        else { return nil }
+        let length = Int(segment.lengths[index])
+        self.reserveScratch(length)
+        let descriptor = try self.readDescriptor(segment)
+        let offset = segment.offsets[index]
+        let read = try FileSystem.readFile(
+            descriptor,
+            into: self.scratch,
+            count: length,
+            at: offset,
+            path: segment.logPath
+        )
+        return try self.decodeMessage(
+            UnsafeRawPointer(self.scratch.baseAddress!),
+            available: read,
+            expected: sequence,
+            length: length,
+            segment: segment,
+            offset: offset
+        )
+    }
+
+    func messages(from sequence: UInt64, limit: Int) throws -> [StoredMessage] {
+        try self.checkOpen()
+        guard limit > 0, !self.segments.isEmpty else { return [] }
+        var result: [StoredMessage] = []
+        var position = self.segmentPosition(containing: sequence) ?? 0
+        var from = sequence
+        while position < self.segments.count, result.count < limit {
+            let segment = self.segments[position]
+            try self.readRuns(of: segment, from: segment.firstIndex(atOrAfter: from), limit: limit - result.count) {
+                result.append($0)
+            }
+            position += 1
+            from = 0
+        }
+        return result
+    }
+
+    /// Reads up to `limit` present messages of `segment` from entry `index` on, in few large reads: neighbouring
+    /// records are read together when the run stays under 1 MiB and skips at most 64 KiB of other records.
+    private func readRuns(
+        of segment: Segment,
+        from index: Int,
+        limit: Int,
+        _ body: (StoredMessage) throws -> Void
+    ) throws {
+        let maximumRun: UInt64 = 1 << 20
+        let maximumGap: UInt64 = 64 << 10
+        var index = index
+        var produced = 0
+        while index < segment.count, produced < limit {
+            if segment.isRemoved(index) {
+                index += 1
+                continue
+            }
+            let runStart = segment.offsets[index]
+            var runEnd = runStart + UInt64(segment.lengths[index])
+            var end = index + 1
+            var wanted = 1
+            while end < segment.count, produced + wanted < limit {
+                if segment.isRemoved(end) {
+                    end += 1
+                    continue
+                }
+                let recordEnd = segment.offsets[end] + UInt64(segment.lengths[end])
+                guard recordEnd - runStart <= maximumRun, segment.offsets[end] - runEnd <= maximumGap else { break }
+                runEnd = recordEnd
+                wanted += 1
+                end += 1
+            }
+            let runLength = Int(runEnd - runStart)
+            self.reserveScratch(runLength)
+            let descriptor = try self.readDescriptor(segment)
+            let read = try FileSystem.readFile(
+                descriptor,
+                into: self.scratch,
+                count: runLength,
+                at: runStart,
+                path: segment.logPath
+            )
+            let base = UnsafeRawPointer(self.scratch.baseAddress!)
+            for entry in index..<end where !segment.isRemoved(entry) {
+                let relative = Int(segment.offsets[entry] - runStart)
+                try body(
+                    self.decodeMessage(
+                        base + relative,
+                        available: read - relative,
+                        expected: segment.sequences[entry],
+                        length: Int(segment.lengths[entry]),
+                        segment: segment,
+                        offset: segment.offsets[entry]
+                    )
+                )
+                produced += 1
+            }
+            index = end
+        }
+    }
+
+    /// Checks and decodes the record the index points at. A mismatch is damage the last `open()` did not see (it
+    /// trusted a sealed segment's index): the read fails, and the index file goes so that the next `open()` scans
+    /// the segment and cuts it there.
+    private func decodeMessage(
+        _ record: UnsafeRawPointer,
+        available: Int,
+        expected sequence: UInt64,
+        length: Int,
+        segment: Segment,
+        offset: UInt64
+    ) throws -> StoredMessage {
+        var damage: LogRecord.Damage?
+        if available < length {
+            damage = .tornRecord(length: length, available: UInt64(max(0, available)))
+        } else {
+            switch LogRecord.parseHeader(record) {
+            case .failure(let found):
+                damage = found
+            case .success(let header):
+                if header.kind != .message || header.length != length || header.sequence != sequence {
+                    damage = .badSequence(header.sequence, "is not the indexed \(sequence)")
+                } else if !LogRecord.checksumMatches(record, length: length) {
+                    damage = .badChecksum
+                } else {
+                    return LogRecord.message(header, record)
+                }
+            }
+        }
+        self.logger.error(
+            "file store read a damaged record; the next open scans and cuts its segment",
+            metadata: [
+                "stork.store.file": "\(segment.logPath)",
+                "stork.store.offset": "\(offset)",
+                "stork.store.sequence": "\(sequence)",
+                "stork.store.damage": "\(damage.map { "\($0)" } ?? "")",
+            ]
+        )
+        if segment.isSealed { try? FileSystem.removeFile(segment.indexPath) }
+        throw StorkError(
+            .storeFailed,
+            "message \(sequence) in \(segment.logPath) at offset \(offset) is damaged: "
+                + "\(damage.map { "\($0)" } ?? "")"
+        )
+    }
+
+    // MARK: - Remove and purge
+
+    func remove(_ sequences: [UInt64]) throws {
+        try self.checkWritable()
+        var found: [(segment: Segment, index: Int)] = []
+        for sequence in sequences {
+            if let segment = self.segment(containing: sequence), let index = segment.index(of: sequence),
+                !segment.isRemoved(index)
+            {
+                found.append((segment, index))
+            }
+        }
+        guard !found.isEmpty else { return }
+        let ranges = Self.ranges(of: found.map { $0.segment.sequences[$0.index] })
+        let record = LogRecord.deletion(ranges)
+        try record.withUnsafeBytes { try self.writeToActive($0) }
+        self.active.deletions.append(contentsOf: ranges)
+        var touched: [Segment] = []
+        for (segment, index) in found {
+            segment.markRemoved(index)
+            if segment.isSealed, touched.last !== segment, !touched.contains(where: { $0 === segment }) {
+                touched.append(segment)
+            }
+        }
+        for segment in touched {
+            self.compactIfWorthwhile(segment)
+        }
+    }
+
+    func purge(through sequence: UInt64) throws {
+        try self.checkWritable()
+        let through = min(sequence, self.lastSequence)
+        guard let first = self.segments.first, through >= first.start else { return }
+        let everything = through == self.lastSequence
+        let hasMessages = self.segments.contains { segment in
+            segment.liveCount > 0 && segment.sequences[segment.headCount] <= through
+        }
+        let doomed = self.segments.indices.dropLast().filter { self.segments[$0 + 1].start - 1 <= through }
+        let replaceActive = everything && self.active.start <= self.lastSequence
+        guard hasMessages || !doomed.isEmpty || replaceActive || (everything && self.active.size > 0) else { return }
+
+        // The deletion record first, so that a crash part way through leaves nothing of the purge undone.
+        let record = LogRecord.deletion([first.start...through])
+        try record.withUnsafeBytes { try self.writeToActive($0) }
+        self.active.deletions.append(first.start...through)
+        for segment in self.segments {
+            var index = segment.headCount
+            while index < segment.count, segment.sequences[index] <= through {
+                segment.markRemoved(index)
+                index += 1
+            }
+        }
+
+        if everything {
+            if replaceActive {
+                // A new, empty active segment whose name keeps the highest sequence, made durable before the old
+                // segments go.
+                try self.createActiveSegment(start: self.lastSequence + 1)
+                if !self.isAlwaysSynced { try self.syncDirectoryNow() }
+                self.activeDirty = false
+            }
+            let active = self.active
+            for segment in self.segments where segment !== active {
+                try self.deleteFiles(of: segment)
+            }
+            self.segments = [active]
+            if active.size > 0 {
+                // Only deletion records: nothing older is left for them to remove.
+                try FileSystem.truncateFile(active.descriptor, to: 0, path: active.logPath)
+                active.load(SegmentContents(), size: 0)
+                if self.isAlwaysSynced { try Self.syncData(active.descriptor, path: active.logPath) }
+            }
+            try self.directoryChanged()
+            return
+        }
+        for position in doomed.reversed() {
+            try self.deleteFiles(of: self.segments[position])
+            self.segments.remove(at: position)
+        }
+        if !doomed.isEmpty { try self.directoryChanged() }
+        if let oldest = self.segments.first, oldest.isSealed {
+            self.compactIfWorthwhile(oldest)
+        }
+    }
+
+    /// Sorted, merged ranges of consecutive sequences.
+    static func ranges(of sequences: [UInt64]) -> [ClosedRange<UInt64>] {
+        let sorted = sequences.sorted()
+        var ranges: [ClosedRange<UInt64>] = []
+        var low = sorted[0]
+        var high = sorted[0]
+        for sequence in sorted.dropFirst() where sequence != high {
+            if sequence == high + 1 {
+                high = sequence
+            } else {
+                ranges.append(low...high)
+                low = sequence
+                high = sequence
+            }
+        }
+        ranges.append(low...high)
+        return ranges
+    }
+
+    // MARK: - Compaction
+
+    /// Deletes a sealed segment whose messages are all removed, or rewrites one whose removed messages (not at its
+    /// head) take at least the configured fraction of it. Failures are logged: the removals themselves are durable
+    /// already, only space is not reclaimed.
+    private func compactIfWorthwhile(_ segment: Segment) {
+        guard segment.isSealed, self.segments.contains(where: { $0 === segment }) else { return }
+        let needed = self.neededDeletions(segment)
+        do {
+            if segment.liveCount == 0 {
+                if needed.isEmpty {
+                    try self.deleteFiles(of: segment)
+                    self.segments.removeAll { $0 === segment }
+                    try self.directoryChanged()
+                } else if segment.removedBytes > 0 {
+                    try self.rewrite(segment, keeping: needed)
+                }
+            } else if segment.size > 0,
+                Double(segment.interiorRemovedBytes) >= self.configuration.compactionThreshold * Double(segment.size)
+            {
+                try self.rewrite(segment, keeping: needed)
+            }
+        } catch {
+            self.logger.warning(
+                "file store compaction failed",
+                metadata: ["stork.store.file": "\(segment.logPath)", "stork.store.error": "\(error)"]
+            )
+        }
+    }
+
+    /// The deletion ranges in `segment` that still matter when it is rewritten: those naming sequences of older
+    /// segments that still exist (its own removed messages are dropped by the rewrite itself).
+    private func neededDeletions(_ segment: Segment) -> [ClosedRange<UInt64>] {
+        guard let oldest = self.segments.first, oldest.start < segment.start else { return [] }
+        let clipped = segment.deletions.compactMap { range -> ClosedRange<UInt64>? in
+            let low = max(range.lowerBound, oldest.start)
+            let high = min(range.upperBound, segment.start - 1)
+            return low <= high ? low...high : nil
+        }
+        guard !clipped.isEmpty else { return [] }
+        let sorted = clipped.sorted { $0.lowerBound < $1.lowerBound }
+        var merged: [ClosedRange<UInt64>] = [sorted[0]]
+        for range in sorted.dropFirst() {
+            let last = merged[merged.count - 1]
+            if range.lowerBound == 0 || range.lowerBound - 1 <= last.upperBound {
+                merged[merged.count - 1] = last.lowerBound...max(last.upperBound, range.upperBound)
+            } else {
+                merged.append(range)
+            }
+        }
+        return merged
+    }
+
+    /// Writes the live messages of `segment` (checked) and `deletions` to a temporary file, syncs it, and renames it
+    /// over the segment; then reloads the segment's index from the new file.
+    private func rewrite(_ segment: Segment, keeping deletions: [ClosedRange<UInt64>]) throws {
+        let temporaryPath = segment.logPath + ".tmp"
+        let output = try FileSystem.openFile(temporaryPath, O_RDWR | O_CREAT | O_TRUNC)
+        var renamed = false
+        defer {
+            if !renamed {
+                FileSystem.closeFile(output)
+                try? FileSystem.removeFile(temporaryPath)
+            }
+        }
+        var pending: [UInt8] = []
+        pending.reserveCapacity(1 << 20)
+        var written: UInt64 = 0
+        func flush() throws {
+            try pending.withUnsafeBytes { try FileSystem.writeFile(output, $0, at: written, path: temporaryPath) }
+            written += UInt64(pending.count)
+            pending.removeAll(keepingCapacity: true)
+        }
+        try self.readRuns(of: segment, from: 0, limit: segment.liveCount) { message in
+            let length = LogRecord.encodedLength(of: message)!
+            let start = pending.count
+            pending.append(contentsOf: repeatElement(0, count: length))
+            pending.withUnsafeMutableBytes { LogRecord.encode(message, length: length, into: $0.baseAddress! + start) }
+            if pending.count >= 1 << 20 { try flush() }
+        }
+        if !deletions.isEmpty { pending.append(contentsOf: LogRecord.deletion(deletions)) }
+        try flush()
+        try FileSystem.syncFile(output, path: temporaryPath)
+        let contents = try SegmentScanner.scan(
+            descriptor: output,
+            path: temporaryPath,
+            size: written,
+            start: segment.start,
+            limit: nil,
+            verifyChecksums: false
+        )
+        guard contents.damage == nil, contents.entries.count == segment.liveCount else {
+            throw StorkError(.storeFailed, "compaction of \(segment.logPath) produced an inconsistent file")
+        }
+        try FileSystem.removeFile(segment.indexPath)
+        try FileSystem.renameFile(temporaryPath, to: segment.logPath)
+        renamed = true
+        self.forgetOpen(segment)
+        segment.descriptor = output
+        let before = segment.size
+        segment.load(contents, size: written)
+        self.rememberOpen(segment)
+        try FileSystem.syncDirectory(self.directory)
+        self.writeIndex(segment.indexPath, start: segment.start, logSize: written, contents: contents)
+        self.logger.debug(
+            "file store compacted a segment",
+            metadata: [
+                "stork.store.file": "\(segment.logPath)",
+                "stork.store.bytes_before": "\(before)",
+                "stork.store.bytes_after": "\(written)",
+            ]
+        )
+    }
+
+    // MARK: - Metadata
+
+    func saveMetadata(key: String, value: [UInt8]?) throws {
+        try self.checkWritable()
+        try self.metadata.save(key: key, value: value)
+    }
+
+    // MARK: - Sync, close, destroy
+
+    /// For the background syncer: what to fsync now (outside the lock), clearing the dirty flags.
+    func takeSyncWork() -> SyncWork? {
+        guard self.phase == .open, self.activeDirty || self.directoryDirty else { return nil }
+        var work = SyncWork()
+        if self.activeDirty {
+            let duplicate = dup(self.active.descriptor)
+            if duplicate >= 0 {
+                work.descriptor = duplicate
+                work.path = self.active.logPath
+                self.activeDirty = false
+            }
+        }
+        if self.directoryDirty {
+            work.directory = self.directory
+            self.directoryDirty = false
+        }
+        return work
+    }
+
+    /// Runs `work` (without the lock held).
+    static func perform(_ work: SyncWork) throws {
+        if let descriptor = work.descriptor {
+            defer { FileSystem.closeFile(descriptor) }
+            try Self.syncData(descriptor, path: work.path)
+        }
+        if let directory = work.directory {
+            try FileSystem.syncDirectory(directory)
+        }
+    }
+
+    func recordSyncFailure(_ error: StorkError) {
+        self.logger.error(
+            "file store fsync failed; the store takes no more writes",
+            metadata: ["stork.store.directory": "\(self.directory)", "stork.store.error": "\(error)"]
+        )
+        if self.syncFailure == nil { self.syncFailure = error }
+    }
+
+    func close() throws {
+        guard self.phase == .open else {
+            self.phase = .closed
+            return
+        }
+        var failure: (any Error)?
+        if self.activeDirty {
+            do { try Self.syncData(self.active.descriptor, path: self.active.logPath) } catch { failure = error }
+            self.activeDirty = false
+        }
+        if self.directoryDirty {
+            do { try self.syncDirectoryNow() } catch { failure = failure ?? error }
+        }
+        self.abandon()
+        if let failure { throw failure }
+    }
+
+    func destroy() throws {
+        self.abandon()
+        do {
+            if FileManager.default.fileExists(atPath: self.directory) {
+                try FileManager.default.removeItem(atPath: self.directory)
+            }
+        } catch {
+            throw StorkError(.storeFailed, "remove \(self.directory)", underlying: error)
+        }
+    }
+
+    /// Closes every descriptor and releases the directory lock, syncing nothing (what a crash leaves).
+    func abandon() {
+        for segment in self.segments where segment.descriptor >= 0 {
+            FileSystem.closeFile(segment.descriptor)
+            segment.descriptor = -1
+        }
+        self.segments = []
+        self.openSegments = []
+        self.lock?.release()
+        self.lock = nil
+        self.phase = .closed
+    }
+
+    // MARK: - Helpers
+
+    private func checkOpen() throws {
+        guard self.phase == .open else {
+            throw StorkError(
+                .storeFailed,
+                "file store \(self.directory) is \(self.phase == .created ? "not open yet" : "closed")"
+            )
+        }
+    }
+
+    private func checkWritable() throws {
+        try self.checkOpen()
+        if let syncFailure { throw syncFailure }
+    }
+
+    /// The segment whose range holds `sequence`: the last one starting at or before it.
+    private func segment(containing sequence: UInt64) -> Segment? {
+        self.segmentPosition(containing: sequence).map { self.segments[$0] }
+    }
+
+    private func segmentPosition(containing sequence: UInt64) -> Int? {
+        var low = 0
+        var high = self.segments.count
+        while low < high {
+            let middle = (low + high) / 2
+            if self.segments[middle].start <= sequence { low = middle + 1 } else { high = middle }
+        }
+        return low == 0 ? nil : low - 1
+    }
+
+    private func reserveScratch(_ count: Int) {
+        guard count > self.scratch.count else { return }
+        self.scratch.deallocate()
+        self.scratch = .allocate(byteCount: max(count, self.scratch.count * 2), alignment: 8)
+    }
+
+    private func readDescriptor(_ segment: Segment) throws -> Int32 {
+        if segment.descriptor >= 0 {
+            if segment.isSealed, self.openSegments.last !== segment { self.rememberOpen(segment) }
+            return segment.descriptor
+        }
+        segment.descriptor = try FileSystem.openFile(segment.logPath, O_RDONLY)
+        self.rememberOpen(segment)
+        return segment.descriptor
+    }
+
+    /// Moves a sealed segment with an open descriptor to the most recent end, closing the least recent beyond the
+    /// configured count.
+    private func rememberOpen(_ segment: Segment) {
+        self.openSegments.removeAll { $0 === segment }
+        self.openSegments.append(segment)
+        while self.openSegments.count > max(1, self.configuration.maximumOpenSegments) {
+            let oldest = self.openSegments.removeFirst()
+            FileSystem.closeFile(oldest.descriptor)
+            oldest.descriptor = -1
+        }
+    }
+
+    private func forgetOpen(_ segment: Segment) {
+        self.openSegments.removeAll { $0 === segment }
+        if segment.descriptor >= 0 {
+            FileSystem.closeFile(segment.descriptor)
+            segment.descriptor = -1
+        }
+    }
+
+    private func deleteFiles(of segment: Segment) throws {
+        self.forgetOpen(segment)
+        try FileSystem.removeFile(segment.logPath)
+        try FileSystem.removeFile(segment.indexPath)
+    }
+
+    /// Writes the index file of a sealed segment from a parse of its records (best effort: a missing index is
+    /// rebuilt by the next `open()`).
+    private func buildIndex(_ segment: Segment) {
+        do {
+            let contents = try SegmentScanner.scan(
+                descriptor: segment.descriptor,
+                path: segment.logPath,
+                size: segment.size,
+                start: segment.start,
+                limit: nil,
+                verifyChecksums: false
+            )
+            guard contents.damage == nil else { return }
+            self.writeIndex(segment.indexPath, start: segment.start, logSize: segment.size, contents: contents)
+        } catch {
+            self.logger.warning(
+                "file store could not index a sealed segment",
+                metadata: ["stork.store.file": "\(segment.logPath)", "stork.store.error": "\(error)"]
+            )
+        }
+    }
+
+    private func writeIndex(_ path: String, start: UInt64, logSize: UInt64, contents: SegmentContents) {
+        let bytes = SegmentIndexFile.encode(start: start, logSize: logSize, contents: contents)
+        do {
+            try FileSystem.writeAtomically(bytes, to: path, directory: self.directory, durable: false)
+        } catch {
+            self.logger.warning(
+                "file store could not write an index file",
+                metadata: ["stork.store.file": "\(path)", "stork.store.error": "\(error)"]
+            )
+        }
+    }
+
+    /// A name was created or removed: sync the directory now (`.always`) or soon (`.batched`).
+    private func directoryChanged() throws {
+        if self.isAlwaysSynced { try self.syncDirectoryNow() } else { self.directoryDirty = true }
+    }
+
+    private func syncDirectoryNow() throws {
+        try FileSystem.syncDirectory(self.directory)
+        self.directoryDirty = false
+    }
+
+    private static func syncData(_ descriptor: Int32, path: String) throws {
+        #if os(Linux)
+        while fdatasync(descriptor) != 0 {
+            if errno != EINTR { throw StorkError.storeFailed("fdatasync", path: path) }
+        }
+        #else
+        try FileSystem.syncFile(descriptor, path: path)
+        #endif
+    }
+}

@@ -1,0 +1,376 @@
+import DequeModule
+
+// MARK: - ConsumerStateMachine
+
+/// One consumer of a stream: where it is in the stream, which deliveries await an ack, when they are due again, and
+/// (for pull consumers) the requests waiting for messages. Pure: time is passed in as nanoseconds since the epoch;
+/// the driver reads messages from the store and sends what this machine decides.
+public struct ConsumerStateMachine: Sendable {
+    /// A delivery awaiting its ack.
+    public struct Pending: Sendable, Codable, Equatable {
+        public var consumerSequence: UInt64
+        public var deliveries: Int
+        /// When it is due for redelivery (ns); `Int64.max` while it waits for an explicit redelivery.
+        public var deadline: Int64
+    }
+
+    /// A pull request (`CONSUMER.MSG.NEXT`) waiting for messages.
+    public struct PullRequest: Sendable, Equatable {
+        public var replyTo: String
+        public var remaining: Int
+        /// When the request ends (ns), nil for never.
+        public var expires: Int64?
+        public var noWait: Bool
+        public var delivered = 0
+
+        /// A request with both `no_wait` and `expires` lingers until it expires, as in nats-server (clients rely on
+        /// it: nats-py sends both and expects the wait).
+        public init(replyTo: String, batch: Int, expires: Int64?, noWait: Bool) {
+            self.replyTo = replyTo
+            self.remaining = max(1, batch)
+            self.expires = expires
+            self.noWait = noWait && expires == nil
+        }
+    }
+
+    /// What to send next.
+    public struct Delivery: Sendable, Equatable {
+        public var streamSequence: UInt64
+        public var consumerSequence: UInt64
+        public var deliveries: Int
+        /// Where to send it: the pull request's reply subject or the push consumer's deliver subject.
+        public var subject: String
+        /// Messages left after this one (for the ack subject's pending token).
+        public var pendingAfter: Int
+    }
+
+    /// A status to send to a pull requester: `404 No Messages`, `408 Request Timeout`, `409 …`.
+    public struct Status: Sendable, Equatable {
+        public var replyTo: String
+        public var code: Int
+        public var description: String
+        public var pendingMessages: Int
+    }
+
+    /// What survives a restart.
+    public struct Snapshot: Sendable, Codable, Equatable {
+        public var config: ConsumerConfig
+        public var created: String
+        public var nextStreamSequence: UInt64
+        public var consumerSequence: UInt64
+        public var ackFloorStream: UInt64
+        public var ackFloorConsumer: UInt64
+        public var pending: [UInt64: Pending]
+        public var redelivered: Int
+    }
+
+    public let name: String
+    public private(set) var config: ConsumerConfig
+    public let created: String
+    /// The next stream sequence to consider for a first delivery.
+    public private(set) var nextStreamSequence: UInt64
+    /// The last consumer sequence handed out.
+    public private(set) var consumerSequence: UInt64 = 0
+    public private(set) var ackFloorStream: UInt64 = 0
+    public private(set) var ackFloorConsumer: UInt64 = 0
+    public private(set) var pending: [UInt64: Pending] = [:]
+    /// Stream sequences due again now, in order.
+    private var redeliveries: Deque<UInt64> = []
+    public private(set) var waiting: Deque<PullRequest> = []
+    /// Redeliveries made so far (kept across restarts; `num_redelivered` reports pending redelivered messages).
+    public private(set) var redeliveredCount = 0
+
+    /// Messages awaiting an ack that have been delivered more than once (NATS's `num_redelivered`).
+    public var pendingRedelivered: Int { self.pending.values.filter { $0.deliveries > 1 }.count }
+    /// Whether a push consumer's deliver subject has interest (set by the driver).
+    public var pushActive = false
+    /// Set when something changed that should be persisted.
+    public var dirty = false
+
+    /// A new consumer positioned by its deliver policy on `index`.
+    public init(name: String, config: ConsumerConfig, created: String, index: StreamIndex, startTime: Int64?) {
+        self.name = name
+        self.config = config
+        self.created = created
+        let filters = config.filters
+        switch config.deliverPolicy {
+        case .all:
+            self.nextStreamSequence = index.firstSequence
+        case .last:
+            self.nextStreamSequence = index.last(filters: filters)?.sequence ?? index.lastSequence + 1
+        case .lastPerSubject:
+            self.nextStreamSequence = index.last(filters: filters)?.sequence ?? index.lastSequence + 1
+        case .new:
+            self.nextStreamSequence = index.lastSequence + 1
+        case .byStartSequence:
+            self.nextStreamSequence = max(config.optStartSeq ?? 1, 1)
+        case .byStartTime:
+            self.nextStreamSequence =
+                startTime.flatMap { index.firstSequence(atOrAfter: $0) } ?? index.lastSequence + 1
+        }
+        self.ackFloorStream = self.nextStreamSequence > 0 ? self.nextStreamSequence - 1 : 0
+        self.dirty = true
+    }
+
+    public init(name: String, snapshot: Snapshot) {
+        self.name = name
+        self.config = snapshot.config
+        self.created = snapshot.created
+        self.nextStreamSequence = snapshot.nextStreamSequence
+        self.consumerSequence = snapshot.consumerSequence
+        self.ackFloorStream = snapshot.ackFloorStream
+        self.ackFloorConsumer = snapshot.ackFloorConsumer
+        self.redeliveredCount = snapshot.redelivered
+        // Whatever was in flight when the server stopped is due again at once.
+        for (sequence, var pending) in snapshot.pending {
+            pending.deadline = 0
+            self.pending[sequence] = pending
+        }
+        self.redeliveries = Deque(self.pending.keys.sorted())
+    }
+
+    public var snapshot: Snapshot {
+        Snapshot(
+            config: self.config,
+            created: self.created,
+            nextStreamSequence: self.nextStreamSequence,
+            consumerSequence: self.consumerSequence,
+            ackFloorStream: self.ackFloorStream,
+            ackFloorConsumer: self.ackFloorConsumer,
+            pending: self.pending,
+            redelivered: self.redeliveredCount
+        )
+    }
+
+    /// Changes what may change on an existing consumer (ack wait, max ack pending, description…).
+    public mutating func update(_ config: ConsumerConfig) {
+        self.config = config
+        self.dirty = true
+    }
+
+    // MARK: Pull requests
+
+    /// Queues a pull request. Returns a status to send at once when it cannot wait: `409` when too many wait, `404`
+    /// when it asked not to wait and nothing can be delivered now.
+    public mutating func pull(_ request: PullRequest, index: StreamIndex) -> Status? {
+        if request.noWait, !self.hasDeliverable(index: index) {
+            return Status(replyTo: request.replyTo, code: 404, description: "No Messages", pendingMessages: 0)
+        }
+        if self.waiting.count >= self.config.maxWaiting {
+            return Status(replyTo: request.replyTo, code: 409, description: "Exceeded MaxWaiting", pendingMessages: 0)
+        }
+        self.waiting.append(request)
+        return nil
+    }
+
+    /// Whether a message could be delivered now (ignoring who would receive it).
+    public func hasDeliverable(index: StreamIndex) -> Bool {
+        if !self.redeliveries.isEmpty { return true }
+        if self.ackPendingFull { return false }
+        return index.next(from: self.nextStreamSequence, filters: self.config.filters) != nil
+    }
+
+    private var ackPendingFull: Bool {
+        self.config.ackPolicy != .none && self.config.maxAckPending > 0 && self.pending.count >= self.config.maxAckPending
+    }
+
+    // MARK: Delivering
+
+    /// The next delivery to make, if any: redeliveries first, then new messages; for pull consumers only while a
+    /// request waits, for push consumers only while the deliver subject has interest; never more than max ack
+    /// pending outstanding.
+    public mutating func nextDelivery(index: StreamIndex, now: Int64) -> Delivery? {
+        let target: String
+        if self.config.isPull {
+            guard let request = self.waiting.first else { return nil }
+            target = request.replyTo
+        } else {
+            guard self.pushActive, let subject = self.config.deliverSubject else { return nil }
+            target = subject
+        }
+        // Due redeliveries (skipping messages that are gone from the stream or no longer pending).
+        while let sequence = self.redeliveries.first {
+            self.redeliveries.removeFirst()
+            guard var pending = self.pending[sequence] else { continue }
+            guard index.entry(sequence) != nil else {
+                self.pending[sequence] = nil
+                self.advanceAckFloor()
+                continue
+            }
+            if self.config.maxDeliver > 0, pending.deliveries >= self.config.maxDeliver {
+                self.pending[sequence] = nil  // delivered as often as allowed: given up, like a TERM
+                self.advanceAckFloor()
+                continue
+            }
+            self.consumerSequence += 1
+            pending.consumerSequence = self.consumerSequence
+            pending.deliveries += 1
+            pending.deadline = now + self.ackWait(for: pending.deliveries)
+            self.pending[sequence] = pending
+            self.redeliveredCount += 1
+            self.dirty = true
+            self.consumeRequest()
+            return Delivery(
+                streamSequence: sequence,
+                consumerSequence: self.consumerSequence,
+                deliveries: pending.deliveries,
+                subject: target,
+                pendingAfter: index.count(from: self.nextStreamSequence, filters: self.config.filters)
+            )
+        }
+        guard !self.ackPendingFull else { return nil }
+        guard let entry = index.next(from: self.nextStreamSequence, filters: self.config.filters) else { return nil }
+        self.nextStreamSequence = entry.sequence + 1
+        self.consumerSequence += 1
+        if self.config.ackPolicy == .none {
+            self.ackFloorStream = entry.sequence
+            self.ackFloorConsumer = self.consumerSequence
+        } else {
+            self.pending[entry.sequence] = Pending(
+                consumerSequence: self.consumerSequence,
+                deliveries: 1,
+                deadline: now + self.ackWait(for: 1)
+            )
+        }
+        self.dirty = true
+        self.consumeRequest()
+        return Delivery(
+            streamSequence: entry.sequence,
+            consumerSequence: self.consumerSequence,
+            deliveries: 1,
+            subject: target,
+            pendingAfter: index.count(from: self.nextStreamSequence, filters: self.config.filters)
+        )
+    }
+
+    private mutating func consumeRequest() {
+        guard self.config.isPull, !self.waiting.isEmpty else { return }
+        self.waiting[0].remaining -= 1
+        self.waiting[0].delivered += 1
+        if self.waiting[0].remaining <= 0 { self.waiting.removeFirst() }
+    }
+
+    private func ackWait(for deliveries: Int) -> Int64 {
+        if let backoff = self.config.backoff, !backoff.isEmpty {
+            return backoff[min(deliveries - 1, backoff.count - 1)]
+        }
+        return self.config.ackWait
+    }
+
+    // MARK: Acks
+
+    public enum Acknowledgement: Sendable, Equatable {
+        case ack
+        /// Redeliver, after `delay` ns (0: now).
+        case nak(delay: Int64)
+        /// Still working: the ack wait starts again.
+        case inProgress
+        /// Never redeliver.
+        case terminate
+    }
+
+    /// Applies an ack for the message at `streamSequence`. Returns whether it changed anything.
+    @discardableResult
+    public mutating func acknowledge(_ kind: Acknowledgement, streamSequence: UInt64, now: Int64) -> Bool {
+        guard self.pending[streamSequence] != nil else { return false }
+        switch kind {
+        case .ack, .terminate:
+            if self.config.ackPolicy == .all, kind == .ack {
+                for sequence in self.pending.keys where sequence <= streamSequence { self.pending[sequence] = nil }
+            } else {
+                self.pending[streamSequence] = nil
+            }
+            self.advanceAckFloor()
+        case .nak(let delay):
+            if delay > 0 {
+                self.pending[streamSequence]!.deadline = now + delay
+            } else {
+                self.pending[streamSequence]!.deadline = Int64.max
+                self.insertRedelivery(streamSequence)
+            }
+        case .inProgress:
+            self.pending[streamSequence]!.deadline = now + self.config.ackWait
+        }
+        self.dirty = true
+        return true
+    }
+
+    private mutating func advanceAckFloor() {
+        if let lowest = self.pending.keys.min() {
+            self.ackFloorStream = lowest - 1
+            self.ackFloorConsumer = self.pending[lowest]!.consumerSequence - 1
+        } else {
+            self.ackFloorStream = self.nextStreamSequence > 0 ? self.nextStreamSequence - 1 : 0
+            self.ackFloorConsumer = self.consumerSequence
+        }
+    }
+
+    private mutating func insertRedelivery(_ sequence: UInt64) {
+        guard !self.redeliveries.contains(sequence) else { return }
+        let position = self.redeliveries.firstIndex { $0 > sequence } ?? self.redeliveries.endIndex
+        self.redeliveries.insert(sequence, at: position)
+    }
+
+    // MARK: Time
+
+    /// Moves deliveries whose ack wait ran out to redelivery and ends expired pull requests (returned as `408`).
+    public mutating func tick(now: Int64, index: StreamIndex) -> [Status] {
+        for (sequence, pending) in self.pending where pending.deadline <= now {
+            self.pending[sequence]!.deadline = Int64.max
+            self.insertRedelivery(sequence)
+        }
+        var statuses: [Status] = []
+        var kept: Deque<PullRequest> = []
+        for request in self.waiting {
+            if let expires = request.expires, expires <= now {
+                statuses.append(
+                    Status(
+                        replyTo: request.replyTo,
+                        code: 408,
+                        description: "Request Timeout",
+                        pendingMessages: index.count(from: self.nextStreamSequence, filters: self.config.filters)
+                    )
+                )
+            } else if request.noWait, !self.hasDeliverable(index: index) {
+                // A no-wait request that got what there was: tell it the stream is drained for now.
+                statuses.append(
+                    Status(
+                        replyTo: request.replyTo,
+                        code: request.delivered == 0 ? 404 : 408,
+                        description: request.delivered == 0 ? "No Messages" : "Request Timeout",
+                        pendingMessages: 0
+                    )
+                )
+            } else {
+                kept.append(request)
+            }
+        }
+        self.waiting = kept
+        return statuses
+    }
+
+    /// The earliest time something becomes due (an ack wait or a request expiring), for the driver's timer.
+    public var nextDeadline: Int64? {
+        let ackDeadline = self.pending.values.lazy.map(\.deadline).filter { $0 != Int64.max }.min()
+        let requestDeadline = self.waiting.lazy.compactMap(\.expires).min()
+        switch (ackDeadline, requestDeadline) {
+        case (nil, nil): return nil
+        case (let a?, nil): return a
+        case (nil, let b?): return b
+        case (let a?, let b?): return min(a, b)
+        }
+    }
+
+    /// Messages not yet delivered (`num_pending`).
+    public func unprocessed(index: StreamIndex) -> Int {
+        index.count(from: self.nextStreamSequence, filters: self.config.filters)
+    }
+
+    /// The stream was purged or messages removed: forget deliveries of messages that are gone, and move past them.
+    public mutating func streamTrimmed(index: StreamIndex) {
+        for sequence in self.pending.keys where index.entry(sequence) == nil { self.pending[sequence] = nil }
+        if self.nextStreamSequence < index.firstSequence { self.nextStreamSequence = index.firstSequence }
+        self.advanceAckFloor()
+        self.dirty = true
+    }
+}

@@ -1,0 +1,587 @@
+"""Server fixtures for the NATS compatibility suite.
+
+The same tests run against the real nats-server (the reference behaviour) and
+against Stork.  Choose with the environment variable ``COMPAT_SERVER``:
+
+* ``nats-server`` (default): runs ``$NATS_SERVER_BIN`` (default: ``nats-server``
+  from PATH, falling back to /usr/sbin/nats-server) with a generated config file.
+* ``stork``: runs ``$STORK_BIN serve --config FILE`` (default
+  /work/main/.build/debug/stork) with a generated YAML config.
+
+Every server listens on 127.0.0.1 only, on free ports picked in 10000-29999,
+with its own temporary data directory.  Teardown kills every process started,
+whatever the outcome of the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytest
+import pytest_asyncio
+
+HOST = "127.0.0.1"
+PORT_RANGE = (10000, 29999)
+READY_TIMEOUT = 15.0  # seconds to wait for a (re)started server to accept clients
+STOP_TIMEOUT = 10.0  # seconds to wait for a graceful stop before SIGKILL
+
+COMPAT_SERVER = os.environ.get("COMPAT_SERVER", "nats-server").strip().lower()
+if COMPAT_SERVER not in ("nats-server", "stork"):
+    raise pytest.UsageError(f"COMPAT_SERVER must be 'nats-server' or 'stork', not {COMPAT_SERVER!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Ports
+# --------------------------------------------------------------------------------------
+
+_handed_out: set = set()
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> List[int]:
+    """Pick `count` distinct free loopback ports in PORT_RANGE (checked by binding)."""
+    ports: List[int] = []
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(5000):
+        if len(ports) == count:
+            break
+        p = rng.randint(*PORT_RANGE)
+        if p in ports or p in _handed_out:
+            continue
+        if _port_is_free(p):
+            ports.append(p)
+    if len(ports) != count:
+        raise RuntimeError("could not find free loopback ports")
+    _handed_out.update(ports)
+    return ports
+
+
+def _wait_port_closed(port: int, timeout: float) -> None:
+    """Wait until nothing accepts connections on the port any more."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                pass
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------
+# Server options and process handling
+# --------------------------------------------------------------------------------------
+
+# Every process ever started, so that an interpreter exit (e.g. a hard timeout) still
+# kills them; normal teardown happens in the fixtures.
+_ALL_PROCS: List[subprocess.Popen] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for p in _ALL_PROCS:
+        if p.poll() is None:
+            try:
+                p.kill()
+                p.wait(timeout=5)
+            except Exception:
+                pass
+
+# nats-server defaults, written explicitly into Stork's config when a test sets nothing.
+DEFAULT_MAX_PAYLOAD = 1048576
+DEFAULT_MAX_PENDING = 64 * 1024 * 1024
+DEFAULT_PING_INTERVAL = 120
+
+
+@dataclass
+class ServerOptions:
+    token: Optional[str] = None
+    user: Optional[str] = None
+    password: Optional[str] = None
+    max_payload: Optional[int] = None  # bytes
+    max_pending: Optional[int] = None  # bytes (slow consumer threshold)
+    ping_interval: Optional[int] = None  # seconds
+
+
+class CompatServer:
+    """A real server process (nats-server or Stork) on fixed ports and data dir."""
+
+    kind = "abstract"
+
+    def __init__(self, workdir: str, opts: ServerOptions):
+        self.workdir = workdir
+        self.opts = opts
+        self.data_dir = os.path.join(workdir, "data")
+        os.makedirs(self.data_dir, exist_ok=True)
+        self.port, self.monitor_port, self.cluster_port = free_ports(3)
+        self.config_file = os.path.join(workdir, "server.conf")
+        self.log_file = os.path.join(workdir, "server.log")
+        self.proc: Optional[subprocess.Popen] = None
+        self.all_procs: List[subprocess.Popen] = []
+        self._log_handles: List[Any] = []
+        self.write_config()
+
+    # -- public API used by the tests ---------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"nats://{HOST}:{self.port}"
+
+    @property
+    def monitor_url(self) -> str:
+        return f"http://{HOST}:{self.monitor_port}"
+
+    def start(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("server already running")
+        log = open(self.log_file, "ab")
+        self._log_handles.append(log)
+        log.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+        )
+        self.all_procs.append(self.proc)
+        _ALL_PROCS.append(self.proc)
+        self._wait_ready()
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after STOP_TIMEOUT)."""
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=STOP_TIMEOUT)
+        self.proc = None
+        _wait_port_closed(self.port, 5.0)
+
+    def restart(self) -> None:
+        """Graceful stop and start again on the same ports and data dir."""
+        self.stop()
+        self.start()
+
+    def kill9(self) -> None:
+        """SIGKILL the server (no chance to flush anything)."""
+        p = self.proc
+        if p is None:
+            return
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=STOP_TIMEOUT)
+        self.proc = None
+        _wait_port_closed(self.port, 5.0)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def http_get(self, path: str, timeout: float = 5.0) -> Tuple[int, bytes]:
+        """Blocking GET on the monitoring port; returns (status, body)."""
+        try:
+            with urllib.request.urlopen(self.monitor_url + path, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    async def http_json(self, path: str, timeout: float = 5.0) -> Dict[str, Any]:
+        status, body = await asyncio.wait_for(asyncio.to_thread(self.http_get, path, timeout), timeout + 1)
+        assert status == 200, f"GET {path} -> {status}: {body[:200]!r}"
+        return json.loads(body)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return "(no log)"
+
+    def cleanup(self) -> None:
+        """Kill every process this server ever started (idempotent)."""
+        for p in self.all_procs:
+            if p.poll() is None:
+                try:
+                    p.kill()
+                except ProcessLookupError:
+                    pass
+            try:
+                p.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc = None
+        for h in self._log_handles:
+            try:
+                h.close()
+            except OSError:
+                pass
+
+    # -- implementation -------------------------------------------------------------------
+
+    def command(self) -> List[str]:
+        raise NotImplementedError
+
+    def write_config(self) -> None:
+        raise NotImplementedError
+
+    def _wait_ready(self) -> None:
+        """Poll (bounded) until the client port sends an INFO line and the monitor port accepts."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        client_ok = monitor_ok = False
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.kind} exited early (rc={self.proc.returncode if self.proc else None}):\n{self.log_tail()}"
+                )
+            if not client_ok:
+                client_ok = self._probe_info()
+            if client_ok and not monitor_ok:
+                monitor_ok = self._probe_tcp(self.monitor_port)
+            if client_ok and monitor_ok:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} not ready within {READY_TIMEOUT}s:\n{self.log_tail()}")
+
+    def _probe_info(self) -> bool:
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1.0) as s:
+                s.settimeout(1.0)
+                buf = b""
+                while b"\r\n" not in buf and len(buf) < 65536:
+                    chunk = s.recv(4096)
+                    if not chunk:
+                        return False
+                    buf += chunk
+                return buf.upper().startswith(b"INFO")
+        except OSError:
+            return False
+
+    @staticmethod
+    def _probe_tcp(port: int) -> bool:
+        try:
+            with socket.create_connection((HOST, port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+
+def _abs_binary(path: str) -> str:
+    """Resolve a relative binary path against pytest's cwd (servers run in their temp dir)."""
+    if os.sep in path and not os.path.isabs(path):
+        return os.path.abspath(path)
+    return path
+
+
+class NatsServer(CompatServer):
+    kind = "nats-server"
+
+    def command(self) -> List[str]:
+        binary = os.environ.get("NATS_SERVER_BIN") or shutil.which("nats-server") or "/usr/sbin/nats-server"
+        return [_abs_binary(binary), "-c", self.config_file]
+
+    def write_config(self) -> None:
+        o = self.opts
+        lines = [
+            f'listen: "{HOST}:{self.port}"',
+            f'http: "{HOST}:{self.monitor_port}"',
+            "server_name: compat",
+            "jetstream {",
+            f"  store_dir: {json.dumps(self.data_dir)}",
+            "}",
+        ]
+        if o.token is not None:
+            lines += ["authorization {", f"  token: {json.dumps(o.token)}", "}"]
+        elif o.user is not None:
+            lines += [
+                "authorization {",
+                f"  user: {json.dumps(o.user)}",
+                f"  password: {json.dumps(o.password or '')}",
+                "}",
+            ]
+        if o.max_payload is not None:
+            lines.append(f"max_payload: {int(o.max_payload)}")
+        if o.max_pending is not None:
+            lines.append(f"max_pending: {int(o.max_pending)}")
+            # A slow-consumer test: nats-server detects a consumer whose socket is full
+            # only after a blocked write hits the write deadline (default 10 s), stalling
+            # the publisher meanwhile. Shorten it to keep such tests quick.
+            lines.append('write_deadline: "2s"')
+        if o.ping_interval is not None:
+            lines.append(f'ping_interval: "{int(o.ping_interval)}s"')
+        with open(self.config_file, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+class StorkServer(CompatServer):
+    kind = "stork"
+
+    def command(self) -> List[str]:
+        binary = os.environ.get("STORK_BIN") or "/work/main/.build/debug/stork"
+        return [_abs_binary(binary), "serve", "--config", self.config_file]
+
+    def write_config(self) -> None:
+        o = self.opts
+        lines = [
+            "node:",
+            "  name: compat",
+            f"  bind: {HOST}:{self.cluster_port}",
+            f"  http: {HOST}:{self.monitor_port}",
+            f"  nats: {HOST}:{self.port}",
+            f"  data: {json.dumps(self.data_dir)}",
+        ]
+        nats_lines = []
+        if o.token is not None:
+            nats_lines.append(f"  token: {json.dumps(o.token)}")
+        elif o.user is not None:
+            nats_lines.append(
+                f"  users: [{{user: {json.dumps(o.user)}, password: {json.dumps(o.password or '')}}}]"
+            )
+        nats_lines.append(f"  maxPayload: {int(o.max_payload if o.max_payload is not None else DEFAULT_MAX_PAYLOAD)}")
+        nats_lines.append(f"  maxPending: {int(o.max_pending if o.max_pending is not None else DEFAULT_MAX_PENDING)}")
+        interval = o.ping_interval if o.ping_interval is not None else DEFAULT_PING_INTERVAL
+        nats_lines.append(f"  pingInterval: {int(interval)}s")
+        if nats_lines:
+            lines.append("nats:")
+            lines += nats_lines
+        with open(self.config_file, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+SERVER_CLASSES = {"nats-server": NatsServer, "stork": StorkServer}
+
+
+# --------------------------------------------------------------------------------------
+# Fixtures
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def server_factory(request):
+    """Factory: ``server_factory(token=..., max_payload=...)`` starts a fresh server.
+
+    All servers started through it are killed at teardown, pass or fail.  If the test
+    failed, the tail of each server log is attached to the report output.
+    """
+    started: List[CompatServer] = []
+
+    def make(**kwargs) -> CompatServer:
+        workdir = tempfile.mkdtemp(prefix=f"compat-{COMPAT_SERVER}-")
+        srv = SERVER_CLASSES[COMPAT_SERVER](workdir, ServerOptions(**kwargs))
+        started.append(srv)
+        srv.start()
+        return srv
+
+    yield make
+
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for srv in started:
+        srv.cleanup()
+        if failed:
+            print(f"\n---- {srv.kind} log ({srv.workdir}) ----\n{srv.log_tail()}")
+        else:
+            shutil.rmtree(srv.workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def server(server_factory) -> CompatServer:
+    """A fresh server with default options for this test."""
+    return server_factory()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+# --------------------------------------------------------------------------------------
+# Client helpers
+# --------------------------------------------------------------------------------------
+
+
+async def connect(url: str, **kwargs):
+    """nats.connect with bounded, test-friendly defaults."""
+    import nats
+
+    kwargs.setdefault("connect_timeout", 2)
+    kwargs.setdefault("reconnect_time_wait", 0.2)
+    kwargs.setdefault("max_reconnect_attempts", 50)
+    kwargs.setdefault("allow_reconnect", True)
+    return await asyncio.wait_for(nats.connect(url, **kwargs), 15)
+
+
+@pytest_asyncio.fixture
+async def nc(server):
+    """A connected nats-py client on the default server; closed at teardown."""
+    client = await connect(server.url, name="compat-nc")
+    yield client
+    await close_quietly(client)
+
+
+async def close_quietly(client) -> None:
+    try:
+        if not client.is_closed:
+            await asyncio.wait_for(client.close(), 5)
+    except Exception:
+        pass
+
+
+async def sync(client, timeout: float = 5.0) -> None:
+    """A real round-trip barrier for a nats-py connection.
+
+    nats-py 2.16's ``flush()`` writes its PING straight to the socket, *ahead of*
+    commands still sitting in its write buffer (a SUB or PUB issued just before), so
+    its PONG does not prove that the server has seen them.  Push the buffer out first
+    (private ``_flush_pending``), then PING.
+    """
+    flush_pending = getattr(client, "_flush_pending", None)
+    if flush_pending is not None:
+        await asyncio.wait_for(flush_pending(force_flush=True), timeout)
+    else:  # other nats-py versions: two round trips
+        await client.flush(timeout=timeout)
+    await client.flush(timeout=timeout)
+
+
+async def wait_for(pred: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02, msg: str = "") -> Any:
+    """Poll `pred` (sync or async) until truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = pred()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s {msg}".strip())
+        await asyncio.sleep(interval)
+
+
+class RawClient:
+    """A bare TCP NATS connection (asyncio streams) for protocol-level tests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, info: Dict[str, Any]):
+        self.reader = reader
+        self.writer = writer
+        self.info = info
+
+    @classmethod
+    async def open(cls, srv: CompatServer, connect: Optional[Dict[str, Any]] = None, handshake: bool = True,
+                   limit: int = 1 << 20) -> "RawClient":
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, srv.port, limit=limit), 5)
+        line = await asyncio.wait_for(reader.readline(), 5)
+        assert line.startswith(b"INFO "), line
+        info = json.loads(line[5:])
+        c = cls(reader, writer, info)
+        if handshake:
+            opts = {"verbose": False, "pedantic": False, "protocol": 1, "lang": "raw", "version": "0"}
+            opts.update(connect or {})
+            await c.send(b"CONNECT " + json.dumps(opts).encode() + b"\r\n")
+        return c
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await asyncio.wait_for(self.writer.drain(), 5)
+
+    async def readline(self, timeout: float = 5.0) -> bytes:
+        line = await asyncio.wait_for(self.reader.readline(), timeout)
+        if not line:
+            raise EOFError("connection closed by server")
+        return line
+
+    async def read_op(self, timeout: float = 5.0, skip_ping: bool = True) -> bytes:
+        """Next control line (without CRLF); answers/skips server PINGs if skip_ping."""
+        while True:
+            line = (await self.readline(timeout)).rstrip(b"\r\n")
+            if skip_ping and line == b"PING":
+                await self.send(b"PONG\r\n")
+                continue
+            return line
+
+    async def read_msg(self, timeout: float = 5.0) -> Tuple[List[bytes], bytes]:
+        """Read the next MSG/HMSG; returns (control line fields, payload incl. headers)."""
+        line = await self.read_op(timeout)
+        fields = line.split()
+        assert fields and fields[0] in (b"MSG", b"HMSG"), line
+        size = int(fields[-1])
+        body = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
+        assert body.endswith(b"\r\n")
+        return fields, body[:-2]
+
+    async def ping_pong(self, timeout: float = 5.0) -> None:
+        await self.send(b"PING\r\n")
+        assert await self.read_op(timeout) == b"PONG"
+
+    async def wait_closed(self, timeout: float = 5.0) -> bytes:
+        """Read until EOF (or reset); returns everything read. Fails if still open after timeout."""
+        data = bytearray()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"connection still open after {timeout}s; last data {bytes(data[-200:])!r}")
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(65536), remaining)
+            except (ConnectionResetError, BrokenPipeError):
+                # A reset (server closed with our unread bytes in its socket) makes
+                # StreamReader raise before handing out what it already buffered;
+                # salvage those bytes (private attribute) so a final -ERR isn't lost.
+                data += bytes(getattr(self.reader, "_buffer", b""))
+                return bytes(data)
+            except asyncio.TimeoutError:
+                continue
+            if not chunk:
+                return bytes(data)
+            data += chunk
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:
+            pass
+
+
+@pytest_asyncio.fixture
+async def raw_factory():
+    """Factory for RawClient connections; all closed at teardown."""
+    clients: List[RawClient] = []
+
+    async def make(srv: CompatServer, **kw) -> RawClient:
+        c = await RawClient.open(srv, **kw)
+        clients.append(c)
+        return c
+
+    yield make
+    for c in clients:
+        c.close()

@@ -1,0 +1,81 @@
+import Foundation
+import StorkStreamStores
+import StorkStreaming
+
+// MARK: - Temporary store directories
+
+/// A directory of its own under the system's temporary directory, removed by `remove()`.
+struct StoreTestDirectory: Sendable {
+    let path: String
+
+    init(_ name: String = "store") {
+        self.path =
+            FileManager.default.temporaryDirectory
+            .appendingPathComponent("stork-\(name)-\(UUID().uuidString.prefix(8))").path
+    }
+
+    func remove() {
+        try? FileManager.default.removeItem(atPath: self.path)
+    }
+
+    /// The names of the files directly in the directory with this extension, sorted.
+    func files(withExtension suffix: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: self.path)) ?? []
+        return names.filter { $0.hasSuffix("." + suffix) }.sorted()
+    }
+
+    func url(_ name: String) -> URL {
+        URL(fileURLWithPath: self.path).appendingPathComponent(name)
+    }
+
+    func size(of name: String) -> Int {
+        let attributes = try? FileManager.default.attributesOfItem(atPath: self.url(name).path)
+        return (attributes?[.size] as? NSNumber)?.intValue ?? -1
+    }
+}
+
+// MARK: - Messages
+
+/// A message with a payload of `payloadSize` bytes derived from the sequence (so that mix-ups show).
+func storedMessage(
+    _ sequence: UInt64,
+    subject: String = "orders.created",
+    headers: [UInt8] = [],
+    payloadSize: Int = 16
+) -> StoredMessage {
+    StoredMessage(
+        sequence: sequence,
+        subject: subject,
+        headers: headers,
+        payload: (0..<payloadSize).map { UInt8(truncatingIfNeeded: Int(sequence) &* 31 &+ $0) },
+        timestamp: 1_700_000_000_000_000_000 + Int64(sequence)
+    )
+}
+
+func storedMessages(_ sequences: ClosedRange<UInt64>, payloadSize: Int = 16) -> [StoredMessage] {
+    sequences.map { storedMessage($0, payloadSize: payloadSize) }
+}
+
+/// The bytes a message record takes in a segment file (the file store's format: 34 bytes of header and checksum).
+func fileRecordLength(of message: StoredMessage) -> Int {
+    34 + message.subject.utf8.count + message.headers.count + message.payload.count
+}
+
+// MARK: - Deterministic randomness
+
+/// SplitMix64: a small seeded generator, so that a failing randomized test can be replayed.
+struct StoreTestGenerator: RandomNumberGenerator {
+    private var state: UInt64
+
+    init(seed: UInt64) {
+        self.state = seed
+    }
+
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
