@@ -301,7 +301,9 @@ public final class JetStream: Service, Sendable {
         }
         let outcome = stream.state.withLock { state -> Outcome in
             guard state.consumers[consumerName] != nil else { return .noConsumer }
-            if let status = state.consumers[consumerName]!.pull(request, index: state.index) { return .status(status) }
+            if let status = state.consumers[consumerName]!.pull(request, index: state.index, now: self.now()) {
+                return .status(status)
+            }
             return .queued
         }
         switch outcome {

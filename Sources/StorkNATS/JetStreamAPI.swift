@@ -224,7 +224,10 @@ extension JetStream {
         }
         if current.sealed, !config.sealed { throw JetStreamAPIError.invalidConfig("a sealed stream cannot be unsealed") }
         try self.writeCatalog(config, created: created)
-        stream.state.withLock { $0.config = config }
+        stream.state.withLock { state in
+            state.config = config
+            for name in state.consumers.keys { state.consumers[name]!.streamSubjects(config.subjects) }
+        }
         if config.subjects != current.subjects { stream.bindSubjects() }
         await stream.trim()
         stream.signal()
@@ -393,9 +396,12 @@ extension JetStream {
                     config: config,
                     created: created,
                     index: state.index,
-                    startTime: startTime
+                    startTime: startTime,
+                    now: self.now()
                 )
             }
+            state.consumers[name]!.touch(self.now())
+            state.consumers[name]!.streamSubjects(state.config.subjects)
         }
         stream.signal()
         return self.consumerInfo(stream, name: name, type: "consumer_create_response")!

@@ -66,7 +66,9 @@ final class JetStreamStream: Sendable {
         for (key, value) in recovery.metadata where key.hasPrefix("consumer.") {
             let consumerName = String(key.dropFirst("consumer.".count))
             if let snapshot = try? JSONDecoder().decode(ConsumerStateMachine.Snapshot.self, from: Data(value)) {
-                state.consumers[consumerName] = ConsumerStateMachine(name: consumerName, snapshot: snapshot)
+                var consumer = ConsumerStateMachine(name: consumerName, snapshot: snapshot)
+                consumer.streamSubjects(config.subjects)
+                state.consumers[consumerName] = consumer
             } else {
                 logger.warning("unreadable consumer state skipped", metadata: ["stream": "\(config.name)", "consumer": "\(consumerName)"])
             }
@@ -202,7 +204,22 @@ final class JetStreamStream: Sendable {
         await self.writePending()
         await self.trim()
         await self.deliverAll()
+        await self.removeInactiveConsumers()
         await self.persistConsumers(force: false)
+    }
+
+    /// Ephemeral consumers nobody used for their inactive threshold go away, state and all.
+    private func removeInactiveConsumers() async {
+        let now = self.now()
+        let removed = self.state.withLock { state -> [String] in
+            let inactive = state.consumers.filter { $0.value.isInactive(now: now) }.map(\.key)
+            for name in inactive { state.consumers[name] = nil }
+            return inactive
+        }
+        for name in removed {
+            self.logger.debug("inactive ephemeral consumer removed", metadata: ["stream": "\(self.name)", "consumer": "\(name)"])
+            try? await self.store.saveMetadata(key: "consumer.\(name)", value: nil)
+        }
     }
 
     private func writePending() async {
@@ -297,6 +314,12 @@ final class JetStreamStream: Sendable {
                 while batch.count < 256, let delivery = state.consumers[name]!.nextDelivery(index: state.index, now: now) {
                     batch.append((delivery, state.recent[delivery.streamSequence]))
                 }
+                // Messages left after each delivery: counted once for the batch.
+                var remaining = state.consumers[name]!.unprocessed(index: state.index)
+                for position in batch.indices.reversed() {
+                    batch[position].0.pendingAfter = remaining
+                    if batch[position].0.deliveries == 1 { remaining += 1 }
+                }
                 return batch
             }
             if batch.isEmpty { return }
@@ -384,7 +407,7 @@ final class JetStreamStream: Sendable {
             if state.config.maxAge > 0, !state.index.entries.isEmpty { return true }
             if state.consumersDirtyAt != nil { return true }
             return state.consumers.values.contains { consumer in
-                consumer.nextDeadline != nil || (!consumer.config.isPull && !consumer.pushActive)
+                consumer.nextDeadline != nil || (!consumer.config.isPull && !consumer.pushActive) || consumer.isEphemeral
             }
         }
     }

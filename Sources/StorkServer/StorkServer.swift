@@ -64,15 +64,14 @@ public struct StorkServer: Sendable {
             try NATSServer(configuration: configuration.natsServerConfiguration(address: address), logger: logger)
         }
         // Durable streams behind the JetStream API, on the NATS endpoint's router; file stores under node.data.
-        let storeLogger = logger
         let jetstream = nats.map { nats in
             nats.jetstream = true
+            var jetstreamConfiguration = JetStream.Configuration(directory: "\(configuration.node.data)/jetstream")
+            jetstreamConfiguration.maxStreams = configuration.streaming.maxStreams
             return JetStream(
-                configuration: .init(directory: "\(configuration.node.data)/jetstream"),
+                configuration: jetstreamConfiguration,
                 router: nats.router,
-                storeFactory: { _, directory in
-                    FileMessageStore(directory: directory, logger: storeLogger)
-                },
+                storeFactory: configuration.makeMessageStoreFactory(logger: logger),
                 logger: logger
             )
         }

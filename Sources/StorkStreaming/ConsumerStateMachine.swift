@@ -40,7 +40,8 @@ public struct ConsumerStateMachine: Sendable {
         public var deliveries: Int
         /// Where to send it: the pull request's reply subject or the push consumer's deliver subject.
         public var subject: String
-        /// Messages left after this one (for the ack subject's pending token).
+        /// Messages left after this one (for the ack subject's pending token); filled in by the driver, which
+        /// counts once per batch.
         public var pendingAfter: Int
     }
 
@@ -82,10 +83,32 @@ public struct ConsumerStateMachine: Sendable {
 
     /// Messages awaiting an ack that have been delivered more than once (NATS's `num_redelivered`).
     public var pendingRedelivered: Int { self.pending.values.filter { $0.deliveries > 1 }.count }
+    /// The filters that matter: none when the configured ones cover every subject of the stream (then counting and
+    /// finding the next message need no subject matching).
+    public private(set) var filters: [String]
     /// Whether a push consumer's deliver subject has interest (set by the driver).
     public var pushActive = false
     /// Set when something changed that should be persisted.
     public var dirty = false
+    /// When a client last showed interest (a pull request, an ack, a delivery, a push subscriber), in ns.
+    public private(set) var lastActive: Int64 = 0
+
+    /// Whether the consumer goes away by itself when unused (no durable name).
+    public var isEphemeral: Bool { self.config.durableName == nil }
+
+    /// How long an ephemeral consumer may go unused (NATS's `inactive_threshold`, 5 s when not set).
+    public var inactiveThreshold: Int64 { self.config.inactiveThreshold > 0 ? self.config.inactiveThreshold : 5_000_000_000 }
+
+    /// Whether an ephemeral consumer has been unused for longer than its threshold at `now`.
+    public func isInactive(now: Int64) -> Bool {
+        guard self.isEphemeral, self.waiting.isEmpty, !self.pushActive else { return false }
+        return now - self.lastActive > self.inactiveThreshold
+    }
+
+    /// Notes activity at `now`.
+    public mutating func touch(_ now: Int64) {
+        self.lastActive = now
+    }
 
     /// A new consumer positioned by its deliver policy on `index`.
     public init(name: String, config: ConsumerConfig, created: String, index: StreamIndex, startTime: Int64?) {
@@ -93,6 +116,7 @@ public struct ConsumerStateMachine: Sendable {
         self.config = config
         self.created = created
         let filters = config.filters
+        self.filters = filters
         switch config.deliverPolicy {
         case .all:
             self.nextStreamSequence = index.firstSequence
@@ -112,9 +136,16 @@ public struct ConsumerStateMachine: Sendable {
         self.dirty = true
     }
 
+    /// A new consumer that counts as active from `now` (so that an ephemeral one gets its full threshold).
+    public init(name: String, config: ConsumerConfig, created: String, index: StreamIndex, startTime: Int64?, now: Int64) {
+        self.init(name: name, config: config, created: created, index: index, startTime: startTime)
+        self.lastActive = now
+    }
+
     public init(name: String, snapshot: Snapshot) {
         self.name = name
         self.config = snapshot.config
+        self.filters = snapshot.config.filters
         self.created = snapshot.created
         self.nextStreamSequence = snapshot.nextStreamSequence
         self.consumerSequence = snapshot.consumerSequence
@@ -145,14 +176,24 @@ public struct ConsumerStateMachine: Sendable {
     /// Changes what may change on an existing consumer (ack wait, max ack pending, description…).
     public mutating func update(_ config: ConsumerConfig) {
         self.config = config
+        self.filters = config.filters
         self.dirty = true
+    }
+
+    /// Tells the consumer the stream's subjects, so that filters covering all of them are dropped.
+    public mutating func streamSubjects(_ subjects: [String]) {
+        let configured = self.config.filters
+        let coversStream = !configured.isEmpty
+            && subjects.allSatisfy { subject in configured.contains { Subject.isSubset(subject, of: $0) } }
+        self.filters = coversStream ? [] : configured
     }
 
     // MARK: Pull requests
 
     /// Queues a pull request. Returns a status to send at once when it cannot wait: `409` when too many wait, `404`
     /// when it asked not to wait and nothing can be delivered now.
-    public mutating func pull(_ request: PullRequest, index: StreamIndex) -> Status? {
+    public mutating func pull(_ request: PullRequest, index: StreamIndex, now: Int64 = 0) -> Status? {
+        if now > 0 { self.lastActive = now }
         if request.noWait, !self.hasDeliverable(index: index) {
             return Status(replyTo: request.replyTo, code: 404, description: "No Messages", pendingMessages: 0)
         }
@@ -167,7 +208,7 @@ public struct ConsumerStateMachine: Sendable {
     public func hasDeliverable(index: StreamIndex) -> Bool {
         if !self.redeliveries.isEmpty { return true }
         if self.ackPendingFull { return false }
-        return index.next(from: self.nextStreamSequence, filters: self.config.filters) != nil
+        return index.next(from: self.nextStreamSequence, filters: self.filters) != nil
     }
 
     private var ackPendingFull: Bool {
@@ -180,6 +221,7 @@ public struct ConsumerStateMachine: Sendable {
     /// request waits, for push consumers only while the deliver subject has interest; never more than max ack
     /// pending outstanding.
     public mutating func nextDelivery(index: StreamIndex, now: Int64) -> Delivery? {
+        if self.pushActive { self.lastActive = now }
         let target: String
         if self.config.isPull {
             guard let request = self.waiting.first else { return nil }
@@ -215,11 +257,11 @@ public struct ConsumerStateMachine: Sendable {
                 consumerSequence: self.consumerSequence,
                 deliveries: pending.deliveries,
                 subject: target,
-                pendingAfter: index.count(from: self.nextStreamSequence, filters: self.config.filters)
+                pendingAfter: 0
             )
         }
         guard !self.ackPendingFull else { return nil }
-        guard let entry = index.next(from: self.nextStreamSequence, filters: self.config.filters) else { return nil }
+        guard let entry = index.next(from: self.nextStreamSequence, filters: self.filters) else { return nil }
         self.nextStreamSequence = entry.sequence + 1
         self.consumerSequence += 1
         if self.config.ackPolicy == .none {
@@ -239,7 +281,7 @@ public struct ConsumerStateMachine: Sendable {
             consumerSequence: self.consumerSequence,
             deliveries: 1,
             subject: target,
-            pendingAfter: index.count(from: self.nextStreamSequence, filters: self.config.filters)
+            pendingAfter: 0
         )
     }
 
@@ -272,6 +314,7 @@ public struct ConsumerStateMachine: Sendable {
     /// Applies an ack for the message at `streamSequence`. Returns whether it changed anything.
     @discardableResult
     public mutating func acknowledge(_ kind: Acknowledgement, streamSequence: UInt64, now: Int64) -> Bool {
+        self.lastActive = now
         guard self.pending[streamSequence] != nil else { return false }
         switch kind {
         case .ack, .terminate:
@@ -328,7 +371,7 @@ public struct ConsumerStateMachine: Sendable {
                         replyTo: request.replyTo,
                         code: 408,
                         description: "Request Timeout",
-                        pendingMessages: index.count(from: self.nextStreamSequence, filters: self.config.filters)
+                        pendingMessages: index.count(from: self.nextStreamSequence, filters: self.filters)
                     )
                 )
             } else if request.noWait, !self.hasDeliverable(index: index) {
@@ -363,7 +406,7 @@ public struct ConsumerStateMachine: Sendable {
 
     /// Messages not yet delivered (`num_pending`).
     public func unprocessed(index: StreamIndex) -> Int {
-        index.count(from: self.nextStreamSequence, filters: self.config.filters)
+        index.count(from: self.nextStreamSequence, filters: self.filters)
     }
 
     /// The stream was purged or messages removed: forget deliveries of messages that are gone, and move past them.

@@ -123,6 +123,7 @@ class ServerOptions:
     max_payload: Optional[int] = None  # bytes
     max_pending: Optional[int] = None  # bytes (slow consumer threshold)
     ping_interval: Optional[int] = None  # seconds
+    stork_streaming: Optional[Dict[str, Any]] = None  # Stork only: the `streaming:` section
 
 
 class CompatServer:
@@ -373,6 +374,10 @@ class StorkServer(CompatServer):
         if nats_lines:
             lines.append("nats:")
             lines += nats_lines
+        if o.stork_streaming:
+            lines.append("streaming:")
+            for key, value in o.stork_streaming.items():
+                lines.append(f"  {key}: {json.dumps(value)}")
         with open(self.config_file, "w") as f:
             f.write("\n".join(lines) + "\n")
 

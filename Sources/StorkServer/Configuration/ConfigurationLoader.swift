@@ -50,7 +50,7 @@ extension ServerConfiguration {
         var configuration = ServerConfiguration()
         guard let root else { return configuration }
         let document = ConfigNode(node: root, path: "", environment: environment, expressions: expressions)
-        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership", "ownership", "nats"])
+        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership", "ownership", "nats", "streaming"])
         if let node = top["node"] {
             let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data", "nats"])
             if let value = fields["name"] { configuration.node.name = try value.string() }
@@ -63,6 +63,32 @@ extension ServerConfiguration {
         }
         if let nats = top["nats"] {
             configuration.nats = try Self.nats(nats)
+        }
+        if let streaming = top["streaming"] {
+            let fields = try streaming.mapping(allowed: ["store", "fileSync", "segmentMaxBytes", "sqlite", "postgres", "maxStreams"])
+            if let value = fields["store"] {
+                let name = try value.string()
+                guard let store = Streaming.Store(rawValue: name) else {
+                    throw value.error("unknown store '\(name)'; expected file, memory, sqlite or postgres")
+                }
+                configuration.streaming.store = store
+            }
+            if let value = fields["fileSync"] {
+                let text = try value.string()
+                configuration.streaming.fileSync = text == "always" ? nil : try value.duration()
+            }
+            if let value = fields["segmentMaxBytes"] {
+                configuration.streaming.segmentMaxBytes = try value.integer(in: 4096...(1 << 34))
+            }
+            if let value = fields["sqlite"] { configuration.streaming.sqlite = try value.string() }
+            if let value = fields["postgres"] {
+                let url = try value.string()
+                guard url.hasPrefix("postgres://") || url.hasPrefix("postgresql://") else {
+                    throw value.error("expected postgres://user:password@host:port/database")
+                }
+                configuration.streaming.postgres = url
+            }
+            if let value = fields["maxStreams"] { configuration.streaming.maxStreams = try value.integer(in: 1...1_000_000) }
         }
         if let cluster = top["cluster"] {
             let fields = try cluster.mapping(allowed: ["name", "key"])
@@ -237,6 +263,7 @@ extension ServerConfiguration {
         }
         if let value = environment["STORK_CLUSTER_KEY"], !value.isEmpty { self.cluster.key = value }
         if let value = environment["STORK_DATA"], !value.isEmpty { self.node.data = value }
+        if let value = environment["STORK_STREAMING_POSTGRES"], !value.isEmpty { self.streaming.postgres = value }
         if let value = environment["STORK_NATS"], !value.isEmpty {
             self.node.nats = try ConfigValue.optionalEndpoint(value, path: "STORK_NATS")
         }
@@ -277,6 +304,9 @@ extension ServerConfiguration {
             {
                 throw StorkError(.invalidInput, "ownership.store must be sqlite:PATH or postgres://user:password@host:port/db")
             }
+        }
+        if self.streaming.store == .postgres, self.streaming.postgres == nil {
+            throw StorkError(.invalidInput, "streaming.store is postgres but streaming.postgres (the URL) is not set")
         }
         if self.nats.token != nil, !self.nats.users.isEmpty {
             throw StorkError(.invalidInput, "nats: give either 'token' or 'users', not both")

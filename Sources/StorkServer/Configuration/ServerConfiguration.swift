@@ -1,9 +1,12 @@
 import Foundation
+import Logging
 import StorkCore
 import StorkMembership
 import StorkNATS
 import StorkPlacement
 import StorkResources
+import StorkStreamStores
+import StorkStreaming
 
 // MARK: - ServerConfiguration
 //
@@ -27,6 +30,28 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var data = "./stork-data"
         /// The NATS client endpoint (host:port), nil when turned off (`nats: off`).
         public var nats: String? = "127.0.0.1:4222"
+    }
+
+    /// Durable streams (the `streaming:` section): where streams keep their messages unless a stream names its own
+    /// store (`stork_store` in its configuration).
+    public struct Streaming: Sendable, Hashable {
+        public enum Store: String, Sendable, Hashable, CaseIterable {
+            case file, memory, sqlite, postgres
+        }
+
+        /// The store of streams with file storage that do not name one.
+        public var store: Store = .file
+        /// File store: fsync after every batch (`always`), or at most every this long (the default, 100 ms; a
+        /// message is on disk in the page cache when acknowledged, so it survives kill -9 of the process).
+        public var fileSync: Duration? = .milliseconds(100)
+        /// File store: the largest segment file.
+        public var segmentMaxBytes = 64 * 1024 * 1024
+        /// SQLite store: the database file (default `{node.data}/streams.db`).
+        public var sqlite: String?
+        /// PostgreSQL store: `postgres://user:password@host:port/database`.
+        public var postgres: String?
+        /// Streams at most.
+        public var maxStreams = 10_000
     }
 
     /// The NATS endpoint's protocol limits and authentication (the `nats:` section).
@@ -99,6 +124,7 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var membership = MembershipSettings()
     public var ownership = Ownership()
     public var nats = NATS()
+    public var streaming = Streaming()
 
     public init() {}
 
@@ -176,5 +202,28 @@ public struct ConfigurationOverrides: Sendable, Hashable {
         self.seeds = seeds
         self.nats = nats
         self.data = data
+    }
+}
+
+// MARK: - Message stores
+
+extension ServerConfiguration {
+    /// Makes each stream's store: the one the stream names (`stork_store`), else `streaming.store`.
+    public func makeMessageStoreFactory(logger: Logger) -> JetStream.StoreFactory {
+        let streaming = self.streaming
+        return { config, directory in
+            let kind = config.storkStore.flatMap(Streaming.Store.init(rawValue:)) ?? streaming.store
+            switch kind {
+            case .memory:
+                return MemoryMessageStore()
+            case .file:
+                var file = FileMessageStoreConfiguration()
+                file.segmentMaxBytes = streaming.segmentMaxBytes
+                file.fsync = streaming.fileSync.map { .batched($0) } ?? .always
+                return FileMessageStore(directory: directory, configuration: file, logger: logger)
+            case .sqlite, .postgres:
+                throw StorkError(.invalidInput, "the \(kind.rawValue) message store is not available in this build")
+            }
+        }
     }
 }
