@@ -47,19 +47,6 @@ public struct StorkServer: Sendable {
             transport.close()
         }
 
-        var managerConfiguration = configuration.resourceManagerConfiguration()
-        if let url = configuration.ownershipStoreURL {
-            let store = try OwnershipStores.make(url: url, cluster: configuration.cluster.name, logger: logger)
-            managerConfiguration.ownershipStore = store
-            logger.info("lease ownership", metadata: ["stork.store": "\(store.description)"])
-        }
-        let manager = ResourceManager(
-            configuration: managerConfiguration,
-            handler: configuration.makeHandler(httpClient: httpClient),
-            sources: configuration.makeSourceRegistrations(httpClient: httpClient, logger: logger),
-            transport: transport,
-            logger: logger
-        )
         let nats = try configuration.node.nats.map { address in
             try NATSServer(configuration: configuration.natsServerConfiguration(address: address), logger: logger)
         }
@@ -75,6 +62,20 @@ public struct StorkServer: Sendable {
                 logger: logger
             )
         }
+        var managerConfiguration = configuration.resourceManagerConfiguration()
+        managerConfiguration.messaging = nats.map { RouterMessaging(router: $0.router) }
+        if let url = configuration.ownershipStoreURL {
+            let store = try OwnershipStores.make(url: url, cluster: configuration.cluster.name, logger: logger)
+            managerConfiguration.ownershipStore = store
+            logger.info("lease ownership", metadata: ["stork.store": "\(store.description)"])
+        }
+        let manager = ResourceManager(
+            configuration: managerConfiguration,
+            handler: configuration.makeHandler(httpClient: httpClient),
+            sources: configuration.makeSourceRegistrations(httpClient: httpClient, logger: logger),
+            transport: transport,
+            logger: logger
+        )
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         let app = Application(
             router: AdminAPI.router(manager: manager, nats: nats, extraMetrics: [TransportMetrics(transport: transport)]),
@@ -93,6 +94,11 @@ public struct StorkServer: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup)
         ]
+        if let nats {
+            services.append(
+                .init(service: LifecycleEventPublisher(manager: manager, router: nats.router, node: configuration.node.name))
+            )
+        }
         if let jetstream { services.append(.init(service: jetstream)) }
         if let nats { services.append(.init(service: nats)) }
         services.append(.init(service: app))

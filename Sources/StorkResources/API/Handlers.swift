@@ -14,12 +14,21 @@ public struct ResourceContext: Sendable {
     public var fencingToken: UInt64?
     /// A logger with the resource id and node in its metadata.
     public var logger: Logger
+    /// The node's message server, when it runs one: publish the resource's events, subscribe to its commands.
+    public var messaging: (any StorkMessaging)?
 
-    public init(node: NodeID, attempt: Int, fencingToken: UInt64? = nil, logger: Logger) {
+    public init(
+        node: NodeID,
+        attempt: Int,
+        fencingToken: UInt64? = nil,
+        logger: Logger,
+        messaging: (any StorkMessaging)? = nil
+    ) {
         self.node = node
         self.attempt = attempt
         self.fencingToken = fencingToken
         self.logger = logger
+        self.messaging = messaging
     }
 }
 

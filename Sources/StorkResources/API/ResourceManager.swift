@@ -33,6 +33,8 @@ public struct ResourceManagerConfiguration: Sendable {
     public var ownershipStore: (any OwnershipStore)?
     /// Lease mode: how long one store operation may take before it counts as failed.
     public var ownershipStoreTimeout: Duration = .seconds(2)
+    /// The node's message server, handed to handlers in ``ResourceContext/messaging``.
+    public var messaging: (any StorkMessaging)?
 
     public init(name: String) {
         self.name = name
@@ -645,7 +647,13 @@ public final class ResourceManager: Service, Sendable {
         var logger = self.logger
         logger[metadataKey: "stork.resource"] = "\(resource.id)"
         if let token { logger[metadataKey: "stork.fencing_token"] = "\(token)" }
-        return ResourceContext(node: self.identity, attempt: attempt, fencingToken: token, logger: logger)
+        return ResourceContext(
+            node: self.identity,
+            attempt: attempt,
+            fencingToken: token,
+            logger: logger,
+            messaging: self.configuration.messaging
+        )
     }
 
     private func execute(_ item: Work) async {

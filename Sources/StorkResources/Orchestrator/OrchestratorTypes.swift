@@ -169,6 +169,23 @@ public enum ResourceEventKind: Hashable, Sendable {
     case leaseAcquired(token: UInt64)
     /// Lease mode: the lease was not renewed in time, or another node holds it now.
     case leaseLost(token: UInt64)
+
+    /// The event's name without its details (`handled`, `terminated`, `leaseLost`, …): one subject token.
+    public var name: String {
+        switch self {
+        case .claiming: "claiming"
+        case .handling: "handling"
+        case .handled: "handled"
+        case .handleFailed: "handleFailed"
+        case .terminating: "terminating"
+        case .terminated: "terminated"
+        case .terminationFailed: "terminationFailed"
+        case .handoffTimedOut: "handoffTimedOut"
+        case .acquiringLease: "acquiringLease"
+        case .leaseAcquired: "leaseAcquired"
+        case .leaseLost: "leaseLost"
+        }
+    }
 }
 
 public struct ResourceEvent: Hashable, Sendable, CustomStringConvertible {
