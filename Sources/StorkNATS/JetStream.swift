@@ -279,6 +279,7 @@ public final class JetStream: Service, Sendable {
         var batch = 1
         var expires: Int64?
         var noWait = false
+        var heartbeat: Int64?
         let text = String(buffer: message.payload).trimmingCharacters(in: .whitespacesAndNewlines)
         if let number = Int(text) {
             batch = number
@@ -288,12 +289,15 @@ public final class JetStream: Service, Sendable {
             batch = (object["batch"] as? NSNumber)?.intValue ?? 1
             if let value = (object["expires"] as? NSNumber)?.int64Value, value > 0 { expires = self.now() + value }
             noWait = (object["no_wait"] as? Bool) ?? false
+            if let value = (object["idle_heartbeat"] as? NSNumber)?.int64Value, value > 0 { heartbeat = value }
         }
         guard let stream = self.streams.withLock({ $0[streamName] }) else {
             self.sendStatus(reply, code: 404, description: "No Messages")
             return
         }
-        let request = ConsumerStateMachine.PullRequest(replyTo: reply, batch: batch, expires: expires, noWait: noWait)
+        var request = ConsumerStateMachine.PullRequest(replyTo: reply, batch: batch, expires: expires, noWait: noWait)
+        request.heartbeat = heartbeat
+        request.lastHeartbeat = self.now()
         enum Outcome {
             case noConsumer
             case status(ConsumerStateMachine.Status)

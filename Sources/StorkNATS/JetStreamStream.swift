@@ -366,6 +366,11 @@ final class JetStreamStream: Sendable {
         var headers = NATSHeaders(status: status.code, statusDescription: status.description)
         if status.code == 408 {
             headers.fields = [("Nats-Pending-Messages", "\(status.pendingMessages)"), ("Nats-Pending-Bytes", "0")]
+        } else if status.code == 100 {
+            headers.fields = [
+                ("Nats-Last-Consumer", "\(status.lastConsumerSequence)"),
+                ("Nats-Last-Stream", "\(status.lastStreamSequence)"),
+            ]
         }
         self.router.publish(NATSMessage(subject: status.replyTo, headers: headers.encoded, payload: ByteBuffer()))
     }
@@ -408,6 +413,7 @@ final class JetStreamStream: Sendable {
             if state.consumersDirtyAt != nil { return true }
             return state.consumers.values.contains { consumer in
                 consumer.nextDeadline != nil || (!consumer.config.isPull && !consumer.pushActive) || consumer.isEphemeral
+                    || consumer.sendsHeartbeats
             }
         }
     }

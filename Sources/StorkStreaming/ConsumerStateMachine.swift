@@ -22,6 +22,9 @@ public struct ConsumerStateMachine: Sendable {
         public var expires: Int64?
         public var noWait: Bool
         public var delivered = 0
+        /// Send `100 Idle Heartbeat` this often (ns) while the request waits; nil for never.
+        public var heartbeat: Int64?
+        public var lastHeartbeat: Int64 = 0
 
         /// A request with both `no_wait` and `expires` lingers until it expires, as in nats-server (clients rely on
         /// it: nats-py sends both and expects the wait).
@@ -51,6 +54,10 @@ public struct ConsumerStateMachine: Sendable {
         public var code: Int
         public var description: String
         public var pendingMessages: Int
+        /// For heartbeats: the last consumer and stream sequences delivered (`Nats-Last-Consumer`,
+        /// `Nats-Last-Stream`), which ordered consumers check for gaps.
+        public var lastConsumerSequence: UInt64 = 0
+        public var lastStreamSequence: UInt64 = 0
     }
 
     /// What survives a restart.
@@ -92,6 +99,10 @@ public struct ConsumerStateMachine: Sendable {
     public var dirty = false
     /// When a client last showed interest (a pull request, an ack, a delivery, a push subscriber), in ns.
     public private(set) var lastActive: Int64 = 0
+    /// When the last message or heartbeat went to a push consumer's deliver subject, in ns.
+    private var lastSent: Int64 = 0
+    /// The stream sequence of the last message delivered.
+    private var lastDeliveredStreamSequence: UInt64 = 0
 
     /// Whether the consumer goes away by itself when unused (no durable name).
     public var isEphemeral: Bool { self.config.durableName == nil }
@@ -252,6 +263,8 @@ public struct ConsumerStateMachine: Sendable {
             self.redeliveredCount += 1
             self.dirty = true
             self.consumeRequest()
+            self.lastSent = now
+            self.lastDeliveredStreamSequence = sequence
             return Delivery(
                 streamSequence: sequence,
                 consumerSequence: self.consumerSequence,
@@ -276,6 +289,8 @@ public struct ConsumerStateMachine: Sendable {
         }
         self.dirty = true
         self.consumeRequest()
+        self.lastSent = now
+        self.lastDeliveredStreamSequence = entry.sequence
         return Delivery(
             streamSequence: entry.sequence,
             consumerSequence: self.consumerSequence,
@@ -363,8 +378,22 @@ public struct ConsumerStateMachine: Sendable {
             self.insertRedelivery(sequence)
         }
         var statuses: [Status] = []
+        // Idle heartbeats: to a push consumer's deliver subject while nothing was sent for its interval, and to
+        // waiting pull requests that asked for them.
+        if !self.config.isPull, self.config.idleHeartbeat > 0, self.pushActive, let subject = self.config.deliverSubject,
+            now - self.lastSent >= self.config.idleHeartbeat
+        {
+            self.lastSent = now
+            statuses.append(self.heartbeat(to: subject))
+        }
         var kept: Deque<PullRequest> = []
-        for request in self.waiting {
+        for var request in self.waiting {
+            if let interval = request.heartbeat, interval > 0, now - request.lastHeartbeat >= interval,
+                request.expires.map({ $0 > now }) ?? true
+            {
+                request.lastHeartbeat = now
+                statuses.append(self.heartbeat(to: request.replyTo))
+            }
             if let expires = request.expires, expires <= now {
                 statuses.append(
                     Status(
@@ -390,6 +419,22 @@ public struct ConsumerStateMachine: Sendable {
         }
         self.waiting = kept
         return statuses
+    }
+
+    private func heartbeat(to subject: String) -> Status {
+        Status(
+            replyTo: subject,
+            code: 100,
+            description: "Idle Heartbeat",
+            pendingMessages: 0,
+            lastConsumerSequence: self.consumerSequence,
+            lastStreamSequence: self.lastDeliveredStreamSequence
+        )
+    }
+
+    /// Whether heartbeats may fall due (so the driver keeps ticking).
+    public var sendsHeartbeats: Bool {
+        (!self.config.isPull && self.config.idleHeartbeat > 0) || self.waiting.contains { ($0.heartbeat ?? 0) > 0 }
     }
 
     /// The earliest time something becomes due (an ack wait or a request expiring), for the driver's timer.

@@ -174,6 +174,32 @@ struct ConsumerStateMachineTests {
         #expect(seen == [2, 3, 4])
     }
 
+    @Test("idle heartbeats: a quiet push consumer and a waiting pull request get 100 with the last sequences")
+    func heartbeats() {
+        let index = makeIndex(1)
+        var config = ConsumerConfig()
+        config.durableName = "p"
+        config.deliverSubject = "deliver.p"
+        config.idleHeartbeat = 1_000
+        var push = ConsumerStateMachine(name: "p", config: config, created: "", index: index, startTime: nil)
+        push.pushActive = true
+        #expect(push.nextDelivery(index: index, now: 100)?.streamSequence == 1)
+        #expect(push.tick(now: 1_099, index: index).isEmpty)
+        let beat = push.tick(now: 1_100, index: index)
+        #expect(beat.map(\.code) == [100])
+        #expect(beat.first?.replyTo == "deliver.p")
+        #expect(beat.first?.lastStreamSequence == 1 && beat.first?.lastConsumerSequence == 1)
+        #expect(push.tick(now: 1_500, index: index).isEmpty)
+
+        var pull = pullConsumer(index: makeIndex(0))
+        var request = ConsumerStateMachine.PullRequest(replyTo: "inbox", batch: 1, expires: 10_000, noWait: false)
+        request.heartbeat = 2_000
+        #expect(pull.pull(request, index: makeIndex(0)) == nil)
+        #expect(pull.tick(now: 1_999, index: makeIndex(0)).isEmpty)
+        #expect(pull.tick(now: 2_000, index: makeIndex(0)).map(\.code) == [100])
+        #expect(pull.tick(now: 10_000, index: makeIndex(0)).map(\.code) == [408])
+    }
+
     @Test("an ephemeral consumer unused past its threshold is inactive; a durable never")
     func inactivity() {
         let index = makeIndex(1)
