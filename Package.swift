@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "StorkLeases", targets: ["StorkLeases"]),
         .library(name: "StorkStreaming", targets: ["StorkStreaming"]),
         .library(name: "StorkStreamStores", targets: ["StorkStreamStores"]),
+        .library(name: "StorkSQLStreamStores", targets: ["StorkSQLStreamStores"]),
         .library(name: "StorkNATS", targets: ["StorkNATS"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
@@ -92,6 +93,21 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - Message stores in SQL databases: SQLite (one file, many streams) and PostgreSQL
+        .target(
+            name: "StorkSQLStreamStores",
+            dependencies: [
+                "StorkCore",
+                "StorkStreaming",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - NATS client protocol: codec (pure, fuzzed) and the server endpoint over NIO
         .target(
             name: "StorkNATS",
@@ -146,6 +162,7 @@ let package = Package(
                 "StorkNATS",
                 "StorkPlacement",
                 "StorkResources",
+                "StorkSQLStreamStores",
                 "StorkStreamStores",
                 "StorkStreaming",
                 .product(name: "Logging", package: "swift-log"),
@@ -234,6 +251,18 @@ let package = Package(
         .testTarget(
             name: "StorkStreamingTests",
             dependencies: ["StorkStreaming", "StorkStreamStores"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkSQLStreamStoresTests",
+            dependencies: [
+                "StorkCore",
+                "StorkSQLStreamStores",
+                "StorkStreaming",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(

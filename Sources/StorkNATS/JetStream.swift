@@ -45,6 +45,9 @@ public final class JetStream: Service, Sendable {
     private let spawns: AsyncStream<JetStreamStream>
     private let spawnsContinuation: AsyncStream<JetStreamStream>.Continuation
     private let apiSubscriptions = Mutex<[NATSSubscription]>([])
+    private let readiness = Mutex<(ready: Bool, failure: (any Error)?, waiters: [CheckedContinuation<Void, any Error>])>(
+        (false, nil, [])
+    )
 
     struct APIRequest: Sendable {
         var subject: String
@@ -71,8 +74,13 @@ public final class JetStream: Service, Sendable {
     // MARK: Running
 
     public func run() async throws {
-        try FileManager.default.createDirectory(atPath: self.configuration.directory, withIntermediateDirectories: true)
-        try await self.recover()
+        do {
+            try FileManager.default.createDirectory(atPath: self.configuration.directory, withIntermediateDirectories: true)
+            try await self.recover()
+        } catch {
+            self.finishReadiness(error)
+            throw error
+        }
         let receiver = APIReceiver(jetstream: self)
         self.apiSubscriptions.withLock {
             $0 = [
@@ -80,6 +88,7 @@ public final class JetStream: Service, Sendable {
                 self.router.subscribe("$JS.ACK.>", receiver: AckReceiver(jetstream: self)),
             ]
         }
+        self.finishReadiness(nil)
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.serveRequests() }
@@ -102,6 +111,31 @@ public final class JetStream: Service, Sendable {
             try? await stream.store.close()
         }
         self.logger.info("JetStream stopped", metadata: ["streams": "\(streams.count)"])
+    }
+
+    /// Returns once every stream is recovered and the API is served (throws if recovery failed), so that the
+    /// endpoint can open to clients only then.
+    public func waitUntilReady() async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let outcome: Result<Void, any Error>? = self.readiness.withLock { state in
+                if state.ready { return .success(()) }
+                if let failure = state.failure { return .failure(failure) }
+                state.waiters.append(continuation)
+                return nil
+            }
+            if let outcome { continuation.resume(with: outcome) }
+        }
+    }
+
+    private func finishReadiness(_ failure: (any Error)?) {
+        let waiters = self.readiness.withLock { state in
+            if let failure { state.failure = failure } else { state.ready = true }
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters {
+            if let failure { waiter.resume(throwing: failure) } else { waiter.resume() }
+        }
     }
 
     private func stopIntake() {

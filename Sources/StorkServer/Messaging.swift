@@ -98,3 +98,16 @@ struct LifecycleEventPublisher: Service {
         String(name.map { $0 == "." || $0 == "*" || $0 == ">" || $0 == " " || $0 == "\t" ? "_" : $0 })
     }
 }
+
+// MARK: - The endpoint opens when streams are ready
+
+/// Runs the NATS endpoint once JetStream has recovered its streams, so that no client sees a moment without them.
+struct NATSEndpointService: Service {
+    let nats: NATSServer
+    let jetstream: JetStream?
+
+    func run() async throws {
+        try await self.jetstream?.waitUntilReady()
+        try await self.nats.run()
+    }
+}

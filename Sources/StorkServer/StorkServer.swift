@@ -100,7 +100,7 @@ public struct StorkServer: Sendable {
             )
         }
         if let jetstream { services.append(.init(service: jetstream)) }
-        if let nats { services.append(.init(service: nats)) }
+        if let nats { services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream))) }
         services.append(.init(service: app))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

@@ -21,7 +21,9 @@ WINDOW = 200  # publishes in flight at once (an "async batch")
 def stores():
     if COMPAT_SERVER != "stork":
         return ["file"]
-    kinds = ["file"]
+    kinds = ["file", "sqlite"]
+    if os.environ.get("STORK_TEST_POSTGRES_URL"):
+        kinds.append("postgres")
     return kinds
 
 

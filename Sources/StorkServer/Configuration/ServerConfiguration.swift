@@ -5,6 +5,7 @@ import StorkMembership
 import StorkNATS
 import StorkPlacement
 import StorkResources
+import StorkSQLStreamStores
 import StorkStreamStores
 import StorkStreaming
 
@@ -211,6 +212,7 @@ extension ServerConfiguration {
     /// Makes each stream's store: the one the stream names (`stork_store`), else `streaming.store`.
     public func makeMessageStoreFactory(logger: Logger) -> JetStream.StoreFactory {
         let streaming = self.streaming
+        let sqlitePath = self.streaming.sqlite ?? "\(self.node.data)/streams.db"
         return { config, directory in
             let kind = config.storkStore.flatMap(Streaming.Store.init(rawValue:)) ?? streaming.store
             switch kind {
@@ -221,8 +223,13 @@ extension ServerConfiguration {
                 file.segmentMaxBytes = streaming.segmentMaxBytes
                 file.fsync = streaming.fileSync.map { .batched($0) } ?? .always
                 return FileMessageStore(directory: directory, configuration: file, logger: logger)
-            case .sqlite, .postgres:
-                throw StorkError(.invalidInput, "the \(kind.rawValue) message store is not available in this build")
+            case .sqlite:
+                return SQLiteMessageStore(path: sqlitePath, stream: config.name, logger: logger)
+            case .postgres:
+                guard let url = streaming.postgres else {
+                    throw StorkError(.invalidInput, "stream \(config.name) uses postgres but streaming.postgres is not set")
+                }
+                return try PostgresMessageStore(url: url, stream: config.name, logger: logger)
             }
         }
     }
