@@ -17,6 +17,7 @@ struct BenchCommand: ParsableCommand {
             DetectionBenchCommand.self,
             FailoverBenchCommand.self,
             LeaseBenchCommand.self,
+            NATSBenchCommand.self,
         ]
     )
 }
