@@ -51,9 +51,8 @@ struct RouterMessaging: StorkMessaging {
 
 // MARK: - Lifecycle events as messages
 
-/// Publishes this node's resource lifecycle events on `stork.resources.<node>.<event>` and its membership events on
-/// `stork.cluster.<node>.<type>` (JSON bodies, the documents of `GET /v1/events`), so that any NATS client can
-/// watch the node.
+/// Publishes this node's resource lifecycle events on `stork.resources.<node>.<event>` (JSON bodies, the documents of
+/// `GET /v1/events` with `node`), so that any NATS client can watch the resources of the node.
 struct LifecycleEventPublisher: Service {
     let manager: ResourceManager
     let router: NATSRouter
@@ -63,29 +62,16 @@ struct LifecycleEventPublisher: Service {
         let events = self.manager.events()
         await cancelWhenGracefulShutdown {
             for await event in events {
+                // Only resource events: membership and view changes stay on `GET /v1/events`, so that a client
+                // subscribed to `>` sees Stork's own messages only when resources change.
+                guard case .resource(let resource) = event else { continue }
                 let document = AdminAPI.eventDocument(event)
-                let subject: String
-                switch event {
-                case .resource(let resource):
-                    subject = "stork.resources.\(Self.token(self.node)).\(resource.kind.name)"
-                case .member:
-                    subject = "stork.cluster.\(Self.token(self.node)).member"
-                case .joined, .refuted, .viewApplied, .left:
-                    let type: String
-                    if case .object(let fields) = document, case .string(let value)? = fields["type"] {
-                        type = value
-                    } else {
-                        type = "event"
-                    }
-                    subject = "stork.cluster.\(Self.token(self.node)).\(type)"
-                }
+                let subject = "stork.resources.\(Self.token(self.node)).\(resource.kind.name)"
                 var body = document
                 if case .object(var fields) = body {
                     fields["node"] = .string(self.node)
-                    if case .resource(let resource) = event {
-                        fields["event"] = .string(resource.kind.name)
-                        fields["detail"] = .string("\(resource.kind)")
-                    }
+                    fields["event"] = .string(resource.kind.name)
+                    fields["detail"] = .string("\(resource.kind)")
                     body = .object(fields)
                 }
                 self.router.publish(NATSMessage(subject: subject, payload: ByteBuffer(string: body.description)))
