@@ -352,7 +352,6 @@ public final class JetStream: Service, Sendable {
     }
 
     private func sendStatus(_ reply: String, code: Int, description: String) {
-        let headers = NATSHeaders(status: code, statusDescription: description)
-        self.router.publish(NATSMessage(subject: reply, headers: headers.encoded, payload: ByteBuffer()))
+        self.router.sendStatus(.init(replyTo: reply, code: code, description: description, pendingMessages: 0))
     }
 }

@@ -29,8 +29,7 @@ extension JetStream {
     }
 
     private func respond(_ replyTo: String, _ body: some Encodable) {
-        let data = (try? JetStreamJSON.encoder.encode(body)) ?? Data("{}".utf8)
-        self.router.publish(NATSMessage(subject: replyTo, payload: ByteBuffer(bytes: data)))
+        self.router.reply(replyTo, json: body)
     }
 
     private func route(_ path: [String], body: Data) async throws -> any Encodable {

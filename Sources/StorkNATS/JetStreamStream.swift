@@ -45,6 +45,8 @@ final class JetStreamStream: Sendable {
     private let wake: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let subscriptions = Mutex<[NATSSubscription]>([])
+    /// `{"stream":"<name>","seq":` with the name JSON-escaped once.
+    private let pubAckPrefix: [UInt8]
     static let recentLimit = 8192
 
     init(
@@ -57,6 +59,8 @@ final class JetStreamStream: Sendable {
         now: @escaping @Sendable () -> Int64
     ) {
         self.name = config.name
+        let escapedName = (try? JetStreamJSON.encoder.encode(config.name)).map { Array($0) } ?? Array("\"\"".utf8)
+        self.pubAckPrefix = Array("{\"stream\":".utf8) + escapedName + Array(",\"seq\":".utf8)
         self.store = store
         self.router = router
         self.logger = logger
@@ -139,15 +143,22 @@ final class JetStreamStream: Sendable {
             {
                 return .duplicate(sequence)
             }
-            if let messageID, state.writes.contains(where: { $0.messageID == messageID }) {
-                return .duplicate(state.writes.first { $0.messageID == messageID }!.message.sequence)
+            if let messageID, let queued = state.writes.first(where: { $0.messageID == messageID }) {
+                return .duplicate(queued.message.sequence)
             }
             // Limits count what is queued as well as what is stored.
             let messageSize = UInt64(stored.payload.count + stored.headers.count)
             if state.config.maxMsgSize >= 0, messageSize > UInt64(state.config.maxMsgSize) {
                 return .refused(.messageTooLarge)
             }
-            if let refusal = self.refusal(stored.accountedSize, state: state) { return .refused(refusal) }
+            if let refusal = state.index.refusal(
+                for: stored.accountedSize,
+                queuedCount: state.writes.count,
+                queuedBytes: state.writesBytes,
+                config: state.config
+            ) {
+                return .refused(refusal)
+            }
             stored.sequence = state.nextSequence
             state.nextSequence += 1
             state.writes.append(PendingWrite(message: stored, replyTo: message.replyTo, messageID: messageID))
@@ -169,19 +180,17 @@ final class JetStreamStream: Sendable {
         }
     }
 
-    private func refusal(_ size: UInt64, state: State) -> JetStreamAPIError? {
-        let config = state.config
-        guard config.discard == .new else { return nil }
-        if config.maxMsgs > 0, state.index.count + state.writes.count >= config.maxMsgs { return .maximumMessagesExceeded }
-        if config.maxBytes > 0, state.index.bytes + state.writesBytes + size > UInt64(config.maxBytes) {
-            return .maximumBytesExceeded
-        }
-        return nil
+    func respond(_ replyTo: String, _ body: some Encodable) {
+        self.router.reply(replyTo, json: body)
     }
 
-    func respond(_ replyTo: String, _ body: some Encodable) {
-        let data = (try? JetStreamJSON.encoder.encode(body)) ?? Data("{}".utf8)
-        self.router.publish(NATSMessage(subject: replyTo, payload: ByteBuffer(bytes: data)))
+    /// A PubAck without `JSONEncoder` (one per stored message): `{"stream":<name>,"seq":<n>}`.
+    private func acknowledge(_ replyTo: String, sequence: UInt64) {
+        var payload = ByteBuffer()
+        payload.writeBytes(self.pubAckPrefix)
+        payload.writeDecimal(Int(sequence))
+        payload.writeInteger(UInt8(ascii: "}"))
+        self.router.publish(NATSMessage(subject: replyTo, payload: payload))
     }
 
     // MARK: The loop
@@ -255,7 +264,7 @@ final class JetStreamStream: Sendable {
             }
         }
         for write in writes {
-            if let reply = write.replyTo { self.respond(reply, PubAck(stream: self.name, seq: write.message.sequence)) }
+            if let reply = write.replyTo { self.acknowledge(reply, sequence: write.message.sequence) }
         }
     }
 
@@ -363,16 +372,7 @@ final class JetStreamStream: Sendable {
     }
 
     func sendStatus(_ status: ConsumerStateMachine.Status) {
-        var headers = NATSHeaders(status: status.code, statusDescription: status.description)
-        if status.code == 408 {
-            headers.fields = [("Nats-Pending-Messages", "\(status.pendingMessages)"), ("Nats-Pending-Bytes", "0")]
-        } else if status.code == 100 {
-            headers.fields = [
-                ("Nats-Last-Consumer", "\(status.lastConsumerSequence)"),
-                ("Nats-Last-Stream", "\(status.lastStreamSequence)"),
-            ]
-        }
-        self.router.publish(NATSMessage(subject: status.replyTo, headers: headers.encoded, payload: ByteBuffer()))
+        self.router.sendStatus(status)
     }
 
     // MARK: Consumers' persistence
@@ -421,6 +421,29 @@ final class JetStreamStream: Sendable {
 
 // MARK: - Responses
 
+extension NATSRouter {
+    /// Publishes `body` as JSON to `replyTo` (JetStream API answers).
+    func reply(_ replyTo: String, json body: some Encodable) {
+        let data = (try? JetStreamJSON.encoder.encode(body)) ?? Data("{}".utf8)
+        self.publish(NATSMessage(subject: replyTo, payload: ByteBuffer(bytes: data)))
+    }
+
+    /// Publishes a status message (headers only) to a pull requester or a deliver subject: `404`, `408` with the
+    /// pending counts, `409`, `100` with the last sequences.
+    func sendStatus(_ status: ConsumerStateMachine.Status) {
+        var headers = NATSHeaders(status: status.code, statusDescription: status.description)
+        if status.code == 408 {
+            headers.fields = [("Nats-Pending-Messages", "\(status.pendingMessages)"), ("Nats-Pending-Bytes", "0")]
+        } else if status.code == 100 {
+            headers.fields = [
+                ("Nats-Last-Consumer", "\(status.lastConsumerSequence)"),
+                ("Nats-Last-Stream", "\(status.lastStreamSequence)"),
+            ]
+        }
+        self.publish(NATSMessage(subject: status.replyTo, headers: headers.encoded, payload: ByteBuffer()))
+    }
+}
+
 struct PubAck: Encodable {
     var stream: String
     var seq: UInt64
@@ -440,9 +463,7 @@ enum JetStreamJSON {
     }()
 
     static func time(_ nanoseconds: Int64) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
+        NATSMonitorTime.format(Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
     }
 
     static func parseTime(_ text: String) -> Int64? {

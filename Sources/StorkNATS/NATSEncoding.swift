@@ -14,49 +14,35 @@ extension ByteBuffer {
         headers: ByteBuffer?,
         payload: ByteBuffer
     ) {
-        let headerSize = headers?.readableBytes ?? 0
-        if headerSize > 0 {
-            self.writeStaticString("HMSG ")
-        } else {
-            self.writeStaticString("MSG ")
-        }
+        self.writeStaticString((headers?.readableBytes ?? 0) > 0 ? "HMSG " : "MSG ")
         self.writeString(subject)
         self.writeInteger(UInt8(ascii: " "))
         self.writeString(sid)
         self.writeInteger(UInt8(ascii: " "))
-        if let replyTo {
-            self.writeString(replyTo)
-            self.writeInteger(UInt8(ascii: " "))
-        }
-        if let headers, headerSize > 0 {
-            self.writeDecimal(headerSize)
-            self.writeInteger(UInt8(ascii: " "))
-            self.writeDecimal(headerSize + payload.readableBytes)
-            self.writeStaticString("\r\n")
-            self.writeImmutableBuffer(headers)
-        } else {
-            self.writeDecimal(payload.readableBytes)
-            self.writeStaticString("\r\n")
-        }
-        self.writeImmutableBuffer(payload)
-        self.writeStaticString("\r\n")
+        self.writeNATSBody(replyTo: replyTo, headers: headers, payload: payload)
     }
 
     /// `PUB <subject> [reply] <#bytes>\r\n<payload>\r\n`, or `HPUB` with headers (Stork's own client).
     @inlinable
     public mutating func writeNATSPublish(subject: String, replyTo: String?, headers: ByteBuffer?, payload: ByteBuffer) {
-        let headerSize = headers?.readableBytes ?? 0
-        self.writeStaticString(headerSize > 0 ? "HPUB " : "PUB ")
+        self.writeStaticString((headers?.readableBytes ?? 0) > 0 ? "HPUB " : "PUB ")
         self.writeString(subject)
         self.writeInteger(UInt8(ascii: " "))
+        self.writeNATSBody(replyTo: replyTo, headers: headers, payload: payload)
+    }
+
+    /// What MSG/HMSG and PUB/HPUB share after the subject (and sid): `[reply] [#header bytes] #bytes\r\n`, the
+    /// header block, the payload and the closing CRLF.
+    @inlinable
+    mutating func writeNATSBody(replyTo: String?, headers: ByteBuffer?, payload: ByteBuffer) {
         if let replyTo {
             self.writeString(replyTo)
             self.writeInteger(UInt8(ascii: " "))
         }
-        if let headers, headerSize > 0 {
-            self.writeDecimal(headerSize)
+        if let headers, headers.readableBytes > 0 {
+            self.writeDecimal(headers.readableBytes)
             self.writeInteger(UInt8(ascii: " "))
-            self.writeDecimal(headerSize + payload.readableBytes)
+            self.writeDecimal(headers.readableBytes + payload.readableBytes)
             self.writeStaticString("\r\n")
             self.writeImmutableBuffer(headers)
         } else {

@@ -43,6 +43,34 @@ enum NATSLine {
         return packed
     }
 
+    /// The operation (the bytes before the first space or tab, packed by ``operation(_:)``) and the rest of the line.
+    static func split(
+        _ line: UnsafeRawBufferPointer
+    ) throws(NATSProtocolError) -> (operation: UInt64, rest: UnsafeRawBufferPointer) {
+        var nameEnd = 0
+        while nameEnd < line.count, line[nameEnd] != UInt8(ascii: " "), line[nameEnd] != UInt8(ascii: "\t") {
+            nameEnd += 1
+        }
+        guard let operation = self.operation(UnsafeRawBufferPointer(rebasing: line[0..<nameEnd])) else {
+            throw .unknownOperation
+        }
+        return (operation, UnsafeRawBufferPointer(rebasing: line[nameEnd..<line.count]))
+    }
+
+    /// Takes a message body of `totalSize` bytes (the first `headerSize` of them headers) and its closing CRLF.
+    static func readBody(
+        _ buffer: inout ByteBuffer,
+        headerSize: Int,
+        totalSize: Int
+    ) throws(NATSProtocolError) -> (headers: ByteBuffer?, payload: ByteBuffer) {
+        let start = buffer.readerIndex
+        guard buffer.getInteger(at: start + totalSize, as: UInt16.self) == 0x0D0A else { throw .parserError }
+        let headers = headerSize > 0 ? buffer.getSlice(at: start, length: headerSize) : nil
+        let payload = buffer.getSlice(at: start + headerSize, length: totalSize - headerSize)!
+        buffer.moveReaderIndex(forwardBy: totalSize + 2)
+        return (headers, payload)
+    }
+
     static func pack(_ name: StaticString) -> UInt64 {
         var packed: UInt64 = 0
         name.withUTF8Buffer { for byte in $0 { packed = packed << 8 | UInt64(byte) } }
@@ -133,15 +161,7 @@ public struct NATSClientParser: Sendable {
 
     /// Parses one control line. Returns nil for PUB/HPUB (the payload is read next, `pending` is set).
     private mutating func parseLine(_ line: UnsafeRawBufferPointer) throws(NATSProtocolError) -> NATSClientOperation? {
-        // The operation name is the bytes before the first space or tab.
-        var nameEnd = 0
-        while nameEnd < line.count, line[nameEnd] != UInt8(ascii: " "), line[nameEnd] != UInt8(ascii: "\t") {
-            nameEnd += 1
-        }
-        guard let operation = NATSLine.operation(UnsafeRawBufferPointer(rebasing: line[0..<nameEnd])) else {
-            throw .unknownOperation
-        }
-        let rest = UnsafeRawBufferPointer(rebasing: line[nameEnd..<line.count])
+        let (operation, rest) = try NATSLine.split(line)
         switch operation {
         case NATSLine.pub:
             let fields = NATSLine.fields(rest)
@@ -208,16 +228,11 @@ public struct NATSClientParser: Sendable {
         _ buffer: inout ByteBuffer,
         _ pending: (subject: String, replyTo: String?, headerSize: Int, totalSize: Int)
     ) throws(NATSProtocolError) -> NATSMessage {
-        let start = buffer.readerIndex
-        guard buffer.getInteger(at: start + pending.totalSize, as: UInt16.self) == 0x0D0A else {
-            throw .parserError
-        }
-        let headers = pending.headerSize > 0 ? buffer.getSlice(at: start, length: pending.headerSize) : nil
-        let payload = buffer.getSlice(
-            at: start + pending.headerSize,
-            length: pending.totalSize - pending.headerSize
-        )!
-        buffer.moveReaderIndex(forwardBy: pending.totalSize + 2)
+        let (headers, payload) = try NATSLine.readBody(
+            &buffer,
+            headerSize: pending.headerSize,
+            totalSize: pending.totalSize
+        )
         return NATSMessage(subject: pending.subject, replyTo: pending.replyTo, headers: headers, payload: payload)
     }
 }
@@ -249,11 +264,11 @@ public struct NATSServerParser: Sendable {
         }
         guard let pending = self.pending, buffer.readableBytes >= pending.totalSize + 2 else { return nil }
         self.pending = nil
-        let start = buffer.readerIndex
-        guard buffer.getInteger(at: start + pending.totalSize, as: UInt16.self) == 0x0D0A else { throw .parserError }
-        let headers = pending.headerSize > 0 ? buffer.getSlice(at: start, length: pending.headerSize) : nil
-        let payload = buffer.getSlice(at: start + pending.headerSize, length: pending.totalSize - pending.headerSize)!
-        buffer.moveReaderIndex(forwardBy: pending.totalSize + 2)
+        let (headers, payload) = try NATSLine.readBody(
+            &buffer,
+            headerSize: pending.headerSize,
+            totalSize: pending.totalSize
+        )
         return .message(
             NATSMessage(subject: pending.subject, replyTo: pending.replyTo, headers: headers, payload: payload),
             sid: pending.sid
@@ -261,14 +276,7 @@ public struct NATSServerParser: Sendable {
     }
 
     private mutating func parseLine(_ line: UnsafeRawBufferPointer) throws(NATSProtocolError) -> NATSServerOperation? {
-        var nameEnd = 0
-        while nameEnd < line.count, line[nameEnd] != UInt8(ascii: " "), line[nameEnd] != UInt8(ascii: "\t") {
-            nameEnd += 1
-        }
-        guard let operation = NATSLine.operation(UnsafeRawBufferPointer(rebasing: line[0..<nameEnd])) else {
-            throw .unknownOperation
-        }
-        let rest = UnsafeRawBufferPointer(rebasing: line[nameEnd..<line.count])
+        let (operation, rest) = try NATSLine.split(line)
         switch operation {
         case NATSLine.msg:
             let fields = NATSLine.fields(rest)

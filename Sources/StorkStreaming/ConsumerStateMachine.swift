@@ -58,6 +58,22 @@ public struct ConsumerStateMachine: Sendable {
         /// `Nats-Last-Stream`), which ordered consumers check for gaps.
         public var lastConsumerSequence: UInt64 = 0
         public var lastStreamSequence: UInt64 = 0
+
+        public init(
+            replyTo: String,
+            code: Int,
+            description: String,
+            pendingMessages: Int,
+            lastConsumerSequence: UInt64 = 0,
+            lastStreamSequence: UInt64 = 0
+        ) {
+            self.replyTo = replyTo
+            self.code = code
+            self.description = description
+            self.pendingMessages = pendingMessages
+            self.lastConsumerSequence = lastConsumerSequence
+            self.lastStreamSequence = lastStreamSequence
+        }
     }
 
     /// What survives a restart.
@@ -69,7 +85,6 @@ public struct ConsumerStateMachine: Sendable {
         public var ackFloorStream: UInt64
         public var ackFloorConsumer: UInt64
         public var pending: [UInt64: Pending]
-        public var redelivered: Int
     }
 
     public let name: String
@@ -85,8 +100,6 @@ public struct ConsumerStateMachine: Sendable {
     /// Stream sequences due again now, in order.
     private var redeliveries: Deque<UInt64> = []
     public private(set) var waiting: Deque<PullRequest> = []
-    /// Redeliveries made so far (kept across restarts; `num_redelivered` reports pending redelivered messages).
-    public private(set) var redeliveredCount = 0
 
     /// Messages awaiting an ack that have been delivered more than once (NATS's `num_redelivered`).
     public var pendingRedelivered: Int { self.pending.values.filter { $0.deliveries > 1 }.count }
@@ -162,7 +175,6 @@ public struct ConsumerStateMachine: Sendable {
         self.consumerSequence = snapshot.consumerSequence
         self.ackFloorStream = snapshot.ackFloorStream
         self.ackFloorConsumer = snapshot.ackFloorConsumer
-        self.redeliveredCount = snapshot.redelivered
         // Whatever was in flight when the server stopped is due again at once.
         for (sequence, var pending) in snapshot.pending {
             pending.deadline = 0
@@ -179,8 +191,7 @@ public struct ConsumerStateMachine: Sendable {
             consumerSequence: self.consumerSequence,
             ackFloorStream: self.ackFloorStream,
             ackFloorConsumer: self.ackFloorConsumer,
-            pending: self.pending,
-            redelivered: self.redeliveredCount
+            pending: self.pending
         )
     }
 
@@ -260,7 +271,6 @@ public struct ConsumerStateMachine: Sendable {
             pending.deliveries += 1
             pending.deadline = now + self.ackWait(for: pending.deliveries)
             self.pending[sequence] = pending
-            self.redeliveredCount += 1
             self.dirty = true
             self.consumeRequest()
             self.lastSent = now

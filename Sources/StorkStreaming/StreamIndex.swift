@@ -103,11 +103,17 @@ public struct StreamIndex: Sendable {
         return evicted
     }
 
-    /// Why a new message of `size` bytes must be refused under the stream's limits, or nil when it may be stored.
-    public func refusal(for size: UInt64, config: StreamConfig) -> JetStreamAPIError? {
+    /// Why a new message of `size` accounted bytes must be refused under a `discard: new` stream's message and byte
+    /// limits, or nil when it may be stored. `queuedCount`/`queuedBytes` are messages accepted but not yet stored.
+    public func refusal(
+        for size: UInt64,
+        queuedCount: Int = 0,
+        queuedBytes: UInt64 = 0,
+        config: StreamConfig
+    ) -> JetStreamAPIError? {
         guard config.discard == .new else { return nil }
-        if config.maxMsgs > 0, self.entries.count >= config.maxMsgs { return .maximumMessagesExceeded }
-        if config.maxBytes > 0, self.bytes + size > UInt64(config.maxBytes) { return .maximumBytesExceeded }
+        if config.maxMsgs > 0, self.entries.count + queuedCount >= config.maxMsgs { return .maximumMessagesExceeded }
+        if config.maxBytes > 0, self.bytes + queuedBytes + size > UInt64(config.maxBytes) { return .maximumBytesExceeded }
         return nil
     }
 
