@@ -186,6 +186,7 @@ let package = Package(
             name: "StorkTestKit",
             dependencies: [
                 "StorkCore",
+                "StorkStreaming",
                 "StorkMembership",
                 "StorkPlacement",
                 "StorkResources",
@@ -245,12 +246,12 @@ let package = Package(
         ),
         .testTarget(
             name: "StorkLeasesTests",
-            dependencies: ["StorkLeases", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["StorkLeases", "StorkTestKit", .product(name: "Logging", package: "swift-log")],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(
             name: "StorkStreamingTests",
-            dependencies: ["StorkStreaming", "StorkStreamStores"],
+            dependencies: ["StorkStreaming", "StorkStreamStores", "StorkTestKit"],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(
@@ -259,6 +260,7 @@ let package = Package(
                 "StorkCore",
                 "StorkSQLStreamStores",
                 "StorkStreaming",
+                "StorkTestKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),

@@ -111,7 +111,15 @@ struct TransportTests {
             good.send(ping, to: receiver.address)
             good.send(big, to: receiver.address)
             try await inbox.wait(for: 2)
-            try await Task.sleep(for: .milliseconds(300))
+            // Wait for the verdicts on the forged and foreign traffic rather than for a fixed time: once they are
+            // counted, anything of theirs that got through would already be in the inbox.
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(30)
+            while clock.now < deadline {
+                let rejected = receiver.statistics.rejected
+                if rejected[.badMAC, default: 0] >= 5, rejected[.wrongCluster, default: 0] >= 5 { break }
+                try await Task.sleep(for: .milliseconds(10))
+            }
             #expect(inbox.messages.withLock { $0 } .count == 2, "only the good peer's messages arrive")
             let rejected = receiver.statistics.rejected
             #expect(rejected[.badMAC, default: 0] >= 5)

@@ -3,6 +3,7 @@ import Logging
 import StorkCore
 import StorkLeases
 import StorkResources
+import StorkTestKit
 import Testing
 
 /// The stores under test. PostgreSQL is the real server that scripts/test starts on loopback
@@ -51,16 +52,6 @@ struct StoreFixture: Sendable {
 }
 
 func ids(_ range: Range<Int>) -> [ResourceID] { range.map { ResourceID("r\($0)") } }
-
-/// Waits (bounded) until `condition` holds; returns whether it did.
-func eventually(_ timeout: Duration = .seconds(10), _ condition: () async throws -> Bool) async rethrows -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return true }
-        try? await Task.sleep(for: .milliseconds(20))
-    }
-    return try await condition()
-}
 
 @Suite("Ownership stores (memory, SQLite, PostgreSQL)", .serialized, .timeLimit(.minutes(2)))
 struct OwnershipStoreTests {
@@ -198,39 +189,6 @@ struct PostgresOutageTests {
     static func restartPostgres() throws {
         let status = try runWithDefaultSignals(Self.restartCommand ?? "false")
         guard status == 0 else { throw StorkError(.unavailable, "'\(Self.restartCommand ?? "")' exited with \(status)") }
-    }
-
-    /// Runs a shell command with every signal unblocked and at its default action, and no inherited output. The
-    /// test runner's threads block signals, and a child started with Foundation's `Process` inherits that mask: a
-    /// PostgreSQL started that way never acts on its shutdown signals, and would keep our pipes open.
-    static func runWithDefaultSignals(_ command: String) throws -> Int32 {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t()
-        sigemptyset(&none)
-        posix_spawnattr_setsigmask(&attributes, &none)
-        var all = sigset_t()
-        sigfillset(&all)
-        sigdelset(&all, SIGKILL)
-        sigdelset(&all, SIGSTOP)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-        let arguments: [UnsafeMutablePointer<CChar>?] = ["/bin/sh", "-c", command].map { $0.withCString { strdup($0) } }
-        defer { arguments.forEach { free($0) } }
-        var argv = arguments + [nil]
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, "/bin/sh", &actions, &attributes, &argv, environ)
-        guard result == 0 else { throw StorkError(.unavailable, "cannot start /bin/sh: \(result)") }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-        return status
     }
 
     @Test("a PostgreSQL restart fails operations in flight, the store reconnects, and tokens continue", .enabled(if: restartCommand != nil))

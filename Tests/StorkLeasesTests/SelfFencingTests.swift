@@ -4,6 +4,7 @@ import StorkCore
 import StorkLeases
 import StorkResources
 import Synchronization
+import StorkTestKit
 import Testing
 
 /// A real store behind a switch: while `isDown`, every operation fails as if the database were unreachable.

@@ -4,6 +4,7 @@ import PostgresNIO
 import StorkCore
 import StorkSQLStreamStores
 import StorkStreaming
+import StorkTestKit
 import Testing
 
 /// The PostgreSQL cases run against the server scripts/test starts on loopback (`STORK_TEST_POSTGRES_URL`); without

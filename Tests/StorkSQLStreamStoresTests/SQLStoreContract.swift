@@ -1,4 +1,5 @@
 import StorkStreaming
+import StorkTestKit
 import Testing
 
 // MARK: - The MessageStore contract, for the SQL stores

@@ -2,6 +2,7 @@ import Foundation
 import SQLiteNIO
 import StorkSQLStreamStores
 import StorkStreaming
+import StorkTestKit
 import Testing
 
 @Suite("SQLite message store", .timeLimit(.minutes(2)))

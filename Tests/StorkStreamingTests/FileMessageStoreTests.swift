@@ -1,6 +1,7 @@
 import Foundation
 import StorkStreamStores
 import StorkStreaming
+import StorkTestKit
 import Testing
 
 // MARK: - Helpers

@@ -36,26 +36,6 @@ struct StoreTestDirectory: Sendable {
 
 // MARK: - Messages
 
-/// A message with a payload of `payloadSize` bytes derived from the sequence (so that mix-ups show).
-func storedMessage(
-    _ sequence: UInt64,
-    subject: String = "orders.created",
-    headers: [UInt8] = [],
-    payloadSize: Int = 16
-) -> StoredMessage {
-    StoredMessage(
-        sequence: sequence,
-        subject: subject,
-        headers: headers,
-        payload: (0..<payloadSize).map { UInt8(truncatingIfNeeded: Int(sequence) &* 31 &+ $0) },
-        timestamp: 1_700_000_000_000_000_000 + Int64(sequence)
-    )
-}
-
-func storedMessages(_ sequences: ClosedRange<UInt64>, payloadSize: Int = 16) -> [StoredMessage] {
-    sequences.map { storedMessage($0, payloadSize: payloadSize) }
-}
-
 /// The bytes a message record takes in a segment file (the file store's format: 34 bytes of header and checksum).
 func fileRecordLength(of message: StoredMessage) -> Int {
     34 + message.subject.utf8.count + message.headers.count + message.payload.count
