@@ -258,49 +258,94 @@ public final class JetStream: Service, Sendable {
     }
 
     func ack(_ message: NATSMessage) {
-        let tokens = message.subject.split(separator: ".", omittingEmptySubsequences: false)
-        let streamName: Substring
-        let consumerName: Substring
-        let sequenceToken: Substring
-        switch tokens.count {
-        case 9:
-            (streamName, consumerName, sequenceToken) = (tokens[2], tokens[3], tokens[5])
-        case 11, 12:
-            (streamName, consumerName, sequenceToken) = (tokens[4], tokens[5], tokens[7])
-        default:
-            return
-        }
-        guard let sequence = UInt64(sequenceToken),
-            let stream = self.streams.withLock({ $0[String(streamName)] })
+        guard let (streamName, consumerName, sequence) = Self.ackTarget(message.subject),
+            let kind = Self.acknowledgement(message.payload),
+            let stream = self.streams.withLock({ $0[streamName] })
         else { return }
-        let body = String(buffer: message.payload).trimmingCharacters(in: .whitespacesAndNewlines)
-        let kind: ConsumerStateMachine.Acknowledgement
-        if body.isEmpty || body.hasPrefix("+ACK") || body.hasPrefix("+NXT") {
-            kind = .ack
-        } else if body.hasPrefix("-NAK") {
-            var delay: Int64 = 0
-            let rest = body.dropFirst(4).trimmingCharacters(in: .whitespaces)
-            if let data = rest.data(using: .utf8), !rest.isEmpty,
-                let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-                let value = object["delay"] as? NSNumber
-            {
-                delay = value.int64Value
-            }
-            kind = .nak(delay: delay)
-        } else if body.hasPrefix("+WPI") {
-            kind = .inProgress
-        } else if body.hasPrefix("+TERM") {
-            kind = .terminate
-        } else {
-            return
-        }
         let now = self.now()
         let changed = stream.state.withLock { state in
-            state.consumers[String(consumerName)]?.acknowledge(kind, streamSequence: sequence, now: now) ?? false
+            state.consumers[consumerName]?.acknowledge(kind, streamSequence: sequence, now: now) ?? false
         }
         if changed { stream.signal() }
         if let reply = message.replyTo {
             self.router.publish(NATSMessage(subject: reply, payload: ByteBuffer()))
+        }
+    }
+
+    /// Stream, consumer and stream sequence of an ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.…`
+    /// (9 tokens) or the newer form with a domain and account hash (11 or 12 tokens). Read in place: acks arrive at
+    /// the rate messages are consumed.
+    static func ackTarget(_ subject: String) -> (stream: String, consumer: String, sequence: UInt64)? {
+        var subject = subject
+        return subject.withUTF8 { bytes -> (String, String, UInt64)? in
+            var dots: (Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int, Int) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+            var count = 0
+            withUnsafeMutableBytes(of: &dots) { raw in
+                let dots = raw.bindMemory(to: Int.self)
+                for index in bytes.indices where bytes[index] == UInt8(ascii: ".") {
+                    if count < dots.count { dots[count] = index }
+                    count += 1
+                }
+            }
+            // Tokens: n dots give n + 1 tokens; token i spans (dot[i-1] + 1) ..< dot[i].
+            let tokenCount = count + 1
+            let first: Int
+            switch tokenCount {
+            case 9: first = 2
+            case 11, 12: first = 4
+            default: return nil
+            }
+            return withUnsafeBytes(of: &dots) { raw in
+                let dots = raw.bindMemory(to: Int.self)
+                func token(_ i: Int) -> UnsafeBufferPointer<UInt8> {
+                    let start = dots[i - 1] + 1
+                    let end = i < count ? dots[i] : bytes.count
+                    return UnsafeBufferPointer(rebasing: bytes[start..<end])
+                }
+                let sequenceToken = token(first + 3)
+                guard !sequenceToken.isEmpty, sequenceToken.count <= 19 else { return nil }
+                var sequence: UInt64 = 0
+                for byte in sequenceToken {
+                    guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+                    sequence = sequence &* 10 &+ UInt64(byte - UInt8(ascii: "0"))
+                }
+                return (
+                    String(decoding: token(first), as: UTF8.self), String(decoding: token(first + 1), as: UTF8.self),
+                    sequence
+                )
+            }
+        }
+    }
+
+    /// What an ack's body asks for: empty or `+ACK` / `+NXT` (ack), `-NAK` with an optional `{"delay": ns}`, `+WPI`,
+    /// `+TERM`; nil for anything else.
+    static func acknowledgement(_ payload: ByteBuffer) -> ConsumerStateMachine.Acknowledgement? {
+        payload.withUnsafeReadableBytes { bytes -> ConsumerStateMachine.Acknowledgement? in
+            var start = 0
+            while start < bytes.count, bytes[start] == UInt8(ascii: " ") || bytes[start] == UInt8(ascii: "\t")
+                || bytes[start] == UInt8(ascii: "\r") || bytes[start] == UInt8(ascii: "\n")
+            {
+                start += 1
+            }
+            let body = UnsafeRawBufferPointer(rebasing: bytes[start...])
+            func starts(with prefix: StaticString) -> Bool {
+                guard body.count >= prefix.utf8CodeUnitCount else { return false }
+                return prefix.withUTF8Buffer { prefix in
+                    prefix.indices.allSatisfy { body[$0] == prefix[$0] }
+                }
+            }
+            if body.isEmpty || starts(with: "+ACK") || starts(with: "+NXT") { return .ack }
+            if starts(with: "+WPI") { return .inProgress }
+            if starts(with: "+TERM") { return .terminate }
+            guard starts(with: "-NAK") else { return nil }
+            var delay: Int64 = 0
+            let rest = String(decoding: body.dropFirst(4), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            if !rest.isEmpty, let object = try? JSONSerialization.jsonObject(with: Data(rest.utf8)) as? [String: Any],
+                let value = object["delay"] as? NSNumber
+            {
+                delay = value.int64Value
+            }
+            return .nak(delay: delay)
         }
     }
 

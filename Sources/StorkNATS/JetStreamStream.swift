@@ -377,7 +377,11 @@ final class JetStreamStream: Sendable {
 
     // MARK: Consumers' persistence
 
-    /// Writes the state of consumers that changed, at most every 50 ms unless forced.
+    /// How often changed consumer state is written (ns). A crash loses at most this much ack progress: those messages
+    /// are delivered again (at least once). Each write re-encodes every pending delivery, so not after every ack.
+    static let persistInterval: Int64 = 200_000_000
+
+    /// Writes the state of consumers that changed, at most every ``persistInterval`` unless forced.
     func persistConsumers(force: Bool) async {
         let now = self.now()
         let snapshots = self.state.withLock { state -> [(String, ConsumerStateMachine.Snapshot)] in
@@ -388,7 +392,7 @@ final class JetStreamStream: Sendable {
                     state.consumersDirtyAt = now
                     return []
                 }
-                guard now - since >= 50_000_000 else { return [] }
+                guard now - since >= Self.persistInterval else { return [] }
             }
             state.consumersDirtyAt = nil
             for name in dirty.keys { state.consumers[name]!.dirty = false }

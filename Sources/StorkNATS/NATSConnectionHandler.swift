@@ -23,6 +23,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var pingsOut = 0
     private var pingTask: RepeatedTask?
     private var authTimeout: Scheduled<Void>?
+    private var routeCache = NATSRouter.RouteCache()
     private var logger: Logger
 
     init(server: NATSServer) {
@@ -91,15 +92,32 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         guard !self.closing, let client = self.client else { return }
         var incoming = self.unwrapInboundIn(data)
         if var buffer = self.accumulated {
+            // An operation straddles the previous read and this one. Complete it with a small part of this read
+            // and go on in this read itself, rather than copying all of it behind the leftover.
             self.accumulated = nil
-            buffer.writeBuffer(&incoming)
+            let leftover = buffer.readableBytes
+            var head = incoming.readSlice(length: min(incoming.readableBytes, Self.straddleChunk))!
+            let borrowed = head.readableBytes
+            buffer.writeBuffer(&head)
             self.process(&buffer, client: client, context: context)
-            self.keep(buffer)
-        } else {
-            self.process(&incoming, client: client, context: context)
-            self.keep(incoming)
+            if buffer.readableBytes <= borrowed {
+                // The leftover is consumed: what remains of the borrowed bytes goes back to this read.
+                incoming.moveReaderIndex(to: incoming.readerIndex - buffer.readableBytes)
+            } else {
+                // Still incomplete (a large payload): it needs the rest of this read anyway.
+                precondition(buffer.readableBytes <= leftover + borrowed)
+                buffer.writeBuffer(&incoming)
+                self.process(&buffer, client: client, context: context)
+                self.keep(buffer)
+                return
+            }
         }
+        self.process(&incoming, client: client, context: context)
+        self.keep(incoming)
     }
+
+    /// How much of a new read completes an operation left over from the previous one (its control line fits).
+    private static let straddleChunk = 8192
 
     private func keep(_ buffer: ByteBuffer) {
         guard !self.closing, buffer.readableBytes > 0 else { return }
@@ -212,7 +230,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             message.payload.readableBytes + (message.headers?.readableBytes ?? 0),
             ordering: .relaxed
         )
-        let deliveries = self.server.router.route(message, from: client)
+        let deliveries = self.server.router.route(message, from: client, cache: &self.routeCache)
         if deliveries == 0, self.noResponders, let reply = message.replyTo,
             let own = self.server.router.subscription(of: client, matching: reply)
         {

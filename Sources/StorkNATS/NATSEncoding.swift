@@ -14,43 +14,74 @@ extension ByteBuffer {
         headers: ByteBuffer?,
         payload: ByteBuffer
     ) {
-        self.writeStaticString((headers?.readableBytes ?? 0) > 0 ? "HMSG " : "MSG ")
-        self.writeString(subject)
-        self.writeInteger(UInt8(ascii: " "))
-        self.writeString(sid)
-        self.writeInteger(UInt8(ascii: " "))
-        self.writeNATSBody(replyTo: replyTo, headers: headers, payload: payload)
+        self.writeNATSFrame(
+            operation: (headers?.readableBytes ?? 0) > 0 ? "HMSG " : "MSG ",
+            subject: subject,
+            sid: sid,
+            replyTo: replyTo,
+            headers: headers,
+            payload: payload
+        )
     }
 
     /// `PUB <subject> [reply] <#bytes>\r\n<payload>\r\n`, or `HPUB` with headers (Stork's own client).
     @inlinable
     public mutating func writeNATSPublish(subject: String, replyTo: String?, headers: ByteBuffer?, payload: ByteBuffer) {
-        self.writeStaticString((headers?.readableBytes ?? 0) > 0 ? "HPUB " : "PUB ")
-        self.writeString(subject)
-        self.writeInteger(UInt8(ascii: " "))
-        self.writeNATSBody(replyTo: replyTo, headers: headers, payload: payload)
+        self.writeNATSFrame(
+            operation: (headers?.readableBytes ?? 0) > 0 ? "HPUB " : "PUB ",
+            subject: subject,
+            sid: nil,
+            replyTo: replyTo,
+            headers: headers,
+            payload: payload
+        )
     }
 
-    /// What MSG/HMSG and PUB/HPUB share after the subject (and sid): `[reply] [#header bytes] #bytes\r\n`, the
-    /// header block, the payload and the closing CRLF.
-    @inlinable
-    mutating func writeNATSBody(replyTo: String?, headers: ByteBuffer?, payload: ByteBuffer) {
-        if let replyTo {
-            self.writeString(replyTo)
-            self.writeInteger(UInt8(ascii: " "))
+    /// One frame, `<operation><subject> [sid] [reply] [#header bytes] #bytes\r\n<headers><payload>\r\n`, written
+    /// into one reservation of the buffer: a frame per delivered message makes piecewise writes (each one a
+    /// capacity check and an exclusivity check on the storage) a large part of fan-out.
+    @usableFromInline
+    mutating func writeNATSFrame(
+        operation: StaticString,
+        subject: String,
+        sid: String?,
+        replyTo: String?,
+        headers: ByteBuffer?,
+        payload: ByteBuffer
+    ) {
+        let headerCount = headers.map { $0.readableBytes } ?? 0
+        let payloadCount = payload.readableBytes
+        // Fields and separators, two decimals of at most 20 digits, CRLFs.
+        let reserve = operation.utf8CodeUnitCount + subject.utf8.count + (sid?.utf8.count ?? 0)
+            + (replyTo?.utf8.count ?? 0) + headerCount + payloadCount + 3 + 42 + 4
+        self.writeWithUnsafeMutableBytes(minimumWritableBytes: reserve) { out in
+            var frame = NATSFrameWriter(out: out)
+            operation.withUTF8Buffer { frame.put(UnsafeRawBufferPointer($0)) }
+            frame.put(subject)
+            frame.put(byte: UInt8(ascii: " "))
+            if let sid {
+                frame.put(sid)
+                frame.put(byte: UInt8(ascii: " "))
+            }
+            if let replyTo {
+                frame.put(replyTo)
+                frame.put(byte: UInt8(ascii: " "))
+            }
+            if headerCount > 0 {
+                frame.put(decimal: headerCount)
+                frame.put(byte: UInt8(ascii: " "))
+                frame.put(decimal: headerCount + payloadCount)
+            } else {
+                frame.put(decimal: payloadCount)
+            }
+            frame.put(byte: UInt8(ascii: "\r"))
+            frame.put(byte: UInt8(ascii: "\n"))
+            if headerCount > 0, let headers { headers.withUnsafeReadableBytes { frame.put($0) } }
+            payload.withUnsafeReadableBytes { frame.put($0) }
+            frame.put(byte: UInt8(ascii: "\r"))
+            frame.put(byte: UInt8(ascii: "\n"))
+            return frame.written
         }
-        if let headers, headers.readableBytes > 0 {
-            self.writeDecimal(headers.readableBytes)
-            self.writeInteger(UInt8(ascii: " "))
-            self.writeDecimal(headers.readableBytes + payload.readableBytes)
-            self.writeStaticString("\r\n")
-            self.writeImmutableBuffer(headers)
-        } else {
-            self.writeDecimal(payload.readableBytes)
-            self.writeStaticString("\r\n")
-        }
-        self.writeImmutableBuffer(payload)
-        self.writeStaticString("\r\n")
     }
 
     /// `-ERR '<message>'\r\n`.
@@ -81,6 +112,51 @@ extension ByteBuffer {
             }
             self.writeBytes(UnsafeRawBufferPointer(rebasing: digits[(20 - count)...]))
         }
+    }
+}
+
+/// Copies the pieces of one frame into reserved bytes. A struct rather than nested functions: closures capturing a
+/// mutable offset would box it and check exclusive access on every write.
+@usableFromInline
+struct NATSFrameWriter {
+    let out: UnsafeMutableRawBufferPointer
+    private(set) var written = 0
+
+    init(out: UnsafeMutableRawBufferPointer) {
+        self.out = out
+    }
+
+    mutating func put(_ bytes: UnsafeRawBufferPointer) {
+        guard let source = bytes.baseAddress, !bytes.isEmpty else { return }
+        (self.out.baseAddress! + self.written).copyMemory(from: source, byteCount: bytes.count)
+        self.written += bytes.count
+    }
+
+    mutating func put(_ string: String) {
+        var string = string
+        string.withUTF8 { self.put(UnsafeRawBufferPointer($0)) }
+    }
+
+    mutating func put(byte: UInt8) {
+        self.out[self.written] = byte
+        self.written += 1
+    }
+
+    mutating func put(decimal value: Int) {
+        var digits = 1
+        var rest = value / 10
+        while rest > 0 {
+            digits += 1
+            rest /= 10
+        }
+        var remaining = value
+        var position = self.written + digits - 1
+        while position >= self.written {
+            self.out[position] = UInt8(truncatingIfNeeded: remaining % 10) + UInt8(ascii: "0")
+            remaining /= 10
+            position -= 1
+        }
+        self.written += digits
     }
 }
 

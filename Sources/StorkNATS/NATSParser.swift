@@ -1,5 +1,13 @@
 import NIOCore
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // MARK: - Lines and arguments
 
 /// Tolerant tokenizing shared by both parsers: fields are separated by one or more spaces or tabs, a line ends with
@@ -10,6 +18,14 @@ enum NATSLine {
         buffer.withUnsafeReadableBytes { bytes in
             bytes.firstIndex(of: UInt8(ascii: "\n"))
         }
+    }
+
+    /// The offset of the first `\n` within the first `limit + 2` bytes (a longer line is refused anyway), or nil.
+    static func newlineOffset(in bytes: UnsafeRawBufferPointer, limit: Int) -> Int? {
+        guard let base = bytes.baseAddress else { return nil }
+        guard let found = memchr(base, Int32(UInt8(ascii: "\n")), min(bytes.count, limit + 2)) else { return nil }
+        let offset = base.distance(to: UnsafeRawPointer(found))
+        return offset > limit ? nil : offset
     }
 
     /// Splits a control line (without its line ending) into fields.
@@ -125,12 +141,17 @@ public struct NATSClientParser: Sendable {
     public var maxPayload: Int
 
     /// A `PUB`/`HPUB` whose control line was read and whose payload has not fully arrived.
-    private var pending: (subject: String, replyTo: String?, headerSize: Int, totalSize: Int)?
+    private var pending: Pending?
 
     public init(maxControlLine: Int = 4096, maxPayload: Int = 1_048_576) {
         self.maxControlLine = maxControlLine
         self.maxPayload = maxPayload
     }
+
+    /// The subject of the last `PUB`, kept so that a client publishing to the same subject again and again (the
+    /// common case) gets the same `String` back without allocating, and routes through its connection's match cache.
+    private var lastSubjectBytes: [UInt8] = []
+    private var lastSubject = ""
 
     /// The next operation from `buffer`, nil when more bytes are needed.
     public mutating func next(_ buffer: inout ByteBuffer) throws(NATSProtocolError) -> NATSClientOperation? {
@@ -139,24 +160,130 @@ public struct NATSClientParser: Sendable {
             self.pending = nil
             return .publish(try Self.readPayload(&buffer, pending))
         }
-        guard let newline = NATSLine.newlineOffset(in: buffer) else {
-            if buffer.readableBytes > self.maxControlLine { throw .maxControlLineExceeded }
+        let maxControlLine = self.maxControlLine
+        // One pass over the readable bytes: find the line end and, for the hot `PUB`, its fields in place.
+        let scanned: LineScan = buffer.withUnsafeReadableBytes { bytes in
+            guard let newline = NATSLine.newlineOffset(in: bytes, limit: maxControlLine) else {
+                return bytes.count > maxControlLine ? .tooLong : .incomplete
+            }
+            let length = NATSLine.lineLength(newline, in: bytes)
+            let line = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
+            if let publish = self.scanPublish(line) {
+                // The payload is usually there already: check its closing CRLF here, in the same pass.
+                let end = newline + 1 + publish.totalSize
+                guard bytes.count >= end + 2 else { return .publish(publish, consumed: newline + 1) }
+                let closed = bytes[end] == UInt8(ascii: "\r") && bytes[end + 1] == UInt8(ascii: "\n")
+                return .complete(publish, lineBytes: newline + 1, closed: closed)
+            }
+            do throws(NATSProtocolError) {
+                return .operation(try self.parseLine(line), consumed: newline + 1)
+            } catch {
+                return .failed(error, consumed: newline + 1)
+            }
+        }
+        switch scanned {
+        case .incomplete:
+            return nil
+        case .tooLong:
+            throw .maxControlLineExceeded
+        case .failed(let error, let consumed):
+            buffer.moveReaderIndex(forwardBy: consumed)
+            throw error
+        case .operation(let operation, let consumed):
+            buffer.moveReaderIndex(forwardBy: consumed)
+            if operation != nil { return operation }
+        case .publish(let publish, let consumed):
+            buffer.moveReaderIndex(forwardBy: consumed)
+            self.pending = publish
+        case .complete(let publish, let lineBytes, let closed):
+            guard closed else {
+                buffer.moveReaderIndex(forwardBy: lineBytes)
+                throw .parserError
+            }
+            let payload = buffer.getSlice(at: buffer.readerIndex + lineBytes, length: publish.totalSize)!
+            buffer.moveReaderIndex(forwardBy: lineBytes + publish.totalSize + 2)
+            return .publish(NATSMessage(subject: publish.subject, replyTo: publish.replyTo, payload: payload))
+        }
+        // A PUB/HPUB line: the payload follows.
+        guard let pending = self.pending, buffer.readableBytes >= pending.totalSize + 2 else { return nil }
+        self.pending = nil
+        return .publish(try Self.readPayload(&buffer, pending))
+    }
+
+    /// A `PUB`/`HPUB` line read, its payload not yet.
+    private struct Pending {
+        var subject: String
+        var replyTo: String?
+        var headerSize: Int
+        var totalSize: Int
+    }
+
+    private enum LineScan {
+        case incomplete
+        case tooLong
+        case publish(Pending, consumed: Int)
+        /// A `PUB` whose payload has arrived too; `closed` tells whether CRLF follows it.
+        case complete(Pending, lineBytes: Int, closed: Bool)
+        case operation(NATSClientOperation?, consumed: Int)
+        case failed(NATSProtocolError, consumed: Int)
+    }
+
+    /// `PUB <subject> [reply] <size>` read in place, without an array of fields. Nil when the line is not a
+    /// well-formed PUB within the limits (the general path then parses it, and reports what is wrong).
+    private mutating func scanPublish(_ line: UnsafeRawBufferPointer) -> Pending? {
+        let count = line.count
+        guard count > 4, let base = line.baseAddress else { return nil }
+        let bytes = base.assumingMemoryBound(to: UInt8.self)
+        guard bytes[0] | 0x20 == UInt8(ascii: "p"), bytes[1] | 0x20 == UInt8(ascii: "u"),
+            bytes[2] | 0x20 == UInt8(ascii: "b"), bytes[3] == 0x20 || bytes[3] == 0x09
+        else { return nil }
+        // Up to three fields: subject, optional reply, size.
+        var starts = (0, 0, 0)
+        var ends = (0, 0, 0)
+        var fields = 0
+        var index = 4
+        while true {
+            while index < count, bytes[index] == 0x20 || bytes[index] == 0x09 { index += 1 }
+            if index == count { break }
+            let start = index
+            while index < count, bytes[index] != 0x20, bytes[index] != 0x09 { index += 1 }
+            switch fields {
+            case 0: starts.0 = start; ends.0 = index
+            case 1: starts.1 = start; ends.1 = index
+            case 2: starts.2 = start; ends.2 = index
+            default: return nil
+            }
+            fields += 1
+        }
+        let sizeStart: Int
+        let sizeEnd: Int
+        var replyTo: String?
+        switch fields {
+        case 2:
+            (sizeStart, sizeEnd) = (starts.1, ends.1)
+        case 3:
+            (sizeStart, sizeEnd) = (starts.2, ends.2)
+            replyTo = String(decoding: UnsafeBufferPointer(start: bytes + starts.1, count: ends.1 - starts.1), as: UTF8.self)
+        default:
             return nil
         }
-        if newline > self.maxControlLine { throw .maxControlLineExceeded }
-        let parsed: Result<NATSClientOperation?, NATSProtocolError> = buffer.withUnsafeReadableBytes { bytes in
-            let line = UnsafeRawBufferPointer(rebasing: bytes[0..<NATSLine.lineLength(newline, in: bytes)])
-            return Result { () throws(NATSProtocolError) in try self.parseLine(line) }
+        guard sizeEnd - sizeStart <= 18 else { return nil }
+        var size = 0
+        for position in sizeStart..<sizeEnd {
+            let digit = bytes[position] &- UInt8(ascii: "0")
+            guard digit < 10 else { return nil }
+            size = size * 10 + Int(digit)
         }
-        buffer.moveReaderIndex(forwardBy: newline + 1)
-        let operation = try parsed.get()
-        if operation == nil, let pending = self.pending {
-            // A PUB/HPUB line: the payload follows.
-            guard buffer.readableBytes >= pending.totalSize + 2 else { return nil }
-            self.pending = nil
-            return .publish(try Self.readPayload(&buffer, pending))
+        guard size <= self.maxPayload else { return nil }
+        let subjectCount = ends.0 - starts.0
+        let same = subjectCount == self.lastSubjectBytes.count
+            && self.lastSubjectBytes.withUnsafeBytes { memcmp($0.baseAddress!, bytes + starts.0, subjectCount) == 0 }
+        if !same {
+            let subject = UnsafeBufferPointer(start: bytes + starts.0, count: subjectCount)
+            self.lastSubjectBytes = Array(subject)
+            self.lastSubject = String(decoding: subject, as: UTF8.self)
         }
-        return operation
+        return Pending(subject: self.lastSubject, replyTo: replyTo, headerSize: 0, totalSize: size)
     }
 
     /// Parses one control line. Returns nil for PUB/HPUB (the payload is read next, `pending` is set).
@@ -169,8 +296,11 @@ public struct NATSClientParser: Sendable {
                 throw .parserError
             }
             guard size <= self.maxPayload else { throw .maxPayloadViolation }
-            self.pending = (
-                NATSLine.string(fields[0]), fields.count == 3 ? NATSLine.string(fields[1]) : nil, 0, size
+            self.pending = Pending(
+                subject: NATSLine.string(fields[0]),
+                replyTo: fields.count == 3 ? NATSLine.string(fields[1]) : nil,
+                headerSize: 0,
+                totalSize: size
             )
             return nil
         case NATSLine.hpub:
@@ -181,9 +311,11 @@ public struct NATSClientParser: Sendable {
                 headerSize <= totalSize
             else { throw .parserError }
             guard totalSize <= self.maxPayload else { throw .maxPayloadViolation }
-            self.pending = (
-                NATSLine.string(fields[0]), fields.count == 4 ? NATSLine.string(fields[1]) : nil, headerSize,
-                totalSize
+            self.pending = Pending(
+                subject: NATSLine.string(fields[0]),
+                replyTo: fields.count == 4 ? NATSLine.string(fields[1]) : nil,
+                headerSize: headerSize,
+                totalSize: totalSize
             )
             return nil
         case NATSLine.sub:
@@ -226,7 +358,7 @@ public struct NATSClientParser: Sendable {
 
     private static func readPayload(
         _ buffer: inout ByteBuffer,
-        _ pending: (subject: String, replyTo: String?, headerSize: Int, totalSize: Int)
+        _ pending: Pending
     ) throws(NATSProtocolError) -> NATSMessage {
         let (headers, payload) = try NATSLine.readBody(
             &buffer,

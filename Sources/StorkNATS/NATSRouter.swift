@@ -49,18 +49,35 @@ public final class NATSSubscription: Hashable, Sendable {
 public final class NATSRouter: Sendable {
     private let index = Mutex(SubjectIndex<NATSSubscription>())
     private let queueCursor = Atomic<Int>(0)
+    /// Bumped (under the index's lock) whenever a subscription comes or goes: a connection's ``RouteCache`` is valid
+    /// while the generation it saw is current.
+    private let generation = Atomic<UInt64>(0)
+
+    /// A publishing connection's memory of its last subject and what it matched, so that a client publishing to the
+    /// same subject again skips the shared index (its lock and its hashing) until a subscription changes.
+    struct RouteCache {
+        var generation = UInt64.max
+        var subject = ""
+        var match = SubjectIndex<NATSSubscription>.Match()
+    }
 
     public init() {}
 
     public var subscriptionCount: Int { self.index.withLock { $0.count } }
 
     func add(_ subscription: NATSSubscription) {
-        self.index.withLock { $0.insert(subscription, pattern: subscription.subject, queue: subscription.queue) }
+        self.index.withLock {
+            $0.insert(subscription, pattern: subscription.subject, queue: subscription.queue)
+            self.generation.wrappingAdd(1, ordering: .releasing)
+        }
     }
 
     @discardableResult
     func remove(_ subscription: NATSSubscription) -> Bool {
-        self.index.withLock { $0.remove(subscription, pattern: subscription.subject, queue: subscription.queue) }
+        self.index.withLock {
+            defer { self.generation.wrappingAdd(1, ordering: .releasing) }
+            return $0.remove(subscription, pattern: subscription.subject, queue: subscription.queue)
+        }
     }
 
     /// Subscribes a local receiver to `subject` (a pattern), in a queue group when `queue` is given.
@@ -98,6 +115,26 @@ public final class NATSRouter: Sendable {
     /// client that connected with `echo: false` does not receive its own messages.
     func route(_ message: NATSMessage, from publisher: NATSClientConnection?, routingSubject: String? = nil) -> Int {
         let match = self.index.withLock { $0.match(routingSubject ?? message.subject) }
+        return self.deliver(message, to: match, from: publisher)
+    }
+
+    /// ``route(_:from:routingSubject:)`` for a client's publish, through the connection's cache of its last subject.
+    func route(_ message: NATSMessage, from publisher: NATSClientConnection, cache: inout RouteCache) -> Int {
+        // Read before the lookup: a change after this point bumps the generation and the next publish looks again.
+        let generation = self.generation.load(ordering: .acquiring)
+        if cache.generation != generation || cache.subject != message.subject {
+            cache.match = self.index.withLock { $0.match(message.subject) }
+            cache.subject = message.subject
+            cache.generation = generation
+        }
+        return self.deliver(message, to: cache.match, from: publisher)
+    }
+
+    private func deliver(
+        _ message: NATSMessage,
+        to match: SubjectIndex<NATSSubscription>.Match,
+        from publisher: NATSClientConnection?
+    ) -> Int {
         if match.isEmpty { return 0 }
         let skipOwn = publisher.map { !$0.echo } ?? false
         var deliveries = 0

@@ -97,6 +97,8 @@ public struct ConsumerStateMachine: Sendable {
     public private(set) var ackFloorStream: UInt64 = 0
     public private(set) var ackFloorConsumer: UInt64 = 0
     public private(set) var pending: [UInt64: Pending] = [:]
+    /// No ack wait of a pending message ends before this (a lower bound: acked messages may have held it).
+    private var earliestDeadline: Int64 = .max
     /// Stream sequences due again now, in order.
     private var redeliveries: Deque<UInt64> = []
     public private(set) var waiting: Deque<PullRequest> = []
@@ -180,6 +182,7 @@ public struct ConsumerStateMachine: Sendable {
             pending.deadline = 0
             self.pending[sequence] = pending
         }
+        if !self.pending.isEmpty { self.earliestDeadline = 0 }
         self.redeliveries = Deque(self.pending.keys.sorted())
     }
 
@@ -270,6 +273,7 @@ public struct ConsumerStateMachine: Sendable {
             pending.consumerSequence = self.consumerSequence
             pending.deliveries += 1
             pending.deadline = now + self.ackWait(for: pending.deliveries)
+            self.noteDeadline(pending.deadline)
             self.pending[sequence] = pending
             self.dirty = true
             self.consumeRequest()
@@ -294,7 +298,7 @@ public struct ConsumerStateMachine: Sendable {
             self.pending[entry.sequence] = Pending(
                 consumerSequence: self.consumerSequence,
                 deliveries: 1,
-                deadline: now + self.ackWait(for: 1)
+                deadline: self.noteDeadline(now + self.ackWait(for: 1))
             )
         }
         self.dirty = true
@@ -345,25 +349,41 @@ public struct ConsumerStateMachine: Sendable {
         case .ack, .terminate:
             if self.config.ackPolicy == .all, kind == .ack {
                 for sequence in self.pending.keys where sequence <= streamSequence { self.pending[sequence] = nil }
+                self.advanceAckFloor()
             } else {
                 self.pending[streamSequence] = nil
+                // Only acking the lowest pending message moves the floor.
+                if streamSequence == self.ackFloorStream + 1 { self.advanceAckFloor() }
             }
-            self.advanceAckFloor()
         case .nak(let delay):
             if delay > 0 {
-                self.pending[streamSequence]!.deadline = now + delay
+                self.pending[streamSequence]!.deadline = self.noteDeadline(now + delay)
             } else {
                 self.pending[streamSequence]!.deadline = Int64.max
                 self.insertRedelivery(streamSequence)
             }
         case .inProgress:
-            self.pending[streamSequence]!.deadline = now + self.config.ackWait
+            self.pending[streamSequence]!.deadline = self.noteDeadline(now + self.config.ackWait)
         }
         self.dirty = true
         return true
     }
 
     private mutating func advanceAckFloor() {
+        // The floor only moves up, and every pending message lies above it: step up from the old floor to the next
+        // pending sequence (amortised O(1) per message), falling back to a scan over the pending set after a gap.
+        if !self.pending.isEmpty {
+            var candidate = self.ackFloorStream + 1
+            let limit = min(candidate + 64, self.nextStreamSequence)
+            while candidate < limit {
+                if let entry = self.pending[candidate] {
+                    self.ackFloorStream = candidate - 1
+                    self.ackFloorConsumer = entry.consumerSequence - 1
+                    return
+                }
+                candidate += 1
+            }
+        }
         if let lowest = self.pending.keys.min() {
             self.ackFloorStream = lowest - 1
             self.ackFloorConsumer = self.pending[lowest]!.consumerSequence - 1
@@ -371,6 +391,13 @@ public struct ConsumerStateMachine: Sendable {
             self.ackFloorStream = self.nextStreamSequence > 0 ? self.nextStreamSequence - 1 : 0
             self.ackFloorConsumer = self.consumerSequence
         }
+    }
+
+    /// Lowers ``earliestDeadline`` to `deadline` if needed; returns `deadline`.
+    @discardableResult
+    private mutating func noteDeadline(_ deadline: Int64) -> Int64 {
+        self.earliestDeadline = min(self.earliestDeadline, deadline)
+        return deadline
     }
 
     private mutating func insertRedelivery(_ sequence: UInt64) {
@@ -383,9 +410,19 @@ public struct ConsumerStateMachine: Sendable {
 
     /// Moves deliveries whose ack wait ran out to redelivery and ends expired pull requests (returned as `408`).
     public mutating func tick(now: Int64, index: StreamIndex) -> [Status] {
-        for (sequence, pending) in self.pending where pending.deadline <= now {
-            self.pending[sequence]!.deadline = Int64.max
-            self.insertRedelivery(sequence)
+        // Scanning the pending set only once the earliest ack wait may have passed keeps a tick O(1) while acks
+        // arrive (a tick runs after every burst of acks).
+        if now >= self.earliestDeadline {
+            var earliest = Int64.max
+            for (sequence, pending) in self.pending {
+                if pending.deadline <= now {
+                    self.pending[sequence]!.deadline = Int64.max
+                    self.insertRedelivery(sequence)
+                } else {
+                    earliest = min(earliest, pending.deadline)
+                }
+            }
+            self.earliestDeadline = earliest
         }
         var statuses: [Status] = []
         // Idle heartbeats: to a push consumer's deliver subject while nothing was sent for its interval, and to
@@ -449,7 +486,7 @@ public struct ConsumerStateMachine: Sendable {
 
     /// The earliest time something becomes due (an ack wait or a request expiring), for the driver's timer.
     public var nextDeadline: Int64? {
-        let ackDeadline = self.pending.values.lazy.map(\.deadline).filter { $0 != Int64.max }.min()
+        let ackDeadline = self.pending.isEmpty || self.earliestDeadline == Int64.max ? nil : self.earliestDeadline
         let requestDeadline = self.waiting.lazy.compactMap(\.expires).min()
         switch (ackDeadline, requestDeadline) {
         case (nil, nil): return nil

@@ -18,6 +18,19 @@ func pullConsumer(_ configure: (inout ConsumerConfig) -> Void = { _ in }, index:
     return ConsumerStateMachine(name: "c", config: config, created: "now", index: index, startTime: nil)
 }
 
+/// A deterministic generator for shuffles in tests.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { self.state = seed }
+    mutating func next() -> UInt64 {
+        self.state &+= 0x9E37_79B9_7F4A_7C15
+        var z = self.state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
 @Suite("Consumer state machine")
 struct ConsumerStateMachineTests {
     @Test(
@@ -87,6 +100,55 @@ struct ConsumerStateMachineTests {
         #expect(ackedAgain)
         #expect(consumer.ackFloorStream == 2)
         #expect(consumer.pendingRedelivered == 0)
+    }
+
+    @Test("acks in any order keep the ack floor at the lowest pending message, with gaps in the stream", arguments: [7, 8, 9])
+    func ackFloorInAnyOrder(seed: UInt64) {
+        // Every third message is on another subject and filtered out: the pending sequences have gaps.
+        let index = makeIndex(3_000) { $0 % 3 == 0 ? "other" : "orders.new" }
+        var consumer = pullConsumer({ $0.filterSubject = "orders.new"; $0.maxAckPending = 0 }, index: index)
+        _ = consumer.pull(.init(replyTo: "inbox", batch: 10_000, expires: nil, noWait: false), index: index)
+        var delivered: [UInt64] = []
+        while let delivery = consumer.nextDelivery(index: index, now: 0) { delivered.append(delivery.streamSequence) }
+        #expect(delivered.count == 2_000)
+        var random = SeededRandom(seed: seed)
+        // Mostly in order with local shuffles, and a long-unacked message now and then.
+        for start in stride(from: 0, to: delivered.count, by: 50) {
+            let end = min(start + 50, delivered.count)
+            delivered[start..<end].shuffle(using: &random)
+        }
+        for (position, sequence) in delivered.enumerated() {
+            let changed = consumer.acknowledge(.ack, streamSequence: sequence, now: 1)
+            #expect(changed)
+            if let lowest = consumer.pending.keys.min() {
+                #expect(consumer.ackFloorStream == lowest - 1, "after \(position + 1) acks")
+                #expect(consumer.ackFloorConsumer == consumer.pending[lowest]!.consumerSequence - 1)
+            } else {
+                // Everything acked: the floor is the last delivered message (3,000 is on the other subject).
+                #expect(consumer.ackFloorStream == 2_999)
+                #expect(consumer.ackFloorConsumer == 2_000)
+            }
+        }
+    }
+
+    @Test("the ack wait of a message acked long ago does not hide a later one: redelivery is on time")
+    func ackDeadlinesAfterAcks() {
+        let index = makeIndex(3)
+        var consumer = pullConsumer({ $0.ackWait = 1_000 }, index: index)
+        _ = consumer.pull(.init(replyTo: "inbox", batch: 10, expires: nil, noWait: false), index: index)
+        _ = consumer.nextDelivery(index: index, now: 0)  // 1, due at 1_000
+        _ = consumer.nextDelivery(index: index, now: 500)  // 2, due at 1_500
+        #expect(consumer.nextDeadline == 1_000)
+        consumer.acknowledge(.ack, streamSequence: 1, now: 600)
+        _ = consumer.tick(now: 1_000, index: index)  // nothing due; the earliest deadline is now 1_500
+        #expect(consumer.nextDelivery(index: index, now: 1_000)?.streamSequence == 3)
+        #expect(consumer.nextDeadline == 1_500)
+        _ = consumer.tick(now: 1_499, index: index)
+        #expect(consumer.nextDelivery(index: index, now: 1_499) == nil)
+        _ = consumer.tick(now: 1_500, index: index)
+        let again = consumer.nextDelivery(index: index, now: 1_500)
+        #expect(again?.streamSequence == 2)
+        #expect(again?.deliveries == 2)
     }
 
     @Test("NAK redelivers at once or after its delay; WPI restarts the ack wait; TERM never redelivers")

@@ -1,0 +1,142 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@testable import StorkNATS
+
+@Suite("NATS connection reads")
+struct NATSConnectionTests {
+    /// Publishes of many sizes (some larger than the part of a read used to complete a straddling operation), sent in
+    /// reads of random sizes: every message comes back once, in order, with its payload, however the reads fall.
+    @Test("messages split across reads of any size arrive whole and in order", arguments: [1, 2, 3])
+    func straddlingReads(seed: UInt64) throws {
+        var random = SplitMix64(seed: seed)
+        let server = NATSServer(configuration: {
+            var configuration = NATSServerConfiguration()
+            configuration.maxPayload = 64 * 1024
+            return configuration
+        }())
+        var stream = ByteBuffer(string: "CONNECT {\"verbose\":false}\r\nSUB t.> 1\r\n")
+        var expected: [(subject: String, payload: [UInt8])] = []
+        for index in 0..<600 {
+            let size = random.next(4) == 0 ? random.next(20_000) : random.next(64)
+            let payload = (0..<size).map { UInt8(truncatingIfNeeded: $0 &+ index) }
+            let subject = "t.\(index % 7)"
+            expected.append((subject, payload))
+            stream.writeNATSPublish(subject: subject, replyTo: nil, headers: nil, payload: ByteBuffer(bytes: payload))
+        }
+        stream.writeString("PING\r\n")
+
+        let loop = EmbeddedEventLoop()
+        let channel = EmbeddedChannel(handler: NATSConnectionHandler(server: server), loop: loop)
+        try channel.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+        var parser = NATSServerParser()
+        var output = ByteBuffer()
+        var received: [(subject: String, payload: [UInt8])] = []
+        var pong = false
+        while stream.readableBytes > 0 {
+            let size = min(stream.readableBytes, 1 + random.next(random.next(2) == 0 ? 40 : 30_000))
+            try channel.writeInbound(stream.readSlice(length: size)!)
+            loop.run()
+            while var buffer = try channel.readOutbound(as: ByteBuffer.self) { output.writeBuffer(&buffer) }
+            while let operation = try parser.next(&output) {
+                switch operation {
+                case .message(let message, _):
+                    received.append((message.subject, Array(message.payload.readableBytesView)))
+                case .pong:
+                    pong = true
+                default:
+                    break
+                }
+            }
+        }
+        #expect(channel.isActive)
+        #expect(pong)
+        #expect(received.count == expected.count)
+        for (got, want) in zip(received, expected) {
+            #expect(got.subject == want.subject)
+            #expect(got.payload == want.payload)
+        }
+        _ = try? channel.finish()
+    }
+}
+
+@Suite("NATS routing and ack parsing")
+struct NATSRoutingTests {
+    /// A connection remembers what its last subject matched; a subscription made afterwards (by another connection)
+    /// must still receive the next publish, and an ended one must not.
+    @Test("a publisher's match cache follows subscriptions made and ended after it")
+    func routeCacheFollowsSubscriptions() throws {
+        let server = NATSServer(configuration: NATSServerConfiguration())
+        let loop = EmbeddedEventLoop()
+        let publisher = EmbeddedChannel(handler: NATSConnectionHandler(server: server), loop: loop)
+        let subscriber = EmbeddedChannel(handler: NATSConnectionHandler(server: server), loop: loop)
+        try publisher.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+        try subscriber.connect(to: .init(ipAddress: "127.0.0.1", port: 2)).wait()
+        func received() throws -> [String] {
+            loop.run()
+            var output = ByteBuffer()
+            while var buffer = try subscriber.readOutbound(as: ByteBuffer.self) { output.writeBuffer(&buffer) }
+            var parser = NATSServerParser()
+            var payloads: [String] = []
+            while let operation = try parser.next(&output) {
+                if case .message(let message, _) = operation { payloads.append(String(buffer: message.payload)) }
+            }
+            return payloads
+        }
+        try publisher.writeInbound(ByteBuffer(string: "CONNECT {}\r\nPUB a.b 1\r\n1\r\n"))
+        _ = try received()  // INFO only
+        try subscriber.writeInbound(ByteBuffer(string: "CONNECT {}\r\nSUB a.* 9\r\n"))
+        loop.run()
+        try publisher.writeInbound(ByteBuffer(string: "PUB a.b 1\r\n2\r\n"))
+        #expect(try received() == ["2"])
+        try subscriber.writeInbound(ByteBuffer(string: "UNSUB 9\r\n"))
+        loop.run()
+        try publisher.writeInbound(ByteBuffer(string: "PUB a.b 1\r\n3\r\n"))
+        #expect(try received() == [])
+        _ = try? publisher.finish()
+        _ = try? subscriber.finish()
+    }
+
+    @Test(
+        "ack subjects: the classic and the domain forms name stream, consumer and stream sequence",
+        arguments: [
+            ("$JS.ACK.ORDERS.worker.1.42.7.1700000000.3", "ORDERS", "worker", 42 as UInt64?),
+            ("$JS.ACK.hub.ACCHASH.ORDERS.worker.2.43.8.1700000000.0", "ORDERS", "worker", 43),
+            ("$JS.ACK.hub.ACCHASH.ORDERS.worker.2.44.8.1700000000.0.token", "ORDERS", "worker", 44),
+            ("$JS.ACK.ORDERS.worker.1.x.7.1700000000.3", "", "", nil),
+            ("$JS.ACK.ORDERS.worker.1.42", "", "", nil),
+            ("$JS.ACK.ORDERS.worker.1..7.1700000000.3", "", "", nil),
+        ]
+    )
+    func ackSubjects(subject: String, stream: String, consumer: String, sequence: UInt64?) {
+        let target = JetStream.ackTarget(subject)
+        #expect(target?.sequence == sequence)
+        if sequence != nil {
+            #expect(target?.stream == stream)
+            #expect(target?.consumer == consumer)
+        }
+    }
+
+    @Test("ack bodies: ack, NAK with and without delay, WPI, TERM; anything else is ignored")
+    func ackBodies() {
+        func kind(_ body: String) -> String {
+            switch JetStream.acknowledgement(ByteBuffer(string: body)) {
+            case .ack: "ack"
+            case .nak(let delay): "nak \(delay)"
+            case .inProgress: "wpi"
+            case .terminate: "term"
+            case nil: "none"
+            }
+        }
+        #expect(kind("") == "ack")
+        #expect(kind("+ACK") == "ack")
+        #expect(kind(" +NXT {\"batch\":1}") == "ack")
+        #expect(kind("-NAK") == "nak 0")
+        #expect(kind("-NAK {\"delay\": 2000000000}") == "nak 2000000000")
+        #expect(kind("+WPI") == "wpi")
+        #expect(kind("+TERM reason") == "term")
+        #expect(kind("+AC") == "none")
+        #expect(kind("hello") == "none")
+    }
+}
