@@ -83,7 +83,7 @@ public struct WebSocketConnector: Connector {
                 }
                 if Task.isCancelled { return }
                 problem = close.map { "closed by the server (\($0.closeCode)\($0.reason.map { ": \($0)" } ?? ""))" }
-                    ?? "the connection closed"
+                    ?? "the connection closed without a close frame (network, or no pong within the heartbeat)"
             } catch {
                 if Task.isCancelled { return }
                 problem = "\(error)"

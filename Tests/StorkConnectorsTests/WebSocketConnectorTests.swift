@@ -33,7 +33,7 @@ struct WebSocketConnectorTests {
                     ]
                 )
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
+                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1 })
                 #expect(server.headers.first?["authorization"] == "Bearer s3cret")
                 #expect(server.headers.first?["x-account"] == "acct-42")
 
@@ -46,10 +46,10 @@ struct WebSocketConnectorTests {
                 messaging.publish(StorkMessage(subject: "cmd.acct-42", payload: Array("subscribe trades".utf8)))
                 #expect(await eventually(.seconds(10)) { server.received == ["subscribe trades"] })
 
+                #expect(await eventually(.seconds(5)) { handler.board.status(of: "acct-42")?.messagesOut == 1 })
                 let status = try #require(handler.board.status(of: "acct-42"))
                 #expect(status.kind == "websocket")
                 #expect(status.messagesIn == 2)
-                #expect(await eventually(.seconds(5)) { handler.board.status(of: "acct-42")?.messagesOut == 1 })
                 #expect(status.failures == 0 && status.retries == 0)
 
                 // Terminate cancels the connection and returns when it is gone.
@@ -71,7 +71,7 @@ struct WebSocketConnectorTests {
             try await withConnectorHandler(configure: { $0.clock = clock.clock }) { handler in
                 let resource = self.feedResource(port: port, ["backoffMin": 0.5, "backoffMax": 4])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
+                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1 })
 
                 server.send(.close)
                 #expect(await clock.sleep(number: 1) == .milliseconds(500))
@@ -83,7 +83,7 @@ struct WebSocketConnectorTests {
 
                 clock.release()
                 #expect(await eventually(.seconds(10)) { server.connections == 2 })
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
+                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1 })
                 status = try #require(handler.board.status(of: "acct-42"))
                 #expect(status.retries == 1)
                 server.send(.text("after reconnect"))
@@ -133,14 +133,14 @@ struct WebSocketConnectorTests {
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
             try await withConnectorHandler(configure: { $0.clock = clock.clock }) { handler in
-                let resource = self.feedResource(port: port, ["heartbeat": 0.5])
+                let resource = self.feedResource(port: port, ["heartbeat": 1])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
-                // About three heartbeats pass while messages flow: the pongs keep the one connection open.
-                for index in 0..<5 {
+                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1 })
+                // Two heartbeats pass while messages flow: the pongs keep the one connection open.
+                for index in 0..<3 {
                     server.send(.text("tick \(index)"))
-                    #expect(await eventually(.seconds(10)) { messaging.published(on: "nest.acct-42").count == index + 1 }, "\(String(describing: handler.board.status(of: "acct-42"))) \(clock.sleeps)")
-                    try await Task.sleep(for: .milliseconds(300))
+                    #expect(await eventually(.seconds(10)) { messaging.published(on: "nest.acct-42").count == index + 1 }, "\(String(describing: handler.board.status(of: "acct-42")))")
+                    try await Task.sleep(for: .milliseconds(800))
                 }
                 #expect(server.connections == 1)
                 #expect(clock.sleeps.isEmpty)
