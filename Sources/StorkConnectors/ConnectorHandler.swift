@@ -99,8 +99,10 @@ public final class ConnectorHandler: ResourceHandler, Service {
                 for await running in self.starts {
                     group.addTask { await self.supervise(running) }
                 }
-                // Shut down or cancelled: stop whatever still runs (the task group waits for them).
+                // Shut down or cancelled: stop whatever still runs (the task group waits for them), and finish the
+                // starts that never got a task (handled just before the shutdown), so that their terminate returns.
                 self.stopAll()
+                self.abandonUnstarted()
             }
         } onGracefulShutdown: {
             self.stopAll()
@@ -117,6 +119,14 @@ public final class ConnectorHandler: ResourceHandler, Service {
         }
         self.startContinuation.finish()
         for connector in running { connector.stop.fire() }
+    }
+
+    private func abandonUnstarted() {
+        let routes = self.state.withLock { Array($0.routes.values) }
+        for case .connector(let running) in routes where running.abandonIfUnstarted() {
+            running.context.status.finish()
+            running.done.fire()
+        }
     }
 
     // MARK: ResourceHandler
@@ -247,6 +257,7 @@ public final class ConnectorHandler: ResourceHandler, Service {
 
     /// Runs a connector until it is stopped, then clears its status and says it is done.
     private func supervise(_ running: RunningConnector) async {
+        guard running.claim() else { return }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.runWithRestarts(running) }
             group.addTask { await running.stop.wait() }
@@ -293,9 +304,33 @@ final class RunningConnector: Sendable {
     let stop = ConnectorSignal()
     let done = ConnectorSignal()
 
+    private enum Phase {
+        case pending, started, abandoned
+    }
+
+    private let phase = Mutex(Phase.pending)
+
     init(resource: Resource, connector: any Connector, context: ConnectorContext) {
         self.resource = resource
         self.connector = connector
         self.context = context
+    }
+
+    /// The handler's task takes it over; false when the handler stopped before it could.
+    func claim() -> Bool {
+        self.phase.withLock { phase in
+            guard case .pending = phase else { return false }
+            phase = .started
+            return true
+        }
+    }
+
+    /// Marks it as never to be started, unless a task took it over already; true when it was still pending.
+    func abandonIfUnstarted() -> Bool {
+        self.phase.withLock { phase in
+            guard case .pending = phase else { return false }
+            phase = .abandoned
+            return true
+        }
     }
 }

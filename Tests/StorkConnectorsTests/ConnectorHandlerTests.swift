@@ -165,6 +165,24 @@ struct ConnectorHandlerTests {
         }
     }
 
+    @Test("terminate returns for a connector handled just before the handler stopped, whether or not it started")
+    func handledBeforeShutdown() async throws {
+        let record = ProbeConnector.Record()
+        var registry = ConnectorRegistry()
+        registry.register(ProbeConnector(record: record))
+        let messaging = LocalMessaging()
+        let handler = ConnectorHandler(registry: registry, fallback: RecordingHandler(), logger: quietLogger())
+        let probe = Resource(id: "early", attributes: ["kind": "probe", "subject": "a"])
+        // Handled before the handler's run() started: the start waits in its queue.
+        try await handler.handle(probe, context: resourceContext(messaging: messaging))
+        let task = Task { try await handler.run() }
+        task.cancel()
+        try await task.value
+        try await handler.terminate(probe, reason: .leaving, context: resourceContext(messaging: messaging))
+        #expect(handler.board.status(of: "early") == nil)
+        #expect(record.runs.load(ordering: .relaxed) == record.cancellations.load(ordering: .relaxed))
+    }
+
     @Test("secrets come from STORK_SECRET_<NAME>, then from the secrets file (JSON or NAME=value)")
     func secrets() throws {
         #expect(ConnectorSecrets.normalizedName("feed-token.v2") == "FEED_TOKEN_V2")
