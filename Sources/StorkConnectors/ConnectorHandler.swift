@@ -163,7 +163,12 @@ public final class ConnectorHandler: ResourceHandler, Service {
             try connector.validate(resource)
         } catch {
             if let kind = resource[string: "kind"] {
-                self.board.recordStartFailure(resource.id, kind: kind, error: "\(error)", now: self.configuration.clock.now())
+                self.board.recordStartFailure(
+                    resource.id,
+                    kind: kind,
+                    error: "\(error)",
+                    now: self.configuration.clock.now()
+                )
             }
             throw error
         }
@@ -173,7 +178,12 @@ public final class ConnectorHandler: ResourceHandler, Service {
                 "resource \(resource.id) (\(connector.name)): connectors publish on the message server, which is off "
                     + "on this node (node.nats)"
             )
-            self.board.recordStartFailure(resource.id, kind: connector.name, error: "\(error)", now: self.configuration.clock.now())
+            self.board.recordStartFailure(
+                resource.id,
+                kind: connector.name,
+                error: "\(error)",
+                now: self.configuration.clock.now()
+            )
             throw error
         }
         // Stork never calls handle twice for a resource without terminate in between; if it ever did, the old task
