@@ -68,6 +68,8 @@ public final class ConnectorHandler: ResourceHandler, Service {
     private struct State {
         var phase = Phase.accepting
         var routes: [ResourceID: Route] = [:]
+        /// Connectors handed to `run()` whose task has not taken them over yet.
+        var unstarted: [ObjectIdentifier: RunningConnector] = [:]
     }
 
     private let state = Mutex(State())
@@ -122,8 +124,11 @@ public final class ConnectorHandler: ResourceHandler, Service {
     }
 
     private func abandonUnstarted() {
-        let routes = self.state.withLock { Array($0.routes.values) }
-        for case .connector(let running) in routes where running.abandonIfUnstarted() {
+        let unstarted = self.state.withLock { state in
+            defer { state.unstarted = [:] }
+            return Array(state.unstarted.values)
+        }
+        for running in unstarted where running.abandonIfUnstarted() {
             running.context.status.finish()
             running.done.fire()
         }
@@ -152,25 +157,23 @@ public final class ConnectorHandler: ResourceHandler, Service {
     }
 
     public func handle(_ resource: Resource, context: ResourceContext) async throws {
-        let connector: any Connector
+        let found: (any Connector)?
         do {
-            guard let found = try self.connector(for: resource) else {
-                try await self.fallback.handle(resource, context: context)
-                self.state.withLock { $0.routes[resource.id] = .fallback }
-                return
-            }
-            connector = found
-            try connector.validate(resource)
+            found = try self.connector(for: resource)
+            try found?.validate(resource)
         } catch {
-            if let kind = resource[string: "kind"] {
-                self.board.recordStartFailure(
-                    resource.id,
-                    kind: kind,
-                    error: "\(error)",
-                    now: self.configuration.clock.now()
-                )
-            }
+            self.board.recordStartFailure(
+                resource.id,
+                kind: resource[string: "kind"] ?? "\(resource.attributes["kind"] ?? .null)",
+                error: "\(error)",
+                now: self.configuration.clock.now()
+            )
             throw error
+        }
+        guard let connector = found else {
+            try await self.fallback.handle(resource, context: context)
+            self.state.withLock { $0.routes[resource.id] = .fallback }
+            return
         }
         guard let messaging = context.messaging else {
             let error = StorkError(
@@ -210,6 +213,7 @@ public final class ConnectorHandler: ResourceHandler, Service {
         let accepted = self.state.withLock { state -> Bool in
             guard case .accepting = state.phase else { return false }
             state.routes[resource.id] = .connector(running)
+            state.unstarted[ObjectIdentifier(running)] = running
             return true
         }
         guard accepted else {
@@ -268,6 +272,7 @@ public final class ConnectorHandler: ResourceHandler, Service {
     /// Runs a connector until it is stopped, then clears its status and says it is done.
     private func supervise(_ running: RunningConnector) async {
         guard running.claim() else { return }
+        _ = self.state.withLock { $0.unstarted.removeValue(forKey: ObjectIdentifier(running)) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.runWithRestarts(running) }
             group.addTask { await running.stop.wait() }
