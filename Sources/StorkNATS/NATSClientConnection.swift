@@ -87,6 +87,23 @@ public final class NATSClientConnection: Sendable {
         return self.act(on: outcome)
     }
 
+    /// Appends frames another connection's read gathered for this one (``NATSDeliveryBatch``), as one write.
+    @discardableResult
+    func enqueueBatch(_ frames: ByteBuffer, messages: Int, bytes: Int) -> Bool {
+        var frames = frames
+        let outcome = self.state.withLock { state -> Outcome in
+            if state.closed { return .closed }
+            state.buffer.writeBuffer(&frames)
+            state.outMessages += messages
+            state.outBytes += bytes
+            return self.outcome(&state)
+        }
+        return self.act(on: outcome)
+    }
+
+    /// Whether messages can still be queued (not closed by the server or the peer).
+    var isOpen: Bool { !self.state.withLock { $0.closed } }
+
     /// Appends protocol output of the server's own (INFO, PONG, +OK, -ERR), in order with messages.
     @discardableResult
     func enqueue(_ write: (inout ByteBuffer) -> Void) -> Bool {

@@ -24,6 +24,9 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var pingTask: RepeatedTask?
     private var authTimeout: Scheduled<Void>?
     private var routeCache = NATSRouter.RouteCache()
+    /// Deliveries of this read's publishes to clients, handed over when the read is done (off in verbose mode, where
+    /// every publish is answered by a +OK that must follow what it delivered to this same client).
+    private var deliveries = NATSDeliveryBatch(enabled: true)
     private var logger: Logger
 
     init(server: NATSServer) {
@@ -135,9 +138,16 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 self.fail(error, context: context)
                 return
             }
-            guard let operation else { return }
-            self.handle(operation, client: client, context: context)
+            guard let operation else { break }
+            if case .publish(let message) = operation {
+                self.publish(message, client: client, context: context)
+            } else {
+                // Whatever this operation writes (PONG, +OK, -ERR) comes after the messages published before it.
+                self.deliveries.handOver()
+                self.handle(operation, client: client, context: context)
+            }
         }
+        self.deliveries.handOver()
     }
 
     // MARK: Operations
@@ -206,6 +216,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         self.options = options
         self.connectReceived = true
         self.verbose = options.verbose ?? false
+        self.deliveries = NATSDeliveryBatch(enabled: !self.verbose)
         self.pedantic = options.pedantic ?? false
         self.noResponders = (options.noResponders ?? false) && (options.headers ?? false)
         client.echo = options.echo ?? true
@@ -220,6 +231,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             return
         }
         if self.pedantic, !Subject.isValidLiteral(message.subject) {
+            self.deliveries.handOver()
             client.enqueue { $0.writeNATSError(NATSProtocolError("Invalid Publish Subject", closesConnection: false)) }
             return
         }
@@ -230,10 +242,16 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             message.payload.readableBytes + (message.headers?.readableBytes ?? 0),
             ordering: .relaxed
         )
-        let deliveries = self.server.router.route(message, from: client, cache: &self.routeCache)
+        let deliveries = self.server.router.route(
+            message,
+            from: client,
+            cache: &self.routeCache,
+            batch: &self.deliveries
+        )
         if deliveries == 0, self.noResponders, let reply = message.replyTo,
             let own = self.server.router.subscription(of: client, matching: reply)
         {
+            self.deliveries.handOver()
             // Nobody listens: tell the requester at once instead of letting it time out (NATS status 503).
             client.enqueue { buffer in
                 buffer.writeStaticString("HMSG ")
@@ -264,6 +282,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     /// Sends `-ERR`; closes the connection when the error says so, after what was queued before it is written.
     private func fail(_ error: NATSProtocolError, context: ChannelHandlerContext) {
         guard !self.closing else { return }
+        self.deliveries.handOver()
         guard error.closesConnection else {
             self.client?.enqueue { $0.writeNATSError(error) }
             return

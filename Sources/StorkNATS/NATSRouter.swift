@@ -42,6 +42,62 @@ public final class NATSSubscription: Hashable, Sendable {
     public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 }
 
+// MARK: - Delivery batches
+
+/// Messages a connection's read delivers to other clients, gathered per target and handed over in one append (one
+/// lock, one copy) when the read is done, instead of one locked append per message. Messages from one publisher to
+/// one subscriber keep their order; the publisher's connection hands the batch over before anything else it writes
+/// (PONG, +OK, -ERR, a no-responders status) so that those keep their place too.
+struct NATSDeliveryBatch {
+    private(set) var isEnabled: Bool
+    private var targets: [(client: NATSClientConnection, buffer: ByteBuffer, messages: Int, bytes: Int)] = []
+    /// Bytes gathered for one target before it is handed over early (large payloads).
+    static let handOverBytes = 64 * 1024
+
+    static var none: NATSDeliveryBatch { NATSDeliveryBatch(enabled: false) }
+
+    init(enabled: Bool) {
+        self.isEnabled = enabled
+    }
+
+    var isEmpty: Bool { self.targets.isEmpty }
+
+    /// Adds a `MSG` for `client`. False when the client is already known to be closed.
+    mutating func append(_ message: NATSMessage, sid: String, to client: NATSClientConnection) -> Bool {
+        let index: Int
+        if let found = self.targets.firstIndex(where: { $0.client === client }) {
+            index = found
+        } else {
+            guard client.isOpen else { return false }
+            self.targets.append((client, client.channel.allocator.buffer(capacity: 4096), 0, 0))
+            index = self.targets.count - 1
+        }
+        self.targets[index].buffer.writeNATSMessage(
+            subject: message.subject,
+            sid: sid,
+            replyTo: message.replyTo,
+            headers: message.headers,
+            payload: message.payload
+        )
+        self.targets[index].messages += 1
+        self.targets[index].bytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
+        if self.targets[index].buffer.readableBytes >= Self.handOverBytes {
+            let target = self.targets.remove(at: index)
+            target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
+        }
+        return true
+    }
+
+    /// Appends everything gathered to its targets' outbound buffers.
+    mutating func handOver() {
+        guard !self.targets.isEmpty else { return }
+        for target in self.targets {
+            target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
+        }
+        self.targets.removeAll(keepingCapacity: true)
+    }
+}
+
 // MARK: - NATSRouter
 
 /// Who is interested in which subject, and delivery to them: the subscription index shared by every connection and
@@ -115,11 +171,18 @@ public final class NATSRouter: Sendable {
     /// client that connected with `echo: false` does not receive its own messages.
     func route(_ message: NATSMessage, from publisher: NATSClientConnection?, routingSubject: String? = nil) -> Int {
         let match = self.index.withLock { $0.match(routingSubject ?? message.subject) }
-        return self.deliver(message, to: match, from: publisher)
+        var unbatched = NATSDeliveryBatch.none
+        return self.deliver(message, to: match, from: publisher, batch: &unbatched)
     }
 
-    /// ``route(_:from:routingSubject:)`` for a client's publish, through the connection's cache of its last subject.
-    func route(_ message: NATSMessage, from publisher: NATSClientConnection, cache: inout RouteCache) -> Int {
+    /// ``route(_:from:routingSubject:)`` for a client's publish, through the connection's cache of its last subject;
+    /// deliveries to clients go into `batch`, which the publisher's connection hands over at the end of its read.
+    func route(
+        _ message: NATSMessage,
+        from publisher: NATSClientConnection,
+        cache: inout RouteCache,
+        batch: inout NATSDeliveryBatch
+    ) -> Int {
         // Read before the lookup: a change after this point bumps the generation and the next publish looks again.
         let generation = self.generation.load(ordering: .acquiring)
         if cache.generation != generation || cache.subject != message.subject {
@@ -127,20 +190,21 @@ public final class NATSRouter: Sendable {
             cache.subject = message.subject
             cache.generation = generation
         }
-        return self.deliver(message, to: cache.match, from: publisher)
+        return self.deliver(message, to: cache.match, from: publisher, batch: &batch)
     }
 
     private func deliver(
         _ message: NATSMessage,
         to match: SubjectIndex<NATSSubscription>.Match,
-        from publisher: NATSClientConnection?
+        from publisher: NATSClientConnection?,
+        batch: inout NATSDeliveryBatch
     ) -> Int {
         if match.isEmpty { return 0 }
         let skipOwn = publisher.map { !$0.echo } ?? false
         var deliveries = 0
         for subscription in match.plain {
             if skipOwn, subscription.client === publisher { continue }
-            if self.deliver(message, to: subscription) { deliveries += 1 }
+            if self.deliver(message, to: subscription, batch: &batch) { deliveries += 1 }
         }
         let cursor = match.groups.isEmpty ? 0 : self.queueCursor.wrappingAdd(1, ordering: .relaxed).oldValue
         for (groupIndex, group) in match.groups.enumerated() {
@@ -151,7 +215,7 @@ public final class NATSRouter: Sendable {
             for offset in 0..<members.count {
                 let subscription = members[(start &+ offset) % members.count]
                 if skipOwn, subscription.client === publisher { continue }
-                if self.deliver(message, to: subscription) {
+                if self.deliver(message, to: subscription, batch: &batch) {
                     deliveries += 1
                     break
                 }
@@ -168,7 +232,11 @@ public final class NATSRouter: Sendable {
     }
 
     /// Delivers to one subscription; false when it has reached its maximum or its connection is gone.
-    private func deliver(_ message: NATSMessage, to subscription: NATSSubscription) -> Bool {
+    private func deliver(
+        _ message: NATSMessage,
+        to subscription: NATSSubscription,
+        batch: inout NATSDeliveryBatch
+    ) -> Bool {
         let maximum = subscription.maxMessages.load(ordering: .relaxed)
         if maximum > 0 {
             let count = subscription.delivered.wrappingAdd(1, ordering: .relaxed).newValue
@@ -180,6 +248,7 @@ public final class NATSRouter: Sendable {
         }
         switch subscription.target {
         case .client(let client):
+            if batch.isEnabled { return batch.append(message, sid: subscription.sid, to: client) }
             return client.enqueueMessage(message, sid: subscription.sid)
         case .local(let receiver):
             receiver.receive(message, subscription: subscription)
