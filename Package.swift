@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "StorkStreamStores", targets: ["StorkStreamStores"]),
         .library(name: "StorkSQLStreamStores", targets: ["StorkSQLStreamStores"]),
         .library(name: "StorkNATS", targets: ["StorkNATS"]),
+        .library(name: "StorkRealtime", targets: ["StorkRealtime"]),
         .library(name: "StorkConnectors", targets: ["StorkConnectors"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
@@ -83,6 +84,12 @@ let package = Package(
                 "StorkCore",
                 .product(name: "DequeModule", package: "swift-collections"),
             ],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - Realtime gateway core (pure): permission rules and their condition language
+        .target(
+            name: "StorkRealtime",
+            dependencies: ["StorkCore"],
             swiftSettings: storkSwiftSettings
         ),
         // MARK: - Message stores that persist: file (segmented log), later SQLite and PostgreSQL
@@ -321,6 +328,11 @@ let package = Package(
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkRealtimeTests",
+            dependencies: ["StorkRealtime", "StorkCore"],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(
