@@ -86,10 +86,10 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
-        // MARK: - Realtime gateway core (pure): permission rules and their condition language
+        // MARK: - Realtime gateway core (no I/O): authentication chain, users file, permission rules and their conditions
         .target(
             name: "StorkRealtime",
-            dependencies: ["StorkCore"],
+            dependencies: ["StorkCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: storkSwiftSettings
         ),
         // MARK: - Message stores that persist: file (segmented log), later SQLite and PostgreSQL
@@ -332,7 +332,7 @@ let package = Package(
         ),
         .testTarget(
             name: "StorkRealtimeTests",
-            dependencies: ["StorkRealtime", "StorkCore"],
+            dependencies: ["StorkRealtime", "StorkCore", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(
