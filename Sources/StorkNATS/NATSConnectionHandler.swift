@@ -27,6 +27,9 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     /// Deliveries of this read's publishes to clients, handed over when the read is done (off in verbose mode, where
     /// every publish is answered by a +OK that must follow what it delivered to this same client).
     private var deliveries = NATSDeliveryBatch(enabled: true)
+    /// Publishes counted during the current read, added to the connection's counters once per read.
+    private var readMessages = 0
+    private var readBytes = 0
     private var logger: Logger
 
     init(server: NATSServer) {
@@ -148,6 +151,12 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             }
         }
         self.deliveries.handOver()
+        if self.readMessages > 0 {
+            client.inMessages.wrappingAdd(self.readMessages, ordering: .relaxed)
+            client.inBytes.wrappingAdd(self.readBytes, ordering: .relaxed)
+            self.readMessages = 0
+            self.readBytes = 0
+        }
     }
 
     // MARK: Operations
@@ -237,11 +246,8 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
         // +OK comes before any message this publish delivers back to the publisher (nats-server's order).
         self.ok(client)
-        client.inMessages.wrappingAdd(1, ordering: .relaxed)
-        client.inBytes.wrappingAdd(
-            message.payload.readableBytes + (message.headers?.readableBytes ?? 0),
-            ordering: .relaxed
-        )
+        self.readMessages += 1
+        self.readBytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
         let deliveries = self.server.router.route(
             message,
             from: client,
