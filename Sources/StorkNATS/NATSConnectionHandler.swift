@@ -133,6 +133,18 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     }
 
     private func process(_ buffer: inout ByteBuffer, client: NATSClientConnection, context: ChannelHandlerContext) {
+        defer {
+            self.deliveries.handOver()
+            if self.readMessages > 0 {
+                client.inMessages.wrappingAdd(self.readMessages, ordering: .relaxed)
+                client.inBytes.wrappingAdd(self.readBytes, ordering: .relaxed)
+                self.readMessages = 0
+                self.readBytes = 0
+            }
+        }
+        // Publishes skip `handle` (the hot path) only once they are allowed: before CONNECT on a server that
+        // requires authentication they go through it and are refused.
+        let publishesAllowed = self.connectReceived || !self.server.configuration.authentication.isRequired
         while !self.closing {
             let operation: NATSClientOperation?
             do {
@@ -142,20 +154,13 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 return
             }
             guard let operation else { break }
-            if case .publish(let message) = operation {
+            if publishesAllowed, case .publish(let message) = operation {
                 self.publish(message, client: client, context: context)
             } else {
                 // Whatever this operation writes (PONG, +OK, -ERR) comes after the messages published before it.
                 self.deliveries.handOver()
                 self.handle(operation, client: client, context: context)
             }
-        }
-        self.deliveries.handOver()
-        if self.readMessages > 0 {
-            client.inMessages.wrappingAdd(self.readMessages, ordering: .relaxed)
-            client.inBytes.wrappingAdd(self.readBytes, ordering: .relaxed)
-            self.readMessages = 0
-            self.readBytes = 0
         }
     }
 

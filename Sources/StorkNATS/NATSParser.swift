@@ -23,7 +23,8 @@ enum NATSLine {
     /// The offset of the first `\n` within the first `limit + 2` bytes (a longer line is refused anyway), or nil.
     static func newlineOffset(in bytes: UnsafeRawBufferPointer, limit: Int) -> Int? {
         guard let base = bytes.baseAddress else { return nil }
-        guard let found = memchr(base, Int32(UInt8(ascii: "\n")), min(bytes.count, limit + 2)) else { return nil }
+        let window = limit > bytes.count ? bytes.count : min(bytes.count, limit + 2)
+        guard let found = memchr(base, Int32(UInt8(ascii: "\n")), window) else { return nil }
         let offset = base.distance(to: UnsafeRawPointer(found))
         return offset > limit ? nil : offset
     }

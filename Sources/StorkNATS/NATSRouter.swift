@@ -53,6 +53,8 @@ struct NATSDeliveryBatch {
     private var targets: [(client: NATSClientConnection, buffer: ByteBuffer, messages: Int, bytes: Int)] = []
     /// Bytes gathered for one target before it is handed over early (large payloads).
     static let handOverBytes = 64 * 1024
+    /// Subscribers of one message above which deliveries bypass the batch (wide fan-out).
+    static let maxTargets = 16
 
     static var none: NATSDeliveryBatch { NATSDeliveryBatch(enabled: false) }
 
@@ -202,20 +204,28 @@ public final class NATSRouter: Sendable {
         if match.isEmpty { return 0 }
         let skipOwn = publisher.map { !$0.echo } ?? false
         var deliveries = 0
+        // Wide fan-out goes straight to each subscriber: the batch finds its targets by a linear search.
+        var unbatched = NATSDeliveryBatch.none
+        let wide = match.plain.count > NATSDeliveryBatch.maxTargets
         for subscription in match.plain {
             if skipOwn, subscription.client === publisher { continue }
-            if self.deliver(message, to: subscription, batch: &batch) { deliveries += 1 }
+            let delivered =
+                wide
+                ? self.deliver(message, to: subscription, batch: &unbatched)
+                : self.deliver(message, to: subscription, batch: &batch)
+            if delivered { deliveries += 1 }
         }
         let cursor = match.groups.isEmpty ? 0 : self.queueCursor.wrappingAdd(1, ordering: .relaxed).oldValue
         for (groupIndex, group) in match.groups.enumerated() {
             let members = group.members
             // Rotates per message; groups start at different members so that they do not move in lockstep.
             let start = (cursor &+ groupIndex &* 7) & Int.max
-            // One member: start at a rotating position and take the first that accepts the message.
+            // One member: start at a rotating position and take the first that accepts the message. Not batched: a
+            // member found slow or closed must be known now, so that the message goes to another member.
             for offset in 0..<members.count {
                 let subscription = members[(start &+ offset) % members.count]
                 if skipOwn, subscription.client === publisher { continue }
-                if self.deliver(message, to: subscription, batch: &batch) {
+                if self.deliver(message, to: subscription, batch: &unbatched) {
                     deliveries += 1
                     break
                 }

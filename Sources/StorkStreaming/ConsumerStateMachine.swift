@@ -182,7 +182,13 @@ public struct ConsumerStateMachine: Sendable {
             pending.deadline = 0
             self.pending[sequence] = pending
         }
-        if !self.pending.isEmpty { self.earliestDeadline = 0 }
+        if !self.pending.isEmpty {
+            self.earliestDeadline = 0
+            // A snapshot from before the floor was kept right below the lowest pending message may lag.
+            let lowest = self.pending.keys.min()!
+            self.ackFloorStream = lowest - 1
+            self.ackFloorConsumer = self.pending[lowest]!.consumerSequence - 1
+        }
         self.redeliveries = Deque(self.pending.keys.sorted())
     }
 
@@ -272,7 +278,7 @@ public struct ConsumerStateMachine: Sendable {
             self.consumerSequence += 1
             pending.consumerSequence = self.consumerSequence
             pending.deliveries += 1
-            pending.deadline = now + self.ackWait(for: pending.deliveries)
+            pending.deadline = Self.adding(now, self.ackWait(for: pending.deliveries))
             self.noteDeadline(pending.deadline)
             self.pending[sequence] = pending
             self.dirty = true
@@ -295,10 +301,16 @@ public struct ConsumerStateMachine: Sendable {
             self.ackFloorStream = entry.sequence
             self.ackFloorConsumer = self.consumerSequence
         } else {
+            // Nothing in flight: the floor is right below this message (the sequences skipped since are not this
+            // consumer's), so that acking it moves the floor.
+            if self.pending.isEmpty {
+                self.ackFloorStream = entry.sequence - 1
+                self.ackFloorConsumer = self.consumerSequence - 1
+            }
             self.pending[entry.sequence] = Pending(
                 consumerSequence: self.consumerSequence,
                 deliveries: 1,
-                deadline: self.noteDeadline(now + self.ackWait(for: 1))
+                deadline: self.noteDeadline(Self.adding(now, self.ackWait(for: 1)))
             )
         }
         self.dirty = true
@@ -357,13 +369,13 @@ public struct ConsumerStateMachine: Sendable {
             }
         case .nak(let delay):
             if delay > 0 {
-                self.pending[streamSequence]!.deadline = self.noteDeadline(now + delay)
+                self.pending[streamSequence]!.deadline = self.noteDeadline(Self.adding(now, delay))
             } else {
                 self.pending[streamSequence]!.deadline = Int64.max
                 self.insertRedelivery(streamSequence)
             }
         case .inProgress:
-            self.pending[streamSequence]!.deadline = self.noteDeadline(now + self.config.ackWait)
+            self.pending[streamSequence]!.deadline = self.noteDeadline(Self.adding(now, self.config.ackWait))
         }
         self.dirty = true
         return true
@@ -391,6 +403,12 @@ public struct ConsumerStateMachine: Sendable {
             self.ackFloorStream = self.nextStreamSequence > 0 ? self.nextStreamSequence - 1 : 0
             self.ackFloorConsumer = self.consumerSequence
         }
+    }
+
+    /// `now + duration`, saturating: a client-chosen delay (`-NAK {"delay": …}`) must not overflow.
+    static func adding(_ now: Int64, _ duration: Int64) -> Int64 {
+        let (sum, overflow) = now.addingReportingOverflow(max(duration, 0))
+        return overflow ? Int64.max - 1 : sum
     }
 
     /// Lowers ``earliestDeadline`` to `deadline` if needed; returns `deadline`.

@@ -143,3 +143,32 @@ struct NATSRoutingTests {
         #expect(kind("hello") == "none")
     }
 }
+
+@Suite("NATS publish before CONNECT")
+struct NATSAuthOrderTests {
+    /// With authentication required, a PUB before CONNECT is refused like any other operation: nothing is delivered.
+    @Test("a publish before CONNECT on a server requiring a token is an authorization violation and reaches nobody")
+    func publishBeforeConnect() throws {
+        let server = NATSServer(configuration: {
+            var configuration = NATSServerConfiguration()
+            configuration.authentication = .token("s3cret")
+            return configuration
+        }())
+        let loop = EmbeddedEventLoop()
+        let subscriber = EmbeddedChannel(handler: NATSConnectionHandler(server: server), loop: loop)
+        let intruder = EmbeddedChannel(handler: NATSConnectionHandler(server: server), loop: loop)
+        try subscriber.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+        try intruder.connect(to: .init(ipAddress: "127.0.0.1", port: 2)).wait()
+        try subscriber.writeInbound(ByteBuffer(string: "CONNECT {\"auth_token\":\"s3cret\"}\r\nSUB secret.> 1\r\n"))
+        try intruder.writeInbound(ByteBuffer(string: "PUB secret.x 2\r\nhi\r\n"))
+        loop.run()
+        var intruderOutput = ""
+        while let buffer = try intruder.readOutbound(as: ByteBuffer.self) { intruderOutput += String(buffer: buffer) }
+        var subscriberOutput = ""
+        while let buffer = try subscriber.readOutbound(as: ByteBuffer.self) { subscriberOutput += String(buffer: buffer) }
+        #expect(intruderOutput.contains("-ERR 'Authorization Violation'"))
+        #expect(!subscriberOutput.contains("MSG"))
+        _ = try? subscriber.finish()
+        _ = try? intruder.finish()
+    }
+}

@@ -131,6 +131,35 @@ struct ConsumerStateMachineTests {
         }
     }
 
+    @Test("after everything was acked, a delivery past a gap still moves the floor when it is acked")
+    func ackFloorAfterGap() {
+        // Filter orders.a over 1:a 2:a 3:b 4:a 5:a.
+        let index = makeIndex(5) { $0 == 3 ? "orders.b" : "orders.a" }
+        var consumer = pullConsumer({ $0.filterSubject = "orders.a" }, index: index)
+        _ = consumer.pull(.init(replyTo: "inbox", batch: 10, expires: nil, noWait: false), index: index)
+        #expect(consumer.nextDelivery(index: index, now: 0)?.streamSequence == 1)
+        consumer.acknowledge(.ack, streamSequence: 1, now: 0)
+        #expect(consumer.nextDelivery(index: index, now: 0)?.streamSequence == 2)
+        consumer.acknowledge(.ack, streamSequence: 2, now: 0)
+        #expect(consumer.ackFloorStream == 2)
+        #expect(consumer.nextDelivery(index: index, now: 0)?.streamSequence == 4)
+        consumer.acknowledge(.ack, streamSequence: 4, now: 0)
+        #expect(consumer.ackFloorStream == 4)
+        #expect(consumer.ackFloorConsumer == 3)
+    }
+
+    @Test("a NAK delay too large to add to the clock saturates instead of trapping")
+    func hugeNakDelay() {
+        let index = makeIndex(1)
+        var consumer = pullConsumer(index: index)
+        _ = consumer.pull(.init(replyTo: "inbox", batch: 1, expires: nil, noWait: false), index: index)
+        _ = consumer.nextDelivery(index: index, now: 1_000)
+        let changed = consumer.acknowledge(.nak(delay: .max), streamSequence: 1, now: 1_000)
+        #expect(changed)
+        #expect(consumer.tick(now: 2_000_000, index: index).isEmpty)
+        #expect(consumer.nextDelivery(index: index, now: 2_000_000) == nil)
+    }
+
     @Test("the ack wait of a message acked long ago does not hide a later one: redelivery is on time")
     func ackDeadlinesAfterAcks() {
         let index = makeIndex(3)
