@@ -40,6 +40,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
     ],
     targets: [
         // MARK: - Pure cores (no I/O, no clocks, no tasks)
@@ -175,6 +176,24 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - The live demo: a football match feed over WebSockets, its players as resources, the web page
+        .target(
+            name: "StorkDemo",
+            dependencies: [
+                "StorkCore",
+                "StorkNATS",
+                "StorkServer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - Umbrella library for Swift users: `import Stork`
         .target(
             name: "Stork",
@@ -199,6 +218,7 @@ let package = Package(
             name: "stork",
             dependencies: [
                 "Stork",
+                "StorkDemo",
                 "StorkLeases",
                 "StorkServer",
                 "StorkTestKit",
@@ -296,6 +316,16 @@ let package = Package(
         .testTarget(
             name: "StorkSimulationTests",
             dependencies: ["StorkTestKit"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkDemoTests",
+            dependencies: [
+                "StorkCore",
+                "StorkDemo",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(

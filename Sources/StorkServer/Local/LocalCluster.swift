@@ -205,6 +205,8 @@ public final class LocalCluster: @unchecked Sendable {
     public var membership: String?
     /// YAML under `ownership:` (flow style), e.g. "mode: lease, store: 'sqlite:/tmp/l.db'".
     public var ownership: String?
+    /// The nodes' handler (flow-style YAML); nil: the sidecar at `sidecarURL`.
+    public var handler: String?
     /// The cluster's name (also the key of its rows in an ownership store).
     public var clusterName = "local"
     public private(set) var nodes: [String: NodeProcess] = [:]
@@ -240,7 +242,7 @@ public final class LocalCluster: @unchecked Sendable {
             \(membership)resources:
               sources:
                 - {type: http, name: accounts, url: \(self.sourceURL), poll: \(self.poll)}
-              handler: {type: sidecar, url: \(self.sidecarURL)}
+              handler: \(self.handler ?? "{type: sidecar, url: \(self.sidecarURL)}")
 
             """
         try yaml.write(to: config, atomically: true, encoding: .utf8)
