@@ -2,7 +2,8 @@
 
 Starts `stork demo` (the binary at $STORK_BIN, default .build/debug/stork) with its three `stork serve` nodes,
 opens the page, checks that it shows three live nodes and the 22 players with their owners and shots arriving,
-clicks "kill node", and checks that the page shows the node dead and its players owned by the other nodes.
+clicks "kill node" and checks that the page shows the node dead and its players owned by the other nodes, then
+clicks "add node" and checks that the new node shows up live and runs some of the players.
 A screenshot goes to $DEMO_SCREENSHOT (default: a temporary file; `Docs/demo.png` is made this way).
 
 Chromium loads only the demo's page: every host name but 127.0.0.1 resolves to nothing, and background
@@ -132,15 +133,29 @@ def browser():
         driver.quit()
 
 
+# The page redraws twice a second, so it is read in one script call (no element outlives a redraw).
+
+
 def _nodes(driver) -> dict:
-    return {e.get_attribute("data-node"): e.get_attribute("data-status") for e in driver.find_elements(By.CSS_SELECTOR, "#nodes .node")}
+    return driver.execute_script(
+        "const r = {}; for (const e of document.querySelectorAll('#nodes .node')) r[e.dataset.node] = e.dataset.status; return r;"
+    )
 
 
 def _owners(driver) -> dict:
-    return {
-        row.get_attribute("data-player"): row.get_attribute("data-owner")
-        for row in driver.find_elements(By.CSS_SELECTOR, "#players tr[data-player]")
-    }
+    return driver.execute_script(
+        "const r = {}; for (const e of document.querySelectorAll('#players tr[data-player]')) r[e.dataset.player] = e.dataset.owner; return r;"
+    )
+
+
+def _counts(driver) -> dict:
+    return driver.execute_script(
+        "const r = {}; for (const e of document.querySelectorAll('#counts [data-count]')) r[e.dataset.count] = e.querySelector('b').textContent; return r;"
+    )
+
+
+def _count(driver, selector: str) -> int:
+    return driver.execute_script("return document.querySelectorAll(arguments[0]).length;", selector)
 
 
 def test_page_shows_nodes_players_and_a_kill(demo, browser):
@@ -158,7 +173,7 @@ def test_page_shows_nodes_players_and_a_kill(demo, browser):
     _wait("three live nodes running all 22 players", 60, ready)
 
     browser.get(page)
-    _wait("the page loaded its state", 10, lambda: browser.find_element(By.TAG_NAME, "body").get_attribute("data-loaded") == "true")
+    _wait("the page loaded its state", 10, lambda: browser.execute_script("return document.body.dataset.loaded") == "true")
     assert browser.title == "Stork live demo"
     nodes = _wait("three nodes shown live", 10, lambda: (lambda n: n if list(n.values()).count("live") == 3 else None)(_nodes(browser)))
     assert sorted(nodes) == ["n1", "n2", "n3"]
@@ -167,7 +182,7 @@ def test_page_shows_nodes_players_and_a_kill(demo, browser):
     assert len(set(owners.values())) >= 2, f"the players should spread over the nodes: {owners}"
 
     # Shots arrive (the first one is due about 3 s after kick-off).
-    _wait("a shot in the feed list", 30, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#feed li")) > 0)
+    _wait("a shot in the feed list", 30, lambda: _count(browser, "#feed li") > 0)
 
     # Kill a node from the page: the oldest live one (n1).
     victim_players = sorted(p for p, o in owners.items() if o == "n1")
@@ -181,11 +196,21 @@ def test_page_shows_nodes_players_and_a_kill(demo, browser):
     _wait("n1's players shown on n2 and n3", 30, moved)
     assert list(_nodes(browser).values()).count("live") == 2
     if victim_players:
-        _wait("the moves listed", 5, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#moves li")) > 0)
+        _wait("the moves listed", 5, lambda: _count(browser, "#moves li") > 0)
+
+    # Add a node from the page: n4 starts, joins, and takes its share of the players.
+    browser.find_element(By.ID, "add-node").click()
+    _wait("n4 shown live", 20, lambda: _nodes(browser).get("n4") == "live")
+
+    def took_share():
+        current = _owners(browser)
+        return "n4" in current.values() and len(current) == PLAYERS and all(current.values())
+
+    _wait("n4 shown running players", 30, took_share)
 
     # Let a few more shots arrive, then keep a picture of the page.
-    time.sleep(4)
-    counts = {e.get_attribute("data-count"): e.find_element(By.TAG_NAME, "b").text for e in browser.find_elements(By.CSS_SELECTOR, "#counts [data-count]")}
+    time.sleep(float(os.environ.get("DEMO_SCREENSHOT_WAIT", "3")))
+    counts = _counts(browser)
     assert int(counts["received"]) > 0
     screenshot = os.environ.get("DEMO_SCREENSHOT") or os.path.join(tempfile.gettempdir(), "stork-demo-page.png")
     browser.save_screenshot(screenshot)
