@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "StorkStreamStores", targets: ["StorkStreamStores"]),
         .library(name: "StorkSQLStreamStores", targets: ["StorkSQLStreamStores"]),
         .library(name: "StorkNATS", targets: ["StorkNATS"]),
+        .library(name: "StorkConnectors", targets: ["StorkConnectors"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
     dependencies: [
@@ -40,6 +41,8 @@ let package = Package(
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
         .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
         .package(url: "https://github.com/hummingbird-project/hummingbird-websocket.git", from: "2.8.1"),
     ],
     targets: [
@@ -152,12 +155,32 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - Connectors: resources whose `kind` attribute names built-in work (WebSocket, HTTP polling)
+        .target(
+            name: "StorkConnectors",
+            dependencies: [
+                "StorkCore",
+                "StorkResources",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - The server: configuration, sources, handlers, admin API, composition
         .target(
             name: "StorkServer",
             dependencies: [
                 "StorkCore",
                 "StorkCluster",
+                "StorkConnectors",
                 "StorkLeases",
                 "StorkMembership",
                 "StorkNATS",
@@ -188,7 +211,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
-                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "WSClient", package: "swift-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
@@ -259,8 +282,29 @@ let package = Package(
             name: "StorkServerTests",
             dependencies: [
                 "StorkServer",
+                "StorkConnectors",
+                "StorkTestKit",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkConnectorsTests",
+            dependencies: [
+                "StorkConnectors",
+                "StorkTestKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: storkSwiftSettings
         ),
@@ -324,7 +368,7 @@ let package = Package(
                 "StorkCore",
                 "StorkDemo",
                 .product(name: "Logging", package: "swift-log"),
-                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
+                .product(name: "WSClient", package: "swift-websocket"),
             ],
             swiftSettings: storkSwiftSettings
         ),

@@ -85,8 +85,12 @@ public struct LiveDemo: Sendable {
         )
         cluster.poll = "1s"
         switch configuration.connector {
-        case .node: cluster.handler = "{type: log}"
-        case .sidecar: break
+        case .node:
+            // Players have `kind: websocket`: the connectors run them; nothing goes to the handler.
+            cluster.handler = "{type: log}"
+        case .sidecar:
+            // Every player goes to the sidecar (this process), connectors off.
+            cluster.extraYAML = "connectors: {enabled: false}"
         }
         let nodes = DemoCluster(cluster: cluster)
         let connectors =

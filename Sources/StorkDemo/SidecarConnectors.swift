@@ -1,7 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import HummingbirdWSClient
+import WSClient
 import Logging
 import NIOCore
 import StorkCore

@@ -1,6 +1,8 @@
 import Foundation
 import Hummingbird
 import NIOCore
+import Prometheus
+import StorkConnectors
 import StorkCore
 import StorkMembership
 import StorkNATS
@@ -11,8 +13,8 @@ import StorkResources
 // The node's admin HTTP API, documented in Docs/admin-api.md:
 //
 //   GET    /v1/cluster                    this node, the members with status and incarnation, the view checksum
-//   GET    /v1/resources[?scope=cluster]  this node's resources with state and since; or every desired resource
-//                                         with its owner in this node's view
+//   GET    /v1/resources[?scope=cluster]  this node's resources with state, since and connector status; or every
+//                                         desired resource with its owner in this node's view
 //   POST   /v1/resources                  allocate: body is one resource object with a string "id"
 //   DELETE /v1/resources/{id}             deallocate
 //   POST   /v1/drain                      leave gracefully (hand every resource off), then exit
@@ -46,10 +48,16 @@ public enum AdminAPI {
     /// Largest request body accepted (an allocate of one resource).
     public static let maximumBodySize = 1 << 20
 
+    /// - Parameters:
+    ///   - connectors: the connector handler's status board: each local resource then has a `connector` object.
+    ///   - metricsRegistry: a swift-prometheus registry (the node's swift-metrics, connector metrics among them),
+    ///     appended to `/metrics`.
     public static func router(
         manager: ResourceManager,
         nats: NATSServer? = nil,
-        extraMetrics: [any AdminMetricsSource] = []
+        extraMetrics: [any AdminMetricsSource] = [],
+        connectors: ConnectorStatusBoard? = nil,
+        metricsRegistry: PrometheusCollectorRegistry? = nil
     ) -> Router<BasicRequestContext> {
         let router = Router()
 
@@ -101,7 +109,7 @@ public enum AdminAPI {
             }
             let node = manager.identity.name
             let items: [JSONValue] = manager.resourceStates().map { state in
-                .object([
+                var item: [String: JSONValue] = [
                     "id": .string(state.id.rawValue),
                     "node": .string(node),
                     "state": .string(state.state),
@@ -109,7 +117,11 @@ public enum AdminAPI {
                     "attempt": .number(Double(state.attempt)),
                     "fencingToken": state.fencingToken.map { .number(Double($0)) } ?? .null,
                     "resource": state.resource.map { .object($0.attributes) } ?? .null,
-                ])
+                ]
+                if let connectors {
+                    item["connector"] = connectors.status(of: state.id).map(connectorDocument) ?? .null
+                }
+                return .object(item)
             }
             return json(.object(["scope": "node", "node": .string(node), "resources": .array(items)]))
         }
@@ -160,7 +172,12 @@ public enum AdminAPI {
         router.get("/metrics") { _, _ in
             var headers = HTTPFields()
             headers[.contentType] = "text/plain; version=0.0.4"
-            let text = prometheusText(manager: manager, extra: extraMetrics.flatMap { $0.samples() })
+            var text = prometheusText(manager: manager, extra: extraMetrics.flatMap { $0.samples() })
+            if let metricsRegistry {
+                var bytes: [UInt8] = []
+                metricsRegistry.emit(into: &bytes)
+                text += String(decoding: bytes, as: UTF8.self)
+            }
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
         }
 
@@ -193,6 +210,19 @@ public enum AdminAPI {
             "checksum": .string(String(status.viewChecksum)),
             "running": .number(Double(status.running.count)),
             "desired": .number(Double(status.desiredCount)),
+        ])
+    }
+
+    static func connectorDocument(_ status: ConnectorStatus) -> JSONValue {
+        .object([
+            "kind": .string(status.kind),
+            "state": .string(status.state.rawValue),
+            "since": .string(iso8601(status.since)),
+            "messagesIn": .number(Double(status.messagesIn)),
+            "messagesOut": .number(Double(status.messagesOut)),
+            "failures": .number(Double(status.failures)),
+            "retries": .number(Double(status.retries)),
+            "lastError": status.lastError.map { .string($0) } ?? .null,
         ])
     }
 

@@ -2,8 +2,10 @@ import AsyncHTTPClient
 import Foundation
 import Hummingbird
 import Logging
+import Prometheus
 import ServiceLifecycle
 import StorkCluster
+import StorkConnectors
 import StorkCore
 import StorkLeases
 import StorkNATS
@@ -69,16 +71,33 @@ public struct StorkServer: Sendable {
             managerConfiguration.ownershipStore = store
             logger.info("lease ownership", metadata: ["stork.store": "\(store.description)"])
         }
+        // Connector metrics (stork_connector_*) go to this node's own Prometheus registry, served on /metrics with
+        // the rest: no process-wide metrics bootstrap, so that several nodes can run in one process.
+        let metrics = PrometheusCollectorRegistry()
+        let baseHandler = configuration.makeHandler(httpClient: httpClient)
+        let connectors = configuration.makeConnectorHandler(
+            httpClient: httpClient,
+            fallback: baseHandler,
+            metricsFactory: PrometheusMetricsFactory(registry: metrics),
+            logger: logger
+        )
+        let handler: any ResourceHandler = connectors.map { $0 as any ResourceHandler } ?? baseHandler
         let manager = ResourceManager(
             configuration: managerConfiguration,
-            handler: configuration.makeHandler(httpClient: httpClient),
+            handler: handler,
             sources: configuration.makeSourceRegistrations(httpClient: httpClient, logger: logger),
             transport: transport,
             logger: logger
         )
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         let app = Application(
-            router: AdminAPI.router(manager: manager, nats: nats, extraMetrics: [TransportMetrics(transport: transport)]),
+            router: AdminAPI.router(
+                manager: manager,
+                nats: nats,
+                extraMetrics: [TransportMetrics(transport: transport)],
+                connectors: connectors?.board,
+                metricsRegistry: metrics
+            ),
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "stork"),
             logger: logger
         )
@@ -87,13 +106,15 @@ public struct StorkServer: Sendable {
             metadata: [
                 "stork.cluster": "\(transport.address)", "stork.http": "\(configuration.node.http)",
                 "stork.seeds": "\(configuration.node.seeds)", "stork.nats": "\(configuration.node.nats ?? "off")",
+                "stork.connectors": "\(connectors.map { $0.registry.kinds.joined(separator: ",") } ?? "off")",
             ]
         )
         // Endpoints start last and stop first: the NATS endpoint and the HTTP API close before the node hands its
-        // resources off.
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
-            .init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup)
-        ]
+        // resources off. The connector handler owns the connector tasks: it starts before the manager and stops
+        // after it, once the manager terminated (and so cancelled) every connector.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let connectors { services.append(.init(service: connectors)) }
+        services.append(.init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup))
         if let nats {
             services.append(
                 .init(service: LifecycleEventPublisher(manager: manager, router: nats.router, node: configuration.node.name))

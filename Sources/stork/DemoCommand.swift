@@ -48,7 +48,7 @@ struct DemoCommand: AsyncParsableCommand {
     var autoMoves: Bool?
 
     @Option(help: "Who connects the players to the feed: node (each node's websocket connector) or sidecar (this process, called by the nodes).")
-    var connector: String = LiveDemoConfiguration.Connector.sidecar.rawValue
+    var connector: String = LiveDemoConfiguration.Connector.node.rawValue
 
     @Flag(help: "Run the in-process story instead of child processes.")
     var inProcess = false

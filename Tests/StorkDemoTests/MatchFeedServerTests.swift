@@ -1,5 +1,5 @@
 import Foundation
-import HummingbirdWSClient
+import WSClient
 import Logging
 import StorkCore
 import Synchronization

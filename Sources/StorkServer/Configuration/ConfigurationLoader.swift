@@ -1,4 +1,5 @@
 import Foundation
+import StorkConnectors
 import StorkCore
 import StorkMembership
 import StorkPlacement
@@ -50,7 +51,9 @@ extension ServerConfiguration {
         var configuration = ServerConfiguration()
         guard let root else { return configuration }
         let document = ConfigNode(node: root, path: "", environment: environment, expressions: expressions)
-        let top = try document.mapping(allowed: ["node", "cluster", "resources", "membership", "ownership", "nats", "streaming"])
+        let top = try document.mapping(
+            allowed: ["node", "cluster", "resources", "connectors", "membership", "ownership", "nats", "streaming"]
+        )
         if let node = top["node"] {
             let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data", "nats"])
             if let value = fields["name"] { configuration.node.name = try value.string() }
@@ -114,6 +117,21 @@ extension ServerConfiguration {
             if let value = fields["cacheAllResources"] { configuration.resources.cacheAllResources = try value.bool() }
             if let value = fields["maxLengthOfTimeToRetryResourceFetching"] {
                 configuration.resources.maxLengthOfTimeToRetryResourceFetching = try value.duration()
+            }
+        }
+        if let connectors = top["connectors"] {
+            let fields = try connectors.mapping(allowed: ["enabled", "unknownKind", "secretsFile"])
+            if let value = fields["enabled"] { configuration.connectors.enabled = try value.bool() }
+            if let value = fields["unknownKind"] {
+                let name = try value.string()
+                guard let policy = ConnectorHandlerConfiguration.UnknownKind(rawValue: name) else {
+                    throw value.error("unknown value '\(name)'; expected fail or handler")
+                }
+                configuration.connectors.unknownKind = policy
+            }
+            if let value = fields["secretsFile"] {
+                let path = try value.optionalString()
+                configuration.connectors.secretsFile = path?.isEmpty == true ? nil : path
             }
         }
         if let membership = top["membership"] {
@@ -264,6 +282,7 @@ extension ServerConfiguration {
         if let value = environment["STORK_CLUSTER_KEY"], !value.isEmpty { self.cluster.key = value }
         if let value = environment["STORK_DATA"], !value.isEmpty { self.node.data = value }
         if let value = environment["STORK_STREAMING_POSTGRES"], !value.isEmpty { self.streaming.postgres = value }
+        if let value = environment["STORK_CONNECTORS_SECRETS_FILE"], !value.isEmpty { self.connectors.secretsFile = value }
         if let value = environment["STORK_NATS"], !value.isEmpty {
             self.node.nats = try ConfigValue.optionalEndpoint(value, path: "STORK_NATS")
         }
@@ -313,6 +332,11 @@ extension ServerConfiguration {
         }
         guard self.nats.pingInterval > .zero, self.nats.authTimeout > .zero else {
             throw StorkError(.invalidInput, "nats.pingInterval and nats.authTimeout must be positive")
+        }
+        if self.connectors.enabled, let file = self.connectors.secretsFile,
+            !FileManager.default.isReadableFile(atPath: file)
+        {
+            throw StorkError(.invalidInput, "connectors.secretsFile: cannot read \(file)")
         }
         let names = self.resources.sources.map(\.name)
         if Set(names).count != names.count {

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import StorkConnectors
 import StorkCore
 import StorkMembership
 import StorkNATS
@@ -119,8 +120,22 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var storeTimeout: Duration = .seconds(2)
     }
 
+    /// Built-in connectors (the `connectors:` section): a resource whose `kind` attribute names one (`websocket`,
+    /// `http-poll`) runs it; every other resource goes to `resources.handler`. Docs/connectors.md has the kinds.
+    public struct Connectors: Sendable, Hashable {
+        /// Run connectors (true), or hand every resource to `resources.handler` (false).
+        public var enabled = true
+        /// A resource whose `kind` names no connector: `fail` (its handle fails with an error naming the known
+        /// kinds, and is retried) or `handler` (it goes to `resources.handler`).
+        public var unknownKind: ConnectorHandlerConfiguration.UnknownKind = .fail
+        /// A file of secrets for `{"secret": "NAME"}` references in resource attributes: a JSON object or
+        /// `NAME=value` lines. `STORK_SECRET_<NAME>` environment variables are looked at first.
+        public var secretsFile: String?
+    }
+
     public var node = Node()
     public var cluster = Cluster()
+    public var connectors = Connectors()
     public var resources = Resources()
     public var membership = MembershipSettings()
     public var ownership = Ownership()

@@ -1,8 +1,10 @@
 import AsyncHTTPClient
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import NIOHTTP1
+import StorkConnectors
 import StorkCore
 import StorkResources
 
@@ -113,7 +115,29 @@ extension ServerConfiguration {
         }
     }
 
-    /// The handler this configuration names.
+    /// The connector handler of this configuration, with `fallback` for resources without `kind`; nil when
+    /// connectors are turned off (`connectors.enabled: false`). Run it as a service beside the resource manager.
+    public func makeConnectorHandler(
+        httpClient: HTTPClient,
+        fallback: any ResourceHandler,
+        metricsFactory: (any MetricsFactory)?,
+        environment: [String: String] = ProcessInfo.processInfo.environment,
+        logger: Logger
+    ) -> ConnectorHandler? {
+        guard self.connectors.enabled else { return nil }
+        var configuration = ConnectorHandlerConfiguration()
+        configuration.unknownKind = self.connectors.unknownKind
+        configuration.secrets = ConnectorSecrets(environment: environment, file: self.connectors.secretsFile)
+        configuration.metricsFactory = metricsFactory
+        return ConnectorHandler(
+            registry: .builtIn(httpClient: httpClient),
+            fallback: fallback,
+            configuration: configuration,
+            logger: logger
+        )
+    }
+
+    /// The handler this configuration names (`resources.handler`).
     public func makeHandler(httpClient: HTTPClient) -> any ResourceHandler {
         switch self.resources.handler {
         case .sidecar(let url, let timeout, let headers):

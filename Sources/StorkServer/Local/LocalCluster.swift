@@ -25,7 +25,7 @@ public final class ResourceListServer: Sendable {
         router.get("/resources") { request, _ -> Response in
             let etag = "\"v\(self.version.load(ordering: .relaxed))\""
             if request.headers[.ifNoneMatch] == etag { return Response(status: .notModified) }
-            let items = self.ids.withLock { $0 }.map { #"{"id":"\#($0)","kind":"test"}"# }
+            let items = self.ids.withLock { $0 }.map { #"{"id":"\#($0)"}"# }
             var headers = HTTPFields()
             headers[.eTag] = etag
             headers[.contentType] = "application/json"
@@ -207,6 +207,8 @@ public final class LocalCluster: @unchecked Sendable {
     public var ownership: String?
     /// The nodes' handler (flow-style YAML); nil: the sidecar at `sidecarURL`.
     public var handler: String?
+    /// More top-level YAML for every node's configuration, e.g. "connectors: {enabled: false}".
+    public var extraYAML: String?
     /// The cluster's name (also the key of its rows in an ownership store).
     public var clusterName = "local"
     public private(set) var nodes: [String: NodeProcess] = [:]
@@ -239,7 +241,7 @@ public final class LocalCluster: @unchecked Sendable {
               seeds: [\(seeds.map(self.clusterAddress).joined(separator: ", "))]
               data: \(self.directory.path)/\(name)-data
             cluster: {name: \(self.clusterName), key: local-cluster-key}
-            \(membership)resources:
+            \(membership)\(self.extraYAML.map { "\($0)\n" } ?? "")resources:
               sources:
                 - {type: http, name: accounts, url: \(self.sourceURL), poll: \(self.poll)}
               handler: \(self.handler ?? "{type: sidecar, url: \(self.sidecarURL)}")

@@ -1,0 +1,325 @@
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import StorkConnectors
+import StorkCore
+import StorkResources
+import StorkTestKit
+import Synchronization
+import Testing
+
+// MARK: - Messaging: local fan-out
+
+/// ``StorkMessaging`` without a server: every publish goes to the matching subscriptions of this process, and is
+/// recorded for assertions.
+final class LocalMessaging: StorkMessaging {
+    private struct Subscription {
+        let pattern: String
+        let continuation: AsyncStream<StorkMessage>.Continuation
+    }
+
+    private struct State {
+        var nextID = 0
+        var subscriptions: [Int: Subscription] = [:]
+        var published: [StorkMessage] = []
+    }
+
+    private let state = Mutex(State())
+
+    @discardableResult
+    func publish(_ message: StorkMessage) -> Int {
+        let targets = self.state.withLock { state -> [AsyncStream<StorkMessage>.Continuation] in
+            state.published.append(message)
+            return state.subscriptions.values.filter { Self.matches(message.subject, $0.pattern) }.map(\.continuation)
+        }
+        for target in targets { target.yield(message) }
+        return targets.count
+    }
+
+    func subscribe(_ subject: String, queue: String?) -> AsyncStream<StorkMessage> {
+        let (stream, continuation) = AsyncStream.makeStream(of: StorkMessage.self)
+        let id = self.state.withLock { state -> Int in
+            state.nextID += 1
+            state.subscriptions[state.nextID] = Subscription(pattern: subject, continuation: continuation)
+            return state.nextID
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscriptions.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    /// Payloads published on `subject`, as strings.
+    func published(on subject: String) -> [String] {
+        self.state.withLock { state in
+            state.published.filter { $0.subject == subject }.map { String(decoding: $0.payload, as: UTF8.self) }
+        }
+    }
+
+    func publishedPayloads(on subject: String) -> [[UInt8]] {
+        self.state.withLock { state in state.published.filter { $0.subject == subject }.map(\.payload) }
+    }
+
+    /// How many subscriptions would receive a message on `subject`.
+    func subscribers(of subject: String) -> Int {
+        self.state.withLock { state in state.subscriptions.values.filter { Self.matches(subject, $0.pattern) }.count }
+    }
+
+    static func matches(_ subject: String, _ pattern: String) -> Bool {
+        let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
+        let patternTokens = pattern.split(separator: ".", omittingEmptySubsequences: false)
+        for (index, token) in patternTokens.enumerated() {
+            if token == ">" { return tokens.count > index }
+            guard index < tokens.count else { return false }
+            if token != "*" && token != tokens[index] { return false }
+        }
+        return tokens.count == patternTokens.count
+    }
+}
+
+// MARK: - Clock: every wait recorded, released by the test
+
+/// A ``ConnectorClock`` whose sleeps are recorded and return only when the test releases them (or at once, when
+/// `automatic`). Cancelling a sleeping task ends its sleep with `CancellationError`.
+final class TestClock: Sendable {
+    private struct State {
+        var sleeps: [Duration] = []
+        var waiting: [(id: Int, continuation: CheckedContinuation<Void, any Error>)] = []
+        var nextID = 0
+        var automatic: Bool
+        var now: Date
+    }
+
+    private let state: Mutex<State>
+
+    init(automatic: Bool = false, now: Date = Date(timeIntervalSince1970: 1_700_000_000)) {
+        self.state = Mutex(State(automatic: automatic, now: now))
+    }
+
+    var clock: ConnectorClock {
+        ConnectorClock(now: { self.state.withLock { $0.now } }, sleep: { try await self.sleep($0) })
+    }
+
+    /// Every duration slept so far, in order.
+    var sleeps: [Duration] { self.state.withLock { $0.sleeps } }
+
+    /// Sleeps not released yet.
+    var pending: Int { self.state.withLock { $0.waiting.count } }
+
+    /// Ends the oldest pending sleep.
+    func release() {
+        let waiter = self.state.withLock { state in state.waiting.isEmpty ? nil : state.waiting.removeFirst() }
+        waiter?.continuation.resume()
+    }
+
+    /// Waits (bounded) until the `number`-th sleep was requested and is pending; returns its duration.
+    func sleep(number: Int, timeout: Duration = .seconds(20)) async -> Duration? {
+        guard await eventually(timeout, { self.sleeps.count >= number && self.pending > 0 }) else { return nil }
+        return self.sleeps[number - 1]
+    }
+
+    private func sleep(_ duration: Duration) async throws {
+        let (id, automatic) = self.state.withLock { state -> (Int, Bool) in
+            state.sleeps.append(duration)
+            state.nextID += 1
+            return (state.nextID, state.automatic)
+        }
+        if automatic {
+            try Task.checkCancellation()
+            await Task.yield()
+            return
+        }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let cancelled = self.state.withLock { state -> Bool in
+                    if Task.isCancelled { return true }
+                    state.waiting.append((id, continuation))
+                    return false
+                }
+                if cancelled { continuation.resume(throwing: CancellationError()) }
+            }
+        } onCancel: {
+            let waiter = self.state.withLock { state -> CheckedContinuation<Void, any Error>? in
+                guard let index = state.waiting.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiting.remove(at: index).continuation
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+}
+
+// MARK: - Connector handler harness
+
+/// A fallback handler that records its calls.
+final class RecordingHandler: ResourceHandler {
+    let calls = Mutex<[String]>([])
+
+    func handle(_ resource: Resource, context: ResourceContext) async throws {
+        self.calls.withLock { $0.append("handle \(resource.id)") }
+    }
+
+    func terminate(_ resource: Resource, reason: TerminationReason, context: ResourceContext) async throws {
+        self.calls.withLock { $0.append("terminate \(resource.id)") }
+    }
+
+    func handleFailed(_ resource: Resource, error: any Error, context: ResourceContext) async {
+        self.calls.withLock { $0.append("failed \(resource.id)") }
+    }
+}
+
+func quietLogger(_ label: String = "test") -> Logger {
+    var logger = Logger(label: label)
+    logger.logLevel = .critical
+    return logger
+}
+
+func resourceContext(messaging: (any StorkMessaging)?, attempt: Int = 1) -> ResourceContext {
+    ResourceContext(
+        node: NodeID(name: "n1", address: "127.0.0.1:1", uid: 1),
+        attempt: attempt,
+        logger: quietLogger(),
+        messaging: messaging
+    )
+}
+
+/// Runs a ``ConnectorHandler`` (as its service) for the duration of `body`, then shuts it down.
+func withConnectorHandler(
+    registry: ConnectorRegistry = ConnectorRegistry.webSocketOnly,
+    fallback: any ResourceHandler = RecordingHandler(),
+    configure: (inout ConnectorHandlerConfiguration) -> Void = { _ in },
+    _ body: @Sendable (ConnectorHandler) async throws -> Void
+) async throws {
+    var configuration = ConnectorHandlerConfiguration()
+    configure(&configuration)
+    let handler = ConnectorHandler(registry: registry, fallback: fallback, configuration: configuration, logger: quietLogger())
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await handler.run() }
+        do {
+            try await body(handler)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+extension ConnectorRegistry {
+    static var webSocketOnly: ConnectorRegistry {
+        var registry = ConnectorRegistry()
+        registry.register(WebSocketConnector())
+        return registry
+    }
+}
+
+// MARK: - Local servers
+
+/// Runs a Hummingbird application on an ephemeral loopback port for the duration of `body`.
+func withApplication(
+    router: Router<BasicRequestContext> = Router(),
+    server: HTTPServerBuilder = .http1(),
+    _ body: @Sendable (Int) async throws -> Void
+) async throws {
+    let port = Mutex<Int?>(nil)
+    let app = Application(
+        router: router,
+        server: server,
+        configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } },
+        logger: quietLogger("test-server")
+    )
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await app.runService() }
+        guard await eventually(.seconds(10), { port.withLock { $0 } != nil }), let bound = port.withLock({ $0 }) else {
+            group.cancelAll()
+            throw StorkError(.timeout, "the test server did not start")
+        }
+        do {
+            try await body(bound)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+/// A WebSocket server for the tests: `/feed` sends what the test tells it and records what it receives, `/silent`
+/// accepts and then never reads (so never answers a ping); anything else is refused.
+final class FeedServer: Sendable {
+    enum Command: Sendable {
+        case text(String)
+        case binary([UInt8])
+        case close
+    }
+
+    private struct State {
+        var connections = 0
+        var open: [Int: AsyncStream<Command>.Continuation] = [:]
+        var headers: [[String: String]] = []
+        var received: [String] = []
+    }
+
+    private let state = Mutex(State())
+
+    /// Upgrade requests accepted so far.
+    var connections: Int { self.state.withLock { $0.connections } }
+    /// Connections open now.
+    var openConnections: Int { self.state.withLock { $0.open.count } }
+    /// The headers of each accepted upgrade request (names lower-cased).
+    var headers: [[String: String]] { self.state.withLock { $0.headers } }
+    /// Text messages received from clients.
+    var received: [String] { self.state.withLock { $0.received } }
+
+    /// Sends to every open connection.
+    func send(_ command: Command) {
+        for connection in self.state.withLock({ Array($0.open.values) }) { connection.yield(command) }
+    }
+
+    var builder: HTTPServerBuilder {
+        .http1WebSocketUpgrade { request, _, _ in
+            let silent: Bool
+            switch request.path {
+            case "/feed": silent = false
+            case "/silent": silent = true
+            default: return .dontUpgrade
+            }
+            var fields: [String: String] = [:]
+            for field in request.headerFields { fields[field.name.canonicalName] = field.value }
+            let headers = fields
+            return .upgrade([:]) { inbound, outbound, _ in
+                let (commands, continuation) = AsyncStream.makeStream(of: Command.self)
+                let id = self.state.withLock { state -> Int in
+                    state.connections += 1
+                    state.headers.append(headers)
+                    state.open[state.connections] = continuation
+                    return state.connections
+                }
+                defer { _ = self.state.withLock { $0.open.removeValue(forKey: id) } }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if !silent {
+                        group.addTask {
+                            for try await message in inbound.messages(maxSize: 1 << 20) {
+                                if case .text(let text) = message { self.state.withLock { $0.received.append(text) } }
+                            }
+                        }
+                    }
+                    group.addTask {
+                        for await command in commands {
+                            switch command {
+                            case .text(let text): try await outbound.write(.text(text))
+                            case .binary(let bytes): try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
+                            case .close: return
+                            }
+                        }
+                    }
+                    try await group.next()
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+}
