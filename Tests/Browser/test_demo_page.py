@@ -108,7 +108,7 @@ def browser():
         "--no-sandbox",
         "--disable-dev-shm-usage",
         "--disable-gpu",
-        "--window-size=1400,1000",
+        "--window-size=1400,1250",
         "--no-first-run",
         "--no-default-browser-check",
         "--disable-background-networking",
