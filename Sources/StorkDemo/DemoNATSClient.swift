@@ -63,8 +63,12 @@ public final class DemoNATSClient: Sendable {
             NIOLoopBound(try channel.pipeline.syncOperations.handler(type: DemoNATSHandler.self), eventLoop: eventLoop)
         }.get()
         let client = DemoNATSClient(channel: channel, handler: handler, messages: messages, name: name)
+        let infoTimer = eventLoop.scheduleTask(in: .nanoseconds(timeout.nanosecondsClamped)) {
+            info.fail(StorkError(.timeout, "no INFO within \(timeout)"))
+        }
         do {
             try await info.futureResult.get()
+            infoTimer.cancel()
             let connect =
                 #"CONNECT {"verbose":false,"pedantic":false,"headers":false,"protocol":1,"name":"\#(name)","lang":"swift","version":"1"}"#
                 + "\r\n"

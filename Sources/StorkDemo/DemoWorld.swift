@@ -64,7 +64,7 @@ public final class DemoWorld: Sendable {
         var story: [Line] = []
         var tally = ShotTally()
         var recoveries: [Recovery] = []
-        /// Players seen running on two live nodes in one poll.
+        /// Players listed as running by two live nodes in one round of polling.
         var overlaps: [String] = []
     }
 
@@ -167,15 +167,19 @@ public final class DemoWorld: Sendable {
             for name in listing.keys where state.nodes[name]?.status == .starting {
                 state.nodes[name]?.status = .live
             }
+            // Nodes that did not answer keep their players for now.
             var owners = state.owners.filter { listing[$0.value] == nil && state.nodes[$0.value]?.status == .live }
+            var listedBy: [String: String] = [:]
             for (node, players) in listing.sorted(by: { $0.key < $1.key }) {
                 guard state.nodes[node]?.status == .live else { continue }
                 for player in players {
-                    if let other = owners[player], other != node {
+                    if let other = listedBy[player] {
+                        // Two nodes listed it in one round (the round's requests are not one atomic read).
                         state.overlaps.append("\(player) on \(other) and \(node)")
                         // The one that did not have it before is the new owner.
                         if state.owners[player] == node { continue }
                     }
+                    listedBy[player] = node
                     owners[player] = node
                 }
             }

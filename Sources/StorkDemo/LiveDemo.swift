@@ -30,7 +30,8 @@ public struct LiveDemoConfiguration: Sendable {
     /// How long the match lasts in real time (kick-off to final whistle). With `duration`, the match is shortened to
     /// end about 12 s before it.
     public var matchLength: Duration = .seconds(120)
-    /// Kill the oldest node at 30% of the match and start a new one at 60%.
+    /// Kill the oldest node at 30–50% of the match (just before a shot of one of its players) and start a new one
+    /// at 60%.
     public var autoMoves = false
     /// After how long the feed writes an unconfirmed shot again to the player's open connections.
     public var resendAfter: Duration = .seconds(3)

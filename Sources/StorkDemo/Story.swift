@@ -95,36 +95,13 @@ struct Story: Sendable {
         let kickoff = ContinuousClock.now
         let feed = self.feed
         let matchLength = length
-        let match = Task { try await feed.play(length: matchLength) }
-        defer { match.cancel() }
         var ok = true
-        if configuration.autoMoves {
-            // The oldest node dies at about 30% of the match, just before a shot of one of its players: that shot
-            // reaches the feed while its player has no connection, and must still arrive.
-            await self.sleep(until: kickoff + length * 0.3 - .seconds(1))
-            let victim = self.nodes.live.first
-            let owners = self.world.owners
-            if let shot = script.shots.first(where: {
-                script.due($0, length: length) >= length * 0.3 && owners[$0.playerID] == victim
-            }) {
-                await self.sleep(until: kickoff + script.due(shot, length: length) - .milliseconds(300))
-                self.world.say("\(victim ?? "?") runs \(shot.playerID), whose \(shot.id) is due in 0.3 s:")
-            }
-            if !self.stop.isStopped {
-                do { try self.controls.kill(victim) } catch {
-                    self.world.say("✗ cannot kill a node: \(error)")
-                    ok = false
-                }
-            }
-            await self.sleep(until: kickoff + length * 0.6)
-            if !self.stop.isStopped {
-                do { try self.controls.add() } catch {
-                    self.world.say("✗ cannot start a node: \(error)")
-                    ok = false
-                }
-            }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { try? await feed.play(length: matchLength) }
+            if configuration.autoMoves { ok = await self.moveOnSchedule(kickoff: kickoff, length: length) }
+            await self.sleep(until: kickoff + length)
+            if self.stop.isStopped { group.cancelAll() }
         }
-        await self.sleep(until: kickoff + length)
         guard !self.stop.isStopped else {
             self.report(final: false)
             return false
@@ -152,6 +129,40 @@ struct Story: Sendable {
         if configuration.duration == nil, !self.stop.isStopped {
             self.world.say("The page stays up until Ctrl-C: add and kill nodes there (the match is over).")
             while !self.stop.isStopped { try? await Task.sleep(for: .milliseconds(200)) }
+        }
+        return ok
+    }
+
+    /// Kills the oldest node at 30–50% of the match, just before the first shot there of one of its players (that
+    /// shot reaches the feed while its player has no connection, and must still arrive), and starts a new node at
+    /// 60%. False if either could not be done.
+    func moveOnSchedule(kickoff: ContinuousClock.Instant, length: Duration) async -> Bool {
+        let script = self.script
+        var ok = true
+        await self.sleep(until: kickoff + length * 0.3 - .seconds(1))
+        let victim = self.nodes.live.first
+        let owners = self.world.owners
+        let window = (length * 0.3)...(length * 0.5)
+        if let shot = script.shots.first(where: {
+            window.contains(script.due($0, length: length)) && owners[$0.playerID] == victim
+        }) {
+            await self.sleep(until: kickoff + script.due(shot, length: length) - .milliseconds(300))
+            self.world.say("\(victim ?? "?") runs \(shot.playerID), whose \(shot.id) is due in 0.3 s:")
+        } else {
+            await self.sleep(until: kickoff + length * 0.3)
+        }
+        if !self.stop.isStopped {
+            do { try self.controls.kill(victim) } catch {
+                self.world.say("✗ cannot kill a node: \(error)")
+                ok = false
+            }
+        }
+        await self.sleep(until: kickoff + length * 0.6)
+        if !self.stop.isStopped {
+            do { try self.controls.add() } catch {
+                self.world.say("✗ cannot start a node: \(error)")
+                ok = false
+            }
         }
         return ok
     }
@@ -220,7 +231,10 @@ struct Story: Sendable {
         ]
         if tally.malformed > 0 { lines.append("malformed messages:           \(tally.malformed)") }
         if !self.world.overlaps.isEmpty {
-            lines.append("players seen on two nodes:    \(self.world.overlaps.count) (\(self.world.overlaps.prefix(3).joined(separator: "; ")))")
+            lines.append(
+                "listed by two nodes at once:  \(self.world.overlaps.count) (one round of polling; "
+                    + self.world.overlaps.prefix(3).joined(separator: "; ") + ")"
+            )
         }
         lines.append("shots per player:             " + perPlayer.joined(separator: ", "))
         self.world.sayMore(lines)

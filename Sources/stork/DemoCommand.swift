@@ -22,7 +22,7 @@ struct DemoCommand: AsyncParsableCommand {
             its NATS endpoint (base+200+i); this process subscribes on every node, confirms each shot to the feed, \
             and counts it once. The feed repeats unconfirmed shots to the player's next connection, so no shot is \
             lost while players move. The story is printed as text too. With --duration the match is shortened to \
-            fit, a node is killed at 30% and one added at 60% (unless --no-auto-moves), and the demo exits 0 if no \
+            fit, a node is killed at 30-50% and one added at 60% (unless --no-auto-moves), and the demo exits 0 if no \
             shot was lost; without it, the page stays up after full time until Ctrl-C. --in-process runs the older, \
             smaller story of one process (three nodes on an in-memory network: allocate, leave, join, crash, \
             deallocate).
@@ -43,7 +43,7 @@ struct DemoCommand: AsyncParsableCommand {
 
     @Flag(
         inversion: .prefixedNo,
-        help: "Kill the oldest node at 30% of the match and add one at 60% (default: on with --duration)."
+        help: "Kill the oldest node at 30-50% of the match and add one at 60% (default: on with --duration)."
     )
     var autoMoves: Bool?
 
