@@ -22,7 +22,12 @@ public final class DemoNATSClient: Sendable {
     public let messages: AsyncStream<Message>
     public let name: String
 
-    private init(channel: any Channel, handler: NIOLoopBound<DemoNATSHandler>, messages: AsyncStream<Message>, name: String) {
+    private init(
+        channel: any Channel,
+        handler: NIOLoopBound<DemoNATSHandler>,
+        messages: AsyncStream<Message>,
+        name: String
+    ) {
         self.channel = channel
         self.handler = handler
         self.messages = messages
@@ -194,7 +199,9 @@ final class DemoNATSHandler: ChannelInboundHandler {
 
     func writeAndPing(_ bytes: ByteBuffer) -> EventLoopFuture<Void> {
         guard let context = self.context, !self.closed else {
-            return self.info.futureResult.eventLoop.makeFailedFuture(StorkError(.unavailable, "the NATS connection closed"))
+            return self.info.futureResult.eventLoop.makeFailedFuture(
+                StorkError(.unavailable, "the NATS connection closed")
+            )
         }
         let promise = context.eventLoop.makePromise(of: Void.self)
         self.pongWaiters.append(promise)

@@ -196,7 +196,13 @@ public final class DemoWorld: Sendable {
                     "moved: " + moved.map { "\($0.player) \($0.from) → \($0.to)" }.joined(separator: ", ")
                 )
             }
-            lines.append(contentsOf: state.finishRecoveries(now: now, players: self.script.players.map(\.id), moved: !moved.isEmpty))
+            lines.append(
+                contentsOf: state.finishRecoveries(
+                    now: now,
+                    players: self.script.players.map(\.id),
+                    moved: !moved.isEmpty
+                )
+            )
         }
         for line in lines { self.say(line) }
     }

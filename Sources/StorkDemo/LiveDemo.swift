@@ -109,7 +109,10 @@ public struct LiveDemo: Sendable {
         connectors?.addRoutes(to: webRouter)
         let webApplication = Application(
             router: webRouter,
-            configuration: .init(address: .hostname("127.0.0.1", port: configuration.webPort), serverName: "stork-demo"),
+            configuration: .init(
+                address: .hostname("127.0.0.1", port: configuration.webPort),
+                serverName: "stork-demo"
+            ),
             onServerRunning: { _ in servers.up(.web) },
             logger: logger
         )
@@ -129,12 +132,19 @@ public struct LiveDemo: Sendable {
             group.addTask { try? await feed.run() }
             if let connectors { group.addTask { await connectors.run() } }
             group.addTask { await Self.receive(added, world: world, nodes: nodes, feed: feed) }
-            group.addTask { await Self.pollOwners(world: world, nodes: nodes, client: httpClient) }
+            group.addTask { await Self.pollOwners(world: world, nodes: nodes, stop: stop, client: httpClient) }
             group.addTask { await stop.watchInterrupt() }
 
             let story = Story(
-                configuration: configuration, world: world, feed: feed, nodes: nodes, controls: controls,
-                servers: servers, stop: stop, directory: directory, origin: origin
+                configuration: configuration,
+                world: world,
+                feed: feed,
+                nodes: nodes,
+                controls: controls,
+                servers: servers,
+                stop: stop,
+                directory: directory,
+                origin: origin
             )
             let ok = await story.tell()
             controls.close()
@@ -168,7 +178,10 @@ public struct LiveDemo: Sendable {
         while world.isRunning(name), !Task.isCancelled {
             do {
                 let client = try await DemoNATSClient.connect(
-                    host: "127.0.0.1", port: port, name: "stork-demo", timeout: .seconds(2)
+                    host: "127.0.0.1",
+                    port: port,
+                    name: "stork-demo",
+                    timeout: .seconds(2)
                 )
                 defer { client.close() }
                 try await client.subscribe("demo.shots.>")
@@ -186,8 +199,9 @@ public struct LiveDemo: Sendable {
 
     // MARK: Owners
 
-    /// Every 400 ms, asks each live node's admin API which players it runs, and notices nodes that exited.
-    static func pollOwners(world: DemoWorld, nodes: DemoCluster, client: HTTPClient) async {
+    /// Every 400 ms, asks each live node's admin API which players it runs, and notices nodes that exited by
+    /// themselves (not after Ctrl-C, which a terminal also sends to the nodes).
+    static func pollOwners(world: DemoWorld, nodes: DemoCluster, stop: DemoStopSignal, client: HTTPClient) async {
         while !Task.isCancelled {
             let listing = await withTaskGroup(of: (String, Set<String>?).self) { group in
                 for name in nodes.live {
@@ -199,7 +213,7 @@ public struct LiveDemo: Sendable {
                 return listing
             }
             world.onOwnersPolled(listing)
-            for (name, line) in nodes.exited() {
+            for (name, line) in nodes.exited() where !stop.isStopped {
                 nodes.forget(name)
                 world.onNodeEnded(name, status: .exited)
                 world.say("✗ \(name) exited by itself: \(line)")
@@ -237,7 +251,8 @@ final class DemoControls: Sendable {
     let added: AsyncStream<String>.Continuation
     let closed = Atomic<Bool>(false)
 
-    init(world: DemoWorld, nodes: DemoCluster, connectors: SidecarConnectors?, added: AsyncStream<String>.Continuation) {
+    init(world: DemoWorld, nodes: DemoCluster, connectors: SidecarConnectors?, added: AsyncStream<String>.Continuation)
+    {
         self.world = world
         self.nodes = nodes
         self.connectors = connectors
@@ -273,7 +288,8 @@ final class DemoControls: Sendable {
         let orphans = self.world.onNodeKilled(victim)
         self.connectors?.nodeKilled(victim)
         self.world.say(
-            "kill -9 \(victim): it ran \(orphans.count) players" + (orphans.isEmpty ? "" : " (\(orphans.joined(separator: " ")))")
+            "kill -9 \(victim): it ran \(orphans.count) players"
+                + (orphans.isEmpty ? "" : " (\(orphans.joined(separator: " ")))")
         )
         return victim
     }

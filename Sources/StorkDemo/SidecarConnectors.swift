@@ -1,11 +1,11 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
-import WSClient
 import Logging
 import NIOCore
 import StorkCore
 import Synchronization
+import WSClient
 
 // MARK: - SidecarConnectors
 //
@@ -118,7 +118,10 @@ public final class SidecarConnectors: Sendable {
             } catch {
                 self.logger.debug(
                     "connection failed",
-                    metadata: ["demo.player": "\(start.key.player)", "demo.node": "\(start.key.node)", "demo.error": "\(error)"]
+                    metadata: [
+                        "demo.player": "\(start.key.player)", "demo.node": "\(start.key.node)",
+                        "demo.error": "\(error)",
+                    ]
                 )
             }
             guard self.isCurrent(start) else { return }
@@ -132,7 +135,10 @@ public final class SidecarConnectors: Sendable {
             throw StorkError(.invalidInput, "unknown node \(start.key.node)")
         }
         let nats = try await DemoNATSClient.connect(
-            host: "127.0.0.1", port: port, name: "demo-connector-\(start.key.player)", timeout: .seconds(2)
+            host: "127.0.0.1",
+            port: port,
+            name: "demo-connector-\(start.key.player)",
+            timeout: .seconds(2)
         )
         defer { nats.close() }
         var logger = self.logger

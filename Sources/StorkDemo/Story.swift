@@ -71,8 +71,10 @@ struct Story: Sendable {
                     ? "and runs each player's WebSocket with its websocket connector."
                     : "and calls this process as its sidecar, which connects the player for it.")
         )
-        let ready = await self.wait(.seconds(60)) { self.everyPlayerConnected() }
-        guard ready else {
+        _ = await self.wait(.seconds(60)) {
+            self.everyPlayerConnected() || self.world.nodes.contains { $0.status == .exited }
+        }
+        guard self.everyPlayerConnected() else {
             if !self.stop.isStopped {
                 self.world.say("✗ not every player ran and was connected to the feed after 60 s")
                 self.explainNotReady()
@@ -185,7 +187,8 @@ struct Story: Sendable {
         self.world.sayMore([
             "not running:              \(unowned.isEmpty ? "none" : unowned.joined(separator: " "))",
             "not connected to the feed: \(unconnected.isEmpty ? "none" : unconnected.joined(separator: " "))",
-            "nodes: " + self.world.nodes.map { "\($0.name) \($0.status.rawValue)\($0.subscribed ? "" : " (not subscribed)")" }
+            "nodes: "
+                + self.world.nodes.map { "\($0.name) \($0.status.rawValue)\($0.subscribed ? "" : " (not subscribed)")" }
                 .joined(separator: ", "),
         ])
     }
@@ -223,7 +226,8 @@ struct Story: Sendable {
             "shots scripted:               \(self.script.shots.count)",
             "shots sent by the feed:       \(counters.released) (\(counters.writes) WebSocket writes, "
                 + "\(counters.repeats) of them repeats of unconfirmed shots)",
-            "shots received (unique):      \(tally.unique)" + (perNode.isEmpty ? "" : " (via \(perNode.joined(separator: ", ")))"),
+            "shots received (unique):      \(tally.unique)"
+                + (perNode.isEmpty ? "" : " (via \(perNode.joined(separator: ", ")))"),
             "duplicates suppressed:        \(tally.duplicates)",
             "lost:                         \(lost)",
             "player moves seen:            \(moves.count)",
@@ -240,7 +244,9 @@ struct Story: Sendable {
         self.world.sayMore(lines)
         if final {
             if lost == 0 {
-                self.world.say("✓ no shot lost while players moved between nodes (\(tally.duplicates) duplicates suppressed).")
+                self.world.say(
+                    "✓ no shot lost while players moved between nodes (\(tally.duplicates) duplicates suppressed)."
+                )
             } else {
                 let missing = snapshot.pending.map(\.id).joined(separator: " ")
                 self.world.say("✗ \(lost) shots lost: \(missing)")

@@ -13,7 +13,8 @@ import Synchronization
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Run the live demo: a football match's shots flow through a local Stork cluster while nodes die and join.",
+        abstract:
+            "Run the live demo: a football match's shots flow through a local Stork cluster while nodes die and join.",
         discussion: """
             Starts --nodes `stork serve` processes on loopback and, in this process, a match feed (WebSocket per \
             player on base+301), the players' resource list, and a web page on base+300 (http://127.0.0.1:27300/ \
@@ -47,7 +48,12 @@ struct DemoCommand: AsyncParsableCommand {
     )
     var autoMoves: Bool?
 
-    @Option(help: "Who connects the players to the feed: node (each node's websocket connector) or sidecar (this process, called by the nodes).")
+    @Option(
+        help: """
+            Who connects the players to the feed: node (each node's websocket connector) or sidecar (this process, \
+            called by the nodes).
+            """
+    )
     var connector: String = LiveDemoConfiguration.Connector.node.rawValue
 
     @Flag(help: "Run the in-process story instead of child processes.")
@@ -62,7 +68,9 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("--duration must be at least 30 (the cluster starts, then a match of at least 15 s)")
         }
         guard (1024...60_000).contains(self.basePort) else { throw ValidationError("--base-port must be 1024...60000") }
-        guard (10...3600).contains(self.matchSeconds) else { throw ValidationError("--match-seconds must be 10...3600") }
+        guard (10...3600).contains(self.matchSeconds) else {
+            throw ValidationError("--match-seconds must be 10...3600")
+        }
         guard LiveDemoConfiguration.Connector(rawValue: self.connector) != nil else {
             throw ValidationError("--connector must be node or sidecar")
         }

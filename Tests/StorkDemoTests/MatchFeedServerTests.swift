@@ -1,9 +1,9 @@
 import Foundation
-import WSClient
 import Logging
 import StorkCore
 import Synchronization
 import Testing
+import WSClient
 
 @testable import StorkDemo
 

@@ -73,7 +73,9 @@ struct MatchFeedStateMachineTests {
         var feed = MatchFeedStateMachine(playerIDs: ["a", "b"])
         #expect(feed.onRelease(self.shots[0], now: self.at(1)) == .hold(self.shots[0]))
         #expect(feed.onRelease(self.shots[1], now: self.at(2)) == .hold(self.shots[1]))
-        #expect(feed.onConnect(self.c1, player: "a", now: self.at(3)) == .accept(backlog: [self.shots[0], self.shots[1]]))
+        #expect(
+            feed.onConnect(self.c1, player: "a", now: self.at(3)) == .accept(backlog: [self.shots[0], self.shots[1]])
+        )
         #expect(feed.counters.writes == 2)
         #expect(feed.counters.repeats == 0, "held shots were never written before")
         #expect(feed.onConnect(self.c2, player: "b", now: self.at(3)) == .accept(backlog: []))
@@ -99,7 +101,9 @@ struct MatchFeedStateMachineTests {
         for shot in self.shots.prefix(3) { _ = feed.onRelease(shot, now: self.at(1)) }
         #expect(feed.onConfirm(2) == .confirmed(self.shots[1]))
         feed.onDisconnect(self.c1, player: "a")
-        #expect(feed.onConnect(self.c2, player: "a", now: self.at(2)) == .accept(backlog: [self.shots[0], self.shots[2]]))
+        #expect(
+            feed.onConnect(self.c2, player: "a", now: self.at(2)) == .accept(backlog: [self.shots[0], self.shots[2]])
+        )
         #expect(feed.counters.repeats == 2)
         #expect(feed.pending == [self.shots[0], self.shots[2]])
     }
