@@ -89,7 +89,10 @@ public struct ConnectorAttributes: Sendable {
             throw self.error(key, "must be a number of seconds, got \(other)")
         }
         guard seconds.isFinite, range.contains(seconds) else {
-            throw self.error(key, "must be between \(Self.format(range.lowerBound)) and \(Self.format(range.upperBound)) seconds, got \(Self.format(seconds))")
+            throw self.error(
+                key,
+                "must be between \(Self.format(range.lowerBound)) and \(Self.format(range.upperBound)) seconds, got \(Self.format(seconds))"
+            )
         }
         return .nanoseconds(Int64((seconds * 1e9).rounded()))
     }
@@ -162,7 +165,9 @@ public struct ConnectorAttributes: Sendable {
             if token == "*" || token == ">" || token.contains("*") || token.contains(">") {
                 guard wildcards else { return "must be a subject without wildcards, got '\(subject)'" }
                 if token.count > 1 { return "has a wildcard inside a token: '\(subject)'" }
-                if token == ">" && index != tokens.count - 1 { return "may have '>' only as its last token: '\(subject)'" }
+                if token == ">" && index != tokens.count - 1 {
+                    return "may have '>' only as its last token: '\(subject)'"
+                }
             }
         }
         return nil
@@ -183,7 +188,8 @@ public struct ConnectorAttributes: Sendable {
 
     static func isTokenByte(_ byte: UInt8) -> Bool {
         switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"):
             return true
         default:
             return Array("!#$%&'*+-.^_`|~".utf8).contains(byte)

@@ -68,6 +68,8 @@ public final class ConnectorHandler: ResourceHandler, Service {
     private struct State {
         var phase = Phase.accepting
         var routes: [ResourceID: Route] = [:]
+        /// Connectors handed to `run()` whose task has not taken them over yet.
+        var unstarted: [ObjectIdentifier: RunningConnector] = [:]
     }
 
     private let state = Mutex(State())
@@ -99,8 +101,10 @@ public final class ConnectorHandler: ResourceHandler, Service {
                 for await running in self.starts {
                     group.addTask { await self.supervise(running) }
                 }
-                // Shut down or cancelled: stop whatever still runs (the task group waits for them).
+                // Shut down or cancelled: stop whatever still runs (the task group waits for them), and finish the
+                // starts that never got a task (handled just before the shutdown), so that their terminate returns.
                 self.stopAll()
+                self.abandonUnstarted()
             }
         } onGracefulShutdown: {
             self.stopAll()
@@ -117,6 +121,17 @@ public final class ConnectorHandler: ResourceHandler, Service {
         }
         self.startContinuation.finish()
         for connector in running { connector.stop.fire() }
+    }
+
+    private func abandonUnstarted() {
+        let unstarted = self.state.withLock { state in
+            defer { state.unstarted = [:] }
+            return Array(state.unstarted.values)
+        }
+        for running in unstarted where running.abandonIfUnstarted() {
+            running.context.status.finish()
+            running.done.fire()
+        }
     }
 
     // MARK: ResourceHandler
@@ -142,20 +157,23 @@ public final class ConnectorHandler: ResourceHandler, Service {
     }
 
     public func handle(_ resource: Resource, context: ResourceContext) async throws {
-        let connector: any Connector
+        let found: (any Connector)?
         do {
-            guard let found = try self.connector(for: resource) else {
-                try await self.fallback.handle(resource, context: context)
-                self.state.withLock { $0.routes[resource.id] = .fallback }
-                return
-            }
-            connector = found
-            try connector.validate(resource)
+            found = try self.connector(for: resource)
+            try found?.validate(resource)
         } catch {
-            if let kind = resource[string: "kind"] {
-                self.board.recordStartFailure(resource.id, kind: kind, error: "\(error)", now: self.configuration.clock.now())
-            }
+            self.board.recordStartFailure(
+                resource.id,
+                kind: resource[string: "kind"] ?? "\(resource.attributes["kind"] ?? .null)",
+                error: "\(error)",
+                now: self.configuration.clock.now()
+            )
             throw error
+        }
+        guard let connector = found else {
+            try await self.fallback.handle(resource, context: context)
+            self.state.withLock { $0.routes[resource.id] = .fallback }
+            return
         }
         guard let messaging = context.messaging else {
             let error = StorkError(
@@ -163,7 +181,12 @@ public final class ConnectorHandler: ResourceHandler, Service {
                 "resource \(resource.id) (\(connector.name)): connectors publish on the message server, which is off "
                     + "on this node (node.nats)"
             )
-            self.board.recordStartFailure(resource.id, kind: connector.name, error: "\(error)", now: self.configuration.clock.now())
+            self.board.recordStartFailure(
+                resource.id,
+                kind: connector.name,
+                error: "\(error)",
+                now: self.configuration.clock.now()
+            )
             throw error
         }
         // Stork never calls handle twice for a resource without terminate in between; if it ever did, the old task
@@ -190,6 +213,7 @@ public final class ConnectorHandler: ResourceHandler, Service {
         let accepted = self.state.withLock { state -> Bool in
             guard case .accepting = state.phase else { return false }
             state.routes[resource.id] = .connector(running)
+            state.unstarted[ObjectIdentifier(running)] = running
             return true
         }
         guard accepted else {
@@ -247,6 +271,8 @@ public final class ConnectorHandler: ResourceHandler, Service {
 
     /// Runs a connector until it is stopped, then clears its status and says it is done.
     private func supervise(_ running: RunningConnector) async {
+        guard running.claim() else { return }
+        _ = self.state.withLock { $0.unstarted.removeValue(forKey: ObjectIdentifier(running)) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.runWithRestarts(running) }
             group.addTask { await running.stop.wait() }
@@ -293,9 +319,33 @@ final class RunningConnector: Sendable {
     let stop = ConnectorSignal()
     let done = ConnectorSignal()
 
+    private enum Phase {
+        case pending, started, abandoned
+    }
+
+    private let phase = Mutex(Phase.pending)
+
     init(resource: Resource, connector: any Connector, context: ConnectorContext) {
         self.resource = resource
         self.connector = connector
         self.context = context
+    }
+
+    /// The handler's task takes it over; false when the handler stopped before it could.
+    func claim() -> Bool {
+        self.phase.withLock { phase in
+            guard case .pending = phase else { return false }
+            phase = .started
+            return true
+        }
+    }
+
+    /// Marks it as never to be started, unless a task took it over already; true when it was still pending.
+    func abandonIfUnstarted() -> Bool {
+        self.phase.withLock { phase in
+            guard case .pending = phase else { return false }
+            phase = .abandoned
+            return true
+        }
     }
 }

@@ -35,7 +35,11 @@ public struct HTTPPollConnectorSettings: Sendable, Hashable {
         self.interval = try attributes.seconds("interval", default: .seconds(30), range: 0.01...86_400)
         self.timeout = try attributes.seconds("timeout", default: .seconds(10), range: 0.01...3600)
         self.headers = try attributes.headers()
-        let publish = try attributes.choice("publish", HTTPPollStateMachine.PublishMode.allCases.map(\.rawValue), default: "changes")
+        let publish = try attributes.choice(
+            "publish",
+            HTTPPollStateMachine.PublishMode.allCases.map(\.rawValue),
+            default: "changes"
+        )
         self.publish = HTTPPollStateMachine.PublishMode(rawValue: publish) ?? .changes
         self.backoffMinimum = try attributes.seconds("backoffMin", default: .seconds(1), range: 0.001...3600)
         self.backoffMaximum = try attributes.seconds("backoffMax", default: .seconds(60), range: 0.001...86_400)
@@ -127,14 +131,20 @@ public struct HTTPPollConnector: Connector {
         for header in machine.conditionalHeaders() {
             request.headers.replaceOrAdd(name: header.name, value: header.value)
         }
-        let response = try await self.client.execute(request, timeout: .nanoseconds(settings.timeout.nanosecondsClamped))
+        let response = try await self.client.execute(
+            request,
+            timeout: .nanoseconds(settings.timeout.nanosecondsClamped)
+        )
         let status = Int(response.status.code)
         var body: [UInt8] = []
         if (200..<300).contains(status) {
             do {
                 body = Array(try await response.body.collect(upTo: settings.maxBodyBytes).readableBytesView)
             } catch is NIOTooManyBytesError {
-                throw StorkError(.connectorFailed, "the body of \(settings.url) is larger than \(settings.maxBodyBytes) bytes (maxBodyBytes)")
+                throw StorkError(
+                    .connectorFailed,
+                    "the body of \(settings.url) is larger than \(settings.maxBodyBytes) bytes (maxBodyBytes)"
+                )
             }
         } else {
             // Read (a bounded amount of) the body so that the connection can be reused.

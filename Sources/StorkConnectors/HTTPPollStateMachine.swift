@@ -22,7 +22,13 @@ public struct HTTPPollStateMachine: Sendable {
         /// A digest of the body (any stable hash; the connector uses SHA-256).
         public var bodyHash: [UInt8]
 
-        public init(status: Int, etag: String? = nil, lastModified: String? = nil, retryAfter: String? = nil, bodyHash: [UInt8] = []) {
+        public init(
+            status: Int,
+            etag: String? = nil,
+            lastModified: String? = nil,
+            retryAfter: String? = nil,
+            bodyHash: [UInt8] = []
+        ) {
             self.status = status
             self.etag = etag
             self.lastModified = lastModified
@@ -82,7 +88,8 @@ public struct HTTPPollStateMachine: Sendable {
             return .unchanged(after: self.interval)
         case 429, 503:
             let backoff = self.backoff.nextDelay()
-            let reason = "HTTP \(response.status)" + (response.status == 429 ? " Too Many Requests" : " Service Unavailable")
+            let reason =
+                "HTTP \(response.status)" + (response.status == 429 ? " Too Many Requests" : " Service Unavailable")
             guard let retryAfter = response.retryAfter.flatMap({ Self.retryAfter($0, now: now) }) else {
                 return .retry(after: backoff, reason: reason)
             }

@@ -55,7 +55,10 @@ public struct ConnectorSecrets: Sendable {
                 "secret '\(name)' is not set: set \(variable) or add \(Self.normalizedName(name)) to \(file)"
             )
         }
-        throw StorkError(.invalidInput, "secret '\(name)' is not set: set \(variable) (or configure connectors.secretsFile)")
+        throw StorkError(
+            .invalidInput,
+            "secret '\(name)' is not set: set \(variable) (or configure connectors.secretsFile)"
+        )
     }
 
     /// The secrets of a file, by normalized name.
@@ -66,7 +69,9 @@ public struct ConnectorSecrets: Sendable {
         } catch {
             throw StorkError(.unavailable, "cannot read the secrets file \(path)", underlying: error)
         }
-        guard data.count <= 1 << 20 else { throw StorkError(.invalidInput, "the secrets file \(path) is larger than 1 MiB") }
+        guard data.count <= 1 << 20 else {
+            throw StorkError(.invalidInput, "the secrets file \(path) is larger than 1 MiB")
+        }
         let text = String(decoding: data, as: UTF8.self)
         var result: [String: String] = [:]
         if text.drop(while: \.isWhitespace).first == "{" {

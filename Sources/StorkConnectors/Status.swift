@@ -90,7 +90,9 @@ public final class ConnectorStatusBoard: Sendable {
     /// Records a start that failed before the connector ran (validation, no message server).
     func recordStartFailure(_ id: ResourceID, kind: String, error: String, now: Date) {
         self.entries.withLock { entries in
-            var status = entries[id].flatMap { $0.kind == kind ? $0 : nil } ?? ConnectorStatus(kind: kind, state: .failed, since: now)
+            var status =
+                entries[id].flatMap { $0.kind == kind ? $0 : nil }
+                ?? ConnectorStatus(kind: kind, state: .failed, since: now)
             if status.state != .failed { status.since = now }
             status.state = .failed
             status.failures += 1
@@ -101,7 +103,9 @@ public final class ConnectorStatusBoard: Sendable {
 
     func begin(_ id: ResourceID, kind: String, now: Date) {
         self.entries.withLock { entries in
-            var status = entries[id].flatMap { $0.kind == kind ? $0 : nil } ?? ConnectorStatus(kind: kind, state: .starting, since: now)
+            var status =
+                entries[id].flatMap { $0.kind == kind ? $0 : nil }
+                ?? ConnectorStatus(kind: kind, state: .starting, since: now)
             status.state = .starting
             status.since = now
             entries[id] = status
@@ -191,8 +195,16 @@ final class ConnectorMetrics: Sendable {
 
     init(kind: String, id: ResourceID, factory: any MetricsFactory) {
         let dimensions = [("kind", kind), ("resource", id.rawValue)]
-        self.messagesIn = Counter(label: "stork_connector_messages_total", dimensions: dimensions + [("direction", "in")], factory: factory)
-        self.messagesOut = Counter(label: "stork_connector_messages_total", dimensions: dimensions + [("direction", "out")], factory: factory)
+        self.messagesIn = Counter(
+            label: "stork_connector_messages_total",
+            dimensions: dimensions + [("direction", "in")],
+            factory: factory
+        )
+        self.messagesOut = Counter(
+            label: "stork_connector_messages_total",
+            dimensions: dimensions + [("direction", "out")],
+            factory: factory
+        )
         self.failures = Counter(label: "stork_connector_failures_total", dimensions: dimensions, factory: factory)
         self.retries = Counter(label: "stork_connector_retries_total", dimensions: dimensions, factory: factory)
         self.up = Gauge(label: "stork_connector_up", dimensions: dimensions, factory: factory)

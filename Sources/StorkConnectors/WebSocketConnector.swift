@@ -40,7 +40,11 @@ public struct WebSocketConnectorSettings: Sendable, Hashable {
         guard self.backoffMaximum >= self.backoffMinimum else {
             throw attributes.error("backoffMax", "must not be less than backoffMin")
         }
-        self.maxMessageBytes = try attributes.integer("maxMessageBytes", default: 1_048_576, range: 1...(64 * 1_048_576))
+        self.maxMessageBytes = try attributes.integer(
+            "maxMessageBytes",
+            default: 1_048_576,
+            range: 1...(64 * 1_048_576)
+        )
     }
 }
 
@@ -82,8 +86,9 @@ public struct WebSocketConnector: Connector {
                     connected.store(true, ordering: .relaxed)
                 }
                 if Task.isCancelled { return }
-                problem = close.map { "closed by the server (\($0.closeCode)\($0.reason.map { ": \($0)" } ?? ""))" }
-                    ?? "the connection closed"
+                problem =
+                    close.map { "closed by the server (\($0.closeCode)\($0.reason.map { ": \($0)" } ?? ""))" }
+                    ?? "the connection closed without a close frame (network, or no pong within the heartbeat)"
             } catch {
                 if Task.isCancelled { return }
                 problem = "\(error)"

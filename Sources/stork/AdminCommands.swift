@@ -106,7 +106,7 @@ struct StatusCommand: AsyncParsableCommand {
 struct ResourcesCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "resources",
-        abstract: "List a node's resources with their state, or (--cluster) every resource with its owner."
+        abstract: "List a node's resources with their state (and connector), or (--cluster) every resource with its owner."
     )
 
     @OptionGroup var address: NodeAddressOptions
@@ -130,7 +130,14 @@ struct ResourcesCommand: AsyncParsableCommand {
             if self.cluster {
                 print("\(id)\t\(item["owner"]?.stringValue ?? "-")\t\(item["state"]?.stringValue ?? "")")
             } else {
-                print("\(id)\t\(item["state"]?.stringValue ?? "?")\tsince \(item["since"]?.stringValue ?? "?")")
+                var line = "\(id)\t\(item["state"]?.stringValue ?? "?")\tsince \(item["since"]?.stringValue ?? "?")"
+                if case .object(let connector)? = item["connector"] {
+                    let count = { (key: String) in connector[key].map { "\($0)" } ?? "0" }
+                    line += "\t\(connector["kind"]?.stringValue ?? "?") \(connector["state"]?.stringValue ?? "?")"
+                        + " in=\(count("messagesIn")) out=\(count("messagesOut")) failures=\(count("failures"))"
+                    if let error = connector["lastError"]?.stringValue { line += " (\(error))" }
+                }
+                print(line)
             }
         }
     }

@@ -65,7 +65,7 @@ struct ProcessClusterTests {
             // A forward through an old node while the membership changes is retried until it succeeds.
             var request = HTTPClientRequest(url: "http://\(cluster.adminAddress(1))/v1/resources")
             request.method = .POST
-            request.body = .bytes(ByteBuffer(string: #"{"id":"during-join"}"#))
+            request.body = .bytes(ByteBuffer(string: #"{"id":"during-join","owner":"test"}"#))
             let response = try await HTTPClient.shared.execute(request, timeout: .seconds(60))
             #expect(response.status == .ok)
             try await waitFor("the sixth node runs its share", timeout: .seconds(120)) {

@@ -45,7 +45,12 @@ struct ConnectorHandlerTests {
         let fallback = RecordingHandler()
         let messaging = LocalMessaging()
         let clock = TestClock()
-        try await withConnectorHandler(registry: registry, fallback: fallback, configure: { $0.clock = clock.clock }) { handler in
+        try await withConnectorHandler(
+            registry: registry,
+            fallback: fallback,
+            configuration: configured { $0.clock = clock.clock }
+        ) {
+            handler in
             let probe = Resource(id: "p1", attributes: ["kind": "probe", "subject": "a.b"])
             try await handler.handle(probe, context: resourceContext(messaging: messaging))
             #expect(await eventually(.seconds(10)) { handler.board.status(of: "p1")?.state == .connected })
@@ -65,7 +70,9 @@ struct ConnectorHandlerTests {
         #expect(registry.kinds == ["probe"])
     }
 
-    @Test("an unknown kind fails clearly (or goes to the handler when configured); bad attributes and no message server fail handle")
+    @Test(
+        "an unknown kind fails clearly (or goes to the handler when configured); bad attributes and no message server fail handle"
+    )
     func failures() async throws {
         let record = ProbeConnector.Record()
         var registry = ConnectorRegistry()
@@ -79,7 +86,11 @@ struct ConnectorHandlerTests {
             } throws: { error in
                 "\(error)".contains("unknown kind 'carrier-pigeon'") && "\(error)".contains("probe")
             }
-            await handler.handleFailed(unknown, error: StorkError(.invalidInput, "x"), context: resourceContext(messaging: messaging))
+            await handler.handleFailed(
+                unknown,
+                error: StorkError(.invalidInput, "x"),
+                context: resourceContext(messaging: messaging)
+            )
             #expect(fallback.calls.withLock { $0 }.isEmpty, "a failed connector start is not the fallback's business")
             #expect(handler.board.status(of: "u1")?.state == .failed)
 
@@ -95,7 +106,9 @@ struct ConnectorHandlerTests {
             #expect(status.lastError?.contains("'subject'") == true)
 
             let notString = Resource(id: "k1", attributes: ["kind": 3])
-            await #expect(throws: StorkError.self) { try await handler.handle(notString, context: resourceContext(messaging: messaging)) }
+            await #expect(throws: StorkError.self) {
+                try await handler.handle(notString, context: resourceContext(messaging: messaging))
+            }
 
             let good = Resource(id: "g1", attributes: ["kind": "probe", "subject": "a.b"])
             await #expect {
@@ -106,7 +119,11 @@ struct ConnectorHandlerTests {
             #expect(record.runs.load(ordering: .relaxed) == 0)
         }
 
-        try await withConnectorHandler(registry: registry, fallback: fallback, configure: { $0.unknownKind = .handler }) { handler in
+        try await withConnectorHandler(
+            registry: registry,
+            fallback: fallback,
+            configuration: configured { $0.unknownKind = .handler }
+        ) { handler in
             let unknown = Resource(id: "u2", attributes: ["kind": "carrier-pigeon"])
             try await handler.handle(unknown, context: resourceContext(messaging: messaging))
             #expect(fallback.calls.withLock { $0 } == ["handle u2"])
@@ -120,11 +137,14 @@ struct ConnectorHandlerTests {
         registry.register(ProbeConnector(record: record, failingRuns: 2))
         let messaging = LocalMessaging()
         let clock = TestClock()
-        try await withConnectorHandler(registry: registry, configure: {
-            $0.clock = clock.clock
-            $0.restartBackoffMinimum = .seconds(2)
-            $0.restartBackoffMaximum = .seconds(10)
-        }) { handler in
+        try await withConnectorHandler(
+            registry: registry,
+            configuration: configured {
+                $0.clock = clock.clock
+                $0.restartBackoffMinimum = .seconds(2)
+                $0.restartBackoffMaximum = .seconds(10)
+            }
+        ) { handler in
             let probe = Resource(id: "p1", attributes: ["kind": "probe", "subject": "a.b"])
             try await handler.handle(probe, context: resourceContext(messaging: messaging))
             #expect(await clock.sleep(number: 1) == .seconds(2))
@@ -153,16 +173,44 @@ struct ConnectorHandlerTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await handler.run() }
             for index in 0..<3 {
-                try await handler.handle(Resource(id: ResourceID("p\(index)"), attributes: ["kind": "probe", "subject": "a"]), context: resourceContext(messaging: messaging))
+                try await handler.handle(
+                    Resource(id: ResourceID("p\(index)"), attributes: ["kind": "probe", "subject": "a"]),
+                    context: resourceContext(messaging: messaging)
+                )
             }
-            #expect(await eventually(.seconds(10)) { handler.board.all().values.filter { $0.state == .connected }.count == 3 })
+            #expect(
+                await eventually(.seconds(10)) {
+                    handler.board.all().values.filter { $0.state == .connected }.count == 3
+                }
+            )
             group.cancelAll()
             try await group.waitForAll()
         }
         #expect(record.cancellations.load(ordering: .relaxed) == 3)
         await #expect(throws: StorkError.self) {
-            try await handler.handle(Resource(id: "late", attributes: ["kind": "probe", "subject": "a"]), context: resourceContext(messaging: messaging))
+            try await handler.handle(
+                Resource(id: "late", attributes: ["kind": "probe", "subject": "a"]),
+                context: resourceContext(messaging: messaging)
+            )
         }
+    }
+
+    @Test("terminate returns for a connector handled just before the handler stopped, whether or not it started")
+    func handledBeforeShutdown() async throws {
+        let record = ProbeConnector.Record()
+        var registry = ConnectorRegistry()
+        registry.register(ProbeConnector(record: record))
+        let messaging = LocalMessaging()
+        let handler = ConnectorHandler(registry: registry, fallback: RecordingHandler(), logger: quietLogger())
+        let probe = Resource(id: "early", attributes: ["kind": "probe", "subject": "a"])
+        // Handled before the handler's run() started: the start waits in its queue.
+        try await handler.handle(probe, context: resourceContext(messaging: messaging))
+        let task = Task { try await handler.run() }
+        task.cancel()
+        try await task.value
+        try await handler.terminate(probe, reason: .leaving, context: resourceContext(messaging: messaging))
+        #expect(handler.board.status(of: "early") == nil)
+        #expect(record.runs.load(ordering: .relaxed) == record.cancellations.load(ordering: .relaxed))
     }
 
     @Test("secrets come from STORK_SECRET_<NAME>, then from the secrets file (JSON or NAME=value)")
@@ -190,6 +238,8 @@ struct ConnectorHandlerTests {
         #expect(try ConnectorSecrets(environment: [:], file: json).resolve("FEED_TOKEN") == "from-json")
         try #"{"feed-token": 1}"#.write(toFile: json, atomically: true, encoding: .utf8)
         #expect(throws: StorkError.self) { try ConnectorSecrets(environment: [:], file: json).resolve("FEED_TOKEN") }
-        #expect(throws: StorkError.self) { try ConnectorSecrets(environment: [:], file: directory + "/missing").resolve("x") }
+        #expect(throws: StorkError.self) {
+            try ConnectorSecrets(environment: [:], file: directory + "/missing").resolve("x")
+        }
     }
 }

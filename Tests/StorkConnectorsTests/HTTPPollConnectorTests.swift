@@ -31,8 +31,11 @@ struct HTTPPollStateMachineTests {
         let steps: [(HTTPPollStateMachine.Response, HTTPPollStateMachine.Action, [String])] = [
             (.init(status: 200, etag: "\"1\"", bodyHash: [1]), .publish(after: .seconds(5)), ["If-None-Match: \"1\""]),
             (.init(status: 304, etag: "\"1\""), .unchanged(after: .seconds(5)), ["If-None-Match: \"1\""]),
-            (.init(status: 200, etag: "\"2\"", lastModified: "Tue, 14 Nov 2023 22:13:20 GMT", bodyHash: [2]),
-                .publish(after: .seconds(5)), ["If-None-Match: \"2\"", "If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT"]),
+            (
+                .init(status: 200, etag: "\"2\"", lastModified: "Tue, 14 Nov 2023 22:13:20 GMT", bodyHash: [2]),
+                .publish(after: .seconds(5)),
+                ["If-None-Match: \"2\"", "If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT"]
+            ),
             // A server without validators: the body hash decides.
             (.init(status: 200, bodyHash: [2]), .unchanged(after: .seconds(5)), []),
             (.init(status: 204, bodyHash: [3]), .publish(after: .seconds(5)), []),
@@ -46,9 +49,15 @@ struct HTTPPollStateMachineTests {
     @Test("publish: always publishes every body and sends no conditional headers")
     func always() {
         var machine = self.machine(.always)
-        #expect(machine.received(.init(status: 200, etag: "\"1\"", bodyHash: [1]), now: self.now) == .publish(after: .seconds(5)))
+        #expect(
+            machine.received(.init(status: 200, etag: "\"1\"", bodyHash: [1]), now: self.now)
+                == .publish(after: .seconds(5))
+        )
         #expect(machine.conditionalHeaders().isEmpty)
-        #expect(machine.received(.init(status: 200, etag: "\"1\"", bodyHash: [1]), now: self.now) == .publish(after: .seconds(5)))
+        #expect(
+            machine.received(.init(status: 200, etag: "\"1\"", bodyHash: [1]), now: self.now)
+                == .publish(after: .seconds(5))
+        )
     }
 
     @Test("errors back off exponentially with jitter; 429 and 503 honour Retry-After in seconds or as a date")
@@ -67,14 +76,18 @@ struct HTTPPollStateMachineTests {
         #expect(machine.received(.init(status: 200, bodyHash: [1]), now: self.now) == .publish(after: .seconds(5)))
         #expect(machine.failed("connection refused") == .retry(after: .seconds(1), reason: "connection refused"))
 
-        guard case .retry(let after, let reason) = machine.received(.init(status: 429, retryAfter: "7"), now: self.now) else {
+        guard case .retry(let after, let reason) = machine.received(.init(status: 429, retryAfter: "7"), now: self.now)
+        else {
             Issue.record("no retry")
             return
         }
         #expect(after == .seconds(7))
         #expect(reason.contains("429"))
         let date = "Tue, 14 Nov 2023 22:13:50 GMT"  // 30 s after `now`
-        #expect(machine.received(.init(status: 503, retryAfter: date), now: self.now) == .retry(after: .seconds(30), reason: "HTTP 503 Service Unavailable, Retry-After 30.0 seconds"))
+        #expect(
+            machine.received(.init(status: 503, retryAfter: date), now: self.now)
+                == .retry(after: .seconds(30), reason: "HTTP 503 Service Unavailable, Retry-After 30.0 seconds")
+        )
         #expect(HTTPPollStateMachine.retryAfter("Tue, 14 Nov 2023 22:13:00 GMT", now: self.now) == .zero)
         #expect(HTTPPollStateMachine.retryAfter("soon", now: self.now) == nil)
         #expect(HTTPPollStateMachine.retryAfter("Tuesday, 14-Nov-23 22:13:30 GMT", now: self.now) == .seconds(10))
@@ -162,15 +175,19 @@ struct HTTPPollConnectorTests {
         try await withApplication(router: server.router) { port in
             var connectors = ConnectorRegistry()
             connectors.register(HTTPPollConnector(client: HTTPClient.shared))
-            try await withConnectorHandler(registry: connectors, configure: {
-                $0.clock = clock.clock
-                $0.metricsFactory = PrometheusMetricsFactory(registry: registry)
-                $0.secrets = ConnectorSecrets(environment: ["STORK_SECRET_POLL_KEY": "k-123"])
-            }) { handler in
+            try await withConnectorHandler(
+                registry: connectors,
+                configuration: configured {
+                    $0.clock = clock.clock
+                    $0.metricsFactory = PrometheusMetricsFactory(registry: registry)
+                    $0.secrets = ConnectorSecrets(environment: ["STORK_SECRET_POLL_KEY": "k-123"])
+                }
+            ) { handler in
                 let resource = Resource(
                     id: "poll-1",
                     attributes: [
-                        "kind": "http-poll", "url": .string("http://127.0.0.1:\(port)/poll"), "subject": "prices.poll-1",
+                        "kind": "http-poll", "url": .string("http://127.0.0.1:\(port)/poll"),
+                        "subject": "prices.poll-1",
                         "interval": 5, "timeout": 5, "backoffMin": 0.5, "backoffMax": 4,
                         "headers": ["X-Api-Key": ["secret": "poll.key"]],
                     ]
@@ -242,11 +259,15 @@ struct HTTPPollConnectorTests {
                 let lines = String(decoding: text, as: UTF8.self).split(separator: "\n").map(String.init)
                 func sample(_ name: String, _ filter: String? = nil) -> String? {
                     lines.first { line in
-                        line.hasPrefix(name + "{") && line.contains("resource=\"poll-1\"") && line.contains("kind=\"http-poll\"")
+                        line.hasPrefix(name + "{") && line.contains("resource=\"poll-1\"")
+                            && line.contains("kind=\"http-poll\"")
                             && filter.map { line.contains($0) } ?? true
                     }
                 }
-                #expect(sample("stork_connector_messages_total", "direction=\"in\"")?.hasSuffix(" 3") == true, "\(lines)")
+                #expect(
+                    sample("stork_connector_messages_total", "direction=\"in\"")?.hasSuffix(" 3") == true,
+                    "\(lines)"
+                )
                 #expect(sample("stork_connector_failures_total")?.hasSuffix(" 3") == true)
                 #expect(sample("stork_connector_retries_total")?.hasSuffix(" 3") == true)
                 #expect(sample("stork_connector_up")?.hasSuffix(" 1.0") == true)
@@ -254,7 +275,10 @@ struct HTTPPollConnectorTests {
                 try await handler.terminate(resource, reason: .removed, context: resourceContext(messaging: messaging))
                 var after: [UInt8] = []
                 registry.emit(into: &after)
-                #expect(!String(decoding: after, as: UTF8.self).contains("resource=\"poll-1\""), "metrics of a stopped resource are removed")
+                #expect(
+                    !String(decoding: after, as: UTF8.self).contains("resource=\"poll-1\""),
+                    "metrics of a stopped resource are removed"
+                )
             }
         }
     }
@@ -267,13 +291,19 @@ struct HTTPPollConnectorTests {
         try await withApplication(router: server.router) { port in
             var connectors = ConnectorRegistry()
             connectors.register(HTTPPollConnector(client: HTTPClient.shared))
-            try await withConnectorHandler(registry: connectors, configure: {
-                $0.clock = clock.clock
-                $0.secrets = ConnectorSecrets(environment: [:])
-            }) { handler in
+            try await withConnectorHandler(
+                registry: connectors,
+                configuration: configured {
+                    $0.clock = clock.clock
+                    $0.secrets = ConnectorSecrets(environment: [:])
+                }
+            ) { handler in
                 let always = Resource(
                     id: "poll-always",
-                    attributes: ["kind": "http-poll", "url": .string("http://127.0.0.1:\(port)/poll"), "subject": "p.a", "publish": "always", "interval": 1]
+                    attributes: [
+                        "kind": "http-poll", "url": .string("http://127.0.0.1:\(port)/poll"), "subject": "p.a",
+                        "publish": "always", "interval": 1,
+                    ]
                 )
                 try await handler.handle(always, context: resourceContext(messaging: messaging))
                 #expect(await clock.sleep(number: 1) == .seconds(1))
@@ -309,10 +339,22 @@ struct HTTPPollConnectorTests {
             (["url": "ws://127.0.0.1/x", "subject": "a"], "'url' must be a http:// or https:// URL"),
             (["url": "http://127.0.0.1/x"], "'subject' is required"),
             (["url": "http://127.0.0.1/x", "subject": "a", "interval": 0], "'interval' must be between"),
-            (["url": "http://127.0.0.1/x", "subject": "a", "interval": true], "'interval' must be a number of seconds"),
-            (["url": "http://127.0.0.1/x", "subject": "a", "timeout": "forever"], "'timeout' must be a number of seconds"),
-            (["url": "http://127.0.0.1/x", "subject": "a", "publish": "sometimes"], "'publish' must be one of changes, always"),
-            (["url": "http://127.0.0.1/x", "subject": "a", "maxBodyBytes": 1.5], "'maxBodyBytes' must be a whole number"),
+            (
+                ["url": "http://127.0.0.1/x", "subject": "a", "interval": true],
+                "'interval' must be a number of seconds"
+            ),
+            (
+                ["url": "http://127.0.0.1/x", "subject": "a", "timeout": "forever"],
+                "'timeout' must be a number of seconds"
+            ),
+            (
+                ["url": "http://127.0.0.1/x", "subject": "a", "publish": "sometimes"],
+                "'publish' must be one of changes, always"
+            ),
+            (
+                ["url": "http://127.0.0.1/x", "subject": "a", "maxBodyBytes": 1.5],
+                "'maxBodyBytes' must be a whole number"
+            ),
         ]
         for (attributes, message) in cases {
             let resource = Resource(id: "r", attributes: attributes.merging(["kind": "http-poll"]) { $1 })

@@ -185,16 +185,26 @@ func resourceContext(messaging: (any StorkMessaging)?, attempt: Int = 1) -> Reso
     )
 }
 
+/// A handler configuration: the defaults, changed by `body`.
+func configured(_ body: (inout ConnectorHandlerConfiguration) -> Void) -> ConnectorHandlerConfiguration {
+    var configuration = ConnectorHandlerConfiguration()
+    body(&configuration)
+    return configuration
+}
+
 /// Runs a ``ConnectorHandler`` (as its service) for the duration of `body`, then shuts it down.
 func withConnectorHandler(
     registry: ConnectorRegistry = ConnectorRegistry.webSocketOnly,
     fallback: any ResourceHandler = RecordingHandler(),
-    configure: (inout ConnectorHandlerConfiguration) -> Void = { _ in },
+    configuration: ConnectorHandlerConfiguration = .init(),
     _ body: @Sendable (ConnectorHandler) async throws -> Void
 ) async throws {
-    var configuration = ConnectorHandlerConfiguration()
-    configure(&configuration)
-    let handler = ConnectorHandler(registry: registry, fallback: fallback, configuration: configuration, logger: quietLogger())
+    let handler = ConnectorHandler(
+        registry: registry,
+        fallback: fallback,
+        configuration: configuration,
+        logger: quietLogger()
+    )
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await handler.run() }
         do {

@@ -17,14 +17,18 @@ struct WebSocketConnectorTests {
         return Resource(id: "acct-42", attributes: attributes)
     }
 
-    @Test("received messages reach the subject, outbound messages reach the server, headers and a secret arrive, terminate closes")
+    @Test(
+        "received messages reach the subject, outbound messages reach the server, headers and a secret arrive, terminate closes"
+    )
     func messagesBothWays() async throws {
         let server = FeedServer()
         let messaging = LocalMessaging()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configure: {
-                $0.secrets = ConnectorSecrets(environment: ["STORK_SECRET_FEED_TOKEN": "Bearer s3cret"])
-            }) { handler in
+            try await withConnectorHandler(
+                configuration: configured {
+                    $0.secrets = ConnectorSecrets(environment: ["STORK_SECRET_FEED_TOKEN": "Bearer s3cret"])
+                }
+            ) { handler in
                 let resource = self.feedResource(
                     port: port,
                     [
@@ -33,7 +37,11 @@ struct WebSocketConnectorTests {
                     ]
                 )
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
+                #expect(
+                    await eventually(.seconds(10)) {
+                        handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1
+                    }
+                )
                 #expect(server.headers.first?["authorization"] == "Bearer s3cret")
                 #expect(server.headers.first?["x-account"] == "acct-42")
 
@@ -46,10 +54,10 @@ struct WebSocketConnectorTests {
                 messaging.publish(StorkMessage(subject: "cmd.acct-42", payload: Array("subscribe trades".utf8)))
                 #expect(await eventually(.seconds(10)) { server.received == ["subscribe trades"] })
 
+                #expect(await eventually(.seconds(5)) { handler.board.status(of: "acct-42")?.messagesOut == 1 })
                 let status = try #require(handler.board.status(of: "acct-42"))
                 #expect(status.kind == "websocket")
                 #expect(status.messagesIn == 2)
-                #expect(await eventually(.seconds(5)) { handler.board.status(of: "acct-42")?.messagesOut == 1 })
                 #expect(status.failures == 0 && status.retries == 0)
 
                 // Terminate cancels the connection and returns when it is gone.
@@ -62,16 +70,22 @@ struct WebSocketConnectorTests {
         }
     }
 
-    @Test("a connection the server closes is reopened after backoffMin; refused upgrades back off exponentially with jitter")
+    @Test(
+        "a connection the server closes is reopened after backoffMin; refused upgrades back off exponentially with jitter"
+    )
     func reconnectWithBackoff() async throws {
         let server = FeedServer()
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configure: { $0.clock = clock.clock }) { handler in
+            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
                 let resource = self.feedResource(port: port, ["backoffMin": 0.5, "backoffMax": 4])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
+                #expect(
+                    await eventually(.seconds(10)) {
+                        handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1
+                    }
+                )
 
                 server.send(.close)
                 #expect(await clock.sleep(number: 1) == .milliseconds(500))
@@ -83,15 +97,25 @@ struct WebSocketConnectorTests {
 
                 clock.release()
                 #expect(await eventually(.seconds(10)) { server.connections == 2 })
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
+                #expect(
+                    await eventually(.seconds(10)) {
+                        handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1
+                    }
+                )
                 status = try #require(handler.board.status(of: "acct-42"))
                 #expect(status.retries == 1)
                 server.send(.text("after reconnect"))
-                #expect(await eventually(.seconds(10)) { messaging.published(on: "nest.acct-42") == ["after reconnect"] })
+                #expect(
+                    await eventually(.seconds(10)) { messaging.published(on: "nest.acct-42") == ["after reconnect"] }
+                )
                 try await handler.terminate(resource, reason: .removed, context: resourceContext(messaging: messaging))
 
                 // A path the server refuses to upgrade: every attempt fails, and the waits grow up to backoffMax.
-                let refused = Resource(id: "acct-43", attributes: self.feedResource(port: port, path: "/nope", ["backoffMin": 0.5, "backoffMax": 4]).attributes.merging(["id": "acct-43"]) { $1 })
+                let refused = Resource(
+                    id: "acct-43",
+                    attributes: self.feedResource(port: port, path: "/nope", ["backoffMin": 0.5, "backoffMax": 4])
+                        .attributes.merging(["id": "acct-43"]) { $1 }
+                )
                 try await handler.handle(refused, context: resourceContext(messaging: messaging))
                 let bounds: [ClosedRange<Double>] = [0.5...0.5, 0.5...1, 1...2, 2...4, 2...4, 2...4]
                 for (index, bound) in bounds.enumerated() {
@@ -99,7 +123,11 @@ struct WebSocketConnectorTests {
                     #expect(bound.contains(delay.secondsDouble), "wait \(index + 1): \(delay) not in \(bound)")
                     clock.release()
                 }
-                #expect(await eventually(.seconds(10)) { (handler.board.status(of: "acct-43")?.failures ?? 0) >= bounds.count })
+                #expect(
+                    await eventually(.seconds(10)) {
+                        (handler.board.status(of: "acct-43")?.failures ?? 0) >= bounds.count
+                    }
+                )
                 #expect(handler.board.status(of: "acct-43")?.lastError?.contains("upgrade") == true)
                 try await handler.terminate(refused, reason: .removed, context: resourceContext(messaging: messaging))
             }
@@ -112,7 +140,7 @@ struct WebSocketConnectorTests {
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configure: { $0.clock = clock.clock }) { handler in
+            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
                 let resource = self.feedResource(port: port, path: "/silent", ["heartbeat": 0.2, "backoffMin": 0.25])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
                 #expect(await eventually(.seconds(10)) { server.connections == 1 })
@@ -132,15 +160,22 @@ struct WebSocketConnectorTests {
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configure: { $0.clock = clock.clock }) { handler in
-                let resource = self.feedResource(port: port, ["heartbeat": 0.5])
+            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
+                let resource = self.feedResource(port: port, ["heartbeat": 1])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
-                #expect(await eventually(.seconds(10)) { handler.board.status(of: "acct-42")?.state == .connected })
-                // About three heartbeats pass while messages flow: the pongs keep the one connection open.
-                for index in 0..<5 {
+                #expect(
+                    await eventually(.seconds(10)) {
+                        handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1
+                    }
+                )
+                // Two heartbeats pass while messages flow: the pongs keep the one connection open.
+                for index in 0..<3 {
                     server.send(.text("tick \(index)"))
-                    #expect(await eventually(.seconds(10)) { messaging.published(on: "nest.acct-42").count == index + 1 }, "\(String(describing: handler.board.status(of: "acct-42"))) \(clock.sleeps)")
-                    try await Task.sleep(for: .milliseconds(300))
+                    #expect(
+                        await eventually(.seconds(10)) { messaging.published(on: "nest.acct-42").count == index + 1 },
+                        "\(String(describing: handler.board.status(of: "acct-42")))"
+                    )
+                    try await Task.sleep(for: .milliseconds(800))
                 }
                 #expect(server.connections == 1)
                 #expect(clock.sleeps.isEmpty)
@@ -161,12 +196,21 @@ struct WebSocketConnectorTests {
             (["url": "ws://127.0.0.1/x", "subject": "a..b"], "no empty tokens"),
             (["url": "ws://127.0.0.1/x", "subject": "a", "outbound": "a.>.b"], "'outbound' may have '>' only"),
             (["url": "ws://127.0.0.1/x", "subject": "a", "headers": ["X": 1]], "header 'X' must be a string"),
-            (["url": "ws://127.0.0.1/x", "subject": "a", "headers": ["X": ["secret": ""]]], "header 'X' must be a string"),
+            (
+                ["url": "ws://127.0.0.1/x", "subject": "a", "headers": ["X": ["secret": ""]]],
+                "header 'X' must be a string"
+            ),
             (["url": "ws://127.0.0.1/x", "subject": "a", "headers": ["bad name": "v"]], "not an HTTP token"),
             (["url": "ws://127.0.0.1/x", "subject": "a", "headers": "x"], "'headers' must be an object"),
             (["url": "ws://127.0.0.1/x", "subject": "a", "heartbeat": -1], "'heartbeat' must be between"),
-            (["url": "ws://127.0.0.1/x", "subject": "a", "heartbeat": "soon"], "'heartbeat' must be a number of seconds"),
-            (["url": "ws://127.0.0.1/x", "subject": "a", "backoffMin": 10, "backoffMax": 1], "'backoffMax' must not be less"),
+            (
+                ["url": "ws://127.0.0.1/x", "subject": "a", "heartbeat": "soon"],
+                "'heartbeat' must be a number of seconds"
+            ),
+            (
+                ["url": "ws://127.0.0.1/x", "subject": "a", "backoffMin": 10, "backoffMax": 1],
+                "'backoffMax' must not be less"
+            ),
         ]
         for (attributes, message) in cases {
             let resource = Resource(id: "r", attributes: attributes.merging(["kind": "websocket"]) { $1 })
@@ -183,7 +227,8 @@ struct WebSocketConnectorTests {
             id: "r",
             attributes: [
                 "kind": "websocket", "url": "wss://feeds.example/x", "subject": "a.b", "outbound": "cmd.>",
-                "headers": ["Authorization": ["secret": "t"]], "heartbeat": "500ms", "backoffMin": 0.1, "backoffMax": "2m",
+                "headers": ["Authorization": ["secret": "t"]], "heartbeat": "500ms", "backoffMin": 0.1,
+                "backoffMax": "2m",
             ]
         )
         let settings = try WebSocketConnectorSettings(good)

@@ -95,6 +95,11 @@ struct ConfigurationTests {
             ("node: [1, 2]", "node: expected a mapping"),
             ("{ unbalanced", "not valid YAML"),
             ("resources: {sources: [{type: file, path: a, name: s}, {type: file, path: b, name: s}]}", "same name"),
+            ("connectors: {enabled: perhaps}", "connectors.enabled: expected true or false"),
+            ("connectors: {unknownKind: ignore}", "connectors.unknownKind: unknown value 'ignore'; expected fail or handler"),
+            ("connectors: {secretFile: x}", "connectors.secretFile: unknown key (did you mean 'secretsFile'?)"),
+            ("connectors: {secretsFile: /nonexistent/stork-secrets}", "connectors.secretsFile: cannot read /nonexistent/stork-secrets"),
+            ("connectors: [websocket]", "connectors: expected a mapping"),
         ]
     )
     func errors(yaml: String, expected: String) throws {
@@ -171,6 +176,27 @@ struct OwnershipConfigurationTests {
         )
         #expect(postgres.ownershipStoreURL == "postgres://u:p@127.0.0.1:5432/db")
         #expect(try ServerConfiguration.parse(yaml: "node: {name: a}").ownershipStoreURL == nil, "gossip by default")
+    }
+
+    @Test("connectors are on by default; the connectors section and the environment configure them")
+    func connectors() throws {
+        let defaults = try ServerConfiguration.load(path: nil, environment: [:])
+        #expect(defaults.connectors.enabled)
+        #expect(defaults.connectors.unknownKind == .fail)
+        #expect(defaults.connectors.secretsFile == nil)
+
+        let secrets = NSTemporaryDirectory() + "stork-secrets-\(UUID().uuidString).env"
+        try "FEED_TOKEN=t\n".write(toFile: secrets, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: secrets) }
+        let parsed = try ServerConfiguration.parse(
+            yaml: "connectors: {enabled: yes, unknownKind: handler, secretsFile: ${SECRETS}}",
+            environment: ["SECRETS": secrets]
+        )
+        #expect(parsed.connectors == .init(enabled: true, unknownKind: .handler, secretsFile: secrets))
+        try parsed.validate()
+        #expect(try ServerConfiguration.parse(yaml: "connectors: {enabled: false}").connectors.enabled == false)
+        let fromEnvironment = try ServerConfiguration.load(path: nil, environment: ["STORK_CONNECTORS_SECRETS_FILE": secrets])
+        #expect(fromEnvironment.connectors.secretsFile == secrets)
     }
 
     @Test("environment overrides the mode and the store")

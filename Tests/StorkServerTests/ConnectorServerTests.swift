@@ -27,7 +27,9 @@ func freeLoopbackPort() throws -> Int {
     address.sin_port = 0
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
     let bound = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+        }
     }
     guard bound == 0 else { throw StorkError(.unavailable, "bind failed") }
     var length = socklen_t(MemoryLayout<sockaddr_in>.size)
@@ -38,7 +40,8 @@ func freeLoopbackPort() throws -> Int {
 }
 
 /// Reads a NATS connection until `done` says the text so far is enough (bounded by the caller's test time limit).
-func natsSubscriber(port: Int, subject: String, until done: @Sendable @escaping (String) -> Bool) async throws -> String {
+func natsSubscriber(port: Int, subject: String, until done: @Sendable @escaping (String) -> Bool) async throws -> String
+{
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .connect(host: "127.0.0.1", port: port) { channel in
             channel.eventLoop.makeCompletedFuture {
@@ -75,7 +78,9 @@ final class TickFeed: Sendable {
 
 @Suite("Connectors in stork serve", .timeLimit(.minutes(2)))
 struct ConnectorServerTests {
-    @Test("a kind: websocket resource from a file source publishes its feed on a NATS subject; the admin API and /metrics show it")
+    @Test(
+        "a kind: websocket resource from a file source publishes its feed on a NATS subject; the admin API and /metrics show it"
+    )
     func websocketThroughServer() async throws {
         // The remote feed: a WebSocket endpoint that sends "tick" to every client whenever the test says so.
         let ticks = TickFeed()
@@ -147,31 +152,47 @@ struct ConnectorServerTests {
 
             // GET /v1/resources shows the connector of acct-42 and none for the resource without kind.
             let admin = "http://\(configuration.node.http)"
-            let response = try await HTTPClient.shared.execute(HTTPClientRequest(url: admin + "/v1/resources"), timeout: .seconds(10))
+            let response = try await HTTPClient.shared.execute(
+                HTTPClientRequest(url: admin + "/v1/resources"),
+                timeout: .seconds(10)
+            )
             let body = try await response.body.collect(upTo: 1 << 20)
             let document = try decode(body)
             guard case .array(let items)? = document["resources"] else {
                 Issue.record("no resources in \(String(buffer: body))")
                 return
             }
-            let byID = Dictionary(uniqueKeysWithValues: items.compactMap { item -> (String, [String: JSONValue])? in
-                guard case .object(let fields) = item, case .string(let id)? = fields["id"] else { return nil }
-                return (id, fields)
-            })
+            let byID = Dictionary(
+                uniqueKeysWithValues: items.compactMap { item -> (String, [String: JSONValue])? in
+                    guard case .object(let fields) = item, case .string(let id)? = fields["id"] else { return nil }
+                    return (id, fields)
+                }
+            )
             guard case .object(let connector)? = byID["acct-42"]?["connector"] else {
                 Issue.record("no connector object: \(String(buffer: body))")
                 return
             }
             #expect(connector["kind"] == "websocket")
             #expect(connector["state"] == "connected")
-            if case .number(let count)? = connector["messagesIn"] { #expect(count >= 1) } else { Issue.record("messagesIn") }
+            if case .number(let count)? = connector["messagesIn"] {
+                #expect(count >= 1)
+            } else {
+                Issue.record("messagesIn")
+            }
             #expect(byID["plain"]?["connector"] == .null)
             #expect(byID["plain"]?["state"] == "running")
 
-            let metrics = try await HTTPClient.shared.execute(HTTPClientRequest(url: admin + "/metrics"), timeout: .seconds(10))
+            let metrics = try await HTTPClient.shared.execute(
+                HTTPClientRequest(url: admin + "/metrics"),
+                timeout: .seconds(10)
+            )
             let text = String(buffer: try await metrics.body.collect(upTo: 1 << 20))
             #expect(text.contains("stork_connector_up{kind=\"websocket\",resource=\"acct-42\"} 1.0"), "\(text)")
-            #expect(text.contains("stork_connector_messages_total{kind=\"websocket\",resource=\"acct-42\",direction=\"in\"}"))
+            #expect(
+                text.contains(
+                    "stork_connector_messages_total{kind=\"websocket\",resource=\"acct-42\",direction=\"in\"}"
+                )
+            )
             #expect(text.contains("stork_members{status=\"alive\"} 1"))
 
             group.cancelAll()

@@ -25,7 +25,8 @@ public final class ResourceListServer: Sendable {
         router.get("/resources") { request, _ -> Response in
             let etag = "\"v\(self.version.load(ordering: .relaxed))\""
             if request.headers[.ifNoneMatch] == etag { return Response(status: .notModified) }
-            let items = self.ids.withLock { $0 }.map { #"{"id":"\#($0)"}"# }
+            // No `kind`: these resources go to the nodes' sidecar handler, not to a connector.
+            let items = self.ids.withLock { $0 }.map { #"{"id":"\#($0)","owner":"test"}"# }
             var headers = HTTPFields()
             headers[.eTag] = etag
             headers[.contentType] = "application/json"
