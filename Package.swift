@@ -206,6 +206,24 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - The live demo: a football match feed over WebSockets, its players as resources, the web page
+        .target(
+            name: "StorkDemo",
+            dependencies: [
+                "StorkCore",
+                "StorkNATS",
+                "StorkServer",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - Umbrella library for Swift users: `import Stork`
         .target(
             name: "Stork",
@@ -230,6 +248,7 @@ let package = Package(
             name: "stork",
             dependencies: [
                 "Stork",
+                "StorkDemo",
                 "StorkLeases",
                 "StorkServer",
                 "StorkTestKit",
@@ -353,6 +372,16 @@ let package = Package(
         .testTarget(
             name: "StorkSimulationTests",
             dependencies: ["StorkTestKit"],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkDemoTests",
+            dependencies: [
+                "StorkCore",
+                "StorkDemo",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "WSClient", package: "swift-websocket"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(

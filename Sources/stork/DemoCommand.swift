@@ -2,36 +2,59 @@ import ArgumentParser
 import Foundation
 import Logging
 import Stork
+import StorkDemo
 import Synchronization
 
 // MARK: - stork demo
 
-/// `stork demo`: a real Stork cluster of in-process nodes, in real time, telling what happens as nodes come and go.
+/// `stork demo`: the live demo. A football match feed replays a match's shots over WebSockets, one URL per player;
+/// the players are resources of kind `websocket` on a cluster of real `stork serve` processes; this process receives
+/// every shot over NATS from whichever node runs its player, while nodes are killed and added. A web page shows it.
 struct DemoCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "demo",
-        abstract: "Run a local Stork cluster and watch accounts move as nodes crash and join.",
+        abstract:
+            "Run the live demo: a football match's shots flow through a local Stork cluster while nodes die and join.",
         discussion: """
-            Starts --nodes `stork serve` processes on loopback, a source of --resources accounts and a recording \
-            sidecar (both in this process), then repeatedly kills the oldest node with SIGKILL and starts a new \
-            one, printing who owns what and how long each move took. Every handle is checked against the sidecar's \
-            record: no account may run on two live nodes at once. Runs for --duration seconds, or until Ctrl-C; \
-            exits 0 when every step succeeded and the check held. --in-process runs the smaller story of one \
-            process (three nodes on an in-memory network: allocate, leave, join, crash, deallocate).
+            Starts --nodes `stork serve` processes on loopback and, in this process, a match feed (WebSocket per \
+            player on base+301), the players' resource list, and a web page on base+300 (http://127.0.0.1:27300/ \
+            by default) with "add node" and "kill node" buttons. Each player is a resource of kind websocket: the \
+            node that runs it connects to the player's feed URL and publishes every shot on demo.shots.<player> on \
+            its NATS endpoint (base+200+i); this process subscribes on every node, confirms each shot to the feed, \
+            and counts it once. The feed repeats unconfirmed shots to the player's next connection, so no shot is \
+            lost while players move. The story is printed as text too. With --duration the match is shortened to \
+            fit, a node is killed at 30-50% and one added at 60% (unless --no-auto-moves), and the demo exits 0 if no \
+            shot was lost; without it, the page stays up after full time until Ctrl-C. --in-process runs the older, \
+            smaller story of one process (three nodes on an in-memory network: allocate, leave, join, crash, \
+            deallocate).
             """
     )
-
-    @Option(help: "How many resources the source lists.")
-    var resources: Int = 300
 
     @Option(help: "How many nodes to start.")
     var nodes: Int = 3
 
-    @Option(help: "Stop after this many seconds (default: run until Ctrl-C).")
+    @Option(help: "Stop after this many seconds (default: after the match, keep the page up until Ctrl-C).")
     var duration: Int?
 
-    @Option(help: "Cluster ports are base+1, base+2, …; admin ports base+101, base+102, ….")
+    @Option(help: "Node i: cluster base+i, admin base+100+i, NATS base+200+i; the page base+300, the feed base+301.")
     var basePort: Int = 27_000
+
+    @Option(help: "How long the match lasts, in seconds (with --duration, shortened to fit).")
+    var matchSeconds: Int = 120
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: "Kill the oldest node at 30-50% of the match and add one at 60% (default: on with --duration)."
+    )
+    var autoMoves: Bool?
+
+    @Option(
+        help: """
+            Who connects the players to the feed: node (each node's websocket connector) or sidecar (this process, \
+            called by the nodes).
+            """
+    )
+    var connector: String = LiveDemoConfiguration.Connector.node.rawValue
 
     @Flag(help: "Run the in-process story instead of child processes.")
     var inProcess = false
@@ -40,23 +63,32 @@ struct DemoCommand: AsyncParsableCommand {
     var verbose = false
 
     func validate() throws {
-        guard (1...10_000).contains(self.resources) else { throw ValidationError("--resources must be 1...10000") }
         guard (2...20).contains(self.nodes) else { throw ValidationError("--nodes must be 2...20") }
-        if let duration = self.duration, duration < 1 { throw ValidationError("--duration must be at least 1") }
+        if let duration = self.duration, duration < 30, !self.inProcess {
+            throw ValidationError("--duration must be at least 30 (the cluster starts, then a match of at least 15 s)")
+        }
         guard (1024...60_000).contains(self.basePort) else { throw ValidationError("--base-port must be 1024...60000") }
+        guard (10...3600).contains(self.matchSeconds) else {
+            throw ValidationError("--match-seconds must be 10...3600")
+        }
+        guard LiveDemoConfiguration.Connector(rawValue: self.connector) != nil else {
+            throw ValidationError("--connector must be node or sidecar")
+        }
     }
 
     func run() async throws {
         let ok: Bool
         if self.inProcess {
-            ok = try await Demo(resources: min(self.resources, 12), verbose: self.verbose).play()
+            ok = try await Demo(resources: 12, verbose: self.verbose).play()
         } else {
-            ok = try await ProcessDemo(
-                nodes: self.nodes,
-                resources: self.resources,
-                duration: self.duration,
-                basePort: self.basePort
-            ).play()
+            var configuration = LiveDemoConfiguration(executable: StorkExecutable.url)
+            configuration.nodes = self.nodes
+            configuration.basePort = self.basePort
+            configuration.duration = self.duration.map { .seconds($0) }
+            configuration.matchLength = .seconds(self.matchSeconds)
+            configuration.autoMoves = self.autoMoves ?? (self.duration != nil)
+            configuration.connector = LiveDemoConfiguration.Connector(rawValue: self.connector) ?? .node
+            ok = try await LiveDemo(configuration: configuration).play()
         }
         if !ok { throw ExitCode(1) }
     }

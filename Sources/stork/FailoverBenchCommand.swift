@@ -56,7 +56,7 @@ struct FailoverBenchCommand: AsyncParsableCommand {
             group.addTask { try await sidecarServer.app.runService() }
             let cluster = LocalCluster(
                 directory: directory,
-                executable: ProcessDemo.executable(),
+                executable: StorkExecutable.url,
                 basePort: self.basePort,
                 sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
                 sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"

@@ -122,7 +122,7 @@ struct LeaseBenchCommand: AsyncParsableCommand {
             group.addTask { try await sidecarServer.app.runService() }
             let cluster = LocalCluster(
                 directory: directory,
-                executable: ProcessDemo.executable(),
+                executable: StorkExecutable.url,
                 basePort: basePort,
                 sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
                 sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"

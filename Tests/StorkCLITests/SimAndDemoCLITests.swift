@@ -66,14 +66,20 @@ struct SimAndDemoCLITests {
         #expect(run.standardOutput.contains("0 overlaps"))
     }
 
-    @Test("stork demo runs real processes: kills and replaces nodes, moves every account, exits 0")
-    func processDemo() throws {
+    @Test("stork demo plays the match through real processes: a node killed, one added, no shot lost, exit 0")
+    func liveDemo() throws {
         let base = String(testBasePort())
-        let run = try StorkBinary.run(["demo", "--duration", "14", "--resources", "120", "--base-port", base])
+        let run = try StorkBinary.run(["demo", "--duration", "45", "--base-port", base])
         #expect(run.status == 0, "\(run.standardOutput)\n\(run.standardError)")
-        #expect(run.standardOutput.contains("Every account runs on exactly one node"))
-        #expect(run.standardOutput.contains("handled again elsewhere"))
-        #expect(run.standardOutput.contains("took over"))
-        #expect(run.standardOutput.contains(", 0 overlaps"))
+        #expect(run.standardOutput.contains("Every player runs on exactly one node and is connected to the feed"))
+        #expect(run.standardOutput.contains("Kick-off."))
+        #expect(run.standardOutput.contains("kill -9 n1"))
+        #expect(run.standardOutput.contains("players of n1 run again elsewhere"))
+        #expect(run.standardOutput.contains("starting n4"))
+        #expect(run.standardOutput.contains("moved: "))
+        #expect(run.standardOutput.contains("shots scripted:               36"))
+        #expect(run.standardOutput.contains("shots received (unique):      36"))
+        #expect(run.standardOutput.contains("lost:                         0"))
+        #expect(run.standardOutput.contains("✓ no shot lost while players moved between nodes"))
     }
 }

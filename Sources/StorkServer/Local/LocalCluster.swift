@@ -206,6 +206,10 @@ public final class LocalCluster: @unchecked Sendable {
     public var membership: String?
     /// YAML under `ownership:` (flow style), e.g. "mode: lease, store: 'sqlite:/tmp/l.db'".
     public var ownership: String?
+    /// The nodes' handler (flow-style YAML); nil: the sidecar at `sidecarURL`.
+    public var handler: String?
+    /// More top-level YAML for every node's configuration, e.g. "connectors: {enabled: false}".
+    public var extraYAML: String?
     /// The cluster's name (also the key of its rows in an ownership store).
     public var clusterName = "local"
     public private(set) var nodes: [String: NodeProcess] = [:]
@@ -238,10 +242,10 @@ public final class LocalCluster: @unchecked Sendable {
               seeds: [\(seeds.map(self.clusterAddress).joined(separator: ", "))]
               data: \(self.directory.path)/\(name)-data
             cluster: {name: \(self.clusterName), key: local-cluster-key}
-            \(membership)resources:
+            \(membership)\(self.extraYAML.map { "\($0)\n" } ?? "")resources:
               sources:
                 - {type: http, name: accounts, url: \(self.sourceURL), poll: \(self.poll)}
-              handler: {type: sidecar, url: \(self.sidecarURL)}
+              handler: \(self.handler ?? "{type: sidecar, url: \(self.sidecarURL)}")
 
             """
         try yaml.write(to: config, atomically: true, encoding: .utf8)
