@@ -11,7 +11,6 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let server: NATSServer
-    private var parser: NATSClientParser
     private var accumulated: ByteBuffer?
     private var client: NATSClientConnection?
     private var options = NATSConnectOptions()
@@ -23,22 +22,32 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var pingsOut = 0
     private var pingTask: RepeatedTask?
     private var authTimeout: Scheduled<Void>?
-    private var routeCache = NATSRouter.RouteCache()
-    /// Deliveries of this read's publishes to clients, handed over when the read is done (off in verbose mode, where
-    /// every publish is answered by a +OK that must follow what it delivered to this same client).
-    private var deliveries = NATSDeliveryBatch(enabled: true)
-    /// Publishes counted during the current read, added to the connection's counters once per read.
-    private var readMessages = 0
-    private var readBytes = 0
+    /// What the parsing loop mutates for every operation. It lives in a local variable while a read is processed
+    /// (moved out of the handler and back): every access to a stored property of a class is an exclusivity check at
+    /// run time, several per message otherwise.
+    private struct ReadState {
+        var parser: NATSClientParser
+        /// The last published subject's match.
+        var routeCache = NATSRouter.RouteCache()
+        /// Deliveries of this read's publishes to clients, handed over when the read is done (off in verbose mode,
+        /// where every publish is answered by a +OK that must follow what it delivered to this same client).
+        var deliveries = NATSDeliveryBatch(enabled: true)
+        /// Publishes counted during the read, added to the connection's counters once.
+        var messages = 0
+        var bytes = 0
+    }
+
+    private var read: ReadState
     private var logger: Logger
 
     init(server: NATSServer) {
         self.server = server
-        self.parser = NATSClientParser(
-            maxControlLine: server.configuration.maxControlLine,
-            maxPayload: server.configuration.maxPayload
-        )
+        self.read = ReadState(parser: Self.makeParser(server))
         self.logger = server.logger
+    }
+
+    private static func makeParser(_ server: NATSServer) -> NATSClientParser {
+        NATSClientParser(maxControlLine: server.configuration.maxControlLine, maxPayload: server.configuration.maxPayload)
     }
 
     // MARK: Lifecycle
@@ -133,40 +142,53 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     }
 
     private func process(_ buffer: inout ByteBuffer, client: NATSClientConnection, context: ChannelHandlerContext) {
+        var state = ReadState(parser: NATSClientParser(maxControlLine: 0, maxPayload: 0))
+        swap(&state, &self.read)
         defer {
-            self.deliveries.handOver()
-            if self.readMessages > 0 {
-                client.inMessages.wrappingAdd(self.readMessages, ordering: .relaxed)
-                client.inBytes.wrappingAdd(self.readBytes, ordering: .relaxed)
-                self.readMessages = 0
-                self.readBytes = 0
+            state.deliveries.handOver()
+            if state.messages > 0 {
+                client.inMessages.wrappingAdd(state.messages, ordering: .relaxed)
+                client.inBytes.wrappingAdd(state.bytes, ordering: .relaxed)
+                state.messages = 0
+                state.bytes = 0
             }
+            swap(&state, &self.read)
         }
         // Publishes skip `handle` (the hot path) only once they are allowed: before CONNECT on a server that
         // requires authentication they go through it and are refused.
-        let publishesAllowed = self.connectReceived || !self.server.configuration.authentication.isRequired
+        var publishesAllowed = self.connectReceived || !self.server.configuration.authentication.isRequired
         while !self.closing {
             let operation: NATSClientOperation?
             do {
-                operation = try self.parser.next(&buffer)
+                operation = try state.parser.next(&buffer)
             } catch {
+                state.deliveries.handOver()
                 self.fail(error, context: context)
                 return
             }
             guard let operation else { break }
             if publishesAllowed, case .publish(let message) = operation {
-                self.publish(message, client: client, context: context)
+                self.publish(message, client: client, context: context, state: &state)
             } else {
                 // Whatever this operation writes (PONG, +OK, -ERR) comes after the messages published before it.
-                self.deliveries.handOver()
-                self.handle(operation, client: client, context: context)
+                state.deliveries.handOver()
+                self.handle(operation, client: client, context: context, state: &state)
+                if case .connect = operation {
+                    state.deliveries = NATSDeliveryBatch(enabled: !self.verbose)
+                    publishesAllowed = self.connectReceived || !self.server.configuration.authentication.isRequired
+                }
             }
         }
     }
 
     // MARK: Operations
 
-    private func handle(_ operation: NATSClientOperation, client: NATSClientConnection, context: ChannelHandlerContext) {
+    private func handle(
+        _ operation: NATSClientOperation,
+        client: NATSClientConnection,
+        context: ChannelHandlerContext,
+        state: inout ReadState
+    ) {
         if case .connect(let json) = operation {
             self.connect(json, client: client, context: context)
             return
@@ -179,7 +201,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         case .connect:
             preconditionFailure("CONNECT is handled above")
         case .publish(let message):
-            self.publish(message, client: client, context: context)
+            self.publish(message, client: client, context: context, state: &state)
         case .subscribe(let subject, let queue, let sid):
             guard Subject.isValidPattern(subject), queue.map(Subject.isValidLiteral) ?? true else {
                 self.fail(.invalidSubject, context: context)
@@ -230,7 +252,6 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         self.options = options
         self.connectReceived = true
         self.verbose = options.verbose ?? false
-        self.deliveries = NATSDeliveryBatch(enabled: !self.verbose)
         self.pedantic = options.pedantic ?? false
         self.noResponders = (options.noResponders ?? false) && (options.headers ?? false)
         client.echo = options.echo ?? true
@@ -238,31 +259,36 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         self.ok(client)
     }
 
-    private func publish(_ message: NATSMessage, client: NATSClientConnection, context: ChannelHandlerContext) {
+    private func publish(
+        _ message: NATSMessage,
+        client: NATSClientConnection,
+        context: ChannelHandlerContext,
+        state: inout ReadState
+    ) {
         if message.headers != nil, self.options.headers != true {
             // Like nats-server: headers were not negotiated in CONNECT, so HPUB is a protocol violation.
             self.fail(.headersNotSupported, context: context)
             return
         }
         if self.pedantic, !Subject.isValidLiteral(message.subject) {
-            self.deliveries.handOver()
+            state.deliveries.handOver()
             client.enqueue { $0.writeNATSError(NATSProtocolError("Invalid Publish Subject", closesConnection: false)) }
             return
         }
         // +OK comes before any message this publish delivers back to the publisher (nats-server's order).
         self.ok(client)
-        self.readMessages += 1
-        self.readBytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
+        state.messages += 1
+        state.bytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
         let deliveries = self.server.router.route(
             message,
             from: client,
-            cache: &self.routeCache,
-            batch: &self.deliveries
+            cache: &state.routeCache,
+            batch: &state.deliveries
         )
         if deliveries == 0, self.noResponders, let reply = message.replyTo,
             let own = self.server.router.subscription(of: client, matching: reply)
         {
-            self.deliveries.handOver()
+            state.deliveries.handOver()
             // Nobody listens: tell the requester at once instead of letting it time out (NATS status 503).
             client.enqueue { buffer in
                 buffer.writeStaticString("HMSG ")
@@ -293,7 +319,9 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     /// Sends `-ERR`; closes the connection when the error says so, after what was queued before it is written.
     private func fail(_ error: NATSProtocolError, context: ChannelHandlerContext) {
         guard !self.closing else { return }
-        self.deliveries.handOver()
+        // Deliveries gathered by a read in progress are handed over by that read (before this -ERR is written when
+        // the error came from its own parsing).
+        self.read.deliveries.handOver()
         guard error.closesConnection else {
             self.client?.enqueue { $0.writeNATSError(error) }
             return
