@@ -128,10 +128,15 @@ public struct WebhookConnector: Connector {
     public static let kind = "webhook"
     public var name: String { Self.kind }
     let client: HTTPClient
+    let pullExpiry: Duration
 
-    /// Posts with `client` (shared by every resource; the caller shuts it down).
-    public init(client: HTTPClient) {
+    /// Posts with `client` (shared by every resource; the caller shuts it down). Each pull request waits up to
+    /// `pullExpiry` at the server for messages: longer means fewer requests while a stream is idle (each one costs
+    /// the server a pass over the stream's consumers), shorter means a faster stop (a stopping connector waits for
+    /// its open pull to end, so that nothing is delivered to it after it gave its messages back).
+    public init(client: HTTPClient, pullExpiry: Duration = .seconds(5)) {
         self.client = client
+        self.pullExpiry = pullExpiry
     }
 
     public func validate(_ resource: Resource) throws {
@@ -173,12 +178,13 @@ public struct WebhookConnector: Connector {
             endpoint: endpoint,
             context: context,
             client: self.client,
-            stop: stop
+            stop: stop,
+            pullExpiry: self.pullExpiry
         )
         // The delivery loop runs in a task of its own, awaited here: cancelling `run` (a move, a drain, a shutdown)
         // must not cancel a POST in flight or the acks after it (AsyncHTTPClient cancels a request with its task).
         // Cancellation only fires `stop`; the loop finishes what it started and returns within `timeout` plus one
-        // pull's expiry.
+        // pull's expiry (`pullExpiry`).
         let task = Task { await delivery.run() }
         await withTaskCancellationHandler {
             await task.value
@@ -197,9 +203,9 @@ struct WebhookDelivery: Sendable {
     let context: ConnectorContext
     let client: HTTPClient
     let stop: ConnectorSignal
-
     /// How long one pull request waits at the server for messages.
-    static let pullExpiry: Duration = .seconds(1)
+    let pullExpiry: Duration
+
     /// How long past its expiry a pull may stay unanswered before it is given up.
     static let pullGrace: Duration = .seconds(4)
     /// Requests to the JetStream API, and the final flush.
@@ -342,7 +348,7 @@ struct WebhookDelivery: Sendable {
     private func deliverLoop(_ client: NATSClient, events: AsyncStream<Event>) async throws {
         let next = "$JS.API.CONSUMER.MSG.NEXT.\(self.settings.stream).\(self.settings.consumer)"
         let request = ByteBuffer(
-            string: "{\"batch\":\(self.settings.batch),\"expires\":\(Self.pullExpiry.nanosecondsClamped)}"
+            string: "{\"batch\":\(self.settings.batch),\"expires\":\(self.pullExpiry.nanosecondsClamped)}"
         )
         var pulls = 0
         var pull: Pull?
@@ -391,13 +397,13 @@ struct WebhookDelivery: Sendable {
             case .stop:
                 if stoppedAt == nil { stoppedAt = .now }
             case .tick:
-                if let current = pull, ContinuousClock.now - current.started > Self.pullExpiry + Self.pullGrace {
+                if let current = pull, ContinuousClock.now - current.started > self.pullExpiry + Self.pullGrace {
                     self.logger.debug("pull request unanswered, given up")
                     pull = nil
                 }
                 if self.stop.isFired {
                     if stoppedAt == nil { stoppedAt = .now }
-                    if let stoppedAt, ContinuousClock.now - stoppedAt > Self.pullExpiry + Self.pullGrace {
+                    if let stoppedAt, ContinuousClock.now - stoppedAt > self.pullExpiry + Self.pullGrace {
                         break loop
                     }
                 }

@@ -192,7 +192,7 @@ final class HookReceiver: Sendable {
 struct WebhookConnectorTests {
     static func registry() -> ConnectorRegistry {
         var registry = ConnectorRegistry()
-        registry.register(WebhookConnector(client: HTTPClient.shared))
+        registry.register(WebhookConnector(client: HTTPClient.shared, pullExpiry: .seconds(1)))
         return registry
     }
 
