@@ -43,8 +43,8 @@ HOOKS = 500
 SECRET = "failover-hook-secret"
 STREAM = "HOOKS"
 # Events per second during each phase, and how long each phase publishes.
-RATE = 40
-PHASE_SECONDS = 15
+RATE = 60
+PHASE_SECONDS = 18
 # A redelivery after a node died waits this long (the consumer's ack wait).
 ACK_WAIT = 5
 
@@ -277,7 +277,7 @@ async def publish_phase(url: str, start_index: int, seconds: float, actions: Dic
             body = json.dumps({"hook": hook, "n": start_index + n}).encode()
             ack = await js.publish(f"hooks.{hook}", body, headers={"Content-Type": "application/json"})
             published[ack.seq] = time.monotonic()
-            if n % 100 == 99:
+            if n % 500 == 499:
                 print(f"  published {n + 1} of {total} in {time.monotonic() - started:.1f} s", flush=True)
         for _, action in pending_actions:
             running.append(asyncio.create_task(asyncio.to_thread(action)))
