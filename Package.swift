@@ -162,11 +162,12 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
-        // MARK: - Connectors: resources whose `kind` attribute names built-in work (WebSocket, HTTP polling)
+        // MARK: - Connectors: resources whose `kind` attribute names built-in work (WebSocket, HTTP polling, webhooks)
         .target(
             name: "StorkConnectors",
             dependencies: [
                 "StorkCore",
+                "StorkNATS",
                 "StorkResources",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -303,7 +304,11 @@ let package = Package(
             name: "StorkConnectorsTests",
             dependencies: [
                 "StorkConnectors",
+                "StorkNATS",
+                "StorkStreaming",
                 "StorkTestKit",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -51,19 +51,24 @@ public struct ConnectorContext: Sendable {
     public var secrets: ConnectorSecrets
     /// The clock connectors wait on (backoff, poll intervals): tests inject one that does not wait.
     public var clock: ConnectorClock
+    /// This node's own NATS endpoint as a client reaches it (connectors that consume streams connect to it unless
+    /// a resource names another server); nil when the handler was not told.
+    public var nats: ConnectorNATSEndpoint?
 
     public init(
         resource: ResourceContext,
         messaging: any StorkMessaging,
         status: ConnectorStatusReporter,
         secrets: ConnectorSecrets,
-        clock: ConnectorClock
+        clock: ConnectorClock,
+        nats: ConnectorNATSEndpoint? = nil
     ) {
         self.resource = resource
         self.messaging = messaging
         self.status = status
         self.secrets = secrets
         self.clock = clock
+        self.nats = nats
     }
 
     public var logger: Logger { self.resource.logger }
@@ -73,7 +78,7 @@ public struct ConnectorContext: Sendable {
 
 /// The connectors a node knows, by kind name.
 ///
-/// ``builtIn(httpClient:)`` has `websocket` and `http-poll`; a Swift user registers their own kinds (or replaces a
+/// ``builtIn(httpClient:)`` has `websocket`, `http-poll` and `webhook`; a Swift user registers their own kinds (or replaces a
 /// built-in one) with ``register(_:)`` before handing the registry to ``ConnectorHandler``.
 public struct ConnectorRegistry: Sendable {
     private var connectors: [String: any Connector] = [:]
@@ -81,11 +86,13 @@ public struct ConnectorRegistry: Sendable {
     /// An empty registry.
     public init() {}
 
-    /// The registry with every built-in kind: `websocket` and `http-poll` (which polls with `httpClient`).
+    /// The registry with every built-in kind: `websocket`, `http-poll` (which polls with `httpClient`) and `webhook`
+    /// (which posts with it).
     public static func builtIn(httpClient: HTTPClient) -> ConnectorRegistry {
         var registry = ConnectorRegistry()
         registry.register(WebSocketConnector())
         registry.register(HTTPPollConnector(client: httpClient))
+        registry.register(WebhookConnector(client: httpClient))
         return registry
     }
 
@@ -108,6 +115,30 @@ public struct ConnectorRegistry: Sendable {
     public var kinds: [String] {
         self.connectors.keys.sorted()
     }
+}
+
+// MARK: - ConnectorNATSEndpoint
+
+/// A NATS endpoint as a client reaches it: where, and how to log in.
+public struct ConnectorNATSEndpoint: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    /// `auth_token`, when the endpoint requires a token.
+    public var token: String?
+    /// `user` and `pass`, when the endpoint requires users.
+    public var user: String?
+    public var password: String?
+
+    public init(host: String, port: Int, token: String? = nil, user: String? = nil, password: String? = nil) {
+        self.host = host
+        self.port = port
+        self.token = token
+        self.user = user
+        self.password = password
+    }
+
+    /// `nats://host:port` (never the credentials).
+    public var description: String { "nats://\(self.host):\(self.port)" }
 }
 
 extension StorkError.Code {

@@ -23,6 +23,9 @@ public struct ConnectorHandlerConfiguration: Sendable {
     public var secrets = ConnectorSecrets()
     /// The clock connectors wait on.
     public var clock = ConnectorClock.system
+    /// This node's own NATS endpoint as a client reaches it (`node.nats`): where connectors that consume streams
+    /// (`webhook`) connect unless a resource names another server.
+    public var nats: ConnectorNATSEndpoint?
     /// Where connector metrics go; nil: the global `MetricsSystem.factory`.
     public var metricsFactory: (any MetricsFactory)?
     /// Backoff between restarts of a connector whose `run` returned or threw (built-in connectors never do: they
@@ -207,7 +210,8 @@ public final class ConnectorHandler: ResourceHandler, Service {
                 messaging: messaging,
                 status: reporter,
                 secrets: self.configuration.secrets,
-                clock: self.configuration.clock
+                clock: self.configuration.clock,
+                nats: self.configuration.nats
             )
         )
         let accepted = self.state.withLock { state -> Bool in

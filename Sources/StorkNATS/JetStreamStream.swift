@@ -323,6 +323,7 @@ final class JetStreamStream: Sendable {
                 while batch.count < 256, let delivery = state.consumers[name]!.nextDelivery(index: state.index, now: now) {
                     batch.append((delivery, state.recent[delivery.streamSequence]))
                 }
+                if batch.isEmpty { return [] }
                 // Messages left after each delivery: counted once for the batch.
                 var remaining = state.consumers[name]!.unprocessed(index: state.index)
                 for position in batch.indices.reversed() {

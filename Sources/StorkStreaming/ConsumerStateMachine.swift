@@ -92,6 +92,14 @@ public struct ConsumerStateMachine: Sendable {
     public let created: String
     /// The next stream sequence to consider for a first delivery.
     public private(set) var nextStreamSequence: UInt64
+    /// No message below this passes the filters at or after ``nextStreamSequence``: the stream's end when the last
+    /// search found nothing. Searches start here, so that a consumer whose filter matches few of the stream's
+    /// messages looks only at what arrived since, instead of rescanning the stream on every step (hundreds of such
+    /// consumers on one stream, each with a pull request waiting, made every step quadratic). Forgotten when the
+    /// filters change; messages only ever arrive at higher sequences.
+    private var noMatchBelow: UInt64 = 0
+    /// Where a search for the next first delivery starts.
+    private var searchStart: UInt64 { max(self.nextStreamSequence, self.noMatchBelow) }
     /// The last consumer sequence handed out.
     public private(set) var consumerSequence: UInt64 = 0
     public private(set) var ackFloorStream: UInt64 = 0
@@ -208,6 +216,7 @@ public struct ConsumerStateMachine: Sendable {
     public mutating func update(_ config: ConsumerConfig) {
         self.config = config
         self.filters = config.filters
+        self.noMatchBelow = 0
         self.dirty = true
     }
 
@@ -216,7 +225,9 @@ public struct ConsumerStateMachine: Sendable {
         let configured = self.config.filters
         let coversStream = !configured.isEmpty
             && subjects.allSatisfy { subject in configured.contains { Subject.isSubset(subject, of: $0) } }
-        self.filters = coversStream ? [] : configured
+        let filters = coversStream ? [] : configured
+        if filters != self.filters { self.noMatchBelow = 0 }
+        self.filters = filters
     }
 
     // MARK: Pull requests
@@ -239,7 +250,7 @@ public struct ConsumerStateMachine: Sendable {
     public func hasDeliverable(index: StreamIndex) -> Bool {
         if !self.redeliveries.isEmpty { return true }
         if self.ackPendingFull { return false }
-        return index.next(from: self.nextStreamSequence, filters: self.filters) != nil
+        return index.next(from: self.searchStart, filters: self.filters) != nil
     }
 
     private var ackPendingFull: Bool {
@@ -294,7 +305,10 @@ public struct ConsumerStateMachine: Sendable {
             )
         }
         guard !self.ackPendingFull else { return nil }
-        guard let entry = index.next(from: self.nextStreamSequence, filters: self.filters) else { return nil }
+        guard let entry = index.next(from: self.searchStart, filters: self.filters) else {
+            self.noMatchBelow = index.lastSequence + 1
+            return nil
+        }
         self.nextStreamSequence = entry.sequence + 1
         self.consumerSequence += 1
         if self.config.ackPolicy == .none {
@@ -465,7 +479,7 @@ public struct ConsumerStateMachine: Sendable {
                         replyTo: request.replyTo,
                         code: 408,
                         description: "Request Timeout",
-                        pendingMessages: index.count(from: self.nextStreamSequence, filters: self.filters)
+                        pendingMessages: index.count(from: self.searchStart, filters: self.filters)
                     )
                 )
             } else if request.noWait, !self.hasDeliverable(index: index) {
@@ -516,7 +530,7 @@ public struct ConsumerStateMachine: Sendable {
 
     /// Messages not yet delivered (`num_pending`).
     public func unprocessed(index: StreamIndex) -> Int {
-        index.count(from: self.nextStreamSequence, filters: self.filters)
+        index.count(from: self.searchStart, filters: self.filters)
     }
 
     /// The stream was purged or messages removed: forget deliveries of messages that are gone, and move past them.

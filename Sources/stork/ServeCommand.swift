@@ -11,7 +11,7 @@ struct ServeCommand: AsyncParsableCommand {
         discussion: """
             Reads --config (YAML; every key is in Docs/configuration.md), then STORK_* environment variables, then \
             the flags below. With no configuration at all it runs a single node on 127.0.0.1:7946 (cluster) and \
-            127.0.0.1:8080 (admin API) with the log handler; a resource whose `kind` is websocket or http-poll runs \
+            127.0.0.1:8080 (admin API) with the log handler; a resource whose `kind` is websocket, http-poll or webhook runs \
             that built-in connector instead (Docs/connectors.md). SIGTERM or `stork drain` hands every resource off \
             and exits.
             """
