@@ -320,8 +320,8 @@ final class RunningConnector: Sendable {
     let resource: Resource
     let connector: any Connector
     let context: ConnectorContext
-    let stop = ConnectorSignal()
-    let done = ConnectorSignal()
+    let stop = OneShotSignal()
+    let done = OneShotSignal()
 
     private enum Phase {
         case pending, started, abandoned

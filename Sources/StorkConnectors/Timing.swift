@@ -1,6 +1,5 @@
 import Foundation
 import StorkCore
-import Synchronization
 
 // MARK: - ConnectorClock
 
@@ -57,52 +56,5 @@ public struct ConnectorBackoff: Sendable, Hashable {
     /// Forgets the failures: the next failure waits `minimum` again.
     public mutating func reset() {
         self.failures = 0
-    }
-}
-
-// MARK: - Signals
-
-/// Fires once; every waiter (before or after) then returns. Waiting is cancellable.
-final class ConnectorSignal: Sendable {
-    private struct State {
-        var fired = false
-        var nextWaiter = 0
-        var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
-    }
-
-    private let state = Mutex(State())
-
-    func fire() {
-        let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            guard !state.fired else { return [] }
-            state.fired = true
-            let waiters = Array(state.waiters.values)
-            state.waiters = [:]
-            return waiters
-        }
-        for waiter in waiters { waiter.resume() }
-    }
-
-    var isFired: Bool { self.state.withLock { $0.fired } }
-
-    /// Returns when fired, or when the calling task is cancelled.
-    func wait() async {
-        let id = self.state.withLock { state -> Int in
-            state.nextWaiter += 1
-            return state.nextWaiter
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = self.state.withLock { state -> Bool in
-                    if state.fired || Task.isCancelled { return true }
-                    state.waiters[id] = continuation
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = self.state.withLock { $0.waiters.removeValue(forKey: id) }
-            waiter?.resume()
-        }
     }
 }

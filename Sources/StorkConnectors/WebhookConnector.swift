@@ -172,7 +172,7 @@ public struct WebhookConnector: Connector {
                 "resource \(resource.id) (webhook): no 'server' attribute and this node's NATS endpoint is unknown"
             )
         }
-        let stop = ConnectorSignal()
+        let stop = OneShotSignal()
         let delivery = WebhookDelivery(
             settings: settings,
             endpoint: endpoint,
@@ -202,7 +202,7 @@ struct WebhookDelivery: Sendable {
     let endpoint: ConnectorNATSEndpoint
     let context: ConnectorContext
     let client: HTTPClient
-    let stop: ConnectorSignal
+    let stop: OneShotSignal
     /// How long one pull request waits at the server for messages.
     let pullExpiry: Duration
 

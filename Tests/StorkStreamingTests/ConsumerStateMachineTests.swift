@@ -1,3 +1,4 @@
+import StorkCore
 import Testing
 
 @testable import StorkStreaming
@@ -16,19 +17,6 @@ func pullConsumer(_ configure: (inout ConsumerConfig) -> Void = { _ in }, index:
     config.durableName = "c"
     configure(&config)
     return ConsumerStateMachine(name: "c", config: config, created: "now", index: index, startTime: nil)
-}
-
-/// A deterministic generator for shuffles in tests.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { self.state = seed }
-    mutating func next() -> UInt64 {
-        self.state &+= 0x9E37_79B9_7F4A_7C15
-        var z = self.state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 @Suite("Consumer state machine")

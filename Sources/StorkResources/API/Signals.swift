@@ -2,8 +2,9 @@ import Synchronization
 
 // MARK: - OneShotSignal
 
-/// Fires once; every waiter (before or after) then returns. Waiting is cancellable.
-final class OneShotSignal: Sendable {
+/// Fires once; every waiter (before or after) then returns. Waiting is cancellable. Used by the resource manager
+/// and by connectors to say "stop" or "done" across tasks.
+public final class OneShotSignal: Sendable {
     private struct State {
         var fired = false
         var nextWaiter = 0
@@ -12,7 +13,9 @@ final class OneShotSignal: Sendable {
 
     private let state = Mutex(State())
 
-    func fire() {
+    public init() {}
+
+    public func fire() {
         let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
             guard !state.fired else { return [] }
             state.fired = true
@@ -23,10 +26,10 @@ final class OneShotSignal: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    var isFired: Bool { self.state.withLock { $0.fired } }
+    public var isFired: Bool { self.state.withLock { $0.fired } }
 
     /// Returns when fired, or when the calling task is cancelled.
-    func wait() async {
+    public func wait() async {
         let id = self.state.withLock { state -> Int in
             state.nextWaiter += 1
             return state.nextWaiter
