@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import Logging
 import StorkCore
+import StorkNATS
 import StorkServer
 import Synchronization
 import UnixSignals
@@ -177,19 +178,25 @@ public struct LiveDemo: Sendable {
         guard let port = nodes.natsPort(name) else { return }
         while world.isRunning(name), !Task.isCancelled {
             do {
-                let client = try await DemoNATSClient.connect(
-                    host: "127.0.0.1",
-                    port: port,
-                    name: "stork-demo",
-                    timeout: .seconds(2)
-                )
-                defer { client.close() }
-                try await client.subscribe("demo.shots.>")
-                world.onSubscription(name, active: true)
-                for await message in client.messages {
-                    if let sequence = world.onShotMessage(message.payload, node: name) { feed.confirm(sequence) }
+                var options = NATSClient.Options()
+                options.name = "stork-demo"
+                options.connectTimeout = .seconds(2)
+                let client = try await NATSClient.connect(host: "127.0.0.1", port: port, options: options)
+                do {
+                    let (_, messages) = try client.subscribe("demo.shots.>")
+                    // From the PONG on, every shot published on this node reaches the demo.
+                    try await client.flush(timeout: .seconds(5))
+                    world.onSubscription(name, active: true)
+                    for await message in messages {
+                        let payload = Array(message.payload.readableBytesView)
+                        if let sequence = world.onShotMessage(payload, node: name) { feed.confirm(sequence) }
+                    }
+                    world.onSubscription(name, active: false)
+                } catch {
+                    await client.close()
+                    throw error
                 }
-                world.onSubscription(name, active: false)
+                await client.close()
             } catch {
                 // Not listening yet, or gone: try again while the node runs.
             }

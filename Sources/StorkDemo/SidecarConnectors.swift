@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import StorkCore
+import StorkNATS
 import Synchronization
 import WSClient
 
@@ -134,29 +135,37 @@ public final class SidecarConnectors: Sendable {
         guard let port = self.natsPort(start.key.node) else {
             throw StorkError(.invalidInput, "unknown node \(start.key.node)")
         }
-        let nats = try await DemoNATSClient.connect(
-            host: "127.0.0.1",
-            port: port,
-            name: "demo-connector-\(start.key.player)",
-            timeout: .seconds(2)
-        )
-        defer { nats.close() }
+        var options = NATSClient.Options()
+        options.name = "demo-connector-\(start.key.player)"
+        options.connectTimeout = .seconds(2)
+        let nats = try await NATSClient.connect(host: "127.0.0.1", port: port, options: options)
+        do {
+            try await self.relay(start, to: nats)
+        } catch {
+            await nats.close()
+            throw error
+        }
+        await nats.close()
+    }
+
+    /// Publishes every message of the player's feed connection on the node's NATS, while the start is current.
+    private func relay(_ start: Start, to nats: NATSClient) async throws {
         var logger = self.logger
         logger.logLevel = .critical
         try await WebSocketClient.connect(url: start.url, logger: logger) { inbound, outbound, _ in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask {
                     for try await message in inbound.messages(maxSize: 1 << 20) {
-                        guard nats.isActive else { throw StorkError(.unavailable, "the node's NATS connection closed") }
+                        guard nats.isOpen else { throw StorkError(.unavailable, "the node's NATS connection closed") }
                         switch message {
-                        case .text(let text): nats.publish(start.subject, payload: Array(text.utf8))
-                        case .binary(let buffer): nats.publish(start.subject, payload: Array(buffer.readableBytesView))
+                        case .text(let text): try nats.publish(start.subject, payload: ByteBuffer(string: text))
+                        case .binary(let buffer): try nats.publish(start.subject, payload: buffer)
                         }
                     }
                 }
                 group.addTask {
                     // Ends the connection when this start stops being current or the node's NATS connection closes.
-                    while self.isCurrent(start), nats.isActive { try await Task.sleep(for: .milliseconds(100)) }
+                    while self.isCurrent(start), nats.isOpen { try await Task.sleep(for: .milliseconds(100)) }
                     try? await outbound.close(.normalClosure, reason: nil)
                 }
                 _ = try await group.next()
