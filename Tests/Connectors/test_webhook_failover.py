@@ -258,7 +258,9 @@ async def publish_phase(url: str, start_index: int, seconds: float, actions: Dic
     """Publishes RATE events per second for `seconds`, to hooks.<i> round-robin from `start_index`, with publish
     acks. `actions` run (in a thread) at their offsets in seconds. Returns stream sequence → publish time."""
     client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
-    js = client.jetstream(timeout=10)
+    # Generous: this test is about what gets delivered, and a CI run once saw a PubAck take over 10 s on a machine
+    # whose disk and both cores were busy with compilations (fsync of the file store).
+    js = client.jetstream(timeout=30)
     published: Dict[int, float] = {}
     pending_actions = sorted(actions.items())
     started = time.monotonic()
