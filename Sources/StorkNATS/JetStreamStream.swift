@@ -34,6 +34,8 @@ final class JetStreamStream: Sendable {
         var recentOrder: [UInt64] = []
         var closed = false
         var consumersDirtyAt: Int64?
+        /// The consumer a partial round of persistence saved last (the next round starts after it).
+        var persistCursor: String?
     }
 
     let name: String
@@ -381,6 +383,8 @@ final class JetStreamStream: Sendable {
     /// How often changed consumer state is written (ns). A crash loses at most this much ack progress: those messages
     /// are delivered again (at least once). Each write re-encodes every pending delivery, so not after every ack.
     static let persistInterval: Int64 = 200_000_000
+    /// Consumers saved in one round (unless forced, as on shutdown).
+    static let persistBatch = 32
 
     /// Writes the state of consumers that changed, at most every ``persistInterval`` unless forced.
     func persistConsumers(force: Bool) async {
@@ -395,9 +399,19 @@ final class JetStreamStream: Sendable {
                 }
                 guard now - since >= Self.persistInterval else { return [] }
             }
-            state.consumersDirtyAt = nil
-            for name in dirty.keys { state.consumers[name]!.dirty = false }
-            return dirty.map { ($0.key, $0.value.snapshot) }
+            // Each save is a durable write (two fsyncs) made while this stream's publishes wait: a round saves at
+            // most `persistBatch` consumers and leaves the rest for the next rounds, so that many consumers changing
+            // at once (a node's resources moving here) do not hold publish acks back for seconds.
+            // In name order from where the last round stopped, so that consumers changing all the time do not
+            // keep the others waiting.
+            let names = dirty.keys.sorted()
+            let start = state.persistCursor.flatMap { cursor in names.firstIndex { $0 > cursor } } ?? 0
+            let rotated = names[start...] + names[..<start]
+            let chosen = force ? names : Array(rotated.prefix(Self.persistBatch))
+            state.persistCursor = chosen.last
+            state.consumersDirtyAt = chosen.count < dirty.count ? now - Self.persistInterval : nil
+            for name in chosen { state.consumers[name]!.dirty = false }
+            return chosen.map { ($0, state.consumers[$0]!.snapshot) }
         }
         for (name, snapshot) in snapshots {
             do {
