@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "StorkNATS", targets: ["StorkNATS"]),
         .library(name: "StorkRealtime", targets: ["StorkRealtime"]),
         .library(name: "StorkConnectors", targets: ["StorkConnectors"]),
+        .library(name: "StorkGateway", targets: ["StorkGateway"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
     dependencies: [
@@ -182,6 +183,24 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
+        // MARK: - Realtime gateway I/O: WebSocket + HTTP endpoints, the cluster relay, providers and runners
+        .target(
+            name: "StorkGateway",
+            dependencies: [
+                "StorkCore",
+                "StorkNATS",
+                "StorkRealtime",
+                "StorkResources",
+                "StorkStreaming",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - The server: configuration, sources, handlers, admin API, composition
         .target(
             name: "StorkServer",
@@ -189,6 +208,7 @@ let package = Package(
                 "StorkCore",
                 "StorkCluster",
                 "StorkConnectors",
+                "StorkGateway",
                 "StorkLeases",
                 "StorkMembership",
                 "StorkNATS",
@@ -350,6 +370,23 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkGatewayTests",
+            dependencies: [
+                "StorkGateway",
+                "StorkNATS",
+                "StorkRealtime",
+                "StorkResources",
+                "StorkTestKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
+                .product(name: "WSClient", package: "swift-websocket"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: storkSwiftSettings
