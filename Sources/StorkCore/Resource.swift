@@ -1,3 +1,4 @@
+import Foundation
 // MARK: - JSONValue
 
 /// A JSON value: the attributes of a resource are arbitrary JSON, kept as-is and handed to handlers.
@@ -41,24 +42,81 @@ public enum JSONValue: Hashable, Sendable, Codable, CustomStringConvertible {
     }
 
     /// The string, if this is a string.
+    /// The field `key` of an object (nil for a missing field or a value that is not an object).
+    public subscript(_ key: String) -> JSONValue? {
+        if case .object(let fields) = self { return fields[key] }
+        return nil
+    }
+
     public var stringValue: String? {
         if case .string(let value) = self { return value }
         return nil
     }
 
+    /// The value as JSON text (keys sorted, so the text of equal values is equal).
     public var description: String {
+        var bytes: [UInt8] = []
+        self.appendJSON(to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Appends the value as JSON text (keys sorted; strings escaped as RFC 8259 requires).
+    public func appendJSON(to bytes: inout [UInt8]) {
         switch self {
-        case .null: return "null"
-        case .bool(let value): return String(value)
+        case .null: bytes.append(contentsOf: "null".utf8)
+        case .bool(let value): bytes.append(contentsOf: (value ? "true" : "false").utf8)
         case .number(let value):
-            if value.rounded() == value, abs(value) < 1e15 { return String(Int64(value)) }
-            return String(value)
-        case .string(let value): return "\"\(value)\""
-        case .array(let values): return "[" + values.map(\.description).joined(separator: ",") + "]"
+            if !value.isFinite {
+                bytes.append(contentsOf: "null".utf8)  // JSON has no NaN or infinities
+            } else if value.rounded() == value, abs(value) < 1e15 {
+                bytes.append(contentsOf: String(Int64(value)).utf8)
+            } else {
+                bytes.append(contentsOf: String(value).utf8)
+            }
+        case .string(let value): Self.appendJSONString(value, to: &bytes)
+        case .array(let values):
+            bytes.append(UInt8(ascii: "["))
+            for (index, value) in values.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                value.appendJSON(to: &bytes)
+            }
+            bytes.append(UInt8(ascii: "]"))
         case .object(let fields):
-            return "{" + fields.sorted { $0.key < $1.key }.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
-                + "}"
+            bytes.append(UInt8(ascii: "{"))
+            for (index, field) in fields.sorted(by: { $0.key < $1.key }).enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ",")) }
+                Self.appendJSONString(field.key, to: &bytes)
+                bytes.append(UInt8(ascii: ":"))
+                field.value.appendJSON(to: &bytes)
+            }
+            bytes.append(UInt8(ascii: "}"))
         }
+    }
+
+    /// Appends `text` as a JSON string literal: quotes, backslashes and control characters escaped.
+    public static func appendJSONString(_ text: String, to bytes: inout [UInt8]) {
+        bytes.append(UInt8(ascii: "\""))
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+            case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case 0x0A: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case 0x0D: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case 0x09: bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0")])
+                bytes.append(hex[Int(byte >> 4)])
+                bytes.append(hex[Int(byte & 0x0F)])
+            default: bytes.append(byte)
+            }
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    /// Parses JSON text (any value at the top, as RFC 8259 allows); throws on anything else.
+    public static func parse(_ bytes: some Collection<UInt8>) throws -> JSONValue {
+        try JSONDecoder().decode(JSONValue.self, from: Data(bytes))
     }
 }
 

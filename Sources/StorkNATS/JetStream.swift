@@ -400,3 +400,81 @@ public final class JetStream: Service, Sendable {
         self.router.sendStatus(.init(replyTo: reply, code: code, description: description, pendingMessages: 0))
     }
 }
+
+// MARK: - History for the gateway
+
+/// Where a history read starts.
+public enum JetStreamHistoryStart: Sendable, Hashable {
+    case sequence(UInt64)
+    /// Nanoseconds since 1970.
+    case time(nanoseconds: Int64)
+    /// The last n messages.
+    case last(Int)
+}
+
+/// Stored messages of one stream on a subject (pattern), oldest first.
+public struct JetStreamHistory: Sendable {
+    public var stream: String
+    public var messages: [StoredMessage]
+    /// The stream's last sequence when the read was made: live messages after it are new.
+    public var lastSequence: UInt64
+}
+
+extension JetStream {
+    /// The stream whose subjects cover every subject `subject` (a pattern) can match, if one does (the first by
+    /// name when several do).
+    public func stream(capturing subject: String) -> String? {
+        let streams = self.streams.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+        return streams.first { stream in
+            stream.state.withLock { $0.config.subjects }.contains { Subject.isSubset(subject, of: $0) }
+        }?.name
+    }
+
+    /// Up to `limit` stored messages on `subject` (a pattern) from `start`, read from the stream that captures it;
+    /// nil when no stream does.
+    public func history(subject: String, from start: JetStreamHistoryStart, limit: Int) async throws -> JetStreamHistory? {
+        guard let name = self.stream(capturing: subject), let stream = self.streams.withLock({ $0[name] }) else {
+            return nil
+        }
+        let limit = max(0, limit)
+        let (sequences, last): ([UInt64], UInt64) = stream.state.withLock { state in
+            let entries = state.index.entries
+            let last = state.nextSequence &- 1
+            var selected: [UInt64] = []
+            switch start {
+            case .last(let count):
+                var index = entries.count - 1
+                while index >= 0, selected.count < min(count, limit) {
+                    if Subject.matches(pattern: subject, subject: entries[index].subject) {
+                        selected.append(entries[index].sequence)
+                    }
+                    index -= 1
+                }
+                selected.reverse()
+            case .sequence, .time:
+                var index: Int
+                if case .sequence(let sequence) = start {
+                    index = state.index.position(atOrAfter: sequence)
+                } else if case .time(let nanoseconds) = start {
+                    index = state.index.firstSequence(atOrAfter: nanoseconds).map { state.index.position(atOrAfter: $0) }
+                        ?? entries.count
+                } else {
+                    index = entries.count
+                }
+                while index < entries.count, selected.count < limit {
+                    if Subject.matches(pattern: subject, subject: entries[index].subject) {
+                        selected.append(entries[index].sequence)
+                    }
+                    index += 1
+                }
+            }
+            return (selected, last)
+        }
+        var messages: [StoredMessage] = []
+        messages.reserveCapacity(sequences.count)
+        for sequence in sequences {
+            if let message = try await stream.store.message(sequence) { messages.append(message) }
+        }
+        return JetStreamHistory(stream: name, messages: messages, lastSequence: last)
+    }
+}

@@ -7,6 +7,7 @@ import ServiceLifecycle
 import StorkCluster
 import StorkConnectors
 import StorkCore
+import StorkGateway
 import StorkLeases
 import StorkNATS
 import StorkResources
@@ -89,15 +90,32 @@ public struct StorkServer: Sendable {
             transport: transport,
             logger: logger
         )
+        // The realtime gateway shares the node's HTTP port: its WebSocket endpoint and HTTP routes beside the admin API.
+        let gateway: Gateway? = try nats.flatMap { nats in
+            guard configuration.gateway.enabled else { return nil }
+            let rules = try configuration.loadPermissionRules()
+            return Gateway(
+                configuration: configuration.gateway.settings,
+                node: configuration.node.name,
+                router: nats.router,
+                jetstream: jetstream,
+                authentication: try configuration.makeAuthenticationChain(),
+                permissions: { rules },
+                logger: logger
+            )
+        }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
+        let adminRouter = AdminAPI.router(
+            manager: manager,
+            nats: nats,
+            extraMetrics: [TransportMetrics(transport: transport)],
+            connectors: connectors?.board,
+            metricsRegistry: metrics
+        )
+        gateway?.addHTTPRoutes(to: adminRouter)
         let app = Application(
-            router: AdminAPI.router(
-                manager: manager,
-                nats: nats,
-                extraMetrics: [TransportMetrics(transport: transport)],
-                connectors: connectors?.board,
-                metricsRegistry: metrics
-            ),
+            router: adminRouter,
+            server: gateway.map { .http1WebSocketUpgrade(webSocketRouter: $0.webSocketRouter()) } ?? .http1(),
             configuration: ApplicationConfiguration(address: .hostname(host, port: port), serverName: "stork"),
             logger: logger
         )
@@ -122,6 +140,7 @@ public struct StorkServer: Sendable {
         }
         if let jetstream { services.append(.init(service: jetstream)) }
         if let nats { services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream))) }
+        if let gateway { services.append(.init(service: gateway)) }
         services.append(.init(service: app))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

@@ -1,5 +1,6 @@
 import Foundation
 import StorkConnectors
+import StorkGateway
 import StorkCore
 import StorkMembership
 import StorkPlacement
@@ -52,7 +53,9 @@ extension ServerConfiguration {
         guard let root else { return configuration }
         let document = ConfigNode(node: root, path: "", environment: environment, expressions: expressions)
         let top = try document.mapping(
-            allowed: ["node", "cluster", "resources", "connectors", "membership", "ownership", "nats", "streaming"]
+            allowed: [
+                "node", "cluster", "resources", "connectors", "membership", "ownership", "nats", "streaming", "gateway",
+            ]
         )
         if let node = top["node"] {
             let fields = try node.mapping(allowed: ["name", "bind", "advertise", "http", "seeds", "data", "nats"])
@@ -134,6 +137,7 @@ extension ServerConfiguration {
                 configuration.connectors.secretsFile = path?.isEmpty == true ? nil : path
             }
         }
+        if let gateway = top["gateway"] { configuration.gateway = try Self.gateway(gateway) }
         if let membership = top["membership"] {
             let fields = try membership.mapping(
                 allowed: ["probeInterval", "probeTimeout", "indirectProbeTimeout", "suspicionMinimum", "pushPullInterval"]
@@ -170,6 +174,58 @@ extension ServerConfiguration {
             if let value = fields["storeTimeout"] { configuration.ownership.storeTimeout = try value.duration() }
         }
         return configuration
+    }
+
+    static func gateway(_ value: ConfigNode) throws -> Gateway {
+        var gateway = Gateway()
+        gateway.enabled = true
+        let fields = try value.mapping(
+            allowed: [
+                "enabled", "path", "auth", "permissions", "authTimeout", "maxAuthAttempts", "recoveryWindow",
+                "recoveryMessages", "requestTimeout", "maxPendingRequests", "maxSubscriptions", "maxFrameBytes",
+                "historyLimit", "presenceTimeout",
+            ]
+        )
+        if let value = fields["enabled"] { gateway.enabled = try value.bool() }
+        if let value = fields["path"] {
+            let path = try value.string()
+            guard path.hasPrefix("/"), !path.contains(" ") else { throw value.error("expected a path like /v1/ws") }
+            gateway.settings.path = path
+        }
+        if let value = fields["auth"] {
+            gateway.auth = try value.sequence().map { entry in
+                let json = try entry.json()
+                guard case .object(let object) = json, case .string? = object["type"] else {
+                    throw entry.error("each authenticator needs a 'type' (open, users, jwt, http)")
+                }
+                return json
+            }
+        }
+        if let value = fields["permissions"] {
+            let permissions = try value.mapping(allowed: ["file", "rules"])
+            if let file = permissions["file"] { gateway.permissionsFile = try file.string() }
+            if let rules = permissions["rules"] { gateway.permissionRules = .object(["rules": try rules.json()]) }
+            if gateway.permissionsFile != nil, gateway.permissionRules != nil {
+                throw value.error("give either 'file' or 'rules', not both")
+            }
+        }
+        if let value = fields["authTimeout"] { gateway.settings.authTimeout = try value.duration() }
+        if let value = fields["maxAuthAttempts"] { gateway.settings.maxAuthAttempts = try value.integer(in: 1...100) }
+        if let value = fields["recoveryWindow"] { gateway.settings.recoveryWindow = try value.duration() }
+        if let value = fields["recoveryMessages"] {
+            gateway.settings.recoveryMessages = try value.integer(in: 1...1_000_000)
+        }
+        if let value = fields["requestTimeout"] { gateway.settings.requestTimeout = try value.duration() }
+        if let value = fields["maxPendingRequests"] {
+            gateway.settings.maxPendingRequests = try value.integer(in: 1...100_000)
+        }
+        if let value = fields["maxSubscriptions"] {
+            gateway.settings.maxSubscriptionsPerSession = try value.integer(in: 1...1_000_000)
+        }
+        if let value = fields["maxFrameBytes"] { gateway.settings.maxFrameBytes = try value.integer(in: 1024...(64 << 20)) }
+        if let value = fields["historyLimit"] { gateway.settings.historyLimit = try value.integer(in: 1...100_000) }
+        if let value = fields["presenceTimeout"] { gateway.settings.presenceTimeout = try value.duration() }
+        return gateway
     }
 
     static func sources(_ value: ConfigNode) throws -> [Source] {
@@ -333,6 +389,9 @@ extension ServerConfiguration {
         guard self.nats.pingInterval > .zero, self.nats.authTimeout > .zero else {
             throw StorkError(.invalidInput, "nats.pingInterval and nats.authTimeout must be positive")
         }
+        if self.gateway.enabled, self.node.nats == nil {
+            throw StorkError(.invalidInput, "gateway: needs the NATS endpoint (node.nats), whose router carries its messages")
+        }
         if self.connectors.enabled, let file = self.connectors.secretsFile,
             !FileManager.default.isReadableFile(atPath: file)
         {
@@ -445,6 +504,33 @@ struct ConfigNode {
             throw self.error("'\(text)' is not an http(s) URL")
         }
         return text.hasSuffix("/") ? String(text.dropLast()) : text
+    }
+
+    /// The node as JSON (scalars that read as numbers or booleans become them; `${VAR}` substituted in strings).
+    func json(depth: Int = 0) throws -> JSONValue {
+        guard depth < 64 else { throw self.error("nested too deeply") }
+        switch self.node {
+        case .scalar(let scalar):
+            if scalar.style == .plain {
+                if ["", "~", "null"].contains(scalar.string) { return .null }
+                if ["true", "false"].contains(scalar.string) { return .bool(scalar.string == "true") }
+                if let number = Double(scalar.string), scalar.string.first.map({ $0.isNumber || $0 == "-" }) == true {
+                    return .number(number)
+                }
+            }
+            return .string(try self.string())
+        case .sequence:
+            return .array(try self.sequence().map { try $0.json(depth: depth + 1) })
+        case .mapping(let mapping):
+            var object: [String: JSONValue] = [:]
+            for (key, value) in mapping {
+                guard let name = key.string else { throw self.error("keys must be strings") }
+                object[name] = try self.child(name, value).json(depth: depth + 1)
+            }
+            return .object(object)
+        case .alias:
+            throw self.error("YAML aliases are not supported here")
+        }
     }
 
     func stringMap() throws -> [String: String] {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import StorkConnectors
+import StorkGateway
 import StorkCore
 import StorkMembership
 import StorkNATS
@@ -133,8 +134,23 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var secretsFile: String?
     }
 
+    /// The realtime gateway (the `gateway:` section): WebSocket and HTTP endpoints for apps and browsers on the
+    /// node's HTTP port. Docs/gateway.md documents every key.
+    public struct Gateway: Sendable, Hashable {
+        /// Off unless the section turns it on (it needs the NATS endpoint: its messages go through the same router).
+        public var enabled = false
+        public var settings = GatewayConfiguration()
+        /// The authenticators, in order (`{type: open}`, `{type: users, file: …}`): the first that answers decides.
+        public var auth: [JSONValue] = [.object(["type": .string("open")])]
+        /// The permission rules file (YAML or JSON), reloaded when it changes.
+        public var permissionsFile: String?
+        /// Rules given inline (`permissions: {rules: [...]}`), when there is no file.
+        public var permissionRules: JSONValue?
+    }
+
     public var node = Node()
     public var cluster = Cluster()
+    public var gateway = Gateway()
     public var connectors = Connectors()
     public var resources = Resources()
     public var membership = MembershipSettings()

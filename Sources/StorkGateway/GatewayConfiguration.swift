@@ -1,0 +1,61 @@
+import Foundation
+import StorkCore
+import StorkRealtime
+
+// MARK: - Configuration
+
+/// The gateway's settings (the `gateway:` section of stork.yaml; Docs/gateway.md documents every key).
+public struct GatewayConfiguration: Sendable, Hashable {
+    /// The WebSocket endpoint's path on the node's HTTP port.
+    public var path = "/v1/ws"
+    /// The largest client frame (bytes); a larger one closes the connection with code 1009.
+    public var maxFrameBytes = GatewayProtocol.defaultMaxFrameBytes
+    /// A connection must authenticate within this time.
+    public var authTimeout: Duration = .seconds(10)
+    /// Failed `auth` attempts before the connection is closed.
+    public var maxAuthAttempts = 3
+    /// How long a session waits for its client to come back (`resume`) after the connection dropped.
+    public var recoveryWindow: Duration = .seconds(60)
+    /// Deliveries kept per session for resume; also how far a connected client may fall behind before it is
+    /// disconnected as a slow consumer.
+    public var recoveryMessages = 1000
+    /// `request` without a `timeout`.
+    public var requestTimeout: Duration = .seconds(5)
+    /// Requests one session may have waiting at once.
+    public var maxPendingRequests = 100
+    public var maxSubscriptionsPerSession = 1000
+    /// The most stored messages one `subscribe` with `from` or one `GET /v1/history` returns.
+    public var historyLimit = 1000
+    /// How long a presence query waits for the other nodes' answers.
+    public var presenceTimeout: Duration = .milliseconds(500)
+
+    public init() {}
+}
+
+/// How the gateway reads the time and waits: injected, so tests drive timeouts and expiry without waiting.
+public struct GatewayClock: Sendable {
+    /// Monotonic time.
+    public var now: @Sendable () -> StorkInstant
+    /// Wall-clock milliseconds since 1970 (the `now` of permission conditions, history by time).
+    public var wallMilliseconds: @Sendable () -> Double
+    public var sleep: @Sendable (Duration) async throws -> Void
+
+    public init(
+        now: @escaping @Sendable () -> StorkInstant,
+        wallMilliseconds: @escaping @Sendable () -> Double,
+        sleep: @escaping @Sendable (Duration) async throws -> Void
+    ) {
+        self.now = now
+        self.wallMilliseconds = wallMilliseconds
+        self.sleep = sleep
+    }
+
+    public static var system: GatewayClock {
+        let origin = ContinuousClock.now
+        return GatewayClock(
+            now: { StorkInstant(nanoseconds: (ContinuousClock.now - origin).nanosecondsClamped) },
+            wallMilliseconds: { Date().timeIntervalSince1970 * 1000 },
+            sleep: { try await Task.sleep(for: $0) }
+        )
+    }
+}

@@ -1,0 +1,232 @@
+import Foundation
+import Hummingbird
+import HummingbirdWebSocket
+import Logging
+import NIOCore
+import StorkCore
+import StorkGateway
+import StorkNATS
+import StorkRealtime
+import StorkTestKit
+import Synchronization
+import WSClient
+
+// MARK: - A gateway on a loopback port, and a WebSocket client that speaks its protocol
+
+func quietLogger(_ label: String) -> Logger {
+    var logger = Logger(label: label)
+    logger.logLevel = .critical
+    return logger
+}
+
+/// A clock the test moves: sleepers wake when `advance` passes their deadline.
+final class ManualClock: Sendable {
+    private struct State {
+        var now: Int64 = 0
+        var sleepers: [(deadline: Int64, continuation: CheckedContinuation<Void, any Error>)] = []
+    }
+
+    private let state = Mutex(State())
+
+    var gatewayClock: GatewayClock {
+        GatewayClock(
+            now: { StorkInstant(nanoseconds: self.state.withLock { $0.now }) },
+            wallMilliseconds: { Double(self.state.withLock { $0.now }) / 1e6 },
+            sleep: { duration in try await self.sleep(duration) }
+        )
+    }
+
+    var sleeperCount: Int { self.state.withLock { $0.sleepers.count } }
+
+    func sleep(_ duration: Duration) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            self.state.withLock { state in
+                state.sleepers.append((state.now + duration.nanosecondsClamped, continuation))
+            }
+        }
+    }
+
+    func advance(by duration: Duration) {
+        let due = self.state.withLock { state in
+            state.now += duration.nanosecondsClamped
+            let now = state.now
+            let due = state.sleepers.filter { $0.deadline <= now }
+            state.sleepers.removeAll { $0.deadline <= now }
+            return due
+        }
+        for sleeper in due { sleeper.continuation.resume() }
+    }
+
+    /// Wakes every sleeper with cancellation (so tasks end).
+    func cancelAll() {
+        let all = self.state.withLock { state in
+            defer { state.sleepers.removeAll() }
+            return state.sleepers
+        }
+        for sleeper in all { sleeper.continuation.resume(throwing: CancellationError()) }
+    }
+}
+
+/// Runs a gateway on 127.0.0.1 (a free port) for the duration of `body`.
+func withGateway(
+    configuration: GatewayConfiguration = GatewayConfiguration(),
+    authentication: AuthenticationChain = AuthenticationChain([OpenAuthenticator()]),
+    rules: PermissionRules,
+    router: NATSRouter = NATSRouter(),
+    jetstream: JetStream? = nil,
+    clock: GatewayClock = .system,
+    _ body: @Sendable (_ gateway: Gateway, _ port: Int) async throws -> Void
+) async throws {
+    let gateway = Gateway(
+        configuration: configuration,
+        node: "test",
+        router: router,
+        jetstream: jetstream,
+        authentication: authentication,
+        permissions: { rules },
+        clock: clock,
+        logger: quietLogger("gateway")
+    )
+    let httpRouter = Router()
+    gateway.addHTTPRoutes(to: httpRouter)
+    let port = Mutex<Int?>(nil)
+    let app = Application(
+        router: httpRouter,
+        server: .http1WebSocketUpgrade(webSocketRouter: gateway.webSocketRouter()),
+        configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } },
+        logger: quietLogger("gateway-http")
+    )
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+        guard await eventually(.seconds(10), { port.withLock { $0 } != nil }), let bound = port.withLock({ $0 }) else {
+            group.cancelAll()
+            throw StorkError(.timeout, "the gateway did not start")
+        }
+        do {
+            try await body(gateway, bound)
+        } catch {
+            group.cancelAll()
+            throw error
+        }
+        group.cancelAll()
+    }
+}
+
+/// A protocol client over a real WebSocket: `send` frames, `next` received frames (parsed), `close`.
+final class TestSocket: Sendable {
+    private struct Inbox {
+        var frames: [JSONValue] = []
+        var closed = false
+    }
+
+    private final class Box: Sendable {
+        let state = Mutex(Inbox())
+    }
+
+    private let outgoing: AsyncStream<String>.Continuation
+    private let box = Box()
+    private let task: Task<Void, Never>
+
+    init(port: Int, path: String = "/v1/ws") {
+        let (outgoingStream, outgoing) = AsyncStream.makeStream(of: String.self)
+        self.outgoing = outgoing
+        let box = self.box
+        self.task = Task {
+            defer { box.state.withLock { $0.closed = true } }
+            _ = try? await WebSocketClient.connect(url: "ws://127.0.0.1:\(port)\(path)", logger: quietLogger("client")) {
+                inbound, outbound, _ in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for await text in outgoingStream { try await outbound.writeTextMessage(text) }
+                        try? await outbound.close(.normalClosure, reason: nil)
+                    }
+                    for try await message in inbound.messages(maxSize: 1 << 22) {
+                        guard case .text(let text) = message, let value = try? JSONValue.parse(Array(text.utf8)) else {
+                            continue
+                        }
+                        box.state.withLock { $0.frames.append(value) }
+                    }
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+
+    func send(_ value: JSONValue) {
+        self.outgoing.yield(value.description)
+    }
+
+    func sendRaw(_ text: String) {
+        self.outgoing.yield(text)
+    }
+
+    /// The next frame from the server, or nil when the connection closed or `timeout` passed (a bound, not a speed).
+    func next(timeout: Duration = .seconds(20)) async -> JSONValue? {
+        var frame: JSONValue?
+        _ = await eventually(timeout) {
+            self.box.state.withLock { inbox in
+                if !inbox.frames.isEmpty { frame = inbox.frames.removeFirst() }
+                return frame != nil || inbox.closed
+            }
+        }
+        return frame
+    }
+
+    /// Frames until one of `type` (returned); nil if none comes.
+    func next(ofType type: String, timeout: Duration = .seconds(20)) async -> JSONValue? {
+        while let frame = await self.next(timeout: timeout) {
+            if frame["type"] == .string(type) { return frame }
+        }
+        return nil
+    }
+
+    /// Every frame received so far, without waiting.
+    func drain() -> [JSONValue] {
+        self.box.state.withLock { inbox in
+            defer { inbox.frames.removeAll() }
+            return inbox.frames
+        }
+    }
+
+    /// Waits until the server closed the connection.
+    func waitClosed(timeout: Duration = .seconds(20)) async -> Bool {
+        await eventually(timeout) { self.box.state.withLock { $0.closed } }
+    }
+
+    func close() async {
+        self.outgoing.finish()
+        await self.task.value
+    }
+
+    /// Authenticates and returns the welcome frame (or the error).
+    func auth(_ fields: JSONValue) async -> JSONValue? {
+        guard case .object(var object) = fields else { return nil }
+        object["type"] = "auth"
+        object["v"] = 1
+        object["id"] = "auth"
+        self.send(.object(object))
+        return await self.next()
+    }
+
+    deinit {
+        self.outgoing.finish()
+        self.task.cancel()
+    }
+}
+
+/// Rules of the usual shape: own channels, public read, inboxes.
+let ownChannelRules: PermissionRules = {
+    let document: JSONValue = [
+        "rules": [
+            [
+                "subject": "users.$userId.>", "publish": "user.id == $userId", "subscribe": "user.id == $userId",
+                "request": "user.id == $userId", "respond": "user.id == $userId",
+            ],
+            ["subject": "public.>", "subscribe": true, "publish": true, "presence": true],
+            ["subject": "rpc.>", "request": true, "subscribe": "'responder' in user.roles", "respond": "'responder' in user.roles"],
+            ["subject": "history.>", "subscribe": true, "publish": true],
+        ]
+    ]
+    return try! PermissionRules(document: document)
+}()
