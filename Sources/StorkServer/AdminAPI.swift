@@ -21,6 +21,9 @@ import StorkResources
 //   GET    /v1/events                     server-sent events of lifecycle changes
 //   GET    /healthz  /readyz  /metrics
 //   GET    /varz  /connz  /subsz           the NATS endpoint's monitoring, in nats-server's JSON shapes
+//   GET    /v1/moves                      the last owner changes in this node's view (Dashboard.swift)
+//   GET    /v1/stats                      cumulative counters by source, for rates (Dashboard.swift)
+//   GET    /dashboard                     the web page that shows all of the above (DashboardPage.swift)
 
 /// Extra numbers the admin API reports that the resource manager does not know (for example the transport's).
 public protocol AdminMetricsSource: Sendable {
@@ -52,14 +55,24 @@ public enum AdminAPI {
     ///   - connectors: the connector handler's status board: each local resource then has a `connector` object.
     ///   - metricsRegistry: a swift-prometheus registry (the node's swift-metrics, connector metrics among them),
     ///     appended to `/metrics`.
+    ///   - extraStats: more sources for `/v1/stats`, after `nats` and `resources`.
+    ///   - moves: the recorder behind `/v1/moves`; run it as a service so that moves carry the time of the view
+    ///     change. Nil: one of the router's own, updated at every read of the cluster, resources and moves.
+    ///   - clusterName: shown by `/v1/cluster` (as `cluster`) and the dashboard when given.
     public static func router(
         manager: ResourceManager,
         nats: NATSServer? = nil,
         extraMetrics: [any AdminMetricsSource] = [],
         connectors: ConnectorStatusBoard? = nil,
-        metricsRegistry: PrometheusCollectorRegistry? = nil
+        metricsRegistry: PrometheusCollectorRegistry? = nil,
+        extraStats: [any AdminStatsSource] = [],
+        moves: MoveRecorder? = nil,
+        clusterName: String? = nil
     ) -> Router<BasicRequestContext> {
         let router = Router()
+        let moves = moves ?? MoveRecorder(manager: manager)
+        let statsSources: [any AdminStatsSource] =
+            (nats.map { [NATSStatsSource(nats: $0)] } ?? []) + [ResourceStatsSource(manager: manager)] + extraStats
 
         // JSON as nats-server answers it, so that NATS health checks work against Stork too.
         router.get("/healthz") { _, _ in
@@ -90,10 +103,33 @@ public enum AdminAPI {
         }
 
         router.get("/v1/cluster") { _, _ in
-            json(clusterDocument(manager.status()))
+            moves.observe()
+            var document = clusterDocument(manager.status())
+            if let clusterName, case .object(var fields) = document {
+                fields["cluster"] = .string(clusterName)
+                document = .object(fields)
+            }
+            return json(document)
+        }
+
+        router.get("/v1/moves") { _, _ in
+            moves.observe()
+            return json(movesDocument(moves.moves(), node: manager.identity.name))
+        }
+
+        router.get("/v1/stats") { _, _ in
+            json(statsDocument(statsSources, node: manager.identity.name, now: Date()))
+        }
+
+        router.get("/dashboard") { _, _ in
+            var headers = HTTPFields()
+            headers[.contentType] = "text/html; charset=utf-8"
+            headers[.cacheControl] = "no-cache"
+            return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(string: DashboardPage.html)))
         }
 
         router.get("/v1/resources") { request, _ in
+            moves.observe()
             if request.uri.queryParameters["scope"].map(String.init) == "cluster" {
                 let local = Dictionary(uniqueKeysWithValues: manager.resourceStates().map { ($0.id, $0) })
                 let items: [JSONValue] = manager.clusterAssignment().map { resource, owner in
@@ -355,7 +391,7 @@ private func problem(_ status: HTTPResponse.Status, _ message: String) -> Respon
     json(.object(["error": .string(message), "status": .number(Double(status.code))]), status: status)
 }
 
-private func iso8601(_ date: Date) -> String {
+func iso8601(_ date: Date) -> String {
     date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
 }
 

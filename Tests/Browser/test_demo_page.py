@@ -6,8 +6,7 @@ clicks "kill node" and checks that the page shows the node dead and its players 
 clicks "add node" and checks that the new node shows up live and runs some of the players.
 A screenshot goes to $DEMO_SCREENSHOT (default: a temporary file; `Docs/demo.png` is made this way).
 
-Chromium loads only the demo's page: every host name but 127.0.0.1 resolves to nothing, and background
-networking (updates, sync, safe browsing) is off.
+Chromium (the `browser` fixture of conftest.py) loads only the demo's page.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,8 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
+from conftest import wait_for
 from selenium.webdriver.common.by import By
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,20 +56,6 @@ def _state(base: int) -> dict:
         return json.loads(response.read())
 
 
-def _wait(what: str, timeout: float, condition):
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = condition()
-            if value:
-                return value
-        except Exception as error:  # not up yet
-            last_error = error
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s: {what} (last error: {last_error})")
-
-
 @pytest.fixture
 def demo(tmp_path):
     if not os.access(STORK_BIN, os.X_OK):
@@ -98,39 +81,6 @@ def demo(tmp_path):
         log.close()
         text = (tmp_path / "demo.log").read_text(errors="replace")
         print("---- stork demo output ----\n" + text[-6000:])
-
-
-@pytest.fixture
-def browser():
-    options = webdriver.ChromeOptions()
-    for argument in [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--disable-gpu",
-        "--window-size=1400,1250",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-default-apps",
-        "--disable-extensions",
-        "--safebrowsing-disable-auto-update",
-        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    ]:
-        options.add_argument(argument)
-    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser"):
-        if os.path.exists(candidate):
-            options.binary_location = candidate
-            break
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    driver.set_page_load_timeout(20)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 # The page redraws twice a second, so it is read in one script call (no element outlives a redraw).
@@ -170,43 +120,43 @@ def test_page_shows_nodes_players_and_a_kill(demo, browser):
         owned = [p for p in state["players"] if p["owner"] and p["connections"] > 0]
         return len(live) == 3 and len(owned) == PLAYERS
 
-    _wait("three live nodes running all 22 players", 60, ready)
+    wait_for("three live nodes running all 22 players", 60, ready)
 
     browser.get(page)
-    _wait("the page loaded its state", 10, lambda: browser.execute_script("return document.body.dataset.loaded") == "true")
+    wait_for("the page loaded its state", 10, lambda: browser.execute_script("return document.body.dataset.loaded") == "true")
     assert browser.title == "Stork live demo"
-    nodes = _wait("three nodes shown live", 10, lambda: (lambda n: n if list(n.values()).count("live") == 3 else None)(_nodes(browser)))
+    nodes = wait_for("three nodes shown live", 10, lambda: (lambda n: n if list(n.values()).count("live") == 3 else None)(_nodes(browser)))
     assert sorted(nodes) == ["n1", "n2", "n3"]
-    owners = _wait("22 players shown with owners", 10, lambda: (lambda o: o if len(o) == PLAYERS and all(o.values()) else None)(_owners(browser)))
+    owners = wait_for("22 players shown with owners", 10, lambda: (lambda o: o if len(o) == PLAYERS and all(o.values()) else None)(_owners(browser)))
     assert set(owners.values()) <= {"n1", "n2", "n3"}
     assert len(set(owners.values())) >= 2, f"the players should spread over the nodes: {owners}"
 
     # Shots arrive (the first one is due about 3 s after kick-off).
-    _wait("a shot in the feed list", 30, lambda: _count(browser, "#feed li") > 0)
+    wait_for("a shot in the feed list", 30, lambda: _count(browser, "#feed li") > 0)
 
     # Kill a node from the page: the oldest live one (n1).
     victim_players = sorted(p for p, o in owners.items() if o == "n1")
     browser.find_element(By.ID, "kill-node").click()
-    _wait("n1 shown killed", 10, lambda: _nodes(browser).get("n1") == "killed")
+    wait_for("n1 shown killed", 10, lambda: _nodes(browser).get("n1") == "killed")
 
     def moved():
         current = _owners(browser)
         return all(current.get(p) in ("n2", "n3") for p in victim_players) and len(current) == PLAYERS and all(current.values())
 
-    _wait("n1's players shown on n2 and n3", 30, moved)
+    wait_for("n1's players shown on n2 and n3", 30, moved)
     assert list(_nodes(browser).values()).count("live") == 2
     if victim_players:
-        _wait("the moves listed", 5, lambda: _count(browser, "#moves li") > 0)
+        wait_for("the moves listed", 5, lambda: _count(browser, "#moves li") > 0)
 
     # Add a node from the page: n4 starts, joins, and takes its share of the players.
     browser.find_element(By.ID, "add-node").click()
-    _wait("n4 shown live", 20, lambda: _nodes(browser).get("n4") == "live")
+    wait_for("n4 shown live", 20, lambda: _nodes(browser).get("n4") == "live")
 
     def took_share():
         current = _owners(browser)
         return "n4" in current.values() and len(current) == PLAYERS and all(current.values())
 
-    _wait("n4 shown running players", 30, took_share)
+    wait_for("n4 shown running players", 30, took_share)
 
     # Let a few more shots arrive, then keep a picture of the page.
     time.sleep(float(os.environ.get("DEMO_SCREENSHOT_WAIT", "3")))

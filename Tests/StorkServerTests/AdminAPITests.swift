@@ -161,4 +161,68 @@ struct AdminAPITests {
             _ = clock
         }
     }
+
+    @Test("the dashboard is one self-contained page that reads the admin API")
+    func dashboardPage() async throws {
+        try await withAdminAPI { _, client in
+            try await client.execute(uri: "/dashboard", method: .get) { response in
+                #expect(response.status == .ok)
+                #expect(response.headers[.contentType]?.hasPrefix("text/html") == true)
+                let page = String(buffer: response.body)
+                #expect(page.contains("<title>Stork dashboard</title>"))
+                for endpoint in ["/v1/cluster", "/v1/resources?scope=cluster", "/v1/moves", "/v1/stats"] {
+                    #expect(page.contains(endpoint), "the page reads \(endpoint)")
+                }
+                // Offline: nothing is loaded from anywhere else.
+                for outside in ["http://", "https://", "src=", "@import", "url("] {
+                    #expect(!page.contains(outside), "the page refers to \(outside)")
+                }
+            }
+        }
+    }
+
+    @Test("stats are cumulative counters by named source, with the resource manager's")
+    func stats() async throws {
+        try await withAdminAPI(resources: [Resource(id: "r1"), Resource(id: "r2")]) { _, client in
+            try await client.execute(uri: "/v1/stats", method: .get) { response in
+                #expect(response.status == .ok)
+                let document = try decode(response.body)
+                #expect(document["node"] == "n1")
+                guard case .number(let time)? = document["time"], case .array(let sources)? = document["sources"] else {
+                    Issue.record("no time or sources: \(document)")
+                    return
+                }
+                #expect(time > 0)
+                let byName = Dictionary(
+                    uniqueKeysWithValues: sources.compactMap { source -> (String, [String: JSONValue])? in
+                        guard case .object(let fields) = source, let name = fields["name"]?.stringValue else { return nil }
+                        return (name, fields)
+                    }
+                )
+                // No NATS endpoint in this router: only the resource manager's source.
+                #expect(Set(byName.keys) == ["resources"])
+                guard case .object(let counters)? = byName["resources"]?["counters"],
+                    case .object(let gauges)? = byName["resources"]?["gauges"]
+                else {
+                    Issue.record("no counters or gauges")
+                    return
+                }
+                #expect(counters["handles"] == .number(2))
+                #expect(gauges["running"] == .number(2))
+                #expect(gauges["desired"] == .number(2))
+            }
+        }
+    }
+
+    @Test("moves: none in a cluster of one")
+    func noMoves() async throws {
+        try await withAdminAPI(resources: [Resource(id: "r1")]) { _, client in
+            try await client.execute(uri: "/v1/moves", method: .get) { response in
+                #expect(response.status == .ok)
+                let document = try decode(response.body)
+                #expect(document["node"] == "n1")
+                #expect(document["moves"] == .array([]))
+            }
+        }
+    }
 }
