@@ -105,12 +105,17 @@ public struct StorkServer: Sendable {
             )
         }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
+        // Moves are recorded from the moment the manager starts, not when the dashboard first asks.
+        let moves = MoveRecorder(manager: manager)
         let adminRouter = AdminAPI.router(
             manager: manager,
             nats: nats,
             extraMetrics: [TransportMetrics(transport: transport)],
             connectors: connectors?.board,
-            metricsRegistry: metrics
+            metricsRegistry: metrics,
+            extraStats: gateway.map { [GatewayStatsSource(gateway: $0)] } ?? [],
+            moves: moves,
+            clusterName: configuration.cluster.name
         )
         gateway?.addHTTPRoutes(to: adminRouter)
         let app = Application(
@@ -133,6 +138,7 @@ public struct StorkServer: Sendable {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let connectors { services.append(.init(service: connectors)) }
         services.append(.init(service: manager, successTerminationBehavior: .gracefullyShutdownGroup))
+        services.append(.init(service: moves))
         if let nats {
             services.append(
                 .init(service: LifecycleEventPublisher(manager: manager, router: nats.router, node: configuration.node.name))
@@ -166,6 +172,27 @@ public struct StorkServer: Sendable {
             throw StorkError(.invalidInput, "'\(address)' is not host:port")
         }
         return (String(address[..<colon]), port)
+    }
+}
+
+/// The gateway's numbers for `/v1/stats` (the dashboard's rates).
+struct GatewayStatsSource: AdminStatsSource {
+    let gateway: Gateway
+    var name: String { "gateway" }
+
+    func stats() -> AdminStats {
+        let statistics = self.gateway.statistics()
+        return AdminStats(
+            counters: [
+                "published": Double(statistics.published), "deliveries": Double(statistics.deliveries),
+                "logins": Double(statistics.logins), "loginFailures": Double(statistics.loginFailures),
+                "denied": Double(statistics.denied),
+            ],
+            gauges: [
+                "connections": Double(statistics.connections), "sessions": Double(statistics.sessions),
+                "subscriptions": Double(statistics.subscriptions),
+            ]
+        )
     }
 }
 
