@@ -34,7 +34,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -90,7 +91,11 @@ let package = Package(
         // MARK: - Realtime gateway core (no I/O): authentication chain, users file, permission rules and their conditions
         .target(
             name: "StorkRealtime",
-            dependencies: ["StorkCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "StorkCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         // MARK: - Message stores that persist: file (segmented log), later SQLite and PostgreSQL
@@ -388,12 +393,19 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(
             name: "StorkRealtimeTests",
-            dependencies: ["StorkRealtime", "StorkCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "StorkRealtime",
+                "StorkCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(
