@@ -239,20 +239,22 @@ public struct AuthenticatorRegistry: Sendable {
         if let key = misplaced.first(where: { options.fields[$0] != nil }) {
             throw StorkError(.invalidInput, "'\(key)' does not go with \(algorithm.rawValue) (use '\(inline)' or '\(file)')")
         }
-        let key: String
-        switch (try options.string(inline), try options.string(file)) {
-        case (let value?, nil):
-            key = value
-        case (nil, let path?):
-            do {
-                key = String(decoding: try context.readFile(path), as: UTF8.self)
-            } catch {
-                throw StorkError(.invalidInput, "'\(file)': cannot read '\(path)': \(error)", underlying: error)
+        let keys: [String]
+        switch (try options.strings(inline), try options.strings(file)) {
+        case (let values?, nil) where !values.isEmpty:
+            keys = values
+        case (nil, let paths?) where !paths.isEmpty:
+            keys = try paths.map { path in
+                do {
+                    return String(decoding: try context.readFile(path), as: UTF8.self)
+                } catch {
+                    throw StorkError(.invalidInput, "'\(file)': cannot read '\(path)': \(error)", underlying: error)
+                }
             }
         default:
             throw StorkError(.invalidInput, "exactly one of '\(inline)' and '\(file)' is required for \(algorithm.rawValue)")
         }
-        var configuration = JWTAuthenticatorConfiguration(algorithm: algorithm, key: key)
+        var configuration = JWTAuthenticatorConfiguration(algorithm: algorithm, keys: keys)
         configuration.audiences = try options.strings("audience") ?? []
         configuration.issuer = try options.string("issuer")
         if let leeway = try options.duration("leeway") { configuration.leeway = leeway.secondsDouble }

@@ -5,8 +5,9 @@ import StorkCore
 // MARK: - JWT
 //
 // A bearer token with three dot-separated parts is a JSON Web Token. The signature is checked with jwt-kit against the
-// one key this authenticator is configured with (HS256: a shared secret; RS256 / ES256: a PEM public key); the claims
-// are checked here, against the `now` the caller injects, so that tests never depend on the wall clock.
+// keys this authenticator is configured with (HS256: shared secrets; RS256 / ES256: PEM public keys), in order, so
+// that a key can be rotated by listing the new one beside the old; the claims are checked here, against the `now`
+// the caller injects, so that tests never depend on the wall clock.
 
 /// How a `jwt` authenticator checks tokens.
 public struct JWTAuthenticatorConfiguration: Sendable, Hashable {
@@ -21,8 +22,9 @@ public struct JWTAuthenticatorConfiguration: Sendable, Hashable {
 
     /// The one algorithm accepted; a token whose header names another is rejected.
     public var algorithm: Algorithm
-    /// HS256: the shared secret (32 bytes or more). RS256 / ES256: the public key in PEM form.
-    public var key: String
+    /// HS256: shared secrets (32 bytes or more each). RS256 / ES256: public keys in PEM form. A token signed with any
+    /// of them is accepted (list the new key beside the old one while rotating).
+    public var keys: [String]
     /// When set, the token's `aud` (a string or a list) must contain one of these.
     public var audiences: [String]
     /// When set, the token's `iss` must be exactly this.
@@ -39,7 +41,7 @@ public struct JWTAuthenticatorConfiguration: Sendable, Hashable {
 
     public init(
         algorithm: Algorithm,
-        key: String,
+        keys: [String],
         audiences: [String] = [],
         issuer: String? = nil,
         leeway: Double = 5,
@@ -48,7 +50,7 @@ public struct JWTAuthenticatorConfiguration: Sendable, Hashable {
         dataClaim: String = "data"
     ) {
         self.algorithm = algorithm
-        self.key = key
+        self.keys = keys
         self.audiences = audiences
         self.issuer = issuer
         self.leeway = leeway
@@ -64,35 +66,42 @@ public struct JWTAuthenticatorConfiguration: Sendable, Hashable {
 public struct JWTAuthenticator: Authenticator {
     public let name = "jwt"
     public let configuration: JWTAuthenticatorConfiguration
-    private let keys: JWTKeyCollection
+    /// One collection per configured key, tried in order.
+    private let keys: [JWTKeyCollection]
     private let now: @Sendable () -> Double
 
     /// - Parameter now: the current time in seconds since 1970 (injected so that tests control it).
     public init(configuration: JWTAuthenticatorConfiguration, now: @escaping @Sendable () -> Double) async throws {
-        let keys = JWTKeyCollection()
-        do {
-            switch configuration.algorithm {
-            case .hs256:
-                guard configuration.key.utf8.count >= 32 else {
-                    throw StorkError(.invalidInput, "jwt: an HS256 secret must be at least 32 bytes")
+        guard !configuration.keys.isEmpty else { throw StorkError(.invalidInput, "jwt: no key is configured") }
+        var collections: [JWTKeyCollection] = []
+        for (index, key) in configuration.keys.enumerated() {
+            let keys = JWTKeyCollection()
+            let which = configuration.keys.count == 1 ? "" : " \(index + 1)"
+            do {
+                switch configuration.algorithm {
+                case .hs256:
+                    guard key.utf8.count >= 32 else {
+                        throw StorkError(.invalidInput, "jwt: HS256 secret\(which) must be at least 32 bytes")
+                    }
+                    await keys.add(hmac: HMACKey(from: key), digestAlgorithm: .sha256)
+                case .rs256:
+                    await keys.add(rsa: try Insecure.RSA.PublicKey(pem: key), digestAlgorithm: .sha256)
+                case .es256:
+                    await keys.add(ecdsa: try ES256PublicKey(pem: key))
                 }
-                await keys.add(hmac: HMACKey(from: configuration.key), digestAlgorithm: .sha256)
-            case .rs256:
-                await keys.add(rsa: try Insecure.RSA.PublicKey(pem: configuration.key), digestAlgorithm: .sha256)
-            case .es256:
-                await keys.add(ecdsa: try ES256PublicKey(pem: configuration.key))
+            } catch let error as StorkError {
+                throw error
+            } catch {
+                throw StorkError(
+                    .invalidInput,
+                    "jwt: \(configuration.algorithm.rawValue) key\(which) is not a PEM public key of that kind",
+                    underlying: error
+                )
             }
-        } catch let error as StorkError {
-            throw error
-        } catch {
-            throw StorkError(
-                .invalidInput,
-                "jwt: the \(configuration.algorithm.rawValue) key is not a PEM public key of that kind",
-                underlying: error
-            )
+            collections.append(keys)
         }
         self.configuration = configuration
-        self.keys = keys
+        self.keys = collections
         self.now = now
     }
 
@@ -113,15 +122,17 @@ public struct JWTAuthenticator: Authenticator {
         guard algorithm == self.configuration.algorithm.rawValue else {
             return .rejected("token algorithm '\(algorithm)' is not the configured \(self.configuration.algorithm.rawValue)")
         }
-        let claims: [String: JSONValue]
-        do {
-            claims = try await self.keys.verify(token, as: Claims.self).fields
-        } catch let error as JWTError where error.errorType == .signatureVerificationFailed {
-            return .rejected("bad signature")
-        } catch {
-            return .rejected("malformed token")
+        for keys in self.keys {
+            do {
+                let claims = try await keys.verify(token, as: Claims.self).fields
+                return self.check(claims, now: self.now())
+            } catch let error as JWTError where error.errorType == .signatureVerificationFailed {
+                continue
+            } catch {
+                return .rejected("malformed token")
+            }
         }
-        return self.check(claims, now: self.now())
+        return .rejected("bad signature")
     }
 
     /// Checks the verified claims and maps them to a user.

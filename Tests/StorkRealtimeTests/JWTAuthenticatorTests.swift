@@ -51,7 +51,7 @@ struct TestIssuer {
         now: Double,
         _ adjust: (inout JWTAuthenticatorConfiguration) -> Void = { _ in }
     ) async throws -> JWTAuthenticator {
-        var configuration = JWTAuthenticatorConfiguration(algorithm: self.algorithm, key: self.verificationKey)
+        var configuration = JWTAuthenticatorConfiguration(algorithm: self.algorithm, keys: [self.verificationKey])
         adjust(&configuration)
         return try await JWTAuthenticator(configuration: configuration, now: { now })
     }
@@ -95,6 +95,33 @@ struct JWTAuthenticatorTests {
         let authenticator = try await verifier.authenticator(now: Self.now)
         let token = try await forger.sign(Self.claims())
         #expect(await authenticator.authenticate(.token(token)) == .rejected("bad signature"))
+    }
+
+    @Test("with several keys (a rotation) a token signed with any of them is accepted", arguments: JWTAuthenticatorConfiguration.Algorithm.allCases)
+    func rotation(_ algorithm: JWTAuthenticatorConfiguration.Algorithm) async throws {
+        let old = try await TestIssuer.make(algorithm)
+        let new: TestIssuer
+        if algorithm == .hs256 {
+            let keys = JWTKeyCollection()
+            let secret = "the-new-secret-that-is-also-32-bytes-long"
+            await keys.add(hmac: HMACKey(from: secret), digestAlgorithm: .sha256)
+            new = TestIssuer(keys: keys, verificationKey: secret, algorithm: .hs256)
+        } else {
+            new = try await TestIssuer.make(algorithm)
+        }
+        let stranger = try await TestIssuer.make(algorithm == .hs256 ? .es256 : algorithm)
+        let authenticator = try await JWTAuthenticator(
+            configuration: .init(algorithm: algorithm, keys: [new.verificationKey, old.verificationKey]),
+            now: { Self.now }
+        )
+        #expect(await authenticator.authenticate(.token(try await old.sign(Self.claims()))).isAccepted)
+        #expect(await authenticator.authenticate(.token(try await new.sign(Self.claims()))).isAccepted)
+        if algorithm != .hs256 {
+            #expect(await authenticator.authenticate(.token(try await stranger.sign(Self.claims()))) == .rejected("bad signature"))
+        }
+        await #expect(throws: StorkError.self) {
+            try await JWTAuthenticator(configuration: .init(algorithm: algorithm, keys: []), now: { 0 })
+        }
     }
 
     @Test("a changed payload under the original signature is a bad signature")
@@ -207,14 +234,14 @@ struct JWTAuthenticatorTests {
     @Test("bad keys are refused when the authenticator is made")
     func badKeys() async throws {
         await #expect(throws: StorkError.self) {
-            try await JWTAuthenticator(configuration: .init(algorithm: .hs256, key: "short"), now: { 0 })
+            try await JWTAuthenticator(configuration: .init(algorithm: .hs256, keys: ["short"]), now: { 0 })
         }
         await #expect(throws: StorkError.self) {
-            try await JWTAuthenticator(configuration: .init(algorithm: .rs256, key: "not a pem"), now: { 0 })
+            try await JWTAuthenticator(configuration: .init(algorithm: .rs256, keys: ["not a pem"]), now: { 0 })
         }
         let ec = try await TestIssuer.make(.es256)
         await #expect(throws: StorkError.self) {
-            try await JWTAuthenticator(configuration: .init(algorithm: .rs256, key: ec.verificationKey), now: { 0 })
+            try await JWTAuthenticator(configuration: .init(algorithm: .rs256, keys: [ec.verificationKey]), now: { 0 })
         }
     }
 
