@@ -276,6 +276,7 @@ let package = Package(
                 "Stork",
                 "StorkDemo",
                 "StorkLeases",
+                "StorkRealtime",
                 "StorkServer",
                 "StorkTestKit",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -442,6 +443,7 @@ let package = Package(
             name: "StorkCLITests",
             dependencies: [
                 "stork",
+                "StorkRealtime",
                 "StorkServer",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
