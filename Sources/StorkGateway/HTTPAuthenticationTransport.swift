@@ -20,7 +20,12 @@ public struct HTTPAuthenticationTransport: AuthenticationHTTPTransport {
         self.maxBodyBytes = maxBodyBytes
     }
 
-    public func post(url: String, headers: [String: String], body: [UInt8], timeout: Duration) async throws
+    public func post(
+        url: String,
+        headers: [String: String],
+        body: [UInt8],
+        timeout: Duration
+    ) async throws
         -> AuthenticationHTTPResponse
     {
         var request = HTTPClientRequest(url: url)

@@ -30,7 +30,9 @@ public final class RulesFileWatcher<C: Clock>: Service, Sendable where C.Duratio
         interval: Duration = .seconds(1),
         clock: C,
         logger: Logger = Logger(label: "stork.gateway.rules"),
-        decode: @escaping @Sendable ([UInt8]) throws -> JSONValue = { try JSONDecoder().decode(JSONValue.self, from: Data($0)) }
+        decode: @escaping @Sendable ([UInt8]) throws -> JSONValue = {
+            try JSONDecoder().decode(JSONValue.self, from: Data($0))
+        }
     ) throws {
         self.path = path
         self.interval = interval
@@ -71,7 +73,10 @@ public final class RulesFileWatcher<C: Clock>: Service, Sendable where C.Duratio
         case .unchanged:
             break
         case .reloaded:
-            self.logger.info("permission rules reloaded", metadata: ["rules.path": "\(self.path)", "rules.generation": "\(generation)"])
+            self.logger.info(
+                "permission rules reloaded",
+                metadata: ["rules.path": "\(self.path)", "rules.generation": "\(generation)"]
+            )
         case .keptPrevious(let error):
             self.logger.error(
                 "permission rules not reloaded; the previous rules stay in force",
@@ -86,9 +91,14 @@ public final class RulesFileWatcher<C: Clock>: Service, Sendable where C.Duratio
             let attributes = try FileManager.default.attributesOfItem(atPath: path)
             let contents = try Data(contentsOf: URL(fileURLWithPath: path))
             let modified = (attributes[.modificationDate] as? Date).map { Int64($0.timeIntervalSince1970 * 1e9) } ?? 0
-            return RulesFileSnapshot(contents: Array(contents), stamp: RulesFileStamp(modified: modified, size: contents.count))
+            return RulesFileSnapshot(
+                contents: Array(contents),
+                stamp: RulesFileStamp(modified: modified, size: contents.count)
+            )
         } catch {
-            return RulesFileSnapshot(unreadable: StorkError(.invalidInput, "permissions: cannot read \(path)", underlying: error))
+            return RulesFileSnapshot(
+                unreadable: StorkError(.invalidInput, "permissions: cannot read \(path)", underlying: error)
+            )
         }
     }
 }

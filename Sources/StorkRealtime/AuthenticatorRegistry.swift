@@ -70,7 +70,9 @@ public struct AuthenticatorOptions: Sendable {
     }
 
     public func requiredString(_ key: String) throws -> String {
-        guard let value = try self.string(key), !value.isEmpty else { throw StorkError(.invalidInput, "'\(key)' is required") }
+        guard let value = try self.string(key), !value.isEmpty else {
+            throw StorkError(.invalidInput, "'\(key)' is required")
+        }
         return value
     }
 
@@ -79,7 +81,8 @@ public struct AuthenticatorOptions: Sendable {
         switch self.fields[key] {
         case nil, .null?: return nil
         case .string(let value)?: return [value]
-        case .array(let values)? where values.allSatisfy({ $0.stringValue != nil }): return values.compactMap(\.stringValue)
+        case .array(let values)? where values.allSatisfy({ $0.stringValue != nil }):
+            return values.compactMap(\.stringValue)
         default: throw StorkError(.invalidInput, "'\(key)' must be a string or a list of strings")
         }
     }
@@ -96,9 +99,14 @@ public struct AuthenticatorOptions: Sendable {
     public func integer(_ key: String, in range: ClosedRange<Int>) throws -> Int? {
         switch self.fields[key] {
         case nil, .null?: return nil
-        case .number(let value)? where value.rounded() == value && Double(range.lowerBound) <= value && value <= Double(range.upperBound):
+        case .number(let value)?
+        where value.rounded() == value && Double(range.lowerBound) <= value && value <= Double(range.upperBound):
             return Int(value)
-        default: throw StorkError(.invalidInput, "'\(key)' must be a whole number from \(range.lowerBound) to \(range.upperBound)")
+        default:
+            throw StorkError(
+                .invalidInput,
+                "'\(key)' must be a whole number from \(range.lowerBound) to \(range.upperBound)"
+            )
         }
     }
 
@@ -128,7 +136,8 @@ public struct AuthenticatorOptions: Sendable {
         case .string(let text)?:
             let trimmed = text.trimmingCharacters(in: .whitespaces)
             var parsed: Double?
-            for (suffix, scale) in [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)] where trimmed.hasSuffix(suffix) {
+            for (suffix, scale) in [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+            where trimmed.hasSuffix(suffix) {
                 parsed = Double(trimmed.dropLast(suffix.count)).map { $0 * scale }
                 break
             }
@@ -159,7 +168,8 @@ public struct AuthenticatorOptions: Sendable {
 /// Authenticator factories by `type` name.
 public struct AuthenticatorRegistry: Sendable {
     /// Builds an authenticator from one configuration entry; throws `StorkError`s that name the key.
-    public typealias Factory = @Sendable (_ options: AuthenticatorOptions, _ context: AuthenticatorContext) async throws
+    public typealias Factory =
+        @Sendable (_ options: AuthenticatorOptions, _ context: AuthenticatorContext) async throws
         -> any Authenticator
 
     private var factories: [String: Factory]
@@ -184,14 +194,24 @@ public struct AuthenticatorRegistry: Sendable {
 
     /// Builds the authenticators a configuration lists, in order. Errors name the entry (from 1), its type and key:
     /// `authentication entry 2 (jwt): 'secret' is required`.
-    public func makeAuthenticators(_ configuration: [JSONValue], context: AuthenticatorContext) async throws -> [any Authenticator] {
+    public func makeAuthenticators(
+        _ configuration: [JSONValue],
+        context: AuthenticatorContext
+    ) async throws -> [any Authenticator] {
         var authenticators: [any Authenticator] = []
         for (index, entry) in configuration.enumerated() {
             let place = "authentication entry \(index + 1)"
-            guard case .object(let fields) = entry else { throw StorkError(.invalidInput, "\(place): expected an object with 'type'") }
-            guard case .string(let type)? = fields["type"] else { throw StorkError(.invalidInput, "\(place): 'type' is required") }
+            guard case .object(let fields) = entry else {
+                throw StorkError(.invalidInput, "\(place): expected an object with 'type'")
+            }
+            guard case .string(let type)? = fields["type"] else {
+                throw StorkError(.invalidInput, "\(place): 'type' is required")
+            }
             guard let factory = self.factories[type] else {
-                throw StorkError(.invalidInput, "\(place): unknown type '\(type)' (known: \(self.types.joined(separator: ", ")))")
+                throw StorkError(
+                    .invalidInput,
+                    "\(place): unknown type '\(type)' (known: \(self.types.joined(separator: ", ")))"
+                )
             }
             do {
                 authenticators.append(try await factory(AuthenticatorOptions(fields), context))
@@ -212,7 +232,8 @@ public struct AuthenticatorRegistry: Sendable {
         return OpenAuthenticator()
     }
 
-    static func makeUsers(_ options: AuthenticatorOptions, _ context: AuthenticatorContext) throws -> any Authenticator {
+    static func makeUsers(_ options: AuthenticatorOptions, _ context: AuthenticatorContext) throws -> any Authenticator
+    {
         try options.checkKeys(["file"])
         let path = try options.requiredString("file")
         let document: JSONValue
@@ -224,7 +245,10 @@ public struct AuthenticatorRegistry: Sendable {
         return try UsersFileAuthenticator(document: document)
     }
 
-    static func makeJWT(_ options: AuthenticatorOptions, _ context: AuthenticatorContext) async throws -> any Authenticator {
+    static func makeJWT(
+        _ options: AuthenticatorOptions,
+        _ context: AuthenticatorContext
+    ) async throws -> any Authenticator {
         try options.checkKeys([
             "algorithm", "secret", "secretFile", "publicKey", "publicKeyFile", "audience", "issuer", "leeway",
             "requireExpiry", "rolesClaim", "dataClaim",
@@ -237,7 +261,10 @@ public struct AuthenticatorRegistry: Sendable {
         let (inline, file) = algorithm == .hs256 ? ("secret", "secretFile") : ("publicKey", "publicKeyFile")
         let misplaced = algorithm == .hs256 ? ["publicKey", "publicKeyFile"] : ["secret", "secretFile"]
         if let key = misplaced.first(where: { options.fields[$0] != nil }) {
-            throw StorkError(.invalidInput, "'\(key)' does not go with \(algorithm.rawValue) (use '\(inline)' or '\(file)')")
+            throw StorkError(
+                .invalidInput,
+                "'\(key)' does not go with \(algorithm.rawValue) (use '\(inline)' or '\(file)')"
+            )
         }
         let keys: [String]
         switch (try options.strings(inline), try options.strings(file)) {
@@ -252,7 +279,10 @@ public struct AuthenticatorRegistry: Sendable {
                 }
             }
         default:
-            throw StorkError(.invalidInput, "exactly one of '\(inline)' and '\(file)' is required for \(algorithm.rawValue)")
+            throw StorkError(
+                .invalidInput,
+                "exactly one of '\(inline)' and '\(file)' is required for \(algorithm.rawValue)"
+            )
         }
         var configuration = JWTAuthenticatorConfiguration(algorithm: algorithm, keys: keys)
         configuration.audiences = try options.strings("audience") ?? []

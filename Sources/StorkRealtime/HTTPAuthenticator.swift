@@ -22,7 +22,12 @@ public struct AuthenticationHTTPResponse: Sendable, Hashable {
 
 /// POSTs one request; throws on a transport error or when `timeout` passes without an answer.
 public protocol AuthenticationHTTPTransport: Sendable {
-    func post(url: String, headers: [String: String], body: [UInt8], timeout: Duration) async throws
+    func post(
+        url: String,
+        headers: [String: String],
+        body: [UInt8],
+        timeout: Duration
+    ) async throws
         -> AuthenticationHTTPResponse
 }
 
@@ -113,7 +118,8 @@ public struct HTTPAuthenticator: Authenticator {
             if self.configuration.permittedStatusCodes.contains(response.status) {
                 return Self.user(from: response.body)
             }
-            if self.configuration.retryStatusCodes.contains(response.status), retriesLeft, await self.waitBeforeRetry() {
+            if self.configuration.retryStatusCodes.contains(response.status), retriesLeft, await self.waitBeforeRetry()
+            {
                 continue
             }
             let tries = attempt == 1 ? "" : " after \(attempt) attempts"
@@ -163,7 +169,8 @@ public struct HTTPAuthenticator: Authenticator {
             var roles: [String] = []
             switch fields["roles"] {
             case nil, .null?: break
-            case .array(let values)? where values.allSatisfy({ $0.stringValue != nil }): roles = values.compactMap(\.stringValue)
+            case .array(let values)? where values.allSatisfy({ $0.stringValue != nil }):
+                roles = values.compactMap(\.stringValue)
             default: return .rejected("auth webhook accepted but its 'roles' is not a list of strings")
             }
             let data = fields["data"].flatMap { $0 == .null ? nil : $0 } ?? .object([:])

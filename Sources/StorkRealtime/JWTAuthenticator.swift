@@ -118,9 +118,13 @@ public struct JWTAuthenticator: Authenticator {
         guard case .object(let fields)? = Self.decodeJSON(base64URL: header) else {
             return .rejected("malformed token: the header is not base64url-encoded JSON")
         }
-        guard case .string(let algorithm)? = fields["alg"] else { return .rejected("malformed token: no 'alg' in the header") }
+        guard case .string(let algorithm)? = fields["alg"] else {
+            return .rejected("malformed token: no 'alg' in the header")
+        }
         guard algorithm == self.configuration.algorithm.rawValue else {
-            return .rejected("token algorithm '\(algorithm)' is not the configured \(self.configuration.algorithm.rawValue)")
+            return .rejected(
+                "token algorithm '\(algorithm)' is not the configured \(self.configuration.algorithm.rawValue)"
+            )
         }
         for keys in self.keys {
             do {
@@ -170,7 +174,9 @@ public struct JWTAuthenticator: Authenticator {
         if let issuer = configuration.issuer, claims["iss"] != .string(issuer) {
             return .rejected("token issuer is not \(issuer)")
         }
-        guard case .string(let subject)? = claims["sub"], !subject.isEmpty else { return .rejected("token has no 'sub'") }
+        guard case .string(let subject)? = claims["sub"], !subject.isEmpty else {
+            return .rejected("token has no 'sub'")
+        }
         var roles: [String] = []
         switch Self.claim(configuration.rolesClaim, in: claims) {
         case nil, .null?:

@@ -45,7 +45,9 @@ struct HashPasswordCommand: ParsableCommand {
             password = Self.withoutFinalNewline(Self.readAllStandardInput())
         } else {
             guard isatty(STDIN_FILENO) == 1 else {
-                throw ValidationError("standard input is not a terminal: pass --password-stdin to read the password from it")
+                throw ValidationError(
+                    "standard input is not a terminal: pass --password-stdin to read the password from it"
+                )
             }
             let first = try Self.prompt("Password: ")
             let second = try Self.prompt("Repeat password: ")
@@ -94,7 +96,9 @@ struct HashPasswordCommand: ParsableCommand {
     static func prompt(_ text: String) throws -> String {
         Self.writeStandardError(text)
         var original = termios()
-        guard tcgetattr(STDIN_FILENO, &original) == 0 else { throw ValidationError("cannot read the terminal's settings") }
+        guard tcgetattr(STDIN_FILENO, &original) == 0 else {
+            throw ValidationError("cannot read the terminal's settings")
+        }
         var silent = original
         silent.c_lflag &= ~tcflag_t(ECHO)
         guard tcsetattr(STDIN_FILENO, TCSAFLUSH, &silent) == 0 else { throw ValidationError("cannot turn off echo") }

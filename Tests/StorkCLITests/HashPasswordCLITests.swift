@@ -5,7 +5,10 @@ import Testing
 struct HashPasswordCLITests {
     @Test("the printed hash verifies the password from stdin (one final newline removed)")
     func hashes() throws {
-        let run = try StorkBinary.run(["hash-password", "--password-stdin", "--iterations", "1000"], input: "correct horse\n")
+        let run = try StorkBinary.run(
+            ["hash-password", "--password-stdin", "--iterations", "1000"],
+            input: "correct horse\n"
+        )
         #expect(run.status == 0, "\(run.standardError)")
         #expect(run.lines.count == 1)
         let line = try #require(run.lines.first)
@@ -18,7 +21,10 @@ struct HashPasswordCLITests {
 
     @Test("spaces and a password without a newline are kept as they are")
     func exact() throws {
-        let run = try StorkBinary.run(["hash-password", "--password-stdin", "--iterations", "1000"], input: "  pass word ")
+        let run = try StorkBinary.run(
+            ["hash-password", "--password-stdin", "--iterations", "1000"],
+            input: "  pass word "
+        )
         let hash = try PasswordHash(encoded: try #require(run.lines.first))
         #expect(hash.matches("  pass word "))
     }
@@ -27,7 +33,10 @@ struct HashPasswordCLITests {
         "bad input exits with a usage error and prints no hash",
         arguments: [
             (["hash-password", "--password-stdin"], "\n", "the password is empty"),
-            (["hash-password", "--password-stdin", "--iterations", "10"], "pw", "--iterations must be from 1000 to 10000000"),
+            (
+                ["hash-password", "--password-stdin", "--iterations", "10"], "pw",
+                "--iterations must be from 1000 to 10000000"
+            ),
             (["hash-password"], "pw\n", "pass --password-stdin"),
         ]
     )

@@ -65,18 +65,27 @@ struct HTTPAuthenticationTransportTests {
                 transport: HTTPAuthenticationTransport(client: client),
                 sleep: { _ in }
             )
-            let accepted = await authenticator.authenticate(.password(user: "alice", password: "s3cret"), connection: ["ip": "127.0.0.1"])
+            let accepted = await authenticator.authenticate(
+                .password(user: "alice", password: "s3cret"),
+                connection: ["ip": "127.0.0.1"]
+            )
             #expect(
                 accepted
                     == .accepted(
                         AuthenticatedUser(
                             id: "alice",
                             roles: ["member"],
-                            data: ["secretHeader": "shared", "contentType": "application/json", "connectionData": ["ip": "127.0.0.1"]]
+                            data: [
+                                "secretHeader": "shared", "contentType": "application/json",
+                                "connectionData": ["ip": "127.0.0.1"],
+                            ]
                         )
                     )
             )
-            #expect(await authenticator.authenticate(.password(user: "alice", password: "wrong")) == .rejected("auth webhook answered 401"))
+            #expect(
+                await authenticator.authenticate(.password(user: "alice", password: "wrong"))
+                    == .rejected("auth webhook answered 401")
+            )
             group.cancelAll()
         }
         try await client.shutdown()

@@ -48,7 +48,8 @@ final class ManualClock: Clock, Sendable {
         }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let (outcome, waiters) = self.state.withLock { state -> (Result<Void, any Error>?, [CheckedContinuation<Void, Never>]) in
+                let (outcome, waiters) = self.state.withLock {
+                    state -> (Result<Void, any Error>?, [CheckedContinuation<Void, Never>]) in
                     state.sleepsStarted += 1
                     let waiters = state.readyWaiters()
                     if state.cancelled.remove(id) != nil { return (.failure(CancellationError()), waiters) }
@@ -56,7 +57,7 @@ final class ManualClock: Clock, Sendable {
                     state.sleepers.append(Sleeper(id: id, deadline: deadline, continuation: continuation))
                     return (nil, waiters)
                 }
-                waiters.forEach { $0.resume() }
+                for waiter in waiters { waiter.resume() }
                 if let outcome { continuation.resume(with: outcome) }
             }
         } onCancel: {
@@ -79,7 +80,7 @@ final class ManualClock: Clock, Sendable {
             state.sleepers.removeAll { $0.deadline <= state.now }
             return due
         }
-        due.forEach { $0.continuation.resume() }
+        for sleeper in due { sleeper.continuation.resume() }
     }
 
     /// Returns once `count` sleeps have been started since the clock was made.

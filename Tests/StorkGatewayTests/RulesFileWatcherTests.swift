@@ -14,7 +14,9 @@ struct RulesFileWatcherTests {
 
     /// A fresh directory with `rules.json`, removed afterwards.
     static func withRulesFile(_ contents: String, _ body: (URL) async throws -> Void) async throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("stork-rules-\(UUID().uuidString)")
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "stork-rules-\(UUID().uuidString)"
+        )
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
         let file = directory.appendingPathComponent("rules.json")

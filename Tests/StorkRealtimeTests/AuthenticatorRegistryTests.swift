@@ -38,10 +38,16 @@ struct AuthenticatorRegistryTests {
         let chain = try await AuthenticationChain(
             configuration: [
                 ["type": "users", "file": "users.json"],
-                ["type": "jwt", "algorithm": "ES256", "publicKeyFile": "jwt.pem", "audience": ["chat"], "leeway": "2s"],
+                [
+                    "type": "jwt", "algorithm": "ES256", "publicKeyFile": "jwt.pem", "audience": ["chat"],
+                    "leeway": "2s",
+                ],
                 ["type": "http", "url": "http://127.0.0.1:1/auth", "retryAttempts": 0, "timeout": 3],
             ],
-            context: Self.context(files: ["users.json": try Self.usersJSON(), "jwt.pem": issuer.verificationKey], transport: transport)
+            context: Self.context(
+                files: ["users.json": try Self.usersJSON(), "jwt.pem": issuer.verificationKey],
+                transport: transport
+            )
         )
         #expect(chain.authenticators.map(\.name) == ["users", "jwt", "http"])
         let jwt = try #require(chain.authenticators[1] as? JWTAuthenticator)
@@ -51,17 +57,25 @@ struct AuthenticatorRegistryTests {
         #expect(http.configuration.timeout == .seconds(3))
         #expect(http.configuration.retryAttempts == 0)
 
-        #expect(await chain.authenticate(.password(user: "alice", password: "s3cret")) == .accepted(AuthenticatedUser(id: "alice")))
+        #expect(
+            await chain.authenticate(.password(user: "alice", password: "s3cret"))
+                == .accepted(AuthenticatedUser(id: "alice"))
+        )
         let token = try await issuer.sign(JWTAuthenticatorTests.claims(["aud": "chat"]))
         #expect(await chain.authenticate(.token(token)).isAccepted)
         // Neither users nor jwt: the app decides.
-        #expect(await chain.authenticate(.password(user: "bob", password: "x")) == .accepted(AuthenticatedUser(id: "from-app")))
+        #expect(
+            await chain.authenticate(.password(user: "bob", password: "x"))
+                == .accepted(AuthenticatedUser(id: "from-app"))
+        )
     }
 
     @Test("an HS256 secret inline; the open authenticator")
     func inline() async throws {
         let chain = try await AuthenticationChain(
-            configuration: [["type": "jwt", "algorithm": "HS256", "secret": .string(TestIssuer.secret)], ["type": "open"]],
+            configuration: [
+                ["type": "jwt", "algorithm": "HS256", "secret": .string(TestIssuer.secret)], ["type": "open"],
+            ],
             context: Self.context()
         )
         let token = try await TestIssuer.make(.hs256).sign(JWTAuthenticatorTests.claims())
@@ -88,13 +102,22 @@ struct AuthenticatorRegistryTests {
         (["type": "open", "mode": "dev"], "authentication entry 1 (open): unknown key 'mode' (known: none)"),
         (["type": "users"], "authentication entry 1 (users): 'file' is required"),
         (["type": "jwt", "secret": "x"], "authentication entry 1 (jwt): 'algorithm' is required"),
-        (["type": "jwt", "algorithm": "HS512", "secret": "x"], "authentication entry 1 (jwt): 'algorithm': 'HS512' is not one of HS256, RS256, ES256"),
-        (["type": "jwt", "algorithm": "HS256"], "authentication entry 1 (jwt): exactly one of 'secret' and 'secretFile' is required for HS256"),
+        (
+            ["type": "jwt", "algorithm": "HS512", "secret": "x"],
+            "authentication entry 1 (jwt): 'algorithm': 'HS512' is not one of HS256, RS256, ES256"
+        ),
+        (
+            ["type": "jwt", "algorithm": "HS256"],
+            "authentication entry 1 (jwt): exactly one of 'secret' and 'secretFile' is required for HS256"
+        ),
         (
             ["type": "jwt", "algorithm": "RS256", "secret": "x"],
             "authentication entry 1 (jwt): 'secret' does not go with RS256 (use 'publicKey' or 'publicKeyFile')"
         ),
-        (["type": "jwt", "algorithm": "HS256", "secret": "short"], "authentication entry 1 (jwt): jwt: HS256 secret must be at least 32 bytes"),
+        (
+            ["type": "jwt", "algorithm": "HS256", "secret": "short"],
+            "authentication entry 1 (jwt): jwt: HS256 secret must be at least 32 bytes"
+        ),
         (
             ["type": "jwt", "algorithm": "HS256", "secret": .string(TestIssuer.secret), "audiance": "x"],
             "authentication entry 1 (jwt): unknown key 'audiance' (known: algorithm, audience, dataClaim, issuer, leeway, publicKey, publicKeyFile, requireExpiry, rolesClaim, secret, secretFile)"
@@ -104,7 +127,10 @@ struct AuthenticatorRegistryTests {
             "authentication entry 1 (jwt): 'leeway' must be seconds or a duration like '500ms', '5s', '2m'"
         ),
         (["type": "http"], "authentication entry 1 (http): 'url' is required"),
-        (["type": "http", "url": "ftp://x"], "authentication entry 1 (http): 'url' must start with http:// or https://"),
+        (
+            ["type": "http", "url": "ftp://x"],
+            "authentication entry 1 (http): 'url' must start with http:// or https://"
+        ),
         (
             ["type": "http", "url": "http://x", "retryAttempts": 1.5],
             "authentication entry 1 (http): 'retryAttempts' must be a whole number from 0 to 100"
@@ -117,7 +143,10 @@ struct AuthenticatorRegistryTests {
             ["type": "http", "url": "http://x", "retryStatusCodes": [200]],
             "authentication entry 1 (http): 'retryStatusCodes': 200 is also in 'permittedStatusCodes'"
         ),
-        (["type": "http", "url": "http://x", "headers": ["a": 1]], "authentication entry 1 (http): 'headers' must be an object of strings"),
+        (
+            ["type": "http", "url": "http://x", "headers": ["a": 1]],
+            "authentication entry 1 (http): 'headers' must be an object of strings"
+        ),
     ]
 
     @Test("mistakes name the entry, its type and the key", arguments: Self.mistakes)
@@ -138,13 +167,19 @@ struct AuthenticatorRegistryTests {
     @Test("the entry index counts from 1 across the list; a missing file and a missing transport are named")
     func laterEntries() async throws {
         do {
-            _ = try await AuthenticationChain(configuration: [["type": "open"], ["type": "users", "file": "gone.yaml"]], context: Self.context())
+            _ = try await AuthenticationChain(
+                configuration: [["type": "open"], ["type": "users", "file": "gone.yaml"]],
+                context: Self.context()
+            )
             Issue.record("a missing users file must fail")
         } catch let error as StorkError {
             #expect(error.message.hasPrefix("authentication entry 2 (users): 'file': cannot read 'gone.yaml'"))
         }
         do {
-            _ = try await AuthenticationChain(configuration: [["type": "http", "url": "http://x"]], context: Self.context())
+            _ = try await AuthenticationChain(
+                configuration: [["type": "http", "url": "http://x"]],
+                context: Self.context()
+            )
             Issue.record("an http entry without a transport must fail")
         } catch let error as StorkError {
             #expect(error.message == "authentication entry 1 (http): no HTTP transport is available here")
@@ -174,7 +209,11 @@ struct AuthenticatorRegistryTests {
         )
         #expect(await chain.authenticate(.none) == .accepted(AuthenticatedUser(id: "svc")))
         do {
-            _ = try await AuthenticationChain(configuration: [["type": "header"]], registry: registry, context: Self.context())
+            _ = try await AuthenticationChain(
+                configuration: [["type": "header"]],
+                registry: registry,
+                context: Self.context()
+            )
             Issue.record("expected an error")
         } catch let error as StorkError {
             #expect(error.message == "authentication entry 1 (header): 'user' is required")

@@ -30,7 +30,12 @@ final class FakeAuthenticationTransport: AuthenticationHTTPTransport {
     var requests: [Request] { self.state.withLock { $0.requests } }
     var sleeps: [Duration] { self.state.withLock { $0.sleeps } }
 
-    func post(url: String, headers: [String: String], body: [UInt8], timeout: Duration) async throws
+    func post(
+        url: String,
+        headers: [String: String],
+        body: [UInt8],
+        timeout: Duration
+    ) async throws
         -> AuthenticationHTTPResponse
     {
         let decoded = (try? JSONDecoder().decode(JSONValue.self, from: Data(body))) ?? .null
@@ -58,12 +63,16 @@ struct HTTPAuthenticatorTests {
         let transport = FakeAuthenticationTransport(answers)
         var configuration = HTTPAuthenticatorConfiguration(url: "http://app.test/auth", headers: ["X-Secret": "s"])
         adjust(&configuration)
-        return (HTTPAuthenticator(configuration: configuration, transport: transport, sleep: transport.sleep), transport)
+        return (
+            HTTPAuthenticator(configuration: configuration, transport: transport, sleep: transport.sleep), transport
+        )
     }
 
     @Test("the credentials and connection data are POSTed as JSON with the configured headers and timeout")
     func request() async {
-        let (authenticator, transport) = Self.authenticator([.response(200, #""alice""#), .response(200, #""t""#), .response(200, #""a""#)])
+        let (authenticator, transport) = Self.authenticator([
+            .response(200, #""alice""#), .response(200, #""t""#), .response(200, #""a""#),
+        ])
         let connection: JSONValue = ["remoteAddress": "127.0.0.1"]
         _ = await authenticator.authenticate(.password(user: "alice", password: "pw"), connection: connection)
         _ = await authenticator.authenticate(.token("tok"), connection: connection)
@@ -92,7 +101,10 @@ struct HTTPAuthenticatorTests {
             (200, #""""#, .rejected("auth webhook accepted but its body is neither a user id nor {id, roles, data}")),
             (200, "true", .rejected("auth webhook accepted but its body is neither a user id nor {id, roles, data}")),
             (200, #"{"roles":["admin"]}"#, .rejected("auth webhook accepted but its body has no 'id'")),
-            (200, #"{"id":"x","roles":"admin"}"#, .rejected("auth webhook accepted but its 'roles' is not a list of strings")),
+            (
+                200, #"{"id":"x","roles":"admin"}"#,
+                .rejected("auth webhook accepted but its 'roles' is not a list of strings")
+            ),
             (401, #""alice""#, .rejected("auth webhook answered 401")),
             (403, "", .rejected("auth webhook answered 403")),
             (500, "", .rejected("auth webhook answered 500")),
@@ -115,7 +127,8 @@ struct HTTPAuthenticatorTests {
 
     @Test("retry statuses and transport errors are retried retryAttempts times, waiting retryInterval in between")
     func retries() async {
-        let (authenticator, transport) = Self.authenticator([.response(503, ""), .failure, .response(200, #""alice""#)]) {
+        let (authenticator, transport) = Self.authenticator([.response(503, ""), .failure, .response(200, #""alice""#)])
+        {
             $0.retryAttempts = 2
             $0.retryInterval = .milliseconds(250)
         }
@@ -123,7 +136,9 @@ struct HTTPAuthenticatorTests {
         #expect(transport.requests.count == 3)
         #expect(transport.sleeps == [.milliseconds(250), .milliseconds(250)])
 
-        let (exhausted, second) = Self.authenticator([.response(503, ""), .response(503, ""), .response(200, #""alice""#)]) {
+        let (exhausted, second) = Self.authenticator([
+            .response(503, ""), .response(503, ""), .response(200, #""alice""#),
+        ]) {
             $0.retryAttempts = 1
         }
         #expect(await exhausted.authenticate(.token("t")) == .rejected("auth webhook answered 503 after 2 attempts"))
@@ -161,7 +176,10 @@ struct HTTPAuthenticatorTests {
     func chain() async {
         let (authenticator, transport) = Self.authenticator([.response(200, #""alice""#)])
         let chain = AuthenticationChain([authenticator])
-        #expect(await chain.authenticate(.token("t"), connection: ["ip": "::1"]) == .accepted(AuthenticatedUser(id: "alice")))
+        #expect(
+            await chain.authenticate(.token("t"), connection: ["ip": "::1"])
+                == .accepted(AuthenticatedUser(id: "alice"))
+        )
         #expect(transport.requests.first?.body == ["token": "t", "connectionData": ["ip": "::1"]])
     }
 }

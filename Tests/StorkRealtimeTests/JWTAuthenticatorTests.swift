@@ -72,7 +72,10 @@ struct JWTAuthenticatorTests {
         return claims
     }
 
-    @Test("a token signed with the configured key is accepted, claims mapped to the user", arguments: JWTAuthenticatorConfiguration.Algorithm.allCases)
+    @Test(
+        "a token signed with the configured key is accepted, claims mapped to the user",
+        arguments: JWTAuthenticatorConfiguration.Algorithm.allCases
+    )
     func accepts(_ algorithm: JWTAuthenticatorConfiguration.Algorithm) async throws {
         let issuer = try await TestIssuer.make(algorithm)
         let authenticator = try await issuer.authenticator(now: Self.now)
@@ -81,7 +84,10 @@ struct JWTAuthenticatorTests {
         #expect(await authenticator.authenticate(.token(token)) == .accepted(expected))
     }
 
-    @Test("a token signed with another key of the same kind is a bad signature", arguments: JWTAuthenticatorConfiguration.Algorithm.allCases)
+    @Test(
+        "a token signed with another key of the same kind is a bad signature",
+        arguments: JWTAuthenticatorConfiguration.Algorithm.allCases
+    )
     func otherKey(_ algorithm: JWTAuthenticatorConfiguration.Algorithm) async throws {
         let verifier = try await TestIssuer.make(algorithm)
         let forger: TestIssuer
@@ -97,7 +103,10 @@ struct JWTAuthenticatorTests {
         #expect(await authenticator.authenticate(.token(token)) == .rejected("bad signature"))
     }
 
-    @Test("with several keys (a rotation) a token signed with any of them is accepted", arguments: JWTAuthenticatorConfiguration.Algorithm.allCases)
+    @Test(
+        "with several keys (a rotation) a token signed with any of them is accepted",
+        arguments: JWTAuthenticatorConfiguration.Algorithm.allCases
+    )
     func rotation(_ algorithm: JWTAuthenticatorConfiguration.Algorithm) async throws {
         let old = try await TestIssuer.make(algorithm)
         let new: TestIssuer
@@ -117,7 +126,10 @@ struct JWTAuthenticatorTests {
         #expect(await authenticator.authenticate(.token(try await old.sign(Self.claims()))).isAccepted)
         #expect(await authenticator.authenticate(.token(try await new.sign(Self.claims()))).isAccepted)
         if algorithm != .hs256 {
-            #expect(await authenticator.authenticate(.token(try await stranger.sign(Self.claims()))) == .rejected("bad signature"))
+            #expect(
+                await authenticator.authenticate(.token(try await stranger.sign(Self.claims())))
+                    == .rejected("bad signature")
+            )
         }
         await #expect(throws: StorkError.self) {
             try await JWTAuthenticator(configuration: .init(algorithm: algorithm, keys: []), now: { 0 })
@@ -144,11 +156,17 @@ struct JWTAuthenticatorTests {
         let keys = JWTKeyCollection()
         await keys.add(hmac: HMACKey(from: rsa.verificationKey), digestAlgorithm: .sha256)
         let forged = try await keys.sign(MintedClaims(Self.claims()))
-        #expect(await authenticator.authenticate(.token(forged)) == .rejected("token algorithm 'HS256' is not the configured RS256"))
+        #expect(
+            await authenticator.authenticate(.token(forged))
+                == .rejected("token algorithm 'HS256' is not the configured RS256")
+        )
         // And "none".
         let header = Data(#"{"alg":"none","typ":"JWT"}"#.utf8).testBase64URL()
         let payload = Data(#"{"sub":"alice","exp":1900000000}"#.utf8).testBase64URL()
-        #expect(await authenticator.authenticate(.token("\(header).\(payload).")) == .rejected("token algorithm 'none' is not the configured RS256"))
+        #expect(
+            await authenticator.authenticate(.token("\(header).\(payload)."))
+                == .rejected("token algorithm 'none' is not the configured RS256")
+        )
     }
 
     @Test("exp and nbf are checked against the injected now, with the leeway")
@@ -156,24 +174,47 @@ struct JWTAuthenticatorTests {
         let issuer = try await TestIssuer.make(.hs256)
         let token = try await issuer.sign(Self.claims(["exp": .number(Self.now), "nbf": .number(Self.now - 60)]))
         // exp == now: expired, unless the leeway covers it.
-        #expect(try await issuer.authenticator(now: Self.now) { $0.leeway = 0 }.authenticate(.token(token)) == .rejected("token expired"))
-        #expect(try await issuer.authenticator(now: Self.now + 4) { $0.leeway = 5 }.authenticate(.token(token)) != .rejected("token expired"))
-        #expect(try await issuer.authenticator(now: Self.now + 5) { $0.leeway = 5 }.authenticate(.token(token)) == .rejected("token expired"))
+        #expect(
+            try await issuer.authenticator(now: Self.now) { $0.leeway = 0 }.authenticate(.token(token))
+                == .rejected("token expired")
+        )
+        #expect(
+            try await issuer.authenticator(now: Self.now + 4) { $0.leeway = 5 }.authenticate(.token(token))
+                != .rejected("token expired")
+        )
+        #expect(
+            try await issuer.authenticator(now: Self.now + 5) { $0.leeway = 5 }.authenticate(.token(token))
+                == .rejected("token expired")
+        )
         // nbf in the future.
         let early = try await issuer.sign(Self.claims(["nbf": .number(Self.now + 30)]))
-        #expect(try await issuer.authenticator(now: Self.now).authenticate(.token(early)) == .rejected("token not valid yet"))
-        #expect(try await issuer.authenticator(now: Self.now + 26).authenticate(.token(early)) != .rejected("token not valid yet"))
+        #expect(
+            try await issuer.authenticator(now: Self.now).authenticate(.token(early))
+                == .rejected("token not valid yet")
+        )
+        #expect(
+            try await issuer.authenticator(now: Self.now + 26).authenticate(.token(early))
+                != .rejected("token not valid yet")
+        )
         // No exp: rejected unless not required.
         var claims = Self.claims()
         claims["exp"] = nil
         let forever = try await issuer.sign(claims)
-        #expect(try await issuer.authenticator(now: Self.now).authenticate(.token(forever)) == .rejected("token has no 'exp'"))
-        if case .accepted = try await issuer.authenticator(now: Self.now, { $0.requireExpiry = false }).authenticate(.token(forever)) {
+        #expect(
+            try await issuer.authenticator(now: Self.now).authenticate(.token(forever))
+                == .rejected("token has no 'exp'")
+        )
+        if case .accepted = try await issuer.authenticator(now: Self.now, { $0.requireExpiry = false }).authenticate(
+            .token(forever)
+        ) {
         } else {
             Issue.record("a token without exp must be accepted when requireExpiry is false")
         }
         let textual = try await issuer.sign(Self.claims(["exp": "tomorrow"]))
-        #expect(try await issuer.authenticator(now: Self.now).authenticate(.token(textual)) == .rejected("token 'exp' is not a number"))
+        #expect(
+            try await issuer.authenticator(now: Self.now).authenticate(.token(textual))
+                == .rejected("token 'exp' is not a number")
+        )
     }
 
     @Test("audience (string or list) and issuer, when configured, must match")
@@ -184,7 +225,9 @@ struct JWTAuthenticatorTests {
             $0.issuer = "https://auth.example.com"
         }
         let good = try await issuer.sign(Self.claims(["aud": "chat-app", "iss": "https://auth.example.com"]))
-        let listed = try await issuer.sign(Self.claims(["aud": ["other", "chat-app"], "iss": "https://auth.example.com"]))
+        let listed = try await issuer.sign(
+            Self.claims(["aud": ["other", "chat-app"], "iss": "https://auth.example.com"])
+        )
         let wrongAudience = try await issuer.sign(Self.claims(["aud": "billing", "iss": "https://auth.example.com"]))
         let noAudience = try await issuer.sign(Self.claims(["iss": "https://auth.example.com"]))
         let wrongIssuer = try await issuer.sign(Self.claims(["aud": "chat-app", "iss": "https://evil.example.com"]))
@@ -192,7 +235,9 @@ struct JWTAuthenticatorTests {
         #expect(await strict.authenticate(.token(listed)).isAccepted)
         #expect(await strict.authenticate(.token(wrongAudience)) == .rejected("token audience is not chat-app"))
         #expect(await strict.authenticate(.token(noAudience)) == .rejected("token audience is not chat-app"))
-        #expect(await strict.authenticate(.token(wrongIssuer)) == .rejected("token issuer is not https://auth.example.com"))
+        #expect(
+            await strict.authenticate(.token(wrongIssuer)) == .rejected("token issuer is not https://auth.example.com")
+        )
         // Without a configured audience, any aud is fine.
         #expect(try await issuer.authenticator(now: Self.now).authenticate(.token(wrongAudience)).isAccepted)
     }
@@ -207,18 +252,30 @@ struct JWTAuthenticatorTests {
         let token = try await issuer.sign(
             Self.claims(["realm_access": ["roles": ["admin"]], "https://example.com/data": ["tier": "gold"]])
         )
-        #expect(await authenticator.authenticate(.token(token)) == .accepted(AuthenticatedUser(id: "alice", roles: ["admin"], data: ["tier": "gold"])))
+        #expect(
+            await authenticator.authenticate(.token(token))
+                == .accepted(AuthenticatedUser(id: "alice", roles: ["admin"], data: ["tier": "gold"]))
+        )
         var bare = Self.claims()
         bare["roles"] = nil
         bare["data"] = nil
         let plain = try await issuer.sign(bare)
-        #expect(try await issuer.authenticator(now: Self.now).authenticate(.token(plain)) == .accepted(AuthenticatedUser(id: "alice")))
+        #expect(
+            try await issuer.authenticator(now: Self.now).authenticate(.token(plain))
+                == .accepted(AuthenticatedUser(id: "alice"))
+        )
         let badRoles = try await issuer.sign(Self.claims(["roles": "admin"]))
-        #expect(try await issuer.authenticator(now: Self.now).authenticate(.token(badRoles)) == .rejected("token 'roles' is not a list of strings"))
+        #expect(
+            try await issuer.authenticator(now: Self.now).authenticate(.token(badRoles))
+                == .rejected("token 'roles' is not a list of strings")
+        )
         var anonymous = Self.claims()
         anonymous["sub"] = nil
         let noSubject = try await issuer.sign(anonymous)
-        #expect(try await issuer.authenticator(now: Self.now).authenticate(.token(noSubject)) == .rejected("token has no 'sub'"))
+        #expect(
+            try await issuer.authenticator(now: Self.now).authenticate(.token(noSubject))
+                == .rejected("token has no 'sub'")
+        )
     }
 
     @Test("passwords, opaque tokens and no credentials are not the JWT authenticator's")
@@ -228,7 +285,10 @@ struct JWTAuthenticatorTests {
         #expect(await authenticator.authenticate(.token("opaque-api-token")) == .notMine)
         #expect(await authenticator.authenticate(.token("a.b.c.d")) == .notMine)
         #expect(await authenticator.authenticate(.none) == .notMine)
-        #expect(await authenticator.authenticate(.token("a.b.c")) == .rejected("malformed token: the header is not base64url-encoded JSON"))
+        #expect(
+            await authenticator.authenticate(.token("a.b.c"))
+                == .rejected("malformed token: the header is not base64url-encoded JSON")
+        )
     }
 
     @Test("bad keys are refused when the authenticator is made")

@@ -33,7 +33,9 @@ struct ReloadableRulesTests {
         // Touched (new stamp, same bytes): nothing to parse.
         #expect(rules.onSnapshot(RulesFileSnapshot(contents: Self.json(Self.open), stamp: Self.stamp(2))) == .unchanged)
         #expect(rules.generation == 1)
-        #expect(rules.onSnapshot(RulesFileSnapshot(contents: Self.json(Self.closed), stamp: Self.stamp(3))) == .reloaded)
+        #expect(
+            rules.onSnapshot(RulesFileSnapshot(contents: Self.json(Self.closed), stamp: Self.stamp(3))) == .reloaded
+        )
         #expect(!Self.allowsSubscribe(rules))
         #expect(rules.generation == 2)
         #expect(rules.lastError == nil)
@@ -53,17 +55,24 @@ struct ReloadableRulesTests {
         #expect(Self.allowsSubscribe(rules))
         #expect(rules.loadedStamp == Self.stamp(1))
         // Polled again unchanged: not parsed or reported again, the error stays.
-        #expect(rules.onSnapshot(RulesFileSnapshot(contents: Self.json(Self.broken), stamp: Self.stamp(2))) == .unchanged)
+        #expect(
+            rules.onSnapshot(RulesFileSnapshot(contents: Self.json(Self.broken), stamp: Self.stamp(2))) == .unchanged
+        )
         #expect(rules.lastError == error)
         // Not even JSON.
-        guard case .keptPrevious(let syntax) = rules.onSnapshot(RulesFileSnapshot(contents: Self.json("rules: ["), stamp: Self.stamp(3)))
+        guard
+            case .keptPrevious(let syntax) = rules.onSnapshot(
+                RulesFileSnapshot(contents: Self.json("rules: ["), stamp: Self.stamp(3))
+            )
         else {
             Issue.record("expected keptPrevious")
             return
         }
         #expect(syntax.message.hasPrefix("permissions: the file is not valid"))
         #expect(Self.allowsSubscribe(rules))
-        #expect(rules.onSnapshot(RulesFileSnapshot(contents: Self.json(Self.closed), stamp: Self.stamp(4))) == .reloaded)
+        #expect(
+            rules.onSnapshot(RulesFileSnapshot(contents: Self.json(Self.closed), stamp: Self.stamp(4))) == .reloaded
+        )
         #expect(rules.lastError == nil)
         #expect(!Self.allowsSubscribe(rules))
     }
