@@ -34,7 +34,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
-        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
+        .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
@@ -90,7 +91,11 @@ let package = Package(
         // MARK: - Realtime gateway core (no I/O): authentication chain, users file, permission rules and their conditions
         .target(
             name: "StorkRealtime",
-            dependencies: ["StorkCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "StorkCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         // MARK: - Message stores that persist: file (segmented log), later SQLite and PostgreSQL
@@ -274,6 +279,7 @@ let package = Package(
                 "Stork",
                 "StorkDemo",
                 "StorkLeases",
+                "StorkRealtime",
                 "StorkServer",
                 "StorkTestKit",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -398,7 +404,13 @@ let package = Package(
         ),
         .testTarget(
             name: "StorkRealtimeTests",
-            dependencies: ["StorkRealtime", "StorkCore", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "StorkRealtime",
+                "StorkCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "CryptoExtras", package: "swift-crypto"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+            ],
             swiftSettings: storkSwiftSettings
         ),
         .testTarget(
@@ -435,6 +447,7 @@ let package = Package(
             name: "StorkCLITests",
             dependencies: [
                 "stork",
+                "StorkRealtime",
                 "StorkServer",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

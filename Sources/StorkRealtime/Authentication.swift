@@ -31,6 +31,14 @@ public protocol Authenticator: Sendable {
     /// The name it is configured by (`open`, `users`, `jwt`, `http`).
     var name: String { get }
     func authenticate(_ credentials: Credentials) async -> AuthenticationOutcome
+    /// With what the gateway knows of the connection (remote address, headers, …) as JSON; the default ignores it.
+    func authenticate(_ credentials: Credentials, connection: JSONValue) async -> AuthenticationOutcome
+}
+
+extension Authenticator {
+    public func authenticate(_ credentials: Credentials, connection: JSONValue) async -> AuthenticationOutcome {
+        await self.authenticate(credentials)
+    }
 }
 
 /// Asks each authenticator in order; the first that accepts or rejects decides. Nobody answering is a rejection.
@@ -41,9 +49,10 @@ public struct AuthenticationChain: Sendable {
         self.authenticators = authenticators
     }
 
-    public func authenticate(_ credentials: Credentials) async -> AuthenticationOutcome {
+    /// - Parameter connection: what the gateway knows of the connection, for authenticators that pass it on (`http`).
+    public func authenticate(_ credentials: Credentials, connection: JSONValue = .object([:])) async -> AuthenticationOutcome {
         for authenticator in self.authenticators {
-            let outcome = await authenticator.authenticate(credentials)
+            let outcome = await authenticator.authenticate(credentials, connection: connection)
             if outcome != .notMine { return outcome }
         }
         return .rejected("no authenticator accepted these credentials")
@@ -156,7 +165,7 @@ public struct UsersFileAuthenticator: Authenticator {
             return .accepted(entry.user)
         case .token(let token):
             // A JWT (three dot-separated parts) is for the JWT authenticator.
-            if token.split(separator: ".").count == 3 { return .notMine }
+            if JWTAuthenticator.looksLikeJWT(token) { return .notMine }
             let digest = SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
             guard let id = self.tokens[digest], let entry = self.users[id] else { return .rejected("unknown token") }
             return .accepted(entry.user)

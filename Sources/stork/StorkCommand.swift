@@ -16,6 +16,7 @@ struct StorkCommand: AsyncParsableCommand {
             AllocateCommand.self,
             DeallocateCommand.self,
             DrainCommand.self,
+            HashPasswordCommand.self,
         ]
     )
 }

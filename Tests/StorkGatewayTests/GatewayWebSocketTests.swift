@@ -164,16 +164,15 @@ struct GatewayWebSocketTests {
             socket.send(["type": "subscribe", "id": 1, "subject": "users.erin.>"])
             #expect(await socket.next()?["type"] == "ok")
             // A subscriber exists (the client itself, which never answers), so the request waits for its timeout.
-            let sleepersBefore = clock.sleeperCount
+            let sleepersBefore = clock.pendingSleeps
             socket.send(["type": "request", "id": 2, "subject": "users.erin.service", "timeout": 5000])
             #expect(await socket.next(ofType: "message")?["subject"] == "users.erin.service")
-            #expect(await eventually(.seconds(20)) { clock.sleeperCount > sleepersBefore })
+            #expect(await eventually(.seconds(20)) { clock.pendingSleeps > sleepersBefore })
             clock.advance(by: .seconds(5))
             let answer = await socket.next()
             #expect(answer?["code"] == "timeout")
             #expect(answer?["id"] == 2)
             _ = gateway
-            clock.cancelAll()
         }
     }
 
@@ -246,10 +245,9 @@ struct GatewayWebSocketTests {
             let socket = TestSocket(port: port)
             socket.send(["type": "ping", "id": 1])
             #expect(await socket.next() == ["type": "pong", "id": 1])
-            #expect(await eventually(.seconds(20)) { clock.sleeperCount >= 1 })
+            #expect(await eventually(.seconds(20)) { clock.pendingSleeps >= 1 })
             clock.advance(by: .seconds(11))
             #expect(await socket.waitClosed())
-            clock.cancelAll()
         }
     }
 
@@ -273,7 +271,6 @@ struct GatewayWebSocketTests {
             gateway.expireSessions()
             #expect(gateway.session(session) == nil)
             #expect(!router.hasInterest(in: "users.hank.x"))
-            clock.cancelAll()
         }
     }
 

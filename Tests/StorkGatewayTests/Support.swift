@@ -19,51 +19,14 @@ func quietLogger(_ label: String) -> Logger {
     return logger
 }
 
-/// A clock the test moves: sleepers wake when `advance` passes their deadline.
-final class ManualClock: Sendable {
-    private struct State {
-        var now: Int64 = 0
-        var sleepers: [(deadline: Int64, continuation: CheckedContinuation<Void, any Error>)] = []
-    }
-
-    private let state = Mutex(State())
-
+extension ManualClock {
+    /// The clock as the gateway takes it (monotonic and wall time both start at zero).
     var gatewayClock: GatewayClock {
         GatewayClock(
-            now: { StorkInstant(nanoseconds: self.state.withLock { $0.now }) },
-            wallMilliseconds: { Double(self.state.withLock { $0.now }) / 1e6 },
-            sleep: { duration in try await self.sleep(duration) }
+            now: { StorkInstant(nanoseconds: self.now.offset.nanosecondsClamped) },
+            wallMilliseconds: { Double(self.now.offset.nanosecondsClamped) / 1e6 },
+            sleep: { duration in try await self.sleep(until: self.now.advanced(by: duration)) }
         )
-    }
-
-    var sleeperCount: Int { self.state.withLock { $0.sleepers.count } }
-
-    func sleep(_ duration: Duration) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            self.state.withLock { state in
-                state.sleepers.append((state.now + duration.nanosecondsClamped, continuation))
-            }
-        }
-    }
-
-    func advance(by duration: Duration) {
-        let due = self.state.withLock { state in
-            state.now += duration.nanosecondsClamped
-            let now = state.now
-            let due = state.sleepers.filter { $0.deadline <= now }
-            state.sleepers.removeAll { $0.deadline <= now }
-            return due
-        }
-        for sleeper in due { sleeper.continuation.resume() }
-    }
-
-    /// Wakes every sleeper with cancellation (so tasks end).
-    func cancelAll() {
-        let all = self.state.withLock { state in
-            defer { state.sleepers.removeAll() }
-            return state.sleepers
-        }
-        for sleeper in all { sleeper.continuation.resume(throwing: CancellationError()) }
     }
 }
 
