@@ -377,6 +377,7 @@ let package = Package(
         .testTarget(
             name: "StorkGatewayTests",
             dependencies: [
+                "StorkCluster",
                 "StorkGateway",
                 "StorkNATS",
                 "StorkRealtime",
