@@ -122,7 +122,9 @@ struct RelayClusterTests {
             // A browser on n3 subscribes with overlapping patterns; a runner on n1 publishes.
             let (alice, _) = try n3.subscribe("users.alice.events")
             try n3.relay.addInterest("users.alice.>")
-            try await eventually("n1 knows n3's interest") { n1.knows(n3, wants: "users.alice.events") }
+            try await eventually("n1 and n2 know n3's interest") {
+                n1.knows(n3, wants: "users.alice.events") && n2.knows(n3, wants: "users.alice.events")
+            }
             #expect(n1.relay.interest(in: "users.alice.events") == RelayInterest(local: false, nodes: [n3.id]))
             #expect(n2.relay.interest(in: "users.alice.events").nodes == [n3.id])
             #expect(n3.relay.interest(in: "users.alice.events") == RelayInterest(local: true, nodes: []))
@@ -161,6 +163,11 @@ struct RelayClusterTests {
             try await eventually("the fence reached n1") { replies1.payloads.count == 2 }
             #expect(replies1.payloads == ["r1", "r2"])
             #expect(alice.payloads == ["m1", "m2", "m3"])
+            // Counters move just after the frames leave: wait for the least that must have been sent.
+            try await eventually("n2 and n3 counted their frames") {
+                let frames = nodes.map { $0.relay.statistics().messageFramesSent }
+                return frames[1] - framesBefore[1] >= 2 && frames[2] - framesBefore[2] >= 2
+            }
             let framesAfter = nodes.map { $0.relay.statistics().messageFramesSent }
             // n1: nothing (m3 arrived relayed); n2: m3 to n1 and n3 (one frame each); n3: r1 and r2 to n1 and n2.
             #expect(framesAfter[0] == framesBefore[0], "n1 never forwards a relayed message")

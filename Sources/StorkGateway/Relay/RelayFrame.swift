@@ -295,7 +295,7 @@ struct RelayReader {
     }
 
     mutating func patterns() throws(RelayFrameError) -> [String] {
-        let count = try self.count(minimumElementSize: 3)
+        let count = try self.count(minimumElementSize: 2)
         var patterns: [String] = []
         patterns.reserveCapacity(count)
         for _ in 0..<count { patterns.append(try self.subject(published: false)) }

@@ -431,13 +431,17 @@ public final class ResourceManager: Service, Sendable {
         }
         self.transport.close()
         for registration in self.sources { await registration.source.tearDown() }
-        let failure = self.state.withLock { state -> StorkError? in
-            for continuation in state.subscribers.values { continuation.finish() }
-            state.subscribers = [:]
-            state.relay?.finish()
-            state.relay = nil
-            return state.failure
+        // Finished after the lock is released: `finish()` runs the stream's `onTermination` at once, and the one
+        // `events()` installs takes the lock again (a subscriber still iterating when the node stops crashed here).
+        let (failure, subscribers, relay) = self.state.withLock { state in
+            defer {
+                state.subscribers = [:]
+                state.relay = nil
+            }
+            return (state.failure, Array(state.subscribers.values), state.relay)
         }
+        for continuation in subscribers { continuation.finish() }
+        relay?.finish()
         self.left.fire()
         if let failure { throw failure }
     }
