@@ -103,6 +103,41 @@ private struct RelayNode {
 
 @Suite("Cluster relay on loopback", .timeLimit(.minutes(3)))
 struct RelayClusterTests {
+    @Test("a node that crashes is declared dead, its interest is dropped and nothing more is forwarded to it")
+    func crashedPeer() async throws {
+        let (n1, t1) = try await RelayNode.start(name: "n1", seeds: [])
+        let (n2, t2) = try await RelayNode.start(name: "n2", seeds: [t1.address])
+        // n2 runs in a task of its own so that it can crash alone: its tasks are cancelled and its sockets closed,
+        // without a goodbye.
+        let crashing = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask { try await n2.manager.run() }
+                group.addTask { try await n2.relay.run() }
+                try await group.waitForAll()
+            }
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await n1.manager.run() }
+            group.addTask { try await n1.relay.run() }
+            _ = try n2.subscribe("orders.>")
+            try await eventually("n1 knows n2's interest") { n1.knows(n2, wants: "orders.1") }
+            #expect(n1.router.hasInterest(in: "orders.1"))
+
+            t2.close()
+            crashing.cancel()
+            try await eventually("n1 declared n2 dead and dropped its interest") {
+                n1.relay.interest(in: "orders.1").isEmpty
+            }
+            #expect(!n1.router.hasInterest(in: "orders.1"), "the relay's router subscription ended")
+            #expect(n1.relay.statistics().interest.peersDropped == 1)
+            n1.publish("orders.1", "nobody")
+            #expect(n1.relay.statistics().messagesForwarded == 0)
+            await n1.manager.stop()
+            try await group.waitForAll()
+        }
+        _ = try? await crashing.value
+    }
+
     @Test("three nodes: exactly-once delivery both ways, no loops, unsubscribe and departure stop forwarding")
     func threeNodes() async throws {
         let (n1, t1) = try await RelayNode.start(name: "n1", seeds: [])
