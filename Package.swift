@@ -386,6 +386,7 @@ let package = Package(
         .testTarget(
             name: "StorkGatewayTests",
             dependencies: [
+                "StorkCluster",
                 "StorkGateway",
                 "StorkNATS",
                 "StorkRealtime",

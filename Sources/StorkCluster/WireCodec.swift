@@ -26,7 +26,8 @@ import StorkResources
 // length + UTF-8 (at most 1024 bytes: resource ids, version origins, source names); optional = u8 0/1 + value;
 // bool = u8 0/1; list = u32 count + elements, where the count must fit in the bytes left (checked before anything
 // is allocated); a resource = u32 length + compact JSON (sorted keys, nesting at most 64 deep) whose "id" must equal
-// the entry's id. Enumerations travel as u8 raw values and anything unknown is an error.
+// the entry's id. Enumerations travel as u8 raw values and anything unknown is an error. A relay frame (kind 64) is a
+// node and bytes32 (u32 length + bytes): the relay's own encoding, opaque here, authenticated like every frame.
 //
 // With a cluster key every frame must carry a valid MAC, and without one no frame may: a node never silently
 // accepts unauthenticated traffic because a peer forgot its key. The MAC covers the header too, so the sender uid,
@@ -199,6 +200,7 @@ public enum WireCodec {
         case desiredState = 34
         case forwardRequest = 48
         case forwardReply = 49
+        case relay = 64
     }
 
     // MARK: Encoding
@@ -534,6 +536,11 @@ struct WireWriter {
                 }
                 return .forwardReply
             }
+        case .relay(let message):
+            try self.node(message.from)
+            self.count(message.payload.count)
+            self.bytes += message.payload
+            return .relay
         }
     }
 }
@@ -804,6 +811,11 @@ struct WireReader {
                 replies.append(ForwardReply(requestID: requestID, answer: answer))
             }
             return .forward(.reply(from: from, replies: replies))
+        case .relay:
+            let from = try self.node()
+            let length = Int(try self.u32())
+            let payload = Array(try self.take(length))
+            return .relay(RelayMessage(from: from, payload: payload))
         }
     }
 }

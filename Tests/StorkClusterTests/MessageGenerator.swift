@@ -177,6 +177,9 @@ struct MessageGenerator {
                 ForwardReply(requestID: self.u64(), answer: self.answer())
             }
             return .forward(.reply(from: self.node(), replies: replies))
+        case .relay:
+            let payload = (0..<self.length(short: 64, long: 5_000)).map { _ in UInt8(truncatingIfNeeded: self.u64()) }
+            return .relay(RelayMessage(from: self.node(), payload: payload))
         }
     }
 

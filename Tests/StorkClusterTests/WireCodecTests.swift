@@ -230,6 +230,69 @@ struct WireCodecTests {
         }) == .truncated)
     }
 
+    // MARK: Relay frames
+
+    @Test("a relay frame carries its sender and opaque bytes: layout, empty and large payloads, with and without a key")
+    func relayRoundTrip() throws {
+        let from = NodeID(name: "n", address: "a", uid: 2)
+        let message = ClusterMessage.relay(RelayMessage(from: from, payload: [0, 0xFF, 7]))
+        let (kind, body) = try WireCodec.encodeBody(message)
+        #expect(kind == .relay)
+        #expect(kind.rawValue == 64)
+        #expect(body == [1, UInt8(ascii: "n"), 1, UInt8(ascii: "a"), 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0xFF, 7])
+        for settings in [Self.plain, Self.keyed] {
+            for payload in [[], [UInt8](repeating: 0xAB, count: 1 << 20)] as [[UInt8]] {
+                let relay = ClusterMessage.relay(RelayMessage(from: from, payload: payload))
+                let bytes = try WireCodec.encode(relay, header: Self.header, settings: settings)
+                #expect(try WireCodec.decode(bytes, settings: settings).message == relay)
+            }
+        }
+        let tiny = WireSettings(clusterName: "stork", clusterKey: nil, maximumFrameSize: 1024)
+        let big = ClusterMessage.relay(RelayMessage(from: from, payload: [UInt8](repeating: 1, count: 1024)))
+        #expect(wireErrorCode { () throws(WireError) in _ = try WireCodec.encode(big, header: Self.header, settings: tiny) } == .oversized)
+    }
+
+    @Test("malformed relay frames are rejected: cut payload, hostile length, trailing bytes, forged MAC")
+    func relayRejections() throws {
+        func node(_ w: inout WireWriter) {
+            w.u8(1)
+            w.bytes += Array("n".utf8)
+            w.u8(1)
+            w.bytes += Array("a".utf8)
+            w.u64(1)
+        }
+        #expect(Self.decodeCode(Self.frame(.relay) { w in
+            node(&w)
+            w.u32(4)
+            w.bytes += [1, 2, 3, 4]
+        }) == nil)
+        #expect(Self.decodeCode(Self.frame(.relay) { w in
+            node(&w)
+            w.u32(5)
+            w.bytes += [1, 2, 3, 4]
+        }) == .truncated)
+        #expect(Self.decodeCode(Self.frame(.relay) { w in
+            node(&w)
+            w.u32(UInt32.max)
+        }) == .truncated)
+        #expect(Self.decodeCode(Self.frame(.relay) { w in
+            node(&w)
+            w.u32(1)
+            w.bytes += [1, 2]
+        }) == .trailingBytes)
+        #expect(Self.decodeCode(Self.frame(.relay) { w in
+            w.u8(1)
+            w.bytes += [0xC3]
+        }) == .invalidUTF8)
+        #expect(Self.decodeCode(Self.frame(.relay) { w in node(&w) }) == .truncated)
+        let relay = ClusterMessage.relay(RelayMessage(from: NodeID(name: "n", address: "a", uid: 1), payload: [9, 9, 9]))
+        var keyed = try WireCodec.encode(relay, header: Self.header, settings: Self.keyed)
+        keyed[keyed.count - 33] ^= 1
+        #expect(Self.decodeCode(keyed, Self.keyed) == .badMAC, "a changed payload byte breaks the MAC")
+        let plain = try WireCodec.encode(relay, header: Self.header, settings: Self.plain)
+        #expect(Self.decodeCode(plain, Self.keyed) == .missingMAC, "relay frames are authenticated like every frame")
+    }
+
     static func entryFrame(id: String, json: [UInt8]) -> [UInt8] {
         Self.frame(.desiredDelta) { w in
             w.u8(1)

@@ -110,6 +110,10 @@ public struct ResourceManagerStatistics: Sendable, Hashable {
     public var leasesLost = 0
     public var leaseStoreOperations = 0
     public var leaseStoreFailures = 0
+    /// Relay frames received and handed to ``ResourceManager/relayFrames()``, and those dropped because nobody
+    /// listened or the listener's buffer was full.
+    public var relayFramesReceived = 0
+    public var relayFramesDropped = 0
 }
 
 /// A snapshot of one node.
@@ -179,7 +183,12 @@ public final class ResourceManager: Service, Sendable {
         var acquisitionInFlight = false
         var pendingReleases: [LeaseKey] = []
         var releaseInFlight = false
+        /// Where relay frames go (``relayFrames()``); nil until someone asks.
+        var relay: AsyncStream<RelayMessage>.Continuation?
     }
+
+    /// Relay frames waiting for the consumer of ``relayFrames()``; beyond this the oldest are dropped and counted.
+    public static let relayBufferLimit = 10_000
 
     public let identity: NodeID
     public let configuration: ResourceManagerConfiguration
@@ -304,6 +313,59 @@ public final class ResourceManager: Service, Sendable {
         return stream
     }
 
+    // MARK: Relay frames
+
+    /// Application frames (``ClusterMessage/relay(_:)``) that peers sent to this node, for the one relay running on
+    /// it. A second call ends the stream of the first. The stream ends when the manager stops; a consumer that falls
+    /// more than ``relayBufferLimit`` frames behind loses the oldest (counted in
+    /// ``ResourceManagerStatistics/relayFramesDropped``).
+    public func relayFrames() -> AsyncStream<RelayMessage> {
+        let (stream, continuation) = AsyncStream<RelayMessage>.makeStream(
+            bufferingPolicy: .bufferingNewest(Self.relayBufferLimit)
+        )
+        let previous = self.state.withLock { state in
+            let previous = state.relay
+            state.relay = continuation
+            return previous
+        }
+        previous?.finish()
+        return stream
+    }
+
+    /// Sends an application frame to `node` without waiting; best-effort like every cluster message.
+    public func sendRelay(_ payload: [UInt8], to node: NodeID) {
+        self.transport.send(.relay(RelayMessage(from: self.identity, payload: payload)), to: node.address)
+    }
+
+    /// The members this node currently sees as alive or suspect (itself included), sorted: the peers worth talking
+    /// to. Dead and departed members are not listed.
+    public func liveMembers() -> [NodeID] {
+        self.state.withLock { state in
+            state.machine.membership.members.filter { $0.status.isActive }.map(\.node)
+        }
+    }
+
+    private func deliverRelay(_ message: RelayMessage) {
+        self.state.withLock { state in
+            guard let relay = state.relay else {
+                state.statistics.relayFramesDropped += 1
+                return
+            }
+            switch relay.yield(message) {
+            case .enqueued:
+                state.statistics.relayFramesReceived += 1
+            case .dropped:
+                state.statistics.relayFramesReceived += 1
+                state.statistics.relayFramesDropped += 1
+            case .terminated:
+                state.relay = nil
+                state.statistics.relayFramesDropped += 1
+            @unknown default:
+                state.statistics.relayFramesDropped += 1
+            }
+        }
+    }
+
     /// A snapshot of this node's view and work.
     public func status() -> ResourceManagerStatus {
         self.state.withLock { state in
@@ -369,11 +431,17 @@ public final class ResourceManager: Service, Sendable {
         }
         self.transport.close()
         for registration in self.sources { await registration.source.tearDown() }
-        let failure = self.state.withLock { state -> StorkError? in
-            for continuation in state.subscribers.values { continuation.finish() }
-            state.subscribers = [:]
-            return state.failure
+        // Finished after the lock is released: `finish()` runs the stream's `onTermination` at once, and the one
+        // `events()` installs takes the lock again (a subscriber still iterating when the node stops crashed here).
+        let (failure, subscribers, relay) = self.state.withLock { state in
+            defer {
+                state.subscribers = [:]
+                state.relay = nil
+            }
+            return (state.failure, Array(state.subscribers.values), state.relay)
         }
+        for continuation in subscribers { continuation.finish() }
+        relay?.finish()
         self.left.fire()
         if let failure { throw failure }
     }
@@ -541,6 +609,10 @@ public final class ResourceManager: Service, Sendable {
 
     private func receiveLoop() async {
         for await message in self.transport.incoming() {
+            if case .relay(let relay) = message {
+                self.deliverRelay(relay)
+                continue
+            }
             self.apply { machine, now in machine.receive(message, now: now) }
         }
     }

@@ -273,6 +273,9 @@ public struct ClusterNodeStateMachine: Sendable {
         case .forward(let message):
             guard !self.hasLeft else { break }
             self.onForward(message, now: now)
+        case .relay:
+            // Application frames belong to the relay above; the driver hands them over instead of passing them here.
+            break
         }
         return self.flush(now: now)
     }

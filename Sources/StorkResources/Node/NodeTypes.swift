@@ -100,12 +100,28 @@ public enum ForwardMessage: Hashable, Sendable {
     }
 }
 
+/// A frame of an application protocol carried between nodes (the realtime gateway's cluster relay). Opaque here:
+/// the node's state machine never sees it; the `ResourceManager` hands it to ``ResourceManager/relayFrames()``.
+public struct RelayMessage: Hashable, Sendable {
+    /// The node that sent it.
+    public var from: NodeID
+    /// The application's bytes (the relay's own encoding).
+    public var payload: [UInt8]
+
+    public init(from: NodeID, payload: [UInt8]) {
+        self.from = from
+        self.payload = payload
+    }
+}
+
 /// Everything nodes say to each other.
 public enum ClusterMessage: Hashable, Sendable {
     case membership(MembershipMessage)
     case ownership(OwnershipMessage)
     case desired(DesiredSetMessage)
     case forward(ForwardMessage)
+    /// An application frame for the relay; not part of the resource protocols.
+    case relay(RelayMessage)
 
     public var from: NodeID {
         switch self {
@@ -113,6 +129,7 @@ public enum ClusterMessage: Hashable, Sendable {
         case .ownership(let message): return message.from
         case .desired(let message): return message.from
         case .forward(let message): return message.from
+        case .relay(let message): return message.from
         }
     }
 }

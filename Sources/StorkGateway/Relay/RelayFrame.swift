@@ -1,0 +1,309 @@
+import StorkStreaming
+
+// MARK: - Relay frames
+//
+// What two relays say to each other, inside the payload of a cluster relay message (`ClusterMessage.relay`, which
+// the cluster transport authenticates like every frame). All integers are big-endian and fixed width.
+//
+//   offset  size   field
+//   0       1      relay format version = 1
+//   1       1      kind: 1 delta, 2 snapshot, 3 digest, 4 pull, 16 messages
+//   2       n      body
+//
+// delta:    u64 version, list of added patterns, list of removed patterns
+// snapshot: u64 version, list of patterns
+// digest:   u64 version
+// pull:     nothing
+// messages: list of (str16 subject, optional str16 reply-to, optional bytes32 header block, bytes32 payload)
+//
+// list = u32 count + elements (a count the bytes left cannot hold is refused before anything is allocated);
+// str16 = u16 length + UTF-8; optional = u8 0/1 + value; bytes32 = u32 length + bytes. Patterns must be valid NATS
+// subject patterns and subjects valid to publish to; anything else is a `RelayFrameError`.
+
+/// How one node's interest (the subject patterns its gateway clients subscribed to) travels to its peers.
+public enum RelayInterestMessage: Hashable, Sendable {
+    /// The sender's interest went from version `version - 1` to `version` by these changes.
+    case delta(version: UInt64, added: [String], removed: [String])
+    /// The sender's whole interest at `version`.
+    case snapshot(version: UInt64, patterns: [String])
+    /// Anti-entropy: the sender's current version. A receiver that knows another one asks for a snapshot.
+    case digest(version: UInt64)
+    /// "Send me your snapshot."
+    case pull
+}
+
+/// One message published on the sender's router, carried to a peer that is interested in its subject.
+public struct RelayedMessage: Hashable, Sendable {
+    public var subject: String
+    public var replyTo: String?
+    /// The NATS header block (`NATS/1.0\r\n…`), as published.
+    public var headers: [UInt8]?
+    public var payload: [UInt8]
+
+    public init(subject: String, replyTo: String? = nil, headers: [UInt8]? = nil, payload: [UInt8]) {
+        self.subject = subject
+        self.replyTo = replyTo
+        self.headers = headers
+        self.payload = payload
+    }
+
+    /// The bytes this message takes in a `messages` frame.
+    var encodedSize: Int {
+        2 + self.subject.utf8.count + 1 + (self.replyTo.map { 2 + $0.utf8.count } ?? 0) + 1
+            + (self.headers.map { 4 + $0.count } ?? 0) + 4 + self.payload.count
+    }
+}
+
+/// Everything one relay sends another.
+public enum RelayFrame: Hashable, Sendable {
+    case interest(RelayInterestMessage)
+    case messages([RelayedMessage])
+}
+
+/// Why a relay frame was refused. Messages never quote the frame's bytes.
+public struct RelayFrameError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Code: String, Hashable, Sendable, CaseIterable {
+        /// The frame ends before a field it announces.
+        case truncated
+        /// A relay format version this node does not speak.
+        case badVersion
+        /// A frame kind this node does not know.
+        case unknownKind
+        /// An optional marker other than 0 or 1.
+        case badEnumValue
+        /// A string is not valid UTF-8.
+        case invalidUTF8
+        /// A pattern or subject that NATS would refuse, or a string longer than its field allows.
+        case invalidSubject
+        /// A list announces more elements than the bytes left could hold.
+        case countTooLarge
+        /// Bytes after the frame.
+        case trailingBytes
+    }
+
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { "relay frame \(self.code.rawValue): \(self.message)" }
+}
+
+// MARK: - RelayFrameCodec
+
+/// Encodes and decodes relay frames. Pure; never traps on input.
+public enum RelayFrameCodec {
+    static let version: UInt8 = 1
+
+    enum Kind: UInt8, CaseIterable {
+        case delta = 1
+        case snapshot = 2
+        case digest = 3
+        case pull = 4
+        case messages = 16
+    }
+
+    /// The bytes of a `messages` frame before its messages.
+    static let messagesOverhead = 2 + 4
+
+    /// Subjects, reply subjects and patterns are at most this many UTF-8 bytes.
+    public static let maximumSubjectBytes = 4096
+
+    public static func encode(_ frame: RelayFrame) -> [UInt8] {
+        var writer = RelayWriter()
+        writer.u8(Self.version)
+        switch frame {
+        case .interest(.delta(let version, let added, let removed)):
+            writer.u8(Kind.delta.rawValue)
+            writer.u64(version)
+            writer.strings(added)
+            writer.strings(removed)
+        case .interest(.snapshot(let version, let patterns)):
+            writer.u8(Kind.snapshot.rawValue)
+            writer.u64(version)
+            writer.strings(patterns)
+        case .interest(.digest(let version)):
+            writer.u8(Kind.digest.rawValue)
+            writer.u64(version)
+        case .interest(.pull):
+            writer.u8(Kind.pull.rawValue)
+        case .messages(let messages):
+            writer.u8(Kind.messages.rawValue)
+            writer.u32(UInt32(truncatingIfNeeded: messages.count))
+            for message in messages {
+                writer.str16(message.subject)
+                if let replyTo = message.replyTo {
+                    writer.u8(1)
+                    writer.str16(replyTo)
+                } else {
+                    writer.u8(0)
+                }
+                if let headers = message.headers {
+                    writer.u8(1)
+                    writer.bytes32(headers)
+                } else {
+                    writer.u8(0)
+                }
+                writer.bytes32(message.payload)
+            }
+        }
+        return writer.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws(RelayFrameError) -> RelayFrame {
+        var reader = RelayReader(bytes)
+        let version = try reader.u8()
+        guard version == Self.version else { throw RelayFrameError(.badVersion, "relay format \(version)") }
+        let raw = try reader.u8()
+        guard let kind = Kind(rawValue: raw) else { throw RelayFrameError(.unknownKind, "kind \(raw)") }
+        let frame: RelayFrame
+        switch kind {
+        case .delta:
+            let version = try reader.u64()
+            let added = try reader.patterns()
+            let removed = try reader.patterns()
+            frame = .interest(.delta(version: version, added: added, removed: removed))
+        case .snapshot:
+            let version = try reader.u64()
+            frame = .interest(.snapshot(version: version, patterns: try reader.patterns()))
+        case .digest:
+            frame = .interest(.digest(version: try reader.u64()))
+        case .pull:
+            frame = .interest(.pull)
+        case .messages:
+            // subject (2 + 1), reply marker, header marker, payload length.
+            let count = try reader.count(minimumElementSize: 3 + 1 + 1 + 4)
+            var messages: [RelayedMessage] = []
+            messages.reserveCapacity(count)
+            for _ in 0..<count {
+                let subject = try reader.subject(published: true)
+                let replyTo = try reader.present() ? try reader.subject(published: true) : nil
+                let headers = try reader.present() ? try reader.bytes32() : nil
+                let payload = try reader.bytes32()
+                messages.append(RelayedMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload))
+            }
+            frame = .messages(messages)
+        }
+        guard reader.isAtEnd else { throw RelayFrameError(.trailingBytes, "\(reader.remaining) bytes after the frame") }
+        return frame
+    }
+}
+
+// MARK: - Writer and reader
+
+struct RelayWriter {
+    var bytes: [UInt8] = []
+
+    mutating func u8(_ value: UInt8) { self.bytes.append(value) }
+
+    mutating func integer<T: FixedWidthInteger>(_ value: T) {
+        var shift = T.bitWidth - 8
+        while shift >= 0 {
+            self.bytes.append(UInt8(truncatingIfNeeded: value >> shift))
+            shift -= 8
+        }
+    }
+
+    mutating func u16(_ value: UInt16) { self.integer(value) }
+    mutating func u32(_ value: UInt32) { self.integer(value) }
+    mutating func u64(_ value: UInt64) { self.integer(value) }
+
+    /// Strings are validated before they get here (patterns and subjects of at most 4096 bytes).
+    mutating func str16(_ value: String) {
+        let utf8 = value.utf8
+        self.u16(UInt16(truncatingIfNeeded: utf8.count))
+        self.bytes += utf8
+    }
+
+    mutating func strings(_ values: [String]) {
+        self.u32(UInt32(truncatingIfNeeded: values.count))
+        for value in values { self.str16(value) }
+    }
+
+    mutating func bytes32(_ value: [UInt8]) {
+        self.u32(UInt32(truncatingIfNeeded: value.count))
+        self.bytes += value
+    }
+}
+
+struct RelayReader {
+    let bytes: [UInt8]
+    private(set) var offset = 0
+
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+
+    var isAtEnd: Bool { self.offset == self.bytes.count }
+    var remaining: Int { self.bytes.count - self.offset }
+
+    mutating func take(_ count: Int) throws(RelayFrameError) -> ArraySlice<UInt8> {
+        guard count >= 0, count <= self.remaining else {
+            throw RelayFrameError(.truncated, "\(count) bytes needed, \(self.remaining) left")
+        }
+        defer { self.offset += count }
+        return self.bytes[self.offset..<self.offset + count]
+    }
+
+    mutating func u8() throws(RelayFrameError) -> UInt8 { try self.take(1).first! }
+
+    mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(RelayFrameError) -> T {
+        var value: T = 0
+        for byte in try self.take(T.bitWidth / 8) { value = (value << 8) | T(byte) }
+        return value
+    }
+
+    mutating func u16() throws(RelayFrameError) -> UInt16 { try self.integer(UInt16.self) }
+    mutating func u32() throws(RelayFrameError) -> UInt32 { try self.integer(UInt32.self) }
+    mutating func u64() throws(RelayFrameError) -> UInt64 { try self.integer(UInt64.self) }
+
+    mutating func present() throws(RelayFrameError) -> Bool {
+        switch try self.u8() {
+        case 0: return false
+        case 1: return true
+        case let other: throw RelayFrameError(.badEnumValue, "optional marker \(other)")
+        }
+    }
+
+    mutating func count(minimumElementSize: Int) throws(RelayFrameError) -> Int {
+        let count = Int(try self.u32())
+        guard count <= self.remaining / minimumElementSize else {
+            throw RelayFrameError(.countTooLarge, "\(count) elements announced, \(self.remaining) bytes left")
+        }
+        return count
+    }
+
+    mutating func string() throws(RelayFrameError) -> String {
+        let length = Int(try self.u16())
+        guard length <= RelayFrameCodec.maximumSubjectBytes else {
+            throw RelayFrameError(.invalidSubject, "a subject of \(length) bytes")
+        }
+        guard let string = String(validating: try self.take(length), as: UTF8.self) else {
+            throw RelayFrameError(.invalidUTF8, "a subject is not valid UTF-8")
+        }
+        return string
+    }
+
+    /// A subject as published (`published`, where NATS accepts wildcard tokens as ordinary ones) or a pattern.
+    mutating func subject(published: Bool) throws(RelayFrameError) -> String {
+        let subject = try self.string()
+        guard published ? Subject.isValidForPublish(subject) : Subject.isValidPattern(subject) else {
+            throw RelayFrameError(.invalidSubject, published ? "an invalid subject" : "an invalid subject pattern")
+        }
+        return subject
+    }
+
+    mutating func patterns() throws(RelayFrameError) -> [String] {
+        let count = try self.count(minimumElementSize: 2)
+        var patterns: [String] = []
+        patterns.reserveCapacity(count)
+        for _ in 0..<count { patterns.append(try self.subject(published: false)) }
+        return patterns
+    }
+
+    mutating func bytes32() throws(RelayFrameError) -> [UInt8] {
+        let length = Int(try self.u32())
+        return Array(try self.take(length))
+    }
+}

@@ -1,0 +1,294 @@
+import StorkCore
+import StorkStreaming
+
+// MARK: - Values
+
+/// Who, in the cluster, is interested in a subject (or in some subject of a pattern).
+public struct RelayInterest: Hashable, Sendable, CustomStringConvertible {
+    /// A local gateway client subscribed (``ClusterRelay/addInterest(_:)`` on this node).
+    public var local: Bool
+    /// The peers whose gateway clients subscribed, sorted.
+    public var nodes: [NodeID]
+
+    public init(local: Bool, nodes: [NodeID]) {
+        self.local = local
+        self.nodes = nodes
+    }
+
+    /// Whether anyone anywhere in the cluster is subscribed.
+    public var isEmpty: Bool { !self.local && self.nodes.isEmpty }
+
+    public var description: String {
+        "local: \(self.local), nodes: [\(self.nodes.map(\.name).joined(separator: ", "))]"
+    }
+}
+
+/// Counters of the interest protocol.
+public struct RelayInterestStatistics: Hashable, Sendable {
+    /// Deltas applied in order, and those that were late (an older or equal version: ignored).
+    public var deltasApplied = 0
+    public var deltasLate = 0
+    /// Deltas that skipped a version (one was lost): the peer is asked for a snapshot instead.
+    public var gaps = 0
+    /// Snapshots applied, and those older than what was known.
+    public var snapshotsApplied = 0
+    public var snapshotsStale = 0
+    /// Interest frames from nodes that are not live members (departed, or not yet seen): ignored.
+    public var framesFromStrangers = 0
+    /// Peers whose interest was dropped because they left or were declared dead.
+    public var peersDropped = 0
+}
+
+/// What the interest table asks its driver to do.
+public enum RelayAction: Hashable, Sendable {
+    /// Send an interest message to a peer.
+    case send(RelayInterestMessage, to: NodeID)
+    /// The first peer became interested in `pattern`: subscribe on the local router to forward its messages.
+    case startForwarding(String)
+    /// No peer is interested in `pattern` any more: end the router subscription.
+    case stopForwarding(String)
+    /// Local or remote interest changed: watchers of ``RelayInterest`` should look again.
+    case interestChanged
+}
+
+// MARK: - RelayInterestStateMachine
+
+/// The cluster-wide interest table of one node's relay: its own patterns (reference-counted, versioned) and every live
+/// peer's, kept in sync by deltas, snapshots and periodic digests.
+///
+/// Versions: every change of the local set raises `localVersion` by one and goes to every live peer as a delta from
+/// `version - 1` to `version`. A receiver applies a delta only on top of exactly the previous version: a late delta
+/// (older or equal) is ignored, so it can never undo newer state, and a delta that skips a version (one was lost or
+/// the peer started sending before it saw us) makes the receiver ask for a snapshot. A snapshot replaces what is
+/// known when its version is not older. Versions count per process: a restarted node has a new `NodeID` (new uid) and
+/// starts again at 0, which is the empty set everywhere.
+///
+/// Membership decides who is a peer: interest frames from nodes that are not live members are ignored; a member that
+/// becomes live gets our snapshot and a pull for its own; a member that leaves or is declared dead loses its interest
+/// at once. Every `antiEntropyInterval` each live peer gets a digest of our version, which repairs lost deltas,
+/// snapshots and pulls.
+///
+/// Pure: no I/O, no clock; `now` comes in with the events that need it.
+public struct RelayInterestStateMachine: Sendable {
+    struct Peer: Sendable {
+        var version: UInt64 = 0
+        var patterns: Set<String> = []
+        /// A pull is on its way; no other is sent until a snapshot comes or the next anti-entropy round.
+        var pulling = false
+    }
+
+    public let myself: NodeID
+    public let antiEntropyInterval: Duration
+    public private(set) var localVersion: UInt64 = 0
+    public private(set) var statistics = RelayInterestStatistics()
+    /// When `tick` wants to run next; nil before `start`.
+    public private(set) var nextDeadline: StorkInstant?
+
+    private var localCounts: [String: Int] = [:]
+    private var localIndex = SubjectIndex<String>()
+    private var live: Set<NodeID> = []
+    private var peers: [NodeID: Peer] = [:]
+    private var remoteIndex = SubjectIndex<NodeID>()
+    /// Pattern → how many peers are interested in it; the relay has a router subscription for each key.
+    private var remoteCounts: [String: Int] = [:]
+
+    public init(myself: NodeID, antiEntropyInterval: Duration = .seconds(5)) {
+        self.myself = myself
+        self.antiEntropyInterval = antiEntropyInterval
+    }
+
+    // MARK: Queries
+
+    /// The local patterns (each once, however many subscribers), sorted.
+    public var localPatterns: [String] { self.localCounts.keys.sorted() }
+
+    /// How many local subscribers hold `pattern`.
+    public func localCount(of pattern: String) -> Int { self.localCounts[pattern] ?? 0 }
+
+    /// The live peers, sorted.
+    public var livePeers: [NodeID] { self.live.sorted() }
+
+    /// A peer's patterns as known here, sorted (empty for an unknown peer).
+    public func patterns(of node: NodeID) -> [String] { self.peers[node]?.patterns.sorted() ?? [] }
+
+    /// A peer's version as known here (0 for an unknown peer).
+    public func version(of node: NodeID) -> UInt64 { self.peers[node]?.version ?? 0 }
+
+    /// The patterns some peer is interested in (the relay's router subscriptions), sorted.
+    public var forwardedPatterns: [String] { self.remoteCounts.keys.sorted() }
+
+    /// The peers a message on `subject` goes to: each once, however many of its patterns match, sorted.
+    public mutating func peers(interestedIn subject: String) -> [NodeID] {
+        Self.unique(self.remoteIndex.match(subject).plain)
+    }
+
+    /// Who is interested in `pattern`: a literal subject is matched against every pattern; a pattern with wildcards
+    /// counts every pattern that could match one of the same subjects (`a.*` and `a.b` overlap, `a.*` and `b.>` do
+    /// not).
+    public func interest(in pattern: String) -> RelayInterest {
+        if !Subject.hasWildcard(pattern) {
+            return RelayInterest(
+                local: self.localIndex.hasInterest(in: pattern),
+                nodes: Self.unique(self.remoteIndex.lookup(pattern).plain)
+            )
+        }
+        return RelayInterest(
+            local: self.localCounts.keys.contains { Subject.overlaps($0, pattern) },
+            nodes: self.peers.filter { $0.value.patterns.contains { Subject.overlaps($0, pattern) } }.keys.sorted()
+        )
+    }
+
+    static func unique(_ nodes: [NodeID]) -> [NodeID] {
+        if nodes.count < 2 { return nodes }
+        var result = nodes.sorted()
+        var last = 0
+        for index in 1..<result.count where result[index] != result[last] {
+            last += 1
+            result[last] = result[index]
+        }
+        result.removeSubrange((last + 1)...)
+        return result
+    }
+
+    // MARK: Events
+
+    /// Starts the anti-entropy timer.
+    public mutating func start(now: StorkInstant) -> [RelayAction] {
+        self.nextDeadline = now + self.antiEntropyInterval
+        return []
+    }
+
+    /// One more local subscriber of `pattern` (already validated). The first one is announced to every live peer.
+    public mutating func addLocalInterest(_ pattern: String) -> [RelayAction] {
+        let count = self.localCounts[pattern, default: 0]
+        self.localCounts[pattern] = count + 1
+        guard count == 0 else { return [] }
+        self.localIndex.insert(pattern, pattern: pattern)
+        return self.announce(added: [pattern], removed: [])
+    }
+
+    /// One local subscriber of `pattern` fewer. The last one's departure is announced; unknown patterns are ignored.
+    public mutating func removeLocalInterest(_ pattern: String) -> [RelayAction] {
+        guard let count = self.localCounts[pattern] else { return [] }
+        guard count == 1 else {
+            self.localCounts[pattern] = count - 1
+            return []
+        }
+        self.localCounts[pattern] = nil
+        self.localIndex.remove(pattern, pattern: pattern)
+        return self.announce(added: [], removed: [pattern])
+    }
+
+    private mutating func announce(added: [String], removed: [String]) -> [RelayAction] {
+        self.localVersion += 1
+        var actions: [RelayAction] = self.live.sorted().map {
+            .send(.delta(version: self.localVersion, added: added, removed: removed), to: $0)
+        }
+        actions.append(.interestChanged)
+        return actions
+    }
+
+    /// The members membership currently sees as alive or suspect (this node may be among them). Departed peers lose
+    /// their interest; new ones get our snapshot and a pull for theirs.
+    public mutating func membersChanged(_ members: [NodeID]) -> [RelayAction] {
+        var current = Set(members)
+        current.remove(self.myself)
+        guard current != self.live else { return [] }
+        var actions: [RelayAction] = []
+        for node in self.live.subtracting(current).sorted() {
+            if self.peers[node] != nil {
+                actions += self.replacePatterns(of: node, with: [])
+                self.peers[node] = nil
+            }
+            self.statistics.peersDropped += 1
+        }
+        let joined = current.subtracting(self.live).sorted()
+        self.live = current
+        for node in joined {
+            actions.append(.send(.snapshot(version: self.localVersion, patterns: self.localPatterns), to: node))
+            actions.append(.send(.pull, to: node))
+            self.peers[node, default: Peer()].pulling = true
+        }
+        return actions
+    }
+
+    /// An interest message from a peer.
+    public mutating func receive(_ message: RelayInterestMessage, from node: NodeID) -> [RelayAction] {
+        guard self.live.contains(node) else {
+            self.statistics.framesFromStrangers += 1
+            return []
+        }
+        var peer = self.peers[node] ?? Peer()
+        switch message {
+        case .delta(let version, let added, let removed):
+            if version <= peer.version {
+                self.statistics.deltasLate += 1
+                return []
+            }
+            guard version == peer.version + 1 else {
+                self.statistics.gaps += 1
+                guard !peer.pulling else { return [] }
+                self.peers[node, default: Peer()].pulling = true
+                return [.send(.pull, to: node)]
+            }
+            self.statistics.deltasApplied += 1
+            var patterns = peer.patterns.subtracting(removed)
+            patterns.formUnion(added)
+            peer.version = version
+            self.peers[node] = peer
+            return self.replacePatterns(of: node, with: patterns)
+        case .snapshot(let version, let patterns):
+            // Equal versions are accepted: the first snapshot of a peer at version 0, or a repair after a gap.
+            guard version >= peer.version else {
+                self.statistics.snapshotsStale += 1
+                return []
+            }
+            self.statistics.snapshotsApplied += 1
+            peer.version = version
+            peer.pulling = false
+            self.peers[node] = peer
+            return self.replacePatterns(of: node, with: Set(patterns))
+        case .digest(let version):
+            guard version != peer.version, !peer.pulling else { return [] }
+            peer.pulling = true
+            self.peers[node] = peer
+            return [.send(.pull, to: node)]
+        case .pull:
+            return [.send(.snapshot(version: self.localVersion, patterns: self.localPatterns), to: node)]
+        }
+    }
+
+    /// Runs the anti-entropy round when it is due: a digest to every live peer, and pulls that got no answer may be
+    /// sent again.
+    public mutating func tick(now: StorkInstant) -> [RelayAction] {
+        guard let deadline = self.nextDeadline, deadline <= now else { return [] }
+        self.nextDeadline = now + self.antiEntropyInterval
+        for node in self.peers.keys { self.peers[node]?.pulling = false }
+        return self.live.sorted().map { .send(.digest(version: self.localVersion), to: $0) }
+    }
+
+    // MARK: Applying a peer's set
+
+    private mutating func replacePatterns(of node: NodeID, with patterns: Set<String>) -> [RelayAction] {
+        let old = self.peers[node]?.patterns ?? []
+        guard old != patterns else { return [] }
+        var actions: [RelayAction] = []
+        for pattern in old.subtracting(patterns).sorted() {
+            self.remoteIndex.remove(node, pattern: pattern)
+            let count = self.remoteCounts[pattern, default: 1] - 1
+            self.remoteCounts[pattern] = count == 0 ? nil : count
+            if count == 0 { actions.append(.stopForwarding(pattern)) }
+        }
+        for pattern in patterns.subtracting(old).sorted() {
+            self.remoteIndex.insert(node, pattern: pattern)
+            let count = self.remoteCounts[pattern, default: 0] + 1
+            self.remoteCounts[pattern] = count
+            if count == 1 { actions.append(.startForwarding(pattern)) }
+        }
+        if !patterns.isEmpty || self.peers[node] != nil {
+            self.peers[node, default: Peer()].patterns = patterns
+        }
+        actions.append(.interestChanged)
+        return actions
+    }
+}

@@ -1,0 +1,203 @@
+import StorkCore
+import Testing
+
+@testable import StorkGateway
+
+/// The interest table alone: events in, actions out, no clock and no network.
+@Suite("Relay interest table")
+struct RelayInterestTests {
+    static let a = NodeID(name: "a", address: "127.0.0.1:1", uid: 1)
+    static let b = NodeID(name: "b", address: "127.0.0.1:2", uid: 2)
+    static let c = NodeID(name: "c", address: "127.0.0.1:3", uid: 3)
+
+    /// Node a's table, with b and c live and their greetings already exchanged.
+    static func table(peers: [NodeID] = [b, c]) -> RelayInterestStateMachine {
+        var machine = RelayInterestStateMachine(myself: Self.a, antiEntropyInterval: .seconds(5))
+        _ = machine.start(now: .zero)
+        _ = machine.membersChanged([Self.a] + peers)
+        for peer in peers { _ = machine.receive(.snapshot(version: 0, patterns: []), from: peer) }
+        return machine
+    }
+
+    @Test("local interest is reference-counted: the first subscriber and the last unsubscriber are announced")
+    func localReferenceCount() {
+        var machine = Self.table()
+        let b = Self.b
+        let c = Self.c
+        let steps: [(String, (inout RelayInterestStateMachine) -> [RelayAction], [RelayAction])] = [
+            ("first add", { $0.addLocalInterest("users.alice.>") }, [
+                .send(.delta(version: 1, added: ["users.alice.>"], removed: []), to: b),
+                .send(.delta(version: 1, added: ["users.alice.>"], removed: []), to: c),
+                .interestChanged,
+            ]),
+            ("second add", { $0.addLocalInterest("users.alice.>") }, []),
+            ("first remove", { $0.removeLocalInterest("users.alice.>") }, []),
+            ("unknown remove", { $0.removeLocalInterest("nobody") }, []),
+            ("last remove", { $0.removeLocalInterest("users.alice.>") }, [
+                .send(.delta(version: 2, added: [], removed: ["users.alice.>"]), to: b),
+                .send(.delta(version: 2, added: [], removed: ["users.alice.>"]), to: c),
+                .interestChanged,
+            ]),
+            ("remove again", { $0.removeLocalInterest("users.alice.>") }, []),
+        ]
+        for (name, event, expected) in steps {
+            #expect(event(&machine) == expected, "\(name)")
+        }
+        #expect(machine.localVersion == 2)
+        #expect(machine.localPatterns.isEmpty)
+    }
+
+    @Test("a member that becomes live gets our snapshot and a pull for its own")
+    func greeting() {
+        var machine = RelayInterestStateMachine(myself: Self.a)
+        _ = machine.addLocalInterest("x.>")
+        #expect(machine.membersChanged([Self.a]) == [])
+        #expect(
+            machine.membersChanged([Self.a, Self.b]) == [
+                .send(.snapshot(version: 1, patterns: ["x.>"]), to: Self.b), .send(.pull, to: Self.b),
+            ]
+        )
+        #expect(machine.membersChanged([Self.b, Self.a]) == [], "the same set again changes nothing")
+        // The peer's answer to the pull.
+        #expect(
+            machine.receive(.snapshot(version: 4, patterns: ["y", "z.*"]), from: Self.b) == [
+                .startForwarding("y"), .startForwarding("z.*"), .interestChanged,
+            ]
+        )
+        #expect(machine.version(of: Self.b) == 4)
+        #expect(machine.receive(.pull, from: Self.b) == [.send(.snapshot(version: 1, patterns: ["x.>"]), to: Self.b)])
+    }
+
+    @Test("deltas apply in order; a late delta cannot undo newer state")
+    func deltasInOrder() {
+        var machine = Self.table()
+        #expect(
+            machine.receive(.delta(version: 1, added: ["a.b"], removed: []), from: Self.b) == [
+                .startForwarding("a.b"), .interestChanged,
+            ]
+        )
+        #expect(
+            machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.b) == [
+                .stopForwarding("a.b"), .interestChanged,
+            ]
+        )
+        // Delivered again, late: ignored.
+        #expect(machine.receive(.delta(version: 1, added: ["a.b"], removed: []), from: Self.b) == [])
+        #expect(machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.b) == [])
+        #expect(machine.patterns(of: Self.b) == [])
+        #expect(machine.statistics.deltasApplied == 2)
+        #expect(machine.statistics.deltasLate == 2)
+        // An older snapshot is stale too.
+        #expect(machine.receive(.snapshot(version: 1, patterns: ["a.b"]), from: Self.b) == [])
+        #expect(machine.statistics.snapshotsStale == 1)
+        #expect(machine.forwardedPatterns == [])
+    }
+
+    @Test("a delta that skips a version asks for one snapshot, which repairs the gap")
+    func gapRepair() {
+        var machine = Self.table()
+        _ = machine.receive(.delta(version: 1, added: ["p1"], removed: []), from: Self.b)
+        #expect(machine.receive(.delta(version: 3, added: ["p3"], removed: []), from: Self.b) == [.send(.pull, to: Self.b)])
+        #expect(machine.receive(.delta(version: 4, added: ["p4"], removed: []), from: Self.b) == [], "one pull at a time")
+        #expect(machine.receive(.digest(version: 4), from: Self.b) == [], "a pull is already on its way")
+        #expect(machine.patterns(of: Self.b) == ["p1"])
+        #expect(
+            machine.receive(.snapshot(version: 4, patterns: ["p1", "p3", "p4"]), from: Self.b) == [
+                .startForwarding("p3"), .startForwarding("p4"), .interestChanged,
+            ]
+        )
+        #expect(machine.receive(.delta(version: 5, added: [], removed: ["p1"]), from: Self.b) == [
+            .stopForwarding("p1"), .interestChanged,
+        ])
+        #expect(machine.statistics.gaps == 2)
+    }
+
+    @Test("anti-entropy: a digest to every live peer when due; a differing digest asks for a snapshot")
+    func antiEntropy() {
+        var machine = Self.table()
+        _ = machine.addLocalInterest("q")
+        #expect(machine.tick(now: .zero + .seconds(4)) == [])
+        #expect(
+            machine.tick(now: .zero + .seconds(5)) == [
+                .send(.digest(version: 1), to: Self.b), .send(.digest(version: 1), to: Self.c),
+            ]
+        )
+        #expect(machine.nextDeadline == .zero + .seconds(10))
+        #expect(machine.receive(.digest(version: 0), from: Self.b) == [], "b's version is known")
+        #expect(machine.receive(.digest(version: 2), from: Self.b) == [.send(.pull, to: Self.b)])
+        #expect(machine.receive(.digest(version: 2), from: Self.b) == [], "no second pull before an answer")
+        // The pull was lost: the next round may pull again.
+        _ = machine.tick(now: .zero + .seconds(10))
+        #expect(machine.receive(.digest(version: 2), from: Self.b) == [.send(.pull, to: Self.b)])
+    }
+
+    @Test("a peer that leaves or is declared dead loses its interest; its frames are ignored until it is live again")
+    func departedPeers() {
+        var machine = Self.table()
+        _ = machine.receive(.snapshot(version: 2, patterns: ["shared", "only.b"]), from: Self.b)
+        _ = machine.receive(.snapshot(version: 1, patterns: ["shared"]), from: Self.c)
+        #expect(machine.forwardedPatterns == ["only.b", "shared"])
+        #expect(machine.membersChanged([Self.a, Self.c]) == [.stopForwarding("only.b"), .interestChanged])
+        #expect(machine.forwardedPatterns == ["shared"], "c still wants it")
+        #expect(machine.interest(in: "only.b").isEmpty)
+        #expect(machine.receive(.delta(version: 3, added: ["late"], removed: []), from: Self.b) == [])
+        #expect(machine.statistics.framesFromStrangers == 1)
+        #expect(machine.statistics.peersDropped == 1)
+        #expect(machine.membersChanged([Self.a]) == [.stopForwarding("shared"), .interestChanged])
+        #expect(machine.forwardedPatterns == [])
+        // b comes back (a refuted suspicion, same process): it is greeted again and its state starts over.
+        #expect(
+            machine.membersChanged([Self.a, Self.b]) == [
+                .send(.snapshot(version: 0, patterns: []), to: Self.b), .send(.pull, to: Self.b),
+            ]
+        )
+        #expect(machine.version(of: Self.b) == 0)
+        _ = machine.receive(.snapshot(version: 3, patterns: ["shared", "late"]), from: Self.b)
+        #expect(machine.forwardedPatterns == ["late", "shared"])
+    }
+
+    @Test("overlapping patterns: each peer once per message, deterministically; shared patterns subscribe once")
+    func overlapDedupe() {
+        var machine = Self.table()
+        #expect(
+            machine.receive(.snapshot(version: 1, patterns: ["a.>", "a.b", "a.*"]), from: Self.b) == [
+                .startForwarding("a.*"), .startForwarding("a.>"), .startForwarding("a.b"), .interestChanged,
+            ]
+        )
+        #expect(
+            machine.receive(.snapshot(version: 1, patterns: ["a.b", "z"]), from: Self.c) == [
+                .startForwarding("z"), .interestChanged,
+            ]
+        )
+        #expect(machine.peers(interestedIn: "a.b") == [Self.b, Self.c])
+        #expect(machine.peers(interestedIn: "a.b") == [Self.b, Self.c], "again, through the match cache")
+        #expect(machine.peers(interestedIn: "a.b.c") == [Self.b])
+        #expect(machine.peers(interestedIn: "z") == [Self.c])
+        #expect(machine.peers(interestedIn: "b") == [])
+        // "a.b" stays forwarded while one peer wants it.
+        #expect(
+            machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.b) == [.interestChanged]
+        )
+        #expect(machine.peers(interestedIn: "a.b") == [Self.b, Self.c], "b still matches through a.> and a.*")
+        #expect(
+            machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.c) == [
+                .stopForwarding("a.b"), .interestChanged,
+            ]
+        )
+        #expect(machine.peers(interestedIn: "a.b") == [Self.b])
+    }
+
+    @Test("interest queries: literal subjects match, patterns overlap, local and remote")
+    func queries() {
+        var machine = Self.table()
+        _ = machine.addLocalInterest("users.alice.*")
+        _ = machine.receive(.snapshot(version: 1, patterns: ["users.>"]), from: Self.b)
+        _ = machine.receive(.snapshot(version: 1, patterns: ["users.bob.events"]), from: Self.c)
+        #expect(machine.interest(in: "users.alice.events") == RelayInterest(local: true, nodes: [Self.b]))
+        #expect(machine.interest(in: "users.bob.events") == RelayInterest(local: false, nodes: [Self.b, Self.c]))
+        #expect(machine.interest(in: "users.bob.*") == RelayInterest(local: false, nodes: [Self.b, Self.c]))
+        #expect(machine.interest(in: "users.*.events") == RelayInterest(local: true, nodes: [Self.b, Self.c]))
+        #expect(machine.interest(in: "orders.>").isEmpty)
+        #expect(machine.interest(in: "users").isEmpty, "users.> needs at least one more token")
+    }
+}
