@@ -19,14 +19,14 @@ import Synchronization
 // Cluster-wide delivery is the relay's job (`GatewayInterest`): the hub tells it which patterns this node's clients
 // listen to, and it brings the matching messages published on other nodes into this node's router.
 
-/// Where the hub reports which subject patterns this node's clients listen to (the cluster relay).
+/// The rest of the cluster as the gateway sees it (the cluster relay): where the hub reports which subject patterns
+/// this node's clients listen to, and who listens elsewhere.
 public protocol GatewayInterest: Sendable {
     func addInterest(_ pattern: String)
     func removeInterest(_ pattern: String)
-}
-
-/// Who else answers a presence query: the number of other nodes whose gateways reply on `$GW.presence`.
-public protocol GatewayPeers: Sendable {
+    /// Whether a subscriber on another node matches `subject`.
+    func remoteInterest(in subject: String) -> Bool
+    /// How many other nodes run a gateway (they answer presence queries).
     var peerCount: Int { get }
 }
 
@@ -39,7 +39,6 @@ public final class Gateway: Service, Sendable {
     let clock: GatewayClock
     let logger: Logger
     let interest: (any GatewayInterest)?
-    let peers: (any GatewayPeers)?
     /// This node's name as one subject token (inboxes are `_GW.<node>.<n>`).
     let nodeToken: String
 
@@ -71,7 +70,6 @@ public final class Gateway: Service, Sendable {
         permissions: @escaping @Sendable () -> PermissionRules,
         clock: GatewayClock = .system,
         interest: (any GatewayInterest)? = nil,
-        peers: (any GatewayPeers)? = nil,
         logger: Logger = Logger(label: "stork.gateway")
     ) {
         self.configuration = configuration
@@ -81,7 +79,6 @@ public final class Gateway: Service, Sendable {
         self.permissions = permissions
         self.clock = clock
         self.interest = interest
-        self.peers = peers
         self.logger = logger
         self.nodeToken = Self.token(node)
         if authentication.authenticators.contains(where: { $0 is OpenAuthenticator }) {
@@ -270,7 +267,7 @@ public final class Gateway: Service, Sendable {
         let (stream, number) = self.openInbox()
         defer { self.closeInbox(number) }
         let delivered = self.publish(subject: subject, data: data, replyTo: "_GW.\(self.nodeToken).\(number)")
-        if delivered == 0, self.interest == nil {
+        if delivered == 0, !(self.interest?.remoteInterest(in: subject) ?? false) {
             throw GatewayActionError("no_responders", "nobody listens on '\(subject)'")
         }
         let reply = await self.first(of: stream, within: timeout)
@@ -326,7 +323,7 @@ public final class Gateway: Service, Sendable {
     /// query on `$GW.presence` (gathered until every peer answered or `presenceTimeout`).
     func presence(_ subject: String) async -> [String] {
         var users = self.localPresence(subject)
-        let peers = self.peers?.peerCount ?? 0
+        let peers = self.interest?.peerCount ?? 0
         if peers > 0 {
             let (stream, number) = self.openInbox()
             defer { self.closeInbox(number) }

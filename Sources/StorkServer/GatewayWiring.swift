@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import Logging
 import StorkCore
@@ -9,39 +10,47 @@ import Yams
 // MARK: - The gateway from configuration
 
 extension ServerConfiguration {
-    /// The authentication chain of `gateway.auth`, in order.
-    func makeAuthenticationChain() throws -> AuthenticationChain {
-        var authenticators: [any Authenticator] = []
-        for (index, entry) in self.gateway.auth.enumerated() {
-            guard case .object(let fields) = entry, case .string(let type)? = fields["type"] else {
-                throw StorkError(.invalidInput, "gateway.auth[\(index)]: 'type' is required")
-            }
-            switch type {
-            case "open", "none":
-                authenticators.append(OpenAuthenticator())
-            case "users", "file":
-                guard case .string(let file)? = fields["file"] else {
-                    throw StorkError(.invalidInput, "gateway.auth[\(index)]: 'users' needs 'file'")
+    /// The authentication chain of `gateway.auth`, in order, from the built-in authenticators and `registry`.
+    func makeAuthenticationChain(
+        registry: AuthenticatorRegistry = AuthenticatorRegistry(),
+        httpClient: HTTPClient
+    ) async throws -> AuthenticationChain {
+        let context = AuthenticatorContext(
+            readFile: { path in
+                guard let data = FileManager.default.contents(atPath: path) else {
+                    throw StorkError(.invalidInput, "cannot read \(path)")
                 }
-                do {
-                    authenticators.append(try UsersFileAuthenticator(document: try DocumentFile.load(file)))
-                } catch let error as StorkError {
-                    throw StorkError(.invalidInput, "gateway.auth[\(index)]: \(error.message)")
-                }
-            default:
-                throw StorkError(.invalidInput, "gateway.auth[\(index)]: unknown type '\(type)'; expected open or users")
-            }
+                return Array(data)
+            },
+            parseDocument: { contents, path in try DocumentFile.parse(contents, path: path) },
+            httpTransport: HTTPAuthenticationTransport(client: httpClient),
+            sleep: { try await Task.sleep(for: $0) },
+            now: { Date().timeIntervalSince1970 }
+        )
+        do {
+            return AuthenticationChain(try await registry.makeAuthenticators(self.gateway.auth, context: context))
+        } catch let error as StorkError {
+            throw StorkError(.invalidInput, "gateway.auth: \(error.message)")
         }
-        return AuthenticationChain(authenticators)
     }
 
-    /// The permission rules of `gateway.permissions` (none: everything is denied).
-    func loadPermissionRules() throws -> PermissionRules {
+    /// The permission rules of `gateway.permissions`: a watched file (reloaded when it changes), inline rules, or
+    /// none (everything is refused). The watcher, when there is one, is a service to run.
+    func makePermissions(
+        logger: Logger
+    ) throws -> (rules: @Sendable () -> PermissionRules, watcher: RulesFileWatcher<ContinuousClock>?) {
         if let file = self.gateway.permissionsFile {
-            return try PermissionRules(document: try DocumentFile.load(file))
+            let watcher = try RulesFileWatcher(
+                path: file,
+                clock: ContinuousClock(),
+                logger: logger,
+                decode: { try DocumentFile.parse($0, path: file) }
+            )
+            return ({ watcher.rules }, watcher)
         }
-        if let rules = self.gateway.permissionRules { return try PermissionRules(document: rules) }
-        return PermissionRules([])
+        let rules = try self.gateway.permissionRules.map { try PermissionRules(document: $0) } ?? PermissionRules([])
+        if rules.rules.isEmpty { logger.warning("gateway: no permission rules, so every client action is refused") }
+        return ({ rules }, nil)
     }
 }
 
@@ -51,9 +60,13 @@ enum DocumentFile {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw StorkError(.invalidInput, "cannot read \(path)")
         }
+        return try Self.parse(Array(data), path: path)
+    }
+
+    static func parse(_ data: [UInt8], path: String) throws -> JSONValue {
         guard data.count <= 16 << 20 else { throw StorkError(.invalidInput, "\(path): larger than 16 MiB") }
         if let json = try? JSONValue.parse(data) { return json }
-        guard let text = String(data: data, encoding: .utf8) else {
+        guard let text = String(validating: data, as: UTF8.self) else {
             throw StorkError(.invalidInput, "\(path): neither JSON nor UTF-8 YAML")
         }
         do {

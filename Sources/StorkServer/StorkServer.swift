@@ -91,18 +91,25 @@ public struct StorkServer: Sendable {
             logger: logger
         )
         // The realtime gateway shares the node's HTTP port: its WebSocket endpoint and HTTP routes beside the admin API.
-        let gateway: Gateway? = try nats.flatMap { nats in
-            guard configuration.gateway.enabled else { return nil }
-            let rules = try configuration.loadPermissionRules()
-            return Gateway(
+        // The relay carries its subjects between the nodes; the rules file is watched and reloaded.
+        var gateway: Gateway?
+        var relay: ClusterRelay<ContinuousClock>?
+        var rulesWatcher: RulesFileWatcher<ContinuousClock>?
+        if configuration.gateway.enabled, let nats {
+            let clusterRelay = ClusterRelay(network: manager, router: nats.router, logger: logger)
+            let permissions = try configuration.makePermissions(logger: logger)
+            gateway = Gateway(
                 configuration: configuration.gateway.settings,
                 node: configuration.node.name,
                 router: nats.router,
                 jetstream: jetstream,
-                authentication: try configuration.makeAuthenticationChain(),
-                permissions: { rules },
+                authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
+                permissions: permissions.rules,
+                interest: RelayGatewayInterest(relay: clusterRelay, logger: logger),
                 logger: logger
             )
+            relay = clusterRelay
+            rulesWatcher = permissions.watcher
         }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         // Moves are recorded from the moment the manager starts, not when the dashboard first asks.
@@ -146,6 +153,8 @@ public struct StorkServer: Sendable {
         }
         if let jetstream { services.append(.init(service: jetstream)) }
         if let nats { services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream))) }
+        if let relay { services.append(.init(service: relay)) }
+        if let rulesWatcher { services.append(.init(service: rulesWatcher)) }
         if let gateway { services.append(.init(service: gateway)) }
         services.append(.init(service: app))
         let group = ServiceGroup(

@@ -42,10 +42,10 @@ func routerRequest(_ router: NATSRouter, _ subject: String, _ body: String) asyn
     let subscription = router.subscribe(inbox, receiver: collector)
     defer { router.unsubscribe(subscription) }
     router.publish(NATSMessage(subject: subject, replyTo: inbox, payload: ByteBuffer(string: body)))
-    guard await eventually(.seconds(20), { !collector.received.withLock { $0.isEmpty } }) else {
+    guard await eventually(.seconds(20), { !collector.payloads.isEmpty }) else {
         throw StorkError(.timeout, "no reply to \(subject)")
     }
-    return collector.received.withLock { $0[0] }
+    return collector.payloads[0]
 }
 
 @Suite("Gateway history and replay")

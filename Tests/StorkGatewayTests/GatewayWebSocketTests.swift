@@ -102,7 +102,7 @@ struct GatewayWebSocketTests {
             let subscription = router.subscribe("public.>", receiver: collector)
             defer { router.unsubscribe(subscription) }
             socket.send(["type": "publish", "subject": "public.chat", "data": ["m": "x"]])
-            #expect(await eventually(.seconds(20)) { collector.received.withLock { $0 } == [#"{"m":"x"}"#] })
+            #expect(await eventually(.seconds(20)) { collector.payloads == [#"{"m":"x"}"#] })
         }
     }
 
@@ -288,13 +288,5 @@ struct GatewayWebSocketTests {
             a.send(["type": "presence", "id": 2, "subject": "public.room"])
             #expect(await a.next() == ["type": "presence", "id": 2, "subject": "public.room", "users": ["ann", "ben"]])
         }
-    }
-}
-
-final class Collector: NATSLocalReceiver {
-    let received = Mutex<[String]>([])
-
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
-        self.received.withLock { $0.append(String(buffer: message.payload)) }
     }
 }

@@ -23,17 +23,6 @@ private struct IdleHandler: ResourceHandler {
     func terminate(_ resource: Resource, reason: TerminationReason, context: ResourceContext) async throws {}
 }
 
-/// A local subscriber on a node's router, standing in for a WebSocket session or a NATS client.
-private final class Collector: NATSLocalReceiver {
-    let messages = Mutex<[NATSMessage]>([])
-
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
-        self.messages.withLock { $0.append(message) }
-    }
-
-    var payloads: [String] { self.messages.withLock { $0.map { String(buffer: $0.payload) } } }
-}
-
 /// Polls `condition` until it holds or `timeout` passes (real sockets: no virtual time here).
 private func eventually(
     _ what: String,

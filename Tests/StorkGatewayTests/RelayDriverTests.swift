@@ -7,73 +7,6 @@ import Testing
 
 @testable import StorkGateway
 
-// MARK: - A clock that moves only when told
-
-/// A `Clock` for tests: `sleep` returns when `advance(by:)` has moved time past the deadline.
-final class ManualClock: Clock, Sendable {
-    struct Instant: InstantProtocol {
-        var offset: Duration
-        func advanced(by duration: Duration) -> Instant { Instant(offset: self.offset + duration) }
-        func duration(to other: Instant) -> Duration { other.offset - self.offset }
-        static func < (lhs: Instant, rhs: Instant) -> Bool { lhs.offset < rhs.offset }
-    }
-
-    private struct Sleeper {
-        var deadline: Instant
-        var continuation: CheckedContinuation<Void, any Error>
-    }
-
-    private struct State {
-        var now = Instant(offset: .zero)
-        var sleepers: [Int: Sleeper] = [:]
-        var next = 0
-    }
-
-    private let state = Mutex(State())
-
-    var now: Instant { self.state.withLock { $0.now } }
-    var minimumResolution: Duration { .nanoseconds(1) }
-
-    /// How many tasks are sleeping on this clock.
-    var sleeping: Int { self.state.withLock { $0.sleepers.count } }
-
-    func sleep(until deadline: Instant, tolerance: Duration?) async throws {
-        let id = self.state.withLock { state -> Int in
-            state.next += 1
-            return state.next
-        }
-        try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let resumeNow = self.state.withLock { state -> Bool? in
-                    if deadline <= state.now { return true }
-                    // Cancelled before registering: `onCancel` already ran and found nothing to resume.
-                    if Task.isCancelled { return false }
-                    state.sleepers[id] = Sleeper(deadline: deadline, continuation: continuation)
-                    return nil
-                }
-                switch resumeNow {
-                case true?: continuation.resume()
-                case false?: continuation.resume(throwing: CancellationError())
-                case nil: break
-                }
-            }
-        } onCancel: {
-            let sleeper = self.state.withLock { $0.sleepers.removeValue(forKey: id) }
-            sleeper?.continuation.resume(throwing: CancellationError())
-        }
-    }
-
-    func advance(by duration: Duration) {
-        let due = self.state.withLock { state -> [Sleeper] in
-            state.now = state.now.advanced(by: duration)
-            let due = state.sleepers.filter { $0.value.deadline <= state.now }
-            for id in due.keys { state.sleepers[id] = nil }
-            return Array(due.values)
-        }
-        for sleeper in due { sleeper.continuation.resume() }
-    }
-}
-
 // MARK: - An in-memory network of relays
 
 /// Nodes whose relay frames travel through in-memory streams; interest frames can be lost on purpose.
@@ -164,7 +97,7 @@ struct RelayDriverTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await a.run() }
             group.addTask { try await b.run() }
-            try await until("both relays sleep on the clock") { clock.sleeping == 2 }
+            try await until("both relays sleep on the clock") { clock.pendingSleeps == 2 }
 
             let inbox = Inbox()
             _ = routerB.subscribe("x.>", receiver: inbox)

@@ -178,6 +178,17 @@ final class TestSocket: Sendable {
     }
 }
 
+/// A local subscriber on a node's router, standing in for a WebSocket session or a NATS client.
+final class Collector: NATSLocalReceiver {
+    let messages = Mutex<[NATSMessage]>([])
+
+    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+        self.messages.withLock { $0.append(message) }
+    }
+
+    var payloads: [String] { self.messages.withLock { $0.map { String(buffer: $0.payload) } } }
+}
+
 /// Rules of the usual shape: own channels, public read, inboxes.
 let ownChannelRules: PermissionRules = {
     let document: JSONValue = [
