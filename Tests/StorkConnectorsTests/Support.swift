@@ -82,25 +82,37 @@ final class LocalMessaging: StorkMessaging {
 
 // MARK: - Clock: every wait recorded, released by the test
 
-/// A ``ConnectorClock`` whose sleeps are recorded and return only when the test releases them (or at once, when
-/// `automatic`). Cancelling a sleeping task ends its sleep with `CancellationError`.
+/// A manual ``ConnectorClock``: sleeps are recorded and return only when the test releases them (``release()``, the
+/// oldest first) or moves the time past their end (``advance(by:)``), or at once when `automatic`. Cancelling a
+/// sleeping task ends its sleep with `CancellationError`. Nothing here waits for wall-clock time.
 final class TestClock: Sendable {
+    private struct Sleeper {
+        var id: Int
+        var deadline: Duration
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+
     private struct State {
         var sleeps: [Duration] = []
-        var waiting: [(id: Int, continuation: CheckedContinuation<Void, any Error>)] = []
+        var waiting: [Sleeper] = []
         var nextID = 0
         var automatic: Bool
-        var now: Date
+        var start: Date
+        /// How far ``advance(by:)`` moved the time.
+        var elapsed: Duration = .zero
     }
 
     private let state: Mutex<State>
 
     init(automatic: Bool = false, now: Date = Date(timeIntervalSince1970: 1_700_000_000)) {
-        self.state = Mutex(State(automatic: automatic, now: now))
+        self.state = Mutex(State(automatic: automatic, start: now))
     }
 
     var clock: ConnectorClock {
-        ConnectorClock(now: { self.state.withLock { $0.now } }, sleep: { try await self.sleep($0) })
+        ConnectorClock(
+            now: { self.state.withLock { $0.start.addingTimeInterval($0.elapsed.secondsDouble) } },
+            sleep: { try await self.sleep($0) }
+        )
     }
 
     /// Every duration slept so far, in order.
@@ -109,10 +121,22 @@ final class TestClock: Sendable {
     /// Sleeps not released yet.
     var pending: Int { self.state.withLock { $0.waiting.count } }
 
-    /// Ends the oldest pending sleep.
+    /// Ends the oldest pending sleep (the time stays where it is).
     func release() {
         let waiter = self.state.withLock { state in state.waiting.isEmpty ? nil : state.waiting.removeFirst() }
         waiter?.continuation.resume()
+    }
+
+    /// Moves the time forward by `duration`, ending every pending sleep that is over by then.
+    func advance(by duration: Duration) {
+        let due = self.state.withLock { state -> [Sleeper] in
+            state.elapsed += duration
+            let elapsed = state.elapsed
+            let due = state.waiting.filter { $0.deadline <= elapsed }
+            state.waiting.removeAll { $0.deadline <= elapsed }
+            return due
+        }
+        for sleeper in due { sleeper.continuation.resume() }
     }
 
     /// Waits (bounded) until the `number`-th sleep was requested and is pending; returns its duration.
@@ -136,7 +160,7 @@ final class TestClock: Sendable {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let cancelled = self.state.withLock { state -> Bool in
                     if Task.isCancelled { return true }
-                    state.waiting.append((id, continuation))
+                    state.waiting.append(Sleeper(id: id, deadline: state.elapsed + duration, continuation: continuation))
                     return false
                 }
                 if cancelled { continuation.resume(throwing: CancellationError()) }
@@ -190,6 +214,20 @@ func configured(_ body: (inout ConnectorHandlerConfiguration) -> Void) -> Connec
     var configuration = ConnectorHandlerConfiguration()
     body(&configuration)
     return configuration
+}
+
+/// A handler configuration whose connectors wait on `clock`, with no stop grace period: a stopped connector must
+/// return by itself (nothing cancels it, so a test of one that does not runs into its time limit), and the clock
+/// records only the connectors' own waits. Then `body` changes it.
+func configured(
+    clock: TestClock,
+    _ body: (inout ConnectorHandlerConfiguration) -> Void = { _ in }
+) -> ConnectorHandlerConfiguration {
+    configured {
+        $0.clock = clock.clock
+        $0.stopGracePeriod = nil
+        body(&$0)
+    }
 }
 
 /// Runs a ``ConnectorHandler`` (as its service) for the duration of `body`, then shuts it down.
@@ -333,3 +371,4 @@ final class FeedServer: Sendable {
         }
     }
 }
+

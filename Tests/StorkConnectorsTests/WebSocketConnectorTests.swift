@@ -78,7 +78,7 @@ struct WebSocketConnectorTests {
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
+            try await withConnectorHandler(configuration: configured(clock: clock)) { handler in
                 let resource = self.feedResource(port: port, ["backoffMin": 0.5, "backoffMax": 4])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
                 #expect(
@@ -140,7 +140,7 @@ struct WebSocketConnectorTests {
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
+            try await withConnectorHandler(configuration: configured(clock: clock)) { handler in
                 let resource = self.feedResource(port: port, path: "/silent", ["heartbeat": 0.2, "backoffMin": 0.25])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
                 #expect(await eventually(.seconds(10)) { server.connections == 1 })
@@ -160,7 +160,7 @@ struct WebSocketConnectorTests {
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
+            try await withConnectorHandler(configuration: configured(clock: clock)) { handler in
                 let resource = self.feedResource(port: port, ["heartbeat": 1])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
                 #expect(

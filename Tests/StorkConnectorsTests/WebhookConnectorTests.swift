@@ -212,8 +212,7 @@ struct WebhookConnectorTests {
     }
 
     static func handlerConfiguration(_ clock: TestClock, nats: JetStreamFixture) -> ConnectorHandlerConfiguration {
-        configured {
-            $0.clock = clock.clock
+        configured(clock: clock) {
             $0.nats = nats.endpoint
             $0.secrets = ConnectorSecrets(environment: ["STORK_SECRET_HOOK_KEY": "hook-secret"])
         }
