@@ -4,6 +4,7 @@ import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOPosix
 import StorkConnectors
 import StorkCore
 import StorkResources
@@ -372,3 +373,121 @@ final class FeedServer: Sendable {
     }
 }
 
+// MARK: - A tap on WebSocket control frames
+
+/// A loopback TCP relay in front of a WebSocket server that counts the control frames passing through: pings from
+/// the clients, pongs from the server. A test waits on these counts (events on the wire) instead of sleeping for
+/// heartbeats to happen.
+final class WebSocketTap: Sendable {
+    private struct Counts {
+        var pings = 0
+        var pongs = 0
+    }
+
+    private let counts = Mutex(Counts())
+
+    /// Ping frames sent by clients.
+    var pings: Int { self.counts.withLock { $0.pings } }
+    /// Pong frames sent by the server.
+    var pongs: Int { self.counts.withLock { $0.pongs } }
+
+    /// Relays a loopback port to `upstream` (a loopback port) for the duration of `body`, which gets the relay's port.
+    func run(upstream: Int, _ body: @Sendable (Int) async throws -> Void) async throws {
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let port = try #require(listener.channel.localAddress?.port)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await listener.executeThenClose { connections in
+                    try await withThrowingDiscardingTaskGroup { relays in
+                        for try await connection in connections {
+                            relays.addTask { try? await self.relay(connection, upstream: upstream) }
+                        }
+                    }
+                }
+            }
+            do {
+                try await body(port)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func relay(_ client: NIOAsyncChannel<ByteBuffer, ByteBuffer>, upstream: Int) async throws {
+        let server = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: upstream) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        try await client.executeThenClose { clientIn, clientOut in
+            try await server.executeThenClose { serverIn, serverOut in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        var scanner = WebSocketFrameScanner()
+                        for try await bytes in clientIn {
+                            let pings = scanner.feed(bytes).filter { $0 == 0x9 }.count
+                            if pings > 0 { self.counts.withLock { $0.pings += pings } }
+                            try await serverOut.write(bytes)
+                        }
+                    }
+                    group.addTask {
+                        var scanner = WebSocketFrameScanner()
+                        for try await bytes in serverIn {
+                            let pongs = scanner.feed(bytes).filter { $0 == 0xA }.count
+                            if pongs > 0 { self.counts.withLock { $0.pongs += pongs } }
+                            try await clientOut.write(bytes)
+                        }
+                    }
+                    // Either side closed: close both.
+                    try await group.next()
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+}
+
+/// Finds the WebSocket frames in one direction of a connection (after the HTTP upgrade headers): each `feed`
+/// returns the opcodes of the frames it completed.
+struct WebSocketFrameScanner {
+    private var buffer: [UInt8] = []
+    private var upgraded = false
+
+    mutating func feed(_ bytes: ByteBuffer) -> [UInt8] {
+        self.buffer += bytes.readableBytesView
+        if !self.upgraded {
+            let end: [UInt8] = Array("\r\n\r\n".utf8)
+            guard let index = self.buffer.indices.dropLast(3).first(where: { Array(self.buffer[$0..<$0 + 4]) == end })
+            else { return [] }
+            self.buffer.removeFirst(index + 4)
+            self.upgraded = true
+        }
+        var opcodes: [UInt8] = []
+        while self.buffer.count >= 2 {
+            var length = Int(self.buffer[1] & 0x7F)
+            var header = 2
+            if length == 126 {
+                guard self.buffer.count >= 4 else { break }
+                length = Int(self.buffer[2]) << 8 | Int(self.buffer[3])
+                header = 4
+            } else if length == 127 {
+                guard self.buffer.count >= 10 else { break }
+                length = self.buffer[2..<10].reduce(0) { $0 << 8 | Int($1) }
+                header = 10
+            }
+            if self.buffer[1] & 0x80 != 0 { header += 4 }  // the mask of a client's frame
+            guard self.buffer.count >= header + length else { break }
+            opcodes.append(self.buffer[0] & 0x0F)
+            self.buffer.removeFirst(header + length)
+        }
+        return opcodes
+    }
+}
