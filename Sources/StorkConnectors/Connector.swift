@@ -8,8 +8,11 @@ import StorkResources
 /// One kind of built-in work: what runs a resource whose `kind` attribute names it.
 ///
 /// A connector is stateless between resources; everything one resource needs lives in `run`. `run` keeps the
-/// resource alive by itself (it reconnects, retries, backs off) and returns only when its task is cancelled, which is
-/// how ``ConnectorHandler`` terminates it. If it returns or throws anyway, the handler restarts it with backoff.
+/// resource alive by itself (it reconnects, retries, backs off) until ``ConnectorContext/stop`` fires, which is how
+/// ``ConnectorHandler`` terminates it (a move, a removal, a drain): it then finishes what it started (a request in
+/// flight, its acks), gives back what it did not start, and returns. A connector that has not returned within the
+/// handler's ``ConnectorHandlerConfiguration/stopGracePeriod`` is cancelled; cancellation (also the handler's own) is
+/// abrupt. If `run` returns or throws without being told to stop, the handler restarts it with backoff.
 ///
 /// ```swift
 /// struct EchoConnector: Connector {
@@ -19,7 +22,7 @@ import StorkResources
 ///     }
 ///     func run(_ resource: Resource, context: ConnectorContext) async throws {
 ///         context.status.state(.connected)
-///         try await Task.sleep(for: .seconds(1_000_000_000))
+///         await context.stop.wait()
 ///     }
 /// }
 /// var registry = ConnectorRegistry.builtIn(httpClient: client)
@@ -33,7 +36,8 @@ public protocol Connector: Sendable {
     /// Called in `handle`, before anything starts: a failure is retried with backoff like any failed handle.
     func validate(_ resource: Resource) throws
 
-    /// Runs the resource until the calling task is cancelled.
+    /// Runs the resource until `context.stop` fires (then finishes what is in flight and returns) or the calling task
+    /// is cancelled (then returns at once).
     func run(_ resource: Resource, context: ConnectorContext) async throws
 }
 
@@ -54,6 +58,9 @@ public struct ConnectorContext: Sendable {
     /// This node's own NATS endpoint as a client reaches it (connectors that consume streams connect to it unless
     /// a resource names another server); nil when the handler was not told.
     public var nats: ConnectorNATSEndpoint?
+    /// Fires when the connector is to stop (terminate, drain, shutdown): `run` finishes what it started and returns.
+    /// Wait on it (``sleep(_:)``, ``untilStopped(_:)`` or `stop.wait()`) wherever `run` waits for long.
+    public var stop: OneShotSignal
 
     public init(
         resource: ResourceContext,
@@ -61,7 +68,8 @@ public struct ConnectorContext: Sendable {
         status: ConnectorStatusReporter,
         secrets: ConnectorSecrets,
         clock: ConnectorClock,
-        nats: ConnectorNATSEndpoint? = nil
+        nats: ConnectorNATSEndpoint? = nil,
+        stop: OneShotSignal = OneShotSignal()
     ) {
         self.resource = resource
         self.messaging = messaging
@@ -69,9 +77,40 @@ public struct ConnectorContext: Sendable {
         self.secrets = secrets
         self.clock = clock
         self.nats = nats
+        self.stop = stop
     }
 
     public var logger: Logger { self.resource.logger }
+
+    /// True once ``stop`` fired or the calling task was cancelled: `run` should wind down and return.
+    public var isStopping: Bool { self.stop.isFired || Task.isCancelled }
+
+    /// Waits `duration` on ``clock`` unless the connector is told to stop first; true when the whole duration passed,
+    /// false when it stopped (or its task was cancelled).
+    public func sleep(_ duration: Duration) async -> Bool {
+        guard !self.isStopping else { return false }
+        let clock = self.clock
+        let slept = (try? await self.untilStopped { try await clock.sleep(duration) }) != nil
+        return slept && !self.isStopping
+    }
+
+    /// Runs `body` until it returns, or until ``stop`` fires, which cancels it: for work that has nothing to finish
+    /// (a connection attempt, a GET). Nil when stopped first; rethrows what `body` throws.
+    public func untilStopped<Value: Sendable>(
+        _ body: @escaping @Sendable () async throws -> Value
+    ) async throws -> Value? {
+        let stop = self.stop
+        return try await withThrowingTaskGroup(of: Value?.self) { group in
+            group.addTask { try await body() }
+            group.addTask {
+                await stop.wait()
+                return nil
+            }
+            defer { group.cancelAll() }
+            // The first child to end decides: the body's value (or error), or the stop (nil).
+            return try await group.next() ?? nil
+        }
+    }
 }
 
 // MARK: - ConnectorRegistry

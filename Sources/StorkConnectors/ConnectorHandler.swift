@@ -32,6 +32,11 @@ public struct ConnectorHandlerConfiguration: Sendable {
     /// retry by themselves).
     public var restartBackoffMinimum: Duration = .seconds(1)
     public var restartBackoffMaximum: Duration = .seconds(60)
+    /// How long a connector told to stop (terminate, drain, shutdown) may take to finish what it started and return
+    /// from `run`, waited on ``clock``; then its task is cancelled. The default, 30 s, covers a `webhook` POST in
+    /// flight (its `timeout`, 10 s by default), its open pull (5 s) and its final flush. `.zero` cancels at once;
+    /// nil never cancels (the connector alone decides when it is done).
+    public var stopGracePeriod: Duration? = .seconds(30)
 
     public init() {}
 }
@@ -42,7 +47,9 @@ public struct ConnectorHandlerConfiguration: Sendable {
 /// to a fallback handler (the sidecar, the log handler, your own).
 ///
 /// `handle` validates the attributes (a bad attribute fails the handle, which Stork retries with backoff) and starts
-/// the connector as a child task of ``run()``; `terminate` cancels that task and returns when it ended. Run the handler
+/// the connector as a child task of ``run()``; `terminate` fires the connector's stop signal
+/// (``ConnectorContext/stop``), cancels its task if it has not returned within
+/// ``ConnectorHandlerConfiguration/stopGracePeriod``, and returns when it ended. Run the handler
 /// as a `Service` in the same `ServiceGroup` as the `ResourceManager`, listed before it so that it stops after it:
 ///
 /// ```swift
@@ -96,8 +103,8 @@ public final class ConnectorHandler: ResourceHandler, Service {
 
     // MARK: Service
 
-    /// Owns the connector tasks. On graceful shutdown (or cancellation) every connector still running is cancelled;
-    /// returns when all have ended.
+    /// Owns the connector tasks. On graceful shutdown every connector still running is told to stop (and cancelled
+    /// after the grace period); cancellation cancels them at once. Returns when all have ended.
     public func run() async throws {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
@@ -211,7 +218,8 @@ public final class ConnectorHandler: ResourceHandler, Service {
                 status: reporter,
                 secrets: self.configuration.secrets,
                 clock: self.configuration.clock,
-                nats: self.configuration.nats
+                nats: self.configuration.nats,
+                stop: OneShotSignal()
             )
         )
         let accepted = self.state.withLock { state -> Bool in
@@ -259,7 +267,7 @@ public final class ConnectorHandler: ResourceHandler, Service {
         await self.fallback.handleFailedTermination(resource, error: error, context: context)
     }
 
-    /// Cancels the connector of `id`, if one runs, and returns when its task ended.
+    /// Stops the connector of `id`, if one runs, and returns when its task ended.
     private func stopConnector(_ id: ResourceID) async {
         let running = self.state.withLock { state -> RunningConnector? in
             guard case .connector(let running)? = state.routes[id] else { return nil }
@@ -274,12 +282,17 @@ public final class ConnectorHandler: ResourceHandler, Service {
     // MARK: Running one connector
 
     /// Runs a connector until it is stopped, then clears its status and says it is done.
+    ///
+    /// Stopping is cooperative: the stop signal asks `run` to finish and return; only a connector still running after
+    /// the grace period is cancelled (the grace child ends, and the group cancels the rest).
     private func supervise(_ running: RunningConnector) async {
         guard running.claim() else { return }
         _ = self.state.withLock { $0.unstarted.removeValue(forKey: ObjectIdentifier(running)) }
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.runWithRestarts(running) }
-            group.addTask { await running.stop.wait() }
+            if let grace = self.configuration.stopGracePeriod {
+                group.addTask { await self.enforceStopGrace(grace, on: running) }
+            }
             await group.next()
             group.cancelAll()
         }
@@ -287,29 +300,42 @@ public final class ConnectorHandler: ResourceHandler, Service {
         running.done.fire()
     }
 
-    /// Runs the connector; if it returns or throws while not cancelled, runs it again after a backoff.
+    /// Returns once the connector was told to stop and `grace` passed on the clock (then the connector is cancelled),
+    /// or when cancelled (the connector returned in time, or the handler is cancelled).
+    private func enforceStopGrace(_ grace: Duration, on running: RunningConnector) async {
+        await running.stop.wait()
+        guard !Task.isCancelled else { return }
+        guard grace > .zero else { return }
+        do {
+            try await running.context.clock.sleep(grace)
+        } catch {
+            return
+        }
+        running.context.logger.warning(
+            "connector did not stop within its grace period, cancelling it",
+            metadata: ["stork.grace": "\(grace)"]
+        )
+    }
+
+    /// Runs the connector; if it returns or throws while not stopping, runs it again after a backoff.
     private func runWithRestarts(_ running: RunningConnector) async {
         let context = running.context
         var backoff = ConnectorBackoff(
             minimum: self.configuration.restartBackoffMinimum,
             maximum: self.configuration.restartBackoffMaximum
         )
-        while !Task.isCancelled {
+        while !context.isStopping {
             do {
                 try await running.connector.run(running.resource, context: context)
-                if Task.isCancelled { return }
+                if context.isStopping { return }
                 context.status.failed("the connector stopped by itself")
             } catch {
-                if Task.isCancelled { return }
+                if context.isStopping { return }
                 context.status.failed("\(error)")
                 context.logger.warning("connector stopped", metadata: ["stork.error": "\(error)"])
             }
             context.status.state(.failed)
-            do {
-                try await context.clock.sleep(backoff.nextDelay())
-            } catch {
-                return
-            }
+            guard await context.sleep(backoff.nextDelay()) else { return }
             context.status.retrying()
         }
     }
@@ -320,8 +346,10 @@ final class RunningConnector: Sendable {
     let resource: Resource
     let connector: any Connector
     let context: ConnectorContext
-    let stop = OneShotSignal()
     let done = OneShotSignal()
+
+    /// Fired to tell the connector to stop: the context's signal.
+    var stop: OneShotSignal { self.context.stop }
 
     private enum Phase {
         case pending, started, abandoned

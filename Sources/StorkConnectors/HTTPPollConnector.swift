@@ -58,6 +58,7 @@ public struct HTTPPollConnectorSettings: Sendable, Hashable {
 /// `ETag` / `Last-Modified`, takes 304 as unchanged, and also skips a 200 whose body hashes (SHA-256) like the last
 /// one. Failures (connection errors, timeouts, statuses other than 2xx and 304) back off between `backoffMin` and
 /// `backoffMax`; 429 and 503 wait as long as their `Retry-After` says (seconds or an HTTP date) when they have one.
+/// On stop it abandons a GET in flight and returns.
 public struct HTTPPollConnector: Connector {
     public static let kind = "http-poll"
     public var name: String { Self.kind }
@@ -82,16 +83,20 @@ public struct HTTPPollConnector: Connector {
         var logger = context.logger
         logger[metadataKey: "stork.connector"] = "\(self.name)"
         var retrying = false
-        while !Task.isCancelled {
+        while !context.isStopping {
             if retrying { context.status.retrying() }
             let action: HTTPPollStateMachine.Action
             var body: [UInt8] = []
             do {
-                let (response, bytes) = try await self.poll(settings, machine: machine, context: context)
+                // A stop abandons the GET in flight: a poll has nothing to finish.
+                let polled = try await context.untilStopped { [machine] in
+                    try await self.poll(settings, machine: machine, context: context)
+                }
+                guard let (response, bytes) = polled else { return }
                 body = bytes
                 action = machine.received(response, now: context.clock.now())
             } catch {
-                if Task.isCancelled { return }
+                if context.isStopping { return }
                 action = machine.failed("\(error)")
             }
             let delay: Duration
@@ -113,7 +118,7 @@ public struct HTTPPollConnector: Connector {
                 retrying = true
                 delay = after
             }
-            try await context.clock.sleep(delay)
+            guard await context.sleep(delay) else { return }
         }
     }
 

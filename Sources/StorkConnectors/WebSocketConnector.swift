@@ -55,7 +55,8 @@ public struct WebSocketConnectorSettings: Sendable, Hashable {
 /// Every text or binary message received is published on `subject`. With `outbound`, messages published on that
 /// subject while the connection is open are sent to the socket as text (nothing is buffered while disconnected).
 /// A failed or lost connection is reopened after a jittered exponential backoff between `backoffMin` and
-/// `backoffMax`; the backoff starts over once a connection was open.
+/// `backoffMax`; the backoff starts over once a connection was open. On stop it sends a close frame (`goingAway`) and
+/// returns when the connection closed; a connection attempt or a backoff wait is abandoned at once.
 public struct WebSocketConnector: Connector {
     public static let kind = "websocket"
     public var name: String { Self.kind }
@@ -75,7 +76,7 @@ public struct WebSocketConnector: Connector {
         var logger = context.logger
         logger[metadataKey: "stork.connector"] = "\(self.name)"
         var attempt = 0
-        while !Task.isCancelled {
+        while !context.isStopping {
             attempt += 1
             if attempt > 1 { context.status.retrying() }
             context.status.state(.connecting)
@@ -85,12 +86,12 @@ public struct WebSocketConnector: Connector {
                 let close = try await self.connect(settings, context: context, logger: logger) {
                     connected.store(true, ordering: .relaxed)
                 }
-                if Task.isCancelled { return }
+                if context.isStopping { return }
                 problem =
                     close.map { "closed by the server (\($0.closeCode)\($0.reason.map { ": \($0)" } ?? ""))" }
                     ?? "the connection closed without a close frame (network, or no pong within the heartbeat)"
             } catch {
-                if Task.isCancelled { return }
+                if context.isStopping { return }
                 problem = "\(error)"
             }
             context.status.failed(problem)
@@ -101,11 +102,12 @@ public struct WebSocketConnector: Connector {
                 metadata: ["stork.error": "\(problem)", "stork.backoff": "\(delay)"]
             )
             context.status.state(.backoff)
-            try await context.clock.sleep(delay)
+            guard await context.sleep(delay) else { return }
         }
     }
 
-    /// One connection: returns when it closed, throws when it could not open or failed.
+    /// One connection: returns when it closed (on stop: once its close frame went out), throws when it could not open
+    /// or failed.
     private func connect(
         _ settings: WebSocketConnectorSettings,
         context: ConnectorContext,
@@ -124,24 +126,67 @@ public struct WebSocketConnector: Connector {
         )
         let messaging = context.messaging
         let status = context.status
-        return try await WebSocketClient.connect(
-            url: settings.url,
-            configuration: configuration,
-            eventLoopGroup: self.eventLoopGroup,
-            logger: logger
-        ) { inbound, outbound, _ in
-            onOpen()
-            status.state(.connected)
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                if let subject = settings.outbound {
-                    let messages = messaging.subscribe(subject, queue: nil)
-                    group.addTask {
-                        for await message in messages {
-                            try await outbound.write(.text(String(decoding: message.payload, as: UTF8.self)))
-                            status.sent()
-                        }
+        // Until the connection is open, a stop abandons the attempt; once open, the handler below closes it.
+        let opened = OneShotSignal()
+        return try await withThrowingTaskGroup(of: ConnectionEnd.self) { group in
+            group.addTask {
+                let close = try await WebSocketClient.connect(
+                    url: settings.url,
+                    configuration: configuration,
+                    eventLoopGroup: self.eventLoopGroup,
+                    logger: logger
+                ) { inbound, outbound, _ in
+                    opened.fire()
+                    onOpen()
+                    status.state(.connected)
+                    try await Self.carry(inbound, outbound, settings: settings, messaging: messaging, context: context)
+                }
+                return .closed(close)
+            }
+            group.addTask {
+                await context.stop.wait()
+                return opened.isFired ? .stoppedWhileOpen : .stoppedBeforeOpen
+            }
+            defer { group.cancelAll() }
+            while let end = try await group.next() {
+                switch end {
+                case .closed(let close): return close
+                case .stoppedBeforeOpen: return nil
+                case .stoppedWhileOpen: continue
+                }
+            }
+            return nil
+        }
+    }
+
+    private enum ConnectionEnd: Sendable {
+        case closed(WebSocketCloseFrame?)
+        case stoppedBeforeOpen
+        case stoppedWhileOpen
+    }
+
+    /// Carries messages both ways until the connection closes, or until the connector stops: then it sends a close
+    /// frame (`goingAway`) and ends the connection without waiting for the server's answer.
+    private static func carry(
+        _ inbound: WebSocketInboundStream,
+        _ outbound: WebSocketOutboundWriter,
+        settings: WebSocketConnectorSettings,
+        messaging: any StorkMessaging,
+        context: ConnectorContext
+    ) async throws {
+        let status = context.status
+        let stop = context.stop
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if let subject = settings.outbound {
+                let messages = messaging.subscribe(subject, queue: nil)
+                group.addTask {
+                    for await message in messages {
+                        try await outbound.write(.text(String(decoding: message.payload, as: UTF8.self)))
+                        status.sent()
                     }
                 }
+            }
+            group.addTask {
                 for try await message in inbound.messages(maxSize: settings.maxMessageBytes) {
                     let payload: [UInt8]
                     switch message {
@@ -151,8 +196,15 @@ public struct WebSocketConnector: Connector {
                     messaging.publish(StorkMessage(subject: settings.subject, payload: payload))
                     status.received()
                 }
-                group.cancelAll()
             }
+            group.addTask {
+                await stop.wait()
+                // Stopped (not merely cancelled): say goodbye before the connection goes.
+                if stop.isFired { try? await outbound.close(.goingAway, reason: "stopping") }
+            }
+            // The connection closed (inbound ended) or the connector stopped: either ends this connection.
+            try await group.next()
+            group.cancelAll()
         }
     }
 }

@@ -172,37 +172,27 @@ public struct WebhookConnector: Connector {
                 "resource \(resource.id) (webhook): no 'server' attribute and this node's NATS endpoint is unknown"
             )
         }
-        let stop = OneShotSignal()
-        let delivery = WebhookDelivery(
+        // A move, a drain or a shutdown fires `context.stop`: the loop finishes the POST in flight and acks it, gives
+        // back what it did not start and flushes, within `timeout` plus one pull's expiry (`pullExpiry`). Only the
+        // handler's grace period running out cancels it (AsyncHTTPClient then cancels the POST with the task).
+        await WebhookDelivery(
             settings: settings,
             endpoint: endpoint,
             context: context,
             client: self.client,
-            stop: stop,
             pullExpiry: self.pullExpiry
-        )
-        // The delivery loop runs in a task of its own, awaited here: cancelling `run` (a move, a drain, a shutdown)
-        // must not cancel a POST in flight or the acks after it (AsyncHTTPClient cancels a request with its task).
-        // Cancellation only fires `stop`; the loop finishes what it started and returns within `timeout` plus one
-        // pull's expiry (`pullExpiry`).
-        let task = Task { await delivery.run() }
-        await withTaskCancellationHandler {
-            await task.value
-        } onCancel: {
-            stop.fire()
-        }
+        ).run()
     }
 }
 
 // MARK: - WebhookDelivery
 
-/// One webhook resource's loop: connect, create the consumer, pull, POST, ack; until `stop` fires.
+/// One webhook resource's loop: connect, create the consumer, pull, POST, ack; until the context's stop fires.
 struct WebhookDelivery: Sendable {
     let settings: WebhookConnectorSettings
     let endpoint: ConnectorNATSEndpoint
     let context: ConnectorContext
     let client: HTTPClient
-    let stop: OneShotSignal
     /// How long one pull request waits at the server for messages.
     let pullExpiry: Duration
 
@@ -220,7 +210,7 @@ struct WebhookDelivery: Sendable {
     func run() async {
         var backoff = ConnectorBackoff(minimum: self.settings.backoffMinimum, maximum: self.settings.backoffMaximum)
         var attempt = 0
-        while !self.stop.isFired {
+        while !self.context.isStopping {
             attempt += 1
             if attempt > 1 { self.context.status.retrying() }
             self.context.status.state(.connecting)
@@ -245,7 +235,7 @@ struct WebhookDelivery: Sendable {
                 return
             } catch {
                 await connection?.close()
-                if self.stop.isFired { return }
+                if self.context.isStopping { return }
                 let delay = backoff.nextDelay()
                 self.context.status.failed("\(error)")
                 self.context.status.state(.backoff)
@@ -253,7 +243,7 @@ struct WebhookDelivery: Sendable {
                     "webhook consumer failed, reconnecting",
                     metadata: ["stork.error": "\(error)", "stork.backoff": "\(delay)"]
                 )
-                guard await self.sleep(delay) else { return }
+                guard await self.context.sleep(delay) else { return }
             }
         }
     }
@@ -326,7 +316,7 @@ struct WebhookDelivery: Sendable {
                 sink.yield(.closed)
             }
             group.addTask {
-                await self.stop.wait()
+                await self.context.stop.wait()
                 sink.yield(.stop)
             }
             group.addTask {
@@ -359,7 +349,7 @@ struct WebhookDelivery: Sendable {
         var iterator = events.makeAsyncIterator()
         loop: while true {
             if pull == nil {
-                if self.stop.isFired { break loop }
+                if self.context.isStopping { break loop }
                 // A secret that cannot be resolved fails here, before anything is fetched.
                 _ = try self.resolveSecret()
                 pulls += 1
@@ -376,7 +366,7 @@ struct WebhookDelivery: Sendable {
                         pull = current.received >= self.settings.batch ? nil : current
                     }
                     self.context.status.received()
-                    if self.stop.isFired {
+                    if self.context.isStopping {
                         giveBack.append(ack)
                     } else if case .interrupted = await self.deliver(message, ack: ack, client: client) {
                         giveBack.append(ack)
@@ -401,7 +391,7 @@ struct WebhookDelivery: Sendable {
                     self.logger.debug("pull request unanswered, given up")
                     pull = nil
                 }
-                if self.stop.isFired {
+                if self.context.isStopping {
                     if stoppedAt == nil { stoppedAt = .now }
                     if let stoppedAt, ContinuousClock.now - stoppedAt > self.pullExpiry + Self.pullGrace {
                         break loop
@@ -465,7 +455,7 @@ struct WebhookDelivery: Sendable {
                     "stork.delivery": "\(deliveryID)", "stork.error": "\(failure)", "stork.backoff": "\(delay)",
                 ]
             )
-            guard !self.stop.isFired, await self.sleep(delay) else { return .interrupted }
+            guard await self.context.sleep(delay) else { return .interrupted }
         }
     }
 
@@ -541,22 +531,6 @@ struct WebhookDelivery: Sendable {
         switch self.settings.secret {
         case .literal(let value): return value
         case .secret(let name): return try self.context.secrets.resolve(name)
-        }
-    }
-
-    /// Sleeps on the connector clock unless `stop` fires first; false when stopped.
-    private func sleep(_ duration: Duration) async -> Bool {
-        let clock = self.context.clock
-        let stop = self.stop
-        return await withTaskGroup(of: Bool.self) { group in
-            group.addTask { (try? await clock.sleep(duration)) != nil }
-            group.addTask {
-                await stop.wait()
-                return false
-            }
-            let slept = await group.next() ?? false
-            group.cancelAll()
-            return slept && !stop.isFired
         }
     }
 

@@ -7,16 +7,20 @@ import Synchronization
 import Testing
 
 /// A connector kind registered by the test, the way a user (or a later `webhook` kind) registers one: it reports
-/// `connected`, counts its runs and cancellations, and fails its first runs when told to.
+/// `connected`, counts its runs, stops and cancellations, and fails its first runs when told to. By default it
+/// ignores its stop signal (only cancellation ends it), like a connector written before there was one.
 struct ProbeConnector: Connector {
     final class Record: Sendable {
         let runs = Atomic<Int>(0)
         let cancellations = Atomic<Int>(0)
+        /// Runs that returned because their stop signal fired.
+        let stops = Atomic<Int>(0)
     }
 
     let name = "probe"
     let record: Record
     var failingRuns = 0
+    var honoursStop = false
 
     func validate(_ resource: Resource) throws {
         _ = try ConnectorAttributes(resource, kind: self.name).subject("subject")
@@ -26,6 +30,10 @@ struct ProbeConnector: Connector {
         let run = self.record.runs.add(1, ordering: .relaxed).newValue
         if run <= self.failingRuns { throw StorkError(.connectorFailed, "probe run \(run) failed") }
         context.status.state(.connected)
+        if self.honoursStop {
+            if !(await context.sleep(.seconds(86_400))) { self.record.stops.add(1, ordering: .relaxed) }
+            return
+        }
         do {
             try await context.clock.sleep(.seconds(86_400))
         } catch {
@@ -48,7 +56,11 @@ struct ConnectorHandlerTests {
         try await withConnectorHandler(
             registry: registry,
             fallback: fallback,
-            configuration: configured { $0.clock = clock.clock }
+            // The probe ignores its stop signal: terminate cancels it at once.
+            configuration: configured {
+                $0.clock = clock.clock
+                $0.stopGracePeriod = .zero
+            }
         ) {
             handler in
             let probe = Resource(id: "p1", attributes: ["kind": "probe", "subject": "a.b"])
@@ -141,6 +153,7 @@ struct ConnectorHandlerTests {
             registry: registry,
             configuration: configured {
                 $0.clock = clock.clock
+                $0.stopGracePeriod = .zero  // the probe ignores its stop signal
                 $0.restartBackoffMinimum = .seconds(2)
                 $0.restartBackoffMaximum = .seconds(10)
             }
@@ -160,6 +173,74 @@ struct ConnectorHandlerTests {
             #expect(status.retries == 2)
             try await handler.terminate(probe, reason: .removed, context: resourceContext(messaging: messaging))
             #expect(record.cancellations.load(ordering: .relaxed) == 1)
+        }
+    }
+
+    @Test("terminate tells the connector to stop; one that returns by itself is not cancelled, the grace timer dropped")
+    func cooperativeStop() async throws {
+        let record = ProbeConnector.Record()
+        var registry = ConnectorRegistry()
+        registry.register(ProbeConnector(record: record, honoursStop: true))
+        let messaging = LocalMessaging()
+        let clock = TestClock()
+        try await withConnectorHandler(
+            registry: registry,
+            configuration: configured {
+                $0.clock = clock.clock
+                $0.stopGracePeriod = .seconds(5)
+            }
+        ) { handler in
+            let probe = Resource(id: "p1", attributes: ["kind": "probe", "subject": "a.b"])
+            try await handler.handle(probe, context: resourceContext(messaging: messaging))
+            #expect(await clock.sleep(number: 1) == .seconds(86_400))
+            // Returns without the clock moving: the probe returned on its stop signal.
+            try await handler.terminate(probe, reason: .moved, context: resourceContext(messaging: messaging))
+            #expect(record.stops.load(ordering: .relaxed) == 1)
+            #expect(record.cancellations.load(ordering: .relaxed) == 0)
+            #expect(record.runs.load(ordering: .relaxed) == 1, "a stopped connector is not restarted")
+            #expect(handler.board.status(of: "p1") == nil)
+            #expect(clock.pending == 0, "the probe's wait and the grace timer both ended")
+        }
+    }
+
+    @Test("a connector that ignores its stop signal is cancelled once the grace period passed on the clock")
+    func stopGracePeriod() async throws {
+        let record = ProbeConnector.Record()
+        var registry = ConnectorRegistry()
+        registry.register(ProbeConnector(record: record))
+        let messaging = LocalMessaging()
+        let clock = TestClock()
+        try await withConnectorHandler(
+            registry: registry,
+            configuration: configured {
+                $0.clock = clock.clock
+                $0.stopGracePeriod = .seconds(5)
+            }
+        ) { handler in
+            let probe = Resource(id: "p1", attributes: ["kind": "probe", "subject": "a.b"])
+            try await handler.handle(probe, context: resourceContext(messaging: messaging))
+            #expect(await clock.sleep(number: 1) == .seconds(86_400))
+            let terminated = OneShotSignal()
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try await handler.terminate(probe, reason: .moved, context: resourceContext(messaging: messaging))
+                    terminated.fire()
+                }
+                // Terminate fired the stop signal and waits out the grace period on the injected clock.
+                #expect(await clock.sleep(number: 2) == .seconds(5))
+                clock.advance(by: .seconds(4))
+                #expect(clock.pending == 2, "within the grace period, nothing is cancelled")
+                #expect(record.cancellations.load(ordering: .relaxed) == 0)
+                #expect(!terminated.isFired)
+                #expect(handler.board.status(of: "p1") != nil)
+                clock.advance(by: .seconds(1))
+                try await group.waitForAll()
+            }
+            #expect(terminated.isFired)
+            #expect(record.cancellations.load(ordering: .relaxed) == 1)
+            #expect(record.runs.load(ordering: .relaxed) == 1, "a cancelled connector is not restarted")
+            #expect(handler.board.status(of: "p1") == nil)
+            #expect(clock.pending == 0)
         }
     }
 

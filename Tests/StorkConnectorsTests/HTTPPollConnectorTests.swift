@@ -177,8 +177,7 @@ struct HTTPPollConnectorTests {
             connectors.register(HTTPPollConnector(client: HTTPClient.shared))
             try await withConnectorHandler(
                 registry: connectors,
-                configuration: configured {
-                    $0.clock = clock.clock
+                configuration: configured(clock: clock) {
                     $0.metricsFactory = PrometheusMetricsFactory(registry: registry)
                     $0.secrets = ConnectorSecrets(environment: ["STORK_SECRET_POLL_KEY": "k-123"])
                 }
@@ -293,8 +292,7 @@ struct HTTPPollConnectorTests {
             connectors.register(HTTPPollConnector(client: HTTPClient.shared))
             try await withConnectorHandler(
                 registry: connectors,
-                configuration: configured {
-                    $0.clock = clock.clock
+                configuration: configured(clock: clock) {
                     $0.secrets = ConnectorSecrets(environment: [:])
                 }
             ) { handler in

@@ -4,6 +4,7 @@ import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import NIOCore
+import NIOPosix
 import StorkConnectors
 import StorkCore
 import StorkResources
@@ -82,25 +83,37 @@ final class LocalMessaging: StorkMessaging {
 
 // MARK: - Clock: every wait recorded, released by the test
 
-/// A ``ConnectorClock`` whose sleeps are recorded and return only when the test releases them (or at once, when
-/// `automatic`). Cancelling a sleeping task ends its sleep with `CancellationError`.
+/// A manual ``ConnectorClock``: sleeps are recorded and return only when the test releases them (``release()``, the
+/// oldest first) or moves the time past their end (``advance(by:)``), or at once when `automatic`. Cancelling a
+/// sleeping task ends its sleep with `CancellationError`. Nothing here waits for wall-clock time.
 final class TestClock: Sendable {
+    private struct Sleeper {
+        var id: Int
+        var deadline: Duration
+        var continuation: CheckedContinuation<Void, any Error>
+    }
+
     private struct State {
         var sleeps: [Duration] = []
-        var waiting: [(id: Int, continuation: CheckedContinuation<Void, any Error>)] = []
+        var waiting: [Sleeper] = []
         var nextID = 0
         var automatic: Bool
-        var now: Date
+        var start: Date
+        /// How far ``advance(by:)`` moved the time.
+        var elapsed: Duration = .zero
     }
 
     private let state: Mutex<State>
 
     init(automatic: Bool = false, now: Date = Date(timeIntervalSince1970: 1_700_000_000)) {
-        self.state = Mutex(State(automatic: automatic, now: now))
+        self.state = Mutex(State(automatic: automatic, start: now))
     }
 
     var clock: ConnectorClock {
-        ConnectorClock(now: { self.state.withLock { $0.now } }, sleep: { try await self.sleep($0) })
+        ConnectorClock(
+            now: { self.state.withLock { $0.start.addingTimeInterval($0.elapsed.secondsDouble) } },
+            sleep: { try await self.sleep($0) }
+        )
     }
 
     /// Every duration slept so far, in order.
@@ -109,10 +122,22 @@ final class TestClock: Sendable {
     /// Sleeps not released yet.
     var pending: Int { self.state.withLock { $0.waiting.count } }
 
-    /// Ends the oldest pending sleep.
+    /// Ends the oldest pending sleep (the time stays where it is).
     func release() {
         let waiter = self.state.withLock { state in state.waiting.isEmpty ? nil : state.waiting.removeFirst() }
         waiter?.continuation.resume()
+    }
+
+    /// Moves the time forward by `duration`, ending every pending sleep that is over by then.
+    func advance(by duration: Duration) {
+        let due = self.state.withLock { state -> [Sleeper] in
+            state.elapsed += duration
+            let elapsed = state.elapsed
+            let due = state.waiting.filter { $0.deadline <= elapsed }
+            state.waiting.removeAll { $0.deadline <= elapsed }
+            return due
+        }
+        for sleeper in due { sleeper.continuation.resume() }
     }
 
     /// Waits (bounded) until the `number`-th sleep was requested and is pending; returns its duration.
@@ -136,7 +161,7 @@ final class TestClock: Sendable {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
                 let cancelled = self.state.withLock { state -> Bool in
                     if Task.isCancelled { return true }
-                    state.waiting.append((id, continuation))
+                    state.waiting.append(Sleeper(id: id, deadline: state.elapsed + duration, continuation: continuation))
                     return false
                 }
                 if cancelled { continuation.resume(throwing: CancellationError()) }
@@ -190,6 +215,20 @@ func configured(_ body: (inout ConnectorHandlerConfiguration) -> Void) -> Connec
     var configuration = ConnectorHandlerConfiguration()
     body(&configuration)
     return configuration
+}
+
+/// A handler configuration whose connectors wait on `clock`, with no stop grace period: a stopped connector must
+/// return by itself (nothing cancels it, so a test of one that does not runs into its time limit), and the clock
+/// records only the connectors' own waits. Then `body` changes it.
+func configured(
+    clock: TestClock,
+    _ body: (inout ConnectorHandlerConfiguration) -> Void = { _ in }
+) -> ConnectorHandlerConfiguration {
+    configured {
+        $0.clock = clock.clock
+        $0.stopGracePeriod = nil
+        body(&$0)
+    }
 }
 
 /// Runs a ``ConnectorHandler`` (as its service) for the duration of `body`, then shuts it down.
@@ -331,5 +370,124 @@ final class FeedServer: Sendable {
                 }
             }
         }
+    }
+}
+
+// MARK: - A tap on WebSocket control frames
+
+/// A loopback TCP relay in front of a WebSocket server that counts the control frames passing through: pings from
+/// the clients, pongs from the server. A test waits on these counts (events on the wire) instead of sleeping for
+/// heartbeats to happen.
+final class WebSocketTap: Sendable {
+    private struct Counts {
+        var pings = 0
+        var pongs = 0
+    }
+
+    private let counts = Mutex(Counts())
+
+    /// Ping frames sent by clients.
+    var pings: Int { self.counts.withLock { $0.pings } }
+    /// Pong frames sent by the server.
+    var pongs: Int { self.counts.withLock { $0.pongs } }
+
+    /// Relays a loopback port to `upstream` (a loopback port) for the duration of `body`, which gets the relay's port.
+    func run(upstream: Int, _ body: @Sendable (Int) async throws -> Void) async throws {
+        let listener = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let port = try #require(listener.channel.localAddress?.port)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try await listener.executeThenClose { connections in
+                    try await withThrowingDiscardingTaskGroup { relays in
+                        for try await connection in connections {
+                            relays.addTask { try? await self.relay(connection, upstream: upstream) }
+                        }
+                    }
+                }
+            }
+            do {
+                try await body(port)
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            group.cancelAll()
+        }
+    }
+
+    private func relay(_ client: NIOAsyncChannel<ByteBuffer, ByteBuffer>, upstream: Int) async throws {
+        let server = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: upstream) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        try await client.executeThenClose { clientIn, clientOut in
+            try await server.executeThenClose { serverIn, serverOut in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        var scanner = WebSocketFrameScanner()
+                        for try await bytes in clientIn {
+                            let pings = scanner.feed(bytes).filter { $0 == 0x9 }.count
+                            if pings > 0 { self.counts.withLock { $0.pings += pings } }
+                            try await serverOut.write(bytes)
+                        }
+                    }
+                    group.addTask {
+                        var scanner = WebSocketFrameScanner()
+                        for try await bytes in serverIn {
+                            let pongs = scanner.feed(bytes).filter { $0 == 0xA }.count
+                            if pongs > 0 { self.counts.withLock { $0.pongs += pongs } }
+                            try await clientOut.write(bytes)
+                        }
+                    }
+                    // Either side closed: close both.
+                    try await group.next()
+                    group.cancelAll()
+                }
+            }
+        }
+    }
+}
+
+/// Finds the WebSocket frames in one direction of a connection (after the HTTP upgrade headers): each `feed`
+/// returns the opcodes of the frames it completed.
+struct WebSocketFrameScanner {
+    private var buffer: [UInt8] = []
+    private var upgraded = false
+
+    mutating func feed(_ bytes: ByteBuffer) -> [UInt8] {
+        self.buffer += bytes.readableBytesView
+        if !self.upgraded {
+            let end: [UInt8] = Array("\r\n\r\n".utf8)
+            guard let index = self.buffer.indices.dropLast(3).first(where: { Array(self.buffer[$0..<$0 + 4]) == end })
+            else { return [] }
+            self.buffer.removeFirst(index + 4)
+            self.upgraded = true
+        }
+        var opcodes: [UInt8] = []
+        while self.buffer.count >= 2 {
+            var length = Int(self.buffer[1] & 0x7F)
+            var header = 2
+            if length == 126 {
+                guard self.buffer.count >= 4 else { break }
+                length = Int(self.buffer[2]) << 8 | Int(self.buffer[3])
+                header = 4
+            } else if length == 127 {
+                guard self.buffer.count >= 10 else { break }
+                length = self.buffer[2..<10].reduce(0) { $0 << 8 | Int($1) }
+                header = 10
+            }
+            if self.buffer[1] & 0x80 != 0 { header += 4 }  // the mask of a client's frame
+            guard self.buffer.count >= header + length else { break }
+            opcodes.append(self.buffer[0] & 0x0F)
+            self.buffer.removeFirst(header + length)
+        }
+        return opcodes
     }
 }

@@ -78,7 +78,7 @@ struct WebSocketConnectorTests {
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
+            try await withConnectorHandler(configuration: configured(clock: clock)) { handler in
                 let resource = self.feedResource(port: port, ["backoffMin": 0.5, "backoffMax": 4])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
                 #expect(
@@ -140,7 +140,7 @@ struct WebSocketConnectorTests {
         let messaging = LocalMessaging()
         let clock = TestClock()
         try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
+            try await withConnectorHandler(configuration: configured(clock: clock)) { handler in
                 let resource = self.feedResource(port: port, path: "/silent", ["heartbeat": 0.2, "backoffMin": 0.25])
                 try await handler.handle(resource, context: resourceContext(messaging: messaging))
                 #expect(await eventually(.seconds(10)) { server.connections == 1 })
@@ -159,27 +159,41 @@ struct WebSocketConnectorTests {
         let server = FeedServer()
         let messaging = LocalMessaging()
         let clock = TestClock()
-        try await withApplication(server: server.builder) { port in
-            try await withConnectorHandler(configuration: configured { $0.clock = clock.clock }) { handler in
-                let resource = self.feedResource(port: port, ["heartbeat": 1])
-                try await handler.handle(resource, context: resourceContext(messaging: messaging))
-                #expect(
-                    await eventually(.seconds(10)) {
-                        handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1
-                    }
-                )
-                // Two heartbeats pass while messages flow: the pongs keep the one connection open.
-                for index in 0..<3 {
-                    server.send(.text("tick \(index)"))
+        let tap = WebSocketTap()
+        try await withApplication(server: server.builder) { serverPort in
+            // The connector reaches the server through the tap, which counts the pings and pongs on the wire.
+            try await tap.run(upstream: serverPort) { port in
+                try await withConnectorHandler(configuration: configured(clock: clock)) { handler in
+                    let resource = self.feedResource(port: port, ["heartbeat": 1])
+                    try await handler.handle(resource, context: resourceContext(messaging: messaging))
                     #expect(
-                        await eventually(.seconds(10)) { messaging.published(on: "nest.acct-42").count == index + 1 },
-                        "\(String(describing: handler.board.status(of: "acct-42")))"
+                        await eventually(.seconds(10)) {
+                            handler.board.status(of: "acct-42")?.state == .connected && server.openConnections == 1
+                        }
                     )
-                    try await Task.sleep(for: .milliseconds(800))
+                    // Two heartbeats pass while messages flow: the pongs keep the one connection open.
+                    for index in 0..<3 {
+                        server.send(.text("tick \(index)"))
+                        #expect(
+                            await eventually(.seconds(10)) {
+                                messaging.published(on: "nest.acct-42").count == index + 1
+                            },
+                            "\(String(describing: handler.board.status(of: "acct-42")))"
+                        )
+                        if index < 2 {
+                            // The next heartbeat: a ping out and its pong back (the client's own timer).
+                            #expect(await eventually(.seconds(20)) { tap.pongs >= index + 1 })
+                        }
+                    }
+                    #expect(tap.pings >= 2)
+                    #expect(server.connections == 1)
+                    #expect(clock.sleeps.isEmpty)
+                    try await handler.terminate(
+                        resource,
+                        reason: .removed,
+                        context: resourceContext(messaging: messaging)
+                    )
                 }
-                #expect(server.connections == 1)
-                #expect(clock.sleeps.isEmpty)
-                try await handler.terminate(resource, reason: .removed, context: resourceContext(messaging: messaging))
             }
         }
     }

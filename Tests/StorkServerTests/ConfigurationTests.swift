@@ -184,6 +184,11 @@ struct OwnershipConfigurationTests {
         #expect(defaults.connectors.enabled)
         #expect(defaults.connectors.unknownKind == .fail)
         #expect(defaults.connectors.secretsFile == nil)
+        #expect(defaults.connectors.stopGracePeriod == .seconds(30))
+        #expect(
+            try ServerConfiguration.parse(yaml: "connectors: {stopGracePeriod: 45s}").connectors.stopGracePeriod
+                == .seconds(45)
+        )
 
         let secrets = NSTemporaryDirectory() + "stork-secrets-\(UUID().uuidString).env"
         try "FEED_TOKEN=t\n".write(toFile: secrets, atomically: true, encoding: .utf8)

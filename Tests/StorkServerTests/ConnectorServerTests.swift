@@ -40,8 +40,14 @@ func freeLoopbackPort() throws -> Int {
 }
 
 /// Reads a NATS connection until `done` says the text so far is enough (bounded by the caller's test time limit).
-func natsSubscriber(port: Int, subject: String, until done: @Sendable @escaping (String) -> Bool) async throws -> String
-{
+/// `subscribed` runs once the server answered the PING sent after SUB: from then on, every message on `subject`
+/// reaches this subscriber.
+func natsSubscriber(
+    port: Int,
+    subject: String,
+    subscribed: @Sendable @escaping () -> Void = {},
+    until done: @Sendable @escaping (String) -> Bool
+) async throws -> String {
     let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
         .connect(host: "127.0.0.1", port: port) { channel in
             channel.eventLoop.makeCompletedFuture {
@@ -51,8 +57,13 @@ func natsSubscriber(port: Int, subject: String, until done: @Sendable @escaping 
     return try await channel.executeThenClose { inbound, outbound in
         try await outbound.write(ByteBuffer(string: "CONNECT {\"verbose\":false}\r\nSUB \(subject) 1\r\nPING\r\n"))
         var text = ""
+        var announced = false
         for try await chunk in inbound {
             text += String(buffer: chunk)
+            if !announced, text.contains("PONG\r\n") {
+                announced = true
+                subscribed()
+            }
             if done(text) { break }
         }
         return text
@@ -131,24 +142,15 @@ struct ConnectorServerTests {
             // The connector connects to the feed.
             #expect(await eventually(.seconds(30)) { ticks.upgrades >= 1 })
 
-            // A NATS client subscribed to the resource's subject receives what the feed sends.
-            let received = try await withThrowingTaskGroup(of: String?.self) { inner in
-                inner.addTask {
-                    try await natsSubscriber(port: natsPort, subject: "nest.acct-42") { $0.contains("tick") }
-                }
-                inner.addTask {
-                    // The subscription may start after the first tick: tick until the subscriber has one.
-                    while !Task.isCancelled {
-                        ticks.send("tick")
-                        try await Task.sleep(for: .milliseconds(100))
-                    }
-                    return nil
-                }
-                let first = try await inner.next() ?? nil
-                inner.cancelAll()
-                return first
-            }
-            #expect(received?.contains("MSG nest.acct-42 1 4\r\ntick") == true, "\(received ?? "")")
+            // A NATS client subscribed to the resource's subject receives what the feed sends: the feed ticks once
+            // the subscription is in place (the server answered the PING after SUB), so no tick goes unseen.
+            let received = try await natsSubscriber(
+                port: natsPort,
+                subject: "nest.acct-42",
+                subscribed: { ticks.send("tick") },
+                until: { $0.contains("tick") }
+            )
+            #expect(received.contains("MSG nest.acct-42 1 4\r\ntick") == true, "\(received)")
 
             // GET /v1/resources shows the connector of acct-42 and none for the resource without kind.
             let admin = "http://\(configuration.node.http)"

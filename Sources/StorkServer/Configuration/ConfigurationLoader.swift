@@ -123,7 +123,7 @@ extension ServerConfiguration {
             }
         }
         if let connectors = top["connectors"] {
-            let fields = try connectors.mapping(allowed: ["enabled", "unknownKind", "secretsFile"])
+            let fields = try connectors.mapping(allowed: ["enabled", "unknownKind", "secretsFile", "stopGracePeriod"])
             if let value = fields["enabled"] { configuration.connectors.enabled = try value.bool() }
             if let value = fields["unknownKind"] {
                 let name = try value.string()
@@ -135,6 +135,9 @@ extension ServerConfiguration {
             if let value = fields["secretsFile"] {
                 let path = try value.optionalString()
                 configuration.connectors.secretsFile = path?.isEmpty == true ? nil : path
+            }
+            if let value = fields["stopGracePeriod"] {
+                configuration.connectors.stopGracePeriod = try value.duration()
             }
         }
         if let gateway = top["gateway"] { configuration.gateway = try Self.gateway(gateway) }

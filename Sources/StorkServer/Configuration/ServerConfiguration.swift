@@ -132,6 +132,9 @@ public struct ServerConfiguration: Sendable, Hashable {
         /// A file of secrets for `{"secret": "NAME"}` references in resource attributes: a JSON object or
         /// `NAME=value` lines. `STORK_SECRET_<NAME>` environment variables are looked at first.
         public var secretsFile: String?
+        /// How long a connector told to stop (the resource moved, was removed or changed; the node drains) may take
+        /// to finish what it started before it is cancelled.
+        public var stopGracePeriod: Duration = .seconds(30)
     }
 
     /// The realtime gateway (the `gateway:` section): WebSocket and HTTP endpoints for apps and browsers on the

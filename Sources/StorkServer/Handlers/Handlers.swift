@@ -130,6 +130,7 @@ extension ServerConfiguration {
         configuration.secrets = ConnectorSecrets(environment: environment, file: self.connectors.secretsFile)
         configuration.metricsFactory = metricsFactory
         configuration.nats = self.connectorNATSEndpoint
+        configuration.stopGracePeriod = self.connectors.stopGracePeriod
         return ConnectorHandler(
             registry: .builtIn(httpClient: httpClient),
             fallback: fallback,
