@@ -193,6 +193,7 @@ let package = Package(
         .target(
             name: "StorkGateway",
             dependencies: [
+                "StorkConnectors",
                 "StorkCore",
                 "StorkNATS",
                 "StorkRealtime",

@@ -38,7 +38,14 @@ public final class Gateway: Service, Sendable {
     let permissions: @Sendable () -> PermissionRules
     let clock: GatewayClock
     let logger: Logger
-    let interest: (any GatewayInterest)?
+    /// Providers that produce subjects while someone listens.
+    let providers: [GatewayProviderRegistration]
+    /// The cluster relay and the resource manager, attached once the server built them (after the gateway).
+    private let attachments = Mutex<(interest: (any GatewayInterest)?, resources: (any GatewayResources)?)>((nil, nil))
+    var interest: (any GatewayInterest)? { self.attachments.withLock { $0.interest } }
+    var resources: (any GatewayResources)? { self.attachments.withLock { $0.resources } }
+    /// When this node last allocated each listened subject's provider.
+    let providerAssertions = Mutex<[String: StorkInstant]>([:])
     /// This node's name as one subject token (inboxes are `_GW.<node>.<n>`).
     let nodeToken: String
 
@@ -70,6 +77,8 @@ public final class Gateway: Service, Sendable {
         permissions: @escaping @Sendable () -> PermissionRules,
         clock: GatewayClock = .system,
         interest: (any GatewayInterest)? = nil,
+        resources: (any GatewayResources)? = nil,
+        providers: [GatewayProviderRegistration] = [],
         logger: Logger = Logger(label: "stork.gateway")
     ) {
         self.configuration = configuration
@@ -78,7 +87,7 @@ public final class Gateway: Service, Sendable {
         self.authentication = authentication
         self.permissions = permissions
         self.clock = clock
-        self.interest = interest
+        self.providers = providers
         self.logger = logger
         self.nodeToken = Self.token(node)
         if authentication.authenticators.contains(where: { $0 is OpenAuthenticator }) {
@@ -87,8 +96,23 @@ public final class Gateway: Service, Sendable {
         let replies = router.subscribe("_GW.\(self.nodeToken).>", receiver: InboxReceiver(gateway: self))
         let presence = router.subscribe("$GW.presence", receiver: PresenceReceiver(gateway: self))
         self.inboxSubscription.withLock { $0 = [replies, presence] }
-        interest?.addInterest("_GW.\(self.nodeToken).>")
-        interest?.addInterest("$GW.presence")
+        self.attach(interest: interest, resources: resources)
+    }
+
+    /// Connects the gateway to the cluster relay and the resource manager (built after it, since the manager runs
+    /// the gateway's providers and runners).
+    public func attach(interest: (any GatewayInterest)?, resources: (any GatewayResources)?) {
+        let previous = self.attachments.withLock { attachments in
+            defer { attachments = (interest ?? attachments.interest, resources ?? attachments.resources) }
+            return attachments.interest
+        }
+        if previous == nil, let interest {
+            interest.addInterest("_GW.\(self.nodeToken).>")
+            interest.addInterest("$GW.presence")
+            for provider in self.providers {
+                if case .nats(let listen) = provider.kind { interest.addInterest(listen) }
+            }
+        }
     }
 
     /// A name as one subject token.
@@ -109,6 +133,7 @@ public final class Gateway: Service, Sendable {
                     break
                 }
                 self.expireSessions()
+                await self.assertProviders(now: self.clock.now())
             }
         }
         self.shutdown()

@@ -28,6 +28,9 @@ public struct GatewayConfiguration: Sendable, Hashable {
     public var historyLimit = 1000
     /// How long a presence query waits for the other nodes' answers.
     public var presenceTimeout: Duration = .milliseconds(500)
+    /// How often a gateway with listeners on a provider's subject allocates the provider again (allocation is
+    /// idempotent; this heals a provider removed just as a listener arrived).
+    public var providerRefresh: Duration = .seconds(10)
 
     public init() {}
 }

@@ -34,6 +34,22 @@ extension ServerConfiguration {
         }
     }
 
+    /// The providers of `gateway.providers`: `nats` ones as configured, others from the Swift providers given.
+    func makeProviderRegistrations(swiftProviders: [String: any GatewayProvider]) throws -> [GatewayProviderRegistration] {
+        try self.gateway.providers.map { provider in
+            let kind: GatewayProviderRegistration.Kind
+            if provider.type == "nats" {
+                kind = .nats(listen: provider.listen ?? "stork.listen.\(provider.name)")
+            } else if let swift = swiftProviders[provider.type] {
+                kind = .swift(swift)
+            } else {
+                let known = (["nats"] + swiftProviders.keys.sorted()).joined(separator: ", ")
+                throw StorkError(.invalidInput, "gateway.providers '\(provider.name)': unknown type '\(provider.type)' (known: \(known))")
+            }
+            return GatewayProviderRegistration(name: provider.name, pattern: provider.pattern, kind: kind, grace: provider.grace)
+        }
+    }
+
     /// The permission rules of `gateway.permissions`: a watched file (reloaded when it changes), inline rules, or
     /// none (everything is refused). The watcher, when there is one, is a service to run.
     func makePermissions(

@@ -25,6 +25,8 @@ import StorkStreaming
 public struct StorkServer: Sendable {
     public var configuration: ServerConfiguration
     public var logger: Logger
+    /// Swift providers for `gateway.providers` entries whose `type` names one.
+    public var gatewayProviders: [String: any GatewayProvider] = [:]
 
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "stork")) {
         self.configuration = configuration
@@ -75,11 +77,30 @@ public struct StorkServer: Sendable {
         // Connector metrics (stork_connector_*) go to this node's own Prometheus registry, served on /metrics with
         // the rest: no process-wide metrics bootstrap, so that several nodes can run in one process.
         let metrics = PrometheusCollectorRegistry()
+        // The realtime gateway shares the node's HTTP port: its WebSocket endpoint and HTTP routes beside the admin API.
+        // Its rules file is watched and reloaded; its providers run as connectors where they are placed.
+        var gateway: Gateway?
+        var rulesWatcher: RulesFileWatcher<ContinuousClock>?
+        if configuration.gateway.enabled, let nats {
+            let permissions = try configuration.makePermissions(logger: logger)
+            gateway = Gateway(
+                configuration: configuration.gateway.settings,
+                node: configuration.node.name,
+                router: nats.router,
+                jetstream: jetstream,
+                authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
+                permissions: permissions.rules,
+                providers: try configuration.makeProviderRegistrations(swiftProviders: self.gatewayProviders),
+                logger: logger
+            )
+            rulesWatcher = permissions.watcher
+        }
         let baseHandler = configuration.makeHandler(httpClient: httpClient)
         let connectors = configuration.makeConnectorHandler(
             httpClient: httpClient,
             fallback: baseHandler,
             metricsFactory: PrometheusMetricsFactory(registry: metrics),
+            extra: gateway.map { [ProviderConnector(gateway: $0)] } ?? [],
             logger: logger
         )
         let handler: any ResourceHandler = connectors.map { $0 as any ResourceHandler } ?? baseHandler
@@ -90,26 +111,13 @@ public struct StorkServer: Sendable {
             transport: transport,
             logger: logger
         )
-        // The realtime gateway shares the node's HTTP port: its WebSocket endpoint and HTTP routes beside the admin API.
-        // The relay carries its subjects between the nodes; the rules file is watched and reloaded.
-        var gateway: Gateway?
+        // The relay carries the gateway's subjects between the nodes; it needs the manager, which needs the gateway's
+        // connectors: the gateway is attached to both once they exist.
         var relay: ClusterRelay<ContinuousClock>?
-        var rulesWatcher: RulesFileWatcher<ContinuousClock>?
-        if configuration.gateway.enabled, let nats {
+        if let gateway, let nats {
             let clusterRelay = ClusterRelay(network: manager, router: nats.router, logger: logger)
-            let permissions = try configuration.makePermissions(logger: logger)
-            gateway = Gateway(
-                configuration: configuration.gateway.settings,
-                node: configuration.node.name,
-                router: nats.router,
-                jetstream: jetstream,
-                authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
-                permissions: permissions.rules,
-                interest: RelayGatewayInterest(relay: clusterRelay, logger: logger),
-                logger: logger
-            )
+            gateway.attach(interest: RelayGatewayInterest(relay: clusterRelay, logger: logger), resources: manager)
             relay = clusterRelay
-            rulesWatcher = permissions.watcher
         }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         // Moves are recorded from the moment the manager starts, not when the dashboard first asks.

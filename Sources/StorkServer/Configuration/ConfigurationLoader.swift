@@ -5,6 +5,7 @@ import StorkCore
 import StorkMembership
 import StorkPlacement
 import StorkResources
+import StorkStreaming
 import Yams
 
 // MARK: - Loading: defaults < file < environment < flags
@@ -186,7 +187,7 @@ extension ServerConfiguration {
             allowed: [
                 "enabled", "path", "auth", "permissions", "authTimeout", "maxAuthAttempts", "recoveryWindow",
                 "recoveryMessages", "requestTimeout", "maxPendingRequests", "maxSubscriptions", "maxFrameBytes",
-                "historyLimit", "presenceTimeout",
+                "historyLimit", "presenceTimeout", "providers", "providerRefresh",
             ]
         )
         if let value = fields["enabled"] { gateway.enabled = try value.bool() }
@@ -228,6 +229,27 @@ extension ServerConfiguration {
         if let value = fields["maxFrameBytes"] { gateway.settings.maxFrameBytes = try value.integer(in: 1024...(64 << 20)) }
         if let value = fields["historyLimit"] { gateway.settings.historyLimit = try value.integer(in: 1...100_000) }
         if let value = fields["presenceTimeout"] { gateway.settings.presenceTimeout = try value.duration() }
+        if let value = fields["providerRefresh"] { gateway.settings.providerRefresh = try value.duration() }
+        if let value = fields["providers"] {
+            gateway.providers = try value.sequence().map { entry in
+                let keys = try entry.mapping(allowed: ["name", "pattern", "type", "listen", "grace"])
+                guard let name = try keys["name"]?.string(), let pattern = try keys["pattern"]?.string() else {
+                    throw entry.error("a provider needs 'name' and 'pattern'")
+                }
+                guard Subject.isValidPattern(pattern) else { throw entry.error("'\(pattern)' is not a subject pattern") }
+                var provider = Provider(name: name, pattern: pattern, type: try keys["type"]?.string() ?? "nats")
+                provider.listen = try keys["listen"]?.string()
+                if provider.type == "nats" {
+                    let listen = provider.listen ?? "stork.listen.\(name)"
+                    guard Subject.isValidLiteral(listen) else { throw entry.error("'listen' must be a subject") }
+                    provider.listen = listen
+                }
+                if let grace = keys["grace"] { provider.grace = try grace.duration() }
+                return provider
+            }
+            let names = gateway.providers.map(\.name)
+            if Set(names).count != names.count { throw value.error("two providers have the same name") }
+        }
         return gateway
     }
 

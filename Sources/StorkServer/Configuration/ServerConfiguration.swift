@@ -149,6 +149,17 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var permissionsFile: String?
         /// Rules given inline (`permissions: {rules: [...]}`), when there is no file.
         public var permissionRules: JSONValue?
+        /// Listening providers (`providers:`): each `{name, pattern, type: nats, listen, grace}` or a Swift type.
+        public var providers: [Provider] = []
+    }
+
+    public struct Provider: Sendable, Hashable {
+        public var name: String
+        public var pattern: String
+        /// `nats` (a NATS client on `listen`), or the name of a Swift provider the server was given.
+        public var type: String
+        public var listen: String?
+        public var grace: Duration = .seconds(5)
     }
 
     public var node = Node()

@@ -122,17 +122,22 @@ extension ServerConfiguration {
         fallback: any ResourceHandler,
         metricsFactory: (any MetricsFactory)?,
         environment: [String: String] = ProcessInfo.processInfo.environment,
+        extra: [any Connector] = [],
         logger: Logger
     ) -> ConnectorHandler? {
-        guard self.connectors.enabled else { return nil }
+        // The gateway's providers and runners are connectors too: with `connectors.enabled: false` they still run, and
+        // every other resource goes to the handler.
+        guard self.connectors.enabled || !extra.isEmpty else { return nil }
+        var registry = self.connectors.enabled ? ConnectorRegistry.builtIn(httpClient: httpClient) : ConnectorRegistry()
+        for connector in extra { registry.register(connector) }
         var configuration = ConnectorHandlerConfiguration()
-        configuration.unknownKind = self.connectors.unknownKind
+        configuration.unknownKind = self.connectors.enabled ? self.connectors.unknownKind : .handler
         configuration.secrets = ConnectorSecrets(environment: environment, file: self.connectors.secretsFile)
         configuration.metricsFactory = metricsFactory
         configuration.nats = self.connectorNATSEndpoint
         configuration.stopGracePeriod = self.connectors.stopGracePeriod
         return ConnectorHandler(
-            registry: .builtIn(httpClient: httpClient),
+            registry: registry,
             fallback: fallback,
             configuration: configuration,
             logger: logger
