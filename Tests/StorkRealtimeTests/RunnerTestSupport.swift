@@ -136,10 +136,11 @@ final class FakeRunnerEffects: RunnerEffects, Sendable {
         for sleeper in due { sleeper.continuation.resume() }
     }
 
-    /// Delivers a message to the subscription on `subject`.
-    func deliver(_ data: JSONValue, on subject: String) {
-        let continuation = self.state.withLock { $0.subscriptions[subject] }
-        continuation?.yield(RunnerMessage(subject: subject, data: data))
+    /// Delivers a message to the subscription made on `subscription` (with `subject`, default the same).
+    func deliver(_ data: JSONValue, to subscription: String, subject: String? = nil) {
+        let continuation = self.state.withLock { $0.subscriptions[subscription] }
+        #expect(continuation != nil, "no subscription on \(subscription)")
+        continuation?.yield(RunnerMessage(subject: subject ?? subscription, data: data))
     }
 
     /// Ends the subscription on `subject` from the host's side.
