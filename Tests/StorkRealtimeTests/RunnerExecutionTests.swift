@@ -340,4 +340,32 @@ struct RunnerExecutionTests {
         #expect(outcome == .completed(["out": "a1"]))
         #expect(events.compactMap(\.eventNodeId) == ["in", "c", "a", "b", "out"])
     }
+
+    @Test("the weather example: a 200 reports and publishes, anything else apologises", arguments: [200, 503])
+    func weatherExample(_ status: Int) async throws {
+        let bytes = try Data(contentsOf: runnerExamplesFolder.appendingPathComponent("weather.json"))
+        let program = try RunnerProgram(definition: RunnerDefinition(json: Array(bytes)))
+        #expect(program.inputs.map(\.name) == ["city", "units"])
+        #expect(program.outputNames == ["status", "summary"])
+        let effects = FakeRunnerEffects { request in
+            #expect(request.url == "https://weather.example.com/v1/current?q=S%C3%A3o%20Paulo&units=metric")
+            #expect(request.headers == ["Accept": "application/json"])
+            #expect(request.timeout == .seconds(5))
+            let body = status == 200 ? "{\"temperature\": 24, \"summary\": \"sunny\"}" : "down"
+            return RunnerHTTPResponse(status: status, body: Array(body.utf8))
+        }
+        let execution = RunnerExecution(program: program, runId: "w", inputs: ["city": "São Paulo"], effects: effects)
+        let (outcome, events) = try await runWhile(execution)
+        if status == 200 {
+            #expect(outcome == .completed(["summary": "São Paulo: 24°, sunny", "status": 200]))
+            #expect(effects.snapshot.published.map(\.subject) == ["weather.reports"])
+            #expect(effects.snapshot.published.map(\.payload) == [["city": "São Paulo", "report": "São Paulo: 24°, sunny"]])
+            #expect(events.contains(.skipped(runId: "w", nodeId: "apology")))
+        } else {
+            #expect(outcome == .completed(["summary": "No weather for São Paulo right now.", "status": 503]))
+            #expect(effects.snapshot.published.isEmpty)
+            #expect(events.contains(.skipped(runId: "w", nodeId: "report")))
+            #expect(events.contains(.skipped(runId: "w", nodeId: "announce")))
+        }
+    }
 }
