@@ -110,7 +110,10 @@ struct RunnerDefinitionTests {
                 runnerDocument(
                     nodes: [
                         ["id": "in", "kind": "input"],
-                        ["id": "a", "kind": "template", "inputs": ["x": "any", "y": "any"], "options": ["template": "{{x}}"]],
+                        [
+                            "id": "a", "kind": "template", "inputs": ["x": "any", "y": "any"],
+                            "options": ["template": "{{x}}"],
+                        ],
                         ["id": "b", "kind": "template", "inputs": ["x": "any"], "options": ["template": "{{x}}"]],
                         ["id": "out", "kind": "output"],
                     ],
@@ -134,7 +137,9 @@ struct RunnerDefinitionTests {
             (
                 "no output node",
                 runnerDocument(
-                    nodes: [["id": "in", "kind": "input"], ["id": "d", "kind": "delay", "options": ["milliseconds": 5]]],
+                    nodes: [
+                        ["id": "in", "kind": "input"], ["id": "d", "kind": "delay", "options": ["milliseconds": 5]],
+                    ],
                     edges: ["in.value -> d.value"]
                 ),
                 .missingEndpoint, nil, nil
@@ -145,7 +150,10 @@ struct RunnerDefinitionTests {
                 runnerDocument(
                     nodes: [
                         ["id": "who", "kind": "input"],
-                        ["id": "greet", "kind": "template", "inputs": ["name": "any"], "options": ["template": "Hi {{nmae}}"]],
+                        [
+                            "id": "greet", "kind": "template", "inputs": ["name": "any"],
+                            "options": ["template": "Hi {{nmae}}"],
+                        ],
                         ["id": "out", "kind": "output"],
                     ],
                     edges: ["who.value -> greet.name", "greet.value -> out.value"]
@@ -181,7 +189,8 @@ struct RunnerDefinitionTests {
                 "bad condition",
                 runnerDocument(
                     nodes: [
-                        ["id": "in", "kind": "input"], ["id": "b", "kind": "branch", "options": ["condition": "data.value =="]],
+                        ["id": "in", "kind": "input"],
+                        ["id": "b", "kind": "branch", "options": ["condition": "data.value =="]],
                         ["id": "out", "kind": "output"],
                     ],
                     edges: ["in.value -> b.value", "b.true -> out.value"]
@@ -257,8 +266,15 @@ struct RunnerDefinitionTests {
             ("bad id", "{\"id\": \"a b\", \"nodes\": []}", "'id' must be 1 to 128"),
             ("unknown key", "{\"id\": \"a\", \"nodes\": [], \"nodez\": 1}", "unknown key 'nodez'"),
             ("node not object", "{\"id\": \"a\", \"nodes\": [3]}", "node 1 must be a JSON object"),
-            ("bad edge", "{\"id\": \"a\", \"nodes\": [], \"edges\": [{\"from\": \"a\", \"to\": \"b.c\"}]}", "edge 1: 'from'"),
-            ("bad port type", "{\"id\": \"a\", \"nodes\": [{\"id\": \"n\", \"kind\": \"x\", \"inputs\": {\"p\": \"strin\"}}]}", "node 'n', inputs 'p': unknown type"),
+            (
+                "bad edge", "{\"id\": \"a\", \"nodes\": [], \"edges\": [{\"from\": \"a\", \"to\": \"b.c\"}]}",
+                "edge 1: 'from'"
+            ),
+            (
+                "bad port type",
+                "{\"id\": \"a\", \"nodes\": [{\"id\": \"n\", \"kind\": \"x\", \"inputs\": {\"p\": \"strin\"}}]}",
+                "node 'n', inputs 'p': unknown type"
+            ),
             ("bad version", "{\"id\": \"a\", \"version\": -1, \"nodes\": []}", "'version' must be a whole number"),
         ]
     )
@@ -279,7 +295,10 @@ struct RunnerDefinitionTests {
         var nodeLimits = RunnerLimits()
         nodeLimits.maxNodes = 2
         let tooMany = try #require(throws: RunnerError.self) {
-            try RunnerDefinition(document: runnerDocument(nodes: greetingNodes, edges: greetingEdges), limits: nodeLimits)
+            try RunnerDefinition(
+                document: runnerDocument(nodes: greetingNodes, edges: greetingEdges),
+                limits: nodeLimits
+            )
         }
         #expect(tooMany.code == .tooLarge)
     }
@@ -295,7 +314,8 @@ struct RunnerDefinitionTests {
             var bytes: [UInt8]
             switch round % 3 {
             case 0:
-                bytes = (0..<Int(random.next() % 200)).map { _ in alphabet[Int(random.next() % UInt64(alphabet.count))] }
+                bytes = (0..<Int(random.next() % 200)).map { _ in alphabet[Int(random.next() % UInt64(alphabet.count))]
+                }
             case 1:
                 bytes = valid
                 for _ in 0..<(1 + Int(random.next() % 6)) {
@@ -309,7 +329,8 @@ struct RunnerDefinitionTests {
             default:
                 bytes = (0..<Int(random.next() % 400)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
             }
-            if let definition = try? RunnerDefinition(json: bytes), (try? RunnerProgram(definition: definition)) != nil {
+            if let definition = try? RunnerDefinition(json: bytes), (try? RunnerProgram(definition: definition)) != nil
+            {
                 accepted += 1
             }
         }
@@ -342,19 +363,28 @@ struct RunnerTemplateTests {
     @Test("placeholders, paths, filters")
     func rendering() throws {
         let inputs: [String: JSONValue] = [
-            "name": "Ada", "n": 3, "ok": true, "w": ["main": ["temp": 21.5], "tags": ["a", "b"]], "city": "São Paulo & co",
+            "name": "Ada", "n": 3, "ok": true, "w": ["main": ["temp": 21.5], "tags": ["a", "b"]],
+            "city": "São Paulo & co",
         ]
         #expect(try RunnerTemplate("Hello, {{name}}!").render(inputs) == "Hello, Ada!")
-        #expect(try RunnerTemplate("{{ w.main.temp }}° {{w.tags.1}} {{missing}}|{{n}} {{ok}}").render(inputs) == "21.5° b |3 true")
+        #expect(
+            try RunnerTemplate("{{ w.main.temp }}° {{w.tags.1}} {{missing}}|{{n}} {{ok}}").render(inputs)
+                == "21.5° b |3 true"
+        )
         #expect(try RunnerTemplate("q={{city | url}}").render(inputs) == "q=S%C3%A3o%20Paulo%20%26%20co")
         #expect(try RunnerTemplate("{{w.tags|json}}").render(inputs) == "[\"a\",\"b\"]")
         #expect(try RunnerTemplate("{{w.main}}").value(inputs) == ["temp": 21.5])
-        let json = try RunnerJSONTemplate(["temp": "{{w.main.temp}}", "text": "it is {{w.main.temp}}", "k": [1, "{{n}}"]])
+        let json = try RunnerJSONTemplate([
+            "temp": "{{w.main.temp}}", "text": "it is {{w.main.temp}}", "k": [1, "{{n}}"],
+        ])
         #expect(json.render(inputs) == ["temp": 21.5, "text": "it is 21.5", "k": [1, 3]])
         #expect(json.inputNames == ["w", "n"])
     }
 
-    @Test("mistakes are found when parsing", arguments: ["{{name", "{{}}", "{{a|shout}}", "{{a..b}}", "{{a|url|json}}"])
+    @Test(
+        "mistakes are found when parsing",
+        arguments: ["{{name", "{{}}", "{{a|shout}}", "{{a..b}}", "{{a|url|json}}"]
+    )
     func mistakes(_ text: String) {
         #expect(throws: RunnerError.self) { try RunnerTemplate(text) }
     }

@@ -44,7 +44,8 @@ private let pipeline = runnerDocument(
     ],
     edges: [
         "who.value -> body.name", "body.value -> post.payload", "who.value -> post.name", "post.json -> ok.value",
-        "post.status -> ok.status", "ok.true -> thanks.reply", "ok.false -> sorry.reply", "thanks.value -> result.value",
+        "post.status -> ok.status", "ok.true -> thanks.reply", "ok.false -> sorry.reply",
+        "thanks.value -> result.value",
         "sorry.value -> result.value", "post.status -> status.value",
     ]
 )
@@ -54,7 +55,11 @@ struct RunnerExecutionTests {
     @Test("a pipeline runs in dependency order, skips the arm not taken, and completes with its outputs")
     func pipelineRuns() async throws {
         let effects = FakeRunnerEffects { request in
-            RunnerHTTPResponse(status: 201, headers: ["content-type": "application/json"], body: Array("{\"id\": 7}".utf8))
+            RunnerHTTPResponse(
+                status: 201,
+                headers: ["content-type": "application/json"],
+                body: Array("{\"id\": 7}".utf8)
+            )
         }
         let (outcome, events) = try await execute(pipeline, inputs: ["name": "Ada Lovelace"], effects: effects)
         #expect(outcome == .completed(["result": "id 7", "status": 201]))
@@ -64,13 +69,16 @@ struct RunnerExecutionTests {
         #expect(request.method == "POST")
         #expect(request.url == "https://api.example.com/greet/Ada%20Lovelace")
         #expect(request.headers == ["Authorization": "Bearer Ada Lovelace", "Content-Type": "application/json"])
-        #expect(try RunnerJSON.parse(request.body ?? []) == ["user": "Ada Lovelace", "greeting": "Hello, Ada Lovelace"])
+        #expect(
+            try RunnerJSON.parse(request.body ?? []) == ["user": "Ada Lovelace", "greeting": "Hello, Ada Lovelace"]
+        )
 
         // Each node reports after every node that feeds it; the last event is `completed`.
         let order = events.compactMap(\.eventNodeId)
         func position(_ id: String) throws -> Int { try #require(order.firstIndex(of: id)) }
-        for (before, after) in [("who", "body"), ("body", "post"), ("post", "ok"), ("ok", "thanks"), ("thanks", "result")]
-        {
+        for (before, after) in [
+            ("who", "body"), ("body", "post"), ("post", "ok"), ("ok", "thanks"), ("thanks", "result"),
+        ] {
             #expect(try position(before) < position(after), "\(before) before \(after): \(order)")
         }
         #expect(events.contains(.skipped(runId: "r1", nodeId: "sorry")))
@@ -85,7 +93,15 @@ struct RunnerExecutionTests {
         let (outcome, events) = try await execute(pipeline, inputs: ["name": "Ada"], effects: effects)
         #expect(outcome == .completed(["result": "refused", "status": 409]))
         #expect(events.contains(.skipped(runId: "r1", nodeId: "thanks")))
-        #expect(events.contains(.node(runId: "r1", nodeId: "post", output: ["status": 409, "headers": [:], "body": "busy", "json": nil])))
+        #expect(
+            events.contains(
+                .node(
+                    runId: "r1",
+                    nodeId: "post",
+                    output: ["status": 409, "headers": [:], "body": "busy", "json": nil]
+                )
+            )
+        )
     }
 
     @Test("an output fed only by skipped nodes is null")
@@ -123,11 +139,14 @@ struct RunnerExecutionTests {
         #expect(!events.contains { $0.eventNodeId == "ok" })
     }
 
-    @Test("bad run inputs fail before any node runs", arguments: [
-        (["name": 3] as [String: JSONValue], "the input 'name' must be of type string (node 'who')"),
-        ([:], "the input 'name' is missing (node 'who')"),
-        (["name": "Ada", "nmae": "x"], "unknown input \"nmae\" (the runner takes: name)"),
-    ])
+    @Test(
+        "bad run inputs fail before any node runs",
+        arguments: [
+            (["name": 3] as [String: JSONValue], "the input 'name' must be of type string (node 'who')"),
+            ([:], "the input 'name' is missing (node 'who')"),
+            (["name": "Ada", "nmae": "x"], "unknown input \"nmae\" (the runner takes: name)"),
+        ]
+    )
     func badInputs(_ inputs: [String: JSONValue], _ message: String) async throws {
         let (outcome, events) = try await execute(pipeline, inputs: inputs)
         guard case .failed(let error) = outcome else {
@@ -182,7 +201,11 @@ struct RunnerExecutionTests {
         // A subject with a wildcard or a space is refused before anything is sent.
         for room in ["*", "a b"] {
             let refused = FakeRunnerEffects()
-            let (failed, _) = try await execute(document, inputs: ["room": .string(room), "text": "x"], effects: refused)
+            let (failed, _) = try await execute(
+                document,
+                inputs: ["room": .string(room), "text": "x"],
+                effects: refused
+            )
             guard case .failed(let error) = failed else {
                 Issue.record("published to \(room)")
                 continue
@@ -205,7 +228,8 @@ struct RunnerExecutionTests {
         }
         for (options, value, taken) in [
             (["equals": "go"], "go", true), (["equals": "go"], "stop", false), ([:], 0, false), ([:], "x", true),
-            ([:], [], false), (["condition": "data.value > 2"], 3, true), (["condition": "'admin' in user.roles"], 1, true),
+            ([:], [], false), (["condition": "data.value > 2"], 3, true),
+            (["condition": "'admin' in user.roles"], 1, true),
         ] as [(JSONValue, JSONValue, Bool)] {
             let execution = RunnerExecution(
                 program: try program(document(options)),
@@ -229,7 +253,12 @@ struct RunnerExecutionTests {
             edges: ["in.value -> wait.value", "wait.value -> out.value"]
         )
         let effects = FakeRunnerEffects()
-        let execution = RunnerExecution(program: try program(document), runId: "r1", inputs: ["in": 42], effects: effects)
+        let execution = RunnerExecution(
+            program: try program(document),
+            runId: "r1",
+            inputs: ["in": 42],
+            effects: effects
+        )
         let (outcome, events) = try await runWhile(execution) { log in
             await effects.until { $0.sleepers.count == 1 }
             // Asleep: the input node has reported, the delay has not, nothing has completed.
@@ -246,13 +275,19 @@ struct RunnerExecutionTests {
     func cancellation() async throws {
         let document = runnerDocument(
             nodes: [
-                ["id": "in", "kind": "input"], ["id": "listen", "kind": "subscribe", "options": ["subject": "a.>", "count": 5]],
+                ["id": "in", "kind": "input"],
+                ["id": "listen", "kind": "subscribe", "options": ["subject": "a.>", "count": 5]],
                 ["id": "wait", "kind": "delay", "options": ["milliseconds": 60_000]], ["id": "out", "kind": "output"],
             ],
             edges: ["in.value -> wait.value", "wait.value -> out.value", "listen.count -> out.value"]
         )
         let effects = FakeRunnerEffects()
-        let execution = RunnerExecution(program: try program(document), runId: "r1", inputs: ["in": 1], effects: effects)
+        let execution = RunnerExecution(
+            program: try program(document),
+            runId: "r1",
+            inputs: ["in": 1],
+            effects: effects
+        )
         let log = RunnerEventLog()
         async let collected: Void = log.collect(execution.events)
         let runTask = Task { await execution.run() }
@@ -263,7 +298,10 @@ struct RunnerExecutionTests {
         let outcome = await runTask.value
         await collected
         #expect(outcome == .failed(RunnerError(.cancelled, "the run was cancelled")))
-        #expect(log.events.last == .failed(runId: "r1", nodeId: nil, error: RunnerError(.cancelled, "the run was cancelled")))
+        #expect(
+            log.events.last
+                == .failed(runId: "r1", nodeId: nil, error: RunnerError(.cancelled, "the run was cancelled"))
+        )
         // The sleeper was woken by cancellation and the subscription ended.
         await effects.until { $0.unsubscribed == ["a.>"] }
         #expect(effects.snapshot.sleepers.isEmpty)
@@ -300,10 +338,14 @@ struct RunnerExecutionTests {
     func misbehavingKind() async throws {
         var registry = RunnerNodeRegistry()
         registry.register(
-            RunnerSimpleKind(name: "liar", inputs: [], outputs: [RunnerPort("n", .number)]) { _ in ["n": "not a number"] }
+            RunnerSimpleKind(name: "liar", inputs: [], outputs: [RunnerPort("n", .number)]) { _ in ["n": "not a number"]
+            }
         )
         let document = runnerDocument(
-            nodes: [["id": "in", "kind": "input", "options": ["required": false]], ["id": "l", "kind": "liar"], ["id": "out", "kind": "output"]],
+            nodes: [
+                ["id": "in", "kind": "input", "options": ["required": false]], ["id": "l", "kind": "liar"],
+                ["id": "out", "kind": "output"],
+            ],
             edges: ["l.n -> out.value", "in.value -> out.value"]
         )
         let (outcome, _) = try await execute(document, registry: registry)
@@ -325,7 +367,9 @@ struct RunnerExecutionTests {
                 ["id": "b", "kind": "template", "inputs": ["x": "any"], "options": ["template": "b{{x}}"]],
                 ["id": "out", "kind": "output"],
             ],
-            edges: ["in.value -> a.x", "in.value -> b.x", "in.value -> c.x", "a.value -> out.value", "b.value -> out.value"]
+            edges: [
+                "in.value -> a.x", "in.value -> b.x", "in.value -> c.x", "a.value -> out.value", "b.value -> out.value",
+            ]
         )
         var configuration = RunnerExecutionConfiguration()
         configuration.maxConcurrentNodes = 1
@@ -359,7 +403,9 @@ struct RunnerExecutionTests {
         if status == 200 {
             #expect(outcome == .completed(["summary": "São Paulo: 24°, sunny", "status": 200]))
             #expect(effects.snapshot.published.map(\.subject) == ["weather.reports"])
-            #expect(effects.snapshot.published.map(\.payload) == [["city": "São Paulo", "report": "São Paulo: 24°, sunny"]])
+            #expect(
+                effects.snapshot.published.map(\.payload) == [["city": "São Paulo", "report": "São Paulo: 24°, sunny"]]
+            )
             #expect(events.contains(.skipped(runId: "w", nodeId: "apology")))
         } else {
             #expect(outcome == .completed(["summary": "No weather for São Paulo right now.", "status": 503]))

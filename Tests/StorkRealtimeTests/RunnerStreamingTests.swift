@@ -13,7 +13,10 @@ private let feed = runnerDocument(
             "id": "listen", "kind": "subscribe", "inputs": ["topic": "string"],
             "options": ["subject": "feeds.{{topic}}", "count": 3],
         ],
-        ["id": "all", "kind": "template", "inputs": ["items": "array"], "options": ["template": ["items": "{{items}}"]]],
+        [
+            "id": "all", "kind": "template", "inputs": ["items": "array"],
+            "options": ["template": ["items": "{{items}}"]],
+        ],
         ["id": "last", "kind": "output"], ["id": "count", "kind": "output"], ["id": "everything", "kind": "output"],
     ],
     edges: [
@@ -31,7 +34,12 @@ struct RunnerStreamingTests {
     @Test("a subscribe node streams three messages; while paused it neither pulls nor emits; resume goes on")
     func pauseAndResume() async throws {
         let effects = FakeRunnerEffects()
-        let execution = RunnerExecution(program: try program(feed), runId: "r1", inputs: ["topic": "scores"], effects: effects)
+        let execution = RunnerExecution(
+            program: try program(feed),
+            runId: "r1",
+            inputs: ["topic": "scores"],
+            effects: effects
+        )
         let (outcome, events) = try await runWhile(execution) { log in
             await effects.until { $0.subscribed == ["feeds.scores"] }
             effects.deliver(["n": 1], to: "feeds.scores")
@@ -49,7 +57,12 @@ struct RunnerStreamingTests {
             execution.resume()
             #expect(!execution.isPaused)
         }
-        #expect(outcome == .completed(["last": message(3), "count": 3, "everything": ["items": [message(1), message(2), message(3)]]]))
+        #expect(
+            outcome
+                == .completed([
+                    "last": message(3), "count": 3, "everything": ["items": [message(1), message(2), message(3)]],
+                ])
+        )
 
         let items = events.compactMap { event -> Int? in
             if case .item(_, "listen", "message", let index, _) = event { return index }
@@ -126,7 +139,12 @@ struct RunnerStreamingTests {
     @Test("a subscription the host ends early fails the node")
     func endedEarly() async throws {
         let effects = FakeRunnerEffects()
-        let execution = RunnerExecution(program: try program(feed), runId: "r1", inputs: ["topic": "scores"], effects: effects)
+        let execution = RunnerExecution(
+            program: try program(feed),
+            runId: "r1",
+            inputs: ["topic": "scores"],
+            effects: effects
+        )
         let (outcome, _) = try await runWhile(execution) { _ in
             await effects.until { $0.subscribed == ["feeds.scores"] }
             effects.deliver(["n": 1], to: "feeds.scores")
@@ -137,7 +155,9 @@ struct RunnerStreamingTests {
             return
         }
         #expect(error.nodeId == "listen")
-        #expect(error.message == "node 'listen' (subscribe): the subscription to 'feeds.scores' ended after 1 message(s)")
+        #expect(
+            error.message == "node 'listen' (subscribe): the subscription to 'feeds.scores' ended after 1 message(s)"
+        )
     }
 
     @Test("the item limit stops a stream that emits too much")
@@ -208,5 +228,41 @@ struct RunnerEventJSONTests {
         let text = RunnerJSON.text(value)
         #expect(text == #"{"a\"b":"line\nbreak\t\u0001","n":[1,-0.5,1e+20],"nothing":null}"#)
         #expect(try RunnerJSON.parse(Array(text.utf8)) == value)
+    }
+}
+
+@Suite("Runner scheduler")
+struct RunnerSchedulerTests {
+    /// The pure state machine, step by step: node results in, actions out.
+    @Test("results in, actions out: start, skip the arm not taken, complete")
+    func steps() throws {
+        let document = runnerDocument(
+            nodes: [
+                ["id": "in", "kind": "input"], ["id": "b", "kind": "branch"],
+                ["id": "t", "kind": "template", "inputs": ["x": "any"], "options": ["template": "t{{x}}"]],
+                ["id": "out", "kind": "output"], ["id": "out2", "kind": "output"],
+            ],
+            edges: ["in.value -> b.value", "b.true -> t.x", "t.value -> out.value", "b.false -> out2.value"]
+        )
+        let compiled = try program(document)
+        #expect(compiled.nodes.map(\.definition.id) == ["in", "b", "t", "out", "out2"])
+        var scheduler = RunnerScheduler(program: compiled, maxConcurrent: 2)
+        let steps: [(node: Int?, result: RunnerNodeResult, expected: [RunnerScheduler.Action])] = [
+            (nil, [:], [.start(node: 0, inputs: [:])]),
+            (0, ["value": 1], [.start(node: 1, inputs: ["value": 1])]),
+            (
+                1, RunnerNodeResult(["true": 1], inactivePorts: ["false"]),
+                [.start(node: 2, inputs: ["x": 1]), .skip(node: 4)]
+            ),
+            (2, ["value": "t1"], [.start(node: 3, inputs: ["value": "t1"])]),
+            (3, ["value": "t1"], [.complete(outputs: ["out": "t1", "out2": nil])]),
+        ]
+        for (index, step) in steps.enumerated() {
+            let actions =
+                if let node = step.node { scheduler.finished(node: node, result: step.result) } else {
+                    scheduler.begin()
+                }
+            #expect(actions == step.expected, "step \(index)")
+        }
     }
 }

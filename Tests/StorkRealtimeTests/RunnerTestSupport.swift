@@ -155,7 +155,10 @@ final class FakeRunnerEffects: RunnerEffects, Sendable {
 /// Collects a run's events and lets a test wait until they show something.
 final class RunnerEventLog: Sendable {
     private let state = Mutex<
-        (events: [RunnerEvent], watchers: [(predicate: @Sendable ([RunnerEvent]) -> Bool, continuation: CheckedContinuation<Void, Never>)])
+        (
+            events: [RunnerEvent],
+            watchers: [(predicate: @Sendable ([RunnerEvent]) -> Bool, continuation: CheckedContinuation<Void, Never>)]
+        )
     >(([], []))
 
     var events: [RunnerEvent] {

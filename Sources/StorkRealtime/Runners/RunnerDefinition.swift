@@ -176,7 +176,10 @@ public struct RunnerDefinition: Sendable, Hashable {
     /// - Throws: `RunnerError` (`malformed` or `tooLarge`), naming what is wrong and where.
     public init(json bytes: some Collection<UInt8>, limits: RunnerLimits = RunnerLimits()) throws {
         guard bytes.count <= limits.maxDocumentBytes else {
-            throw RunnerError(.tooLarge, "the definition is \(bytes.count) bytes, over the limit of \(limits.maxDocumentBytes)")
+            throw RunnerError(
+                .tooLarge,
+                "the definition is \(bytes.count) bytes, over the limit of \(limits.maxDocumentBytes)"
+            )
         }
         let document: JSONValue
         do {
@@ -201,7 +204,10 @@ public struct RunnerDefinition: Sendable, Hashable {
 
         let nodeValues = try top.array("nodes")
         guard nodeValues.count <= limits.maxNodes else {
-            throw RunnerError(.tooLarge, "the definition has \(nodeValues.count) nodes, over the limit of \(limits.maxNodes)")
+            throw RunnerError(
+                .tooLarge,
+                "the definition has \(nodeValues.count) nodes, over the limit of \(limits.maxNodes)"
+            )
         }
         self.nodes = try nodeValues.enumerated().map { index, value in
             try Self.decodeNode(value, index: index)
@@ -209,7 +215,10 @@ public struct RunnerDefinition: Sendable, Hashable {
 
         let edgeValues = try top.optionalArray("edges") ?? []
         guard edgeValues.count <= limits.maxEdges else {
-            throw RunnerError(.tooLarge, "the definition has \(edgeValues.count) edges, over the limit of \(limits.maxEdges)")
+            throw RunnerError(
+                .tooLarge,
+                "the definition has \(edgeValues.count) edges, over the limit of \(limits.maxEdges)"
+            )
         }
         self.edges = try edgeValues.enumerated().map { index, value in
             let edge = try DocumentReader(value, at: "edge \(index + 1)")

@@ -95,7 +95,11 @@ public final class RunnerExecution: Sendable {
     /// Runs the graph to the end and returns how it ended (also sent as the last event). Cancelling the calling task
     /// cancels every running node and ends the run with `failed` (code `cancelled`).
     public func run() async -> RunnerOutcome {
-        precondition(!self.started.withLock { started in defer { started = true }; return started }, "run() called twice on run \(self.runId)")
+        let startedBefore = self.started.withLock { started in
+            defer { started = true }
+            return started
+        }
+        precondition(!startedBefore, "run() called twice on run \(self.runId)")
         do {
             try self.program.checkInputs(self.inputs)
         } catch {
@@ -110,7 +114,9 @@ public final class RunnerExecution: Sendable {
                     case .start(let node, let inputs):
                         group.addTask { await self.runNode(node, inputs: inputs) }
                     case .skip(let node):
-                        self.continuation.yield(.skipped(runId: self.runId, nodeId: self.program.nodes[node].definition.id))
+                        self.continuation.yield(
+                            .skipped(runId: self.runId, nodeId: self.program.nodes[node].definition.id)
+                        )
                     case .complete(let outputs):
                         return self.finish(.completed(outputs))
                     }

@@ -92,7 +92,12 @@ public struct RunnerProgram: Sendable {
         var seenEdges: Set<RunnerEdge> = []
         for edge in definition.edges {
             guard seenEdges.insert(edge).inserted else {
-                throw RunnerError(.malformed, "the edge \(edge) appears twice", nodeId: edge.to.node, port: edge.to.port)
+                throw RunnerError(
+                    .malformed,
+                    "the edge \(edge) appears twice",
+                    nodeId: edge.to.node,
+                    port: edge.to.port
+                )
             }
             guard let from = indexById[edge.from.node] else {
                 throw RunnerError(
@@ -102,7 +107,11 @@ public struct RunnerProgram: Sendable {
                 )
             }
             guard let to = indexById[edge.to.node] else {
-                throw RunnerError(.unknownNode, "edge \(edge): there is no node '\(edge.to.node)'", nodeId: edge.to.node)
+                throw RunnerError(
+                    .unknownNode,
+                    "edge \(edge): there is no node '\(edge.to.node)'",
+                    nodeId: edge.to.node
+                )
             }
             guard let output = prepared[from].outputs.first(where: { $0.name == edge.from.port }) else {
                 throw RunnerError(
@@ -228,7 +237,11 @@ public struct RunnerProgram: Sendable {
     }
 
     /// Follows edges among the nodes Kahn's algorithm could not order until one repeats, and names that loop.
-    private static func cycleError(definition: RunnerDefinition, remaining: [Int], downstream: [Set<Int>]) -> RunnerError {
+    private static func cycleError(
+        definition: RunnerDefinition,
+        remaining: [Int],
+        downstream: [Set<Int>]
+    ) -> RunnerError {
         let stuck = Set(remaining.indices.filter { remaining[$0] > 0 })
         // Every stuck node has a stuck parent (one not ordered yet), so walking from parent to parent must come back
         // to a node already seen: that loop is a cycle.

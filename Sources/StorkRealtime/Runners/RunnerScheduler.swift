@@ -37,7 +37,7 @@ struct RunnerScheduler: Sendable {
 
     /// The first actions of a run.
     mutating func begin() -> [Action] {
-        precondition(self.settled == 0 && self.running == 0 && self.ready.isEmpty, "begin called twice: \(self)")
+        precondition(self.settled == 0 && self.running == 0 && self.ready.isEmpty, "begin called twice")
         self.ready = self.program.nodes.indices.filter { self.remaining[$0] == 0 }.reversed()
         return self.drain()
     }

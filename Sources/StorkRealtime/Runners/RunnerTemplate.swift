@@ -25,7 +25,8 @@ public struct RunnerTemplate: Sendable, Hashable {
             for key in self.keys {
                 switch value {
                 case .object(let fields): value = fields[key] ?? .null
-                case .array(let items): value = Int(key).flatMap { items.indices.contains($0) ? items[$0] : nil } ?? .null
+                case .array(let items):
+                    value = Int(key).flatMap { items.indices.contains($0) ? items[$0] : nil } ?? .null
                 default: value = .null
                 }
             }
