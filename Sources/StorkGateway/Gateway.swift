@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import Logging
 import NIOCore
@@ -40,6 +41,12 @@ public final class Gateway: Service, Sendable {
     let logger: Logger
     /// Providers that produce subjects while someone listens.
     let providers: [GatewayProviderRegistration]
+    /// Runner definitions clients may open, by name.
+    let runnerPrograms: [String: RunnerProgram]
+    /// For runners' HTTP nodes.
+    let httpClient: HTTPClient
+    /// Runner instances of ended sessions and idle providers, deallocated by the next round of `run()`.
+    let pendingUnloads = Mutex<[ResourceID]>([])
     /// The cluster relay and the resource manager, attached once the server built them (after the gateway).
     private let attachments = Mutex<(interest: (any GatewayInterest)?, resources: (any GatewayResources)?)>((nil, nil))
     var interest: (any GatewayInterest)? { self.attachments.withLock { $0.interest } }
@@ -79,6 +86,8 @@ public final class Gateway: Service, Sendable {
         interest: (any GatewayInterest)? = nil,
         resources: (any GatewayResources)? = nil,
         providers: [GatewayProviderRegistration] = [],
+        runners: [String: RunnerProgram] = [:],
+        httpClient: HTTPClient = .shared,
         logger: Logger = Logger(label: "stork.gateway")
     ) {
         self.configuration = configuration
@@ -88,6 +97,8 @@ public final class Gateway: Service, Sendable {
         self.permissions = permissions
         self.clock = clock
         self.providers = providers
+        self.runnerPrograms = runners
+        self.httpClient = httpClient
         self.logger = logger
         self.nodeToken = Self.token(node)
         if authentication.authenticators.contains(where: { $0 is OpenAuthenticator }) {
@@ -133,6 +144,7 @@ public final class Gateway: Service, Sendable {
                     break
                 }
                 self.expireSessions()
+                await self.deallocatePending()
                 await self.assertProviders(now: self.clock.now())
             }
         }
@@ -149,6 +161,15 @@ public final class Gateway: Service, Sendable {
             }
         }
         for session in expired { self.endSession(session, reason: "recovery window passed") }
+    }
+
+    /// Deallocates the runners of ended sessions and the providers nobody listens to.
+    func deallocatePending() async {
+        let unloads = self.pendingUnloads.withLock { pending in
+            defer { pending.removeAll() }
+            return pending
+        }
+        for id in unloads { _ = await self.resources?.deallocate(id) }
     }
 
     func shutdown() {
@@ -180,7 +201,10 @@ public final class Gateway: Service, Sendable {
     func endSession(_ session: GatewaySession, reason: String) {
         guard self.sessions.withLock({ $0.removeValue(forKey: session.id) }) != nil else { return }
         self.counters.sessions.subtract(1, ordering: .relaxed)
-        for pattern in session.end() { self.hubRemove(pattern, session: session) }
+        let (patterns, runners) = session.end()
+        for pattern in patterns { self.hubRemove(pattern, session: session) }
+        // Its runners unload: the recovery window was their grace period.
+        self.pendingUnloads.withLock { $0 += runners.map { ResourceID(Self.runnerPrefix + $0) } }
         self.logger.debug("session ended", metadata: ["stork.session": "\(session.id)", "stork.reason": "\(reason)"])
     }
 

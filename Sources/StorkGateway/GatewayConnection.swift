@@ -249,8 +249,49 @@ final class GatewayConnection: Sendable {
                     let users = await gateway.presence(subject)
                     session.sendControl(.presence(id: id, subject: subject, users: users))
                 }
-            case .runnerOpen, .runnerClose, .runnerRun, .runnerPause, .runnerResume:
-                throw GatewayActionError("unsupported", "runners are not configured on this server")
+            case .runnerOpen(let runner):
+                // Loading may take a moment (placement, the owner's handle): answered from a child task.
+                group.addTask {
+                    do throws(GatewayActionError) {
+                        let instance = try await gateway.openRunner(runner, session: session)
+                        session.sendControl(.ok(id: id, fields: ["instance": .string(instance), "runner": .string(runner)]))
+                    } catch {
+                        session.sendControl(.error(id: id, code: error.code, message: error.message))
+                    }
+                }
+            case .runnerClose(let instance):
+                group.addTask {
+                    do throws(GatewayActionError) {
+                        try await gateway.closeRunner(instance, session: session)
+                        session.sendControl(.ok(id: id, fields: ["instance": .string(instance)]))
+                    } catch {
+                        session.sendControl(.error(id: id, code: error.code, message: error.message))
+                    }
+                }
+            case .runnerRun(let instance, let inputs):
+                group.addTask {
+                    do throws(GatewayActionError) {
+                        let answer = try await gateway.commandRunner(
+                            instance, session: session, command: ["op": "run", "inputs": .object(inputs)]
+                        )
+                        if let runId = answer["runId"]?.stringValue { session.runStarted(instance, runId: runId) }
+                        session.sendControl(
+                            .ok(id: id, fields: ["instance": .string(instance), "runId": answer["runId"] ?? .null])
+                        )
+                    } catch {
+                        session.sendControl(.error(id: id, code: error.code, message: error.message))
+                    }
+                }
+            case .runnerPause(let instance), .runnerResume(let instance):
+                let op: JSONValue = if case .runnerPause = frame.message { "pause" } else { "resume" }
+                group.addTask {
+                    do throws(GatewayActionError) {
+                        let answer = try await gateway.commandRunner(instance, session: session, command: ["op": op])
+                        session.sendControl(.ok(id: id, fields: ["instance": .string(instance), "runId": answer["runId"] ?? .null]))
+                    } catch {
+                        session.sendControl(.error(id: id, code: error.code, message: error.message))
+                    }
+                }
             }
         } catch {
             session.sendControl(.error(id: id, code: error.code, message: error.message))

@@ -49,6 +49,30 @@ extension Gateway {
                 }
             }
         }
+        router.post("/v1/runners/:runner/run") { request, context -> Response in
+            await self.respond {
+                let user = try await self.httpUser(request)
+                let runner = context.parameters.get("runner") ?? ""
+                let body = try await Self.jsonBody(request, context: context)
+                var inputs: [String: JSONValue] = [:]
+                if case .object(let given)? = body["inputs"] { inputs = given }
+                let result: (String, RunnerOutcome)
+                do throws(GatewayActionError) {
+                    result = try await self.runOnce(runner, inputs: inputs, user: user)
+                } catch {
+                    let status: HTTPResponse.Status =
+                        error.code == "forbidden" ? .forbidden : error.code == "unknown_runner" ? .notFound : .badRequest
+                    throw HTTPGatewayError(status, error)
+                }
+                switch result.1 {
+                case .completed(let outputs):
+                    return ["runId": .string(result.0), "status": "completed", "outputs": .object(outputs)]
+                case .failed(let error):
+                    let message = error.nodeId.map { "node '\($0)': \(error.message)" } ?? error.message
+                    throw HTTPGatewayError(.unprocessableContent, GatewayActionError(error.code.rawValue, message))
+                }
+            }
+        }
         router.get("/v1/history") { request, _ -> Response in
             await self.respond {
                 let user = try await self.httpUser(request)

@@ -48,6 +48,8 @@ final class GatewaySession: Sendable {
         var ended = false
         /// The current connection fell behind the ring.
         var slow = false
+        /// Open runner instances, and the run each has in progress (as the runner last told).
+        var runners: [String: String?] = [:]
     }
 
     let id: String
@@ -57,6 +59,7 @@ final class GatewaySession: Sendable {
     /// Requests of this session waiting for a reply.
     let pendingRequests = Atomic<Int>(0)
     static let replyTargetLimit = 1024
+    static let runnerEventsPrefix = "$GW.runner."
 
     init(id: String, user: AuthenticatedUser, capacity: Int) {
         self.id = id
@@ -108,8 +111,8 @@ final class GatewaySession: Sendable {
         }
     }
 
-    /// Ends the session: its writer stops and it cannot be resumed. Returns the subscriptions it had.
-    func end() -> [String] {
+    /// Ends the session: its writer stops and it cannot be resumed. Returns the subscriptions and runners it had.
+    func end() -> (subscriptions: [String], runners: [String]) {
         self.state.withLock { state in
             state.ended = true
             state.connection = nil
@@ -118,7 +121,49 @@ final class GatewaySession: Sendable {
             waiter?.resume()
             let subjects = Array(state.subscriptions.keys)
             state.subscriptions.removeAll()
-            return subjects
+            let runners = Array(state.runners.keys)
+            state.runners.removeAll()
+            return (subjects, runners)
+        }
+    }
+
+    // MARK: Runners
+
+    func openRunner(_ instance: String) {
+        self.state.withLock { $0.runners[instance] = .some(nil) }
+    }
+
+    func closeRunner(_ instance: String) {
+        self.state.withLock { _ = $0.runners.removeValue(forKey: instance) }
+    }
+
+    func hasRunner(_ instance: String) -> Bool {
+        self.state.withLock { $0.runners[instance] != nil }
+    }
+
+    func runStarted(_ instance: String, runId: String) {
+        self.state.withLock { state in
+            if state.runners[instance] != nil { state.runners[instance] = .some(runId) }
+        }
+    }
+
+    /// A runner event (from `$GW.runner.<instance>.events`) as the client sees it. A `loaded` event while a run was in
+    /// progress means the runner's node failed and it was reopened elsewhere: the run is reported failed.
+    private func runnerFrame(_ instance: String, event: JSONValue, state: inout State) -> JSONValue? {
+        guard let entry = state.runners[instance] else { return nil }
+        switch event["type"]?.stringValue {
+        case "loaded":
+            guard let runId = entry else { return nil }
+            state.runners[instance] = .some(nil)
+            return [
+                "type": "failed", "runId": .string(runId), "nodeId": nil, "code": "node-failed",
+                "error": .string("the runner's node failed; it was reopened on \(event["node"]?.stringValue ?? "another node"): run it again"),
+            ]
+        case "completed", "failed":
+            if let runId = entry, event["runId"]?.stringValue == runId { state.runners[instance] = .some(nil) }
+            return event
+        default:
+            return event
         }
     }
 
@@ -168,6 +213,17 @@ final class GatewaySession: Sendable {
     func deliver(pattern: String, subject: String, payload: GatewayPayload, replyTo: String?, messageID: String?) {
         let waiter: CheckedContinuation<Void, Never>? = self.state.withLock { state in
             guard !state.ended, var subscription = state.subscriptions[pattern] else { return nil }
+            if pattern.hasPrefix(Self.runnerEventsPrefix) {
+                let instance = String(pattern.dropFirst(Self.runnerEventsPrefix.count).dropLast(".events".count))
+                guard let event = try? JSONValue.parse(payload.encodedData),
+                    let frame = self.runnerFrame(instance, event: event, state: &state)
+                else { return nil }
+                self.appendSequenced({ sequence in
+                    GatewayServerFrame.runner(seq: sequence, instance: instance, event: frame).encoded
+                }, to: &state)
+                defer { state.waiter = nil }
+                return state.waiter
+            }
             let replyTo = subscription.mayRespond ? replyTo : nil
             if subscription.held != nil {
                 subscription.held!.append(

@@ -158,7 +158,8 @@ public struct ProviderConnector: Connector {
             case .nats(let listen):
                 group.addTask { await Self.announceStart(subject: subject, listen: listen, gateway: gateway, context: context) }
             }
-            // Nobody listening for the grace period: the provider removes itself (the terminate that follows stops it).
+            // Nobody listening for the grace period: the provider asks to be removed (the gateway's run loop deallocates
+            // it; awaiting that here would wait for this very run to end), and the terminate that follows stops it.
             group.addTask {
                 var idleSince: StorkInstant?
                 while await context.sleep(.seconds(1)) {
@@ -167,7 +168,7 @@ public struct ProviderConnector: Connector {
                         idleSince = nil
                     } else if let since = idleSince, now - since >= registration.grace {
                         context.logger.info("provider idle, removing it", metadata: ["stork.subject": "\(subject)"])
-                        _ = await gateway.resources?.deallocate(resource.id)
+                        gateway.pendingUnloads.withLock { $0.append(resource.id) }
                         return
                     } else if idleSince == nil {
                         idleSince = now

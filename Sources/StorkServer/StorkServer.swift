@@ -91,6 +91,8 @@ public struct StorkServer: Sendable {
                 authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
                 permissions: permissions.rules,
                 providers: try configuration.makeProviderRegistrations(swiftProviders: self.gatewayProviders),
+                runners: try configuration.gateway.runners.map { try Gateway.loadRunners(directory: $0) } ?? [:],
+                httpClient: httpClient,
                 logger: logger
             )
             rulesWatcher = permissions.watcher
@@ -100,7 +102,7 @@ public struct StorkServer: Sendable {
             httpClient: httpClient,
             fallback: baseHandler,
             metricsFactory: PrometheusMetricsFactory(registry: metrics),
-            extra: gateway.map { [ProviderConnector(gateway: $0)] } ?? [],
+            extra: gateway.map { [ProviderConnector(gateway: $0), RunnerConnector(gateway: $0)] } ?? [],
             logger: logger
         )
         let handler: any ResourceHandler = connectors.map { $0 as any ResourceHandler } ?? baseHandler

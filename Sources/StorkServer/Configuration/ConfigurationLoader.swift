@@ -187,7 +187,7 @@ extension ServerConfiguration {
             allowed: [
                 "enabled", "path", "auth", "permissions", "authTimeout", "maxAuthAttempts", "recoveryWindow",
                 "recoveryMessages", "requestTimeout", "maxPendingRequests", "maxSubscriptions", "maxFrameBytes",
-                "historyLimit", "presenceTimeout", "providers", "providerRefresh",
+                "historyLimit", "presenceTimeout", "providers", "providerRefresh", "runners",
             ]
         )
         if let value = fields["enabled"] { gateway.enabled = try value.bool() }
@@ -230,6 +230,7 @@ extension ServerConfiguration {
         if let value = fields["historyLimit"] { gateway.settings.historyLimit = try value.integer(in: 1...100_000) }
         if let value = fields["presenceTimeout"] { gateway.settings.presenceTimeout = try value.duration() }
         if let value = fields["providerRefresh"] { gateway.settings.providerRefresh = try value.duration() }
+        if let value = fields["runners"] { gateway.runners = try value.string() }
         if let value = fields["providers"] {
             gateway.providers = try value.sequence().map { entry in
                 let keys = try entry.mapping(allowed: ["name", "pattern", "type", "listen", "grace"])

@@ -151,6 +151,8 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var permissionRules: JSONValue?
         /// Listening providers (`providers:`): each `{name, pattern, type: nats, listen, grace}` or a Swift type.
         public var providers: [Provider] = []
+        /// A directory of runner definitions (`*.json`, Docs/runners.md) that clients may open.
+        public var runners: String?
     }
 
     public struct Provider: Sendable, Hashable {
