@@ -10,6 +10,7 @@ import StorkCore
 import StorkGateway
 import StorkLeases
 import StorkNATS
+import StorkRealtime
 import StorkResources
 import StorkStreamStores
 import StorkStreaming
@@ -97,13 +98,22 @@ public struct StorkServer: Sendable {
         var rulesWatcher: RulesFileWatcher<ContinuousClock>?
         if configuration.gateway.enabled, let nats {
             let clusterRelay = ClusterRelay(network: manager, router: nats.router, logger: logger)
-            let permissions = try configuration.makePermissions(logger: logger)
+            let permissions: (rules: @Sendable () -> PermissionRules, watcher: RulesFileWatcher<ContinuousClock>?)
+            let authentication: AuthenticationChain
+            do {
+                permissions = try configuration.makePermissions(logger: logger)
+                authentication = try await configuration.makeAuthenticationChain(httpClient: httpClient)
+            } catch {
+                // A mistake in the gateway's files must be reported, not crash on the client's deinit check.
+                try? await httpClient.shutdown()
+                throw error
+            }
             gateway = Gateway(
                 configuration: configuration.gateway.settings,
                 node: configuration.node.name,
                 router: nats.router,
                 jetstream: jetstream,
-                authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
+                authentication: authentication,
                 permissions: permissions.rules,
                 interest: RelayGatewayInterest(relay: clusterRelay, logger: logger),
                 logger: logger
