@@ -550,7 +550,7 @@ def main_node(nodes) -> Node:
         "permissions": {"file": rules},
         "maxFrameBytes": 8192,
         "requestTimeout": "2s",
-        "authTimeout": "3s",
+        "authTimeout": "5s",
     }
     node = nodes.single("main", gateway, workdir=workdir)
     return node

@@ -89,7 +89,7 @@ async def test_oversized_frame_closes_with_1009(main_node, clients):
 async def test_unauthenticated_connection_is_closed_after_auth_timeout(main_node, clients):
     ws = await clients.open(main_node)
     assert (await ws.call({"type": "ping"}))["type"] == "pong"
-    # authTimeout is 3s on the main node; a bounded wait well beyond it.
+    # authTimeout is 5s on the main node; a bounded wait well beyond it.
     assert await ws.wait_closed(timeout=20) == 1008
     other = await clients.login(main_node, **BOB)
     assert (await other.call({"type": "ping"}))["type"] == "pong"
