@@ -7,6 +7,7 @@ import NIOCore
 import StorkCore
 import StorkNATS
 import StorkRealtime
+import StorkStreaming
 
 // MARK: - One WebSocket connection
 //
@@ -189,6 +190,13 @@ final class GatewayConnection: Sendable {
 
     // MARK: Actions
 
+    /// Messages go to one subject: wildcards are for subscriptions (the HTTP calls refuse them too).
+    static func requireLiteral(_ subject: String) throws(GatewayActionError) {
+        guard !Subject.hasWildcard(subject) else {
+            throw GatewayActionError("bad_field", "'subject': a message's subject has no wildcards: '\(subject)'")
+        }
+    }
+
     func handle(_ frame: GatewayClientFrame, session: GatewaySession, group: inout TaskGroup<Void>) async {
         let gateway = self.gateway
         let id = frame.id
@@ -209,12 +217,14 @@ final class GatewayConnection: Sendable {
                 gateway.unsubscribe(session, subject: subject)
                 if id != nil { session.sendControl(.ok(id: id, fields: ["subject": .string(subject)])) }
             case .publish(let subject, let data):
+                try Self.requireLiteral(subject)
                 guard gateway.allows(.publish, subject: subject, user: session.user, data: data) else {
                     throw .forbidden(.publish, subject)
                 }
                 gateway.publish(subject: subject, data: data)
                 if id != nil { session.sendControl(.ok(id: id, fields: [:])) }
             case .request(let subject, let data, let timeout):
+                try Self.requireLiteral(subject)
                 guard gateway.allows(.request, subject: subject, user: session.user, data: data) else {
                     throw .forbidden(.request, subject)
                 }

@@ -15,8 +15,10 @@ extension ServerConfiguration {
         registry: AuthenticatorRegistry = AuthenticatorRegistry(),
         httpClient: HTTPClient
     ) async throws -> AuthenticationChain {
+        let gateway = self.gateway
         let context = AuthenticatorContext(
             readFile: { path in
+                let path = gateway.resolve(path)
                 guard let data = FileManager.default.contents(atPath: path) else {
                     throw StorkError(.invalidInput, "cannot read \(path)")
                 }
@@ -55,7 +57,7 @@ extension ServerConfiguration {
     func makePermissions(
         logger: Logger
     ) throws -> (rules: @Sendable () -> PermissionRules, watcher: RulesFileWatcher<ContinuousClock>?) {
-        if let file = self.gateway.permissionsFile {
+        if let file = self.gateway.permissionsFile.map(self.gateway.resolve) {
             let watcher = try RulesFileWatcher(
                 path: file,
                 clock: ContinuousClock(),

@@ -10,6 +10,7 @@ import StorkCore
 import StorkGateway
 import StorkLeases
 import StorkNATS
+import StorkRealtime
 import StorkResources
 import StorkStreamStores
 import StorkStreaming
@@ -82,20 +83,28 @@ public struct StorkServer: Sendable {
         var gateway: Gateway?
         var rulesWatcher: RulesFileWatcher<ContinuousClock>?
         if configuration.gateway.enabled, let nats {
-            let permissions = try configuration.makePermissions(logger: logger)
-            gateway = Gateway(
-                configuration: configuration.gateway.settings,
-                node: configuration.node.name,
-                router: nats.router,
-                jetstream: jetstream,
-                authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
-                permissions: permissions.rules,
-                providers: try configuration.makeProviderRegistrations(swiftProviders: self.gatewayProviders),
-                runners: try configuration.gateway.runners.map { try Gateway.loadRunners(directory: $0) } ?? [:],
-                httpClient: httpClient,
-                logger: logger
-            )
-            rulesWatcher = permissions.watcher
+            do {
+                let permissions = try configuration.makePermissions(logger: logger)
+                gateway = Gateway(
+                    configuration: configuration.gateway.settings,
+                    node: configuration.node.name,
+                    router: nats.router,
+                    jetstream: jetstream,
+                    authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
+                    permissions: permissions.rules,
+                    providers: try configuration.makeProviderRegistrations(swiftProviders: self.gatewayProviders),
+                    runners: try configuration.gateway.runners.map {
+                        try Gateway.loadRunners(directory: configuration.gateway.resolve($0))
+                    } ?? [:],
+                    httpClient: httpClient,
+                    logger: logger
+                )
+                rulesWatcher = permissions.watcher
+            } catch {
+                // A mistake in the gateway's files must be reported, not crash on the HTTP client's deinit check.
+                try? await httpClient.shutdown()
+                throw error
+            }
         }
         let baseHandler = configuration.makeHandler(httpClient: httpClient)
         let connectors = configuration.makeConnectorHandler(

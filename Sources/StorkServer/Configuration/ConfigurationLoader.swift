@@ -27,6 +27,7 @@ extension ServerConfiguration {
                 throw StorkError(.invalidInput, "cannot read the configuration file \(path)", underlying: error)
             }
             configuration = try Self.parse(yaml: text, environment: environment, file: path)
+            configuration.gateway.directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         }
         try configuration.apply(environment: environment)
         try configuration.apply(overrides)

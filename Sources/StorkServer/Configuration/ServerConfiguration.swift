@@ -149,6 +149,16 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var permissionsFile: String?
         /// Rules given inline (`permissions: {rules: [...]}`), when there is no file.
         public var permissionRules: JSONValue?
+        /// The configuration file's directory: relative paths in `auth` entries and `permissions.file` are
+        /// resolved against it (nil: against the working directory).
+        public var directory: String?
+
+        /// `path` as the gateway opens it: absolute as given, relative to the configuration file's directory.
+        public func resolve(_ path: String) -> String {
+            guard let directory = self.directory, !path.hasPrefix("/") else { return path }
+            return URL(fileURLWithPath: directory).appendingPathComponent(path).path
+        }
+
         /// Listening providers (`providers:`): each `{name, pattern, type: nats, listen, grace}` or a Swift type.
         public var providers: [Provider] = []
         /// A directory of runner definitions (`*.json`, Docs/runners.md) that clients may open.

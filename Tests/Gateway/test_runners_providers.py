@@ -17,9 +17,7 @@ import asyncio
 import base64
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,6 +28,7 @@ from typing import Dict, List, Optional
 import nats
 import pytest
 import websockets
+from conftest import async_wait_until, free_ports, stork_binary
 
 HOST = "127.0.0.1"
 _PROCS: List[subprocess.Popen] = []
@@ -64,29 +63,6 @@ SLOW = {
     ],
     "edges": [{"from": "in.value", "to": "wait.value"}, {"from": "wait.value", "to": "out.value"}],
 }
-
-
-def stork_binary() -> str:
-    path = os.environ.get("STORK_BIN") or ".build/debug/stork"
-    return os.path.abspath(path) if os.sep in path else path
-
-
-def free_ports(count: int) -> List[int]:
-    ports: List[int] = []
-    rng = random.Random(os.getpid() ^ time.monotonic_ns())
-    while len(ports) < count:
-        port = rng.randint(10000, 29999)
-        if port in ports:
-            continue
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((HOST, port))
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind((HOST, port))
-        except OSError:
-            continue
-        ports.append(port)
-    return ports
 
 
 class Node:
@@ -175,15 +151,7 @@ class Node:
 
 
 async def wait_for(what: str, timeout: float, condition, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
+    return await async_wait_until(what, timeout, condition, interval)
 
 
 class Client:
