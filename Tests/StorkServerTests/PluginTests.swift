@@ -77,7 +77,7 @@ struct PluginTests {
         var quiet = Logger(label: "test")
         quiet.logLevel = .critical
         let server = StorkServer(configuration: configuration, plugins: plugins, logger: quiet)
-        try await withThrowingTaskGroup(of: Void.self) { group in
+        await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await server.run(installSignalHandlers: false) }
             let all: Set<String> = ["acct-1", "acct-2", "acct-3", "acct-4"]
             #expect(await eventually(.seconds(30)) { handled.value == all })
