@@ -303,6 +303,14 @@ let package = Package(
             path: "Examples/Embedded",
             swiftSettings: storkSwiftSettings
         ),
+        // A `stork serve` of one's own: a custom source, authenticator and connector registered by name.
+        .executableTarget(
+            name: "stork-example-plugins",
+            dependencies: ["StorkConnectors", "StorkCore", "StorkRealtime", "StorkResources", "StorkServer"],
+            path: "Examples/CustomPlugins",
+            exclude: ["stork.yaml"],
+            swiftSettings: storkSwiftSettings
+        ),
         // MARK: - Tests
         .testTarget(name: "StorkCoreTests", dependencies: ["StorkCore"], swiftSettings: storkSwiftSettings),
         .testTarget(

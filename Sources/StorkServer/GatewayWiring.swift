@@ -52,23 +52,21 @@ extension ServerConfiguration {
         }
     }
 
-    /// The permission rules of `gateway.permissions`: a watched file (reloaded when it changes), inline rules, or
-    /// none (everything is refused). The watcher, when there is one, is a service to run.
-    func makePermissions(
-        logger: Logger
-    ) throws -> (rules: @Sendable () -> PermissionRules, watcher: RulesFileWatcher<ContinuousClock>?) {
-        if let file = self.gateway.permissionsFile.map(self.gateway.resolve) {
-            let watcher = try RulesFileWatcher(
-                path: file,
-                clock: ContinuousClock(),
-                logger: logger,
-                decode: { try DocumentFile.parse($0, path: file) }
-            )
-            return ({ watcher.rules }, watcher)
+    /// The permissions of `gateway.permissions`, built through `plugins`: `rules` (a watched file, reloaded when it
+    /// changes, or inline rules, or none: everything is refused), `open`, or a registered type. The plugin's service,
+    /// when there is one (the file watcher), is to run beside the gateway.
+    func makePermissions(plugins: StorkPlugins = StorkPlugins(), context: StorkPluginContext) throws -> PermissionsPlugin {
+        try plugins.makePermissions(self.permissionsSelection, context: context)
+    }
+
+    /// The permission type and options `gateway.permissions` gives.
+    public var permissionsSelection: PluginSelection {
+        if let plugin = self.gateway.permissionsPlugin { return plugin }
+        if let file = self.gateway.permissionsFile {
+            return PluginSelection(type: "rules", options: ["file": .string(self.gateway.resolve(file))])
         }
-        let rules = try self.gateway.permissionRules.map { try PermissionRules(document: $0) } ?? PermissionRules([])
-        if rules.rules.isEmpty { logger.warning("gateway: no permission rules, so every client action is refused") }
-        return ({ rules }, nil)
+        if case .object(let rules)? = self.gateway.permissionRules { return PluginSelection(type: "rules", options: rules) }
+        return PluginSelection(type: "rules")
     }
 }
 

@@ -22,15 +22,22 @@ import StorkStreaming
 // `stork drain` the group shuts down in reverse: the HTTP server stops, the node hands every resource off and
 // leaves, the transport closes.
 
-/// One running Stork node, built from a `ServerConfiguration`.
+/// One running Stork node, built from a `ServerConfiguration`; its pluggable parts (sources, handler, connectors,
+/// stores, authenticators, permissions, metrics, endpoints) come from `plugins` by the names the configuration gives.
 public struct StorkServer: Sendable {
     public var configuration: ServerConfiguration
+    public var plugins: StorkPlugins
     public var logger: Logger
     /// Swift providers for `gateway.providers` entries whose `type` names one.
     public var gatewayProviders: [String: any GatewayProvider] = [:]
 
-    public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "stork")) {
+    public init(
+        configuration: ServerConfiguration,
+        plugins: StorkPlugins = StorkPlugins(),
+        logger: Logger = Logger(label: "stork")
+    ) {
         self.configuration = configuration
+        self.plugins = plugins
         self.logger = logger
     }
 
@@ -53,9 +60,19 @@ public struct StorkServer: Sendable {
             transport.close()
         }
 
+        let plugins = self.plugins
         let nats = try configuration.node.nats.map { address in
             try NATSServer(configuration: configuration.natsServerConfiguration(address: address), logger: logger)
         }
+        let context = StorkPluginContext(
+            logger: logger,
+            httpClient: httpClient,
+            node: configuration.node.name,
+            cluster: configuration.cluster.name,
+            dataDirectory: configuration.node.data,
+            environment: ProcessInfo.processInfo.environment,
+            messaging: nats.map { RouterMessaging(router: $0.router) }
+        )
         // Durable streams behind the JetStream API, on the NATS endpoint's router; file stores under node.data.
         let jetstream = nats.map { nats in
             nats.jetstream = true
@@ -64,33 +81,36 @@ public struct StorkServer: Sendable {
             return JetStream(
                 configuration: jetstreamConfiguration,
                 router: nats.router,
-                storeFactory: configuration.makeMessageStoreFactory(logger: logger),
+                storeFactory: configuration.makeMessageStoreFactory(plugins: plugins, context: context),
                 logger: logger
             )
         }
         var managerConfiguration = configuration.resourceManagerConfiguration()
-        managerConfiguration.messaging = nats.map { RouterMessaging(router: $0.router) }
+        managerConfiguration.messaging = context.messaging
         if let url = configuration.ownershipStoreURL {
-            let store = try OwnershipStores.make(url: url, cluster: configuration.cluster.name, logger: logger)
+            let store = try plugins.makeOwnershipStore(url: url, context: context)
             managerConfiguration.ownershipStore = store
             logger.info("lease ownership", metadata: ["stork.store": "\(store.description)"])
         }
         // Connector metrics (stork_connector_*) go to this node's own Prometheus registry, served on /metrics with
         // the rest: no process-wide metrics bootstrap, so that several nodes can run in one process.
-        let metrics = PrometheusCollectorRegistry()
+        let metrics = try plugins.makeMetrics(configuration.metrics, context: context)
         // The realtime gateway shares the node's HTTP port: its WebSocket endpoint and HTTP routes beside the admin API.
         // Its rules file is watched and reloaded; its providers run as connectors where they are placed.
         var gateway: Gateway?
-        var rulesWatcher: RulesFileWatcher<ContinuousClock>?
+        var permissionsService: (any Service)?
         if configuration.gateway.enabled, let nats {
             do {
-                let permissions = try configuration.makePermissions(logger: logger)
+                let permissions = try configuration.makePermissions(plugins: plugins, context: context)
                 gateway = Gateway(
                     configuration: configuration.gateway.settings,
                     node: configuration.node.name,
                     router: nats.router,
                     jetstream: jetstream,
-                    authentication: try await configuration.makeAuthenticationChain(httpClient: httpClient),
+                    authentication: try await configuration.makeAuthenticationChain(
+                        registry: plugins.authenticators,
+                        httpClient: httpClient
+                    ),
                     permissions: permissions.rules,
                     providers: try configuration.makeProviderRegistrations(swiftProviders: self.gatewayProviders),
                     runners: try configuration.gateway.runners.map {
@@ -99,18 +119,19 @@ public struct StorkServer: Sendable {
                     httpClient: httpClient,
                     logger: logger
                 )
-                rulesWatcher = permissions.watcher
+                permissionsService = permissions.service
             } catch {
                 // A mistake in the gateway's files must be reported, not crash on the HTTP client's deinit check.
                 try? await httpClient.shutdown()
                 throw error
             }
         }
-        let baseHandler = configuration.makeHandler(httpClient: httpClient)
+        let baseHandler = try configuration.makeHandler(plugins: plugins, context: context)
         let connectors = configuration.makeConnectorHandler(
             httpClient: httpClient,
+            registry: plugins.makeConnectorRegistry(context: context),
             fallback: baseHandler,
-            metricsFactory: PrometheusMetricsFactory(registry: metrics),
+            metricsFactory: metrics.factory,
             extra: gateway.map { [ProviderConnector(gateway: $0), RunnerConnector(gateway: $0)] } ?? [],
             logger: logger
         )
@@ -118,7 +139,7 @@ public struct StorkServer: Sendable {
         let manager = ResourceManager(
             configuration: managerConfiguration,
             handler: handler,
-            sources: configuration.makeSourceRegistrations(httpClient: httpClient, logger: logger),
+            sources: try configuration.makeSourceRegistrations(plugins: plugins, context: context),
             transport: transport,
             logger: logger
         )
@@ -138,7 +159,7 @@ public struct StorkServer: Sendable {
             nats: nats,
             extraMetrics: [TransportMetrics(transport: transport)],
             connectors: connectors?.board,
-            metricsRegistry: metrics,
+            metricsRegistry: metrics.prometheus,
             extraStats: gateway.map { [GatewayStatsSource(gateway: $0)] } ?? [],
             moves: moves,
             clusterName: configuration.cluster.name
@@ -173,8 +194,11 @@ public struct StorkServer: Sendable {
         if let jetstream { services.append(.init(service: jetstream)) }
         if let nats { services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream))) }
         if let relay { services.append(.init(service: relay)) }
-        if let rulesWatcher { services.append(.init(service: rulesWatcher)) }
+        if let permissionsService { services.append(.init(service: permissionsService)) }
         if let gateway { services.append(.init(service: gateway)) }
+        for (index, endpoint) in configuration.endpoints.enumerated() {
+            services.append(.init(service: try plugins.makeEndpoint(endpoint, place: "endpoints[\(index)]", context: context)))
+        }
         services.append(.init(service: app))
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(

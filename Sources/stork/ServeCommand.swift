@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import StorkCore
 import StorkServer
 
 /// `stork serve`: run one node of a Stork cluster.
@@ -24,16 +25,13 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Comma-separated seed addresses (node.seeds).") var seeds: String?
     @Option(help: "NATS client endpoint host:port, or off (node.nats; default 127.0.0.1:4222).") var nats: String?
     @Option(help: "Local state directory (node.data).") var data: String?
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.") var logLevel: String = "info"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (default: logger.level, else info).")
+    var logLevel: String?
 
     func run() async throws {
-        guard let level = Logger.Level(rawValue: self.logLevel) else {
-            throw ValidationError("unknown log level '\(self.logLevel)'")
-        }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+        let level = try self.logLevel.map { name in
+            guard let level = Logger.Level(rawValue: name) else { throw ValidationError("unknown log level '\(name)'") }
+            return level
         }
         let overrides = ConfigurationOverrides(
             name: self.name,
@@ -43,12 +41,11 @@ struct ServeCommand: AsyncParsableCommand {
             nats: self.nats,
             data: self.data
         )
-        let configuration: ServerConfiguration
+        // The same entry point a binary with its own plugins calls (Docs/plugins.md).
         do {
-            configuration = try ServerConfiguration.load(path: self.config, overrides: overrides)
-        } catch {
+            try await StorkServer.serve(configurationFile: self.config, overrides: overrides, logLevel: level)
+        } catch let error as StorkError where error.code == .invalidInput {
             throw ValidationError("\(error)")
         }
-        try await StorkServer(configuration: configuration, logger: Logger(label: "stork")).run()
     }
 }

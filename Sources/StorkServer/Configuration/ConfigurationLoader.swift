@@ -16,7 +16,8 @@ extension ServerConfiguration {
     public static func load(
         path: String?,
         environment: [String: String] = ProcessInfo.processInfo.environment,
-        overrides: ConfigurationOverrides = .init()
+        overrides: ConfigurationOverrides = .init(),
+        plugins: StorkPlugins = StorkPlugins()
     ) throws -> ServerConfiguration {
         var configuration = ServerConfiguration()
         if let path {
@@ -26,20 +27,22 @@ extension ServerConfiguration {
             } catch {
                 throw StorkError(.invalidInput, "cannot read the configuration file \(path)", underlying: error)
             }
-            configuration = try Self.parse(yaml: text, environment: environment, file: path)
+            configuration = try Self.parse(yaml: text, environment: environment, file: path, plugins: plugins)
             configuration.gateway.directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         }
         try configuration.apply(environment: environment)
         try configuration.apply(overrides)
-        try configuration.validate()
+        try configuration.validate(plugins: plugins)
         return configuration
     }
 
-    /// Parses YAML text on top of the defaults.
+    /// Parses YAML text on top of the defaults. Plugin `type` names are checked against `plugins` (their options
+    /// are checked when the server builds the part).
     public static func parse(
         yaml text: String,
         environment: [String: String] = [:],
-        file: String = "configuration"
+        file: String = "configuration",
+        plugins: StorkPlugins = StorkPlugins()
     ) throws -> ServerConfiguration {
         guard text.utf8.count <= 1 << 20 else { throw StorkError(.invalidInput, "\(file): larger than 1 MiB") }
         // `${VAR}` may stand anywhere, even unquoted inside a flow mapping where its braces would be YAML syntax:
@@ -57,6 +60,7 @@ extension ServerConfiguration {
         let top = try document.mapping(
             allowed: [
                 "node", "cluster", "resources", "connectors", "membership", "ownership", "nats", "streaming", "gateway",
+                "logger", "metrics", "endpoints",
             ]
         )
         if let node = top["node"] {
@@ -75,11 +79,12 @@ extension ServerConfiguration {
         if let streaming = top["streaming"] {
             let fields = try streaming.mapping(allowed: ["store", "fileSync", "segmentMaxBytes", "sqlite", "postgres", "maxStreams"])
             if let value = fields["store"] {
-                let name = try value.string()
-                guard let store = Streaming.Store(rawValue: name) else {
-                    throw value.error("unknown store '\(name)'; expected file, memory, sqlite or postgres")
+                let selection = try value.pluginSelection(.messageStore, plugins: plugins)
+                if let store = Streaming.Store(rawValue: selection.type), selection.options.isEmpty {
+                    configuration.streaming.store = store
+                } else {
+                    configuration.streaming.customStore = selection
                 }
-                configuration.streaming.store = store
             }
             if let value = fields["fileSync"] {
                 let text = try value.string()
@@ -110,8 +115,8 @@ extension ServerConfiguration {
             let fields = try resources.mapping(
                 allowed: ["sources", "handler", "placement", "cacheAllResources", "maxLengthOfTimeToRetryResourceFetching"]
             )
-            if let value = fields["sources"] { configuration.resources.sources = try Self.sources(value) }
-            if let value = fields["handler"] { configuration.resources.handler = try Self.handler(value) }
+            if let value = fields["sources"] { configuration.resources.sources = try Self.sources(value, plugins: plugins) }
+            if let value = fields["handler"] { configuration.resources.handler = try Self.handler(value, plugins: plugins) }
             if let value = fields["placement"] {
                 let name = try value.string()
                 guard let strategy = PlacementStrategy(parsing: name) else {
@@ -142,7 +147,12 @@ extension ServerConfiguration {
                 configuration.connectors.stopGracePeriod = try value.duration()
             }
         }
-        if let gateway = top["gateway"] { configuration.gateway = try Self.gateway(gateway) }
+        if let gateway = top["gateway"] { configuration.gateway = try Self.gateway(gateway, plugins: plugins) }
+        if let logger = top["logger"] { configuration.logger = try logger.pluginSelection(.logger, plugins: plugins) }
+        if let metrics = top["metrics"] { configuration.metrics = try metrics.pluginSelection(.metrics, plugins: plugins) }
+        if let endpoints = top["endpoints"] {
+            configuration.endpoints = try endpoints.sequence().map { try $0.pluginSelection(.endpoint, plugins: plugins) }
+        }
         if let membership = top["membership"] {
             let fields = try membership.mapping(
                 allowed: ["probeInterval", "probeTimeout", "indirectProbeTimeout", "suspicionMinimum", "pushPullInterval"]
@@ -181,7 +191,7 @@ extension ServerConfiguration {
         return configuration
     }
 
-    static func gateway(_ value: ConfigNode) throws -> Gateway {
+    static func gateway(_ value: ConfigNode, plugins: StorkPlugins = StorkPlugins()) throws -> Gateway {
         var gateway = Gateway()
         gateway.enabled = true
         let fields = try value.mapping(
@@ -206,8 +216,10 @@ extension ServerConfiguration {
                 return json
             }
         }
-        if let value = fields["permissions"] {
-            let permissions = try value.mapping(allowed: ["file", "rules"])
+        if let value = fields["permissions"], let type = try value.anyMapping()["type"], try type.string() != "rules" {
+            gateway.permissionsPlugin = try value.pluginSelection(.permission, plugins: plugins)
+        } else if let value = fields["permissions"] {
+            let permissions = try value.mapping(allowed: ["type", "file", "rules"])
             if let file = permissions["file"] { gateway.permissionsFile = try file.string() }
             if let rules = permissions["rules"] { gateway.permissionRules = .object(["rules": try rules.json()]) }
             if gateway.permissionsFile != nil, gateway.permissionRules != nil {
@@ -255,9 +267,18 @@ extension ServerConfiguration {
         return gateway
     }
 
-    static func sources(_ value: ConfigNode) throws -> [Source] {
+    static func sources(_ value: ConfigNode, plugins: StorkPlugins = StorkPlugins()) throws -> [Source] {
         var counts: [String: Int] = [:]
         return try value.sequence().map { item in
+            // A registered type other than the built-ins: its own keys besides name and poll.
+            if let typeNode = try item.anyMapping()["type"], try !["file", "http"].contains(typeNode.string()) {
+                let selection = try item.pluginSelection(.source, plugins: plugins, excluding: ["name", "poll"])
+                let fields = try item.anyMapping()
+                counts[selection.type, default: 0] += 1
+                let name = try fields["name"]?.string() ?? "\(selection.type)-\(counts[selection.type]!)"
+                guard !name.isEmpty else { throw item.error("'name' must not be empty") }
+                return Source(name: name, kind: .plugin(selection), poll: try fields["poll"]?.duration())
+            }
             let fields = try item.mapping(allowed: ["type", "name", "path", "url", "poll", "reload", "headers", "timeout"])
             guard let typeNode = fields["type"] else { throw item.error("missing 'type' (file or http)") }
             let type = try typeNode.string()
@@ -328,7 +349,10 @@ extension ServerConfiguration {
         return nats
     }
 
-    static func handler(_ value: ConfigNode) throws -> Handler {
+    static func handler(_ value: ConfigNode, plugins: StorkPlugins = StorkPlugins()) throws -> Handler {
+        if let typeNode = try value.anyMapping()["type"], try !["sidecar", "log"].contains(typeNode.string()) {
+            return .plugin(try value.pluginSelection(.handler, plugins: plugins))
+        }
         let fields = try value.mapping(allowed: ["type", "url", "timeout", "headers"])
         guard let typeNode = fields["type"] else { throw value.error("missing 'type' (sidecar or log)") }
         switch try typeNode.string() {
@@ -389,7 +413,7 @@ extension ServerConfiguration {
         if let data = overrides.data { self.node.data = data }
     }
 
-    func validate() throws {
+    func validate(plugins: StorkPlugins = StorkPlugins()) throws {
         guard !self.node.name.isEmpty, self.node.name.utf8.count <= 255 else {
             throw StorkError(.invalidInput, "node.name must be 1 to 255 bytes")
         }
@@ -401,13 +425,18 @@ extension ServerConfiguration {
             guard self.ownership.storeTimeout > .zero, self.ownership.storeTimeout < self.ownership.lease.renewDeadline else {
                 throw StorkError(.invalidInput, "ownership.storeTimeout must be positive and shorter than ownership.renewDeadline")
             }
-            if let store = self.ownership.store, !(store.hasPrefix("sqlite:") || store.hasPrefix("postgres://")
-                || store.hasPrefix("postgresql://"))
-            {
-                throw StorkError(.invalidInput, "ownership.store must be sqlite:PATH or postgres://user:password@host:port/db")
+            if let store = self.ownership.store {
+                let scheme = StorkPlugins.scheme(store)
+                let builtIn = store.hasPrefix("sqlite:") || store.hasPrefix("postgres://") || store.hasPrefix("postgresql://")
+                if !builtIn, ["sqlite", "postgres", "postgresql"].contains(scheme) || !plugins.types(.ownershipStore).contains(scheme) {
+                    throw StorkError(
+                        .invalidInput,
+                        "ownership.store must be sqlite:PATH, postgres://user:password@host:port/db or a registered store's URL (\(plugins.unknown(.ownershipStore, scheme).message))"
+                    )
+                }
             }
         }
-        if self.streaming.store == .postgres, self.streaming.postgres == nil {
+        if self.streaming.customStore == nil, self.streaming.store == .postgres, self.streaming.postgres == nil {
             throw StorkError(.invalidInput, "streaming.store is postgres but streaming.postgres (the URL) is not set")
         }
         if self.nats.token != nil, !self.nats.users.isEmpty {

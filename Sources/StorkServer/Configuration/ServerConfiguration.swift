@@ -53,6 +53,9 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var sqlite: String?
         /// PostgreSQL store: `postgres://user:password@host:port/database`.
         public var postgres: String?
+        /// A registered message store (`store: NAME` or `store: {type: NAME, …}` naming a type registered in
+        /// `StorkPlugins`): used instead of `store` when set.
+        public var customStore: PluginSelection?
         /// Streams at most.
         public var maxStreams = 10_000
     }
@@ -83,6 +86,8 @@ public struct ServerConfiguration: Sendable, Hashable {
         case file(path: String, reload: Bool)
         /// An HTTP URL, polled.
         case http(url: String, headers: [String: String], timeout: Duration)
+        /// A type registered in `StorkPlugins` (`{type: NAME, …}`), with the entry's other keys as options.
+        case plugin(PluginSelection)
     }
 
     public struct Source: Sendable, Hashable {
@@ -96,6 +101,8 @@ public struct ServerConfiguration: Sendable, Hashable {
         case sidecar(url: String, timeout: Duration, headers: [String: String])
         /// Logs handle and terminate; always succeeds.
         case log
+        /// A type registered in `StorkPlugins` (`{type: NAME, …}`), with the entry's other keys as options.
+        case plugin(PluginSelection)
     }
 
     public struct Resources: Sendable, Hashable {
@@ -149,6 +156,9 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var permissionsFile: String?
         /// Rules given inline (`permissions: {rules: [...]}`), when there is no file.
         public var permissionRules: JSONValue?
+        /// Another permission type than `rules` (`permissions: {type: open}`, or a type registered in
+        /// `StorkPlugins`); when set, `permissionsFile` and `permissionRules` are not used.
+        public var permissionsPlugin: PluginSelection?
         /// The configuration file's directory: relative paths in `auth` entries and `permissions.file` are
         /// resolved against it (nil: against the working directory).
         public var directory: String?
@@ -183,6 +193,15 @@ public struct ServerConfiguration: Sendable, Hashable {
     public var ownership = Ownership()
     public var nats = NATS()
     public var streaming = Streaming()
+    /// The process's logger (`logger: {type: stdout, format: json, level: info}`); nil: text on standard error at
+    /// the command's `--log-level`. Used by `StorkServer.serve`, which bootstraps swift-log once per process.
+    public var logger: PluginSelection?
+    /// The metrics backend (`metrics: {type: prometheus}`, served on `/metrics`; `none` turns connector metrics off).
+    public var metrics = PluginSelection(type: "prometheus")
+    /// Extra endpoints registered in `StorkPlugins` (`endpoints: [{type: NAME, …}]`): services that start after the
+    /// resource manager and stop before it. The built-in endpoints have their own keys (`node.nats`, `node.http`,
+    /// `gateway`).
+    public var endpoints: [PluginSelection] = []
 
     public init() {}
 
@@ -266,28 +285,41 @@ public struct ConfigurationOverrides: Sendable, Hashable {
 // MARK: - Message stores
 
 extension ServerConfiguration {
-    /// Makes each stream's store: the one the stream names (`stork_store`), else `streaming.store`.
-    public func makeMessageStoreFactory(logger: Logger) -> JetStream.StoreFactory {
-        let streaming = self.streaming
-        let sqlitePath = self.streaming.sqlite ?? "\(self.node.data)/streams.db"
+    /// Makes each stream's store through `plugins`: the one the stream names (`stork_store`), else
+    /// `streaming.customStore`, else `streaming.store`. The built-in stores get their options from the `streaming`
+    /// section.
+    public func makeMessageStoreFactory(
+        plugins: StorkPlugins = StorkPlugins(),
+        context: StorkPluginContext
+    ) -> JetStream.StoreFactory {
+        let configuration = self
         return { config, directory in
-            let kind = config.storkStore.flatMap(Streaming.Store.init(rawValue:)) ?? streaming.store
-            switch kind {
-            case .memory:
-                return MemoryMessageStore()
-            case .file:
-                var file = FileMessageStoreConfiguration()
-                file.segmentMaxBytes = streaming.segmentMaxBytes
-                file.fsync = streaming.fileSync.map { .batched($0) } ?? .always
-                return FileMessageStore(directory: directory, configuration: file, logger: logger)
-            case .sqlite:
-                return SQLiteMessageStore(path: sqlitePath, stream: config.name, logger: logger)
-            case .postgres:
-                guard let url = streaming.postgres else {
-                    throw StorkError(.invalidInput, "stream \(config.name) uses postgres but streaming.postgres is not set")
-                }
-                return try PostgresMessageStore(url: url, stream: config.name, logger: logger)
-            }
+            let selection = configuration.messageStoreSelection(config.storkStore)
+            let make = try plugins.makeMessageStore(selection, place: "stream \(config.name): store", context: context)
+            return try make(config, directory)
+        }
+    }
+
+    /// The message store a stream gets: `name` (a stream's `stork_store`) or the configured default, with the
+    /// options the `streaming` section gives it.
+    public func messageStoreSelection(_ name: String? = nil) -> PluginSelection {
+        let type = name ?? self.streaming.customStore?.type ?? self.streaming.store.rawValue
+        if let custom = self.streaming.customStore, custom.type == type { return custom }
+        switch Streaming.Store(rawValue: type) {
+        case .file?:
+            return PluginSelection(
+                type: type,
+                options: [
+                    "segmentMaxBytes": .number(Double(self.streaming.segmentMaxBytes)),
+                    "fileSync": self.streaming.fileSync.map { JSONValue.number($0.secondsDouble) } ?? JSONValue.string("always"),
+                ]
+            )
+        case .sqlite?:
+            return PluginSelection(type: type, options: ["path": .string(self.streaming.sqlite ?? "\(self.node.data)/streams.db")])
+        case .postgres?:
+            return PluginSelection(type: type, options: self.streaming.postgres.map { ["url": .string($0)] } ?? [:])
+        case .memory?, nil:
+            return PluginSelection(type: type)
         }
     }
 }

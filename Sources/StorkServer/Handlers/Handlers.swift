@@ -95,30 +95,28 @@ public struct LogHandler: ResourceHandler {
 // MARK: - From configuration
 
 extension ServerConfiguration {
-    /// The sources this configuration names, ready for the resource manager.
-    public func makeSourceRegistrations(httpClient: HTTPClient, logger: Logger) -> [SourceRegistration] {
-        self.resources.sources.map { source in
-            switch source.kind {
-            case .file(let path, let reload):
-                return SourceRegistration(
-                    name: source.name,
-                    source: FileResourceSource(path: path, reload: reload, logger: logger),
-                    pollInterval: source.poll
-                )
-            case .http(let url, let headers, let timeout):
-                return SourceRegistration(
-                    name: source.name,
-                    source: HTTPResourceSource(url: url, headers: headers, timeout: timeout, client: httpClient),
-                    pollInterval: source.poll
-                )
-            }
+    /// The sources this configuration names, built through `plugins`, ready for the resource manager. Errors name
+    /// the entry: `resources.sources[1] (accounts): 'count' is required`.
+    public func makeSourceRegistrations(
+        plugins: StorkPlugins = StorkPlugins(),
+        context: StorkPluginContext
+    ) throws -> [SourceRegistration] {
+        try self.resources.sources.enumerated().map { index, source in
+            SourceRegistration(
+                name: source.name,
+                source: try plugins.makeSource(source.kind.selection, place: "resources.sources[\(index)]", context: context),
+                pollInterval: source.poll
+            )
         }
     }
 
     /// The connector handler of this configuration, with `fallback` for resources without `kind`; nil when
     /// connectors are turned off (`connectors.enabled: false`). Run it as a service beside the resource manager.
+    /// `registry` has the connectors by kind (default: the built-ins; `StorkPlugins.makeConnectorRegistry` adds the
+    /// registered ones).
     public func makeConnectorHandler(
         httpClient: HTTPClient,
+        registry: ConnectorRegistry? = nil,
         fallback: any ResourceHandler,
         metricsFactory: (any MetricsFactory)?,
         environment: [String: String] = ProcessInfo.processInfo.environment,
@@ -128,8 +126,9 @@ extension ServerConfiguration {
         // The gateway's providers and runners are connectors too: with `connectors.enabled: false` they still run, and
         // every other resource goes to the handler.
         guard self.connectors.enabled || !extra.isEmpty else { return nil }
-        var registry = self.connectors.enabled ? ConnectorRegistry.builtIn(httpClient: httpClient) : ConnectorRegistry()
-        for connector in extra { registry.register(connector) }
+        var connectors =
+            self.connectors.enabled ? (registry ?? ConnectorRegistry.builtIn(httpClient: httpClient)) : ConnectorRegistry()
+        for connector in extra { connectors.register(connector) }
         var configuration = ConnectorHandlerConfiguration()
         configuration.unknownKind = self.connectors.enabled ? self.connectors.unknownKind : .handler
         configuration.secrets = ConnectorSecrets(environment: environment, file: self.connectors.secretsFile)
@@ -137,7 +136,7 @@ extension ServerConfiguration {
         configuration.nats = self.connectorNATSEndpoint
         configuration.stopGracePeriod = self.connectors.stopGracePeriod
         return ConnectorHandler(
-            registry: registry,
+            registry: connectors,
             fallback: fallback,
             configuration: configuration,
             logger: logger
@@ -157,13 +156,11 @@ extension ServerConfiguration {
         return endpoint
     }
 
-    /// The handler this configuration names (`resources.handler`).
-    public func makeHandler(httpClient: HTTPClient) -> any ResourceHandler {
-        switch self.resources.handler {
-        case .sidecar(let url, let timeout, let headers):
-            return SidecarHandler(url: url, timeout: timeout, headers: headers, client: httpClient)
-        case .log:
-            return LogHandler()
-        }
+    /// The handler this configuration names (`resources.handler`), built through `plugins`.
+    public func makeHandler(
+        plugins: StorkPlugins = StorkPlugins(),
+        context: StorkPluginContext
+    ) throws -> any ResourceHandler {
+        try plugins.makeHandler(self.resources.handler.selection, context: context)
     }
 }
