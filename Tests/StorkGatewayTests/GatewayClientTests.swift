@@ -1,9 +1,12 @@
 import Foundation
+import Hummingbird
+import HummingbirdWebSocket
 import Logging
 import NIOCore
 import StorkCore
 import StorkNATS
 import StorkRealtime
+import StorkResources
 import StorkTestKit
 import Synchronization
 import Testing
@@ -350,6 +353,158 @@ struct GatewayClientTests {
                     }
                     #expect(none?.code == "no_history")
                 }
+            }
+        }
+    }
+}
+
+// MARK: - Runners, with a stand-in for the resource manager
+//
+// `runner.open` allocates `$gw.runner.<instance>`; in a cluster placement puts it on a node whose `gateway.runner`
+// connector answers commands on `$GW.runner.<instance>.ctl` and publishes the run's events (the Python suite
+// Tests/GatewayCluster runs that across processes). Here `RunnerHost` is the placement and the connector in one: it
+// answers the same commands on the router with the events a greeting runner sends.
+
+final class RunnerHost: GatewayResources, NATSLocalReceiver {
+    let router: NATSRouter
+    let commands = AsyncStream.makeStream(of: NATSMessage.self)
+    let allocated = Mutex<[String: NATSSubscription]>([:])
+    let closed = Mutex<[String]>([])
+    static let node = NodeID(name: "test", address: "127.0.0.1:0", uid: 1)
+
+    init(router: NATSRouter) {
+        self.router = router
+    }
+
+    func allocate(_ resource: Resource) async -> RequestOutcome {
+        guard let instance = resource.attributes["instance"]?.stringValue else { return .shutdown }
+        let subscription = self.router.subscribe("$GW.runner.\(instance).ctl", receiver: self)
+        self.allocated.withLock { $0[instance] = subscription }
+        return .handled(by: Self.node)
+    }
+
+    func deallocate(_ id: ResourceID) async -> RequestOutcome {
+        let instance = String(id.rawValue.dropFirst("$gw.runner.".count))
+        if let subscription = self.allocated.withLock({ $0.removeValue(forKey: instance) }) {
+            self.router.unsubscribe(subscription)
+        }
+        self.closed.withLock { $0.append(instance) }
+        return .terminated(by: Self.node)
+    }
+
+    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+        self.commands.continuation.yield(message)
+    }
+
+    /// Answers commands until cancelled: `run` greets `inputs.name` (a name of "fail" fails the run), `pause` finds
+    /// nothing running.
+    func run() async {
+        var count = 0
+        for await command in self.commands.stream {
+            guard let replyTo = command.replyTo, let body = try? JSONValue.parse(command.payload.readableBytesView)
+            else { continue }
+            let instance = command.subject.split(separator: ".")[2]
+            let events = "$GW.runner.\(instance).events"
+            switch body["op"]?.stringValue {
+            case "run":
+                count += 1
+                let runId = JSONValue.string("run-\(count)")
+                self.publish(["accepted": true, "runId": runId], to: replyTo)
+                let name = body["inputs"]?["name"]?.stringValue ?? "world"
+                self.publish(["type": "node", "runId": runId, "nodeId": "who", "output": ["value": .string(name)]], to: events)
+                if name == "fail" {
+                    self.publish(
+                        ["type": "failed", "runId": runId, "nodeId": "greet", "code": "node-failed", "error": "no greeting for fail"],
+                        to: events
+                    )
+                } else {
+                    self.publish(["type": "completed", "runId": runId, "outputs": ["greeting": .string("Hello, \(name)!")]], to: events)
+                }
+            default:
+                self.publish(["error": "not_running", "message": "no run in progress"], to: replyTo)
+            }
+        }
+    }
+
+    private func publish(_ value: JSONValue, to subject: String) {
+        self.router.publish(NATSMessage(subject: subject, payload: ByteBuffer(string: value.description)))
+    }
+}
+
+/// A gateway with the greeting runner and `host` standing in for the resource manager, on 127.0.0.1.
+func withRunnerGateway(_ body: @Sendable (_ port: Int) async throws -> Void) async throws {
+    let router = NATSRouter()
+    let host = RunnerHost(router: router)
+    let greeting: JSONValue = [
+        "id": "greeting", "name": "Greeting", "version": 1,
+        "nodes": [
+            ["id": "who", "kind": "input", "options": ["name": "name", "type": "string", "default": "world"]],
+            ["id": "greet", "kind": "template", "inputs": ["name": "string"], "options": ["template": "Hello, {{name}}!"]],
+            ["id": "out", "kind": "output", "options": ["name": "greeting"]],
+        ],
+        "edges": [["from": "who.value", "to": "greet.name"], ["from": "greet.value", "to": "out.value"]],
+    ]
+    let rules = try PermissionRules(document: ["rules": [["subject": "users.$userId.runners.>", "runner": "user.id == $userId"]]])
+    let gateway = Gateway(
+        node: "test",
+        router: router,
+        authentication: AuthenticationChain([OpenAuthenticator()]),
+        permissions: { rules },
+        resources: host,
+        runners: ["greeting": try RunnerProgram(definition: RunnerDefinition(document: greeting))],
+        logger: quietLogger("gateway")
+    )
+    let httpRouter = Router()
+    let port = Mutex<Int?>(nil)
+    let app = Application(
+        router: httpRouter,
+        server: .http1WebSocketUpgrade(webSocketRouter: gateway.webSocketRouter()),
+        configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+        onServerRunning: { channel in port.withLock { $0 = channel.localAddress?.port } },
+        logger: quietLogger("gateway-http")
+    )
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        group.addTask { try await app.runService(gracefulShutdownSignals: []) }
+        group.addTask { await host.run() }
+        defer { group.cancelAll() }
+        guard await eventually(.seconds(10), { port.withLock { $0 } != nil }), let bound = port.withLock({ $0 }) else {
+            throw StorkError(.timeout, "the gateway did not start")
+        }
+        try await body(bound)
+        _ = host
+    }
+}
+
+extension GatewayClientTests {
+    @Test("a runner is opened, run to its outputs or its failure, refused a pause when idle, and closed")
+    func runners() async throws {
+        try await withRunnerGateway { port in
+            try await withGatewayClient(
+                configuration: Self.configuration(port, .password(user: "ada", password: "")),
+                logger: quietLogger("ada")
+            ) { client in
+                let greeting = try await client.openRunner("greeting")
+                #expect(greeting.name == "greeting")
+                #expect(!greeting.instance.isEmpty)
+
+                let run = try await greeting.run(["name": "Ada"])
+                var events: [RunnerEvent] = []
+                for try await event in run { events.append(event) }
+                #expect(events == [
+                    .node(runId: run.runId, nodeId: "who", output: ["value": "Ada"]),
+                    .completed(runId: run.runId, outputs: ["greeting": "Hello, Ada!"]),
+                ])
+                #expect(try await greeting.call(["name": "Bea"]) == ["greeting": "Hello, Bea!"])
+                let failed = await #expect(throws: GatewayClientError.self) { try await greeting.call(["name": "fail"]) }
+                #expect(failed?.code == "node-failed")
+
+                let idle = await #expect(throws: GatewayClientError.self) { try await greeting.pause() }
+                #expect(idle?.code == "not_running")
+                let unknown = await #expect(throws: GatewayClientError.self) { try await client.openRunner("nope") }
+                #expect(unknown?.code == "unknown_runner")
+                try await greeting.close()
+                let closed = await #expect(throws: GatewayClientError.self) { try await greeting.run() }
+                #expect(closed?.code == "unknown_instance")
             }
         }
     }
