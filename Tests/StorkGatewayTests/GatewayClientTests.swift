@@ -238,9 +238,11 @@ struct GatewayClientTests {
         try await withGateway(rules: ownChannelRules) { _, port in
             try await withGatewayClient(configuration: Self.configuration(port, .password(user: "ann", password: "")), logger: quietLogger("ann")) { ann in
                 try await withGatewayClient(configuration: Self.configuration(port, .password(user: "ben", password: "")), logger: quietLogger("ben")) { ben in
-                    _ = try await ann.subscribe("public.room")
-                    _ = try await ben.subscribe("public.>")
+                    // (A subscription whose sequence is dropped ends: these are kept until the check is done.)
+                    let room = try await ann.subscribe("public.room")
+                    let everything = try await ben.subscribe("public.>")
                     #expect(try await ann.presence("public.room") == ["ann", "ben"])
+                    withExtendedLifetime((room, everything)) {}
                 }
             }
         }

@@ -449,9 +449,9 @@ public final class GatewayClient: Service, Sendable {
                 if event.isTerminal { state.runs[instance] = nil }
                 return (run, event.isTerminal)
             }
-            if let event, let (run, terminal) = target {
-                run.continuation.yield(event)
-                if terminal { run.continuation.finish() }
+            if let event, let target {
+                target.0.continuation.yield(event)
+                if target.terminal { target.0.continuation.finish() }
             }
         }
         return .none

@@ -26,7 +26,7 @@ extension GatewayClient {
             return token
         }
         continuation.onTermination = { [weak self] _ in
-            self?.state.withLock { state in
+            _ = self?.state.withLock { state in
                 if state.runs[instance]?.token == token { state.runs[instance] = nil }
             }
         }
