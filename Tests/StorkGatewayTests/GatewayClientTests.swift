@@ -86,30 +86,49 @@ struct GatewayClientTests {
     @Test("the client reads the server's frames")
     func serverFrames() throws {
         let message = GatewayServerFrame.message(
-            seq: 7, subject: "orders.eu.1", data: GatewayPayload(bytes: Array("plain".utf8)), replyTo: "_GW.x.1",
-            stream: "ORDERS", streamSeq: 120
+            seq: 7,
+            subject: "orders.eu.1",
+            data: GatewayPayload(bytes: Array("plain".utf8)),
+            replyTo: "_GW.x.1",
+            stream: "ORDERS",
+            streamSeq: 120
         )
         let decoded = try GatewayClientInbound.decode(String(decoding: message.encoded, as: UTF8.self))
         #expect(
             decoded
                 == .message(
                     GatewayMessage(
-                        sequence: 7, subject: "orders.eu.1", data: "plain", encoding: .text, replyTo: "_GW.x.1",
-                        stream: "ORDERS", streamSequence: 120
+                        sequence: 7,
+                        subject: "orders.eu.1",
+                        data: "plain",
+                        encoding: .text,
+                        replyTo: "_GW.x.1",
+                        stream: "ORDERS",
+                        streamSequence: 120
                     )
                 )
         )
         let welcome = GatewayServerFrame.welcome(
-            id: "auth", session: "s1", user: AuthenticatedUser(id: "alice", roles: ["member"]), recovered: true
+            id: "auth",
+            session: "s1",
+            user: AuthenticatedUser(id: "alice", roles: ["member"]),
+            recovered: true
         )
-        guard case .answer(_, "welcome", let fields) = try GatewayClientInbound.decode(String(decoding: welcome.encoded, as: UTF8.self))
+        guard
+            case .answer(_, "welcome", let fields) = try GatewayClientInbound.decode(
+                String(decoding: welcome.encoded, as: UTF8.self)
+            )
         else {
             Issue.record("not an answer")
             return
         }
         #expect(
             GatewayClientInbound.welcome(fields)
-                == GatewayWelcome(session: "s1", user: AuthenticatedUser(id: "alice", roles: ["member"]), recovered: true)
+                == GatewayWelcome(
+                    session: "s1",
+                    user: AuthenticatedUser(id: "alice", roles: ["member"]),
+                    recovered: true
+                )
         )
         #expect(throws: GatewayClientError.self) { try GatewayClientInbound.decode("[1]") }
     }
@@ -119,9 +138,12 @@ struct GatewayClientTests {
         var reconnect = GatewayClientConfiguration.Reconnect()
         reconnect.initialDelay = .milliseconds(100)
         reconnect.maxDelay = .seconds(1)
-        #expect((0..<6).map { reconnect.delay(attempt: $0) } == [
-            .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .seconds(1), .seconds(1),
-        ])
+        #expect(
+            (0..<6).map { reconnect.delay(attempt: $0) } == [
+                .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .seconds(1),
+                .seconds(1),
+            ]
+        )
     }
 
     @Test("a user logs in with a password and gets a session; a wrong password throws auth_failed")
@@ -236,8 +258,14 @@ struct GatewayClientTests {
     @Test("presence lists the users subscribed to a subject")
     func presence() async throws {
         try await withGateway(rules: ownChannelRules) { _, port in
-            try await withGatewayClient(configuration: Self.configuration(port, .password(user: "ann", password: "")), logger: quietLogger("ann")) { ann in
-                try await withGatewayClient(configuration: Self.configuration(port, .password(user: "ben", password: "")), logger: quietLogger("ben")) { ben in
+            try await withGatewayClient(
+                configuration: Self.configuration(port, .password(user: "ann", password: "")),
+                logger: quietLogger("ann")
+            ) { ann in
+                try await withGatewayClient(
+                    configuration: Self.configuration(port, .password(user: "ben", password: "")),
+                    logger: quietLogger("ben")
+                ) { ben in
                     // (A subscription whose sequence is dropped ends: these are kept until the check is done.)
                     let room = try await ann.subscribe("public.room")
                     let everything = try await ben.subscribe("public.>")
@@ -255,7 +283,8 @@ struct GatewayClientTests {
         try await withGateway(rules: ownChannelRules, router: router) { gateway, port in
             var configuration = Self.configuration(port, .password(user: "frank", password: ""))
             configuration.reconnect.initialDelay = .seconds(1)
-            try await withGatewayClient(configuration: configuration, clock: clock, logger: quietLogger("frank")) { client in
+            try await withGatewayClient(configuration: configuration, clock: clock, logger: quietLogger("frank")) {
+                client in
                 let events = client.connectionEvents()
                 let session = try #require(client.welcome?.session)
                 let messages = try await client.subscribe("users.frank.>")
@@ -266,7 +295,9 @@ struct GatewayClientTests {
                 #expect(try await Self.next(events) == .disconnected)
                 #expect(await eventually(.seconds(20)) { gateway.session(session)?.disconnectedSince() != nil })
                 // While the client waits to reconnect (the manual clock holds it), messages keep coming.
-                for n in 2...4 { router.publish(NATSMessage(subject: "users.frank.a", payload: ByteBuffer(string: "\(n)"))) }
+                for n in 2...4 {
+                    router.publish(NATSMessage(subject: "users.frank.a", payload: ByteBuffer(string: "\(n)")))
+                }
                 await clock.sleepsStarted(atLeast: 1)
                 clock.advance(by: .seconds(1))
 
@@ -294,10 +325,13 @@ struct GatewayClientTests {
         let router = NATSRouter()
         let clock = ManualClock()
         let gatewayClock = ManualClock()
-        try await withGateway(rules: ownChannelRules, router: router, clock: gatewayClock.gatewayClock) { gateway, port in
+        try await withGateway(rules: ownChannelRules, router: router, clock: gatewayClock.gatewayClock) {
+            gateway,
+            port in
             var configuration = Self.configuration(port, .password(user: "gina", password: ""))
             configuration.reconnect.initialDelay = .seconds(1)
-            try await withGatewayClient(configuration: configuration, clock: clock, logger: quietLogger("gina")) { client in
+            try await withGatewayClient(configuration: configuration, clock: clock, logger: quietLogger("gina")) {
+                client in
                 let events = client.connectionEvents()
                 let session = try #require(client.welcome?.session)
                 let messages = try await client.subscribe("users.gina.>")
@@ -330,16 +364,24 @@ struct GatewayClientTests {
     func replay() async throws {
         try await withJetStream { router, jetstream in
             _ = try await routerRequest(
-                router, "$JS.API.STREAM.CREATE.HIST", #"{"name":"HIST","subjects":["history.>"],"storage":"memory"}"#
+                router,
+                "$JS.API.STREAM.CREATE.HIST",
+                #"{"name":"HIST","subjects":["history.>"],"storage":"memory"}"#
             )
             for n in 1...5 {
                 router.publish(NATSMessage(subject: "history.room", payload: ByteBuffer(string: "{\"n\":\(n)}")))
             }
-            #expect(await eventually(.seconds(20)) {
-                (try? await jetstream.history(subject: "history.room", from: .sequence(1), limit: 10))?.messages.count == 5
-            })
+            #expect(
+                await eventually(.seconds(20)) {
+                    (try? await jetstream.history(subject: "history.room", from: .sequence(1), limit: 10))?.messages
+                        .count == 5
+                }
+            )
             try await withGateway(rules: ownChannelRules, router: router, jetstream: jetstream) { _, port in
-                try await withGatewayClient(configuration: Self.configuration(port, .password(user: "ivy", password: "")), logger: quietLogger("ivy")) { client in
+                try await withGatewayClient(
+                    configuration: Self.configuration(port, .password(user: "ivy", password: "")),
+                    logger: quietLogger("ivy")
+                ) { client in
                     let history = try await client.subscribe("history.>", from: .sequence(3))
                     #expect(history.replayed == 3)
                     var replayed: [GatewayMessage] = []
@@ -413,14 +455,23 @@ final class RunnerHost: GatewayResources, NATSLocalReceiver {
                 let runId = JSONValue.string("run-\(count)")
                 self.publish(["accepted": true, "runId": runId], to: replyTo)
                 let name = body["inputs"]?["name"]?.stringValue ?? "world"
-                self.publish(["type": "node", "runId": runId, "nodeId": "who", "output": ["value": .string(name)]], to: events)
+                self.publish(
+                    ["type": "node", "runId": runId, "nodeId": "who", "output": ["value": .string(name)]],
+                    to: events
+                )
                 if name == "fail" {
                     self.publish(
-                        ["type": "failed", "runId": runId, "nodeId": "greet", "code": "node-failed", "error": "no greeting for fail"],
+                        [
+                            "type": "failed", "runId": runId, "nodeId": "greet", "code": "node-failed",
+                            "error": "no greeting for fail",
+                        ],
                         to: events
                     )
                 } else {
-                    self.publish(["type": "completed", "runId": runId, "outputs": ["greeting": .string("Hello, \(name)!")]], to: events)
+                    self.publish(
+                        ["type": "completed", "runId": runId, "outputs": ["greeting": .string("Hello, \(name)!")]],
+                        to: events
+                    )
                 }
             default:
                 self.publish(["error": "not_running", "message": "no run in progress"], to: replyTo)
@@ -441,12 +492,17 @@ func withRunnerGateway(_ body: @Sendable (_ port: Int) async throws -> Void) asy
         "id": "greeting", "name": "Greeting", "version": 1,
         "nodes": [
             ["id": "who", "kind": "input", "options": ["name": "name", "type": "string", "default": "world"]],
-            ["id": "greet", "kind": "template", "inputs": ["name": "string"], "options": ["template": "Hello, {{name}}!"]],
+            [
+                "id": "greet", "kind": "template", "inputs": ["name": "string"],
+                "options": ["template": "Hello, {{name}}!"],
+            ],
             ["id": "out", "kind": "output", "options": ["name": "greeting"]],
         ],
         "edges": [["from": "who.value", "to": "greet.name"], ["from": "greet.value", "to": "out.value"]],
     ]
-    let rules = try PermissionRules(document: ["rules": [["subject": "users.$userId.runners.>", "runner": "user.id == $userId"]]])
+    let rules = try PermissionRules(document: [
+        "rules": [["subject": "users.$userId.runners.>", "runner": "user.id == $userId"]]
+    ])
     let gateway = Gateway(
         node: "test",
         router: router,
@@ -492,12 +548,16 @@ extension GatewayClientTests {
                 let run = try await greeting.run(["name": "Ada"])
                 var events: [RunnerEvent] = []
                 for try await event in run { events.append(event) }
-                #expect(events == [
-                    .node(runId: run.runId, nodeId: "who", output: ["value": "Ada"]),
-                    .completed(runId: run.runId, outputs: ["greeting": "Hello, Ada!"]),
-                ])
+                #expect(
+                    events == [
+                        .node(runId: run.runId, nodeId: "who", output: ["value": "Ada"]),
+                        .completed(runId: run.runId, outputs: ["greeting": "Hello, Ada!"]),
+                    ]
+                )
                 #expect(try await greeting.call(["name": "Bea"]) == ["greeting": "Hello, Bea!"])
-                let failed = await #expect(throws: GatewayClientError.self) { try await greeting.call(["name": "fail"]) }
+                let failed = await #expect(throws: GatewayClientError.self) {
+                    try await greeting.call(["name": "fail"])
+                }
                 #expect(failed?.code == "node-failed")
 
                 let idle = await #expect(throws: GatewayClientError.self) { try await greeting.pause() }

@@ -221,7 +221,9 @@ public final class GatewayClient: Service, Sendable {
             }
             guard welcomedOnce else {
                 let error = GatewayClientError(
-                    .connectFailed, "cannot connect to \(self.configuration.url)", underlying: failure
+                    .connectFailed,
+                    "cannot connect to \(self.configuration.url)",
+                    underlying: failure
                 )
                 self.finish(error)
                 throw error
@@ -229,7 +231,9 @@ public final class GatewayClient: Service, Sendable {
             let reconnect = self.configuration.reconnect
             guard reconnect.enabled, reconnect.maxAttempts.map({ attempt < $0 }) ?? true else {
                 let error = GatewayClientError(
-                    .connectionLost, "the connection to \(self.configuration.url) was lost", underlying: failure
+                    .connectionLost,
+                    "the connection to \(self.configuration.url) was lost",
+                    underlying: failure
                 )
                 self.finish(error)
                 throw error
@@ -279,7 +283,11 @@ public final class GatewayClient: Service, Sendable {
 
     /// Authenticates (resuming the session when there is one), then reads the server's frames until the connection
     /// ends; the writer starts once the connection is welcomed.
-    private func serve(_ connection: Int, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter) async throws {
+    private func serve(
+        _ connection: Int,
+        inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter
+    ) async throws {
         let resume: GatewayResume? = self.state.withLock { state in
             state.welcome.map { GatewayResume(session: $0.session, lastSequence: state.lastSequence) }
         }
@@ -356,7 +364,9 @@ public final class GatewayClient: Service, Sendable {
             return ((welcomed, state.ending, state.closing), lost, listeners)
         }
         for continuation in lost {
-            continuation.resume(throwing: GatewayClientError(.connectionLost, "the connection closed before the answer came"))
+            continuation.resume(
+                throwing: GatewayClientError(.connectionLost, "the connection closed before the answer came")
+            )
         }
         for listener in listeners { listener.yield(.disconnected) }
         self.notify()
@@ -473,7 +483,10 @@ public final class GatewayClient: Service, Sendable {
                     let subjects = Set(state.subscriptions.values.map(\.subject)).sorted()
                     state.outgoing.insert(
                         contentsOf: subjects.map {
-                            Outgoing(id: nil, text: GatewayClientMessage.subscribe(subject: $0, from: nil).encodedText(id: nil))
+                            Outgoing(
+                                id: nil,
+                                text: GatewayClientMessage.subscribe(subject: $0, from: nil).encodedText(id: nil)
+                            )
                         },
                         at: 0
                     )
@@ -546,7 +559,8 @@ public final class GatewayClient: Service, Sendable {
 
     private func answer(_ id: UInt64) async throws -> [String: JSONValue] {
         try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<[String: JSONValue], any Error>) in
+            try await withCheckedThrowingContinuation {
+                (continuation: CheckedContinuation<[String: JSONValue], any Error>) in
                 let ready: Result<[String: JSONValue], any Error>? = self.state.withLock { state in
                     guard let pending = state.pending[id] else { return .failure(CancellationError()) }
                     if case .done(let result) = pending.slot {
@@ -597,7 +611,9 @@ public final class GatewayClient: Service, Sendable {
                     let ready: Value?? = self.state.withLock { state in
                         if let value = check(&state) { return .some(value) }
                         if Task.isCancelled { return .some(nil) }
-                        state.waiters[token] = { cancelled in continuation.resume(returning: cancelled ? .some(nil) : nil) }
+                        state.waiters[token] = { cancelled in
+                            continuation.resume(returning: cancelled ? .some(nil) : nil)
+                        }
                         return nil
                     }
                     if let ready { continuation.resume(returning: ready) }

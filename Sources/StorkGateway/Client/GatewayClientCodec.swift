@@ -24,7 +24,9 @@ extension GatewayClientMessage {
                 break
             }
             if let resume {
-                fields["resume"] = ["session": .string(resume.session), "lastSeq": .number(Double(resume.lastSequence))]
+                fields["resume"] = [
+                    "session": .string(resume.session), "lastSeq": .number(Double(resume.lastSequence)),
+                ]
             }
         case .subscribe(let subject, let from):
             fields["subject"] = .string(subject)
