@@ -308,6 +308,7 @@ let package = Package(
             name: "StorkClusterTests",
             dependencies: [
                 "StorkCluster",
+                "StorkTestKit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -439,6 +440,7 @@ let package = Package(
             dependencies: [
                 "StorkCore",
                 "StorkDemo",
+                "StorkTestKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "WSClient", package: "swift-websocket"),
             ],
