@@ -83,7 +83,7 @@ public final class ManualClock: Clock, Sendable {
 
     /// Returns once `count` sleeps have started since the clock was made: the code under test has finished what it
     /// did before its `count`th sleep.
-    public func waitForSleeps(_ count: Int) async {
+    public func sleepsStarted(atLeast count: Int) async {
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let ready = self.state.withLock { state -> Bool in
                 if state.sleepsStarted >= count { return true }

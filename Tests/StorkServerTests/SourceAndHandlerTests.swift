@@ -77,10 +77,10 @@ struct SourceTests {
         let seen = Seen()
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { for await change in changes { seen.withLock { $0.append(change) } } }
-            await clock.waitForSleeps(1)
+            await clock.sleepsStarted(atLeast: 1)
             try #"[{"id":"a"},{"id":"b"}]"#.write(toFile: path, atomically: true, encoding: .utf8)
             clock.advance(by: .milliseconds(50))
-            await clock.waitForSleeps(2)
+            await clock.sleepsStarted(atLeast: 2)
             guard case .replaced(let list)? = seen.withLock({ $0.first }) else {
                 Issue.record("no change")
                 return
@@ -89,11 +89,11 @@ struct SourceTests {
             try #"[{"id":"a"},{"#.write(toFile: path, atomically: true, encoding: .utf8)
             clock.advance(by: .milliseconds(50))
             // The check that read the broken edit is over once the next sleep starts; it reported nothing.
-            await clock.waitForSleeps(3)
+            await clock.sleepsStarted(atLeast: 3)
             #expect(seen.withLock { $0.count } == 1, "a broken edit is no change")
             try #"{"data":[{"id":"c"}]}"#.write(toFile: path, atomically: true, encoding: .utf8)
             clock.advance(by: .milliseconds(50))
-            await clock.waitForSleeps(4)
+            await clock.sleepsStarted(atLeast: 4)
             guard case .replaced(let next)? = seen.withLock({ $0.count == 2 ? $0.last : nil }) else {
                 Issue.record("no change")
                 return
