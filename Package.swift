@@ -318,6 +318,7 @@ let package = Package(
             name: "StorkClusterTests",
             dependencies: [
                 "StorkCluster",
+                "StorkTestKit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -449,6 +450,7 @@ let package = Package(
             dependencies: [
                 "StorkCore",
                 "StorkDemo",
+                "StorkTestKit",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "WSClient", package: "swift-websocket"),
             ],

@@ -69,3 +69,31 @@ extension Duration {
         .nanoseconds(Int64((Double(self.nanosecondsClamped) * factor).rounded()))
     }
 }
+
+// MARK: - StorkClock
+
+/// The clock a driver reads and sleeps on: time since the driver started it, as a ``StorkInstant``, and sleeping
+/// for a duration. It wraps any `Clock` measured in `Duration`: `ContinuousClock` in production, a clock the test
+/// moves by hand in tests, so that nothing in a test waits for a timer on the wall clock.
+public struct StorkClock: Sendable {
+    private let elapsed: @Sendable () -> Duration
+    private let sleeper: @Sendable (Duration) async throws -> Void
+
+    /// Starts measuring from `clock`'s present instant.
+    public init<C: Clock>(_ clock: C) where C.Duration == Duration {
+        let origin = clock.now
+        self.elapsed = { origin.duration(to: clock.now) }
+        self.sleeper = { duration in try await clock.sleep(until: clock.now.advanced(by: duration), tolerance: nil) }
+    }
+
+    /// The continuous clock (time keeps running while the machine sleeps).
+    public static var continuous: StorkClock { StorkClock(ContinuousClock()) }
+
+    /// Time since this value was made.
+    public var now: StorkInstant { StorkInstant(nanoseconds: self.elapsed().nanosecondsClamped) }
+
+    /// Sleeps for `duration` of this clock's time; throws `CancellationError` when the task is cancelled.
+    public func sleep(for duration: Duration) async throws {
+        try await self.sleeper(duration)
+    }
+}

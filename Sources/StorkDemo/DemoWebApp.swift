@@ -28,35 +28,35 @@ struct DemoWebApp: Sendable {
             Self.response(DemoPage.html, contentType: "text/html; charset=utf-8")
         }
         router.get("/api/state") { _, _ in
-            Self.response(self.stateJSON(), contentType: "application/json")
+            Self.json(self.stateJSON())
         }
-        router.post("/api/nodes") { _, _ in
-            do {
-                let name = try self.controls.add()
-                return Self.response(#"{"node":"\#(name)"}"#, contentType: "application/json", status: .created)
-            } catch {
-                return Self.problem(error)
-            }
+        router.post("/api/nodes") { _, _ in Self.nodeControl(status: .created) { try self.controls.add() } }
+        router.post("/api/nodes/kill") { _, _ in Self.nodeControl { try self.controls.kill(nil) } }
+        router.post("/api/nodes/:name/kill") { _, context in
+            Self.nodeControl { try self.controls.kill(context.parameters.get("name")) }
         }
-        router.post("/api/nodes/kill") { _, _ in self.kill(nil) }
-        router.post("/api/nodes/:name/kill") { _, context in self.kill(context.parameters.get("name")) }
         router.get("/resources") { request, _ in
             let etag = "\"players-\(self.players.feedPort)\""
             if request.headers[.ifNoneMatch] == etag { return Response(status: .notModified) }
-            var response = Self.response(self.players.json, contentType: "application/json")
+            var response = Self.json(self.players.json)
             response.headers[.eTag] = etag
             return response
         }
         return router
     }
 
-    func kill(_ name: String?) -> Response {
+    /// The answer of a node control (start, kill): `{"node": name}` with the node it acted on, or the problem.
+    static func nodeControl(status: HTTPResponse.Status = .ok, _ control: () throws -> String) -> Response {
         do {
-            let victim = try self.controls.kill(name)
-            return Self.response(#"{"node":"\#(victim)"}"#, contentType: "application/json")
+            let node = try control()
+            return Self.json(#"{"node":"\#(node)"}"#, status: status)
         } catch {
             return Self.problem(error)
         }
+    }
+
+    static func json(_ text: String, status: HTTPResponse.Status = .ok) -> Response {
+        Self.response(text, contentType: "application/json", status: status)
     }
 
     static func response(_ text: String, contentType: String, status: HTTPResponse.Status = .ok) -> Response {
@@ -69,7 +69,7 @@ struct DemoWebApp: Sendable {
     static func problem(_ error: any Error) -> Response {
         let message = (error as? StorkError)?.message ?? "\(error)"
         let body = (try? JSONEncoder().encode(["error": message])).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
-        return Self.response(body, contentType: "application/json", status: .conflict)
+        return Self.json(body, status: .conflict)
     }
 
     // MARK: The state document

@@ -108,28 +108,21 @@ public final class NATSClient: Sendable {
         let eventLoop = options.eventLoopGroup.next()
         let timeout = TimeAmount.nanoseconds(options.connectTimeout.nanosecondsClamped)
         let info = eventLoop.makePromise(of: String.self)
-        let token = Self.makeToken()
+        let token = makeNATSInboxToken(length: 22)
         let channel: any Channel
+        let handler: NIOLoopBound<NATSClientHandler>
         do {
-            channel = try await ClientBootstrap(group: eventLoop)
-                .connectTimeout(timeout)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            NATSClientHandler(inbox: "_INBOX.\(token)", info: info)
-                        )
-                    }
-                }
-                .connect(host: host, port: port)
-                .get()
+            (channel, handler) = try await connectNATSChannel(
+                host: host,
+                port: port,
+                on: eventLoop,
+                timeout: timeout,
+                makeHandler: { NATSClientHandler(inbox: "_INBOX.\(token)", info: info) }
+            )
         } catch {
             info.fail(error)
             throw NATSClientError(.connectFailed, "cannot connect to NATS at \(host):\(port)", underlying: error)
         }
-        let handler = try await eventLoop.submit {
-            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: NATSClientHandler.self), eventLoop: eventLoop)
-        }.get()
         do {
             let infoJSON = try await info.futureResult.within(timeout, on: eventLoop, what: "INFO").get()
             let client = NATSClient(channel: channel, handler: handler, inboxPrefix: "_INBOX.\(token)", info: infoJSON)
@@ -141,7 +134,9 @@ public final class NATSClient: Sendable {
         }
     }
 
-    static func connectLine(_ options: Options) -> ByteBuffer {
+    /// The `CONNECT` line: no `+OK`s (not verbose), headers on (JetStream statuses come as headers), "no
+    /// responders" on, and the credentials of `options`.
+    package static func connectLine(_ options: Options) -> ByteBuffer {
         var fields: [String: Any] = [
             "verbose": false, "pedantic": false, "headers": true, "no_responders": true, "protocol": 1,
             "name": options.name, "lang": "swift", "version": "1",
@@ -154,12 +149,6 @@ public final class NATSClient: Sendable {
         buffer.writeBytes(json)
         buffer.writeStaticString("\r\n")
         return buffer
-    }
-
-    private static func makeToken() -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
-        var generator = SystemRandomNumberGenerator()
-        return String((0..<22).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
     }
 
     // MARK: Publishing
@@ -287,16 +276,13 @@ final class NATSClientHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private let inbox: String
     private let info: EventLoopPromise<String>
     private var gotInfo = false
-    private var parser = NATSServerParser()
-    private var accumulated: ByteBuffer?
+    private var reader = NATSServerReader()
+    private var replyInbox: NATSReplyInbox
     private var context: ChannelHandlerContext?
     private var pongWaiters = CircularBuffer<EventLoopPromise<Void>>()
     private var replyWaiters: [String: (promise: EventLoopPromise<NATSMessage>, timer: Scheduled<Void>)] = [:]
-    private var requestInboxSubscribed = false
-    private var requestCounter = 0
     private var subscriptions: [String: AsyncStream<NATSMessage>.Continuation] = [:]
     private var lastServerError: String?
     private(set) var closeReason: NATSClientError?
@@ -304,7 +290,7 @@ final class NATSClientHandler: ChannelInboundHandler {
     var closeRequested = false
 
     init(inbox: String, info: EventLoopPromise<String>) {
-        self.inbox = inbox
+        self.replyInbox = NATSReplyInbox(prefix: inbox, sid: NATSClient.requestSID)
         self.info = info
     }
 
@@ -320,28 +306,18 @@ final class NATSClientHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = self.unwrapInboundIn(data)
-        var buffer: ByteBuffer
-        if var kept = self.accumulated {
-            self.accumulated = nil
-            kept.writeBuffer(&incoming)
-            buffer = kept
-        } else {
-            buffer = incoming
-        }
+        self.reader.append(&incoming)
         while !self.isClosed {
             let operation: NATSServerOperation?
             do {
-                operation = try self.parser.next(&buffer)
+                operation = try self.reader.next()
             } catch {
                 self.fail(NATSClientError(.protocolError, "unparsable server output", underlying: error))
                 return
             }
-            guard let operation else { break }
+            guard let operation else { return }
             self.handle(operation, context: context)
         }
-        guard !self.isClosed, buffer.readableBytes > 0 else { return }
-        if buffer.readerIndex > 64 * 1024 { buffer.discardReadBytes() }
-        self.accumulated = buffer
     }
 
     private func handle(_ operation: NATSServerOperation, context: ChannelHandlerContext) {
@@ -400,7 +376,7 @@ final class NATSClientHandler: ChannelInboundHandler {
         guard !self.isClosed else { return }
         self.isClosed = true
         if !self.closeRequested { self.closeReason = error }
-        self.accumulated = nil
+        self.reader = NATSServerReader()
         self.info.fail(error)
         while let waiter = self.pongWaiters.popFirst() { waiter.fail(error) }
         let replies = self.replyWaiters
@@ -453,12 +429,7 @@ final class NATSClientHandler: ChannelInboundHandler {
     ) -> EventLoopFuture<NATSMessage> {
         guard !self.isClosed, let context = self.context else { return self.closedFuture() }
         var bytes = ByteBuffer()
-        if !self.requestInboxSubscribed {
-            self.requestInboxSubscribed = true
-            bytes.writeString("SUB \(self.inbox).* \(NATSClient.requestSID)\r\n")
-        }
-        self.requestCounter += 1
-        let replyTo = "\(self.inbox).\(self.requestCounter)"
+        let replyTo = self.replyInbox.nextReplySubject(writingSubscriptionInto: &bytes)
         let promise = context.eventLoop.makePromise(of: NATSMessage.self)
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let timer = context.eventLoop.scheduleTask(in: timeout) {
@@ -482,17 +453,10 @@ final class NATSClientHandler: ChannelInboundHandler {
 // MARK: - Waiting with a deadline
 
 extension EventLoopFuture where Value: Sendable {
-    /// This future, or a ``NATSClientError`` with code `timeout` if it has not completed after `timeout`. (A promise
-    /// completed twice keeps its first result, so the late completion is dropped.)
+    /// This future, or a ``NATSClientError`` with code `timeout` if it has not completed after `timeout`.
     fileprivate func within(_ timeout: TimeAmount, on eventLoop: any EventLoop, what: String) -> EventLoopFuture<Value> {
-        let promise = eventLoop.makePromise(of: Value.self)
-        let timer = eventLoop.scheduleTask(in: timeout) {
-            promise.fail(NATSClientError(.timeout, "no \(what) within \(timeout.nanoseconds / 1_000_000) ms"))
+        self.within(timeout, on: eventLoop) {
+            NATSClientError(.timeout, "no \(what) within \(timeout.nanoseconds / 1_000_000) ms")
         }
-        self.hop(to: eventLoop).whenComplete { result in
-            timer.cancel()
-            promise.completeWith(result)
-        }
-        return promise.futureResult
     }
 }

@@ -23,6 +23,26 @@ func waitFor(_ what: String, timeout: Duration, _ condition: () -> Bool) async t
     throw CancellationError()
 }
 
+/// Where placement puts every resource in the view of the node whose admin API is at `admin` (id → node name), or
+/// nil when it does not answer.
+func placementOwners(admin: String) async -> [String: String]? {
+    guard let response = try? await HTTPClient.shared.execute(
+        HTTPClientRequest(url: "http://\(admin)/v1/resources?scope=cluster"),
+        timeout: .seconds(30)
+    ),
+        response.status == .ok,
+        let body = try? await response.body.collect(upTo: 64 << 20),
+        let document = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any],
+        let items = document["resources"] as? [[String: Any]]
+    else { return nil }
+    var owners: [String: String] = [:]
+    for item in items {
+        guard let id = item["id"] as? String, let owner = item["owner"] as? String else { return nil }
+        owners[id] = owner
+    }
+    return owners
+}
+
 // MARK: - The scenario
 
 @Suite("A cluster of real stork processes on loopback", .serialized, .timeLimit(.minutes(10)))
@@ -72,7 +92,19 @@ struct ProcessClusterTests {
                 let running = sidecar.running
                 return running.count == Self.resources + 1 && Set(running.values).count == 6
             }
-            try await Task.sleep(for: .seconds(2))
+            // Measure once the rebalance is over rather than after a fixed pause: every resource runs on the node
+            // that placement gives it in the six-node view (moves still under way would be counted short).
+            let clock = ContinuousClock()
+            let deadline = clock.now + .seconds(120)
+            var settled = false
+            while !settled, clock.now < deadline {
+                if let owners = await placementOwners(admin: cluster.adminAddress(1)), Set(owners.values).count == 6 {
+                    let running = sidecar.running
+                    settled = owners.count == running.count && owners.allSatisfy { running[$0.key] == $0.value }
+                }
+                if !settled { try await Task.sleep(for: .milliseconds(500)) }
+            }
+            #expect(settled, "every resource runs where placement in the six-node view puts it")
             let after = sidecar.running
             let moved = before.filter { after[$0.key] != $0.value }.count
             let fraction = Double(moved) / Double(Self.resources)

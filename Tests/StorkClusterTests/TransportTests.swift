@@ -5,6 +5,7 @@ import NIOPosix
 import StorkCore
 import StorkMembership
 import StorkResources
+import StorkTestKit
 import Synchronization
 import Testing
 
@@ -28,10 +29,9 @@ final class Inbox: Sendable {
 
     func count() -> Int { self.messages.withLock { $0.count } }
 
+    /// Waits (at most `timeout`) until `count` messages arrived.
     func wait(for count: Int, timeout: Duration = .seconds(10)) async throws {
-        let clock = ContinuousClock()
-        let deadline = clock.now + timeout
-        while self.count() < count, clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        _ = await eventually(timeout) { self.count() >= count }
     }
 }
 
@@ -113,12 +113,9 @@ struct TransportTests {
             try await inbox.wait(for: 2)
             // Wait for the verdicts on the forged and foreign traffic rather than for a fixed time: once they are
             // counted, anything of theirs that got through would already be in the inbox.
-            let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(30)
-            while clock.now < deadline {
+            _ = await eventually(.seconds(30)) {
                 let rejected = receiver.statistics.rejected
-                if rejected[.badMAC, default: 0] >= 5, rejected[.wrongCluster, default: 0] >= 5 { break }
-                try await Task.sleep(for: .milliseconds(10))
+                return rejected[.badMAC, default: 0] >= 5 && rejected[.wrongCluster, default: 0] >= 5
             }
             #expect(inbox.messages.withLock { $0 } .count == 2, "only the good peer's messages arrive")
             let rejected = receiver.statistics.rejected
@@ -148,6 +145,9 @@ struct TransportTests {
             let digest = ClusterMessage.desired(.digest(from: NodeID(name: "n", address: "127.0.0.1:1", uid: 3), digest: 4))
             sender.send(digest, to: receiver.address)
             try await inbox.wait(for: 1)
+            // Nothing above waits for the garbage stream's verdict (only for the oversized one's close): wait for it
+            // to be counted rather than assume it came first.
+            _ = await eventually { receiver.statistics.rejected[.badMagic, default: 0] >= 1 }
             #expect(inbox.messages.withLock { $0 } == [digest])
             #expect(receiver.statistics.rejected[.oversized, default: 0] >= 1)
             #expect(receiver.statistics.rejected[.badMagic, default: 0] >= 1)
@@ -199,12 +199,9 @@ struct TransportTests {
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for manager in managers { group.addTask { try await manager.run() } }
-            let clock = ContinuousClock()
-            let deadline = clock.now + .seconds(30)
-            while clock.now < deadline {
+            _ = await eventually(.seconds(30)) {
                 let running = ledger.running.withLock { $0 }
-                if running.count == 30, Set(running.values).count == 3 { break }
-                try await Task.sleep(for: .milliseconds(20))
+                return running.count == 30 && Set(running.values).count == 3
             }
             let running = ledger.running.withLock { $0 }
             #expect(running.count == 30)

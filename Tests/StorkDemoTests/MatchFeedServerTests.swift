@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import StorkCore
+import StorkTestKit
 import Synchronization
 import Testing
 import WSClient
@@ -57,12 +58,15 @@ struct MatchFeedServerTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await application.runService(gracefulShutdownSignals: []) }
             group.addTask { try await feed.run() }
-            while port.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(10)) }
+            // Bounds, not speeds: a test process busy with fuzz suites on two cores can stall for seconds.
+            #expect(await eventually(.seconds(60)) { port.withLock { $0 } != nil }, "the server listens")
             let url = "ws://127.0.0.1:\(port.withLock { $0! })/players/player-1"
 
             // The match is played while player-1's first connection is open: shots 1, 2 and 4 are its.
             async let first = self.receive(3, from: url)
-            try await Task.sleep(for: .milliseconds(200))
+            // Play once the feed has registered the connection (from then on, every shot released goes to it).
+            let connected = await eventually(.seconds(60)) { feed.snapshot().connections["player-1"] == 1 }
+            #expect(connected, "player-1 connected")
             try await feed.play(length: .milliseconds(400))
             let firstShots = try await first
             #expect(firstShots.map(\.shot) == ["shot-01", "shot-02", "shot-04"])

@@ -38,7 +38,8 @@ struct TokenHandler: ResourceHandler {
 struct LeaseManagerTests {
     @Test("store outage: resources stop by themselves (leaseLost), then run again with new tokens once the store is back")
     func outageAndRecovery() async throws {
-        let store = InMemoryOwnershipStore()
+        let drive = Drive()
+        let store = InMemoryOwnershipStore(clock: drive.clock)
         let recorder = TokenRecorder()
         var configuration = configuration("solo", seeds: [])
         configuration.node.orchestrator.ownership = .lease(
@@ -51,29 +52,31 @@ struct LeaseManagerTests {
             configuration: configuration,
             handler: TokenHandler(recorder: recorder),
             source: CountingSource(ids.map { Resource(id: $0) }),
-            transport: InMemoryNetwork().endpoint("solo:1"),
-            logger: quietLogger()
+            transport: drive.network.endpoint("solo:1"),
+            logger: quietLogger(),
+            clock: drive.clock
         )
+        drive.watch([manager])
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await manager.run() }
-            try await eventually("20 resources running under token 1") {
+            try await drive.until("20 resources running under token 1") {
                 recorder.state.withLock { $0.running.count == 20 && $0.tokens.values.allSatisfy { $0 == [1] } }
             }
             #expect(manager.resourceStates().allSatisfy { $0.fencingToken == 1 })
 
             store.isAvailable = false
-            try await eventually("every resource fenced itself") {
+            try await drive.until("every resource fenced itself") {
                 recorder.state.withLock { $0.running.isEmpty && $0.leaseLost.count == 20 }
             }
             #expect(manager.statistics().leaseStoreFailures > 0)
 
             store.isAvailable = true
-            try await eventually("every resource runs again under a newer token") {
+            try await drive.until("every resource runs again under a newer token") {
                 recorder.state.withLock { state in
                     state.running.count == 20 && state.tokens.values.allSatisfy { $0.count >= 2 && $0.last! > $0.first! }
                 }
             }
-            await manager.stop()
+            try await drive.run("stop") { await manager.stop() }
             try await group.waitForAll()
         }
         let records = try await store.records(ids)

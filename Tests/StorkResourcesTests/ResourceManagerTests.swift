@@ -3,6 +3,7 @@ import Logging
 import StorkCore
 import StorkPlacement
 import StorkResources
+import StorkTestKit
 import Synchronization
 import Testing
 
@@ -89,7 +90,7 @@ func configuration(_ name: String, seeds: [String]) -> ResourceManagerConfigurat
     var configuration = ResourceManagerConfiguration(name: name)
     configuration.seeds = seeds
     configuration.leaveLinger = .milliseconds(100)
-    // Real time on a shared CI machine: generous failure detection, so that a busy core is not a dead node.
+    // Clock time (the tests move a manual clock only while the nodes are idle, so these hold on any machine).
     configuration.node.membership.probeTimeout = .milliseconds(300)
     configuration.node.membership.indirectProbeTimeout = .milliseconds(600)
     configuration.node.membership.suspicionMinimum = .seconds(2)
@@ -97,20 +98,65 @@ func configuration(_ name: String, seeds: [String]) -> ResourceManagerConfigurat
     return configuration
 }
 
-/// Waits for a condition, polling; fails the test after `timeout` (a bound, not a speed requirement).
-func eventually(
-    _ what: String,
-    timeout: Duration = .seconds(20),
-    _ condition: () -> Bool
-) async throws {
-    let clock = ContinuousClock()
-    let deadline = clock.now + timeout
-    while clock.now < deadline {
-        if condition() { return }
-        try await Task.sleep(for: .milliseconds(20))
+/// An in-process cluster's shared time and network: nodes built with `clock` and `network` (and shown to `watch`)
+/// run on time that moves only when a test drives it, and only while no message is in flight and no node has a
+/// handler call or store operation under way, so nothing here waits on the wall clock and no timeout fires because
+/// the machine was slow.
+final class Drive: Sendable {
+    let clock = ManualClock()
+    let network = InMemoryNetwork()
+    private let managers = Mutex<[ResourceManager]>([])
+
+    /// Time waits for these nodes' work too.
+    func watch(_ managers: [ResourceManager]) {
+        self.managers.withLock { $0 += managers }
     }
-    Issue.record("timed out waiting for: \(what)")
-    throw CancellationError()
+
+    /// Whether nothing is under way but timers.
+    var isIdle: Bool {
+        self.network.inFlight == 0 && self.managers.withLock { $0.allSatisfy { $0.status().workInFlight == 0 } }
+    }
+
+    /// Moves the clock until `condition` holds; fails the test when `limit` of clock time passes first.
+    func until(_ what: String, within limit: Duration = .seconds(300), _ condition: () -> Bool) async throws {
+        let held = await self.clock.advance(
+            by: .milliseconds(20),
+            until: condition,
+            within: limit,
+            settled: { self.isIdle }
+        )
+        if held { return }
+        Issue.record("\(limit) of clock time passed waiting for: \(what)")
+        throw CancellationError()
+    }
+
+    /// Moves the clock for `duration`, whatever happens (to show that something did not).
+    func pass(_ duration: Duration) async {
+        _ = await self.clock.advance(
+            by: .milliseconds(20),
+            until: { false },
+            within: duration,
+            settled: { self.isIdle }
+        )
+    }
+
+    /// Runs `operation` (a request, a stop) while moving the clock, and returns its result.
+    func run<T: Sendable>(_ what: String, _ operation: @escaping @Sendable () async -> T) async throws -> T {
+        let outcome = Outcome<T>()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                let value = await operation()
+                outcome.value.withLock { $0 = value }
+            }
+            try await self.until(what) { outcome.value.withLock { $0 != nil } }
+            try await group.waitForAll()
+        }
+        return outcome.value.withLock { $0! }
+    }
+}
+
+final class Outcome<T: Sendable>: Sendable {
+    let value = Mutex<T?>(nil)
 }
 
 // MARK: - Tests
@@ -119,34 +165,38 @@ func eventually(
 struct ResourceManagerTests {
     @Test("a single node handles what its source lists, allocate and deallocate report the handler's outcome")
     func singleNode() async throws {
-        let network = InMemoryNetwork()
+        let drive = Drive()
         let recorder = Recorder()
         let source = CountingSource((0..<5).map { Resource(id: ResourceID("r\($0)")) })
         let manager = ResourceManager(
             configuration: configuration("solo", seeds: []),
             handler: RecordingHandler(node: "solo", recorder: recorder, failing: ["bad"]),
             source: source,
-            transport: network.endpoint("solo:1"),
-            logger: quietLogger()
+            transport: drive.network.endpoint("solo:1"),
+            logger: quietLogger(),
+            clock: drive.clock
         )
+        drive.watch([manager])
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await manager.run() }
-            try await eventually("five resources running") { recorder.running.count == 5 }
+            try await drive.until("five resources running") { recorder.running.count == 5 }
 
-            let added = await manager.allocate(Resource(id: "extra", attributes: ["url": .string("ws://x")]))
+            let added = try await drive.run("allocate extra") {
+                await manager.allocate(Resource(id: "extra", attributes: ["url": .string("ws://x")]))
+            }
             #expect(added == .handled(by: manager.identity))
             #expect(recorder.running["extra"] == "solo")
 
-            let failed = await manager.allocate(Resource(id: "bad"))
+            let failed = try await drive.run("allocate bad") { await manager.allocate(Resource(id: "bad")) }
             #expect(failed == .handleFailed(by: manager.identity, attempt: 1))
             #expect(recorder.state.withLock { $0.failedCallbacks["bad"] } == 1)
 
-            let removed = await manager.deallocate("r0")
+            let removed = try await drive.run("deallocate r0") { await manager.deallocate("r0") }
             #expect(removed == .terminated(by: manager.identity))
             #expect(recorder.running["r0"] == nil)
             #expect(recorder.state.withLock { $0.terminations["r0"] } == [.removed])
 
-            await manager.stop()
+            try await drive.run("stop") { await manager.stop() }
             try await group.waitForAll()
         }
         #expect(recorder.running.isEmpty, "stop terminates everything: no orphans")
@@ -155,7 +205,7 @@ struct ResourceManagerTests {
 
     @Test("three nodes share the resources; a node that stops hands its resources over without overlap")
     func threeNodesGracefulLeave() async throws {
-        let network = InMemoryNetwork()
+        let drive = Drive()
         let recorder = Recorder()
         let resources = (0..<60).map { Resource(id: ResourceID("r\($0)")) }
         let names = ["a", "b", "c"]
@@ -164,25 +214,29 @@ struct ResourceManagerTests {
                 configuration: configuration(name, seeds: name == "a" ? [] : ["a:1"]),
                 handler: RecordingHandler(node: name, recorder: recorder),
                 source: StaticResourceSource(resources),
-                transport: network.endpoint("\(name):1"),
-                logger: quietLogger()
+                transport: drive.network.endpoint("\(name):1"),
+                logger: quietLogger(),
+                clock: drive.clock
             )
         }
+        drive.watch(managers)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for manager in managers { group.addTask { try await manager.run() } }
-            try await eventually("all 60 running on three nodes") {
+            try await drive.until("all 60 running on three nodes") {
                 let running = recorder.running
                 return running.count == 60 && Set(running.values) == ["a", "b", "c"]
             }
             // Every node agrees on the view.
-            try await eventually("views agree") { Set(managers.map { $0.status().viewChecksum }).count == 1 }
+            try await drive.until("views agree") { Set(managers.map { $0.status().viewChecksum }).count == 1 }
 
-            await managers[1].stop()
-            try await eventually("b's resources moved to a and c") {
+            try await drive.run("b stops") { await managers[1].stop() }
+            try await drive.until("b's resources moved to a and c") {
                 let running = recorder.running
                 return running.count == 60 && Set(running.values) == ["a", "c"]
             }
-            for manager in [managers[0], managers[2]] { await manager.stop() }
+            for manager in [managers[0], managers[2]] {
+                try await drive.run("\(manager.identity.name) stops") { await manager.stop() }
+            }
             try await group.waitForAll()
         }
         #expect(recorder.overlaps.isEmpty, "revoke-then-assign: never two nodes at once")
@@ -191,7 +245,7 @@ struct ResourceManagerTests {
 
     @Test("a node cut off from the others is declared dead and its resources are taken over")
     func crashedNodeTakenOver() async throws {
-        let network = InMemoryNetwork()
+        let drive = Drive()
         let recorder = Recorder()
         let resources = (0..<30).map { Resource(id: ResourceID("r\($0)")) }
         let managers = ["a", "b", "c"].map { name in
@@ -199,10 +253,12 @@ struct ResourceManagerTests {
                 configuration: configuration(name, seeds: name == "a" ? [] : ["a:1"]),
                 handler: RecordingHandler(node: name, recorder: recorder),
                 source: StaticResourceSource(resources),
-                transport: network.endpoint("\(name):1"),
-                logger: quietLogger()
+                transport: drive.network.endpoint("\(name):1"),
+                logger: quietLogger(),
+                clock: drive.clock
             )
         }
+        drive.watch(managers)
         let (crashSignal, crash) = AsyncStream<Void>.makeStream()
         try await withThrowingTaskGroup(of: Void.self) { group in
             for manager in managers.prefix(2) { group.addTask { try await manager.run() } }
@@ -215,18 +271,20 @@ struct ResourceManagerTests {
                     inner.cancelAll()
                 }
             }
-            try await eventually("all running on three nodes") {
+            try await drive.until("all running on three nodes") {
                 recorder.running.count == 30 && Set(recorder.running.values).count == 3
             }
             // Crash c: its messages stop and its process ends; what it ran is gone with it.
-            network.isolate("c:1")
+            drive.network.isolate("c:1")
             crash.finish()
             recorder.crashed("c")
-            try await eventually("a and b run everything") {
+            try await drive.until("a and b run everything") {
                 let running = recorder.running
                 return running.count == 30 && Set(running.values) == ["a", "b"]
             }
-            for manager in managers.prefix(2) { await manager.stop() }
+            for manager in managers.prefix(2) {
+                try await drive.run("\(manager.identity.name) stops") { await manager.stop() }
+            }
             try await group.waitForAll()
         }
         #expect(recorder.overlaps.isEmpty, "c was really gone before the others took over")
@@ -243,32 +301,33 @@ struct ResourceManagerTests {
             func run(_ resource: Resource, context: ResourceContext) async throws {
                 let count = self.started.value.add(1, ordering: .relaxed).newValue
                 if resource.id == "flaky", count == 1 { throw StorkError(.handlerFailed, "connection dropped") }
-                do {
-                    try await Task.sleep(for: .seconds(3600))
-                } catch {
-                    self.cancelled.value.add(1, ordering: .relaxed)
-                }
+                // Runs until cancelled (a signal nobody fires: the wait returns on cancellation only).
+                await OneShotSignal().wait()
+                if Task.isCancelled { self.cancelled.value.add(1, ordering: .relaxed) }
             }
         }
         let started = Counter()
         let cancelled = Counter()
-        let network = InMemoryNetwork()
+        let drive = Drive()
         var config = configuration("solo", seeds: [])
         config.node.orchestrator.retryInitial = .milliseconds(50)
         let manager = ResourceManager(
             configuration: config,
             runner: Runner(started: started, cancelled: cancelled),
-            transport: network.endpoint("solo:1"),
-            logger: quietLogger()
+            transport: drive.network.endpoint("solo:1"),
+            logger: quietLogger(),
+            clock: drive.clock
         )
+        drive.watch([manager])
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await manager.run() }
-            #expect(await manager.allocate(Resource(id: "flaky")).succeeded)
-            try await eventually("restarted after it ended by itself") { started.value.load(ordering: .relaxed) == 2 }
-            try await eventually("running") { manager.status().running == ["flaky"] }
-            #expect(await manager.deallocate("flaky") == .terminated(by: manager.identity))
+            #expect(try await drive.run("allocate flaky") { await manager.allocate(Resource(id: "flaky")) }.succeeded)
+            try await drive.until("restarted after it ended by itself") { started.value.load(ordering: .relaxed) == 2 }
+            try await drive.until("running") { manager.status().running == ["flaky"] }
+            let removed = try await drive.run("deallocate flaky") { await manager.deallocate("flaky") }
+            #expect(removed == .terminated(by: manager.identity))
             #expect(cancelled.value.load(ordering: .relaxed) == 1)
-            await manager.stop()
+            try await drive.run("stop") { await manager.stop() }
             try await group.waitForAll()
         }
     }
@@ -281,7 +340,7 @@ struct ResourceManagerTests {
             Placement(nodes: names).owner(of: $0)?.name == "a"
         }!
         for cache in [true, false] {
-            let network = InMemoryNetwork()
+            let drive = Drive()
             let recorder = Recorder()
             let source = CountingSource((0..<10).map { Resource(id: ResourceID("r\($0)")) })
             let managers = ["a", "b"].map { name in
@@ -291,25 +350,38 @@ struct ResourceManagerTests {
                     configuration: config,
                     handler: RecordingHandler(node: name, recorder: recorder),
                     sources: [SourceRegistration(name: "accounts", source: source, electionKey: key)],
-                    transport: network.endpoint("\(name):1"),
-                    logger: quietLogger()
+                    transport: drive.network.endpoint("\(name):1"),
+                    logger: quietLogger(),
+                    clock: drive.clock
                 )
             }
+            drive.watch(managers)
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await managers[0].run() }
-                try await eventually("a runs all ten") { recorder.running.count == 10 }
+                try await drive.until("a runs all ten") { recorder.running.count == 10 }
                 #expect(source.fetches.load(ordering: .relaxed) == 1)
                 group.addTask { try await managers[1].run() }
-                try await eventually("both nodes run resources") { Set(recorder.running.values) == ["a", "b"] }
+                try await drive.until("both nodes run resources") { Set(recorder.running.values) == ["a", "b"] }
                 if cache {
-                    try await Task.sleep(for: .milliseconds(600))
+                    // Both nodes applied the new view; then a full second of clock time passes, and since the clock
+                    // moves only once the loops it woke are asleep again, a's source loop (which looks at the view
+                    // every 200 ms) went round at least five times with the new view: a refetch had its chances.
+                    try await drive.until("both nodes applied the same view") {
+                        managers.allSatisfy { $0.status().isReady && $0.status().view.count == 2 }
+                            && Set(managers.map { $0.status().viewChecksum }).count == 1
+                    }
+                    let sleepsBefore = drive.clock.sleepsStarted
+                    await drive.pass(.seconds(1))
+                    #expect(drive.clock.sleepsStarted - sleepsBefore >= 5, "the loops went round")
                     #expect(source.fetches.load(ordering: .relaxed) == 1, "the cached desired set serves the rebalance")
                 } else {
-                    try await eventually("the poller refetched after the rebalance") {
+                    try await drive.until("the poller refetched after the rebalance") {
                         source.fetches.load(ordering: .relaxed) >= 2
                     }
                 }
-                for manager in managers.reversed() { await manager.stop() }
+                for manager in managers.reversed() {
+                    try await drive.run("\(manager.identity.name) stops") { await manager.stop() }
+                }
                 try await group.waitForAll()
             }
         }
@@ -317,7 +389,7 @@ struct ResourceManagerTests {
 
     @Test("when the source keeps failing past the limit, the node terminates everything and leaves")
     func sourceFailureLeaves() async throws {
-        let network = InMemoryNetwork()
+        let drive = Drive()
         let recorder = Recorder()
         let source = CountingSource((0..<4).map { Resource(id: ResourceID("r\($0)")) })
         var config = configuration("solo", seeds: [])
@@ -327,14 +399,21 @@ struct ResourceManagerTests {
             configuration: config,
             handler: RecordingHandler(node: "solo", recorder: recorder),
             source: source,
-            transport: network.endpoint("solo:1"),
-            logger: quietLogger()
+            transport: drive.network.endpoint("solo:1"),
+            logger: quietLogger(),
+            clock: drive.clock
         )
+        drive.watch([manager])
+        let finished = OneShotSignal()
         await #expect(throws: StorkError.self) {
             try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await manager.run() }
-                try await eventually("four running") { recorder.running.count == 4 }
+                group.addTask {
+                    defer { finished.fire() }
+                    try await manager.run()
+                }
+                try await drive.until("four running") { recorder.running.count == 4 }
                 source.failing.store(true, ordering: .relaxed)
+                try await drive.until("the node gave up and left") { finished.isFired }
                 try await group.waitForAll()
             }
         }

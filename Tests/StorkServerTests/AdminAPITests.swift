@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import StorkCore
 import StorkResources
+import StorkTestKit
 import Testing
 
 @testable import StorkServer
@@ -38,12 +39,8 @@ func withAdminAPI(
     let app = Application(router: AdminAPI.router(manager: manager), logger: logger)
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await manager.run() }
-        let clock = ContinuousClock()
-        let deadline = clock.now + .seconds(10)
-        while clock.now < deadline,
-            !manager.status().isReady || manager.status().running.count < resources.count
-        {
-            try await Task.sleep(for: .milliseconds(10))
+        _ = await eventually(.seconds(10)) {
+            manager.status().isReady && manager.status().running.count >= resources.count
         }
         try await app.test(.router) { client in try await body(manager, client) }
         await manager.stop()

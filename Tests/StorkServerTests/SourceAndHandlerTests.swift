@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import StorkCore
 import StorkResources
+import StorkTestKit
 import Synchronization
 import Testing
 
@@ -27,9 +28,7 @@ func withServer(
     )
     try await withThrowingTaskGroup(of: Void.self) { group in
         group.addTask { try await app.runService() }
-        let clock = ContinuousClock()
-        let deadline = clock.now + .seconds(10)
-        while port.withLock({ $0 }) == nil, clock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        _ = await eventually(.seconds(60)) { port.withLock { $0 } != nil }
         guard let bound = port.withLock({ $0 }) else { throw StorkError(.timeout, "server did not start") }
         try await body(bound)
         group.cancelAll()
@@ -65,24 +64,43 @@ struct SourceTests {
         let path = NSTemporaryDirectory() + "stork-resources-\(UUID().uuidString).json"
         defer { try? FileManager.default.removeItem(atPath: path) }
         try #"[{"id":"a"}]"#.write(toFile: path, atomically: true, encoding: .utf8)
-        let source = FileResourceSource(path: path, checkInterval: .milliseconds(50), logger: Logger(label: "t"))
+        // The checks run on a manual clock: each step of 50 ms is one check, and the clock counts the sleeps between
+        // checks, so the test knows when a check is done. (Every edit changes the size: the stamp always moves.)
+        let clock = ManualClock()
+        let source = FileResourceSource(path: path, checkInterval: .milliseconds(50), logger: Logger(label: "t"), clock: clock)
         #expect(try await source.fetch().map(\.id) == ["a"])
-        var changes = source.changes()!.makeAsyncIterator()
-        try await Task.sleep(for: .milliseconds(100))
-        try #"[{"id":"a"},{"id":"b"}]"#.write(toFile: path, atomically: true, encoding: .utf8)
-        guard case .replaced(let list)? = await changes.next() else {
-            Issue.record("no change")
-            return
+        let changes = source.changes()!
+        final class Seen: Sendable {
+            let changes = Mutex<[ResourceSourceChange]>([])
+            func withLock<T>(_ body: (inout [ResourceSourceChange]) -> T) -> T { self.changes.withLock { body(&$0) } }
         }
-        #expect(list.map(\.id) == ["a", "b"])
-        try #"[{"id":"a"},{"#.write(toFile: path, atomically: true, encoding: .utf8)
-        try await Task.sleep(for: .milliseconds(200))
-        try #"{"data":[{"id":"c"}]}"#.write(toFile: path, atomically: true, encoding: .utf8)
-        guard case .replaced(let next)? = await changes.next() else {
-            Issue.record("no change")
-            return
+        let seen = Seen()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { for await change in changes { seen.withLock { $0.append(change) } } }
+            await clock.sleepsStarted(atLeast: 1)
+            try #"[{"id":"a"},{"id":"b"}]"#.write(toFile: path, atomically: true, encoding: .utf8)
+            clock.advance(by: .milliseconds(50))
+            await clock.sleepsStarted(atLeast: 2)
+            guard case .replaced(let list)? = seen.withLock({ $0.first }) else {
+                Issue.record("no change")
+                return
+            }
+            #expect(list.map(\.id) == ["a", "b"])
+            try #"[{"id":"a"},{"#.write(toFile: path, atomically: true, encoding: .utf8)
+            clock.advance(by: .milliseconds(50))
+            // The check that read the broken edit is over once the next sleep starts; it reported nothing.
+            await clock.sleepsStarted(atLeast: 3)
+            #expect(seen.withLock { $0.count } == 1, "a broken edit is no change")
+            try #"{"data":[{"id":"c"}]}"#.write(toFile: path, atomically: true, encoding: .utf8)
+            clock.advance(by: .milliseconds(50))
+            await clock.sleepsStarted(atLeast: 4)
+            guard case .replaced(let next)? = seen.withLock({ $0.count == 2 ? $0.last : nil }) else {
+                Issue.record("no change")
+                return
+            }
+            #expect(next.map(\.id) == ["c"], "the broken edit in between was skipped")
+            group.cancelAll()
         }
-        #expect(next.map(\.id) == ["c"], "the broken edit in between was skipped")
     }
 
     @Test("the HTTP source uses ETag / If-None-Match, sends headers, and reports errors")
@@ -120,6 +138,8 @@ struct SidecarTests {
     @Test("POST on handle and DELETE on terminate, with Stork headers; non-2xx and timeouts throw")
     func sidecar() async throws {
         let calls = Mutex<[String]>([])
+        // The slow resource's answer waits until its handle has timed out: slow by construction, not by a guess.
+        let slowAnswered = OneShotSignal()
         let router = Router()
         router.post("/resources/:id") { request, context -> Response in
             let body = try await request.body.collect(upTo: 1 << 16)
@@ -128,7 +148,7 @@ struct SidecarTests {
                 $0.append("POST \(id) node=\(request.headers[HTTPField.Name("Stork-Node")!] ?? "-") attempt=\(request.headers[HTTPField.Name("Stork-Attempt")!] ?? "-") token=\(request.headers[HTTPField.Name("Stork-Fencing-Token")!] ?? "-") body=\(String(buffer: body))")
             }
             if id == "fail" { return Response(status: .serviceUnavailable) }
-            if id == "slow" { try await Task.sleep(for: .seconds(2)) }
+            if id == "slow" { await slowAnswered.wait() }
             return Response(status: .ok)
         }
         router.delete("/resources/:id") { request, context -> Response in
@@ -138,12 +158,17 @@ struct SidecarTests {
             return Response(status: .noContent)
         }
         try await withServer(router) { port in
-            let handler = SidecarHandler(url: "http://127.0.0.1:\(port)", timeout: .milliseconds(500), client: HTTPClient.shared)
+            // A generous timeout for calls that are answered (a busy machine is not a failure), and a short one for
+            // the call that is not answered until it has timed out.
+            let url = "http://127.0.0.1:\(port)"
+            let handler = SidecarHandler(url: url, timeout: .seconds(30), client: HTTPClient.shared)
+            let impatient = SidecarHandler(url: url, timeout: .milliseconds(200), client: HTTPClient.shared)
             let resource = Resource(id: "acct 1", attributes: ["kind": "websocket"])
             try await handler.handle(resource, context: context(attempt: 2, token: 42))
             try await handler.terminate(resource, reason: .moved, context: context())
             await #expect(throws: StorkError.self) { try await handler.handle(Resource(id: "fail"), context: context()) }
-            await #expect(throws: StorkError.self) { try await handler.handle(Resource(id: "slow"), context: context()) }
+            await #expect(throws: StorkError.self) { try await impatient.handle(Resource(id: "slow"), context: context()) }
+            slowAnswered.fire()
             let recorded = calls.withLock { $0 }
             #expect(recorded[0] == #"POST acct 1 node=n1 attempt=2 token=42 body={"id":"acct 1","kind":"websocket"}"#)
             #expect(recorded[1] == "DELETE acct 1 reason=moved")

@@ -160,7 +160,8 @@ public struct LeaseTable: Sendable, Hashable {
 // MARK: - InMemoryOwnershipStore
 
 /// Leases in this process's memory: for tests and for several `ResourceManager`s in one process. Its clock is this
-/// process's monotonic clock; it can be made unavailable to test outages.
+/// process's monotonic clock unless it is given another (tests give it the manual clock their nodes run on); it
+/// can be made unavailable to test outages.
 public final class InMemoryOwnershipStore: OwnershipStore {
     private struct State {
         var table = LeaseTable()
@@ -169,11 +170,10 @@ public final class InMemoryOwnershipStore: OwnershipStore {
     }
 
     private let state = Mutex(State())
-    private let clock = ContinuousClock()
-    private let origin: ContinuousClock.Instant
+    private let clock: StorkClock
 
-    public init() {
-        self.origin = self.clock.now
+    public init(clock: some Clock<Duration> = ContinuousClock()) {
+        self.clock = StorkClock(clock)
     }
 
     public var description: String { "memory" }
@@ -187,7 +187,7 @@ public final class InMemoryOwnershipStore: OwnershipStore {
     /// Operations served so far (one per batch).
     public var operations: Int { self.state.withLock { $0.operations } }
 
-    private func now() -> StorkInstant { StorkInstant(nanoseconds: (self.clock.now - self.origin).nanosecondsClamped) }
+    private func now() -> StorkInstant { self.clock.now }
 
     private func withTable<T>(_ body: (inout LeaseTable, StorkInstant) -> T) throws -> T {
         let now = self.now()

@@ -130,6 +130,9 @@ public struct ResourceManagerStatus: Sendable {
     public var viewChecksum: UInt64
     public var running: [ResourceID]
     public var desiredCount: Int
+    /// Handler calls and ownership store operations asked for and not finished yet (a runner counts until it has
+    /// started). Zero when the node waits for nothing but its timers and its peers.
+    public var workInFlight: Int
 }
 
 // MARK: - ResourceManager
@@ -139,6 +142,9 @@ public struct ResourceManagerStatus: Sendable {
 /// Give it a handler (or a runner), optionally a source, and a transport; run it as a `Service` (for example in a
 /// `ServiceGroup`). `allocate` and `deallocate` work on any node; `stop` leaves gracefully (everything running
 /// here is terminated before the node leaves, so nothing is orphaned).
+///
+/// Every timer of the node (membership probes, retries, polls, store timeouts, the linger after leaving) runs on the
+/// `clock` given to the initializer, the continuous clock by default; tests pass a clock they move by hand.
 public final class ResourceManager: Service, Sendable {
     enum Mode: Sendable {
         case handler(any ResourceHandler)
@@ -185,6 +191,8 @@ public final class ResourceManager: Service, Sendable {
         var releaseInFlight = false
         /// Where relay frames go (``relayFrames()``); nil until someone asks.
         var relay: AsyncStream<RelayMessage>.Continuation?
+        /// Handler calls and store operations asked for and not finished (a runner until it has started).
+        var workInFlight = 0
     }
 
     /// Relay frames waiting for the consumer of ``relayFrames()``; beyond this the oldest are dropped and counted.
@@ -198,8 +206,8 @@ public final class ResourceManager: Service, Sendable {
     private let sources: [SourceRegistration]
     private let transport: any ClusterTransport
     private let logger: Logger
-    private let clock = ContinuousClock()
-    private let origin: ContinuousClock.Instant
+    /// What every timer, poll, retry and timeout of this node runs on (the continuous clock unless one was given).
+    private let clock: StorkClock
     private let state: Mutex<State>
     private let work: AsyncStream<Work>
     private let workContinuation: AsyncStream<Work>.Continuation
@@ -213,10 +221,11 @@ public final class ResourceManager: Service, Sendable {
         handler: some ResourceHandler,
         source: (any ResourceSource)? = nil,
         transport: some ClusterTransport,
-        logger: Logger = Logger(label: "stork.resources")
+        logger: Logger = Logger(label: "stork.resources"),
+        clock: some Clock<Duration> = ContinuousClock()
     ) {
         let sources = source.map { [SourceRegistration(name: "default", source: $0, pollInterval: configuration.pollInterval)] }
-        self.init(configuration, .handler(handler), sources ?? [], transport, logger)
+        self.init(configuration, .handler(handler), sources ?? [], transport, logger, StorkClock(clock))
     }
 
     /// A node whose resources come from several named sources and `allocate`.
@@ -225,9 +234,10 @@ public final class ResourceManager: Service, Sendable {
         handler: some ResourceHandler,
         sources: [SourceRegistration],
         transport: some ClusterTransport,
-        logger: Logger = Logger(label: "stork.resources")
+        logger: Logger = Logger(label: "stork.resources"),
+        clock: some Clock<Duration> = ContinuousClock()
     ) {
-        self.init(configuration, .handler(handler), sources, transport, logger)
+        self.init(configuration, .handler(handler), sources, transport, logger, StorkClock(clock))
     }
 
     /// A node whose resources run as `ResourceRunner.run` calls, cancelled to terminate.
@@ -236,10 +246,11 @@ public final class ResourceManager: Service, Sendable {
         runner: some ResourceRunner,
         source: (any ResourceSource)? = nil,
         transport: some ClusterTransport,
-        logger: Logger = Logger(label: "stork.resources")
+        logger: Logger = Logger(label: "stork.resources"),
+        clock: some Clock<Duration> = ContinuousClock()
     ) {
         let sources = source.map { [SourceRegistration(name: "default", source: $0, pollInterval: configuration.pollInterval)] }
-        self.init(configuration, .runner(runner), sources ?? [], transport, logger)
+        self.init(configuration, .runner(runner), sources ?? [], transport, logger, StorkClock(clock))
     }
 
     private init(
@@ -247,7 +258,8 @@ public final class ResourceManager: Service, Sendable {
         _ mode: Mode,
         _ sources: [SourceRegistration],
         _ transport: any ClusterTransport,
-        _ logger: Logger
+        _ logger: Logger,
+        _ clock: StorkClock
     ) {
         var random = SeededRandom()
         let milliseconds = UInt64(max(0, Date().timeIntervalSince1970 * 1000))
@@ -263,7 +275,7 @@ public final class ResourceManager: Service, Sendable {
         var logger = logger
         logger[metadataKey: "stork.node"] = "\(configuration.name)"
         self.logger = logger
-        self.origin = self.clock.now
+        self.clock = clock
         self.state = Mutex(
             State(
                 machine: ClusterNodeStateMachine(
@@ -379,7 +391,8 @@ public final class ResourceManager: Service, Sendable {
                 view: machine.placement.members.map(\.node),
                 viewChecksum: machine.placement.checksum,
                 running: machine.orchestrator.runningResources,
-                desiredCount: machine.desired.liveCount
+                desiredCount: machine.desired.liveCount,
+                workInFlight: state.workInFlight
             )
         }
     }
@@ -414,7 +427,7 @@ public final class ResourceManager: Service, Sendable {
                         await self.waitForStoreOperations(timeout: self.configuration.ownershipStoreTimeout)
                     case .finishAfter(let linger):
                         group.addTask {
-                            try? await Task.sleep(for: linger)
+                            try? await self.clock.sleep(for: linger)
                             self.workContinuation.yield(.finish)
                         }
                         continue
@@ -437,6 +450,8 @@ public final class ResourceManager: Service, Sendable {
             defer {
                 state.subscribers = [:]
                 state.relay = nil
+                // Work still queued when the loop ended is never done.
+                state.workInFlight = 0
             }
             return (state.failure, Array(state.subscribers.values), state.relay)
         }
@@ -449,7 +464,7 @@ public final class ResourceManager: Service, Sendable {
     // MARK: Driving the state machine
 
     private func now() -> StorkInstant {
-        StorkInstant(nanoseconds: (self.clock.now - self.origin).nanosecondsClamped)
+        self.clock.now
     }
 
     /// Runs one event through the state machine and performs what it asks, in order.
@@ -477,16 +492,16 @@ public final class ResourceManager: Service, Sendable {
                 let token = state.machine.orchestrator.fencingToken(of: resource.id)
                 state.handledTokens[resource.id] = token
                 if let token { state.resourceStates[resource.id]?.fencingToken = token }
-                self.workContinuation.yield(.handle(resource, attempt: attempt, ticket: ticket, token: token))
+                self.enqueue(.handle(resource, attempt: attempt, ticket: ticket, token: token), state: &state)
             case .terminate(let resource, let reason, let ticket):
                 let token = state.handledTokens.removeValue(forKey: resource.id)
-                self.workContinuation.yield(.terminate(resource, reason: reason, ticket: ticket, token: token))
+                self.enqueue(.terminate(resource, reason: reason, ticket: ticket, token: token), state: &state)
             case .acquireLeases(let ids):
                 state.pendingAcquisitions += ids
                 self.startNextBatch(&state)
             case .renewLeases(let keys):
                 state.storeOperations += 1
-                self.workContinuation.yield(.renewLeases(keys))
+                self.enqueue(.renewLeases(keys), state: &state)
             case .releaseLeases(let keys):
                 state.pendingReleases += keys
                 self.startNextBatch(&state)
@@ -625,14 +640,14 @@ public final class ResourceManager: Service, Sendable {
                 continue
             }
             let delay = deadline.map { $0 - now } ?? .seconds(1)
-            await self.wake.wait(timeout: min(delay, .seconds(1)))
+            await self.wake.wait(timeout: min(delay, .seconds(1)), on: self.clock)
         }
     }
 
     private func sourceLoop(_ registration: SourceRegistration) async {
         await self.joined.wait()
         var fetchedAsOwner = false
-        var lastFetch: ContinuousClock.Instant?
+        var lastFetch: StorkInstant?
         var lastChecksum: UInt64?
         while !Task.isCancelled {
             // Decide on the applied view only: before the first one, every node thinks it is alone.
@@ -659,7 +674,7 @@ public final class ResourceManager: Service, Sendable {
             } else {
                 fetchedAsOwner = false
             }
-            try? await Task.sleep(for: .milliseconds(200))
+            try? await self.clock.sleep(for: .milliseconds(200))
         }
     }
 
@@ -691,7 +706,7 @@ public final class ResourceManager: Service, Sendable {
                     "source fetch failed; retrying",
                     metadata: ["stork.source": "\(registration.name)", "stork.error": "\(error)", "stork.retry_in": "\(delay)"]
                 )
-                try? await Task.sleep(for: delay)
+                try? await self.clock.sleep(for: delay)
             }
         }
         return nil
@@ -728,7 +743,20 @@ public final class ResourceManager: Service, Sendable {
         )
     }
 
+    /// Hands work to the loop in `run()`, counted until it is done (``ResourceManagerStatus/workInFlight``).
+    private func enqueue(_ work: Work, state: inout State) {
+        state.workInFlight += 1
+        self.workContinuation.yield(work)
+    }
+
+    private func workDone() {
+        self.state.withLock { $0.workInFlight -= 1 }
+    }
+
     private func execute(_ item: Work) async {
+        // A runner is done as work once it has started (it then runs until terminated): `runRunner` says so.
+        var countedHere = true
+        defer { if countedHere { self.workDone() } }
         switch item {
         case .acquireLeases(let ids):
             await self.storeOperation(
@@ -770,6 +798,7 @@ public final class ResourceManager: Service, Sendable {
                     self.apply { $0.handleCompleted(resource.id, ticket: ticket, succeeded: false, now: $1) }
                 }
             case .runner(let runner):
+                countedHere = false
                 await self.runRunner(runner, resource: resource, ticket: ticket, context: context)
             }
         case .terminate(let resource, let reason, let ticket, let token):
@@ -792,7 +821,7 @@ public final class ResourceManager: Service, Sendable {
                 self.apply { $0.terminateCompleted(resource.id, ticket: ticket, succeeded: true, now: $1) }
             }
         case .finish, .finishAfter:
-            break
+            countedHere = false
         }
     }
 
@@ -805,6 +834,7 @@ public final class ResourceManager: Service, Sendable {
         let running = RunningResource()
         self.state.withLock { $0.runners[resource.id] = running }
         self.apply { $0.handleCompleted(resource.id, ticket: ticket, succeeded: true, now: $1) }
+        self.workDone()
         let stoppedByUs = await withTaskGroup(of: Bool.self) { group in
             group.addTask {
                 do {
@@ -840,13 +870,13 @@ public final class ResourceManager: Service, Sendable {
         if !state.acquisitionInFlight, !state.pendingAcquisitions.isEmpty {
             state.acquisitionInFlight = true
             state.storeOperations += 1
-            self.workContinuation.yield(.acquireLeases(state.pendingAcquisitions))
+            self.enqueue(.acquireLeases(state.pendingAcquisitions), state: &state)
             state.pendingAcquisitions = []
         }
         if !state.releaseInFlight, !state.pendingReleases.isEmpty {
             state.releaseInFlight = true
             state.storeOperations += 1
-            self.workContinuation.yield(.releaseLeases(state.pendingReleases))
+            self.enqueue(.releaseLeases(state.pendingReleases), state: &state)
             state.pendingReleases = []
         }
     }
@@ -875,7 +905,7 @@ public final class ResourceManager: Service, Sendable {
             let result = try await withThrowingTaskGroup(of: T?.self) { group in
                 group.addTask { try await call(store, settings) }
                 group.addTask {
-                    try await Task.sleep(for: timeout)
+                    try await self.clock.sleep(for: timeout)
                     return nil
                 }
                 defer { group.cancelAll() }
@@ -901,7 +931,7 @@ public final class ResourceManager: Service, Sendable {
     private func waitForStoreOperations(timeout: Duration) async {
         let deadline = self.clock.now + timeout
         while self.state.withLock({ $0.storeOperations > 0 }), self.clock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(10))
+            try? await self.clock.sleep(for: .milliseconds(10))
         }
     }
 

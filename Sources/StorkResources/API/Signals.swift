@@ -1,3 +1,4 @@
+import StorkCore
 import Synchronization
 
 // MARK: - OneShotSignal
@@ -73,11 +74,12 @@ final class WakeSignal: Sendable {
         waiter?.resume()
     }
 
-    /// Returns after `timeout`, on a signal (also one that came since the last wait), or on cancellation.
-    func wait(timeout: Duration) async {
+    /// Returns after `timeout` of `clock`'s time, on a signal (also one that came since the last wait), or on
+    /// cancellation.
+    func wait(timeout: Duration, on clock: StorkClock) async {
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
-                try? await Task.sleep(for: timeout)
+                try? await clock.sleep(for: timeout)
             }
             group.addTask {
                 await self.waitForSignal()

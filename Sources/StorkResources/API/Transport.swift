@@ -24,6 +24,8 @@ public final class InMemoryNetwork: Sendable {
     struct State {
         var endpoints: [String: AsyncStream<ClusterMessage>.Continuation] = [:]
         var isolated: Set<String> = []
+        /// Per endpoint: messages delivered that its receiver has not finished with.
+        var inFlight: [String: Int] = [:]
         var delivered = 0
         var dropped = 0
     }
@@ -39,6 +41,7 @@ public final class InMemoryNetwork: Sendable {
             let previous = state.endpoints[address]
             state.endpoints[address] = continuation
             state.isolated.remove(address)
+            state.inFlight[address] = nil
             return previous
         }
         previous?.finish()
@@ -54,6 +57,13 @@ public final class InMemoryNetwork: Sendable {
         self.state.withLock { _ = $0.isolated.remove(address) }
     }
 
+    /// Messages delivered whose receiver has not finished with them yet: a receiver is done with a message when it
+    /// asks its stream for the next one. Zero means that every message sent so far has been acted on, so that a
+    /// test driving a manual clock knows it may move time on.
+    public var inFlight: Int {
+        self.state.withLock { $0.inFlight.values.reduce(0, +) }
+    }
+
     /// Messages delivered and dropped so far.
     public var counts: (delivered: Int, dropped: Int) {
         self.state.withLock { ($0.delivered, $0.dropped) }
@@ -66,12 +76,22 @@ public final class InMemoryNetwork: Sendable {
                 return
             }
             state.delivered += 1
+            state.inFlight[to, default: 0] += 1
             target.yield(message)
         }
     }
 
+    func taken(by address: String) {
+        self.state.withLock { state in
+            if let count = state.inFlight[address], count > 0 { state.inFlight[address] = count - 1 }
+        }
+    }
+
     func remove(_ address: String) {
-        let continuation = self.state.withLock { $0.endpoints.removeValue(forKey: address) }
+        let continuation = self.state.withLock { state in
+            state.inFlight[address] = nil
+            return state.endpoints.removeValue(forKey: address)
+        }
         continuation?.finish()
     }
 }
@@ -86,9 +106,37 @@ public struct InMemoryTransport: ClusterTransport {
         self.network.deliver(message, from: self.address, to: address)
     }
 
-    public func incoming() -> AsyncStream<ClusterMessage> { self.stream }
+    public func incoming() -> AsyncStream<ClusterMessage> {
+        let reader = Reader(self.stream.makeAsyncIterator(), address: self.address, network: self.network)
+        return AsyncStream(unfolding: { await reader.next() })
+    }
 
     public func close() {
         self.network.remove(self.address)
+    }
+}
+
+/// Reads one endpoint's queue for its receiver and tells the network when the receiver is done with a message (it
+/// asks for the next one).
+///
+/// `@unchecked Sendable`: the iterator is touched only from `next()`, and an `AsyncStream` built by unfolding calls
+/// its closure for one `next()` of its one consumer at a time, never concurrently.
+private final class Reader: @unchecked Sendable {
+    private var iterator: AsyncStream<ClusterMessage>.Iterator
+    private var holdsMessage = false
+    private let address: String
+    private let network: InMemoryNetwork
+
+    init(_ iterator: AsyncStream<ClusterMessage>.Iterator, address: String, network: InMemoryNetwork) {
+        self.iterator = iterator
+        self.address = address
+        self.network = network
+    }
+
+    func next() async -> ClusterMessage? {
+        if self.holdsMessage { self.network.taken(by: self.address) }
+        let message = await self.iterator.next()
+        self.holdsMessage = message != nil
+        return message
     }
 }

@@ -93,12 +93,21 @@ public final class FileResourceSource: ResourceSource, Sendable {
     public let reload: Bool
     let logger: Logger
     let checkInterval: Duration
+    let clock: StorkClock
 
-    public init(path: String, reload: Bool = true, checkInterval: Duration = .milliseconds(500), logger: Logger) {
+    /// `clock` is what the checks wait on: the continuous clock, or one a test moves by hand.
+    public init(
+        path: String,
+        reload: Bool = true,
+        checkInterval: Duration = .milliseconds(500),
+        logger: Logger,
+        clock: some Clock<Duration> = ContinuousClock()
+    ) {
         self.path = path
         self.reload = reload
         self.checkInterval = checkInterval
         self.logger = logger
+        self.clock = StorkClock(clock)
     }
 
     public func fetch() async throws -> [Resource] {
@@ -115,12 +124,13 @@ public final class FileResourceSource: ResourceSource, Sendable {
         guard self.reload else { return nil }
         let path = self.path
         let interval = self.checkInterval
+        let clock = self.clock
         let logger = self.logger
         let lastStamp = LockedValue(Self.stamp(path))
         // Polls in the consumer's own task (no background task to leak): each `next()` waits for the next change.
         return AsyncStream(unfolding: {
             while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
+                try? await clock.sleep(for: interval)
                 let stamp = Self.stamp(path)
                 guard stamp != lastStamp.value else { continue }
                 lastStamp.value = stamp

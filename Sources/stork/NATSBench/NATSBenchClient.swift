@@ -88,10 +88,15 @@ final class NATSBenchClient: Sendable {
         self.handler = handler
     }
 
-    /// The JSON of `CONNECT`: no `+OK`s, headers on (JetStream statuses come as headers), "no responders" on.
-    static let connectLine =
-        "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1,"
-        + "\"name\":\"stork-bench\",\"lang\":\"swift\",\"version\":\"1\"}\r\nPING\r\n"
+    /// `CONNECT` as ``NATSClient`` sends it (no `+OK`s, headers and "no responders" on), named `stork-bench`, then
+    /// `PING`.
+    static let hello: ByteBuffer = {
+        var options = NATSClient.Options()
+        options.name = "stork-bench"
+        var bytes = NATSClient.connectLine(options)
+        bytes.writeStaticString("PING\r\n")
+        return bytes
+    }()
 
     /// Connects to `host:port` on `eventLoop` and completes the handshake within `timeout`.
     static func connect(
@@ -102,53 +107,43 @@ final class NATSBenchClient: Sendable {
         timeout: TimeAmount = .seconds(10)
     ) async throws -> NATSBenchClient {
         let info = eventLoop.makePromise(of: ByteBuffer.self)
-        let token = Self.makeToken()
+        let token = makeNATSInboxToken(length: 12)
         let channel: any Channel
+        let handler: NIOLoopBound<NATSBenchClientHandler>
         do {
-            channel = try await ClientBootstrap(group: eventLoop)
-                .connectTimeout(timeout)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                .channelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
-                .channelOption(
-                    .recvAllocator,
-                    value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 64 * 1024, maximum: 1024 * 1024)
-                )
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            NATSBenchClientHandler(name: name, token: token, info: info)
+            (channel, handler) = try await connectNATSChannel(
+                host: host,
+                port: port,
+                on: eventLoop,
+                timeout: timeout,
+                configure: { bootstrap in
+                    // Large writes and reads: the load generator moves many messages per syscall.
+                    bootstrap
+                        .channelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
+                        .channelOption(
+                            .recvAllocator,
+                            value: AdaptiveRecvByteBufferAllocator(
+                                minimum: 4096,
+                                initial: 64 * 1024,
+                                maximum: 1024 * 1024
+                            )
                         )
-                    }
-                }
-                .connect(host: host, port: port)
-                .get()
+                },
+                makeHandler: { NATSBenchClientHandler(name: name, token: token, info: info) }
+            )
         } catch {
             info.fail(error)
             throw NATSBenchError(.connectionClosed, "\(name): cannot connect to \(host):\(port)", underlying: error)
         }
-        let handler = try await eventLoop.submit {
-            NIOLoopBound(
-                try channel.pipeline.syncOperations.handler(type: NATSBenchClientHandler.self),
-                eventLoop: eventLoop
-            )
-        }.get()
         let client = NATSBenchClient(channel: channel, name: name, token: token, handler: handler)
         do {
             _ = try await info.futureResult.within(timeout, on: eventLoop, what: "\(name): INFO").get()
-            var hello = channel.allocator.buffer(capacity: 256)
-            hello.writeString(Self.connectLine)
-            try await client.writeAwaitingPong(hello, timeout: timeout)
+            try await client.writeAwaitingPong(Self.hello, timeout: timeout)
         } catch {
             await client.close()
             throw error
         }
         return client
-    }
-
-    private static func makeToken() -> String {
-        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-        var generator = SystemRandomNumberGenerator()
-        return String((0..<12).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
     }
 
     // MARK: Writing
@@ -278,22 +273,19 @@ final class NATSBenchClientHandler: ChannelInboundHandler {
     static let requestSID = "r"
 
     private let name: String
-    private let token: String
     private let info: EventLoopPromise<ByteBuffer>
-    private var parser = NATSServerParser()
-    private var accumulated: ByteBuffer?
+    private var reader = NATSServerReader()
+    private var replyInbox: NATSReplyInbox
     private var context: ChannelHandlerContext?
     private var pongWaiters = CircularBuffer<EventLoopPromise<Void>>()
     private var replyWaiters: [String: EventLoopPromise<NATSMessage>] = [:]
-    private var requestInboxSubscribed = false
-    private var requestCounter = 0
     private var pump: Pump?
     private var failure: NATSBenchError?
     private(set) var sink: (any NATSBenchSink)?
 
     init(name: String, token: String, info: EventLoopPromise<ByteBuffer>) {
         self.name = name
-        self.token = token
+        self.replyInbox = NATSReplyInbox(prefix: "_INBOX.\(token).r", sid: Self.requestSID)
         self.info = info
     }
 
@@ -309,29 +301,11 @@ final class NATSBenchClientHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = self.unwrapInboundIn(data)
-        if var buffer = self.accumulated {
-            self.accumulated = nil
-            buffer.writeBuffer(&incoming)
-            self.process(&buffer, context: context)
-            self.keep(buffer)
-        } else {
-            self.process(&incoming, context: context)
-            self.keep(incoming)
-        }
-    }
-
-    private func keep(_ buffer: ByteBuffer) {
-        guard self.failure == nil, buffer.readableBytes > 0 else { return }
-        var rest = buffer
-        if rest.readerIndex > 64 * 1024 { rest.discardReadBytes() }
-        self.accumulated = rest
-    }
-
-    private func process(_ buffer: inout ByteBuffer, context: ChannelHandlerContext) {
+        self.reader.append(&incoming)
         while self.failure == nil {
             let operation: NATSServerOperation?
             do {
-                operation = try self.parser.next(&buffer)
+                operation = try self.reader.next()
             } catch {
                 self.fail(NATSBenchError(.unexpected, "\(self.name): unparsable server output", underlying: error))
                 return
@@ -393,7 +367,7 @@ final class NATSBenchClientHandler: ChannelInboundHandler {
     private func fail(_ error: NATSBenchError) {
         guard self.failure == nil else { return }
         self.failure = error
-        self.accumulated = nil
+        self.reader = NATSServerReader()
         self.info.fail(error)
         while let waiter = self.pongWaiters.popFirst() { waiter.fail(error) }
         let replies = self.replyWaiters
@@ -418,12 +392,7 @@ final class NATSBenchClientHandler: ChannelInboundHandler {
     func request(_ subject: String, payload: ByteBuffer) -> EventLoopFuture<NATSMessage> {
         guard let context = self.context, self.failure == nil else { return self.failedFuture() }
         var bytes = context.channel.allocator.buffer(capacity: 128 + payload.readableBytes)
-        if !self.requestInboxSubscribed {
-            self.requestInboxSubscribed = true
-            bytes.writeString("SUB _INBOX.\(self.token).r.* \(Self.requestSID)\r\n")
-        }
-        self.requestCounter += 1
-        let inbox = "_INBOX.\(self.token).r.\(self.requestCounter)"
+        let inbox = self.replyInbox.nextReplySubject(writingSubscriptionInto: &bytes)
         let promise = context.eventLoop.makePromise(of: NATSMessage.self)
         self.replyWaiters[inbox] = promise
         bytes.writeNATSPublish(subject: subject, replyTo: inbox, headers: nil, payload: payload)
@@ -503,14 +472,8 @@ final class NATSBenchClientHandler: ChannelInboundHandler {
 extension EventLoopFuture where Value: Sendable {
     /// This future, or a ``NATSBenchError`` with code `timeout` if it has not completed after `timeout`.
     func within(_ timeout: TimeAmount, on eventLoop: any EventLoop, what: String) -> EventLoopFuture<Value> {
-        let promise = eventLoop.makePromise(of: Value.self)
-        let timer = eventLoop.scheduleTask(in: timeout) {
-            promise.fail(NATSBenchError(.timeout, "\(what): nothing after \(timeout.nanoseconds / 1_000_000) ms"))
+        self.within(timeout, on: eventLoop) {
+            NATSBenchError(.timeout, "\(what): nothing after \(timeout.nanoseconds / 1_000_000) ms")
         }
-        self.hop(to: eventLoop).whenComplete { result in
-            timer.cancel()
-            promise.completeWith(result)
-        }
-        return promise.futureResult
     }
 }

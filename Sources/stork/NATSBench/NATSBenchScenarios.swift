@@ -88,6 +88,16 @@ final class NATSBenchConnections: Sendable {
         return client
     }
 
+    /// A new connection subscribed (sid 1) to its own inbox, `_INBOX.<token>.*`, confirmed by a flush: where its
+    /// sink's requests get their replies. Returns the inbox's prefix (`_INBOX.<token>.`).
+    func connectWithInbox(_ role: String, loop: Int) async throws -> (client: NATSBenchClient, inbox: String) {
+        let client = try await self.connect(role, loop: loop)
+        let inbox = "_INBOX.\(client.token)."
+        client.subscribe(inbox + "*", sid: "1")
+        try await client.flush()
+        return (client, inbox)
+    }
+
     func closeAll() async {
         let clients = self.clients.withLock { clients in
             defer { clients = [] }
@@ -203,10 +213,7 @@ enum NATSBenchMeasure {
         responder.subscribe("bench.request", sid: "1")
         try await responder.flush()
 
-        let requester = try await connections.connect("requester", loop: 0)
-        let inbox = "_INBOX.\(requester.token)."
-        requester.subscribe(inbox + "*", sid: "1")
-        try await requester.flush()
+        let (requester, inbox) = try await connections.connectWithInbox("requester", loop: 0)
         connections.progress.expect(warmup + roundTrips, of: "round trips")
         let done = requester.eventLoop.makePromise(of: [UInt64].self)
         defer { done.fail(Self.abandoned) }
@@ -251,10 +258,7 @@ enum NATSBenchMeasure {
             throw NATSBenchError(.serverError, "the stream was not created with file storage: \(created)")
         }
 
-        let publisher = try await connections.connect("JetStream publisher", loop: 0)
-        let inbox = "_INBOX.\(publisher.token)."
-        publisher.subscribe(inbox + "*", sid: "1")
-        try await publisher.flush()
+        let (publisher, inbox) = try await connections.connectWithInbox("JetStream publisher", loop: 0)
         connections.progress.expect(count, of: "PubAcks")
         let done = publisher.eventLoop.makePromise(of: UInt64.self)
         defer { done.fail(Self.abandoned) }
@@ -305,10 +309,7 @@ enum NATSBenchMeasure {
         )
         let maxAckPending = ((created["config"] as? [String: Any])?["max_ack_pending"] as? NSNumber)?.intValue
 
-        let puller = try await connections.connect("JetStream consumer", loop: 0)
-        let inbox = "_INBOX.\(puller.token)."
-        puller.subscribe(inbox + "*", sid: "1")
-        try await puller.flush()
+        let (puller, inbox) = try await connections.connectWithInbox("JetStream consumer", loop: 0)
         connections.progress.expect(count, of: "messages pulled")
         let done = puller.eventLoop.makePromise(of: UInt64.self)
         defer { done.fail(Self.abandoned) }
