@@ -3,6 +3,7 @@ import StorkCore
 import StorkNATS
 import StorkResources
 import Synchronization
+import StorkTestKit
 import Testing
 
 @testable import StorkGateway

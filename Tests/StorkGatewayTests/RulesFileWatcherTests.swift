@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import StorkCore
 import StorkRealtime
+import StorkTestKit
 import Testing
 
 @testable import StorkGateway
