@@ -18,6 +18,7 @@ struct BenchCommand: ParsableCommand {
             FailoverBenchCommand.self,
             LeaseBenchCommand.self,
             NATSBenchCommand.self,
+            GatewayBenchCommand.self,
         ]
     )
 }

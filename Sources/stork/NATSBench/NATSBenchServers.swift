@@ -32,6 +32,8 @@ enum NATSBenchServerKind: String, Sendable, Codable, CaseIterable {
 final class NATSBenchServerProcess: Sendable {
     let kind: NATSBenchServerKind
     let port: Int
+    /// Stork's HTTP port (admin API, and the gateway when configured); nil for nats-server.
+    let httpPort: Int?
     let directory: URL
     let logFile: URL
     let commandLine: String
@@ -42,6 +44,7 @@ final class NATSBenchServerProcess: Sendable {
     private init(
         kind: NATSBenchServerKind,
         port: Int,
+        httpPort: Int?,
         directory: URL,
         logFile: URL,
         commandLine: String,
@@ -49,6 +52,7 @@ final class NATSBenchServerProcess: Sendable {
     ) {
         self.kind = kind
         self.port = port
+        self.httpPort = httpPort
         self.directory = directory
         self.logFile = logFile
         self.commandLine = commandLine
@@ -58,8 +62,14 @@ final class NATSBenchServerProcess: Sendable {
     var target: NATSBenchTarget { NATSBenchTarget(name: self.kind.displayName, host: "127.0.0.1", port: self.port) }
 
     /// Starts the server: Stork as `<this binary> serve …` with three free ports, nats-server with `-js` and a store
-    /// folder. Output goes to `<directory>/server.log`.
-    static func start(_ kind: NATSBenchServerKind, natsServer: String, in root: URL) throws -> NATSBenchServerProcess {
+    /// folder. Output goes to `<directory>/server.log`. `extraArguments` follow the bench's own (for example
+    /// `--config` for `stork bench gateway`).
+    static func start(
+        _ kind: NATSBenchServerKind,
+        natsServer: String,
+        in root: URL,
+        extraArguments: [String] = []
+    ) throws -> NATSBenchServerProcess {
         let directory = root.appendingPathComponent(kind.rawValue)
         let data = directory.appendingPathComponent("data")
         try FileManager.default.createDirectory(at: data, withIntermediateDirectories: true)
@@ -68,10 +78,12 @@ final class NATSBenchServerProcess: Sendable {
         let executable: URL
         let arguments: [String]
         let port: Int
+        var httpPort: Int?
         switch kind {
         case .stork:
             let ports = try NATSBenchPorts.free(count: 3)
             port = ports[2]
+            httpPort = ports[1]
             executable = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
             arguments = [
                 "serve", "--name", "bench", "--bind", "127.0.0.1:\(ports[0])", "--http", "127.0.0.1:\(ports[1])",
@@ -84,7 +96,8 @@ final class NATSBenchServerProcess: Sendable {
         }
         let process = Process()
         process.executableURL = executable
-        process.arguments = arguments
+        let allArguments = arguments + extraArguments
+        process.arguments = allArguments
         process.currentDirectoryURL = directory
         let log = try FileHandle(forWritingTo: logFile)
         defer { try? log.close() }
@@ -100,12 +113,16 @@ final class NATSBenchServerProcess: Sendable {
         return NATSBenchServerProcess(
             kind: kind,
             port: port,
+            httpPort: httpPort,
             directory: directory,
             logFile: logFile,
-            commandLine: ([executable.path] + arguments).joined(separator: " "),
+            commandLine: ([executable.path] + allArguments).joined(separator: " "),
             process: process
         )
     }
+
+    /// The child's process id.
+    var processIdentifier: Int32 { self.process.withLock { $0.processIdentifier } }
 
     /// Nil while the process runs; how it ended otherwise.
     var exitStatus: String? {
@@ -216,7 +233,7 @@ final class NATSBenchChildren: Sendable {
                     for pid in self.pids.withLock({ $0 }) { kill(pid, SIGKILL) }
                     if let folder = self.folder.withLock({ $0 }) { try? FileManager.default.removeItem(at: folder) }
                     FileHandle.standardError.write(
-                        Data("stork bench nats: interrupted; the servers it started were killed\n".utf8)
+                        Data("stork bench: interrupted; the servers it started were killed\n".utf8)
                     )
                     exit(128 + signalNumber)
                 }
