@@ -70,8 +70,10 @@ extension ServerConfiguration {
     }
 }
 
-/// A configuration document read from a YAML or JSON file, as JSON.
+/// A document read from a YAML or JSON file, as JSON: configuration files, rules, users, resource lists.
 enum DocumentFile {
+    static let maximumSize = 64 << 20
+
     static func load(_ path: String) throws -> JSONValue {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw StorkError(.invalidInput, "cannot read \(path)")
@@ -79,19 +81,22 @@ enum DocumentFile {
         return try Self.parse(Array(data), path: path)
     }
 
-    static func parse(_ data: [UInt8], path: String) throws -> JSONValue {
-        guard data.count <= 16 << 20 else { throw StorkError(.invalidInput, "\(path): larger than 16 MiB") }
+    /// Parses `data` as JSON, else as YAML; an empty YAML document is `empty`.
+    static func parse(_ data: [UInt8], path: String, empty: JSONValue = .object([:])) throws -> JSONValue {
+        guard data.count <= Self.maximumSize else {
+            throw StorkError(.invalidInput, "\(path): larger than \(Self.maximumSize >> 20) MiB")
+        }
         if let json = try? JSONValue.parse(data) { return json }
         guard let text = String(validating: data, as: UTF8.self) else {
             throw StorkError(.invalidInput, "\(path): neither JSON nor UTF-8 YAML")
         }
         do {
-            guard let yaml = try Yams.load(yaml: text) else { return .object([:]) }
+            guard let yaml = try Yams.load(yaml: text) else { return empty }
             return try ResourceListParser.json(from: yaml, origin: path)
         } catch let error as StorkError {
             throw error
         } catch {
-            throw StorkError(.invalidInput, "\(path): not valid YAML or JSON: \(error)")
+            throw StorkError(.invalidInput, "\(path): not valid JSON or YAML: \(error)")
         }
     }
 }

@@ -4,6 +4,7 @@ import NIOCore
 import ServiceLifecycle
 import StorkNATS
 import StorkResources
+import StorkStreaming
 
 // MARK: - Messaging for handlers, on the node's NATS router
 
@@ -66,7 +67,7 @@ struct LifecycleEventPublisher: Service {
                 // subscribed to `>` sees Stork's own messages only when resources change.
                 guard case .resource(let resource) = event else { continue }
                 let document = AdminAPI.eventDocument(event)
-                let subject = "stork.resources.\(Self.token(self.node)).\(resource.kind.name)"
+                let subject = "stork.resources.\(Subject.token(self.node)).\(resource.kind.name)"
                 var body = document
                 if case .object(var fields) = body {
                     fields["node"] = .string(self.node)
@@ -77,11 +78,6 @@ struct LifecycleEventPublisher: Service {
                 self.router.publish(NATSMessage(subject: subject, payload: ByteBuffer(string: body.description)))
             }
         }
-    }
-
-    /// A node name as one subject token.
-    static func token(_ name: String) -> String {
-        String(name.map { $0 == "." || $0 == "*" || $0 == ">" || $0 == " " || $0 == "\t" ? "_" : $0 })
     }
 }
 

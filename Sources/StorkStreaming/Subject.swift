@@ -8,6 +8,11 @@
 /// anywhere but the end are invalid patterns.
 public enum Subject {
     /// Whether `subject` is a valid pattern for a subscription (wildcards allowed).
+    /// `name` as one subject token: the characters a token cannot hold (`.`, `*`, `>`, spaces, tabs) become `_`.
+    public static func token(_ name: String) -> String {
+        String(name.map { $0 == "." || $0 == "*" || $0 == ">" || $0 == " " || $0 == "\t" ? "_" : $0 })
+    }
+
     public static func isValidPattern(_ subject: String) -> Bool {
         self.validate(subject.utf8, wildcardsAllowed: true)
     }

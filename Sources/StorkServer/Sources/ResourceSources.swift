@@ -11,31 +11,10 @@ import Yams
 
 /// Parses a list of resources: the original library's `{"data":[{"id":"1", …}]}` or a bare array, in JSON or YAML.
 public enum ResourceListParser {
-    public static let maximumSize = 64 << 20
+    public static let maximumSize = DocumentFile.maximumSize
 
     public static func parse(_ data: Data, origin: String = "resource list") throws -> [Resource] {
-        guard data.count <= Self.maximumSize else {
-            throw StorkError(.invalidInput, "\(origin): larger than \(Self.maximumSize >> 20) MiB")
-        }
-        let value: JSONValue
-        let firstByte = data.first { !($0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09) }
-        if firstByte == UInt8(ascii: "{") || firstByte == UInt8(ascii: "["),
-            let json = try? JSONDecoder().decode(JSONValue.self, from: data)
-        {
-            value = json
-        } else {
-            guard let text = String(data: data, encoding: .utf8) else {
-                throw StorkError(.invalidInput, "\(origin): neither JSON nor UTF-8 YAML")
-            }
-            do {
-                guard let yaml = try Yams.load(yaml: text) else { return [] }
-                value = try Self.json(from: yaml, origin: origin)
-            } catch let error as StorkError {
-                throw error
-            } catch {
-                throw StorkError(.invalidInput, "\(origin): not valid JSON or YAML: \(error)")
-            }
-        }
+        let value = try DocumentFile.parse(Array(data), path: origin, empty: .array([]))
         let items: [JSONValue]
         switch value {
         case .array(let array): items = array
