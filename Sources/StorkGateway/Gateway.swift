@@ -100,7 +100,7 @@ public final class Gateway: Service, Sendable {
         self.runnerPrograms = runners
         self.httpClient = httpClient
         self.logger = logger
-        self.nodeToken = Self.token(node)
+        self.nodeToken = Subject.token(node)
         if authentication.authenticators.contains(where: { $0 is OpenAuthenticator }) {
             logger.warning("gateway authentication 'open' accepts everyone: for development only")
         }
@@ -126,10 +126,6 @@ public final class Gateway: Service, Sendable {
         }
     }
 
-    /// A name as one subject token.
-    static func token(_ name: String) -> String {
-        String(name.map { $0 == "." || $0 == "*" || $0 == ">" || $0 == " " || $0 == "\t" ? "_" : $0 })
-    }
 
     // MARK: Service
 
@@ -288,13 +284,13 @@ public final class Gateway: Service, Sendable {
     func fanOut(_ message: NATSMessage, pattern: String) {
         guard let sessions = self.hub.withLock({ $0[pattern].map { Array($0.sessions.values) } }), !sessions.isEmpty
         else { return }
-        let payload = GatewayPayload(bytes: message.payload.readableBytesView)
-        let id = Self.messageID(message.headers)
-        for session in sessions {
-            session.deliver(
-                pattern: pattern, subject: message.subject, payload: payload, replyTo: message.replyTo, messageID: id
-            )
-        }
+        let live = LiveMessage(
+            subject: message.subject,
+            payload: GatewayPayload(bytes: message.payload.readableBytesView),
+            replyTo: message.replyTo,
+            messageID: Self.messageID(message.headers)
+        )
+        for session in sessions { session.deliver(pattern: pattern, message: live) }
         self.counters.deliveries.add(sessions.count, ordering: .relaxed)
     }
 

@@ -35,30 +35,25 @@ public struct GatewayConfiguration: Sendable, Hashable {
     public init() {}
 }
 
-/// How the gateway reads the time and waits: injected, so tests drive timeouts and expiry without waiting.
+/// How the gateway reads the time and waits: the node's `StorkClock` (a manual one in tests) for timeouts and expiry,
+/// and the wall clock for the `now` of permission conditions.
 public struct GatewayClock: Sendable {
-    /// Monotonic time.
-    public var now: @Sendable () -> StorkInstant
-    /// Wall-clock milliseconds since 1970 (the `now` of permission conditions, history by time).
+    public var clock: StorkClock
+    /// Wall-clock milliseconds since 1970 (the `now` of permission conditions).
     public var wallMilliseconds: @Sendable () -> Double
-    public var sleep: @Sendable (Duration) async throws -> Void
 
     public init(
-        now: @escaping @Sendable () -> StorkInstant,
-        wallMilliseconds: @escaping @Sendable () -> Double,
-        sleep: @escaping @Sendable (Duration) async throws -> Void
+        _ clock: StorkClock = .continuous,
+        wallMilliseconds: @escaping @Sendable () -> Double = { Date().timeIntervalSince1970 * 1000 }
     ) {
-        self.now = now
+        self.clock = clock
         self.wallMilliseconds = wallMilliseconds
-        self.sleep = sleep
     }
 
-    public static var system: GatewayClock {
-        let origin = ContinuousClock.now
-        return GatewayClock(
-            now: { StorkInstant(nanoseconds: (ContinuousClock.now - origin).nanosecondsClamped) },
-            wallMilliseconds: { Date().timeIntervalSince1970 * 1000 },
-            sleep: { try await Task.sleep(for: $0) }
-        )
-    }
+    public static var system: GatewayClock { GatewayClock() }
+
+    /// Monotonic time.
+    public func now() -> StorkInstant { self.clock.now }
+
+    public func sleep(_ duration: Duration) async throws { try await self.clock.sleep(for: duration) }
 }

@@ -18,16 +18,13 @@ final class GatewaySession: Sendable {
     struct Subscription: Sendable {
         /// Whether messages carry their `replyTo` (the user may `respond` on this subject).
         var mayRespond: Bool
+        /// Set for the events subscription of one of the session's runner instances: its messages become `runner`
+        /// frames.
+        var runnerInstance: String? = nil
         /// Live messages held while stored ones are replayed (nil when not replaying).
-        var held: [HeldMessage]?
+        var held: [LiveMessage]?
     }
 
-    struct HeldMessage: Sendable {
-        var subject: String
-        var payload: GatewayPayload
-        var replyTo: String?
-        var messageID: String?
-    }
 
     struct State: Sendable {
         /// Sequenced frames (messages, runner events): the last `capacity` of them.
@@ -59,7 +56,6 @@ final class GatewaySession: Sendable {
     /// Requests of this session waiting for a reply.
     let pendingRequests = Atomic<Int>(0)
     static let replyTargetLimit = 1024
-    static let runnerEventsPrefix = "$GW.runner."
 
     init(id: String, user: AuthenticatedUser, capacity: Int) {
         self.id = id
@@ -210,12 +206,11 @@ final class GatewaySession: Sendable {
     }
 
     /// A message on one of the session's subscriptions (`pattern`): held while that subscription replays, else sent.
-    func deliver(pattern: String, subject: String, payload: GatewayPayload, replyTo: String?, messageID: String?) {
+    func deliver(pattern: String, message: LiveMessage) {
         let waiter: CheckedContinuation<Void, Never>? = self.state.withLock { state in
             guard !state.ended, var subscription = state.subscriptions[pattern] else { return nil }
-            if pattern.hasPrefix(Self.runnerEventsPrefix) {
-                let instance = String(pattern.dropFirst(Self.runnerEventsPrefix.count).dropLast(".events".count))
-                guard let event = try? JSONValue.parse(payload.encodedData),
+            if let instance = subscription.runnerInstance {
+                guard let event = try? JSONValue.parse(message.payload.encodedData),
                     let frame = self.runnerFrame(instance, event: event, state: &state)
                 else { return nil }
                 self.appendSequenced({ sequence in
@@ -224,24 +219,22 @@ final class GatewaySession: Sendable {
                 defer { state.waiter = nil }
                 return state.waiter
             }
-            let replyTo = subscription.mayRespond ? replyTo : nil
             if subscription.held != nil {
-                subscription.held!.append(
-                    HeldMessage(subject: subject, payload: payload, replyTo: replyTo, messageID: messageID)
-                )
+                subscription.held!.append(message)
                 state.subscriptions[pattern] = subscription
                 return nil
             }
-            Self.noteReplyTarget(replyTo, in: &state)
-            self.appendSequenced({ sequence in
-                GatewayServerFrame.message(
-                    seq: sequence, subject: subject, data: payload, replyTo: replyTo, stream: nil, streamSeq: nil
-                ).encoded
-            }, to: &state)
+            self.appendLive(message, mayRespond: subscription.mayRespond, to: &state)
             defer { state.waiter = nil }
             return state.waiter
         }
         waiter?.resume()
+    }
+
+    /// Numbers and keeps a live message's frame (with its `replyTo` when the subscription may respond).
+    private func appendLive(_ message: LiveMessage, mayRespond: Bool, to state: inout State) {
+        Self.noteReplyTarget(mayRespond ? message.replyTo : nil, in: &state)
+        self.appendSequenced({ sequence in message.frame(sequence: sequence, withReply: mayRespond) }, to: &state)
     }
 
     private static func noteReplyTarget(_ replyTo: String?, in state: inout State) {
@@ -306,10 +299,12 @@ final class GatewaySession: Sendable {
 
     /// Adds a subscription; false when it already existed. With `holding`, live messages are held until
     /// ``finishReplay(_:stream:messages:)``.
-    func addSubscription(_ pattern: String, mayRespond: Bool, holding: Bool) -> Bool {
+    func addSubscription(_ pattern: String, mayRespond: Bool, holding: Bool, runnerInstance: String? = nil) -> Bool {
         self.state.withLock { state in
             guard state.subscriptions[pattern] == nil else { return false }
-            state.subscriptions[pattern] = Subscription(mayRespond: mayRespond, held: holding ? [] : nil)
+            state.subscriptions[pattern] = Subscription(
+                mayRespond: mayRespond, runnerInstance: runnerInstance, held: holding ? [] : nil
+            )
             return true
         }
     }
@@ -337,13 +332,7 @@ final class GatewaySession: Sendable {
             }
             let replayedIDs = Set(messages.compactMap(\.messageID))
             for held in subscription.held ?? [] where held.messageID.map({ !replayedIDs.contains($0) }) ?? true {
-                Self.noteReplyTarget(held.replyTo, in: &state)
-                self.appendSequenced({ sequence in
-                    GatewayServerFrame.message(
-                        seq: sequence, subject: held.subject, data: held.payload, replyTo: held.replyTo,
-                        stream: nil, streamSeq: nil
-                    ).encoded
-                }, to: &state)
+                self.appendLive(held, mayRespond: subscription.mayRespond, to: &state)
             }
             subscription.held = nil
             state.subscriptions[pattern] = subscription
@@ -351,5 +340,44 @@ final class GatewaySession: Sendable {
             return state.waiter
         }
         waiter?.resume()
+    }
+}
+
+// MARK: - A live message, encoded once
+
+/// A message from the router as every session's frame needs it, encoded once per message however many sessions get
+/// it: the frames differ only in `seq` (and in `replyTo`, which only sessions that may respond see).
+struct LiveMessage: Sendable {
+    let subject: String
+    let payload: GatewayPayload
+    let replyTo: String?
+    let messageID: String?
+    /// The frame after its `seq` digits, without and with `replyTo`.
+    private let tail: [UInt8]
+    private let tailWithReply: [UInt8]
+    private static let prefix = Array(#"{"type":"message","seq":"#.utf8)
+
+    init(subject: String, payload: GatewayPayload, replyTo: String?, messageID: String?) {
+        self.subject = subject
+        self.payload = payload
+        self.replyTo = replyTo
+        self.messageID = messageID
+        func tail(_ replyTo: String?) -> [UInt8] {
+            let frame = GatewayServerFrame.message(
+                seq: 0, subject: subject, data: payload, replyTo: replyTo, stream: nil, streamSeq: nil
+            ).encoded
+            return Array(frame.dropFirst(Self.prefix.count + 1))  // after `"seq":0`
+        }
+        self.tail = tail(nil)
+        self.tailWithReply = replyTo == nil ? self.tail : tail(replyTo)
+    }
+
+    func frame(sequence: UInt64, withReply: Bool) -> [UInt8] {
+        let tail = withReply ? self.tailWithReply : self.tail
+        var bytes = Self.prefix
+        bytes.reserveCapacity(Self.prefix.count + 20 + tail.count)
+        bytes.append(contentsOf: String(sequence).utf8)
+        bytes.append(contentsOf: tail)
+        return bytes
     }
 }

@@ -33,7 +33,7 @@ extension Gateway {
 
     /// The subject the `runner` permission is checked on: `users.<user>.runners.<runner>`.
     static func runnerPermissionSubject(user: String, runner: String) -> String {
-        "users.\(Self.token(user)).runners.\(Self.token(runner))"
+        "users.\(Subject.token(user)).runners.\(Subject.token(runner))"
     }
 
     /// Opens a runner for a session: allocates the instance and subscribes the session to its events.
@@ -49,7 +49,7 @@ extension Gateway {
         var generator = SystemRandomNumberGenerator()
         let instance = "r" + String(generator.next(), radix: 36)
         let events = Self.runnerEventsSubject(instance)
-        _ = session.addSubscription(events, mayRespond: false, holding: false)
+        _ = session.addSubscription(events, mayRespond: false, holding: false, runnerInstance: instance)
         session.openRunner(instance)
         self.hubAdd(events, session: session)
         let resource = Resource(

@@ -35,6 +35,7 @@ struct ProviderTests {
     @Test("a literal subscription a provider serves allocates its resource once per refresh; wildcards and other subjects do not")
     func allocation() async throws {
         let clock = ManualClock()
+        let gatewayClock = clock.gatewayClock
         let resources = RecordingResources()
         var configuration = GatewayConfiguration()
         configuration.providerRefresh = .seconds(10)
@@ -44,7 +45,7 @@ struct ProviderTests {
             router: NATSRouter(),
             authentication: AuthenticationChain([OpenAuthenticator()]),
             permissions: { ownChannelRules },
-            clock: clock.gatewayClock,
+            clock: gatewayClock,
             resources: resources,
             providers: [GatewayProviderRegistration(name: "ticks", pattern: "public.ticks.*", kind: .swift(SilentProvider()))],
             logger: quietLogger("gateway")
@@ -58,19 +59,19 @@ struct ProviderTests {
         #expect(gateway.hasListeners("public.ticks.b"))  // the wildcard subscription listens on it too
         #expect(!gateway.hasListeners("users.u.x"))
 
-        await gateway.assertProviders(now: clock.gatewayClock.now())
+        await gateway.assertProviders(now: gatewayClock.now())
         #expect(resources.calls.withLock { $0 } == ["+$gw.provider.public.ticks.a"])
         clock.advance(by: .seconds(5))
-        await gateway.assertProviders(now: clock.gatewayClock.now())
+        await gateway.assertProviders(now: gatewayClock.now())
         #expect(resources.calls.withLock { $0 }.count == 1)
         clock.advance(by: .seconds(6))
-        await gateway.assertProviders(now: clock.gatewayClock.now())
+        await gateway.assertProviders(now: gatewayClock.now())
         #expect(resources.calls.withLock { $0 }.count == 2)
 
         gateway.endSession(session, reason: "test")
         #expect(!gateway.hasListeners("public.ticks.a"))
         clock.advance(by: .seconds(20))
-        await gateway.assertProviders(now: clock.gatewayClock.now())
+        await gateway.assertProviders(now: gatewayClock.now())
         #expect(resources.calls.withLock { $0 }.count == 2)
         #expect(Gateway.providerResource(gateway.providers[0], subject: "public.ticks.a").attributes["kind"] == "gateway.provider")
     }

@@ -9,6 +9,7 @@ import StorkNATS
 import StorkRealtime
 import StorkTestKit
 import Synchronization
+import Testing
 import WSClient
 
 // MARK: - A gateway on a loopback port, and a WebSocket client that speaks its protocol
@@ -19,14 +20,19 @@ func quietLogger(_ label: String) -> Logger {
     return logger
 }
 
+/// Waits (bounded, on the condition, not a speed) until `condition` holds; records an issue naming `what` and throws
+/// when it never does.
+func until(_ what: String, timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws {
+    guard await eventually(timeout, { condition() }) else {
+        Issue.record("never happened: \(what)")
+        throw StorkError(.timeout, what)
+    }
+}
+
 extension ManualClock {
-    /// The clock as the gateway takes it (monotonic and wall time both start at zero).
+    /// The clock as the gateway takes it: monotonic time from now (make it once per test), wall time from zero.
     var gatewayClock: GatewayClock {
-        GatewayClock(
-            now: { StorkInstant(nanoseconds: self.now.offset.nanosecondsClamped) },
-            wallMilliseconds: { Double(self.now.offset.nanosecondsClamped) / 1e6 },
-            sleep: { duration in try await self.sleep(until: self.now.advanced(by: duration)) }
-        )
+        GatewayClock(StorkClock(self), wallMilliseconds: { Double(self.now.offset.nanosecondsClamped) / 1e6 })
     }
 }
 
