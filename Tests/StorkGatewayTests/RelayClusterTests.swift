@@ -11,33 +11,10 @@ import Testing
 
 // MARK: - Helpers
 
-private func quietLogger() -> Logger {
-    var logger = Logger(label: "stork.test")
-    logger.logLevel = .critical
-    return logger
-}
-
 /// Runs nothing: the nodes exist for their membership and their relay.
 private struct IdleHandler: ResourceHandler {
     func handle(_ resource: Resource, context: ResourceContext) async throws {}
     func terminate(_ resource: Resource, reason: TerminationReason, context: ResourceContext) async throws {}
-}
-
-/// Polls `condition` until it holds or `timeout` passes (real sockets: no virtual time here).
-private func eventually(
-    _ what: String,
-    timeout: Duration = .seconds(20),
-    _ condition: () -> Bool
-) async throws {
-    let clock = ContinuousClock()
-    let deadline = clock.now + timeout
-    while !condition() {
-        guard clock.now < deadline else {
-            Issue.record("timed out waiting for: \(what)")
-            throw StorkError(.timeout, "timed out waiting for: \(what)")
-        }
-        try await Task.sleep(for: .milliseconds(10))
-    }
 }
 
 /// One node: a resource manager on a loopback NIO transport, a NATS router, and the relay between them.
@@ -50,7 +27,7 @@ private struct RelayNode {
     static func start(name: String, seeds: [String]) async throws -> (RelayNode, NIOClusterTransport) {
         let transport = try await NIOClusterTransport.start(
             configuration: ClusterTransportConfiguration(bind: "127.0.0.1:0", clusterKey: "relay-test"),
-            logger: quietLogger()
+            logger: quietLogger("relay")
         )
         var configuration = ResourceManagerConfiguration(name: name)
         configuration.seeds = seeds
@@ -62,12 +39,12 @@ private struct RelayNode {
             configuration: configuration,
             handler: IdleHandler(),
             transport: transport,
-            logger: quietLogger()
+            logger: quietLogger("relay")
         )
         let router = NATSRouter()
         var relayConfiguration = ClusterRelayConfiguration()
         relayConfiguration.antiEntropyInterval = .milliseconds(200)
-        let relay = ClusterRelay(network: manager, router: router, configuration: relayConfiguration, logger: quietLogger())
+        let relay = ClusterRelay(network: manager, router: router, configuration: relayConfiguration, logger: quietLogger("relay"))
         return (RelayNode(manager: manager, router: router, relay: relay), transport)
     }
 
@@ -109,12 +86,12 @@ struct RelayClusterTests {
             group.addTask { try await n1.manager.run() }
             group.addTask { try await n1.relay.run() }
             _ = try n2.subscribe("orders.>")
-            try await eventually("n1 knows n2's interest") { n1.knows(n2, wants: "orders.1") }
+            try await until("n1 knows n2's interest") { n1.knows(n2, wants: "orders.1") }
             #expect(n1.router.hasInterest(in: "orders.1"))
 
             t2.close()
             crashing.cancel()
-            try await eventually("n1 declared n2 dead and dropped its interest") {
+            try await until("n1 declared n2 dead and dropped its interest") {
                 n1.relay.interest(in: "orders.1").isEmpty
             }
             #expect(!n1.router.hasInterest(in: "orders.1"), "the relay's router subscription ended")
@@ -139,14 +116,14 @@ struct RelayClusterTests {
                 group.addTask { try await node.manager.run() }
                 group.addTask { try await node.relay.run() }
             }
-            try await eventually("every relay sees two live peers") {
+            try await until("every relay sees two live peers") {
                 nodes.allSatisfy { $0.relay.snapshot().peers.count == 2 }
             }
 
             // A browser on n3 subscribes with overlapping patterns; a runner on n1 publishes.
             let (alice, _) = try n3.subscribe("users.alice.events")
             try n3.relay.addInterest("users.alice.>")
-            try await eventually("n1 and n2 know n3's interest") {
+            try await until("n1 and n2 know n3's interest") {
                 n1.knows(n3, wants: "users.alice.events") && n2.knows(n3, wants: "users.alice.events")
             }
             #expect(n1.relay.interest(in: "users.alice.events") == RelayInterest(local: false, nodes: [n3.id]))
@@ -155,7 +132,7 @@ struct RelayClusterTests {
 
             n1.publish("users.alice.events", "m1", headers: NATSHeaders(fields: [("X-Trace", "t1")]))
             n1.publish("users.alice.events", "m2")
-            try await eventually("n3 received both") { alice.payloads.count >= 2 }
+            try await until("n3 received both") { alice.payloads.count >= 2 }
             #expect(alice.payloads == ["m1", "m2"], "once each, in order, despite two matching patterns")
             let first = try #require(alice.messages.withLock { $0.first })
             let headers = try #require(first.headers.flatMap(NATSHeaders.parse))
@@ -166,29 +143,29 @@ struct RelayClusterTests {
             // forwards a relayed message again.
             let (replies1, _) = try n1.subscribe("replies.>")
             let (replies2, _) = try n2.subscribe("replies.*")
-            try await eventually("n3 knows n1 and n2's interest") {
+            try await until("n3 knows n1 and n2's interest") {
                 n3.relay.interest(in: "replies.one").nodes == [n1.id, n2.id]
             }
             // n3 also wants what it publishes on `users.alice.>`, so n1 and n2 forward those subjects to n3: a
             // relayed copy arriving on n1 must not go back.
             try n1.relay.addInterest("users.alice.>")
-            try await eventually("n2 and n3 know n1's interest") {
+            try await until("n2 and n3 know n1's interest") {
                 n2.knows(n1, wants: "users.alice.x") && n3.knows(n1, wants: "users.alice.x")
             }
             let framesBefore = nodes.map { $0.relay.statistics().messageFramesSent }
             n3.publish("replies.one", "r1")
             n2.publish("users.alice.events", "m3")
-            try await eventually("replies reached n1 and n2") {
+            try await until("replies reached n1 and n2") {
                 replies1.payloads == ["r1"] && replies2.payloads == ["r1"]
             }
-            try await eventually("m3 reached n3") { alice.payloads.count == 3 }
+            try await until("m3 reached n3") { alice.payloads.count == 3 }
             // A fence on the same ordered link: anything forwarded twice would arrive before it.
             n3.publish("replies.two", "r2")
-            try await eventually("the fence reached n1") { replies1.payloads.count == 2 }
+            try await until("the fence reached n1") { replies1.payloads.count == 2 }
             #expect(replies1.payloads == ["r1", "r2"])
             #expect(alice.payloads == ["m1", "m2", "m3"])
             // Counters move just after the frames leave: wait for the least that must have been sent.
-            try await eventually("n2 and n3 counted their frames") {
+            try await until("n2 and n3 counted their frames") {
                 let frames = nodes.map { $0.relay.statistics().messageFramesSent }
                 return frames[1] - framesBefore[1] >= 2 && frames[2] - framesBefore[2] >= 2
             }
@@ -201,7 +178,7 @@ struct RelayClusterTests {
 
             // A subject n3 keeps, for fences on the n1 -> n3 link.
             let (fence3, _) = try n3.subscribe("fence")
-            try await eventually("n1 knows n3's fence interest") { n1.knows(n3, wants: "fence") }
+            try await until("n1 knows n3's fence interest") { n1.knows(n3, wants: "fence") }
 
             // A provider on n1 waits until nobody anywhere listens on users.alice.events.
             let updates = n1.relay.interestUpdates(for: "users.alice.events")
@@ -218,18 +195,18 @@ struct RelayClusterTests {
             #expect(!n1.router.hasInterest(in: "users.alice.events"), "n1's relay ended its router subscription")
             n1.publish("users.alice.events", "after-unsubscribe")
             n1.publish("fence", "f1")
-            try await eventually("the fence reached n3") { fence3.payloads == ["f1"] }
+            try await until("the fence reached n3") { fence3.payloads == ["f1"] }
             #expect(alice.payloads == ["m1", "m2", "m3"], "nothing after the unsubscribe")
 
             // n2 leaves: its interest is dropped everywhere.
             #expect(n3.knows(n2, wants: "replies.one"))
             await n2.manager.stop()
-            try await eventually("n1 and n3 dropped n2's interest") {
+            try await until("n1 and n3 dropped n2's interest") {
                 !n3.knows(n2, wants: "replies.one") && n1.relay.snapshot().peers[n2.id] == nil
             }
             #expect(n3.relay.interest(in: "replies.one").nodes == [n1.id])
             n3.publish("replies.four", "r4")
-            try await eventually("n1 still gets n3's messages") { replies1.payloads == ["r1", "r2", "r4"] }
+            try await until("n1 still gets n3's messages") { replies1.payloads == ["r1", "r2", "r4"] }
             #expect(replies2.payloads == ["r1", "r2"])
 
             for node in [n3, n1] { await node.manager.stop() }

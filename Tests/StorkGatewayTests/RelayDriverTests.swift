@@ -71,16 +71,6 @@ private final class Inbox: NATSLocalReceiver {
     var count: Int { self.messages.withLock { $0.count } }
 }
 
-/// Polls `condition` (tasks of this process only: no sockets, no timers) with a bound.
-private func until(_ what: String, _ condition: () -> Bool) async throws {
-    for _ in 0..<5_000 {
-        if condition() { return }
-        try await Task.sleep(for: .milliseconds(1))
-    }
-    Issue.record("never happened: \(what)")
-    throw StorkError(.timeout, what)
-}
-
 // MARK: - Tests
 
 @Suite("Relay driver on an in-memory network", .timeLimit(.minutes(1)))
