@@ -198,6 +198,8 @@ public enum WireCodec {
         case desiredDelta = 32
         case desiredDigest = 33
         case desiredState = 34
+        case desiredReplicate = 35
+        case desiredHeld = 36
         case forwardRequest = 48
         case forwardReply = 49
         case relay = 64
@@ -497,6 +499,19 @@ struct WireWriter {
                 self.u64(digest)
                 self.bool(isReply)
                 return .desiredState
+            case .replicate(let from, let entries):
+                try self.node(from)
+                try self.entries(entries)
+                return .desiredReplicate
+            case .held(let from, let versions):
+                try self.node(from)
+                self.count(versions.count)
+                for holding in versions {
+                    try self.str16(holding.id.rawValue, "a resource id")
+                    self.u64(holding.version.clock)
+                    try self.str16(holding.version.origin, "a version origin")
+                }
+                return .desiredHeld
             }
         case .forward(let message):
             switch message {
@@ -642,6 +657,7 @@ struct WireReader {
     static let minimumUpdate = minimumNode + 1 + 8 + 1
     static let minimumClaim = 2 + 8
     static let minimumEntry = 2 + 1 + 8 + 2 + 1
+    static let minimumHolding = 2 + 8 + 2
     static let minimumForwardItem = 8 + 1 + minimumEntry
     static let minimumForwardReply = 8 + 1
 
@@ -776,6 +792,23 @@ struct WireReader {
             let digest = try self.u64()
             let isReply = try self.bool()
             return .desired(.state(from: from, entries: entries, digest: digest, isReply: isReply))
+        case .desiredReplicate:
+            let from = try self.node()
+            return .desired(.replicate(from: from, entries: try self.entries()))
+        case .desiredHeld:
+            let from = try self.node()
+            let count = try self.count(minimumElementSize: Self.minimumHolding)
+            var versions: [DesiredHolding] = []
+            versions.reserveCapacity(count)
+            for _ in 0..<count {
+                let id = try self.str16("a resource id")
+                let clock = try self.u64()
+                let origin = try self.str16("a version origin")
+                versions.append(
+                    DesiredHolding(id: ResourceID(id), version: DesiredVersion(clock: clock, origin: origin))
+                )
+            }
+            return .desired(.held(from: from, versions: versions))
         case .forwardRequest:
             let from = try self.node()
             let checksum = try self.u64()

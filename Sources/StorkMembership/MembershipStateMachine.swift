@@ -186,6 +186,15 @@ public struct MembershipStateMachine: Sendable {
     /// How many updates wait in the broadcast queue.
     public var pendingBroadcasts: Int { self.broadcasts.entries.count }
 
+    /// The names of the members this node counts as the cluster: alive and suspect ones, and dead ones until their
+    /// tombstone is forgotten (`tombstoneTimeout`: a crashed or cut-off member may come back), ourselves included
+    /// unless we left. A member that left gracefully is not counted. A restarted process counts once (by name).
+    public var clusterMemberNames: Set<String> {
+        var names = Set(self.records.compactMap { $0.value.status == .left ? nil : $0.key.name })
+        if self.selfStatus != .left { names.insert(self.myself.name) }
+        return names
+    }
+
     /// Alive + suspect members, ourselves included unless we left (the `n` of the Lifeguard formulas).
     public var activeMemberCount: Int { self.activeOthers + (self.selfStatus.isActive ? 1 : 0) }
 

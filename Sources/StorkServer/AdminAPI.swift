@@ -304,6 +304,12 @@ public enum AdminAPI {
             return json(.object(["id": .string(id.rawValue), "outcome": "terminated", "node": .string(node.name)]))
         case .timedOut:
             return problem(.gatewayTimeout, "no owner answered for \(id) before the deadline")
+        case .notReplicated(let holders, let required):
+            return problem(
+                .gatewayTimeout,
+                "the change to \(id) reached \(holders) of the \(required) members that must hold it before the deadline; "
+                    + "it is not acknowledged (it may still spread, or be lost if those members crash)"
+            )
         case .shutdown:
             return problem(.serviceUnavailable, "this node is leaving the cluster")
         }

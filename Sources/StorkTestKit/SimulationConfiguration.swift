@@ -16,6 +16,9 @@ public enum SimulationFault: String, CaseIterable, Sendable, Hashable, Comparabl
     case loss
     /// Lease mode: the ownership store cannot be reached (requests time out) for a while.
     case store
+    /// The node that answered an `allocate` / `deallocate` successfully crashes at the instant of its answer (with
+    /// probability `ackCrashRate`) and restarts later: the acknowledged change must survive it.
+    case ackCrash = "ack-crash"
 
     public static func < (lhs: SimulationFault, rhs: SimulationFault) -> Bool { lhs.rawValue < rhs.rawValue }
 
@@ -31,7 +34,8 @@ public enum SimulationFault: String, CaseIterable, Sendable, Hashable, Comparabl
             guard let fault = SimulationFault(rawValue: part) else {
                 throw StorkError(
                     .invalidInput,
-                    "unknown fault '\(part)'; expected a comma-separated list of crash, pause, partition, loss, store"
+                    "unknown fault '\(part)'; expected a comma-separated list of crash, pause, partition, loss, store, "
+                        + "ack-crash"
                 )
             }
             result.insert(fault)
@@ -74,6 +78,8 @@ public struct SimulationConfiguration: Sendable {
     public var minimumHandlerLatency: Duration = .milliseconds(1)
     public var maximumHandlerLatency: Duration = .milliseconds(40)
     public var handleFailureRate = 0.03
+    /// With the `ack-crash` fault: the probability that a node crashes right after a successful answer.
+    public var ackCrashRate = 0.1
     public var terminateFailureRate = 0.02
 
     /// Lease mode (set `node.orchestrator.ownership = .lease(…)`): the ownership store's one-way latency, how long
@@ -95,6 +101,6 @@ public struct SimulationConfiguration: Sendable {
         return
             "stork sim --seed \(self.seed) --nodes \(self.nodes) --resources \(self.resources) --faults \(faults)"
             + (self.churn ? "" : " --no-churn") + (self.node.orchestrator.ownership.leaseSettings != nil ? " --leases" : "")
-            + " --trace"
+            + (self.node.replicas == .members(2) ? "" : " --replicas \(self.node.replicas)") + " --trace"
     }
 }

@@ -15,7 +15,9 @@ public struct SimulationSummary: Sendable {
     public var excusedOverlaps = 0
     public var handoffTimeouts = 0
     public var falseDeaths = 0
-    public var lostWithCrashedNode = 0
+    public var lostWithEveryHolder = 0
+    /// The seeds that lost an acknowledged change (every holder crashed), for replays.
+    public var seedsWithLoss: [UInt64] = []
     public var requestsIssued = 0
     public var outcomes: [String: Int] = [:]
     public var leaseGrants = 0
@@ -34,7 +36,8 @@ public struct SimulationSummary: Sendable {
         self.excusedOverlaps += report.excusedOverlaps
         self.handoffTimeouts += report.handoffTimeouts
         self.falseDeaths += report.falseDeaths
-        self.lostWithCrashedNode += report.lostWithCrashedNode
+        self.lostWithEveryHolder += report.lostWithEveryHolder
+        if report.lostWithEveryHolder > 0 { self.seedsWithLoss.append(report.configuration.seed) }
         self.requestsIssued += report.requestsIssued
         self.leaseGrants += report.leaseGrants
         self.storeOutages += report.storeOutages
@@ -52,7 +55,8 @@ public struct SimulationSummary: Sendable {
         self.excusedOverlaps += other.excusedOverlaps
         self.handoffTimeouts += other.handoffTimeouts
         self.falseDeaths += other.falseDeaths
-        self.lostWithCrashedNode += other.lostWithCrashedNode
+        self.lostWithEveryHolder += other.lostWithEveryHolder
+        self.seedsWithLoss = (self.seedsWithLoss + other.seedsWithLoss).sorted()
         self.requestsIssued += other.requestsIssued
         self.leaseGrants += other.leaseGrants
         self.storeOutages += other.storeOutages

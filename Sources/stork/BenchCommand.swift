@@ -16,6 +16,7 @@ struct BenchCommand: ParsableCommand {
             PlacementBenchCommand.self,
             DetectionBenchCommand.self,
             FailoverBenchCommand.self,
+            AllocateBenchCommand.self,
             LeaseBenchCommand.self,
             NATSBenchCommand.self,
             GatewayBenchCommand.self,

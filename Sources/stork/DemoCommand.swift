@@ -164,6 +164,7 @@ struct Demo {
         case .handleFailed(let node, let attempt): return "\(node.name)'s handler failed (attempt \(attempt)); retrying"
         case .terminated(let node): return "terminated by \(node.name)"
         case .timedOut: return "timed out"
+        case .notReplicated(let holders, let required): return "held by \(holders) of \(required) members: not acknowledged"
         case .shutdown: return "the node is shutting down"
         }
     }

@@ -32,8 +32,8 @@ struct SimCommand: AsyncParsableCommand {
     @Option(help: "Resources in the source at start.")
     var resources: Int = 100
 
-    @Option(help: "Comma-separated faults: crash, pause, partition, loss, store (or none, all).")
-    var faults: String = "crash,pause,partition,loss"
+    @Option(help: "Comma-separated faults: crash, pause, partition, loss, store, ack-crash (or none, all).")
+    var faults: String = "crash,pause,partition,loss,ack-crash"
 
     @Option(help: "Seconds of virtual time during which faults are injected.")
     var faultWindow: Int = 30
@@ -43,6 +43,9 @@ struct SimCommand: AsyncParsableCommand {
 
     @Flag(help: "Lease ownership (default lease settings) with a simulated ownership store; checks the lease invariants.")
     var leases = false
+
+    @Option(help: "Members that must hold an allocate/deallocate before it answers: a number, or all (resources.replicas).")
+    var replicas: String = "2"
 
     @Flag(help: "With --seed: print the run's trace of events.")
     var trace = false
@@ -55,6 +58,9 @@ struct SimCommand: AsyncParsableCommand {
         guard self.seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         guard self.resources >= 0 else { throw ValidationError("--resources must not be negative") }
         guard self.faultWindow >= 1 else { throw ValidationError("--fault-window must be at least 1 second") }
+        guard ReplicaRequirement(parsing: self.replicas) != nil else {
+            throw ValidationError("--replicas must be a positive number or all")
+        }
         do {
             _ = try SimulationFault.parseList(self.faults)
         } catch let error as StorkError {
@@ -70,6 +76,7 @@ struct SimCommand: AsyncParsableCommand {
         base.churn = !self.noChurn
         base.faultWindow = .seconds(self.faultWindow)
         if self.leases { base.node.orchestrator.ownership = .lease(LeaseSettings()) }
+        base.node.replicas = ReplicaRequirement(parsing: self.replicas) ?? .members(2)
 
         if let seed = self.seed {
             base.seed = seed
@@ -107,8 +114,12 @@ struct SimCommand: AsyncParsableCommand {
             print("  leases granted:         \(summary.leaseGrants) (store outages: \(summary.storeOutages))")
         }
         print(
-            "  lost with crashed node: \(summary.lostWithCrashedNode) (acknowledged changes that never left a node before it crashed)"
+            "  acknowledged lost:      \(summary.lostWithEveryHolder) (acknowledged changes whose every holder crashed; "
+                + "lost with a holder alive is a violation)"
         )
+        if !summary.seedsWithLoss.isEmpty {
+            print("    in seeds:             \(summary.seedsWithLoss.sorted().prefix(10).map(String.init).joined(separator: " "))")
+        }
         let outcomes = summary.outcomes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(
             separator: ", "
         )
@@ -146,6 +157,7 @@ struct SimCommand: AsyncParsableCommand {
         )
         print("  requests \(report.requestsIssued) issued; \(outcomes)")
         print("  final resources \(report.finalResources)")
+        print("  acknowledged changes lost \(report.lostWithEveryHolder) (every member that held them crashed)")
         print("  trace fingerprint \(String(report.traceFingerprint, radix: 16))")
         for line in report.trace { print("  | \(line)") }
         for violation in report.violations { print("  VIOLATION \(violation)") }

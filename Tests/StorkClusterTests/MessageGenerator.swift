@@ -164,6 +164,11 @@ struct MessageGenerator {
             return .desired(
                 .state(from: self.node(), entries: self.entries(), digest: self.u64(), isReply: self.chance(50))
             )
+        case .desiredReplicate:
+            return .desired(.replicate(from: self.node(), entries: self.entries()))
+        case .desiredHeld:
+            let versions = self.entries().map { DesiredHolding(id: $0.id, version: $0.version) }
+            return .desired(.held(from: self.node(), versions: versions))
         case .forwardRequest:
             let items = (0..<self.length(short: 5, long: 60)).map { _ in
                 ForwardItem(

@@ -10,15 +10,24 @@ struct HandWiredCluster {
     var identities: [String: NodeID] = [:]
     var queue: [(from: String, to: String, message: ClusterMessage)] = []
     var blocked: Set<String> = []  // "from>to"
+    /// Drops the messages for which it returns true (sender, receiver, message), on top of `blocked`.
+    var drop: ((String, String, ClusterMessage) -> Bool)?
     var now = StorkInstant.zero
     var completions: [UInt64: RequestOutcome] = [:]
     var refusalsSeen = 0
     var running: [String: Set<ResourceID>] = [:]
+    /// The settings of the nodes started from now on.
+    var settings = NodeSettings()
 
     mutating func start(_ name: String, seeds: [String]) {
         let identity = NodeID(name: name, address: name, uid: UInt64(self.nodes.count + 1))
         self.identities[name] = identity
-        var machine = ClusterNodeStateMachine(myself: identity, seeds: seeds, random: SeededRandom(seed: identity.uid))
+        var machine = ClusterNodeStateMachine(
+            myself: identity,
+            seeds: seeds,
+            settings: self.settings,
+            random: SeededRandom(seed: identity.uid)
+        )
         let actions = machine.start(now: self.now)
         self.nodes[name] = machine
         self.perform(actions, at: name)
@@ -66,6 +75,7 @@ struct HandWiredCluster {
             self.queue = []
             for (from, to, message) in pending {
                 if self.blocked.contains("\(from)>\(to)") { continue }
+                if let drop = self.drop, drop(from, to, message) { continue }
                 guard self.nodes[to] != nil else { continue }
                 let now = self.now
                 self.mutate(to) { $0.receive(message, now: now) }

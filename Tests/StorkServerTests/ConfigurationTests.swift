@@ -54,6 +54,15 @@ struct ConfigurationTests {
         #expect(configuration.resources.sources.isEmpty)
     }
 
+    @Test("resources.replicas: a number of members or all, 2 by default, passed to every node's settings")
+    func replicas() throws {
+        #expect(try ServerConfiguration.parse(yaml: "node: {name: n}").resources.replicas == .members(2))
+        let three = try ServerConfiguration.parse(yaml: "resources: {replicas: 3}")
+        #expect(three.resourceManagerConfiguration().node.replicas == .members(3))
+        let all = try ServerConfiguration.parse(yaml: "resources: {replicas: all}")
+        #expect(all.resourceManagerConfiguration().node.replicas == .everyMember)
+    }
+
     @Test("defaults < file < environment < flags")
     func precedence() throws {
         let path = NSTemporaryDirectory() + "stork-config-\(UUID().uuidString).yaml"
@@ -92,6 +101,8 @@ struct ConfigurationTests {
             ("resources: {handler: {type: sidecar}}", "resources.handler: a sidecar handler needs 'url'"),
             ("resources: {placement: hexagonal}", "resources.placement"),
             ("resources: {cacheAllResources: maybe}", "resources.cacheAllResources"),
+            ("resources: {replicas: 0}", "resources.replicas: expected a positive number of members or all, not '0'"),
+            ("resources: {replicas: most}", "resources.replicas"),
             ("node: [1, 2]", "node: expected a mapping"),
             ("{ unbalanced", "not valid YAML"),
             ("resources: {sources: [{type: file, path: a, name: s}, {type: file, path: b, name: s}]}", "same name"),

@@ -10,10 +10,17 @@ import StorkPlacement
 
 /// One Stork node: events in (messages, timers, handler outcomes, API calls), actions out.
 public struct ClusterNodeStateMachine: Sendable {
+    /// A local `allocate` / `deallocate`: answered once its owner answered and enough members hold the change.
     struct PendingForward: Sendable {
         var operation: ForwardOperation
         var deadline: StorkInstant
         var refusals = 0
+        /// Members known to hold the change (its version or a newer one), this node included.
+        var holders: Set<NodeID>
+        /// The owner's answer, kept until enough members hold the change.
+        var answered: RequestOutcome?
+        /// How many times the change was sent to the members that had not confirmed it.
+        var replications = 0
     }
 
     enum WaiterKind: Hashable, Sendable {
@@ -31,6 +38,7 @@ public struct ClusterNodeStateMachine: Sendable {
         case desiredSync
         case desiredGarbage
         case forward(UInt64)
+        case replicate(UInt64)
     }
 
     public let myself: NodeID
@@ -45,9 +53,13 @@ public struct ClusterNodeStateMachine: Sendable {
     private let epochMillis: UInt64
     private var timers = DeadlineQueue<Timer>()
     private var outgoing: [UInt64: PendingForward] = [:]
+    /// The requests in `outgoing` per resource, oldest first: `held` answers find theirs without a scan.
+    private var outgoingByResource: [ResourceID: [UInt64]] = [:]
     private var waiters: [ResourceID: [Waiter]] = [:]
     private var actions: [NodeAction] = []
     private var forwardOutbox: [NodeID: [ForwardItem]] = [:]
+    private var replicaOutbox: [NodeID: [DesiredEntry]] = [:]
+    private var heldOutbox: [NodeID: [DesiredHolding]] = [:]
     private var replyOutbox: [NodeID: [ForwardReply]] = [:]
     private var appliedChecksum: UInt64?
     private var appliedMembers: Set<NodeID> = []
@@ -105,11 +117,7 @@ public struct ClusterNodeStateMachine: Sendable {
     public mutating func leave(now: StorkInstant) -> [NodeAction] {
         guard !self.isLeaving else { return self.flush(now: now) }
         self.isLeaving = true
-        for (requestID, _) in self.outgoing.sorted(by: { $0.key < $1.key }) {
-            self.timers.cancel(.forward(requestID))
-            self.actions.append(.complete(requestID: requestID, .shutdown))
-        }
-        self.outgoing = [:]
+        for requestID in self.outgoing.keys.sorted() { self.complete(requestID, .shutdown) }
         self.process(self.orchestrator.leave(now: now), now: now)
         return self.flush(now: now)
     }
@@ -124,14 +132,10 @@ public struct ClusterNodeStateMachine: Sendable {
             return self.flush(now: now)
         }
         if let entry = self.desired.put(resource, physicalMillis: self.physicalMillis(now), now: now) {
-            self.publish([entry], now: now)
+            self.applyLocally([entry], now: now)
         }
         guard let entry = self.desired.entry(resource.id) else { return self.flush(now: now) }
-        self.outgoing[requestID] = PendingForward(
-            operation: .allocate(entry),
-            deadline: now + self.settings.forwardDeadline
-        )
-        self.attemptForward(requestID, now: now)
+        self.startRequest(requestID, .allocate(entry), now: now)
         return self.flush(now: now)
     }
 
@@ -142,16 +146,12 @@ public struct ClusterNodeStateMachine: Sendable {
             return self.flush(now: now)
         }
         if let entry = self.desired.remove(id, physicalMillis: self.physicalMillis(now), now: now) {
-            self.publish([entry], now: now)
+            self.applyLocally([entry], now: now)
         }
         let entry =
             self.desired.entry(id)
             ?? DesiredEntry(id: id, resource: nil, version: DesiredVersion(clock: 0, origin: self.desired.origin))
-        self.outgoing[requestID] = PendingForward(
-            operation: .deallocate(entry),
-            deadline: now + self.settings.forwardDeadline
-        )
-        self.attemptForward(requestID, now: now)
+        self.startRequest(requestID, .deallocate(entry), now: now)
         return self.flush(now: now)
     }
 
@@ -300,6 +300,8 @@ public struct ClusterNodeStateMachine: Sendable {
                 self.timers.schedule(.desiredGarbage, at: now + .seconds(60))
             case .forward(let requestID):
                 self.attemptForward(requestID, now: now)
+            case .replicate(let requestID):
+                self.replicate(requestID, now: now)
             }
         }
         return self.flush(now: now)
@@ -331,6 +333,8 @@ public struct ClusterNodeStateMachine: Sendable {
         if viewChanged, !self.hasLeft {
             let placement = Placement(strategy: self.settings.placement, nodes: self.membership.placementMembers)
             self.process(self.orchestrator.viewChanged(placement, now: now), now: now)
+            // The number of holders a change needs follows the view.
+            for requestID in self.outgoing.keys.sorted() { self.completeIfReplicated(requestID) }
         }
     }
 
@@ -390,16 +394,22 @@ public struct ClusterNodeStateMachine: Sendable {
 
     // MARK: Desired set dissemination
 
+    /// Applies a change made here (a source's) and sends it to every peer.
     private mutating func publish(_ entries: [DesiredEntry], now: StorkInstant) {
+        self.applyLocally(entries, now: now)
+        for peer in self.peers() {
+            self.actions.append(.send(.desired(.delta(from: self.myself, entries: entries)), to: peer.address))
+        }
+    }
+
+    /// Tells the orchestrator about a change made here.
+    private mutating func applyLocally(_ entries: [DesiredEntry], now: StorkInstant) {
         var upserted: [Resource] = []
         var removed: [ResourceID] = []
         for entry in entries {
             if let resource = entry.resource { upserted.append(resource) } else { removed.append(entry.id) }
         }
         self.process(self.orchestrator.desiredChanged(upserted: upserted, removed: removed, now: now), now: now)
-        for peer in self.peers() {
-            self.actions.append(.send(.desired(.delta(from: self.myself, entries: entries)), to: peer.address))
-        }
     }
 
     private mutating func merge(_ entries: [DesiredEntry], now: StorkInstant) {
@@ -413,6 +423,17 @@ public struct ClusterNodeStateMachine: Sendable {
         switch message {
         case .delta(_, let entries):
             self.merge(entries, now: now)
+        case .replicate(let from, let entries):
+            self.merge(entries, now: now)
+            // A leaving node will not keep what it holds: it does not count as a holder.
+            guard !self.isLeaving else { return }
+            self.heldOutbox[from, default: []].append(
+                contentsOf: entries.compactMap { entry in
+                    self.desired.entry(entry.id).map { DesiredHolding(id: entry.id, version: $0.version) }
+                }
+            )
+        case .held(let from, let versions):
+            self.onHeld(versions, by: from)
         case .digest(let from, let digest):
             if digest != self.desired.digest {
                 let state = DesiredSetMessage.state(
@@ -439,14 +460,138 @@ public struct ClusterNodeStateMachine: Sendable {
 
     private mutating func syncDesired(now: StorkInstant) {
         guard !self.hasLeft else { return }
+        let digest = ClusterMessage.desired(.digest(from: self.myself, digest: self.desired.digest))
         let peers = self.peers()
-        guard !peers.isEmpty else { return }
-        let peer = peers[Int(self.random.next() % UInt64(peers.count))]
-        self.actions.append(.send(.desired(.digest(from: self.myself, digest: self.desired.digest)), to: peer.address))
+        if !peers.isEmpty {
+            self.actions.append(.send(digest, to: peers[Int(self.random.next() % UInt64(peers.count))].address))
+        }
+        // A member declared dead may be alive behind a partition that just healed: one of them gets the digest too,
+        // so that changes held only on this side cross as soon as the network lets them, before membership has
+        // merged the two views (which can take seconds).
+        let unreachable = self.unreachableMembers(excluding: peers)
+        if !unreachable.isEmpty {
+            let member = unreachable[Int(self.random.next() % UInt64(unreachable.count))]
+            self.actions.append(.send(digest, to: member.address))
+        }
+    }
+
+    /// Members declared dead that membership still remembers, one per address not already among `peers`.
+    private func unreachableMembers(excluding peers: [NodeID]) -> [NodeID] {
+        var addresses = Set(peers.map(\.address))
+        var members: [NodeID] = []
+        for member in self.membership.members.sorted(by: { $0.node > $1.node }) where member.status == .dead {
+            guard member.node != self.myself, addresses.insert(member.node.address).inserted else { continue }
+            members.append(member.node)
+        }
+        return members
     }
 
     private func peers() -> [NodeID] {
         self.membership.placementMembers.filter { $0 != self.myself }
+    }
+
+    // MARK: Replication of API changes (requester side)
+    //
+    // An `allocate` / `deallocate` answers only once its owner answered *and* `settings.replicas` members of this
+    // node's view hold the change (its version or a newer one): a crash of the node that took it right after the
+    // answer cannot take the change with it. The change goes to every peer at once (`replicate`); each answers
+    // `held`; a remote owner that accepted the forwarded change holds it too. Peers that have not answered get it
+    // again with backoff until the request's deadline, which answers `notReplicated` if the owner answered but too
+    // few members confirmed.
+
+    private mutating func startRequest(_ requestID: UInt64, _ operation: ForwardOperation, now: StorkInstant) {
+        self.outgoing[requestID] = PendingForward(
+            operation: operation,
+            deadline: now + self.settings.forwardDeadline,
+            holders: [self.myself]
+        )
+        self.outgoingByResource[operation.entry.id, default: []].append(requestID)
+        self.replicate(requestID, now: now)
+        self.attemptForward(requestID, now: now)
+    }
+
+    /// Sends the change to the peers that have not confirmed it yet, and schedules the next round.
+    private mutating func replicate(_ requestID: UInt64, now: StorkInstant) {
+        guard var pending = self.outgoing[requestID], now < pending.deadline else { return }
+        let id = pending.operation.entry.id
+        let entry = self.desired.entry(id) ?? pending.operation.entry
+        for peer in self.replicaTargets() where !pending.holders.contains(peer) {
+            self.replicaOutbox[peer, default: []].append(entry)
+        }
+        let delay = self.forwardBackoff(pending.replications)
+        pending.replications += 1
+        self.outgoing[requestID] = pending
+        self.timers.schedule(.replicate(requestID), at: min(now + delay, pending.deadline))
+    }
+
+    /// The peers of the view, and members declared dead that membership still remembers: behind a one-way
+    /// partition a member this node cannot hear from may still receive, and keep, the change.
+    private func replicaTargets() -> [NodeID] {
+        let peers = self.peers()
+        return peers + self.unreachableMembers(excluding: peers)
+    }
+
+    private mutating func onHeld(_ versions: [DesiredHolding], by holder: NodeID) {
+        for holding in versions {
+            for requestID in self.outgoingByResource[holding.id] ?? [] {
+                guard let pending = self.outgoing[requestID], holding.version >= pending.operation.entry.version
+                else { continue }
+                self.outgoing[requestID]?.holders.insert(holder)
+                self.completeIfReplicated(requestID)
+            }
+        }
+    }
+
+    /// How many live members hold the change, and how many must before it is acknowledged.
+    ///
+    /// `.members(k)` counts the cluster as every member not known to have left, dead ones included until
+    /// membership forgets them: a node cut off from the others does not acknowledge alone just because it declared
+    /// them dead; a one-node cluster, or the last node after the others left, does.
+    private func replicaShortfall(_ pending: PendingForward) -> (holders: Int, required: Int) {
+        let view = Set(self.membership.placementMembers)
+        let holders = pending.holders.filter { $0 == self.myself || view.contains($0) }
+        switch self.settings.replicas {
+        case .members:
+            let clusterSize = self.membership.clusterMemberNames.count
+            return (holders.count, self.settings.replicas.required(viewSize: clusterSize))
+        case .everyMember:
+            let required = view.union([self.myself])
+            return (holders.intersection(required).count, required.count)
+        }
+    }
+
+    /// The owner answered: the caller gets that answer once enough members hold the change.
+    private mutating func ownerAnswered(_ requestID: UInt64, _ outcome: RequestOutcome, holder: NodeID?) {
+        guard var pending = self.outgoing[requestID] else { return }
+        if pending.answered == nil { pending.answered = outcome }
+        if let holder { pending.holders.insert(holder) }
+        self.outgoing[requestID] = pending
+        // No more forwarding: the deadline timer now only ends a wait for holders.
+        self.timers.schedule(.forward(requestID), at: pending.deadline)
+        self.completeIfReplicated(requestID)
+    }
+
+    private mutating func completeIfReplicated(_ requestID: UInt64) {
+        guard let pending = self.outgoing[requestID], let answered = pending.answered else { return }
+        let (holders, required) = self.replicaShortfall(pending)
+        guard holders >= required else { return }
+        self.complete(requestID, answered)
+    }
+
+    private mutating func complete(_ requestID: UInt64, _ outcome: RequestOutcome) {
+        guard let pending = self.outgoing.removeValue(forKey: requestID) else { return }
+        self.timers.cancel(.forward(requestID))
+        self.timers.cancel(.replicate(requestID))
+        let id = pending.operation.entry.id
+        if var requests = self.outgoingByResource[id] {
+            requests.removeAll { $0 == requestID }
+            self.outgoingByResource[id] = requests.isEmpty ? nil : requests
+        }
+        if var list = self.waiters[id] {
+            list.removeAll { $0.requester == self.myself && $0.requestID == requestID }
+            self.waiters[id] = list.isEmpty ? nil : list
+        }
+        self.actions.append(.complete(requestID: requestID, outcome))
     }
 
     // MARK: Forwarding (requester side)
@@ -455,12 +600,16 @@ public struct ClusterNodeStateMachine: Sendable {
         guard let pending = self.outgoing[requestID] else { return }
         let id = pending.operation.entry.id
         if now >= pending.deadline {
-            self.outgoing[requestID] = nil
-            if var list = self.waiters[id] {
-                list.removeAll { $0.requester == self.myself && $0.requestID == requestID }
-                self.waiters[id] = list.isEmpty ? nil : list
+            if pending.answered != nil {
+                let (holders, required) = self.replicaShortfall(pending)
+                self.complete(requestID, .notReplicated(holders: holders, required: required))
+            } else {
+                self.complete(requestID, .timedOut)
             }
-            self.actions.append(.complete(requestID: requestID, .timedOut))
+            return
+        }
+        guard pending.answered == nil else {
+            self.timers.schedule(.forward(requestID), at: pending.deadline)
             return
         }
         guard self.orchestrator.isReady, let owner = self.orchestrator.placement.owner(of: id) else {
@@ -486,7 +635,7 @@ public struct ClusterNodeStateMachine: Sendable {
     }
 
     private mutating func onReply(_ reply: ForwardReply, from: NodeID, now: StorkInstant) {
-        guard var pending = self.outgoing[reply.requestID] else { return }
+        guard var pending = self.outgoing[reply.requestID], pending.answered == nil else { return }
         let outcome: RequestOutcome
         switch reply.answer {
         case .handled: outcome = .handled(by: from)
@@ -499,9 +648,8 @@ public struct ClusterNodeStateMachine: Sendable {
             self.timers.schedule(.forward(reply.requestID), at: retryAt)
             return
         }
-        self.outgoing[reply.requestID] = nil
-        self.timers.cancel(.forward(reply.requestID))
-        self.actions.append(.complete(requestID: reply.requestID, outcome))
+        // The owner merged the forwarded change before it answered: it is a holder.
+        self.ownerAnswered(reply.requestID, outcome, holder: from)
     }
 
     // MARK: Forwarding (owner side)
@@ -601,7 +749,7 @@ public struct ClusterNodeStateMachine: Sendable {
             return
         }
         // A local caller: its request is still in `outgoing` unless it already timed out.
-        guard self.outgoing[waiter.requestID] != nil else { return }
+        guard let pending = self.outgoing[waiter.requestID], pending.answered == nil else { return }
         let outcome: RequestOutcome
         switch answer {
         case .handled: outcome = .handled(by: self.myself)
@@ -612,9 +760,7 @@ public struct ClusterNodeStateMachine: Sendable {
             self.timers.schedule(.forward(waiter.requestID), at: now + self.settings.forwardRetryInitial)
             return
         }
-        self.outgoing[waiter.requestID] = nil
-        self.timers.cancel(.forward(waiter.requestID))
-        self.actions.append(.complete(requestID: waiter.requestID, outcome))
+        self.ownerAnswered(waiter.requestID, outcome, holder: nil)
     }
 
     private mutating func answerAllWaitersRefused() {
@@ -649,8 +795,18 @@ public struct ClusterNodeStateMachine: Sendable {
             let message = ForwardMessage.reply(from: self.myself, replies: self.replyOutbox[peer]!)
             self.actions.append(.send(.forward(message), to: peer.address))
         }
+        for peer in self.replicaOutbox.keys.sorted() {
+            let message = DesiredSetMessage.replicate(from: self.myself, entries: self.replicaOutbox[peer]!)
+            self.actions.append(.send(.desired(message), to: peer.address))
+        }
+        for peer in self.heldOutbox.keys.sorted() {
+            let message = DesiredSetMessage.held(from: self.myself, versions: self.heldOutbox[peer]!)
+            self.actions.append(.send(.desired(message), to: peer.address))
+        }
         self.forwardOutbox = [:]
         self.replyOutbox = [:]
+        self.replicaOutbox = [:]
+        self.heldOutbox = [:]
         let result = self.actions
         self.actions = []
         return result

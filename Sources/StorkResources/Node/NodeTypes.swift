@@ -21,8 +21,46 @@ public struct NodeSettings: Sendable, Hashable {
     /// Backoff between attempts after a refusal: doubles from the initial value up to the maximum.
     public var forwardRetryInitial: Duration = .milliseconds(50)
     public var forwardRetryMaximum: Duration = .seconds(1)
+    /// How many members must hold a change made through `allocate` / `deallocate` before it is acknowledged.
+    public var replicas: ReplicaRequirement = .members(2)
 
     public init() {}
+}
+
+/// How many members must hold an `allocate` / `deallocate` change (its version or a newer one) before the call
+/// answers. The node that took the change is one of them.
+public enum ReplicaRequirement: Hashable, Sendable, CustomStringConvertible {
+    /// At least this many members of the answering node's view, or every member when the view is smaller (a
+    /// one-node cluster acknowledges alone).
+    case members(Int)
+    /// Every member of the answering node's view.
+    case everyMember
+
+    /// How many holders a view of `viewSize` members (the answering node included) requires.
+    public func required(viewSize: Int) -> Int {
+        switch self {
+        case .members(let count): return max(1, min(count, viewSize))
+        case .everyMember: return max(1, viewSize)
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .members(let count): return "\(count)"
+        case .everyMember: return "all"
+        }
+    }
+
+    /// Parses `2` (a positive number) or `all`.
+    public init?(parsing text: String) {
+        if text == "all" {
+            self = .everyMember
+        } else if let count = Int(text), count >= 1 {
+            self = .members(count)
+        } else {
+            return nil
+        }
+    }
 }
 
 // MARK: - Messages
@@ -36,11 +74,29 @@ public enum DesiredSetMessage: Hashable, Sendable {
     /// A full state. `isReply` means the sender was asked; the asker answers with its own state in turn when
     /// the digests still differ after merging.
     case state(from: NodeID, entries: [DesiredEntry], digest: UInt64, isReply: Bool)
+    /// Entries changed through `allocate` / `deallocate` at the sender, which waits for enough members to hold them
+    /// before it answers its caller: the receiver merges them and answers `held`.
+    case replicate(from: NodeID, entries: [DesiredEntry])
+    /// "I hold these ids at these versions (or newer)": the answer to `replicate`.
+    case held(from: NodeID, versions: [DesiredHolding])
 
     public var from: NodeID {
         switch self {
-        case .delta(let from, _), .digest(let from, _), .state(let from, _, _, _): return from
+        case .delta(let from, _), .digest(let from, _), .state(let from, _, _, _), .replicate(let from, _),
+            .held(let from, _):
+            return from
         }
+    }
+}
+
+/// One id of the desired set and the version its sender holds.
+public struct DesiredHolding: Hashable, Sendable {
+    public var id: ResourceID
+    public var version: DesiredVersion
+
+    public init(id: ResourceID, version: DesiredVersion) {
+        self.id = id
+        self.version = version
     }
 }
 
@@ -146,13 +202,16 @@ public enum RequestOutcome: Hashable, Sendable {
     case terminated(by: NodeID)
     /// The request could not reach an owner that agreed on the view before the deadline.
     case timedOut
+    /// The owner answered, but fewer members than `required` confirmed that they hold the change before the deadline:
+    /// it is not acknowledged. It may still spread, or be lost if the `holders` that have it crash.
+    case notReplicated(holders: Int, required: Int)
     /// The node is leaving or stopped.
     case shutdown
 
     public var succeeded: Bool {
         switch self {
         case .handled, .terminated: return true
-        case .handleFailed, .timedOut, .shutdown: return false
+        case .handleFailed, .timedOut, .notReplicated, .shutdown: return false
         }
     }
 }

@@ -113,7 +113,10 @@ extension ServerConfiguration {
         }
         if let resources = top["resources"] {
             let fields = try resources.mapping(
-                allowed: ["sources", "handler", "placement", "cacheAllResources", "maxLengthOfTimeToRetryResourceFetching"]
+                allowed: [
+                    "sources", "handler", "placement", "cacheAllResources", "maxLengthOfTimeToRetryResourceFetching",
+                    "replicas",
+                ]
             )
             if let value = fields["sources"] { configuration.resources.sources = try Self.sources(value, plugins: plugins) }
             if let value = fields["handler"] { configuration.resources.handler = try Self.handler(value, plugins: plugins) }
@@ -125,6 +128,13 @@ extension ServerConfiguration {
                 configuration.resources.placement = strategy
             }
             if let value = fields["cacheAllResources"] { configuration.resources.cacheAllResources = try value.bool() }
+            if let value = fields["replicas"] {
+                let text = try value.string()
+                guard let replicas = ReplicaRequirement(parsing: text) else {
+                    throw value.error("expected a positive number of members or all, not '\(text)'")
+                }
+                configuration.resources.replicas = replicas
+            }
             if let value = fields["maxLengthOfTimeToRetryResourceFetching"] {
                 configuration.resources.maxLengthOfTimeToRetryResourceFetching = try value.duration()
             }

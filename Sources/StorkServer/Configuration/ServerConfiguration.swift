@@ -111,6 +111,8 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var placement: PlacementStrategy = .rendezvous
         public var cacheAllResources = true
         public var maxLengthOfTimeToRetryResourceFetching: Duration = .seconds(60)
+        /// How many members must hold an allocate/deallocate before it answers (`2`, any positive number, or `all`).
+        public var replicas: ReplicaRequirement = .members(2)
     }
 
     /// Who may run a resource: `gossip` (placement on the gossiped view) or `lease` (placement plus a lease with a
@@ -218,6 +220,7 @@ public struct ServerConfiguration: Sendable, Hashable {
         configuration.node.placement = self.resources.placement
         configuration.cacheAllResources = self.resources.cacheAllResources
         configuration.maxLengthOfTimeToRetryResourceFetching = self.resources.maxLengthOfTimeToRetryResourceFetching
+        configuration.node.replicas = self.resources.replicas
         if self.ownership.mode == .lease {
             configuration.node.orchestrator.ownership = .lease(self.ownership.lease)
             configuration.ownershipStoreTimeout = self.ownership.storeTimeout

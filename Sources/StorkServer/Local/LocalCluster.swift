@@ -210,6 +210,8 @@ public final class LocalCluster: @unchecked Sendable {
     public var handler: String?
     /// More top-level YAML for every node's configuration, e.g. "connectors: {enabled: false}".
     public var extraYAML: String?
+    /// `resources.replicas` of every node; nil: the default.
+    public var replicas: String?
     /// The cluster's name (also the key of its rows in an ownership store).
     public var clusterName = "local"
     public private(set) var nodes: [String: NodeProcess] = [:]
@@ -246,7 +248,7 @@ public final class LocalCluster: @unchecked Sendable {
               sources:
                 - {type: http, name: accounts, url: \(self.sourceURL), poll: \(self.poll)}
               handler: \(self.handler ?? "{type: sidecar, url: \(self.sidecarURL)}")
-
+            \(self.replicas.map { "  replicas: \($0)\n" } ?? "")
             """
         try yaml.write(to: config, atomically: true, encoding: .utf8)
         let node = try NodeProcess(name: name, config: config.path, directory: self.directory, executable: self.executable)
