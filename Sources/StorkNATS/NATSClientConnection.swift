@@ -7,7 +7,12 @@ import Synchronization
 /// may append to, flushed on the connection's event loop), its subscriptions and its counters.
 ///
 /// Publishers on other event loops append under a lock and schedule at most one flush at a time, so that many
-/// messages go out in one write. A client that does not read lets its buffer grow; past `maxPending` bytes it is
+/// messages go out in one write.
+///
+/// Flow control, as nats-server does it: once more than half of `maxPending` bytes wait here (the socket is backed
+/// up), the connection is *congested*; a client connection publishing into it is stalled (it stops reading) until
+/// this one drains, for 100 ms up to 1 s depending on how full it is, so a burst slows the producer instead of
+/// losing the consumer. A client that does not read at all still fills up: past `maxPending` bytes it is
 /// disconnected as a slow consumer and nobody else waits for it.
 public final class NATSClientConnection: Sendable {
     struct Outbound {
@@ -22,6 +27,8 @@ public final class NATSClientConnection: Sendable {
         var lang: String?
         var version: String?
         var lastActivity: ContinuousClock.Instant
+        /// Producers stalled on this connection: resumed when it drains (or closes).
+        var stalledProducers: [@Sendable () -> Void] = []
     }
 
     public let id: UInt64
@@ -37,6 +44,11 @@ public final class NATSClientConnection: Sendable {
     private let echoEnabled = Atomic<Bool>(true)
     /// Why the connection was closed by the server, for logs and monitoring.
     let slowConsumer = Atomic<Bool>(false)
+    /// More than half of `maxPending` waits to be written: producers should stall. Read without the lock by the
+    /// router after each delivery.
+    let congested = Atomic<Bool>(false)
+    /// Times a producer was stalled on this connection, for monitoring.
+    let stallsCaused = Atomic<Int>(0)
 
     init(id: UInt64, channel: any Channel, maxPending: Int, now: ContinuousClock.Instant, wallClock: Double) {
         self.id = id
@@ -124,6 +136,9 @@ public final class NATSClientConnection: Sendable {
             state.buffer.clear()
             return .slowConsumer
         }
+        if pendingBytes > self.maxPending / 2, !self.congested.load(ordering: .relaxed) {
+            self.congested.store(true, ordering: .relaxed)
+        }
         if state.flushScheduled {
             return state.writable && state.buffer.readableBytes >= Self.eagerFlushBytes ? .queuedLarge : .queued
         }
@@ -157,17 +172,43 @@ public final class NATSClientConnection: Sendable {
 
     /// Writes what is buffered. On the connection's event loop.
     func flush() {
-        let pending = self.state.withLock { state -> ByteBuffer? in
+        let (pending, resumed) = self.state.withLock { state -> (ByteBuffer?, [@Sendable () -> Void]) in
             // While the socket cannot take more, the flag stays set: the writability change flushes.
-            guard !state.closed, state.writable else { return nil }
+            guard !state.closed, state.writable else { return (nil, []) }
             state.flushScheduled = false
-            guard state.buffer.readableBytes > 0 else { return nil }
+            guard state.buffer.readableBytes > 0 else { return (nil, []) }
             let capacity = min(max(state.buffer.readableBytes, 4096), 1 << 20)
             let taken = state.buffer
             state.buffer = self.channel.allocator.buffer(capacity: capacity)
-            return taken
+            return (taken, self.drained(&state))
         }
         if let pending { self.channel.writeAndFlush(pending, promise: nil) }
+        for resume in resumed { resume() }
+    }
+
+    /// Clears the congestion and hands back the producers to resume.
+    private func drained(_ state: inout Outbound) -> [@Sendable () -> Void] {
+        guard self.congested.load(ordering: .relaxed) || !state.stalledProducers.isEmpty else { return [] }
+        self.congested.store(false, ordering: .relaxed)
+        defer { state.stalledProducers = [] }
+        return state.stalledProducers
+    }
+
+    /// How long a producer should stall on this connection now (nats-server's rule: 100 ms, plus 100 ms per tenth
+    /// of the limit's upper half that is filled, at most 1 s), or nil when it is not congested any more. `resume`
+    /// is called once, when the connection drains or closes, unless it is not congested (nil).
+    func stall(resume: @escaping @Sendable () -> Void) -> Duration? {
+        self.state.withLock { state -> Duration? in
+            let pending = state.buffer.readableBytes
+            guard !state.closed, self.congested.load(ordering: .relaxed), pending > self.maxPending / 2 else {
+                return nil
+            }
+            state.stalledProducers.append(resume)
+            self.stallsCaused.wrappingAdd(1, ordering: .relaxed)
+            let half = max(1, self.maxPending / 2)
+            let tenths = (pending - half) / max(1, half / 10)
+            return .milliseconds(min(1000, 100 + 100 * tenths))
+        }
     }
 
     func writabilityChanged(_ writable: Bool) {
@@ -178,13 +219,15 @@ public final class NATSClientConnection: Sendable {
     /// Marks the connection closed: nothing more is buffered. Returns its subscriptions, to be removed from the
     /// router.
     func markClosed() -> [NATSSubscription] {
-        self.state.withLock { state in
+        let (subscriptions, resumed) = self.state.withLock { state in
             state.closed = true
             state.buffer.clear()
             let subscriptions = Array(state.subscriptions.values)
             state.subscriptions.removeAll()
-            return subscriptions
+            return (subscriptions, self.drained(&state))
         }
+        for resume in resumed { resume() }
+        return subscriptions
     }
 
     // MARK: Subscriptions and identity

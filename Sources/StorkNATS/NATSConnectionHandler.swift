@@ -22,6 +22,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var pingsOut = 0
     private var pingTask: RepeatedTask?
     private var authTimeout: Scheduled<Void>?
+    /// Flow control: while stalled, the connection does not read (a subscriber it published to is congested).
+    private var stalled = false
+    private var stallToken: UInt64 = 0
+    private var stallTimeout: Scheduled<Void>?
     /// What the parsing loop mutates for every operation. It lives in a local variable while a read is processed
     /// (moved out of the handler and back): every access to a stored property of a class is an exclusivity check at
     /// run time, several per message otherwise.
@@ -84,6 +88,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         self.pingTask?.cancel()
         self.authTimeout?.cancel()
+        self.stallTimeout?.cancel()
         if let client = self.client {
             self.server.unregister(client)
         }
@@ -129,6 +134,46 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         }
         self.process(&incoming, client: client, context: context)
         self.keep(incoming)
+        self.stallIfCongested(client: client, context: context)
+    }
+
+    // MARK: Flow control
+
+    /// When this read's publishes filled a subscriber past half its limit, stops reading until that subscriber
+    /// drains or the stall times out (nats-server's fast-producer stall): the producer slows down instead of the
+    /// consumer being dropped.
+    private func stallIfCongested(client: NATSClientConnection, context: ChannelHandlerContext) {
+        let congested = self.read.deliveries.takeCongested()
+        guard !congested.isEmpty, !self.stalled, !self.closing else { return }
+        self.stallToken &+= 1
+        let token = self.stallToken
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let contextBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let eventLoop = context.eventLoop
+        let resume: @Sendable () -> Void = {
+            eventLoop.execute { loopBound.value.resume(token: token, context: contextBound.value) }
+        }
+        var longest: Duration?
+        for target in congested where target !== client {
+            if let duration = target.stall(resume: resume) { longest = max(longest ?? duration, duration) }
+        }
+        guard let longest else { return }
+        self.stalled = true
+        self.server.noteStall()
+        try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+        self.stallTimeout = context.eventLoop.scheduleTask(in: .init(longest)) {
+            loopBound.value.resume(token: token, context: contextBound.value)
+        }
+    }
+
+    private func resume(token: UInt64, context: ChannelHandlerContext) {
+        guard self.stalled, token == self.stallToken else { return }
+        self.stalled = false
+        self.stallTimeout?.cancel()
+        self.stallTimeout = nil
+        guard !self.closing, context.channel.isActive else { return }
+        try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+        context.read()
     }
 
     /// How much of a new read completes an operation left over from the previous one (its control line fits).

@@ -51,6 +51,8 @@ public final class NATSSubscription: Hashable, Sendable {
 struct NATSDeliveryBatch {
     private(set) var isEnabled: Bool
     private var targets: [(client: NATSClientConnection, buffer: ByteBuffer, messages: Int, bytes: Int)] = []
+    /// Targets found congested by this read's deliveries (batched or not): the publisher stalls on them.
+    private(set) var congested: [NATSClientConnection] = []
     /// Bytes gathered for one target before it is handed over early (large payloads).
     static let handOverBytes = 64 * 1024
     /// Subscribers of one message above which deliveries bypass the batch (wide fan-out).
@@ -86,6 +88,7 @@ struct NATSDeliveryBatch {
         if self.targets[index].buffer.readableBytes >= Self.handOverBytes {
             let target = self.targets.remove(at: index)
             target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
+            self.checkCongestion(of: target.client)
         }
         return true
     }
@@ -95,8 +98,30 @@ struct NATSDeliveryBatch {
         guard !self.targets.isEmpty else { return }
         for target in self.targets {
             target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
+            self.checkCongestion(of: target.client)
         }
         self.targets.removeAll(keepingCapacity: true)
+    }
+
+    /// Notes `client` if it is congested (one relaxed load when it is not).
+    @inline(__always)
+    mutating func checkCongestion(of client: NATSClientConnection) {
+        guard client.congested.load(ordering: .relaxed) else { return }
+        if !self.congested.contains(where: { $0 === client }) { self.congested.append(client) }
+    }
+
+    /// Takes the congested targets noted so far.
+    mutating func takeCongested() -> [NATSClientConnection] {
+        guard !self.congested.isEmpty else { return [] }
+        defer { self.congested = [] }
+        return self.congested
+    }
+
+    /// Adds what another batch noted (deliveries that bypassed this one).
+    mutating func absorbCongestion(from other: inout NATSDeliveryBatch) {
+        for client in other.takeCongested() where !self.congested.contains(where: { $0 === client }) {
+            self.congested.append(client)
+        }
     }
 }
 
@@ -231,6 +256,7 @@ public final class NATSRouter: Sendable {
                 }
             }
         }
+        batch.absorbCongestion(from: &unbatched)
         return deliveries
     }
 
@@ -259,7 +285,9 @@ public final class NATSRouter: Sendable {
         switch subscription.target {
         case .client(let client):
             if batch.isEnabled { return batch.append(message, sid: subscription.sid, to: client) }
-            return client.enqueueMessage(message, sid: subscription.sid)
+            let delivered = client.enqueueMessage(message, sid: subscription.sid)
+            batch.checkCongestion(of: client)
+            return delivered
         case .local(let receiver):
             receiver.receive(message, subscription: subscription)
             return true

@@ -44,6 +44,13 @@ public final class NATSServer: Service, Sendable {
     private let listening = Mutex(Listening())
     /// Whether JetStream is offered (set when the streaming layer attaches to this server).
     private let jetstreamEnabled = Atomic<Bool>(false)
+    /// Times a publishing client was stalled because a subscriber it published to was congested (flow control).
+    private let producerStalls = Atomic<Int>(0)
+
+    func noteStall() { self.producerStalls.wrappingAdd(1, ordering: .relaxed) }
+
+    /// Times a publishing client was stalled (it stopped reading until a congested subscriber drained).
+    public var stalls: Int { self.producerStalls.load(ordering: .relaxed) }
 
     public init(
         configuration: NATSServerConfiguration,

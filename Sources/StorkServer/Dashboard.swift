@@ -167,6 +167,7 @@ struct NATSStatsSource: AdminStatsSource {
                 "inMsgs": Double(varz.inMsgs), "outMsgs": Double(varz.outMsgs),
                 "inBytes": Double(varz.inBytes), "outBytes": Double(varz.outBytes),
                 "totalConnections": Double(varz.totalConnections), "slowConsumers": Double(varz.slowConsumers),
+                "stalls": Double(self.nats.stalls),
             ],
             gauges: ["connections": Double(varz.connections), "subscriptions": Double(varz.subscriptions)]
         )

@@ -172,3 +172,108 @@ struct NATSAuthOrderTests {
         _ = try? intruder.finish()
     }
 }
+
+@Suite("NATS flow control: a fast producer is stalled instead of its consumer being dropped")
+struct NATSFlowControlTests {
+    /// The value of `autoRead` the handler last set on `channel` (nil: never set).
+    static func autoRead(_ channel: EmbeddedChannel) -> Bool? {
+        channel.options.last { $0.option is ChannelOptions.Types.AutoReadOption }?.value as? Bool
+    }
+
+    static func drain(_ channel: EmbeddedChannel) throws -> (messages: Int, errors: [String]) {
+        var output = ByteBuffer()
+        while var buffer = try channel.readOutbound(as: ByteBuffer.self) { output.writeBuffer(&buffer) }
+        var parser = NATSServerParser()
+        var messages = 0
+        var errors: [String] = []
+        while let operation = try parser.next(&output) {
+            switch operation {
+            case .message: messages += 1
+            case .error(let text): errors.append(text)
+            default: break
+            }
+        }
+        return (messages, errors)
+    }
+
+    struct Pair {
+        let server: NATSServer
+        let loop = EmbeddedEventLoop()
+        let publisher: EmbeddedChannel
+        let subscriber: EmbeddedChannel
+
+        init(maxPending: Int) throws {
+            var configuration = NATSServerConfiguration()
+            configuration.maxPending = maxPending
+            self.server = NATSServer(configuration: configuration)
+            self.publisher = EmbeddedChannel(handler: NATSConnectionHandler(server: self.server), loop: self.loop)
+            self.subscriber = EmbeddedChannel(handler: NATSConnectionHandler(server: self.server), loop: self.loop)
+            try self.publisher.connect(to: .init(ipAddress: "127.0.0.1", port: 1)).wait()
+            try self.subscriber.connect(to: .init(ipAddress: "127.0.0.1", port: 2)).wait()
+            try self.subscriber.writeInbound(ByteBuffer(string: "CONNECT {}\r\nSUB t 1\r\n"))
+            try self.publisher.writeInbound(ByteBuffer(string: "CONNECT {}\r\n"))
+            self.loop.run()
+            _ = try NATSFlowControlTests.drain(self.subscriber)
+        }
+
+        /// The subscriber's socket stops (or starts again) taking bytes.
+        func subscriberWritable(_ writable: Bool) {
+            self.subscriber.isWritable = writable
+            self.subscriber.pipeline.fireChannelWritabilityChanged()
+            self.loop.run()
+        }
+
+        /// One read of the publisher with `count` publishes of `size` bytes.
+        func publish(_ count: Int, size: Int) throws {
+            var buffer = ByteBuffer()
+            for _ in 0..<count {
+                buffer.writeNATSPublish(
+                    subject: "t",
+                    replyTo: nil,
+                    headers: nil,
+                    payload: ByteBuffer(repeating: 0x61, count: size)
+                )
+            }
+            try self.publisher.writeInbound(buffer)
+            self.loop.run()
+        }
+    }
+
+    @Test("past half of maxPending the publisher stops reading; it reads again when the subscriber drains, and nothing is lost")
+    func stallUntilDrained() throws {
+        let pair = try Pair(maxPending: 64 * 1024)
+        pair.subscriberWritable(false)
+        try pair.publish(20, size: 1024)
+        #expect(Self.autoRead(pair.publisher) == nil, "20 KiB waiting: below half the limit, no stall")
+        try pair.publish(20, size: 1024)
+        #expect(Self.autoRead(pair.publisher) == false, "40 KiB waiting: the publisher is stalled")
+        #expect(pair.server.stalls == 1)
+        #expect(pair.subscriber.isActive)
+
+        pair.subscriberWritable(true)
+        #expect(Self.autoRead(pair.publisher) == true, "the subscriber drained: the publisher reads again")
+        let received = try Self.drain(pair.subscriber)
+        #expect(received.messages == 40)
+        #expect(received.errors.isEmpty)
+        #expect(pair.subscriber.isActive)
+        _ = try? pair.publisher.finish()
+        _ = try? pair.subscriber.finish()
+    }
+
+    @Test("a stall ends after its timeout; a subscriber that never reads is still closed as a slow consumer")
+    func stallTimesOutThenSlowConsumer() throws {
+        let pair = try Pair(maxPending: 64 * 1024)
+        pair.subscriberWritable(false)
+        try pair.publish(40, size: 1024)
+        #expect(Self.autoRead(pair.publisher) == false)
+        // 40 KiB of a 32 KiB upper half: 100 ms plus 100 ms per 3.2 KiB over half, i.e. 100 + 200 ms.
+        pair.loop.advanceTime(by: .milliseconds(299))
+        #expect(Self.autoRead(pair.publisher) == false)
+        pair.loop.advanceTime(by: .milliseconds(1))
+        #expect(Self.autoRead(pair.publisher) == true, "resumed by the timeout")
+        try pair.publish(30, size: 1024)
+        #expect(!pair.subscriber.isActive, "over maxPending and not reading: closed as a slow consumer")
+        #expect(pair.publisher.isActive, "the publisher is unaffected")
+        _ = try? pair.publisher.finish()
+    }
+}

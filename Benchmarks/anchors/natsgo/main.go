@@ -1,0 +1,183 @@
+// natsgo-load: a load generator on nats.go (Debian's golang-github-nats-io-go-nats-dev), so that Stork and
+// nats-server are measured by a client neither of them wrote. Prints one JSON line per run.
+//
+//	pubsub: a subscriber on -sub, a publisher on -pub sends -n messages of -size bytes as fast as it can; reports
+//	        what arrived, how fast, and any error (slow consumer, disconnect).
+//	reqrep: a responder on -sub, a requester on -pub sends -n requests one after the other; reports p50/p99.
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+type result struct {
+	Mode     string   `json:"mode"`
+	Size     int      `json:"size"`
+	Sent     int      `json:"sent"`
+	Received int64    `json:"received"`
+	Seconds  float64  `json:"seconds"`
+	Rate     float64  `json:"rate"`
+	P50us    float64  `json:"p50_us,omitempty"`
+	P99us    float64  `json:"p99_us,omitempty"`
+	Errors   []string `json:"errors"`
+}
+
+type errorLog struct {
+	mu     sync.Mutex
+	errors []string
+}
+
+func (l *errorLog) add(text string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.errors) < 20 {
+		l.errors = append(l.errors, text)
+	}
+}
+
+func (l *errorLog) list() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string{}, l.errors...)
+}
+
+func connect(url, name string, log *errorLog) *nats.Conn {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(0),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.add(name + ": " + err.Error()) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.add(name + " disconnected: " + err.Error())
+			}
+		}),
+	)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "connect %s: %v\n", url, err)
+		os.Exit(2)
+	}
+	return nc
+}
+
+func main() {
+	mode := flag.String("mode", "pubsub", "pubsub or reqrep")
+	pubURL := flag.String("pub", "nats://127.0.0.1:4222", "the publisher's (requester's) server")
+	subURL := flag.String("sub", "nats://127.0.0.1:4222", "the subscriber's (responder's) server")
+	count := flag.Int("n", 1000000, "messages (requests)")
+	size := flag.Int("size", 16, "payload bytes")
+	idle := flag.Duration("idle", 10*time.Second, "pubsub: give up when nothing arrives for this long")
+	flag.Parse()
+
+	log := &errorLog{}
+	res := result{Mode: *mode, Size: *size, Sent: *count}
+	payload := make([]byte, *size)
+	subject := fmt.Sprintf("natsgo.%d", time.Now().UnixNano())
+
+	sub := connect(*subURL, "natsgo-sub", log)
+	pub := connect(*pubURL, "natsgo-pub", log)
+	defer sub.Close()
+	defer pub.Close()
+
+	switch *mode {
+	case "pubsub":
+		var received int64
+		done := make(chan struct{})
+		s, err := sub.Subscribe(subject, func(_ *nats.Msg) {
+			if atomic.AddInt64(&received, 1) == int64(*count) {
+				close(done)
+			}
+		})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		// Client-side limits off: what is measured is the server.
+		s.SetPendingLimits(-1, -1)
+		sub.Flush()
+		// The subscription must be known where the publisher is (another server of a cluster): wait for one probe.
+		probe := subject + ".probe"
+		got := make(chan struct{}, 1)
+		ps, _ := sub.Subscribe(probe, func(_ *nats.Msg) {
+			select {
+			case got <- struct{}{}:
+			default:
+			}
+		})
+		sub.Flush()
+		for ready := false; !ready; {
+			pub.Publish(probe, nil)
+			pub.Flush()
+			select {
+			case <-got:
+				ready = true
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		ps.Unsubscribe()
+		start := time.Now()
+		for i := 0; i < *count; i++ {
+			if err := pub.Publish(subject, payload); err != nil {
+				log.add("publish: " + err.Error())
+				break
+			}
+		}
+		pub.Flush()
+		last := int64(-1)
+		for waiting := true; waiting; {
+			select {
+			case <-done:
+				waiting = false
+			case <-time.After(*idle):
+				now := atomic.LoadInt64(&received)
+				if now == last {
+					waiting = false
+				}
+				last = now
+			}
+		}
+		res.Seconds = time.Since(start).Seconds()
+		res.Received = atomic.LoadInt64(&received)
+		res.Rate = float64(res.Received) / res.Seconds
+	case "reqrep":
+		sub.Subscribe(subject, func(m *nats.Msg) { m.Respond(payload) })
+		sub.Flush()
+		for {
+			if _, err := pub.Request(subject, payload, time.Second); err == nil {
+				break
+			}
+		}
+		latencies := make([]float64, 0, *count)
+		start := time.Now()
+		for i := 0; i < *count; i++ {
+			t := time.Now()
+			if _, err := pub.Request(subject, payload, 5*time.Second); err != nil {
+				log.add("request: " + err.Error())
+				continue
+			}
+			latencies = append(latencies, float64(time.Since(t).Microseconds()))
+		}
+		res.Seconds = time.Since(start).Seconds()
+		res.Received = int64(len(latencies))
+		res.Rate = float64(res.Received) / res.Seconds
+		sort.Float64s(latencies)
+		if len(latencies) > 0 {
+			res.P50us = latencies[len(latencies)/2]
+			res.P99us = latencies[(len(latencies)*99)/100]
+		}
+	default:
+		fmt.Fprintln(os.Stderr, "unknown -mode", *mode)
+		os.Exit(2)
+	}
+	res.Errors = log.list()
+	out, _ := json.Marshal(res)
+	fmt.Println(string(out))
+}
