@@ -26,6 +26,7 @@ let package = Package(
         .library(name: "StorkRealtime", targets: ["StorkRealtime"]),
         .library(name: "StorkConnectors", targets: ["StorkConnectors"]),
         .library(name: "StorkGateway", targets: ["StorkGateway"]),
+        .library(name: "StorkBus", targets: ["StorkBus"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
     dependencies: [
@@ -189,10 +190,25 @@ let package = Package(
             ],
             swiftSettings: storkSwiftSettings
         ),
-        // MARK: - Realtime gateway I/O: WebSocket + HTTP endpoints, the cluster relay, providers and runners
+        // MARK: - The message bus across the cluster: interest exchange and forwarding between nodes' routers
+        .target(
+            name: "StorkBus",
+            dependencies: [
+                "StorkCore",
+                "StorkNATS",
+                "StorkResources",
+                "StorkStreaming",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - Realtime gateway I/O: WebSocket + HTTP endpoints, providers and runners
         .target(
             name: "StorkGateway",
             dependencies: [
+                "StorkBus",
                 "StorkConnectors",
                 "StorkCore",
                 "StorkNATS",
@@ -213,6 +229,7 @@ let package = Package(
         .target(
             name: "StorkServer",
             dependencies: [
+                "StorkBus",
                 "StorkCore",
                 "StorkCluster",
                 "StorkConnectors",
@@ -390,6 +407,22 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        .testTarget(
+            name: "StorkBusTests",
+            dependencies: [
+                "StorkBus",
+                "StorkCluster",
+                "StorkCore",
+                "StorkNATS",
+                "StorkResources",
+                "StorkStreaming",
+                "StorkTestKit",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: storkSwiftSettings

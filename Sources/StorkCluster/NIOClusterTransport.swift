@@ -311,6 +311,11 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
 
     // MARK: Outbound TCP
 
+    /// Bytes queued for `address` that its connection has not taken yet.
+    public func backlog(to address: String) -> Int {
+        self.state.withLock { $0.peers[address]?.queuedBytes ?? 0 }
+    }
+
     private func enqueue(_ frame: ByteBuffer, to address: String) {
         enum Next {
             case nothing

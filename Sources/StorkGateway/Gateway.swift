@@ -17,14 +17,11 @@ import Synchronization
 // router subscription per subject pattern (the hub), whatever the number of sessions on it; the payload of a message
 // is classified once and only the frame's sequence number differs per session.
 //
-// Cluster-wide delivery is the relay's job (`GatewayInterest`): the hub tells it which patterns this node's clients
-// listen to, and it brings the matching messages published on other nodes into this node's router.
+// Cluster-wide delivery is the bus's job (StorkBus): the hub's router subscriptions are interest the other nodes
+// learn, and messages published on other nodes reach this node's router.
 
-/// The rest of the cluster as the gateway sees it (the cluster relay): where the hub reports which subject patterns
-/// this node's clients listen to, and who listens elsewhere.
+/// The rest of the cluster as the gateway sees it (the bus): who listens elsewhere, and how many other nodes there are.
 public protocol GatewayInterest: Sendable {
-    func addInterest(_ pattern: String)
-    func removeInterest(_ pattern: String)
     /// Whether a subscriber on another node matches `subject`.
     func remoteInterest(in subject: String) -> Bool
     /// How many other nodes run a gateway (they answer presence queries).
@@ -110,19 +107,11 @@ public final class Gateway: Service, Sendable {
         self.attach(interest: interest, resources: resources)
     }
 
-    /// Connects the gateway to the cluster relay and the resource manager (built after it, since the manager runs
+    /// Connects the gateway to the cluster's bus and the resource manager (built after it, since the manager runs
     /// the gateway's providers and runners).
     public func attach(interest: (any GatewayInterest)?, resources: (any GatewayResources)?) {
-        let previous = self.attachments.withLock { attachments in
-            defer { attachments = (interest ?? attachments.interest, resources ?? attachments.resources) }
-            return attachments.interest
-        }
-        if previous == nil, let interest {
-            interest.addInterest("_GW.\(self.nodeToken).>")
-            interest.addInterest("$GW.presence")
-            for provider in self.providers {
-                if case .nats(let listen) = provider.kind { interest.addInterest(listen) }
-            }
+        self.attachments.withLock { attachments in
+            attachments = (interest ?? attachments.interest, resources ?? attachments.resources)
         }
     }
 
@@ -173,8 +162,6 @@ public final class Gateway: Service, Sendable {
         let all = self.sessions.withLock { Array($0.values) }
         for session in all { self.endSession(session, reason: "the server is shutting down") }
         for subscription in self.inboxSubscription.withLock({ $0 }) { self.router.unsubscribe(subscription) }
-        self.interest?.removeInterest("_GW.\(self.nodeToken).>")
-        self.interest?.removeInterest("$GW.presence")
     }
 
     var isClosed: Bool { self.closed.load(ordering: .relaxed) }
@@ -255,30 +242,27 @@ public final class Gateway: Service, Sendable {
 
     // MARK: The hub
 
-    /// Adds a session to a pattern's fan-out, subscribing the router (and telling the relay) for the first one.
+    /// Adds a session to a pattern's fan-out, subscribing the router for the first one (the bus tells the other
+    /// nodes).
     func hubAdd(_ pattern: String, session: GatewaySession) {
-        let first = self.hub.withLock { hub -> Bool in
+        self.hub.withLock { hub in
             if hub[pattern] != nil {
                 hub[pattern]!.sessions[session.id] = session
-                return false
+                return
             }
             let subscription = self.router.subscribe(pattern, receiver: HubReceiver(gateway: self, pattern: pattern))
             hub[pattern] = HubEntry(subscription: subscription, sessions: [session.id: session])
-            return true
         }
         self.counters.subscriptions.add(1, ordering: .relaxed)
-        if first { self.interest?.addInterest(pattern) }
     }
 
     func hubRemove(_ pattern: String, session: GatewaySession) {
-        let last = self.hub.withLock { hub -> Bool in
-            guard hub[pattern]?.sessions.removeValue(forKey: session.id) != nil else { return false }
+        self.hub.withLock { hub in
+            guard hub[pattern]?.sessions.removeValue(forKey: session.id) != nil else { return }
             self.counters.subscriptions.subtract(1, ordering: .relaxed)
-            guard hub[pattern]!.sessions.isEmpty else { return false }
+            guard hub[pattern]!.sessions.isEmpty else { return }
             self.router.unsubscribe(hub.removeValue(forKey: pattern)!.subscription)
-            return true
         }
-        if last { self.interest?.removeInterest(pattern) }
     }
 
     func fanOut(_ message: NATSMessage, pattern: String) {

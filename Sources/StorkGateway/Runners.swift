@@ -153,10 +153,8 @@ public struct RunnerConnector: Connector {
         let control = Gateway.runnerControlSubject(instance)
         let (commands, continuation) = AsyncStream.makeStream(of: NATSMessage.self, bufferingPolicy: .bufferingNewest(64))
         let subscription = gateway.router.subscribe(control, receiver: StreamReceiver(continuation: continuation))
-        gateway.interest?.addInterest(control)
         defer {
             gateway.router.unsubscribe(subscription)
-            gateway.interest?.removeInterest(control)
             continuation.finish()
         }
         context.status.state(.connected)
@@ -296,11 +294,7 @@ struct GatewayRunnerEffects: RunnerEffects {
         let (stream, continuation) = AsyncStream.makeStream(of: RunnerMessage.self, bufferingPolicy: .bufferingNewest(1024))
         let gateway = self.gateway
         let subscription = gateway.router.subscribe(subject, receiver: RunnerMessageReceiver(continuation: continuation))
-        gateway.interest?.addInterest(subject)
-        continuation.onTermination = { _ in
-            gateway.router.unsubscribe(subscription)
-            gateway.interest?.removeInterest(subject)
-        }
+        continuation.onTermination = { _ in gateway.router.unsubscribe(subscription) }
         return stream
     }
 

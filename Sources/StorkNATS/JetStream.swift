@@ -84,7 +84,8 @@ public final class JetStream: Service, Sendable {
         let receiver = APIReceiver(jetstream: self)
         self.apiSubscriptions.withLock {
             $0 = [
-                self.router.subscribe("$JS.API.>", receiver: receiver),
+                // The API answers for this node's streams only: a request must not reach the other nodes' APIs.
+                self.router.subscribe("$JS.API.>", scope: .node, receiver: receiver),
                 self.router.subscribe("$JS.ACK.>", receiver: AckReceiver(jetstream: self)),
             ]
         }

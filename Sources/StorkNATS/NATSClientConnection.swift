@@ -14,7 +14,7 @@ import Synchronization
 /// this one drains, for 100 ms up to 1 s depending on how full it is, so a burst slows the producer instead of
 /// losing the consumer. A client that does not read at all still fills up: past `maxPending` bytes it is
 /// disconnected as a slow consumer and nobody else waits for it.
-public final class NATSClientConnection: Sendable {
+public final class NATSClientConnection: NATSStallTarget, Sendable {
     struct Outbound {
         var buffer: ByteBuffer
         var flushScheduled = false
@@ -197,7 +197,7 @@ public final class NATSClientConnection: Sendable {
     /// How long a producer should stall on this connection now (nats-server's rule: 100 ms, plus 100 ms per tenth
     /// of the limit's upper half that is filled, at most 1 s), or nil when it is not congested any more. `resume`
     /// is called once, when the connection drains or closes, unless it is not congested (nil).
-    func stall(resume: @escaping @Sendable () -> Void) -> Duration? {
+    public func stall(resume: @escaping @Sendable () -> Void) -> Duration? {
         self.state.withLock { state -> Duration? in
             let pending = state.buffer.readableBytes
             guard !state.closed, self.congested.load(ordering: .relaxed), pending > self.maxPending / 2 else {

@@ -10,28 +10,68 @@ public protocol NATSLocalReceiver: Sendable {
     func receive(_ message: NATSMessage, subscription: NATSSubscription)
 }
 
-/// One subscription: a client's `SUB`, or a local receiver inside the server.
+/// Something a publisher can be stalled on (flow control): a client connection whose outbound buffer is backed up,
+/// or the link to another node whose queue is.
+public protocol NATSStallTarget: AnyObject, Sendable {
+    /// How long a producer should stall now, registering `resume` to be called once when this target drains (or
+    /// closes); nil when it is not congested any more (then `resume` is not kept).
+    func stall(resume: @escaping @Sendable () -> Void) -> Duration?
+}
+
+/// The way to another node of the cluster, as the router sees it: a subscription whose target is a route stands for
+/// the interest of that node's subscribers (see ``NATSRouter/addRemote(_:pattern:queue:)``).
+public protocol NATSRemoteRoute: NATSStallTarget {
+    /// Queues `message` for the node behind the route, which delivers it to its own subscribers and to one member of
+    /// each queue group in `groups` (the groups this node chose that node for). Never waits; false when the route
+    /// is closed or had to drop it.
+    func forward(_ message: NATSMessage, groups: [String]) -> Bool
+    /// Whether the route's queue is backed up: publishers into it should stall.
+    var isCongested: Bool { get }
+}
+
+/// Who learns about a subscription.
+public enum NATSSubscriptionScope: Sendable, Hashable {
+    /// Its interest is announced to the other nodes of the cluster, which forward matching messages here.
+    case cluster
+    /// It sees only what is published on this node (the node's own JetStream API, for one).
+    case node
+}
+
+/// One subscription: a client's `SUB`, a local receiver inside the server, or another node's interest.
 public final class NATSSubscription: Hashable, Sendable {
     public enum Target: Sendable {
         case client(NATSClientConnection)
         case local(any NATSLocalReceiver)
+        /// Another node's subscribers: matching messages are forwarded there.
+        case remote(any NATSRemoteRoute)
     }
 
     public let subject: String
     public let queue: String?
     public let sid: String
     public let target: Target
+    public let scope: NATSSubscriptionScope
     /// Deliveries so far, counted only when ``maxMessages`` is set.
     let delivered = Atomic<Int>(0)
     /// Deliveries after which the subscription ends (`UNSUB sid max`); 0 for none.
     let maxMessages = Atomic<Int>(0)
 
-    public init(subject: String, queue: String?, sid: String, target: Target) {
+    public init(subject: String, queue: String?, sid: String, target: Target, scope: NATSSubscriptionScope = .cluster) {
         self.subject = subject
         self.queue = queue
         self.sid = sid
         self.target = target
+        self.scope = scope
     }
+
+    /// Whether this subscription is interest the cluster should know about: this node's, cluster-scoped.
+    var announced: Bool {
+        if case .remote = self.target { return false }
+        return self.scope == .cluster
+    }
+
+    /// The key of this subscription's interest: its pattern, or pattern and queue group separated by a space.
+    public var interestKey: String { NATSRouter.interestKey(pattern: self.subject, queue: self.queue) }
 
     var client: NATSClientConnection? {
         if case .client(let client) = self.target { return client }
@@ -52,7 +92,7 @@ struct NATSDeliveryBatch {
     private(set) var isEnabled: Bool
     private var targets: [(client: NATSClientConnection, buffer: ByteBuffer, messages: Int, bytes: Int)] = []
     /// Targets found congested by this read's deliveries (batched or not): the publisher stalls on them.
-    private(set) var congested: [NATSClientConnection] = []
+    private(set) var congested: [any NATSStallTarget] = []
     /// Bytes gathered for one target before it is handed over early (large payloads).
     static let handOverBytes = 64 * 1024
     /// Subscribers of one message above which deliveries bypass the batch (wide fan-out).
@@ -107,11 +147,15 @@ struct NATSDeliveryBatch {
     @inline(__always)
     mutating func checkCongestion(of client: NATSClientConnection) {
         guard client.congested.load(ordering: .relaxed) else { return }
-        if !self.congested.contains(where: { $0 === client }) { self.congested.append(client) }
+        self.note(client)
+    }
+
+    mutating func note(_ target: any NATSStallTarget) {
+        if !self.congested.contains(where: { $0 === target }) { self.congested.append(target) }
     }
 
     /// Takes the congested targets noted so far.
-    mutating func takeCongested() -> [NATSClientConnection] {
+    mutating func takeCongested() -> [any NATSStallTarget] {
         guard !self.congested.isEmpty else { return [] }
         defer { self.congested = [] }
         return self.congested
@@ -119,21 +163,33 @@ struct NATSDeliveryBatch {
 
     /// Adds what another batch noted (deliveries that bypassed this one).
     mutating func absorbCongestion(from other: inout NATSDeliveryBatch) {
-        for client in other.takeCongested() where !self.congested.contains(where: { $0 === client }) {
-            self.congested.append(client)
-        }
+        for target in other.takeCongested() { self.note(target) }
     }
 }
 
 // MARK: - NATSRouter
 
 /// Who is interested in which subject, and delivery to them: the subscription index shared by every connection and
-/// local receiver of one server.
+/// local receiver of one server, and the interest of the other nodes of the cluster (remote subscriptions).
+///
+/// Cluster routing: this node's cluster-scoped subscriptions are counted per interest key (pattern, or pattern and
+/// queue group); the first one of a key and the last one's departure are reported to the observer (the cluster
+/// part, which tells the other nodes), in order, under the router's lock. Other nodes' interest comes back as
+/// remote subscriptions. A message published here reaches each matching node once, whatever the number of its
+/// patterns that match; a queue group gets one member in the whole cluster, a local member preferred; what arrives
+/// from another node (``deliverFromPeer(_:groups:)``) is delivered here only, never forwarded again.
 public final class NATSRouter: Sendable {
-    private let index = Mutex(SubjectIndex<NATSSubscription>())
+    struct State {
+        var subjects = SubjectIndex<NATSSubscription>()
+        /// Interest key → this node's cluster-scoped subscriptions with it.
+        var interest: [String: Int] = [:]
+        var observer: (@Sendable (_ key: String, _ added: Bool) -> Void)?
+    }
+
+    private let state = Mutex(State())
     private let queueCursor = Atomic<Int>(0)
-    /// Bumped (under the index's lock) whenever a subscription comes or goes: a connection's ``RouteCache`` is valid
-    /// while the generation it saw is current.
+    /// Bumped (under the lock) whenever a subscription comes or goes: a connection's ``RouteCache`` is valid while
+    /// the generation it saw is current.
     private let generation = Atomic<UInt64>(0)
 
     /// A publishing connection's memory of its last subject and what it matched, so that a client publishing to the
@@ -146,26 +202,80 @@ public final class NATSRouter: Sendable {
 
     public init() {}
 
-    public var subscriptionCount: Int { self.index.withLock { $0.count } }
+    public var subscriptionCount: Int { self.state.withLock { $0.subjects.count } }
+
+    /// The interest key of a pattern with an optional queue group: `pattern`, or `pattern queue`.
+    public static func interestKey(pattern: String, queue: String?) -> String {
+        queue.map { "\(pattern) \($0)" } ?? pattern
+    }
+
+    /// The pattern and queue group of an interest key.
+    public static func parseInterestKey(_ key: String) -> (pattern: String, queue: String?) {
+        guard let space = key.firstIndex(of: " ") else { return (key, nil) }
+        return (String(key[..<space]), String(key[key.index(after: space)...]))
+    }
+
+    /// Reports this node's interest to `observer`: first every key held now (`added: true`), then from now on the
+    /// first cluster-scoped subscription of a key (`true`) and the end of the last one (`false`), in the order they
+    /// happen, called under the router's lock (it must not call the router). One observer per router.
+    public func observeInterest(_ observer: @escaping @Sendable (_ key: String, _ added: Bool) -> Void) {
+        self.state.withLock { state in
+            state.observer = observer
+            for key in state.interest.keys.sorted() { observer(key, true) }
+        }
+    }
+
+    /// Stops reporting interest.
+    public func stopObservingInterest() {
+        self.state.withLock { $0.observer = nil }
+    }
+
+    /// This node's interest keys (cluster-scoped subscriptions), sorted.
+    public var interestKeys: [String] { self.state.withLock { $0.interest.keys.sorted() } }
 
     func add(_ subscription: NATSSubscription) {
-        self.index.withLock {
-            $0.insert(subscription, pattern: subscription.subject, queue: subscription.queue)
+        self.state.withLock { state in
+            state.subjects.insert(subscription, pattern: subscription.subject, queue: subscription.queue)
             self.generation.wrappingAdd(1, ordering: .releasing)
+            guard subscription.announced else { return }
+            let key = subscription.interestKey
+            let count = state.interest[key, default: 0]
+            state.interest[key] = count + 1
+            if count == 0 { state.observer?(key, true) }
         }
     }
 
     @discardableResult
     func remove(_ subscription: NATSSubscription) -> Bool {
-        self.index.withLock {
+        self.state.withLock { state in
             defer { self.generation.wrappingAdd(1, ordering: .releasing) }
-            return $0.remove(subscription, pattern: subscription.subject, queue: subscription.queue)
+            guard state.subjects.remove(subscription, pattern: subscription.subject, queue: subscription.queue) else {
+                return false
+            }
+            guard subscription.announced else { return true }
+            let key = subscription.interestKey
+            let count = state.interest[key, default: 1] - 1
+            state.interest[key] = count > 0 ? count : nil
+            if count <= 0 { state.observer?(key, false) }
+            return true
         }
     }
 
-    /// Subscribes a local receiver to `subject` (a pattern), in a queue group when `queue` is given.
-    public func subscribe(_ subject: String, queue: String? = nil, receiver: any NATSLocalReceiver) -> NATSSubscription {
-        let subscription = NATSSubscription(subject: subject, queue: queue, sid: "local", target: .local(receiver))
+    /// Subscribes a local receiver to `subject` (a pattern), in a queue group when `queue` is given. A `.node`
+    /// subscription sees only what is published on this node.
+    public func subscribe(
+        _ subject: String,
+        queue: String? = nil,
+        scope: NATSSubscriptionScope = .cluster,
+        receiver: any NATSLocalReceiver
+    ) -> NATSSubscription {
+        let subscription = NATSSubscription(
+            subject: subject,
+            queue: queue,
+            sid: "local",
+            target: .local(receiver),
+            scope: scope
+        )
         self.add(subscription)
         return subscription
     }
@@ -175,13 +285,33 @@ public final class NATSRouter: Sendable {
         self.remove(subscription)
     }
 
-    /// Whether anyone would receive a message on `subject`.
+    /// Adds another node's interest in `pattern` (in queue group `queue`): matching messages published here are
+    /// forwarded through `route`. Remote subscriptions are never announced back.
+    public func addRemote(_ route: any NATSRemoteRoute, pattern: String, queue: String?) -> NATSSubscription {
+        let subscription = NATSSubscription(subject: pattern, queue: queue, sid: "remote", target: .remote(route))
+        self.add(subscription)
+        return subscription
+    }
+
+    /// Ends a remote subscription.
+    public func removeRemote(_ subscription: NATSSubscription) {
+        self.remove(subscription)
+    }
+
+    /// Whether anyone, here or on another node, would receive a message on `subject`.
     public func hasInterest(in subject: String) -> Bool {
-        !self.index.withLock { $0.match(subject) }.isEmpty
+        !self.state.withLock { $0.subjects.match(subject) }.isEmpty
+    }
+
+    /// Whether a subscriber on this node (a client or a receiver inside the server) would receive a message on
+    /// `subject`.
+    public func hasLocalInterest(in subject: String) -> Bool {
+        let match = self.state.withLock { $0.subjects.match(subject) }
+        return match.plain.contains { !$0.isRemote } || match.groups.contains { $0.members.contains { !$0.isRemote } }
     }
 
     /// Publishes from inside the server (no client connection): every matching subscription gets it, one member of
-    /// each queue group. Returns how many received it.
+    /// each queue group, here or on other nodes. Returns how many received it (a node counts once).
     @discardableResult
     public func publish(_ message: NATSMessage) -> Int {
         self.route(message, from: nil)
@@ -194,10 +324,39 @@ public final class NATSRouter: Sendable {
         self.route(message, from: nil, routingSubject: subject)
     }
 
+    /// Delivers a message that another node forwarded: to this node's subscribers, and to one local member of each
+    /// queue group in `groups` (the groups the publishing node chose this node for). Never forwarded again. Returns
+    /// how many received it and the targets found congested (the link that brought it may stall on them).
+    public func deliverFromPeer(_ message: NATSMessage, groups: [String]) -> (deliveries: Int, congested: [any NATSStallTarget]) {
+        let match = self.state.withLock { $0.subjects.match(message.subject) }
+        guard !match.isEmpty else { return (0, []) }
+        var batch = NATSDeliveryBatch.none
+        var deliveries = 0
+        for subscription in match.plain where !subscription.isRemote {
+            if self.deliver(message, to: subscription, batch: &batch) { deliveries += 1 }
+        }
+        if !groups.isEmpty {
+            let cursor = self.queueCursor.wrappingAdd(1, ordering: .relaxed).oldValue
+            for (groupIndex, group) in match.groups.enumerated() where groups.contains(group.queue) {
+                let members = group.members
+                let start = (cursor &+ groupIndex &* 7) & Int.max
+                for offset in 0..<members.count {
+                    let subscription = members[(start &+ offset) % members.count]
+                    if subscription.isRemote { continue }
+                    if self.deliver(message, to: subscription, batch: &batch) {
+                        deliveries += 1
+                        break
+                    }
+                }
+            }
+        }
+        return (deliveries, batch.takeCongested())
+    }
+
     /// Delivers `message` to every match. `publisher` is the client that sent it (nil from inside the server); a
     /// client that connected with `echo: false` does not receive its own messages.
     func route(_ message: NATSMessage, from publisher: NATSClientConnection?, routingSubject: String? = nil) -> Int {
-        let match = self.index.withLock { $0.match(routingSubject ?? message.subject) }
+        let match = self.state.withLock { $0.subjects.match(routingSubject ?? message.subject) }
         var unbatched = NATSDeliveryBatch.none
         return self.deliver(message, to: match, from: publisher, batch: &unbatched)
     }
@@ -213,11 +372,24 @@ public final class NATSRouter: Sendable {
         // Read before the lookup: a change after this point bumps the generation and the next publish looks again.
         let generation = self.generation.load(ordering: .acquiring)
         if cache.generation != generation || cache.subject != message.subject {
-            cache.match = self.index.withLock { $0.match(message.subject) }
+            cache.match = self.state.withLock { $0.subjects.match(message.subject) }
             cache.subject = message.subject
             cache.generation = generation
         }
         return self.deliver(message, to: cache.match, from: publisher, batch: &batch)
+    }
+
+    /// The nodes a message goes to, with the queue groups each should serve.
+    struct RemotePlan {
+        var routes: [(route: any NATSRemoteRoute, groups: [String])] = []
+
+        mutating func add(_ route: any NATSRemoteRoute, group: String?) {
+            if let index = self.routes.firstIndex(where: { $0.route === route }) {
+                if let group { self.routes[index].groups.append(group) }
+            } else {
+                self.routes.append((route, group.map { [$0] } ?? []))
+            }
+        }
     }
 
     private func deliver(
@@ -229,10 +401,15 @@ public final class NATSRouter: Sendable {
         if match.isEmpty { return 0 }
         let skipOwn = publisher.map { !$0.echo } ?? false
         var deliveries = 0
+        var remote = RemotePlan()
         // Wide fan-out goes straight to each subscriber: the batch finds its targets by a linear search.
         var unbatched = NATSDeliveryBatch.none
         let wide = match.plain.count > NATSDeliveryBatch.maxTargets
         for subscription in match.plain {
+            if case .remote(let route) = subscription.target {
+                remote.add(route, group: nil)
+                continue
+            }
             if skipOwn, subscription.client === publisher { continue }
             let delivered =
                 wide
@@ -245,16 +422,29 @@ public final class NATSRouter: Sendable {
             let members = group.members
             // Rotates per message; groups start at different members so that they do not move in lockstep.
             let start = (cursor &+ groupIndex &* 7) & Int.max
-            // One member: start at a rotating position and take the first that accepts the message. Not batched: a
-            // member found slow or closed must be known now, so that the message goes to another member.
+            // One member: start at a rotating position and take the first local member that accepts the message;
+            // only when none does, one other node that has members. Not batched: a member found slow or closed must
+            // be known now, so that the message goes to another member.
+            var served = false
+            var remoteMember: (any NATSRemoteRoute)?
             for offset in 0..<members.count {
                 let subscription = members[(start &+ offset) % members.count]
+                if case .remote(let route) = subscription.target {
+                    if remoteMember == nil { remoteMember = route }
+                    continue
+                }
                 if skipOwn, subscription.client === publisher { continue }
                 if self.deliver(message, to: subscription, batch: &unbatched) {
                     deliveries += 1
+                    served = true
                     break
                 }
             }
+            if !served, let route = remoteMember { remote.add(route, group: group.queue) }
+        }
+        for (route, groups) in remote.routes {
+            if route.forward(message, groups: groups) { deliveries += 1 }
+            if route.isCongested { batch.note(route) }
         }
         batch.absorbCongestion(from: &unbatched)
         return deliveries
@@ -262,7 +452,7 @@ public final class NATSRouter: Sendable {
 
     /// The subscription of `client` that a reply subject would reach (for "no responders").
     func subscription(of client: NATSClientConnection, matching subject: String) -> NATSSubscription? {
-        let match = self.index.withLock { $0.match(subject) }
+        let match = self.state.withLock { $0.subjects.match(subject) }
         return match.plain.first { $0.client === client }
             ?? match.groups.lazy.flatMap(\.members).first { $0.client === client }
     }
@@ -291,6 +481,15 @@ public final class NATSRouter: Sendable {
         case .local(let receiver):
             receiver.receive(message, subscription: subscription)
             return true
+        case .remote(let route):
+            return route.forward(message, groups: subscription.queue.map { [$0] } ?? [])
         }
+    }
+}
+
+extension NATSSubscription {
+    var isRemote: Bool {
+        if case .remote = self.target { return true }
+        return false
     }
 }

@@ -6,6 +6,7 @@ import Prometheus
 import ServiceLifecycle
 import StorkCluster
 import StorkConnectors
+import StorkBus
 import StorkCore
 import StorkGateway
 import StorkLeases
@@ -143,13 +144,13 @@ public struct StorkServer: Sendable {
             transport: transport,
             logger: logger
         )
-        // The relay carries the gateway's subjects between the nodes; it needs the manager, which needs the gateway's
-        // connectors: the gateway is attached to both once they exist.
-        var relay: ClusterRelay<ContinuousClock>?
-        if let gateway, let nats {
-            let clusterRelay = ClusterRelay(network: manager, router: nats.router, logger: logger)
-            gateway.attach(interest: RelayGatewayInterest(relay: clusterRelay, logger: logger), resources: manager)
-            relay = clusterRelay
+        // The bus joins this node's router to the other nodes' (every subscriber sees every node's messages); it
+        // needs the manager, which needs the gateway's connectors: the gateway is attached to both once they exist.
+        var bus: BusCluster<ContinuousClock>?
+        if let nats {
+            let cluster = BusCluster(network: manager, router: nats.router, logger: logger)
+            gateway?.attach(interest: BusGatewayInterest(bus: cluster), resources: manager)
+            bus = cluster
         }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         // Moves are recorded from the moment the manager starts, not when the dashboard first asks.
@@ -193,7 +194,7 @@ public struct StorkServer: Sendable {
         }
         if let jetstream { services.append(.init(service: jetstream)) }
         if let nats { services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream))) }
-        if let relay { services.append(.init(service: relay)) }
+        if let bus { services.append(.init(service: bus)) }
         if let permissionsService { services.append(.init(service: permissionsService)) }
         if let gateway { services.append(.init(service: gateway)) }
         for (index, endpoint) in configuration.endpoints.enumerated() {

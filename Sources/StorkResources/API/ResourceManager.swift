@@ -349,6 +349,11 @@ public final class ResourceManager: Service, Sendable {
         self.transport.send(.relay(RelayMessage(from: self.identity, payload: payload)), to: node.address)
     }
 
+    /// Bytes the transport holds for `node` and has not written yet.
+    public func relayBacklog(to node: NodeID) -> Int {
+        self.transport.backlog(to: node.address)
+    }
+
     /// The members this node currently sees as alive or suspect (itself included), sorted: the peers worth talking
     /// to. Dead and departed members are not listed.
     public func liveMembers() -> [NodeID] {

@@ -14,6 +14,13 @@ public protocol ClusterTransport: Sendable {
     func incoming() -> AsyncStream<ClusterMessage>
     /// Stops delivering and sending.
     func close()
+    /// Bytes queued for `address` and not yet handed to its connection (0 when unknown): a sender with much to say
+    /// waits while this is high instead of making the transport drop its oldest frames.
+    func backlog(to address: String) -> Int
+}
+
+extension ClusterTransport {
+    public func backlog(to address: String) -> Int { 0 }
 }
 
 // MARK: - InMemoryNetwork

@@ -1,27 +1,30 @@
+import StorkNATS
 import StorkStreaming
 
-// MARK: - Relay frames
+// MARK: - Bus frames
 //
-// What two relays say to each other, inside the payload of a cluster relay message (`ClusterMessage.relay`, which
-// the cluster transport authenticates like every frame). All integers are big-endian and fixed width.
+// What two nodes' buses say to each other, inside the payload of a cluster relay message (`ClusterMessage.relay`,
+// which the cluster transport authenticates like every frame). All integers are big-endian and fixed width.
 //
 //   offset  size   field
-//   0       1      relay format version = 1
+//   0       1      bus format version = 2
 //   1       1      kind: 1 delta, 2 snapshot, 3 digest, 4 pull, 16 messages
 //   2       n      body
 //
-// delta:    u64 version, list of added patterns, list of removed patterns
-// snapshot: u64 version, list of patterns
+// delta:    u64 version, list of added keys, list of removed keys
+// snapshot: u64 version, list of keys
 // digest:   u64 version
 // pull:     nothing
-// messages: list of (str16 subject, optional str16 reply-to, optional bytes32 header block, bytes32 payload)
+// messages: list of (str16 subject, optional str16 reply-to, optional bytes32 header block, bytes32 payload,
+//           list16 of str16 queue groups the receiver serves)
 //
 // list = u32 count + elements (a count the bytes left cannot hold is refused before anything is allocated);
-// str16 = u16 length + UTF-8; optional = u8 0/1 + value; bytes32 = u32 length + bytes. Patterns must be valid NATS
-// subject patterns and subjects valid to publish to; anything else is a `RelayFrameError`.
+// list16 = u16 count + elements; str16 = u16 length + UTF-8; optional = u8 0/1 + value; bytes32 = u32 length +
+// bytes. A key is a valid NATS subject pattern, or one and a queue group name separated by a space; subjects must be
+// valid to publish to, queue groups valid names; anything else is a `BusFrameError`.
 
-/// How one node's interest (the subject patterns its gateway clients subscribed to) travels to its peers.
-public enum RelayInterestMessage: Hashable, Sendable {
+/// How one node's interest (the interest keys of its cluster-scoped subscriptions) travels to its peers.
+public enum BusInterestMessage: Hashable, Sendable {
     /// The sender's interest went from version `version - 1` to `version` by these changes.
     case delta(version: UInt64, added: [String], removed: [String])
     /// The sender's whole interest at `version`.
@@ -33,39 +36,44 @@ public enum RelayInterestMessage: Hashable, Sendable {
 }
 
 /// One message published on the sender's router, carried to a peer that is interested in its subject.
-public struct RelayedMessage: Hashable, Sendable {
+public struct BusRoutedMessage: Hashable, Sendable {
     public var subject: String
     public var replyTo: String?
     /// The NATS header block (`NATS/1.0\r\n…`), as published.
     public var headers: [UInt8]?
     public var payload: [UInt8]
+    /// The queue groups the sender chose the receiver for: it delivers to one local member of each (and to all its
+    /// plain subscribers).
+    public var groups: [String]
 
-    public init(subject: String, replyTo: String? = nil, headers: [UInt8]? = nil, payload: [UInt8]) {
+    public init(subject: String, replyTo: String? = nil, headers: [UInt8]? = nil, payload: [UInt8], groups: [String] = []) {
         self.subject = subject
         self.replyTo = replyTo
         self.headers = headers
         self.payload = payload
+        self.groups = groups
     }
 
     /// The bytes this message takes in a `messages` frame.
     var encodedSize: Int {
         2 + self.subject.utf8.count + 1 + (self.replyTo.map { 2 + $0.utf8.count } ?? 0) + 1
-            + (self.headers.map { 4 + $0.count } ?? 0) + 4 + self.payload.count
+            + (self.headers.map { 4 + $0.count } ?? 0) + 4 + self.payload.count + 2
+            + self.groups.reduce(0) { $0 + 2 + $1.utf8.count }
     }
 }
 
-/// Everything one relay sends another.
-public enum RelayFrame: Hashable, Sendable {
-    case interest(RelayInterestMessage)
-    case messages([RelayedMessage])
+/// Everything one node's bus sends another's.
+public enum BusFrame: Hashable, Sendable {
+    case interest(BusInterestMessage)
+    case messages([BusRoutedMessage])
 }
 
-/// Why a relay frame was refused. Messages never quote the frame's bytes.
-public struct RelayFrameError: Error, Hashable, Sendable, CustomStringConvertible {
+/// Why a bus frame was refused. Messages never quote the frame's bytes.
+public struct BusFrameError: Error, Hashable, Sendable, CustomStringConvertible {
     public enum Code: String, Hashable, Sendable, CaseIterable {
         /// The frame ends before a field it announces.
         case truncated
-        /// A relay format version this node does not speak.
+        /// A bus format version this node does not speak.
         case badVersion
         /// A frame kind this node does not know.
         case unknownKind
@@ -89,14 +97,14 @@ public struct RelayFrameError: Error, Hashable, Sendable, CustomStringConvertibl
         self.message = message
     }
 
-    public var description: String { "relay frame \(self.code.rawValue): \(self.message)" }
+    public var description: String { "bus frame \(self.code.rawValue): \(self.message)" }
 }
 
-// MARK: - RelayFrameCodec
+// MARK: - BusFrameCodec
 
-/// Encodes and decodes relay frames. Pure; never traps on input.
-public enum RelayFrameCodec {
-    static let version: UInt8 = 1
+/// Encodes and decodes bus frames. Pure; never traps on input.
+public enum BusFrameCodec {
+    static let version: UInt8 = 2
 
     enum Kind: UInt8, CaseIterable {
         case delta = 1
@@ -112,8 +120,17 @@ public enum RelayFrameCodec {
     /// Subjects, reply subjects and patterns are at most this many UTF-8 bytes.
     public static let maximumSubjectBytes = 4096
 
-    public static func encode(_ frame: RelayFrame) -> [UInt8] {
-        var writer = RelayWriter()
+    /// Whether `key` is a subject pattern, or one followed by a space and a queue group name.
+    public static func isValidInterestKey(_ key: String) -> Bool {
+        guard key.utf8.count <= Self.maximumSubjectBytes else { return false }
+        let (pattern, queue) = NATSRouter.parseInterestKey(key)
+        guard Subject.isValidPattern(pattern) else { return false }
+        guard let queue else { return true }
+        return Subject.isValidLiteral(queue) && !queue.contains(".") && !queue.contains(" ")
+    }
+
+    public static func encode(_ frame: BusFrame) -> [UInt8] {
+        var writer = BusWriter()
         writer.u8(Self.version)
         switch frame {
         case .interest(.delta(let version, let added, let removed)):
@@ -148,18 +165,20 @@ public enum RelayFrameCodec {
                     writer.u8(0)
                 }
                 writer.bytes32(message.payload)
+                writer.u16(UInt16(truncatingIfNeeded: message.groups.count))
+                for group in message.groups { writer.str16(group) }
             }
         }
         return writer.bytes
     }
 
-    public static func decode(_ bytes: [UInt8]) throws(RelayFrameError) -> RelayFrame {
-        var reader = RelayReader(bytes)
+    public static func decode(_ bytes: [UInt8]) throws(BusFrameError) -> BusFrame {
+        var reader = BusReader(bytes)
         let version = try reader.u8()
-        guard version == Self.version else { throw RelayFrameError(.badVersion, "relay format \(version)") }
+        guard version == Self.version else { throw BusFrameError(.badVersion, "bus format \(version)") }
         let raw = try reader.u8()
-        guard let kind = Kind(rawValue: raw) else { throw RelayFrameError(.unknownKind, "kind \(raw)") }
-        let frame: RelayFrame
+        guard let kind = Kind(rawValue: raw) else { throw BusFrameError(.unknownKind, "kind \(raw)") }
+        let frame: BusFrame
         switch kind {
         case .delta:
             let version = try reader.u64()
@@ -174,27 +193,32 @@ public enum RelayFrameCodec {
         case .pull:
             frame = .interest(.pull)
         case .messages:
-            // subject (2 + 1), reply marker, header marker, payload length.
-            let count = try reader.count(minimumElementSize: 3 + 1 + 1 + 4)
-            var messages: [RelayedMessage] = []
+            // subject (2 + 1), reply marker, header marker, payload length, group count.
+            let count = try reader.count(minimumElementSize: 3 + 1 + 1 + 4 + 2)
+            var messages: [BusRoutedMessage] = []
             messages.reserveCapacity(count)
             for _ in 0..<count {
                 let subject = try reader.subject(published: true)
                 let replyTo = try reader.present() ? try reader.subject(published: true) : nil
                 let headers = try reader.present() ? try reader.bytes32() : nil
                 let payload = try reader.bytes32()
-                messages.append(RelayedMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload))
+                let groupCount = Int(try reader.u16())
+                var groups: [String] = []
+                for _ in 0..<groupCount { groups.append(try reader.queueName()) }
+                messages.append(
+                    BusRoutedMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload, groups: groups)
+                )
             }
             frame = .messages(messages)
         }
-        guard reader.isAtEnd else { throw RelayFrameError(.trailingBytes, "\(reader.remaining) bytes after the frame") }
+        guard reader.isAtEnd else { throw BusFrameError(.trailingBytes, "\(reader.remaining) bytes after the frame") }
         return frame
     }
 }
 
 // MARK: - Writer and reader
 
-struct RelayWriter {
+struct BusWriter {
     var bytes: [UInt8] = []
 
     mutating func u8(_ value: UInt8) { self.bytes.append(value) }
@@ -229,7 +253,7 @@ struct RelayWriter {
     }
 }
 
-struct RelayReader {
+struct BusReader {
     let bytes: [UInt8]
     private(set) var offset = 0
 
@@ -238,71 +262,87 @@ struct RelayReader {
     var isAtEnd: Bool { self.offset == self.bytes.count }
     var remaining: Int { self.bytes.count - self.offset }
 
-    mutating func take(_ count: Int) throws(RelayFrameError) -> ArraySlice<UInt8> {
+    mutating func take(_ count: Int) throws(BusFrameError) -> ArraySlice<UInt8> {
         guard count >= 0, count <= self.remaining else {
-            throw RelayFrameError(.truncated, "\(count) bytes needed, \(self.remaining) left")
+            throw BusFrameError(.truncated, "\(count) bytes needed, \(self.remaining) left")
         }
         defer { self.offset += count }
         return self.bytes[self.offset..<self.offset + count]
     }
 
-    mutating func u8() throws(RelayFrameError) -> UInt8 { try self.take(1).first! }
+    mutating func u8() throws(BusFrameError) -> UInt8 { try self.take(1).first! }
 
-    mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(RelayFrameError) -> T {
+    mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(BusFrameError) -> T {
         var value: T = 0
         for byte in try self.take(T.bitWidth / 8) { value = (value << 8) | T(byte) }
         return value
     }
 
-    mutating func u16() throws(RelayFrameError) -> UInt16 { try self.integer(UInt16.self) }
-    mutating func u32() throws(RelayFrameError) -> UInt32 { try self.integer(UInt32.self) }
-    mutating func u64() throws(RelayFrameError) -> UInt64 { try self.integer(UInt64.self) }
+    mutating func u16() throws(BusFrameError) -> UInt16 { try self.integer(UInt16.self) }
+    mutating func u32() throws(BusFrameError) -> UInt32 { try self.integer(UInt32.self) }
+    mutating func u64() throws(BusFrameError) -> UInt64 { try self.integer(UInt64.self) }
 
-    mutating func present() throws(RelayFrameError) -> Bool {
+    mutating func present() throws(BusFrameError) -> Bool {
         switch try self.u8() {
         case 0: return false
         case 1: return true
-        case let other: throw RelayFrameError(.badEnumValue, "optional marker \(other)")
+        case let other: throw BusFrameError(.badEnumValue, "optional marker \(other)")
         }
     }
 
-    mutating func count(minimumElementSize: Int) throws(RelayFrameError) -> Int {
+    mutating func count(minimumElementSize: Int) throws(BusFrameError) -> Int {
         let count = Int(try self.u32())
         guard count <= self.remaining / minimumElementSize else {
-            throw RelayFrameError(.countTooLarge, "\(count) elements announced, \(self.remaining) bytes left")
+            throw BusFrameError(.countTooLarge, "\(count) elements announced, \(self.remaining) bytes left")
         }
         return count
     }
 
-    mutating func string() throws(RelayFrameError) -> String {
+    mutating func string() throws(BusFrameError) -> String {
         let length = Int(try self.u16())
-        guard length <= RelayFrameCodec.maximumSubjectBytes else {
-            throw RelayFrameError(.invalidSubject, "a subject of \(length) bytes")
+        guard length <= BusFrameCodec.maximumSubjectBytes else {
+            throw BusFrameError(.invalidSubject, "a subject of \(length) bytes")
         }
         guard let string = String(validating: try self.take(length), as: UTF8.self) else {
-            throw RelayFrameError(.invalidUTF8, "a subject is not valid UTF-8")
+            throw BusFrameError(.invalidUTF8, "a subject is not valid UTF-8")
         }
         return string
     }
 
     /// A subject as published (`published`, where NATS accepts wildcard tokens as ordinary ones) or a pattern.
-    mutating func subject(published: Bool) throws(RelayFrameError) -> String {
+    mutating func subject(published: Bool) throws(BusFrameError) -> String {
         let subject = try self.string()
         guard published ? Subject.isValidForPublish(subject) : Subject.isValidPattern(subject) else {
-            throw RelayFrameError(.invalidSubject, published ? "an invalid subject" : "an invalid subject pattern")
+            throw BusFrameError(.invalidSubject, published ? "an invalid subject" : "an invalid subject pattern")
         }
         return subject
     }
 
-    mutating func patterns() throws(RelayFrameError) -> [String] {
+    /// A queue group name: one token, no wildcard.
+    mutating func queueName() throws(BusFrameError) -> String {
+        let name = try self.string()
+        guard Subject.isValidLiteral(name), !name.contains(".") else {
+            throw BusFrameError(.invalidSubject, "an invalid queue group name")
+        }
+        return name
+    }
+
+    /// Interest keys: a pattern, or a pattern, a space and a queue group.
+    mutating func patterns() throws(BusFrameError) -> [String] {
         let count = try self.count(minimumElementSize: 2)
         var patterns: [String] = []
         patterns.reserveCapacity(count)
-        for _ in 0..<count { patterns.append(try self.subject(published: false)) }
+        for _ in 0..<count {
+            let key = try self.string()
+            guard BusFrameCodec.isValidInterestKey(key) else {
+                throw BusFrameError(.invalidSubject, "an invalid subject pattern")
+            }
+            patterns.append(key)
+        }
         return patterns
     }
 
-    mutating func bytes32() throws(RelayFrameError) -> [UInt8] {
+    mutating func bytes32() throws(BusFrameError) -> [UInt8] {
         let length = Int(try self.u32())
         return Array(try self.take(length))
     }

@@ -1,13 +1,14 @@
 import StorkCore
+import StorkNATS
 import StorkStreaming
 
 // MARK: - Values
 
 /// Who, in the cluster, is interested in a subject (or in some subject of a pattern).
-public struct RelayInterest: Hashable, Sendable, CustomStringConvertible {
-    /// A local gateway client subscribed (``ClusterRelay/addInterest(_:)`` on this node).
+public struct BusInterest: Hashable, Sendable, CustomStringConvertible {
+    /// A subscriber on this node (a client, the gateway, a receiver inside the server).
     public var local: Bool
-    /// The peers whose gateway clients subscribed, sorted.
+    /// The peers with a matching subscriber, sorted.
     public var nodes: [NodeID]
 
     public init(local: Bool, nodes: [NodeID]) {
@@ -24,7 +25,7 @@ public struct RelayInterest: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// Counters of the interest protocol.
-public struct RelayInterestStatistics: Hashable, Sendable {
+public struct BusInterestStatistics: Hashable, Sendable {
     /// Deltas applied in order, and those that were late (an older or equal version: ignored).
     public var deltasApplied = 0
     public var deltasLate = 0
@@ -40,21 +41,23 @@ public struct RelayInterestStatistics: Hashable, Sendable {
 }
 
 /// What the interest table asks its driver to do.
-public enum RelayAction: Hashable, Sendable {
+public enum BusInterestAction: Hashable, Sendable {
     /// Send an interest message to a peer.
-    case send(RelayInterestMessage, to: NodeID)
-    /// The first peer became interested in `pattern`: subscribe on the local router to forward its messages.
-    case startForwarding(String)
-    /// No peer is interested in `pattern` any more: end the router subscription.
-    case stopForwarding(String)
-    /// Local or remote interest changed: watchers of ``RelayInterest`` should look again.
+    case send(BusInterestMessage, to: NodeID)
+    /// A peer became interested in an interest key (a pattern, or a pattern and a queue group): add a remote
+    /// subscription for it on the local router.
+    case peerAdded(NodeID, key: String)
+    /// A peer is no longer interested in the key (or left): remove that remote subscription.
+    case peerRemoved(NodeID, key: String)
+    /// Local or remote interest changed: watchers of ``BusInterest`` should look again.
     case interestChanged
 }
 
-// MARK: - RelayInterestStateMachine
+// MARK: - BusInterestStateMachine
 
-/// The cluster-wide interest table of one node's relay: its own patterns (reference-counted, versioned) and every live
-/// peer's, kept in sync by deltas, snapshots and periodic digests.
+/// The cluster-wide interest table of one node's bus: its own interest keys (versioned; the router counts the
+/// subscriptions behind each) and every live peer's, kept in sync by deltas, snapshots and periodic digests. A key is
+/// a subject pattern, or a pattern and a queue group separated by a space (``NATSRouter/interestKey(pattern:queue:)``).
 ///
 /// Versions: every change of the local set raises `localVersion` by one and goes to every live peer as a delta from
 /// `version - 1` to `version`. A receiver applies a delta only on top of exactly the previous version: a late delta
@@ -69,7 +72,7 @@ public enum RelayAction: Hashable, Sendable {
 /// snapshots and pulls.
 ///
 /// Pure: no I/O, no clock; `now` comes in with the events that need it.
-public struct RelayInterestStateMachine: Sendable {
+public struct BusInterestStateMachine: Sendable {
     struct Peer: Sendable {
         var version: UInt64 = 0
         var patterns: Set<String> = []
@@ -80,7 +83,7 @@ public struct RelayInterestStateMachine: Sendable {
     public let myself: NodeID
     public let antiEntropyInterval: Duration
     public private(set) var localVersion: UInt64 = 0
-    public private(set) var statistics = RelayInterestStatistics()
+    public private(set) var statistics = BusInterestStatistics()
     /// When `tick` wants to run next; nil before `start`.
     public private(set) var nextDeadline: StorkInstant?
 
@@ -89,8 +92,6 @@ public struct RelayInterestStateMachine: Sendable {
     private var live: Set<NodeID> = []
     private var peers: [NodeID: Peer] = [:]
     private var remoteIndex = SubjectIndex<NodeID>()
-    /// Pattern → how many peers are interested in it; the relay has a router subscription for each key.
-    private var remoteCounts: [String: Int] = [:]
 
     public init(myself: NodeID, antiEntropyInterval: Duration = .seconds(5)) {
         self.myself = myself
@@ -114,27 +115,34 @@ public struct RelayInterestStateMachine: Sendable {
     /// A peer's version as known here (0 for an unknown peer).
     public func version(of node: NodeID) -> UInt64 { self.peers[node]?.version ?? 0 }
 
-    /// The patterns some peer is interested in (the relay's router subscriptions), sorted.
-    public var forwardedPatterns: [String] { self.remoteCounts.keys.sorted() }
-
-    /// The peers a message on `subject` goes to: each once, however many of its patterns match, sorted.
-    public mutating func peers(interestedIn subject: String) -> [NodeID] {
-        Self.unique(self.remoteIndex.match(subject).plain)
+    /// Every key some peer is interested in, each once, sorted.
+    public var remoteKeys: [String] {
+        var keys = Set<String>()
+        for peer in self.peers.values { keys.formUnion(peer.patterns) }
+        return keys.sorted()
     }
 
-    /// Who is interested in `pattern`: a literal subject is matched against every pattern; a pattern with wildcards
-    /// counts every pattern that could match one of the same subjects (`a.*` and `a.b` overlap, `a.*` and `b.>` do
-    /// not).
-    public func interest(in pattern: String) -> RelayInterest {
+    /// The peers with a subscriber (plain or in a queue group) matching `subject`: each once, sorted.
+    public mutating func peers(interestedIn subject: String) -> [NodeID] {
+        let match = self.remoteIndex.match(subject)
+        return Self.unique(match.plain + match.groups.flatMap(\.members))
+    }
+
+    /// Who is interested in `pattern` (queue groups count): a literal subject is matched against every pattern; a
+    /// pattern with wildcards counts every pattern that could match one of the same subjects (`a.*` and `a.b`
+    /// overlap, `a.*` and `b.>` do not).
+    public func interest(in pattern: String) -> BusInterest {
         if !Subject.hasWildcard(pattern) {
-            return RelayInterest(
+            let match = self.remoteIndex.lookup(pattern)
+            return BusInterest(
                 local: self.localIndex.hasInterest(in: pattern),
-                nodes: Self.unique(self.remoteIndex.lookup(pattern).plain)
+                nodes: Self.unique(match.plain + match.groups.flatMap(\.members))
             )
         }
-        return RelayInterest(
-            local: self.localCounts.keys.contains { Subject.overlaps($0, pattern) },
-            nodes: self.peers.filter { $0.value.patterns.contains { Subject.overlaps($0, pattern) } }.keys.sorted()
+        func overlaps(_ key: String) -> Bool { Subject.overlaps(NATSRouter.parseInterestKey(key).pattern, pattern) }
+        return BusInterest(
+            local: self.localCounts.keys.contains(where: overlaps),
+            nodes: self.peers.filter { $0.value.patterns.contains(where: overlaps) }.keys.sorted()
         )
     }
 
@@ -153,35 +161,37 @@ public struct RelayInterestStateMachine: Sendable {
     // MARK: Events
 
     /// Starts the anti-entropy timer.
-    public mutating func start(now: StorkInstant) -> [RelayAction] {
+    public mutating func start(now: StorkInstant) -> [BusInterestAction] {
         self.nextDeadline = now + self.antiEntropyInterval
         return []
     }
 
-    /// One more local subscriber of `pattern` (already validated). The first one is announced to every live peer.
-    public mutating func addLocalInterest(_ pattern: String) -> [RelayAction] {
-        let count = self.localCounts[pattern, default: 0]
-        self.localCounts[pattern] = count + 1
+    /// One more local holder of interest key `key` (already validated). The first one is announced to every live peer.
+    public mutating func addLocalInterest(_ key: String) -> [BusInterestAction] {
+        let count = self.localCounts[key, default: 0]
+        self.localCounts[key] = count + 1
         guard count == 0 else { return [] }
-        self.localIndex.insert(pattern, pattern: pattern)
-        return self.announce(added: [pattern], removed: [])
+        let (pattern, queue) = NATSRouter.parseInterestKey(key)
+        self.localIndex.insert(key, pattern: pattern, queue: queue)
+        return self.announce(added: [key], removed: [])
     }
 
-    /// One local subscriber of `pattern` fewer. The last one's departure is announced; unknown patterns are ignored.
-    public mutating func removeLocalInterest(_ pattern: String) -> [RelayAction] {
-        guard let count = self.localCounts[pattern] else { return [] }
+    /// One local holder of `key` fewer. The last one's departure is announced; unknown keys are ignored.
+    public mutating func removeLocalInterest(_ key: String) -> [BusInterestAction] {
+        guard let count = self.localCounts[key] else { return [] }
         guard count == 1 else {
-            self.localCounts[pattern] = count - 1
+            self.localCounts[key] = count - 1
             return []
         }
-        self.localCounts[pattern] = nil
-        self.localIndex.remove(pattern, pattern: pattern)
-        return self.announce(added: [], removed: [pattern])
+        self.localCounts[key] = nil
+        let (pattern, queue) = NATSRouter.parseInterestKey(key)
+        self.localIndex.remove(key, pattern: pattern, queue: queue)
+        return self.announce(added: [], removed: [key])
     }
 
-    private mutating func announce(added: [String], removed: [String]) -> [RelayAction] {
+    private mutating func announce(added: [String], removed: [String]) -> [BusInterestAction] {
         self.localVersion += 1
-        var actions: [RelayAction] = self.live.sorted().map {
+        var actions: [BusInterestAction] = self.live.sorted().map {
             .send(.delta(version: self.localVersion, added: added, removed: removed), to: $0)
         }
         actions.append(.interestChanged)
@@ -190,11 +200,11 @@ public struct RelayInterestStateMachine: Sendable {
 
     /// The members membership currently sees as alive or suspect (this node may be among them). Departed peers lose
     /// their interest; new ones get our snapshot and a pull for theirs.
-    public mutating func membersChanged(_ members: [NodeID]) -> [RelayAction] {
+    public mutating func membersChanged(_ members: [NodeID]) -> [BusInterestAction] {
         var current = Set(members)
         current.remove(self.myself)
         guard current != self.live else { return [] }
-        var actions: [RelayAction] = []
+        var actions: [BusInterestAction] = []
         for node in self.live.subtracting(current).sorted() {
             if self.peers[node] != nil {
                 actions += self.replacePatterns(of: node, with: [])
@@ -213,7 +223,7 @@ public struct RelayInterestStateMachine: Sendable {
     }
 
     /// An interest message from a peer.
-    public mutating func receive(_ message: RelayInterestMessage, from node: NodeID) -> [RelayAction] {
+    public mutating func receive(_ message: BusInterestMessage, from node: NodeID) -> [BusInterestAction] {
         guard self.live.contains(node) else {
             self.statistics.framesFromStrangers += 1
             return []
@@ -260,7 +270,7 @@ public struct RelayInterestStateMachine: Sendable {
 
     /// Runs the anti-entropy round when it is due: a digest to every live peer, and pulls that got no answer may be
     /// sent again.
-    public mutating func tick(now: StorkInstant) -> [RelayAction] {
+    public mutating func tick(now: StorkInstant) -> [BusInterestAction] {
         guard let deadline = self.nextDeadline, deadline <= now else { return [] }
         self.nextDeadline = now + self.antiEntropyInterval
         for node in self.peers.keys { self.peers[node]?.pulling = false }
@@ -269,21 +279,19 @@ public struct RelayInterestStateMachine: Sendable {
 
     // MARK: Applying a peer's set
 
-    private mutating func replacePatterns(of node: NodeID, with patterns: Set<String>) -> [RelayAction] {
+    private mutating func replacePatterns(of node: NodeID, with patterns: Set<String>) -> [BusInterestAction] {
         let old = self.peers[node]?.patterns ?? []
         guard old != patterns else { return [] }
-        var actions: [RelayAction] = []
-        for pattern in old.subtracting(patterns).sorted() {
-            self.remoteIndex.remove(node, pattern: pattern)
-            let count = self.remoteCounts[pattern, default: 1] - 1
-            self.remoteCounts[pattern] = count == 0 ? nil : count
-            if count == 0 { actions.append(.stopForwarding(pattern)) }
+        var actions: [BusInterestAction] = []
+        for key in old.subtracting(patterns).sorted() {
+            let (pattern, queue) = NATSRouter.parseInterestKey(key)
+            self.remoteIndex.remove(node, pattern: pattern, queue: queue)
+            actions.append(.peerRemoved(node, key: key))
         }
-        for pattern in patterns.subtracting(old).sorted() {
-            self.remoteIndex.insert(node, pattern: pattern)
-            let count = self.remoteCounts[pattern, default: 0] + 1
-            self.remoteCounts[pattern] = count
-            if count == 1 { actions.append(.startForwarding(pattern)) }
+        for key in patterns.subtracting(old).sorted() {
+            let (pattern, queue) = NATSRouter.parseInterestKey(key)
+            self.remoteIndex.insert(node, pattern: pattern, queue: queue)
+            actions.append(.peerAdded(node, key: key))
         }
         if !patterns.isEmpty || self.peers[node] != nil {
             self.peers[node, default: Peer()].patterns = patterns

@@ -1,18 +1,18 @@
 import StorkCore
 import Testing
 
-@testable import StorkGateway
+@testable import StorkBus
 
 /// The interest table alone: events in, actions out, no clock and no network.
-@Suite("Relay interest table")
-struct RelayInterestTests {
+@Suite("Bus interest table")
+struct BusInterestTests {
     static let a = NodeID(name: "a", address: "127.0.0.1:1", uid: 1)
     static let b = NodeID(name: "b", address: "127.0.0.1:2", uid: 2)
     static let c = NodeID(name: "c", address: "127.0.0.1:3", uid: 3)
 
     /// Node a's table, with b and c live and their greetings already exchanged.
-    static func table(peers: [NodeID] = [b, c]) -> RelayInterestStateMachine {
-        var machine = RelayInterestStateMachine(myself: Self.a, antiEntropyInterval: .seconds(5))
+    static func table(peers: [NodeID] = [b, c]) -> BusInterestStateMachine {
+        var machine = BusInterestStateMachine(myself: Self.a, antiEntropyInterval: .seconds(5))
         _ = machine.start(now: .zero)
         _ = machine.membersChanged([Self.a] + peers)
         for peer in peers { _ = machine.receive(.snapshot(version: 0, patterns: []), from: peer) }
@@ -24,7 +24,7 @@ struct RelayInterestTests {
         var machine = Self.table()
         let b = Self.b
         let c = Self.c
-        let steps: [(String, (inout RelayInterestStateMachine) -> [RelayAction], [RelayAction])] = [
+        let steps: [(String, (inout BusInterestStateMachine) -> [BusInterestAction], [BusInterestAction])] = [
             ("first add", { $0.addLocalInterest("users.alice.>") }, [
                 .send(.delta(version: 1, added: ["users.alice.>"], removed: []), to: b),
                 .send(.delta(version: 1, added: ["users.alice.>"], removed: []), to: c),
@@ -49,7 +49,7 @@ struct RelayInterestTests {
 
     @Test("a member that becomes live gets our snapshot and a pull for its own")
     func greeting() {
-        var machine = RelayInterestStateMachine(myself: Self.a)
+        var machine = BusInterestStateMachine(myself: Self.a)
         _ = machine.addLocalInterest("x.>")
         #expect(machine.membersChanged([Self.a]) == [])
         #expect(
@@ -61,7 +61,7 @@ struct RelayInterestTests {
         // The peer's answer to the pull.
         #expect(
             machine.receive(.snapshot(version: 4, patterns: ["y", "z.*"]), from: Self.b) == [
-                .startForwarding("y"), .startForwarding("z.*"), .interestChanged,
+                .peerAdded(Self.b, key: "y"), .peerAdded(Self.b, key: "z.*"), .interestChanged,
             ]
         )
         #expect(machine.version(of: Self.b) == 4)
@@ -73,12 +73,12 @@ struct RelayInterestTests {
         var machine = Self.table()
         #expect(
             machine.receive(.delta(version: 1, added: ["a.b"], removed: []), from: Self.b) == [
-                .startForwarding("a.b"), .interestChanged,
+                .peerAdded(Self.b, key: "a.b"), .interestChanged,
             ]
         )
         #expect(
             machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.b) == [
-                .stopForwarding("a.b"), .interestChanged,
+                .peerRemoved(Self.b, key: "a.b"), .interestChanged,
             ]
         )
         // Delivered again, late: ignored.
@@ -90,7 +90,7 @@ struct RelayInterestTests {
         // An older snapshot is stale too.
         #expect(machine.receive(.snapshot(version: 1, patterns: ["a.b"]), from: Self.b) == [])
         #expect(machine.statistics.snapshotsStale == 1)
-        #expect(machine.forwardedPatterns == [])
+        #expect(machine.remoteKeys == [])
     }
 
     @Test("a delta that skips a version asks for one snapshot, which repairs the gap")
@@ -103,11 +103,11 @@ struct RelayInterestTests {
         #expect(machine.patterns(of: Self.b) == ["p1"])
         #expect(
             machine.receive(.snapshot(version: 4, patterns: ["p1", "p3", "p4"]), from: Self.b) == [
-                .startForwarding("p3"), .startForwarding("p4"), .interestChanged,
+                .peerAdded(Self.b, key: "p3"), .peerAdded(Self.b, key: "p4"), .interestChanged,
             ]
         )
         #expect(machine.receive(.delta(version: 5, added: [], removed: ["p1"]), from: Self.b) == [
-            .stopForwarding("p1"), .interestChanged,
+            .peerRemoved(Self.b, key: "p1"), .interestChanged,
         ])
         #expect(machine.statistics.gaps == 2)
     }
@@ -136,15 +136,19 @@ struct RelayInterestTests {
         var machine = Self.table()
         _ = machine.receive(.snapshot(version: 2, patterns: ["shared", "only.b"]), from: Self.b)
         _ = machine.receive(.snapshot(version: 1, patterns: ["shared"]), from: Self.c)
-        #expect(machine.forwardedPatterns == ["only.b", "shared"])
-        #expect(machine.membersChanged([Self.a, Self.c]) == [.stopForwarding("only.b"), .interestChanged])
-        #expect(machine.forwardedPatterns == ["shared"], "c still wants it")
+        #expect(machine.remoteKeys == ["only.b", "shared"])
+        #expect(
+            machine.membersChanged([Self.a, Self.c]) == [
+                .peerRemoved(Self.b, key: "only.b"), .peerRemoved(Self.b, key: "shared"), .interestChanged,
+            ]
+        )
+        #expect(machine.remoteKeys == ["shared"], "c still wants it")
         #expect(machine.interest(in: "only.b").isEmpty)
         #expect(machine.receive(.delta(version: 3, added: ["late"], removed: []), from: Self.b) == [])
         #expect(machine.statistics.framesFromStrangers == 1)
         #expect(machine.statistics.peersDropped == 1)
-        #expect(machine.membersChanged([Self.a]) == [.stopForwarding("shared"), .interestChanged])
-        #expect(machine.forwardedPatterns == [])
+        #expect(machine.membersChanged([Self.a]) == [.peerRemoved(Self.c, key: "shared"), .interestChanged])
+        #expect(machine.remoteKeys == [])
         // b comes back (a refuted suspicion, same process): it is greeted again and its state starts over.
         #expect(
             machine.membersChanged([Self.a, Self.b]) == [
@@ -153,20 +157,21 @@ struct RelayInterestTests {
         )
         #expect(machine.version(of: Self.b) == 0)
         _ = machine.receive(.snapshot(version: 3, patterns: ["shared", "late"]), from: Self.b)
-        #expect(machine.forwardedPatterns == ["late", "shared"])
+        #expect(machine.remoteKeys == ["late", "shared"])
     }
 
-    @Test("overlapping patterns: each peer once per message, deterministically; shared patterns subscribe once")
+    @Test("overlapping patterns: each peer once per message, deterministically; each peer's keys added and removed")
     func overlapDedupe() {
         var machine = Self.table()
         #expect(
             machine.receive(.snapshot(version: 1, patterns: ["a.>", "a.b", "a.*"]), from: Self.b) == [
-                .startForwarding("a.*"), .startForwarding("a.>"), .startForwarding("a.b"), .interestChanged,
+                .peerAdded(Self.b, key: "a.*"), .peerAdded(Self.b, key: "a.>"), .peerAdded(Self.b, key: "a.b"),
+                .interestChanged,
             ]
         )
         #expect(
             machine.receive(.snapshot(version: 1, patterns: ["a.b", "z"]), from: Self.c) == [
-                .startForwarding("z"), .interestChanged,
+                .peerAdded(Self.c, key: "a.b"), .peerAdded(Self.c, key: "z"), .interestChanged,
             ]
         )
         #expect(machine.peers(interestedIn: "a.b") == [Self.b, Self.c])
@@ -174,14 +179,15 @@ struct RelayInterestTests {
         #expect(machine.peers(interestedIn: "a.b.c") == [Self.b])
         #expect(machine.peers(interestedIn: "z") == [Self.c])
         #expect(machine.peers(interestedIn: "b") == [])
-        // "a.b" stays forwarded while one peer wants it.
         #expect(
-            machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.b) == [.interestChanged]
+            machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.b) == [
+                .peerRemoved(Self.b, key: "a.b"), .interestChanged,
+            ]
         )
         #expect(machine.peers(interestedIn: "a.b") == [Self.b, Self.c], "b still matches through a.> and a.*")
         #expect(
             machine.receive(.delta(version: 2, added: [], removed: ["a.b"]), from: Self.c) == [
-                .stopForwarding("a.b"), .interestChanged,
+                .peerRemoved(Self.c, key: "a.b"), .interestChanged,
             ]
         )
         #expect(machine.peers(interestedIn: "a.b") == [Self.b])
@@ -193,11 +199,32 @@ struct RelayInterestTests {
         _ = machine.addLocalInterest("users.alice.*")
         _ = machine.receive(.snapshot(version: 1, patterns: ["users.>"]), from: Self.b)
         _ = machine.receive(.snapshot(version: 1, patterns: ["users.bob.events"]), from: Self.c)
-        #expect(machine.interest(in: "users.alice.events") == RelayInterest(local: true, nodes: [Self.b]))
-        #expect(machine.interest(in: "users.bob.events") == RelayInterest(local: false, nodes: [Self.b, Self.c]))
-        #expect(machine.interest(in: "users.bob.*") == RelayInterest(local: false, nodes: [Self.b, Self.c]))
-        #expect(machine.interest(in: "users.*.events") == RelayInterest(local: true, nodes: [Self.b, Self.c]))
+        #expect(machine.interest(in: "users.alice.events") == BusInterest(local: true, nodes: [Self.b]))
+        #expect(machine.interest(in: "users.bob.events") == BusInterest(local: false, nodes: [Self.b, Self.c]))
+        #expect(machine.interest(in: "users.bob.*") == BusInterest(local: false, nodes: [Self.b, Self.c]))
+        #expect(machine.interest(in: "users.*.events") == BusInterest(local: true, nodes: [Self.b, Self.c]))
         #expect(machine.interest(in: "orders.>").isEmpty)
         #expect(machine.interest(in: "users").isEmpty, "users.> needs at least one more token")
+    }
+
+    @Test("queue groups: a key with a queue group is its own interest, matched with the group's pattern")
+    func queueGroups() {
+        var machine = Self.table()
+        #expect(
+            machine.addLocalInterest("jobs.> workers") == [
+                .send(.delta(version: 1, added: ["jobs.> workers"], removed: []), to: Self.b),
+                .send(.delta(version: 1, added: ["jobs.> workers"], removed: []), to: Self.c),
+                .interestChanged,
+            ]
+        )
+        #expect(machine.interest(in: "jobs.1") == BusInterest(local: true, nodes: []))
+        #expect(
+            machine.receive(.snapshot(version: 1, patterns: ["jobs.> workers", "jobs.1"]), from: Self.b) == [
+                .peerAdded(Self.b, key: "jobs.1"), .peerAdded(Self.b, key: "jobs.> workers"), .interestChanged,
+            ]
+        )
+        #expect(machine.peers(interestedIn: "jobs.1") == [Self.b], "plain and queue interest of one peer count once")
+        #expect(machine.interest(in: "jobs.*") == BusInterest(local: true, nodes: [Self.b]))
+        #expect(machine.remoteKeys == ["jobs.1", "jobs.> workers"])
     }
 }

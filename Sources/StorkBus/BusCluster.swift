@@ -1,0 +1,608 @@
+import Logging
+import NIOCore
+import ServiceLifecycle
+import StorkCore
+import StorkNATS
+import StorkResources
+import StorkStreaming
+import Synchronization
+
+// MARK: - BusCluster
+//
+// Driver shape: the interest table is a pure state machine (`BusInterestStateMachine`) behind a `Mutex`; frames are
+// sent after it is released. This node's interest comes from the router (`observeInterest`), which reports the first
+// subscription of a key and the end of the last one under its own lock, in order; the resulting deltas go to the
+// transport at once, so that a peer learns of a subscription before any message published after it (a request's
+// reply inbox before the request). Other nodes' interest becomes remote subscriptions on the router, changed under
+// a second lock (`remote`) in the order the table decided them.
+//
+// Messages: the router forwards a message to each matching node once (`NATSRemoteRoute.forward` on that node's
+// `BusPeerLink`, with the queue groups it chose that node for). A link queues what it is given (bounded) and one task
+// per link sends it in frames, waiting while the transport's own queue for that peer is full, so that nothing is
+// dropped below it. Past half of the bound the link is congested and the client connections publishing into it are
+// stalled (flow control, as for a slow subscriber); past the bound messages are dropped, counted and logged.
+// Received messages are delivered on the local router and never forwarded again: one hop, no loops.
+
+/// One node's part of the cluster-wide message bus: tells the other nodes which subjects and queue groups this
+/// node's subscribers want, forwards to each interested node what is published here, and delivers here what other
+/// nodes forward. Every NATS client, gateway session, connector and receiver inside the server on any node sees the
+/// messages published on every node (nats-server's cluster semantics; Docs/nats.md, "Clustering").
+///
+/// Run it as a `Service` beside the `ResourceManager`; it ends when the manager's frame stream ends, or on graceful
+/// shutdown. One per node; `run()` is called once.
+public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == Duration {
+    struct Watcher {
+        var pattern: String
+        var last: BusInterest
+        var continuation: AsyncStream<BusInterest>.Continuation
+    }
+
+    struct State {
+        var machine: BusInterestStateMachine
+        var links: [NodeID: BusPeerLink] = [:]
+        var watchers: [Int: Watcher] = [:]
+        var nextWatcher = 0
+        var statistics = BusClusterStatistics()
+        var isStopped = false
+        var warnedKeyLimit = false
+    }
+
+    public let configuration: BusClusterConfiguration
+    private let network: any BusNetwork
+    public let router: NATSRouter
+    private let clock: C
+    private let origin: C.Instant
+    private let logger: Logger
+    private let state: Mutex<State>
+    /// Remote subscriptions per peer and key; held while they change (see the note at the top of the file).
+    private let remote = Mutex<[NodeID: [String: NATSSubscription]]>([:])
+    /// Links whose sending task must start.
+    private let newLinks: AsyncStream<BusPeerLink>
+    private let newLinkContinuation: AsyncStream<BusPeerLink>.Continuation
+
+    public init(
+        network: some BusNetwork,
+        router: NATSRouter,
+        configuration: BusClusterConfiguration = BusClusterConfiguration(),
+        clock: C,
+        logger: Logger = Logger(label: "stork.bus")
+    ) {
+        self.network = network
+        self.router = router
+        self.configuration = configuration
+        self.clock = clock
+        self.origin = clock.now
+        var logger = logger
+        logger[metadataKey: "stork.node"] = "\(network.identity.name)"
+        self.logger = logger
+        self.state = Mutex(
+            State(
+                machine: BusInterestStateMachine(
+                    myself: network.identity,
+                    antiEntropyInterval: configuration.antiEntropyInterval
+                )
+            )
+        )
+        (self.newLinks, self.newLinkContinuation) = AsyncStream<BusPeerLink>.makeStream()
+    }
+
+    // MARK: Interest
+
+    /// Who in the cluster is subscribed to `subject` (or, for a pattern, to any subject it could match).
+    public func interest(in subject: String) -> BusInterest {
+        self.state.withLock { $0.machine.interest(in: subject) }
+    }
+
+    /// The interest in `pattern` now, then every time it changes (only the latest value is kept for a slow
+    /// reader). A provider waits for `isEmpty` to know that nobody in the cluster listens any more. Ends when the
+    /// bus stops.
+    public func interestUpdates(for pattern: String) -> AsyncStream<BusInterest> {
+        let (stream, continuation) = AsyncStream<BusInterest>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let (id, current, stopped) = self.state.withLock { state in
+            let current = state.machine.interest(in: pattern)
+            state.nextWatcher += 1
+            if !state.isStopped {
+                state.watchers[state.nextWatcher] = Watcher(pattern: pattern, last: current, continuation: continuation)
+            }
+            return (state.nextWatcher, current, state.isStopped)
+        }
+        continuation.yield(current)
+        if stopped {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.watchers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    /// The local interest keys and what each live peer is known to want, for status pages and tests.
+    public func snapshot() -> (local: [String], peers: [NodeID: [String]]) {
+        self.state.withLock { state in
+            let machine = state.machine
+            var peers: [NodeID: [String]] = [:]
+            for node in machine.livePeers { peers[node] = machine.patterns(of: node) }
+            return (machine.localPatterns, peers)
+        }
+    }
+
+    /// How many other nodes are live members.
+    public var livePeerCount: Int { self.state.withLock { $0.machine.livePeers.count } }
+
+    /// Counters since start.
+    public func statistics() -> BusClusterStatistics {
+        let (statistics, links) = self.state.withLock { state in
+            var statistics = state.statistics
+            statistics.interest = state.machine.statistics
+            return (statistics, Array(state.links.values))
+        }
+        var result = statistics
+        for link in links {
+            let counters = link.counters()
+            result.messagesForwarded += counters.forwarded
+            result.bytesForwarded += counters.bytes
+            result.messageFramesSent += counters.frames
+            result.messagesDropped += counters.dropped
+            result.messagesTooLarge += counters.tooLarge
+            result.stalls += counters.stalls
+            result.forwardedByPeer[link.node, default: 0] += counters.forwarded
+            result.bytesByPeer[link.node, default: 0] += counters.bytes
+            if counters.dropped > 0 { result.droppedByPeer[link.node, default: 0] += counters.dropped }
+        }
+        return result
+    }
+
+    /// Bytes waiting for each live peer (this node's queue; the transport's is separate).
+    public func queuedBytes() -> [NodeID: Int] {
+        let links = self.state.withLock { Array($0.links.values) }
+        var result: [NodeID: Int] = [:]
+        for link in links { result[link.node] = link.queuedBytes }
+        return result
+    }
+
+    // MARK: Service
+
+    public func run() async throws {
+        let frames = self.network.relayFrames()
+        let events = self.network.events()
+        self.mutate { machine, now in machine.start(now: now) }
+        self.refreshMembers()
+        self.router.observeInterest { [weak self] key, added in self?.localInterestChanged(key, added: added) }
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for await frame in frames { await self.receive(frame) }
+                }
+                group.addTask {
+                    for await event in events {
+                        switch event {
+                        case .member, .joined, .viewApplied, .left: self.refreshMembers()
+                        case .resource, .refuted: continue
+                        }
+                    }
+                }
+                group.addTask { await self.timerLoop() }
+                group.addTask {
+                    await withTaskGroup(of: Void.self) { links in
+                        for await link in self.newLinks {
+                            links.addTask { await self.send(link) }
+                        }
+                        links.cancelAll()
+                    }
+                }
+                // The node's streams end when it stops: then the bus stops too.
+                await group.next()
+                self.stop()
+                group.cancelAll()
+            }
+        }
+        self.stop()
+    }
+
+    /// Ends every remote subscription, link and watcher.
+    private func stop() {
+        self.router.stopObservingInterest()
+        let (watchers, links) = self.remote.withLock { remote in
+            for subscriptions in remote.values {
+                for subscription in subscriptions.values { self.router.removeRemote(subscription) }
+            }
+            remote = [:]
+            return self.state.withLock { state -> ([Watcher], [BusPeerLink]) in
+                state.isStopped = true
+                defer {
+                    state.watchers = [:]
+                    state.links = [:]
+                }
+                return (Array(state.watchers.values), Array(state.links.values))
+            }
+        }
+        for link in links { link.close() }
+        for watcher in watchers { watcher.continuation.finish() }
+        self.newLinkContinuation.finish()
+    }
+
+    private func now() -> StorkInstant {
+        StorkInstant(nanoseconds: self.origin.duration(to: self.clock.now).nanosecondsClamped)
+    }
+
+    private func timerLoop() async {
+        while !Task.isCancelled {
+            // Membership events can be missed (a full event buffer): reread the members every round.
+            self.refreshMembers()
+            self.mutate { machine, now in machine.tick(now: now) }
+            let deadline = self.state.withLock { $0.machine.nextDeadline }
+            let delay = deadline.map { $0 - self.now() } ?? self.configuration.antiEntropyInterval
+            do {
+                try await self.clock.sleep(for: max(delay, .milliseconds(1)))
+            } catch {
+                return
+            }
+        }
+    }
+
+    private func refreshMembers() {
+        self.mutate { machine, _ in machine.membersChanged(self.network.liveMembers()) }
+    }
+
+    // MARK: Driving the state machine
+
+    /// This node's interest changed (called by the router under its lock, in order): only frames go out.
+    private func localInterestChanged(_ key: String, added: Bool) {
+        let limit = self.configuration.maximumLocalKeys
+        var warn = false
+        let sends = self.state.withLock { state -> [(BusInterestMessage, NodeID)] in
+            guard !state.isStopped else { return [] }
+            if added, state.machine.localCount(of: key) == 0, state.machine.localPatterns.count >= limit {
+                state.statistics.keysNotAnnounced += 1
+                warn = !state.warnedKeyLimit
+                state.warnedKeyLimit = true
+                return []
+            }
+            guard BusFrameCodec.isValidInterestKey(key) else { return [] }
+            let actions = added ? state.machine.addLocalInterest(key) : state.machine.removeLocalInterest(key)
+            return self.sends(of: actions, state: &state)
+        }
+        if warn {
+            self.logger.warning(
+                "more distinct subscriptions than bus.maximumLocalKeys: the others see only what is published here",
+                metadata: ["stork.limit": "\(limit)"]
+            )
+        }
+        self.transmit(sends)
+    }
+
+    /// Runs one event through the interest table and performs what it asks: remote subscriptions in order, then
+    /// watchers and frames outside the locks.
+    private func mutate(_ body: (inout BusInterestStateMachine, StorkInstant) -> [BusInterestAction]) {
+        let now = self.now()
+        var created: [BusPeerLink] = []
+        var closed: [BusPeerLink] = []
+        let sends = self.remote.withLock { remote -> [(BusInterestMessage, NodeID)] in
+            let (actions, sends, links) = self.state.withLock {
+                state -> ([BusInterestAction], [(BusInterestMessage, NodeID)], [NodeID: BusPeerLink]) in
+                guard !state.isStopped else { return ([], [], [:]) }
+                let actions = body(&state.machine, now)
+                let sends = self.sends(of: actions, state: &state)
+                // A link per live peer; links of departed peers close.
+                let live = Set(state.machine.livePeers)
+                for node in live where state.links[node] == nil {
+                    let link = BusPeerLink(node: node, configuration: self.configuration)
+                    state.links[node] = link
+                    created.append(link)
+                }
+                for (node, link) in state.links where !live.contains(node) {
+                    state.links[node] = nil
+                    closed.append(link)
+                }
+                return (actions, sends, state.links)
+            }
+            for action in actions {
+                switch action {
+                case .peerAdded(let node, let key):
+                    guard let link = links[node], remote[node]?[key] == nil else { continue }
+                    let (pattern, queue) = NATSRouter.parseInterestKey(key)
+                    remote[node, default: [:]][key] = self.router.addRemote(link, pattern: pattern, queue: queue)
+                case .peerRemoved(let node, let key):
+                    if let subscription = remote[node]?.removeValue(forKey: key) {
+                        self.router.removeRemote(subscription)
+                    }
+                    if remote[node]?.isEmpty == true { remote[node] = nil }
+                case .send, .interestChanged:
+                    continue
+                }
+            }
+            // A departed peer's remote subscriptions go with it, whatever the table said.
+            for link in closed {
+                for subscription in (remote.removeValue(forKey: link.node) ?? [:]).values {
+                    self.router.removeRemote(subscription)
+                }
+            }
+            return sends
+        }
+        for link in closed { link.close() }
+        for link in created { self.newLinkContinuation.yield(link) }
+        self.transmit(sends)
+    }
+
+    /// The frames the actions ask for; watchers whose interest changed are told (under the state lock: they only
+    /// keep the newest value).
+    private func sends(of actions: [BusInterestAction], state: inout State) -> [(BusInterestMessage, NodeID)] {
+        var sends: [(BusInterestMessage, NodeID)] = []
+        var changed = false
+        for action in actions {
+            switch action {
+            case .send(let message, let node): sends.append((message, node))
+            case .interestChanged: changed = true
+            case .peerAdded, .peerRemoved: continue
+            }
+        }
+        if changed {
+            for (id, watcher) in state.watchers {
+                let current = state.machine.interest(in: watcher.pattern)
+                guard current != watcher.last else { continue }
+                state.watchers[id]?.last = current
+                watcher.continuation.yield(current)
+            }
+        }
+        state.statistics.interestFramesSent += sends.count
+        return sends
+    }
+
+    private func transmit(_ sends: [(BusInterestMessage, NodeID)]) {
+        for (message, node) in sends {
+            self.network.sendRelay(BusFrameCodec.encode(.interest(message)), to: node)
+        }
+    }
+
+    // MARK: Receiving
+
+    private func receive(_ relay: RelayMessage) async {
+        let frame: BusFrame
+        do {
+            frame = try BusFrameCodec.decode(relay.payload)
+        } catch {
+            self.state.withLock { $0.statistics.framesRejected += 1 }
+            self.logger.debug(
+                "bus frame rejected",
+                metadata: ["stork.peer": "\(relay.from)", "stork.error": "\(error)"]
+            )
+            return
+        }
+        switch frame {
+        case .interest(let message):
+            self.mutate { machine, _ in machine.receive(message, from: relay.from) }
+        case .messages(let messages):
+            await self.deliver(messages, from: relay.from)
+        }
+    }
+
+    /// Delivers messages from another node on the local router; stalls (stops reading frames) while a subscriber
+    /// they went to is congested, as a publishing client would be.
+    private func deliver(_ messages: [BusRoutedMessage], from origin: NodeID) async {
+        var rejected = 0
+        var bytes = 0
+        var congested: [any NATSStallTarget] = []
+        for message in messages {
+            if let block = message.headers, NATSHeaders.parse(ByteBuffer(bytes: block)) == nil {
+                rejected += 1
+                continue
+            }
+            bytes += message.payload.count + (message.headers?.count ?? 0)
+            let result = self.router.deliverFromPeer(
+                NATSMessage(
+                    subject: message.subject,
+                    replyTo: message.replyTo,
+                    headers: message.headers.map { ByteBuffer(bytes: $0) },
+                    payload: ByteBuffer(bytes: message.payload)
+                ),
+                groups: message.groups
+            )
+            for target in result.congested where !congested.contains(where: { $0 === target }) {
+                congested.append(target)
+            }
+        }
+        self.state.withLock { state in
+            state.statistics.messagesReceived += messages.count - rejected
+            state.statistics.bytesReceived += bytes
+            state.statistics.framesRejected += rejected
+        }
+        if !congested.isEmpty { await self.stall(on: congested) }
+    }
+
+    /// Waits until one of `targets` drains, or the longest stall they ask for passes.
+    private func stall(on targets: [any NATSStallTarget]) async {
+        let (signal, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let durations = targets.compactMap { $0.stall(resume: { continuation.yield() }) }
+        guard let longest = durations.max() else { return }
+        self.state.withLock { $0.statistics.stalls += 1 }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                for await _ in signal { return }
+            }
+            group.addTask { try? await self.clock.sleep(for: longest) }
+            await group.next()
+            group.cancelAll()
+        }
+        continuation.finish()
+    }
+
+    // MARK: Sending
+
+    /// Sends what `link` queues, in frames, until it closes.
+    private func send(_ link: BusPeerLink) async {
+        let maximumFrame = self.configuration.maximumFrameBytes
+        for await _ in link.signals {
+            while true {
+                // The transport writes what it holds before it gets more: its queue for the peer is bounded and
+                // drops its oldest frames when full, and meanwhile messages gather here into larger frames (the
+                // link's queue and the stalled publishers absorb the wait). An idle link sends at once.
+                var waited = 0
+                while self.network.relayBacklog(to: link.node) > 0, !link.isClosed, waited < 60_000 {
+                    try? await self.clock.sleep(for: .milliseconds(1))
+                    waited += 1
+                }
+                guard let batch = link.take(maximumBytes: maximumFrame) else { break }
+                self.network.sendRelay(BusFrameCodec.encode(.messages(batch.messages)), to: link.node)
+                if batch.droppedSinceLastTake > 0 {
+                    self.logger.warning(
+                        "a peer's bus queue was full: messages for it were dropped",
+                        metadata: ["stork.peer": "\(link.node)", "stork.dropped": "\(batch.droppedSinceLastTake)"]
+                    )
+                }
+            }
+            if link.isClosed { return }
+        }
+    }
+}
+
+extension BusCluster where C == ContinuousClock {
+    /// A bus on the real clock.
+    public convenience init(
+        network: some BusNetwork,
+        router: NATSRouter,
+        configuration: BusClusterConfiguration = BusClusterConfiguration(),
+        logger: Logger = Logger(label: "stork.bus")
+    ) {
+        self.init(network: network, router: router, configuration: configuration, clock: ContinuousClock(), logger: logger)
+    }
+}
+
+// MARK: - BusPeerLink
+
+/// The way to one other node: the router's remote subscriptions for that node point here. Queues what the router
+/// forwards (bounded, in bytes as encoded) for the sending task; congested past half the bound.
+final class BusPeerLink: NATSRemoteRoute, Sendable {
+    struct Queue {
+        var messages: [BusRoutedMessage] = []
+        var bytes = 0
+        var closed = false
+        var stalled: [@Sendable () -> Void] = []
+        var droppedSinceLastTake = 0
+        var forwarded = 0
+        var forwardedBytes = 0
+        var frames = 0
+        var dropped = 0
+        var tooLarge = 0
+        var stalls = 0
+    }
+
+    struct Batch {
+        var messages: [BusRoutedMessage]
+        var droppedSinceLastTake: Int
+    }
+
+    let node: NodeID
+    private let maximumBytes: Int
+    private let maximumMessageBytes: Int
+    private let queue = Mutex(Queue())
+    private let congested = Atomic<Bool>(false)
+    let signals: AsyncStream<Void>
+    private let signal: AsyncStream<Void>.Continuation
+
+    init(node: NodeID, configuration: BusClusterConfiguration) {
+        self.node = node
+        self.maximumBytes = configuration.maximumQueuedBytes
+        self.maximumMessageBytes = configuration.maximumMessageBytes
+        (self.signals, self.signal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    var isClosed: Bool { self.queue.withLock { $0.closed } }
+    var queuedBytes: Int { self.queue.withLock { $0.bytes } }
+
+    func forward(_ message: NATSMessage, groups: [String]) -> Bool {
+        let item = BusRoutedMessage(
+            subject: message.subject,
+            replyTo: message.replyTo,
+            headers: message.headers.map { Array($0.readableBytesView) },
+            payload: Array(message.payload.readableBytesView),
+            groups: groups
+        )
+        let size = item.encodedSize
+        let accepted = self.queue.withLock { queue -> Bool in
+            guard !queue.closed else { return false }
+            guard size <= self.maximumMessageBytes else {
+                queue.tooLarge += 1
+                return false
+            }
+            guard queue.bytes + size <= self.maximumBytes else {
+                queue.dropped += 1
+                queue.droppedSinceLastTake += 1
+                return false
+            }
+            queue.messages.append(item)
+            queue.bytes += size
+            queue.forwarded += 1
+            queue.forwardedBytes += size
+            if queue.bytes > self.maximumBytes / 2, !self.congested.load(ordering: .relaxed) {
+                self.congested.store(true, ordering: .relaxed)
+            }
+            return true
+        }
+        if accepted { self.signal.yield() }
+        return accepted
+    }
+
+    var isCongested: Bool { self.congested.load(ordering: .relaxed) }
+
+    func stall(resume: @escaping @Sendable () -> Void) -> Duration? {
+        self.queue.withLock { queue -> Duration? in
+            guard !queue.closed, self.congested.load(ordering: .relaxed) else { return nil }
+            queue.stalled.append(resume)
+            queue.stalls += 1
+            let half = max(1, self.maximumBytes / 2)
+            let tenths = max(0, queue.bytes - half) / max(1, half / 10)
+            return .milliseconds(min(1000, 100 + 100 * tenths))
+        }
+    }
+
+    /// The next messages to send, up to about `maximumBytes`; nil when there are none. Resumes stalled producers
+    /// once the queue is back under half its bound.
+    func take(maximumBytes: Int) -> Batch? {
+        let (batch, resumed) = self.queue.withLock { queue -> (Batch?, [@Sendable () -> Void]) in
+            guard !queue.messages.isEmpty else { return (nil, []) }
+            var taken = 0
+            var bytes = BusFrameCodec.messagesOverhead
+            while taken < queue.messages.count {
+                let size = queue.messages[taken].encodedSize
+                if taken > 0, bytes + size > maximumBytes { break }
+                bytes += size
+                taken += 1
+            }
+            let messages = Array(queue.messages[..<taken])
+            queue.messages.removeFirst(taken)
+            queue.bytes -= messages.reduce(0) { $0 + $1.encodedSize }
+            queue.frames += 1
+            let batch = Batch(messages: messages, droppedSinceLastTake: queue.droppedSinceLastTake)
+            queue.droppedSinceLastTake = 0
+            var resumed: [@Sendable () -> Void] = []
+            if queue.bytes <= self.maximumBytes / 2, self.congested.load(ordering: .relaxed) {
+                self.congested.store(false, ordering: .relaxed)
+                resumed = queue.stalled
+                queue.stalled = []
+            }
+            return (batch, resumed)
+        }
+        for resume in resumed { resume() }
+        return batch
+    }
+
+    /// Drops what waits and wakes everything stalled on it; the sending task ends.
+    func close() {
+        let resumed = self.queue.withLock { queue -> [@Sendable () -> Void] in
+            queue.closed = true
+            queue.messages = []
+            queue.bytes = 0
+            defer { queue.stalled = [] }
+            return queue.stalled
+        }
+        self.congested.store(false, ordering: .relaxed)
+        for resume in resumed { resume() }
+        self.signal.yield()
+        self.signal.finish()
+    }
+
+    func counters() -> (forwarded: Int, bytes: Int, frames: Int, dropped: Int, tooLarge: Int, stalls: Int) {
+        self.queue.withLock { ($0.forwarded, $0.forwardedBytes, $0.frames, $0.dropped, $0.tooLarge, $0.stalls) }
+    }
+}

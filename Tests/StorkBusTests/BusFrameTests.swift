@@ -1,0 +1,173 @@
+import NIOCore
+import StorkCore
+import StorkNATS
+import Testing
+
+@testable import StorkBus
+
+@Suite("Bus frames")
+struct BusFrameTests {
+    static func code(_ bytes: [UInt8]) -> BusFrameError.Code? {
+        do {
+            _ = try BusFrameCodec.decode(bytes)
+            return nil
+        } catch {
+            return error.code
+        }
+    }
+
+    static let samples: [BusFrame] = [
+        .interest(.delta(version: 7, added: ["users.alice.>", "a.*.c"], removed: ["x"])),
+        .interest(.delta(version: UInt64.max, added: [], removed: [])),
+        .interest(.snapshot(version: 0, patterns: [])),
+        .interest(.snapshot(version: 3, patterns: ["日本.>", String(repeating: "s", count: 4096)])),
+        .interest(.delta(version: 8, added: ["jobs.> workers", "a.b q-1"], removed: ["x.* q"])),
+        .interest(.digest(version: 42)),
+        .interest(.pull),
+        .messages([]),
+        .messages([
+            BusRoutedMessage(subject: "users.alice.events", payload: Array("hello".utf8)),
+            BusRoutedMessage(
+                subject: "a.b",
+                replyTo: "_INBOX.x.y",
+                headers: Array("NATS/1.0\r\nA: b\r\n\r\n".utf8),
+                payload: []
+            ),
+            BusRoutedMessage(subject: "big", payload: [UInt8](repeating: 0xFE, count: 100_000)),
+            BusRoutedMessage(subject: "jobs.1", payload: [1], groups: ["workers", "audit"]),
+        ]),
+    ]
+
+    @Test("every frame kind round-trips")
+    func roundTrip() throws {
+        for frame in Self.samples {
+            #expect(try BusFrameCodec.decode(BusFrameCodec.encode(frame)) == frame)
+        }
+    }
+
+    @Test("the layout: version, kind, body")
+    func layout() {
+        #expect(BusFrameCodec.encode(.interest(.pull)) == [2, 4])
+        #expect(BusFrameCodec.encode(.interest(.digest(version: 258))) == [2, 3, 0, 0, 0, 0, 0, 0, 1, 2])
+        #expect(
+            BusFrameCodec.encode(.messages([BusRoutedMessage(subject: "s", payload: [9])]))
+                == [2, 16, 0, 0, 0, 1, 0, 1, UInt8(ascii: "s"), 0, 0, 0, 0, 0, 1, 9, 0, 0]
+        )
+        #expect(
+            BusFrameCodec.encode(.messages([BusRoutedMessage(subject: "s", payload: [], groups: ["q"])]))
+                == [2, 16, 0, 0, 0, 1, 0, 1, UInt8(ascii: "s"), 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, UInt8(ascii: "q")]
+        )
+        let message = BusRoutedMessage(subject: "ab", replyTo: "r", headers: [1, 2], payload: [3])
+        #expect(BusFrameCodec.encode(.messages([message])).count == BusFrameCodec.messagesOverhead + message.encodedSize)
+    }
+
+    @Test("malformed frames are refused with their own code")
+    func rejections() {
+        #expect(Self.code([]) == .truncated)
+        #expect(Self.code([1, 4]) == .badVersion, "the relay's format 1 is not spoken any more")
+        #expect(Self.code([2, 99]) == .unknownKind)
+        #expect(Self.code([2, 4, 0]) == .trailingBytes)
+        #expect(Self.code([2, 3, 0, 0]) == .truncated)
+        // A snapshot announcing 2^32-1 patterns in 4 bytes.
+        #expect(Self.code([2, 2] + [UInt8](repeating: 0, count: 8) + [0xFF, 0xFF, 0xFF, 0xFF]) == .countTooLarge)
+        func snapshot(_ pattern: [UInt8]) -> [UInt8] {
+            [2, 2] + [UInt8](repeating: 0, count: 8) + [0, 0, 0, 1, UInt8(pattern.count >> 8), UInt8(pattern.count & 0xFF)]
+                + pattern
+        }
+        #expect(Self.code(snapshot(Array("ok.>".utf8))) == nil)
+        #expect(Self.code(snapshot(Array("ok.> workers".utf8))) == nil)
+        #expect(Self.code(snapshot(Array("a.>.b".utf8))) == .invalidSubject)
+        #expect(Self.code(snapshot(Array("a..b".utf8))) == .invalidSubject)
+        #expect(Self.code(snapshot(Array("a b.c".utf8))) == .invalidSubject, "a queue group is one token")
+        #expect(Self.code(snapshot(Array("a b c".utf8))) == .invalidSubject)
+        #expect(Self.code(snapshot(Array("a ".utf8))) == .invalidSubject)
+        #expect(Self.code(snapshot([])) == .invalidSubject)
+        #expect(Self.code(snapshot([0xC3, 0x28])) == .invalidUTF8)
+        #expect(Self.code(snapshot([UInt8](repeating: 0x61, count: 4097))) == .invalidSubject)
+        func message(
+            subject: [UInt8],
+            reply: UInt8 = 0,
+            headers: UInt8 = 0,
+            payloadLength: UInt32 = 0,
+            group: [UInt8]? = nil
+        ) -> [UInt8] {
+            var bytes: [UInt8] = [2, 16, 0, 0, 0, 1, 0, UInt8(subject.count)] + subject + [reply]
+            if reply == 1 { bytes += [0, 1, UInt8(ascii: "r")] }
+            bytes.append(headers)
+            if headers == 1 { bytes += [0, 0, 0, 0] }
+            bytes += [
+                UInt8(payloadLength >> 24), UInt8((payloadLength >> 16) & 0xFF), UInt8((payloadLength >> 8) & 0xFF),
+                UInt8(payloadLength & 0xFF),
+            ]
+            if let group { bytes += [0, 1, 0, UInt8(group.count)] + group } else { bytes += [0, 0] }
+            return bytes
+        }
+        #expect(Self.code(message(subject: Array("s".utf8), reply: 1, headers: 1)) == nil)
+        #expect(Self.code(message(subject: Array("s".utf8), reply: 2)) == .badEnumValue)
+        #expect(Self.code(message(subject: Array("s".utf8), headers: 7)) == .badEnumValue)
+        #expect(Self.code(message(subject: Array("a..s".utf8))) == .invalidSubject)
+        #expect(Self.code(message(subject: Array("s".utf8), payloadLength: 1)) == .truncated)
+        #expect(Self.code(message(subject: Array("s".utf8), payloadLength: UInt32.max)) == .truncated)
+        #expect(Self.code(message(subject: Array("s".utf8), group: Array("workers".utf8))) == nil)
+        #expect(Self.code(message(subject: Array("s".utf8), group: Array("a.b".utf8))) == .invalidSubject)
+        #expect(Self.code(message(subject: Array("s".utf8), group: [])) == .invalidSubject)
+    }
+
+    @Test("20,000 mutated frames never trap; whatever decodes round-trips")
+    func mutations() throws {
+        var random = SeededRandom(seed: 11)
+        let frames = Self.samples.map { BusFrameCodec.encode($0) }.filter { $0.count < 10_000 }
+        var accepted = 0
+        var rejected: [BusFrameError.Code: Int] = [:]
+        for i in 0..<20_000 {
+            var bytes = frames[i % frames.count]
+            switch random.next() % 4 {
+            case 0 where !bytes.isEmpty:
+                let index = Int(random.next() % UInt64(bytes.count))
+                bytes[index] ^= UInt8(truncatingIfNeeded: random.next() | 1)
+            case 1:
+                bytes = Array(bytes.prefix(Int(random.next() % UInt64(bytes.count + 1))))
+            case 2:
+                let index = Int(random.next() % UInt64(bytes.count + 1))
+                bytes.insert(UInt8(truncatingIfNeeded: random.next()), at: index)
+            default:
+                if bytes.count > 6 {
+                    bytes[2] = UInt8(truncatingIfNeeded: random.next())
+                    bytes[5] = UInt8(truncatingIfNeeded: random.next())
+                }
+            }
+            do {
+                let frame = try BusFrameCodec.decode(bytes)
+                accepted += 1
+                #expect(try BusFrameCodec.decode(BusFrameCodec.encode(frame)) == frame)
+            } catch {
+                rejected[error.code, default: 0] += 1
+            }
+        }
+        #expect(accepted + rejected.values.reduce(0, +) == 20_000)
+        #expect(rejected[.truncated, default: 0] > 1_000)
+        #expect(accepted > 100, "some mutations stay valid (a changed payload byte)")
+    }
+
+    @Test("a link hands out what it queued in frames of at most the configured size; a large message goes alone")
+    func batching() {
+        var configuration = BusClusterConfiguration()
+        configuration.maximumQueuedBytes = 1 << 20
+        let link = BusPeerLink(node: NodeID(name: "b", address: "b:1", uid: 1), configuration: configuration)
+        func message(_ size: Int) -> NATSMessage {
+            NATSMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: size))
+        }
+        for size in [90, 90, 90, 5_000] + Array(repeating: 90, count: 21) {
+            #expect(link.forward(message(size), groups: []))
+        }
+        var frames: [Int] = []
+        while let batch = link.take(maximumBytes: 1_000) {
+            frames.append(batch.messages.count)
+            if batch.messages.count > 1 {
+                #expect(BusFrameCodec.encode(.messages(batch.messages)).count <= 1_000)
+            }
+        }
+        #expect(frames == [3, 1, 9, 9, 3])
+        #expect(link.queuedBytes == 0)
+    }
+}
