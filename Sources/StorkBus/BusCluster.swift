@@ -40,6 +40,10 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     struct State {
         var machine: BusInterestStateMachine
         var links: [NodeID: BusPeerLink] = [:]
+        /// Live peers' NATS client addresses, as they told.
+        var clientURLs: [NodeID: String] = [:]
+        var urlWatchers: [Int: AsyncStream<[String]>.Continuation] = [:]
+        var lastURLs: [String] = []
         var watchers: [Int: Watcher] = [:]
         var nextWatcher = 0
         var statistics = BusClusterStatistics()
@@ -130,6 +134,43 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     /// How many other nodes are live members.
     public var livePeerCount: Int { self.state.withLock { $0.machine.livePeers.count } }
 
+    /// Where NATS clients can connect in the cluster: this node's client URL and every live peer's, sorted.
+    public var connectURLs: [String] { self.state.withLock { self.connectURLs(of: $0) } }
+
+    private func connectURLs(of state: State) -> [String] {
+        var urls = Set(state.clientURLs.values)
+        if let own = self.configuration.clientURL { urls.insert(own) }
+        return urls.sorted()
+    }
+
+    /// ``connectURLs`` now, then every time it changes (only the newest value is kept for a slow reader). Ends when
+    /// the bus stops.
+    public func connectURLUpdates() -> AsyncStream<[String]> {
+        let (stream, continuation) = AsyncStream<[String]>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let (id, current, stopped) = self.state.withLock { state in
+            state.nextWatcher += 1
+            if !state.isStopped { state.urlWatchers[state.nextWatcher] = continuation }
+            return (state.nextWatcher, self.connectURLs(of: state), state.isStopped)
+        }
+        continuation.yield(current)
+        if stopped {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.urlWatchers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    /// Tells watchers of the connect URLs when they changed (under the state lock: they keep the newest value).
+    private func publishURLs(_ state: inout State) {
+        let urls = self.connectURLs(of: state)
+        guard urls != state.lastURLs else { return }
+        state.lastURLs = urls
+        for continuation in state.urlWatchers.values { continuation.yield(urls) }
+    }
+
     /// Counters since start.
     public func statistics() -> BusClusterStatistics {
         let (statistics, links) = self.state.withLock { state in
@@ -203,22 +244,25 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     /// Ends every remote subscription, link and watcher.
     private func stop() {
         self.router.stopObservingInterest()
-        let (watchers, links) = self.remote.withLock { remote in
+        let (watchers, links, urlWatchers) = self.remote.withLock { remote in
             for subscriptions in remote.values {
                 for subscription in subscriptions.values { self.router.removeRemote(subscription) }
             }
             remote = [:]
-            return self.state.withLock { state -> ([Watcher], [BusPeerLink]) in
+            return self.state.withLock { state -> ([Watcher], [BusPeerLink], [AsyncStream<[String]>.Continuation]) in
                 state.isStopped = true
                 defer {
                     state.watchers = [:]
+                    state.urlWatchers = [:]
                     state.links = [:]
                 }
-                return (Array(state.watchers.values), Array(state.links.values))
+                return (Array(state.watchers.values), Array(state.links.values), Array(state.urlWatchers.values))
             }
         }
+        // Outside the lock: finishing a stream runs its termination handler, which takes the lock.
         for link in links { link.close() }
         for watcher in watchers { watcher.continuation.finish() }
+        for continuation in urlWatchers { continuation.finish() }
         self.newLinkContinuation.finish()
     }
 
@@ -231,6 +275,9 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
             // Membership events can be missed (a full event buffer): reread the members every round.
             self.refreshMembers()
             self.mutate { machine, now in machine.tick(now: now) }
+            // Where this node's clients connect, again every round (repairs a lost greeting).
+            let peers = self.state.withLock { $0.machine.livePeers }
+            self.announceNode(to: peers)
             let deadline = self.state.withLock { $0.machine.nextDeadline }
             let delay = deadline.map { $0 - self.now() } ?? self.configuration.antiEntropyInterval
             do {
@@ -287,14 +334,21 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                 // A link per live peer; links of departed peers close.
                 let live = Set(state.machine.livePeers)
                 for node in live where state.links[node] == nil {
-                    let link = BusPeerLink(node: node, configuration: self.configuration)
+                    let network = self.network
+                    let link = BusPeerLink(
+                        node: node,
+                        configuration: self.configuration,
+                        reachable: { network.isReachable(node) }
+                    )
                     state.links[node] = link
                     created.append(link)
                 }
                 for (node, link) in state.links where !live.contains(node) {
                     state.links[node] = nil
+                    state.clientURLs[node] = nil
                     closed.append(link)
                 }
+                if !closed.isEmpty { self.publishURLs(&state) }
                 return (actions, sends, state.links)
             }
             for action in actions {
@@ -323,6 +377,14 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
         for link in closed { link.close() }
         for link in created { self.newLinkContinuation.yield(link) }
         self.transmit(sends)
+        self.announceNode(to: created.map(\.node))
+    }
+
+    /// Tells `peers` where this node's NATS clients connect.
+    private func announceNode(to peers: [NodeID]) {
+        guard !peers.isEmpty else { return }
+        let frame = BusFrameCodec.encode(.node(clientURL: self.configuration.clientURL))
+        for peer in peers { self.network.sendRelay(frame, to: peer) }
     }
 
     /// The frames the actions ask for; watchers whose interest changed are told (under the state lock: they only
@@ -372,7 +434,18 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
         switch frame {
         case .interest(let message):
             self.mutate { machine, _ in machine.receive(message, from: relay.from) }
-        case .messages(let messages):
+        case .node(let clientURL):
+            self.state.withLock { state in
+                guard state.links[relay.from] != nil, state.clientURLs[relay.from] != clientURL else { return }
+                state.clientURLs[relay.from] = clientURL
+                self.publishURLs(&state)
+            }
+        case .messages(let recipient, let messages):
+            guard recipient == self.network.identity.uid else {
+                // Sent to this address's previous process (a restart): its subscriptions are gone.
+                self.state.withLock { $0.statistics.framesForAnotherProcess += 1 }
+                return
+            }
             await self.deliver(messages, from: relay.from)
         }
     }
@@ -443,7 +516,10 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                     waited += 1
                 }
                 guard let batch = link.take(maximumBytes: maximumFrame) else { break }
-                self.network.sendRelay(BusFrameCodec.encode(.messages(batch.messages)), to: link.node)
+                self.network.sendRelay(
+                    BusFrameCodec.encode(.messages(recipient: link.node.uid, batch.messages)),
+                    to: link.node
+                )
                 if batch.droppedSinceLastTake > 0 {
                     self.logger.warning(
                         "a peer's bus queue was full: messages for it were dropped",
@@ -495,13 +571,15 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     let node: NodeID
     private let maximumBytes: Int
     private let maximumMessageBytes: Int
+    private let reachable: @Sendable () -> Bool
     private let queue = Mutex(Queue())
     private let congested = Atomic<Bool>(false)
     let signals: AsyncStream<Void>
     private let signal: AsyncStream<Void>.Continuation
 
-    init(node: NodeID, configuration: BusClusterConfiguration) {
+    init(node: NodeID, configuration: BusClusterConfiguration, reachable: @escaping @Sendable () -> Bool = { true }) {
         self.node = node
+        self.reachable = reachable
         self.maximumBytes = configuration.maximumQueuedBytes
         self.maximumMessageBytes = configuration.maximumMessageBytes
         (self.signals, self.signal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -544,6 +622,8 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     }
 
     var isCongested: Bool { self.congested.load(ordering: .relaxed) }
+
+    var isAvailable: Bool { self.reachable() }
 
     func stall(resume: @escaping @Sendable () -> Void) -> Duration? {
         self.queue.withLock { queue -> Duration? in

@@ -19,6 +19,9 @@ public struct BusClusterConfiguration: Sendable {
     /// Distinct interest keys this node announces at most (a snapshot must fit a frame); subscriptions beyond it
     /// receive only what is published on this node (counted in `keysNotAnnounced`, logged).
     public var maximumLocalKeys = 100_000
+    /// Where this node's NATS clients connect (`host:port`), told to the other nodes so that every node's INFO lists
+    /// the whole cluster (`connect_urls`). Nil: this node has no NATS endpoint.
+    public var clientURL: String?
 
     public init() {}
 }
@@ -42,6 +45,8 @@ public struct BusClusterStatistics: Hashable, Sendable {
     public var bytesReceived = 0
     /// Frames that could not be decoded (and messages with a malformed header block).
     public var framesRejected = 0
+    /// Message frames sent to a previous process on this node's address (before a restart), dropped.
+    public var framesForAnotherProcess = 0
     /// Interest frames sent (deltas, snapshots, digests, pulls).
     public var interestFramesSent = 0
     /// Times a publishing client was stalled because a peer's queue was congested.
@@ -69,6 +74,8 @@ public protocol BusNetwork: Sendable {
     func sendRelay(_ payload: [UInt8], to node: NodeID)
     /// Bytes sent to `node` that the transport has not written yet.
     func relayBacklog(to node: NodeID) -> Int
+    /// False when the transport knows `node` cannot be reached now (a killed node, before membership says so).
+    func isReachable(_ node: NodeID) -> Bool
     /// The members seen alive or suspect, this node included.
     func liveMembers() -> [NodeID]
     /// The node's events; the bus looks at membership changes and rereads ``liveMembers()``.

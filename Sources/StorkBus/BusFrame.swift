@@ -8,15 +8,16 @@ import StorkStreaming
 //
 //   offset  size   field
 //   0       1      bus format version = 2
-//   1       1      kind: 1 delta, 2 snapshot, 3 digest, 4 pull, 16 messages
+//   1       1      kind: 1 delta, 2 snapshot, 3 digest, 4 pull, 8 node, 16 messages
 //   2       n      body
 //
 // delta:    u64 version, list of added keys, list of removed keys
 // snapshot: u64 version, list of keys
 // digest:   u64 version
 // pull:     nothing
-// messages: list of (str16 subject, optional str16 reply-to, optional bytes32 header block, bytes32 payload,
-//           list16 of str16 queue groups the receiver serves)
+// node:     optional str16 client URL (`host:port` of the sender's NATS endpoint)
+// messages: u64 recipient uid, list of (str16 subject, optional str16 reply-to, optional bytes32 header block,
+//           bytes32 payload, list16 of str16 queue groups the receiver serves)
 //
 // list = u32 count + elements (a count the bytes left cannot hold is refused before anything is allocated);
 // list16 = u16 count + elements; str16 = u16 length + UTF-8; optional = u8 0/1 + value; bytes32 = u32 length +
@@ -65,7 +66,11 @@ public struct BusRoutedMessage: Hashable, Sendable {
 /// Everything one node's bus sends another's.
 public enum BusFrame: Hashable, Sendable {
     case interest(BusInterestMessage)
-    case messages([BusRoutedMessage])
+    /// What the sender tells about itself: where its NATS clients connect (nil: it has no NATS endpoint).
+    case node(clientURL: String?)
+    /// Messages for the process whose uid is `recipient`: a restarted node (same address, new uid) drops what was
+    /// meant for its previous life, which had other subscriptions.
+    case messages(recipient: UInt64, [BusRoutedMessage])
 }
 
 /// Why a bus frame was refused. Messages never quote the frame's bytes.
@@ -111,14 +116,24 @@ public enum BusFrameCodec {
         case snapshot = 2
         case digest = 3
         case pull = 4
+        case node = 8
         case messages = 16
     }
 
     /// The bytes of a `messages` frame before its messages.
-    static let messagesOverhead = 2 + 4
+    static let messagesOverhead = 2 + 8 + 4
 
     /// Subjects, reply subjects and patterns are at most this many UTF-8 bytes.
     public static let maximumSubjectBytes = 4096
+
+    /// Whether `url` is a `host:port` a client could connect to: printable ASCII without spaces, at most 255 bytes,
+    /// a port after the last colon.
+    public static func isValidClientURL(_ url: String) -> Bool {
+        guard url.utf8.count <= 255, url.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7F }),
+            let colon = url.lastIndex(of: ":"), let port = Int(url[url.index(after: colon)...]), (1...65535).contains(port)
+        else { return false }
+        return colon > url.startIndex
+    }
 
     /// Whether `key` is a subject pattern, or one followed by a space and a queue group name.
     public static func isValidInterestKey(_ key: String) -> Bool {
@@ -147,8 +162,17 @@ public enum BusFrameCodec {
             writer.u64(version)
         case .interest(.pull):
             writer.u8(Kind.pull.rawValue)
-        case .messages(let messages):
+        case .node(let clientURL):
+            writer.u8(Kind.node.rawValue)
+            if let clientURL {
+                writer.u8(1)
+                writer.str16(clientURL)
+            } else {
+                writer.u8(0)
+            }
+        case .messages(let recipient, let messages):
             writer.u8(Kind.messages.rawValue)
+            writer.u64(recipient)
             writer.u32(UInt32(truncatingIfNeeded: messages.count))
             for message in messages {
                 writer.str16(message.subject)
@@ -192,7 +216,16 @@ public enum BusFrameCodec {
             frame = .interest(.digest(version: try reader.u64()))
         case .pull:
             frame = .interest(.pull)
+        case .node:
+            var clientURL: String?
+            if try reader.present() {
+                let url = try reader.string()
+                guard Self.isValidClientURL(url) else { throw BusFrameError(.invalidSubject, "an invalid client URL") }
+                clientURL = url
+            }
+            frame = .node(clientURL: clientURL)
         case .messages:
+            let recipient = try reader.u64()
             // subject (2 + 1), reply marker, header marker, payload length, group count.
             let count = try reader.count(minimumElementSize: 3 + 1 + 1 + 4 + 2)
             var messages: [BusRoutedMessage] = []
@@ -209,7 +242,7 @@ public enum BusFrameCodec {
                     BusRoutedMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload, groups: groups)
                 )
             }
-            frame = .messages(messages)
+            frame = .messages(recipient: recipient, messages)
         }
         guard reader.isAtEnd else { throw BusFrameError(.trailingBytes, "\(reader.remaining) bytes after the frame") }
         return frame

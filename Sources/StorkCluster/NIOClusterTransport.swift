@@ -316,6 +316,19 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
         self.state.withLock { $0.peers[address]?.queuedBytes ?? 0 }
     }
 
+    /// False while the last attempt to connect to `address` failed (it is backing off): a peer that was killed is
+    /// seen this way at once, long before membership declares it dead.
+    public func isReachable(_ address: String) -> Bool {
+        self.state.withLock { state in
+            guard let peer = state.peers[address] else { return true }
+            switch peer.connection {
+            case .connected: return true
+            case .backingOff: return false
+            case .idle, .connecting: return peer.failures == 0
+            }
+        }
+    }
+
     private func enqueue(_ frame: ByteBuffer, to address: String) {
         enum Next {
             case nothing

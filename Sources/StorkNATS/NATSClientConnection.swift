@@ -49,6 +49,8 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
     let congested = Atomic<Bool>(false)
     /// Times a producer was stalled on this connection, for monitoring.
     let stallsCaused = Atomic<Int>(0)
+    /// The client sent CONNECT with `protocol` 1: it takes INFO updates while connected (cluster changes, lame duck).
+    let takesAsyncInfo = Atomic<Bool>(false)
 
     init(id: UInt64, channel: any Channel, maxPending: Int, now: ContinuousClock.Instant, wallClock: Double) {
         self.id = id

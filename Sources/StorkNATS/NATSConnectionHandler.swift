@@ -300,6 +300,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         self.pedantic = options.pedantic ?? false
         self.noResponders = (options.noResponders ?? false) && (options.headers ?? false)
         client.echo = options.echo ?? true
+        client.takesAsyncInfo.store((options.protocol ?? 0) >= 1, ordering: .relaxed)
         client.identify(name: options.name, lang: options.lang, version: options.version)
         self.ok(client)
     }

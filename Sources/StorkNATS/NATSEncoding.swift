@@ -181,6 +181,8 @@ public struct NATSServerInfo: Codable, Sendable, Equatable {
     public var authRequired: Bool?
     public var jetstream: Bool?
     public var connectURLs: [String]?
+    /// Lame-duck mode: the server is about to close this connection; the client should move to another server.
+    public var lameDuckMode: Bool?
 
     enum CodingKeys: String, CodingKey {
         case serverID = "server_id"
@@ -193,6 +195,7 @@ public struct NATSServerInfo: Codable, Sendable, Equatable {
         case authRequired = "auth_required"
         case jetstream
         case connectURLs = "connect_urls"
+        case lameDuckMode = "ldm"
     }
 
     public init(

@@ -27,6 +27,9 @@ public protocol NATSRemoteRoute: NATSStallTarget {
     func forward(_ message: NATSMessage, groups: [String]) -> Bool
     /// Whether the route's queue is backed up: publishers into it should stall.
     var isCongested: Bool { get }
+    /// False when the node behind the route is known to be unreachable now: a queue group's message goes to a
+    /// member on another node if there is one.
+    var isAvailable: Bool { get }
 }
 
 /// Who learns about a subscription.
@@ -427,10 +430,17 @@ public final class NATSRouter: Sendable {
             // be known now, so that the message goes to another member.
             var served = false
             var remoteMember: (any NATSRemoteRoute)?
+            var remoteIsAvailable = false
             for offset in 0..<members.count {
                 let subscription = members[(start &+ offset) % members.count]
                 if case .remote(let route) = subscription.target {
-                    if remoteMember == nil { remoteMember = route }
+                    // The first remote member whose node is reachable; failing that, the first one.
+                    if !remoteIsAvailable, route.isAvailable {
+                        remoteMember = route
+                        remoteIsAvailable = true
+                    } else if remoteMember == nil {
+                        remoteMember = route
+                    }
                     continue
                 }
                 if skipOwn, subscription.client === publisher { continue }

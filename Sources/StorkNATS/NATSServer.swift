@@ -42,6 +42,15 @@ public final class NATSServer: Service, Sendable {
 
     private let registry = Mutex(Registry())
     private let listening = Mutex(Listening())
+
+    /// What INFO tells clients about the cluster.
+    private struct Advertised {
+        var connectURLs: [String] = []
+        var lameDuck = false
+        var listener: (any Channel)?
+    }
+
+    private let advertised = Mutex(Advertised())
     /// Whether JetStream is offered (set when the streaming layer attaches to this server).
     private let jetstreamEnabled = Atomic<Bool>(false)
     /// Times a publishing client was stalled because a subscriber it published to was congested (flow control).
@@ -100,6 +109,12 @@ public final class NATSServer: Service, Sendable {
             )
         }
         let address = channel.localAddress!
+        let lameDuck = self.advertised.withLock { state in
+            state.listener = channel
+            return state.lameDuck
+        }
+        // Lame duck before the listener existed: close it at once.
+        if lameDuck { try? await channel.close() }
         self.finishListening(.success(address))
         self.logger.info("NATS endpoint listening", metadata: ["nats.address": "\(address)"])
 
@@ -197,6 +212,9 @@ public final class NATSServer: Service, Sendable {
         info.clientIP = connection.remoteAddress?.ipAddress
         info.authRequired = self.configuration.authentication.isRequired ? true : nil
         info.jetstream = self.jetstream ? true : nil
+        let advertised = self.advertised.withLock { ($0.connectURLs, $0.lameDuck) }
+        info.connectURLs = advertised.0.isEmpty ? nil : advertised.0
+        info.lameDuckMode = advertised.1 ? true : nil
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let json = (try? encoder.encode(info)) ?? Data("{}".utf8)
@@ -211,6 +229,72 @@ public final class NATSServer: Service, Sendable {
         let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
         var generator = SystemRandomNumberGenerator()
         return "N" + String((0..<55).map { _ in alphabet[Int(generator.next() % UInt64(alphabet.count))] })
+    }
+
+    // MARK: Cluster and lame duck
+
+    /// The client addresses (`host:port`) of every node of the cluster, this one included: INFO's `connect_urls`,
+    /// so that clients know where to reconnect. A change is sent at once to the clients that take INFO updates.
+    public func setConnectURLs(_ urls: [String]) {
+        let changed = self.advertised.withLock { state -> Bool in
+            let sorted = urls.sorted()
+            guard sorted != state.connectURLs else { return false }
+            state.connectURLs = sorted
+            return true
+        }
+        if changed { self.sendInfoUpdates() }
+    }
+
+    /// What INFO's `connect_urls` says now.
+    public var connectURLs: [String] { self.advertised.withLock { $0.connectURLs } }
+
+    /// Whether the server is in lame-duck mode.
+    public var isLameDuck: Bool { self.advertised.withLock { $0.lameDuck } }
+
+    private func sendInfoUpdates() {
+        let connections = self.registry.withLock { Array($0.connections.values) }
+        for connection in connections where connection.takesAsyncInfo.load(ordering: .relaxed) {
+            let info = self.infoLine(for: connection)
+            connection.enqueue { $0.writeImmutableBuffer(info) }
+        }
+    }
+
+    /// Lame-duck mode, as nats-server's (SIGUSR2 there): new connections are refused, every client gets an INFO
+    /// with `ldm: true` and moves to another server of the cluster on its own; after `lameDuckGracePeriod` those
+    /// still connected are closed, spread over the rest of `lameDuckDuration` so that they do not all reconnect
+    /// elsewhere at once. Returns when none is left. Subscriptions and routing work until each connection closes.
+    public func enterLameDuckMode() async {
+        let listener = self.advertised.withLock { state -> (any Channel)? in
+            guard !state.lameDuck else { return nil }
+            state.lameDuck = true
+            return state.listener
+        }
+        try? await listener?.close()
+        self.logger.info("NATS endpoint in lame-duck mode: clients are asked to move to another node")
+        self.sendInfoUpdates()
+        var remaining = self.registry.withLock { Array($0.connections.values) }.sorted { $0.id < $1.id }
+        guard !remaining.isEmpty else { return }
+        let grace = self.configuration.lameDuckGracePeriod
+        try? await Task.sleep(for: grace)
+        remaining = self.registry.withLock { Array($0.connections.values) }.sorted { $0.id < $1.id }
+        guard !remaining.isEmpty else { return }
+        // Close in batches every `interval` (at least 10 ms apart) over what is left of the duration.
+        let window = max(self.configuration.lameDuckDuration - grace, .milliseconds(10))
+        var interval = window / remaining.count
+        var batch = 1
+        if interval < .milliseconds(10) {
+            batch = Int((Duration.milliseconds(10) / interval).rounded(.up))
+            interval = .milliseconds(10)
+        }
+        while !remaining.isEmpty {
+            for connection in remaining.prefix(batch) {
+                connection.flush()
+                try? await connection.channel.close()
+            }
+            remaining.removeFirst(min(batch, remaining.count))
+            if !remaining.isEmpty { try? await Task.sleep(for: interval) }
+        }
+        self.logger.info("NATS endpoint lame-duck mode over: every client was closed")
     }
 
     // MARK: Monitoring

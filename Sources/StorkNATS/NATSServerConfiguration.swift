@@ -25,6 +25,10 @@ public struct NATSServerConfiguration: Sendable {
     public var authTimeout: Duration = .seconds(2)
     /// Who may connect.
     public var authentication: NATSAuthentication = .none
+    /// Lame-duck mode (``NATSServer/enterLameDuckMode()``): clients are closed spread over this long …
+    public var lameDuckDuration: Duration = .seconds(30)
+    /// … after waiting this long first, so that they can move on their own (`lame_duck_grace_period`).
+    public var lameDuckGracePeriod: Duration = .seconds(10)
 
     public init() {}
 }

@@ -67,7 +67,8 @@ public enum AdminAPI {
         metricsRegistry: PrometheusCollectorRegistry? = nil,
         extraStats: [any AdminStatsSource] = [],
         moves: MoveRecorder? = nil,
-        clusterName: String? = nil
+        clusterName: String? = nil,
+        drain: (@Sendable () -> Void)? = nil
     ) -> Router<BasicRequestContext> {
         let router = Router()
         let moves = moves ?? MoveRecorder(manager: manager)
@@ -182,7 +183,7 @@ public enum AdminAPI {
         }
 
         router.post("/v1/drain") { _, _ in
-            manager.drain()
+            if let drain { drain() } else { manager.drain() }
             return json(.object(["draining": true]), status: .accepted)
         }
 

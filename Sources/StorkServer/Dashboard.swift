@@ -1,3 +1,4 @@
+import StorkBus
 import Foundation
 import ServiceLifecycle
 import StorkCore
@@ -228,5 +229,37 @@ extension AdminAPI {
                 }
             ),
         ])
+    }
+}
+
+/// The cluster bus's counters (what crosses between nodes).
+struct BusStatsSource: AdminStatsSource {
+    let bus: BusCluster<ContinuousClock>
+    var name: String { "bus" }
+
+    func stats() -> AdminStats {
+        let statistics = self.bus.statistics()
+        let snapshot = self.bus.snapshot()
+        return AdminStats(
+            counters: [
+                "messagesForwarded": Double(statistics.messagesForwarded),
+                "bytesForwarded": Double(statistics.bytesForwarded),
+                "framesSent": Double(statistics.messageFramesSent),
+                "messagesReceived": Double(statistics.messagesReceived),
+                "bytesReceived": Double(statistics.bytesReceived),
+                "messagesDropped": Double(statistics.messagesDropped),
+                "messagesTooLarge": Double(statistics.messagesTooLarge),
+                "stalls": Double(statistics.stalls),
+                "framesRejected": Double(statistics.framesRejected),
+                "framesForAnotherProcess": Double(statistics.framesForAnotherProcess),
+                "interestFramesSent": Double(statistics.interestFramesSent),
+            ],
+            gauges: [
+                "peers": Double(snapshot.peers.count),
+                "localInterest": Double(snapshot.local.count),
+                "remoteInterest": Double(snapshot.peers.values.reduce(0) { $0 + $1.count }),
+                "queuedBytes": Double(self.bus.queuedBytes().values.reduce(0, +)),
+            ]
+        )
     }
 }

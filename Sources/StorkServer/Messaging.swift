@@ -1,3 +1,4 @@
+import StorkBus
 import Foundation
 import Logging
 import NIOCore
@@ -5,6 +6,7 @@ import ServiceLifecycle
 import StorkNATS
 import StorkResources
 import StorkStreaming
+import UnixSignals
 
 // MARK: - Messaging for handlers, on the node's NATS router
 
@@ -91,5 +93,66 @@ struct NATSEndpointService: Service {
     func run() async throws {
         try await self.jetstream?.waitUntilReady()
         try await self.nats.run()
+    }
+}
+
+// MARK: - Draining a node
+
+/// `stork drain` (`POST /v1/drain`) and SIGUSR2: the node's NATS clients move to other nodes first (lame-duck mode:
+/// INFO with `ldm: true`, then the remaining clients are closed over `nats.lameDuckDuration`), then the node hands
+/// every resource off and leaves the cluster, and the process exits. SIGTERM skips the lame-duck part.
+final class NodeDrain: Service, Sendable {
+    let manager: ResourceManager
+    let nats: NATSServer?
+    /// Whether SIGUSR2 starts a drain (only for the process's own server, not in tests running several).
+    let trapsSignal: Bool
+    private let requests: AsyncStream<Void>
+    private let continuation: AsyncStream<Void>.Continuation
+
+    init(manager: ResourceManager, nats: NATSServer?, trapsSignal: Bool) {
+        self.manager = manager
+        self.nats = nats
+        self.trapsSignal = trapsSignal
+        (self.requests, self.continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    /// Starts the drain (once; later requests change nothing).
+    func request() {
+        self.continuation.yield()
+    }
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                if self.trapsSignal {
+                    group.addTask {
+                        for await _ in await UnixSignalsSequence(trapping: .sigusr2) { self.request() }
+                    }
+                }
+                group.addTask {
+                    for await _ in self.requests {
+                        await self.nats?.enterLameDuckMode()
+                        self.manager.drain()
+                        return
+                    }
+                }
+                await group.next()
+                // The drain started; what is left (the signal watcher) is not needed any more.
+                group.cancelAll()
+            }
+        }
+        self.continuation.finish()
+    }
+}
+
+/// Keeps the NATS endpoint's `connect_urls` equal to the cluster's client addresses as the bus learns them.
+struct ConnectURLsService: Service {
+    let nats: NATSServer
+    let bus: BusCluster<ContinuousClock>
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            for await urls in self.bus.connectURLUpdates() { self.nats.setConnectURLs(urls) }
+        }
     }
 }

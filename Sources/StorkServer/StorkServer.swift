@@ -148,22 +148,26 @@ public struct StorkServer: Sendable {
         // needs the manager, which needs the gateway's connectors: the gateway is attached to both once they exist.
         var bus: BusCluster<ContinuousClock>?
         if let nats {
-            let cluster = BusCluster(network: manager, router: nats.router, logger: logger)
+            var busConfiguration = BusClusterConfiguration()
+            busConfiguration.clientURL = configuration.advertisedNATSAddress
+            let cluster = BusCluster(network: manager, router: nats.router, configuration: busConfiguration, logger: logger)
             gateway?.attach(interest: BusGatewayInterest(bus: cluster), resources: manager)
             bus = cluster
         }
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         // Moves are recorded from the moment the manager starts, not when the dashboard first asks.
         let moves = MoveRecorder(manager: manager)
+        let drain = NodeDrain(manager: manager, nats: nats, trapsSignal: installSignalHandlers)
         let adminRouter = AdminAPI.router(
             manager: manager,
             nats: nats,
             extraMetrics: [TransportMetrics(transport: transport)],
             connectors: connectors?.board,
             metricsRegistry: metrics.prometheus,
-            extraStats: gateway.map { [GatewayStatsSource(gateway: $0)] } ?? [],
+            extraStats: (bus.map { [BusStatsSource(bus: $0)] } ?? []) + (gateway.map { [GatewayStatsSource(gateway: $0)] } ?? []),
             moves: moves,
-            clusterName: configuration.cluster.name
+            clusterName: configuration.cluster.name,
+            drain: { drain.request() }
         )
         gateway?.addHTTPRoutes(to: adminRouter)
         let app = Application(
@@ -195,6 +199,8 @@ public struct StorkServer: Sendable {
         if let jetstream { services.append(.init(service: jetstream)) }
         if let nats { services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream))) }
         if let bus { services.append(.init(service: bus)) }
+        if let bus, let nats { services.append(.init(service: ConnectURLsService(nats: nats, bus: bus))) }
+        services.append(.init(service: drain))
         if let permissionsService { services.append(.init(service: permissionsService)) }
         if let gateway { services.append(.init(service: gateway)) }
         for (index, endpoint) in configuration.endpoints.enumerated() {

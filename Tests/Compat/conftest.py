@@ -590,3 +590,246 @@ async def raw_factory():
     yield make
     for c in clients:
         c.close()
+
+
+# --------------------------------------------------------------------------------------
+# Clusters (test_cluster.py)
+# --------------------------------------------------------------------------------------
+
+CLUSTER_NAME = "compat"
+CLUSTER_KEY = "compat-key"
+CLUSTER_READY_TIMEOUT = 30.0  # seconds for every running node to see the whole cluster
+# Lame duck mode: nats-server refuses a lame_duck_duration under 30 s, but with a
+# handful of clients it closes them at most ~1 s apart once the grace period is over
+# and then exits, so a test still takes only a few seconds.  Stork takes the keys the
+# brief asks for (nats.lameDuckDuration / nats.lameDuckGracePeriod).
+NATS_SERVER_LAME_DUCK_DURATION = "30s"
+STORK_LAME_DUCK_DURATION = "5s"
+LAME_DUCK_GRACE_PERIOD = "1s"
+
+
+class _ClusterNodeMixin:
+    """One node of a `Cluster`: a CompatServer that knows its name and its peers.
+
+    `peers` (every node of the cluster, this one included) is filled in by `Cluster`
+    once all nodes have their ports; the config is rewritten then.
+    """
+
+    node_name: str
+    peers: List["CompatServer"]
+
+    @property
+    def admin_address(self) -> str:
+        return f"{HOST}:{self.monitor_port}"
+
+    def others(self) -> List["CompatServer"]:
+        return [p for p in self.peers if p is not self]
+
+    def lame_duck(self, how: str) -> None:
+        """Put the node into lame duck mode: how="signal" (SIGUSR2) or "command"
+        (``nats-server --signal ldm=<pid>`` / ``stork drain --node <admin>``)."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            raise RuntimeError(f"{self.node_name} is not running")
+        if how == "signal":
+            p.send_signal(signal.SIGUSR2)
+            return
+        if how != "command":
+            raise ValueError(how)
+        r = subprocess.run(self.lame_duck_command(), stdin=subprocess.DEVNULL, capture_output=True, timeout=15)
+        if r.returncode != 0:
+            raise RuntimeError(f"{self.lame_duck_command()} -> rc {r.returncode}: {r.stdout!r} {r.stderr!r}")
+
+    def lame_duck_command(self) -> List[str]:
+        raise NotImplementedError
+
+    def cluster_state(self, members: List["CompatServer"]) -> Tuple[bool, str, Any]:
+        """(converged, description, view id): does this node see exactly `members` as its
+        cluster?  The cluster has converged when every member says so with the same view id."""
+        raise NotImplementedError
+
+
+class NatsClusterNode(_ClusterNodeMixin, NatsServer):
+    kind = "nats-server"
+
+    def __init__(self, workdir: str, opts: ServerOptions, name: str):
+        self.node_name = name
+        self.peers = []
+        super().__init__(workdir, opts)
+
+    def write_config(self) -> None:
+        routes = ", ".join(f'"nats://{HOST}:{p.cluster_port}"' for p in self.others())
+        lines = [
+            f'listen: "{HOST}:{self.port}"',
+            f'http: "{HOST}:{self.monitor_port}"',
+            f"server_name: {self.node_name}",
+            f'lame_duck_duration: "{NATS_SERVER_LAME_DUCK_DURATION}"',
+            f'lame_duck_grace_period: "{LAME_DUCK_GRACE_PERIOD}"',
+            "cluster {",
+            f"  name: {CLUSTER_NAME}",
+            f'  listen: "{HOST}:{self.cluster_port}"',
+            f"  routes: [{routes}]",
+            "}",
+        ]
+        with open(self.config_file, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def lame_duck_command(self) -> List[str]:
+        return [self.command()[0], "--signal", f"ldm={self.proc.pid}"]
+
+    def cluster_state(self, members: List["CompatServer"]) -> Tuple[bool, str, Any]:
+        # Full mesh: this node's routes go to exactly the server ids of the other members.
+        try:
+            want = set()
+            for m in members:
+                if m is not self:
+                    want.add(json.loads(m.http_get("/varz", timeout=2)[1])["server_id"])
+            routez = json.loads(self.http_get("/routez", timeout=2)[1])
+        except (OSError, ValueError, KeyError) as e:
+            return False, f"{self.node_name}: {e!r}", None
+        have = sorted(r.get("remote_id", "?") for r in routez.get("routes") or [])
+        return sorted(want) == have, f"{self.node_name}: routes to {have}, want {sorted(want)}", None
+
+
+class StorkClusterNode(_ClusterNodeMixin, StorkServer):
+    kind = "stork"
+
+    def __init__(self, workdir: str, opts: ServerOptions, name: str):
+        self.node_name = name
+        self.peers = []
+        super().__init__(workdir, opts)
+
+    def write_config(self) -> None:
+        o = self.opts
+        seeds = ", ".join(f"{HOST}:{p.cluster_port}" for p in self.peers)
+        lines = [
+            "node:",
+            f"  name: {self.node_name}",
+            f"  bind: {HOST}:{self.cluster_port}",
+            f"  http: {HOST}:{self.monitor_port}",
+            f"  nats: {HOST}:{self.port}",
+            f"  seeds: [{seeds}]",
+            f"  data: {json.dumps(self.data_dir)}",
+            "cluster:",
+            f"  name: {CLUSTER_NAME}",
+            f"  key: {CLUSTER_KEY}",
+            "nats:",
+            f"  maxPayload: {int(o.max_payload if o.max_payload is not None else DEFAULT_MAX_PAYLOAD)}",
+            f"  maxPending: {int(o.max_pending if o.max_pending is not None else DEFAULT_MAX_PENDING)}",
+            f"  pingInterval: {int(o.ping_interval if o.ping_interval is not None else DEFAULT_PING_INTERVAL)}s",
+            f"  lameDuckDuration: {STORK_LAME_DUCK_DURATION}",
+            f"  lameDuckGracePeriod: {LAME_DUCK_GRACE_PERIOD}",
+        ]
+        with open(self.config_file, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    def lame_duck_command(self) -> List[str]:
+        return [self.command()[0], "drain", "--node", self.admin_address]
+
+    def cluster_state(self, members: List["CompatServer"]) -> Tuple[bool, str, Any]:
+        # Ready, the view names exactly the members, and (checked by Cluster.wait_ready)
+        # every member has applied the same view: after a restart the old incarnation's
+        # view has the same names but another checksum.
+        try:
+            status, body = self.http_get("/v1/cluster", timeout=2)
+            doc = json.loads(body)
+        except (OSError, ValueError) as e:
+            return False, f"{self.node_name}: {e!r}", None
+        if status != 200 or not isinstance(doc, dict):
+            return False, f"{self.node_name}: /v1/cluster -> {status} {body[:200]!r}", None
+        view = sorted(str(v) for v in doc.get("view") or [])
+        want = sorted(m.node_name for m in members)
+        ok = doc.get("ready") is True and view == want
+        checksum = doc.get("checksum")
+        return ok, f"{self.node_name}: ready={doc.get('ready')} view={view} checksum={checksum}, want {want}", checksum
+
+
+CLUSTER_NODE_CLASSES = {"nats-server": NatsClusterNode, "stork": StorkClusterNode}
+
+
+class Cluster:
+    """`size` clustered server processes n1..nK on loopback, each with its own ports,
+    config file, log and data dir (under one temp dir).  Helpers are blocking; call
+    them from async tests through ``asyncio.to_thread``."""
+
+    def __init__(self, size: int = 3):
+        self.workdir = tempfile.mkdtemp(prefix=f"compat-cluster-{COMPAT_SERVER}-")
+        cls = CLUSTER_NODE_CLASSES[COMPAT_SERVER]
+        self.nodes: List[Any] = []
+        for i in range(1, size + 1):
+            d = os.path.join(self.workdir, f"n{i}")
+            os.makedirs(d)
+            self.nodes.append(cls(d, ServerOptions(), f"n{i}"))
+        for n in self.nodes:
+            n.peers = list(self.nodes)
+            n.write_config()
+
+    def node(self, name: str):
+        return next(n for n in self.nodes if n.node_name == name)
+
+    @property
+    def started_nodes(self) -> List[Any]:
+        """Nodes started and not killed/stopped through the helpers (running, or crashed)."""
+        return [n for n in self.nodes if n.proc is not None]
+
+    def start(self) -> None:
+        """Start every node at once (a node may wait for its seeds), then wait until converged."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
+            for f in [pool.submit(n.start) for n in self.nodes]:
+                f.result()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = CLUSTER_READY_TIMEOUT) -> None:
+        """Poll (bounded) until every started node sees exactly the started nodes as
+        its cluster; fails at once if one of them has exited."""
+        deadline = time.monotonic() + timeout
+        while True:
+            members = self.started_nodes
+            for n in members:
+                if n.proc.poll() is not None:
+                    raise RuntimeError(f"{n.node_name} exited (rc={n.proc.returncode}):\n{n.log_tail()}")
+            states = [n.cluster_state(members) for n in members]
+            if members and all(ok for ok, _, _ in states) and len({v for _, _, v in states}) == 1:
+                return
+            if time.monotonic() >= deadline:
+                detail = "\n".join(d for _, d, _ in states)
+                raise RuntimeError(f"cluster not converged within {timeout}s:\n{detail}")
+            time.sleep(0.1)
+
+    def kill9(self, node) -> None:
+        """SIGKILL one node (its peers are not told)."""
+        node.kill9()
+
+    def restart(self, node, timeout: float = CLUSTER_READY_TIMEOUT) -> None:
+        """Start a stopped/killed node again with the same config, ports and data dir,
+        then wait until the cluster has converged with it."""
+        if node.running:
+            node.kill9()
+        node.start()
+        self.wait_ready(timeout)
+
+    def log_tails(self, n: int = 60) -> str:
+        return "\n".join(f"---- {x.kind} {x.node_name} log ({x.workdir}) ----\n{x.log_tail(n)}" for x in self.nodes)
+
+    def cleanup(self) -> None:
+        for n in self.nodes:
+            n.cleanup()
+
+
+@pytest.fixture
+def cluster(request):
+    """A converged 3-node cluster (n1, n2, n3); every process is killed at teardown."""
+    c = Cluster(3)
+    ok = False
+    try:
+        c.start()
+        yield c
+        ok = not (getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed)
+    finally:
+        c.cleanup()
+        if ok:
+            shutil.rmtree(c.workdir, ignore_errors=True)
+        else:
+            print(f"\n{c.log_tails()}")

@@ -76,6 +76,7 @@ final class BusTestNetwork: Sendable {
             self.network.deliver(payload, from: self.identity, to: node)
         }
         func relayBacklog(to node: NodeID) -> Int { 0 }
+        func isReachable(_ node: NodeID) -> Bool { true }
         func liveMembers() -> [NodeID] { self.network.state.withLock { $0.members } }
         func events() -> AsyncStream<NodeEvent> { AsyncStream { _ in } }
     }
@@ -295,6 +296,52 @@ struct BusDriverTests {
             #expect(statistics.droppedByPeer == [cluster.ids[1]: 3])
             #expect(statistics.messagesTooLarge == 1)
             #expect(statistics.messagesForwarded == 0)
+        }
+    }
+
+    @Test("messages meant for a previous process on the same address are dropped, not delivered to the new one's subscribers")
+    func previousProcess() async throws {
+        let cluster = BusTestCluster(["a", "b"])
+        try await cluster.run {
+            let inbox = Inbox()
+            _ = cluster.routers[1].subscribe("s", receiver: inbox)
+            try await cluster.waitUntilKnown(1, wants: "s")
+            let stale = BusFrameCodec.encode(.messages(recipient: 99, [BusRoutedMessage(subject: "s", payload: [1])]))
+            cluster.network.deliver(stale, from: cluster.ids[0], to: cluster.ids[1])
+            cluster.routers[0].publish(NATSMessage(subject: "s", payload: ByteBuffer(string: "now")))
+            try await until("the current message arrived") { inbox.count >= 1 }
+            #expect(inbox.payloads == ["now"])
+            #expect(cluster.buses[1].statistics().framesForAnotherProcess == 1)
+        }
+    }
+
+    @Test("every node learns where the others' NATS clients connect")
+    func connectURLs() async throws {
+        var configurations: [BusClusterConfiguration] = []
+        for port in [4001, 4002] {
+            var configuration = BusClusterConfiguration()
+            configuration.clientURL = "127.0.0.1:\(port)"
+            configurations.append(configuration)
+        }
+        let network = BusTestNetwork()
+        let clock = ManualClock()
+        let buses = zip(["a", "b"], configurations).map { name, configuration in
+            BusCluster(
+                network: network.endpoint(name),
+                router: NATSRouter(),
+                configuration: configuration,
+                clock: clock,
+                logger: quietLogger("bus")
+            )
+        }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for bus in buses { group.addTask { try await bus.run() } }
+            var updates = buses[0].connectURLUpdates().makeAsyncIterator()
+            var latest = await updates.next()
+            while latest != ["127.0.0.1:4001", "127.0.0.1:4002"] { latest = await updates.next() }
+            #expect(buses[1].connectURLs == ["127.0.0.1:4001", "127.0.0.1:4002"])
+            network.close()
+            try await group.waitForAll()
         }
     }
 

@@ -24,8 +24,10 @@ struct BusFrameTests {
         .interest(.delta(version: 8, added: ["jobs.> workers", "a.b q-1"], removed: ["x.* q"])),
         .interest(.digest(version: 42)),
         .interest(.pull),
-        .messages([]),
-        .messages([
+        .messages(recipient: 0, []),
+        .node(clientURL: "127.0.0.1:4222"),
+        .node(clientURL: nil),
+        .messages(recipient: 0x0102_0304_0506_0708, [
             BusRoutedMessage(subject: "users.alice.events", payload: Array("hello".utf8)),
             BusRoutedMessage(
                 subject: "a.b",
@@ -50,15 +52,20 @@ struct BusFrameTests {
         #expect(BusFrameCodec.encode(.interest(.pull)) == [2, 4])
         #expect(BusFrameCodec.encode(.interest(.digest(version: 258))) == [2, 3, 0, 0, 0, 0, 0, 0, 1, 2])
         #expect(
-            BusFrameCodec.encode(.messages([BusRoutedMessage(subject: "s", payload: [9])]))
-                == [2, 16, 0, 0, 0, 1, 0, 1, UInt8(ascii: "s"), 0, 0, 0, 0, 0, 1, 9, 0, 0]
+            BusFrameCodec.encode(.messages(recipient: 7, [BusRoutedMessage(subject: "s", payload: [9])]))
+                == [2, 16, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 1, 0, 1, UInt8(ascii: "s"), 0, 0, 0, 0, 0, 1, 9, 0, 0]
         )
         #expect(
-            BusFrameCodec.encode(.messages([BusRoutedMessage(subject: "s", payload: [], groups: ["q"])]))
-                == [2, 16, 0, 0, 0, 1, 0, 1, UInt8(ascii: "s"), 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, UInt8(ascii: "q")]
+            BusFrameCodec.encode(.messages(recipient: 0, [BusRoutedMessage(subject: "s", payload: [], groups: ["q"])]))
+                == [2, 16] + [UInt8](repeating: 0, count: 8)
+                + [0, 0, 0, 1, 0, 1, UInt8(ascii: "s"), 0, 0, 0, 0, 0, 0, 0, 1, 0, 1, UInt8(ascii: "q")]
         )
         let message = BusRoutedMessage(subject: "ab", replyTo: "r", headers: [1, 2], payload: [3])
-        #expect(BusFrameCodec.encode(.messages([message])).count == BusFrameCodec.messagesOverhead + message.encodedSize)
+        #expect(
+            BusFrameCodec.encode(.messages(recipient: 1, [message])).count
+                == BusFrameCodec.messagesOverhead + message.encodedSize
+        )
+        #expect(BusFrameCodec.encode(.node(clientURL: "h:1")) == [2, 8, 1, 0, 3, UInt8(ascii: "h"), UInt8(ascii: ":"), UInt8(ascii: "1")])
     }
 
     @Test("malformed frames are refused with their own code")
@@ -91,7 +98,8 @@ struct BusFrameTests {
             payloadLength: UInt32 = 0,
             group: [UInt8]? = nil
         ) -> [UInt8] {
-            var bytes: [UInt8] = [2, 16, 0, 0, 0, 1, 0, UInt8(subject.count)] + subject + [reply]
+            var bytes: [UInt8] = [2, 16] + [UInt8](repeating: 0, count: 8) + [0, 0, 0, 1, 0, UInt8(subject.count)]
+                + subject + [reply]
             if reply == 1 { bytes += [0, 1, UInt8(ascii: "r")] }
             bytes.append(headers)
             if headers == 1 { bytes += [0, 0, 0, 0] }
@@ -111,6 +119,12 @@ struct BusFrameTests {
         #expect(Self.code(message(subject: Array("s".utf8), group: Array("workers".utf8))) == nil)
         #expect(Self.code(message(subject: Array("s".utf8), group: Array("a.b".utf8))) == .invalidSubject)
         #expect(Self.code(message(subject: Array("s".utf8), group: [])) == .invalidSubject)
+        func node(_ url: String) -> [UInt8] { [2, 8, 1, 0, UInt8(url.utf8.count)] + Array(url.utf8) }
+        #expect(Self.code(node("127.0.0.1:4222")) == nil)
+        #expect(Self.code(node("127.0.0.1:0")) == .invalidSubject)
+        #expect(Self.code(node("no port")) == .invalidSubject)
+        #expect(Self.code(node(":4222")) == .invalidSubject)
+        #expect(Self.code([2, 8, 2]) == .badEnumValue)
     }
 
     @Test("20,000 mutated frames never trap; whatever decodes round-trips")
@@ -164,10 +178,10 @@ struct BusFrameTests {
         while let batch = link.take(maximumBytes: 1_000) {
             frames.append(batch.messages.count)
             if batch.messages.count > 1 {
-                #expect(BusFrameCodec.encode(.messages(batch.messages)).count <= 1_000)
+                #expect(BusFrameCodec.encode(.messages(recipient: 1, batch.messages)).count <= 1_000)
             }
         }
-        #expect(frames == [3, 1, 9, 9, 3])
+        #expect(frames == [3, 1, 9, 9, 3], "at most 9 messages of 101 bytes after 14 bytes of frame")
         #expect(link.queuedBytes == 0)
     }
 }

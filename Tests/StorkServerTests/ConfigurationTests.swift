@@ -103,6 +103,8 @@ struct ConfigurationTests {
             ("resources: {cacheAllResources: maybe}", "resources.cacheAllResources"),
             ("resources: {replicas: 0}", "resources.replicas: expected a positive number of members or all, not '0'"),
             ("resources: {replicas: most}", "resources.replicas"),
+            ("nats: {lameDuckDuration: 5s, lameDuckGracePeriod: 5s}", "lameDuckGracePeriod must be at least 0 and shorter"),
+            ("nats: {lameDuckDuration: soon}", "nats.lameDuckDuration"),
             ("node: [1, 2]", "node: expected a mapping"),
             ("{ unbalanced", "not valid YAML"),
             ("resources: {sources: [{type: file, path: a, name: s}, {type: file, path: b, name: s}]}", "same name"),

@@ -354,6 +354,11 @@ public final class ResourceManager: Service, Sendable {
         self.transport.backlog(to: node.address)
     }
 
+    /// False when the transport's last attempt to connect to `node` failed.
+    public func isReachable(_ node: NodeID) -> Bool {
+        self.transport.isReachable(node.address)
+    }
+
     /// The members this node currently sees as alive or suspect (itself included), sorted: the peers worth talking
     /// to. Dead and departed members are not listed.
     public func liveMembers() -> [NodeID] {

@@ -17,10 +17,13 @@ public protocol ClusterTransport: Sendable {
     /// Bytes queued for `address` and not yet handed to its connection (0 when unknown): a sender with much to say
     /// waits while this is high instead of making the transport drop its oldest frames.
     func backlog(to address: String) -> Int
+    /// False when the transport knows `address` cannot be reached now (its last connection attempt failed).
+    func isReachable(_ address: String) -> Bool
 }
 
 extension ClusterTransport {
     public func backlog(to address: String) -> Int { 0 }
+    public func isReachable(_ address: String) -> Bool { true }
 }
 
 // MARK: - InMemoryNetwork

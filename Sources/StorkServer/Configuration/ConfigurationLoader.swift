@@ -331,7 +331,7 @@ extension ServerConfiguration {
         let fields = try value.mapping(
             allowed: [
                 "token", "users", "maxPayload", "maxControlLine", "maxPending", "maxConnections", "pingInterval",
-                "maxPingsOut", "authTimeout",
+                "maxPingsOut", "authTimeout", "lameDuckDuration", "lameDuckGracePeriod",
             ]
         )
         if let value = fields["token"] {
@@ -356,6 +356,11 @@ extension ServerConfiguration {
         if let value = fields["pingInterval"] { nats.pingInterval = try value.duration() }
         if let value = fields["maxPingsOut"] { nats.maxPingsOut = try value.integer(in: 1...1000) }
         if let value = fields["authTimeout"] { nats.authTimeout = try value.duration() }
+        if let value = fields["lameDuckDuration"] { nats.lameDuckDuration = try value.duration() }
+        if let value = fields["lameDuckGracePeriod"] { nats.lameDuckGracePeriod = try value.duration() }
+        guard nats.lameDuckGracePeriod >= .zero, nats.lameDuckGracePeriod < nats.lameDuckDuration else {
+            throw value.error("lameDuckGracePeriod must be at least 0 and shorter than lameDuckDuration")
+        }
         return nats
     }
 

@@ -73,6 +73,10 @@ public struct ServerConfiguration: Sendable, Hashable {
         public var pingInterval: Duration = .seconds(120)
         public var maxPingsOut = 2
         public var authTimeout: Duration = .seconds(2)
+        /// Lame-duck mode (`stork drain`, SIGUSR2): clients are closed spread over this long …
+        public var lameDuckDuration: Duration = .seconds(30)
+        /// … after this long first.
+        public var lameDuckGracePeriod: Duration = .seconds(10)
     }
 
     public struct Cluster: Sendable, Hashable {
@@ -242,12 +246,24 @@ public struct ServerConfiguration: Sendable, Hashable {
         result.pingInterval = self.nats.pingInterval
         result.maxPingsOut = self.nats.maxPingsOut
         result.authTimeout = self.nats.authTimeout
+        result.lameDuckDuration = self.nats.lameDuckDuration
+        result.lameDuckGracePeriod = self.nats.lameDuckGracePeriod
         if let token = self.nats.token {
             result.authentication = .token(token)
         } else if !self.nats.users.isEmpty {
             result.authentication = .users(self.nats.users)
         }
         return result
+    }
+
+    /// Where other nodes tell NATS clients to connect to this one (`connect_urls`): `node.nats`, with a wildcard host
+    /// (`0.0.0.0`, `::`) replaced by the host of `node.advertise` (or `node.bind`). Nil without a NATS endpoint.
+    public var advertisedNATSAddress: String? {
+        guard let nats = self.node.nats, let (host, port) = try? StorkServer.hostAndPort(nats) else { return nil }
+        guard ["0.0.0.0", "::", "[::]", ""].contains(host) else { return nats }
+        let cluster = self.node.advertise ?? self.node.bind
+        guard let (clusterHost, _) = try? StorkServer.hostAndPort(cluster) else { return nats }
+        return "\(clusterHost):\(port)"
     }
 
     /// The ownership store URL in force (lease mode), with the default applied.
