@@ -507,14 +507,10 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
         let maximumFrame = self.configuration.maximumFrameBytes
         for await _ in link.signals {
             while true {
-                // The transport writes what it holds before it gets more: its queue for the peer is bounded and
-                // drops its oldest frames when full, and meanwhile messages gather here into larger frames (the
-                // link's queue and the stalled publishers absorb the wait). An idle link sends at once.
-                var waited = 0
-                while self.network.relayBacklog(to: link.node) > 0, !link.isClosed, waited < 60_000 {
-                    try? await self.clock.sleep(for: .milliseconds(1))
-                    waited += 1
-                }
+                // The transport hands what it holds to the connection before it gets more: its queue for the peer is
+                // bounded and drops its oldest frames when full, and meanwhile messages gather here into larger
+                // frames (the link's queue and the stalled publishers absorb the wait). An idle link sends at once.
+                if self.network.relayBacklog(to: link.node) > 0 { await self.network.waitForRelayBacklog(to: link.node) }
                 guard let batch = link.take(maximumBytes: maximumFrame) else { break }
                 self.network.sendRelay(
                     BusFrameCodec.encode(.messages(recipient: link.node.uid, batch.messages)),

@@ -74,6 +74,8 @@ public protocol BusNetwork: Sendable {
     func sendRelay(_ payload: [UInt8], to node: NodeID)
     /// Bytes sent to `node` that the transport has not written yet.
     func relayBacklog(to node: NodeID) -> Int
+    /// Returns once the transport holds nothing more for `node`.
+    func waitForRelayBacklog(to node: NodeID) async
     /// False when the transport knows `node` cannot be reached now (a killed node, before membership says so).
     func isReachable(_ node: NodeID) -> Bool
     /// The members seen alive or suspect, this node included.

@@ -76,6 +76,14 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
         var rejectionLog = LogRateLimiter()
         var failureLog = LogRateLimiter()
         var closeFutures: [EventLoopFuture<Void>] = []
+        /// Senders waiting until a peer's queue is empty (``waitForBacklog(to:)``).
+        var drainWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+
+        /// The waiters of `address` when its queue is empty (or gone), removed.
+        mutating func takeDrainWaiters(_ address: String) -> [CheckedContinuation<Void, Never>] {
+            guard self.drainWaiters[address] != nil, (self.peers[address]?.queuedBytes ?? 0) == 0 else { return [] }
+            return self.drainWaiters.removeValue(forKey: address) ?? []
+        }
     }
 
     static let datagramTargetLimit = 10_000
@@ -294,6 +302,11 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
             state.closeFutures = channels.map(\.closeFuture)
             return channels
         }
+        let waiters = self.state.withLock { state in
+            defer { state.drainWaiters = [:] }
+            return state.drainWaiters.values.flatMap { $0 }
+        }
+        for waiter in waiters { waiter.resume() }
         self.continuation.finish()
         for channel in channels { channel.close(promise: nil) }
     }
@@ -314,6 +327,20 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
     /// Bytes queued for `address` that its connection has not taken yet.
     public func backlog(to address: String) -> Int {
         self.state.withLock { $0.peers[address]?.queuedBytes ?? 0 }
+    }
+
+    /// Returns once nothing is queued for `address` any more (its connection took everything, or the queue was dropped
+    /// after failed connection attempts, or the transport closed): a sender with much to say sends its next frame
+    /// then, in step with the connection, instead of letting this bounded queue drop frames.
+    public func waitForBacklog(to address: String) async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let ready = self.state.withLock { state -> Bool in
+                guard !state.isClosed, (state.peers[address]?.queuedBytes ?? 0) > 0 else { return true }
+                state.drainWaiters[address, default: []].append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
     }
 
     /// False while the last attempt to connect to `address` failed (it is backing off): a peer that was killed is
@@ -375,12 +402,14 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
     /// stays in our bounded queue; `channelWritabilityChanged` drains again.
     func drain(_ address: String, _ channel: any Channel) {
         var wrote = false
+        var drained: [CheckedContinuation<Void, Never>] = []
         while true {
             let writable = channel.isWritable
             let frame: ByteBuffer? = self.state.withLock { state in
                 guard state.peers[address]?.isConnected(to: channel) == true else { return nil }
                 guard writable, let frame = state.peers[address]?.queue.popFirst() else {
                     state.peers[address]?.drainScheduled = false
+                    drained = state.takeDrainWaiters(address)
                     return nil
                 }
                 state.peers[address]?.queuedBytes -= frame.readableBytes
@@ -393,6 +422,7 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
             wrote = true
         }
         if wrote { channel.flush() }
+        for waiter in drained { waiter.resume() }
     }
 
     private func connect(to address: String) {
@@ -467,6 +497,8 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
     }
 
     private func connectFailed(_ address: String, connectID: Int?, error: any Error) {
+        var waiters: [CheckedContinuation<Void, Never>] = []
+        defer { for waiter in waiters { waiter.resume() } }
         let (delay, dropped, log): (TimeAmount?, Int, Int?) = self.state.withLock { state in
             if let connectID { state.connecting[connectID] = nil }
             state.statistics.connectionFailures += 1
@@ -479,6 +511,7 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
                 state.statistics.queueDrops += dropped
                 peer.queue.removeAll()
                 peer.queuedBytes = 0
+                waiters = state.drainWaiters.removeValue(forKey: address) ?? []
             }
             peer.connection = .backingOff
             let log = state.failureLog.allow(now: .now(), interval: .seconds(10))

@@ -77,6 +77,7 @@ final class BusTestNetwork: Sendable {
         }
         func relayBacklog(to node: NodeID) -> Int { 0 }
         func isReachable(_ node: NodeID) -> Bool { true }
+        func waitForRelayBacklog(to node: NodeID) async {}
         func liveMembers() -> [NodeID] { self.network.state.withLock { $0.members } }
         func events() -> AsyncStream<NodeEvent> { AsyncStream { _ in } }
     }

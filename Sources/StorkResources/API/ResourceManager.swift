@@ -354,6 +354,11 @@ public final class ResourceManager: Service, Sendable {
         self.transport.backlog(to: node.address)
     }
 
+    /// Returns once the transport holds nothing more for `node`.
+    public func waitForRelayBacklog(to node: NodeID) async {
+        await self.transport.waitForBacklog(to: node.address)
+    }
+
     /// False when the transport's last attempt to connect to `node` failed.
     public func isReachable(_ node: NodeID) -> Bool {
         self.transport.isReachable(node.address)

@@ -19,11 +19,14 @@ public protocol ClusterTransport: Sendable {
     func backlog(to address: String) -> Int
     /// False when the transport knows `address` cannot be reached now (its last connection attempt failed).
     func isReachable(_ address: String) -> Bool
+    /// Returns once nothing is queued for `address` (at once when nothing is).
+    func waitForBacklog(to address: String) async
 }
 
 extension ClusterTransport {
     public func backlog(to address: String) -> Int { 0 }
     public func isReachable(_ address: String) -> Bool { true }
+    public func waitForBacklog(to address: String) async {}
 }
 
 // MARK: - InMemoryNetwork
