@@ -205,16 +205,13 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     // MARK: Service
 
     public func run() async throws {
-        let frames = self.network.relayFrames()
         let events = self.network.events()
         self.mutate { machine, now in machine.start(now: now) }
         self.refreshMembers()
         self.router.observeInterest { [weak self] key, added in self?.localInterestChanged(key, added: added) }
+        self.network.setRelayReceiver { [weak self] message, resume in self?.receive(message, resume: resume) }
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
-                group.addTask {
-                    for await frame in frames { await self.receive(frame) }
-                }
                 group.addTask {
                     for await event in events {
                         switch event {
@@ -232,7 +229,7 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                         links.cancelAll()
                     }
                 }
-                // The node's streams end when it stops: then the bus stops too.
+                // The node's event stream ends when it stops: then the bus stops too.
                 await group.next()
                 self.stop()
                 group.cancelAll()
@@ -243,6 +240,7 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
 
     /// Ends every remote subscription, link and watcher.
     private func stop() {
+        self.network.setRelayReceiver(nil)
         self.router.stopObservingInterest()
         let (watchers, links, urlWatchers) = self.remote.withLock { remote in
             for subscriptions in remote.values {
@@ -338,7 +336,11 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                     let link = BusPeerLink(
                         node: node,
                         configuration: self.configuration,
-                        reachable: { network.isReachable(node) }
+                        transport: BusPeerLink.Transport(
+                            send: { network.sendRelay($0, to: node) },
+                            backlog: { network.relayBacklog(to: node) },
+                            reachable: { network.isReachable(node) }
+                        )
                     )
                     state.links[node] = link
                     created.append(link)
@@ -419,7 +421,9 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
 
     // MARK: Receiving
 
-    private func receive(_ relay: RelayMessage) async {
+    /// A frame from a peer, on the transport's thread. Returns how long the transport should stop reading from that
+    /// peer (a subscriber here is congested), having registered `resume` with the congested subscribers.
+    private func receive(_ relay: RelayMessage, resume: @escaping @Sendable () -> Void) -> Duration? {
         let frame: BusFrame
         do {
             frame = try BusFrameCodec.decode(relay.payload)
@@ -429,7 +433,7 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                 "bus frame rejected",
                 metadata: ["stork.peer": "\(relay.from)", "stork.error": "\(error)"]
             )
-            return
+            return nil
         }
         switch frame {
         case .interest(let message):
@@ -444,15 +448,21 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
             guard recipient == self.network.identity.uid else {
                 // Sent to this address's previous process (a restart): its subscriptions are gone.
                 self.state.withLock { $0.statistics.framesForAnotherProcess += 1 }
-                return
+                return nil
             }
-            await self.deliver(messages, from: relay.from)
+            return self.deliver(messages, from: relay.from, resume: resume)
         }
+        return nil
     }
 
-    /// Delivers messages from another node on the local router; stalls (stops reading frames) while a subscriber
-    /// they went to is congested, as a publishing client would be.
-    private func deliver(_ messages: [BusRoutedMessage], from origin: NodeID) async {
+    /// Delivers messages from another node on the local router. When a subscriber they went to is congested, the
+    /// link from that node stalls like a publishing client would: the transport stops reading from it until the
+    /// subscriber drains (then `resume`) or the stall time passes.
+    private func deliver(
+        _ messages: [BusRoutedMessage],
+        from origin: NodeID,
+        resume: @escaping @Sendable () -> Void
+    ) -> Duration? {
         var rejected = 0
         var bytes = 0
         var congested: [any NATSStallTarget] = []
@@ -480,24 +490,10 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
             state.statistics.bytesReceived += bytes
             state.statistics.framesRejected += rejected
         }
-        if !congested.isEmpty { await self.stall(on: congested) }
-    }
-
-    /// Waits until one of `targets` drains, or the longest stall they ask for passes.
-    private func stall(on targets: [any NATSStallTarget]) async {
-        let (signal, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let durations = targets.compactMap { $0.stall(resume: { continuation.yield() }) }
-        guard let longest = durations.max() else { return }
-        self.state.withLock { $0.statistics.stalls += 1 }
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                for await _ in signal { return }
-            }
-            group.addTask { try? await self.clock.sleep(for: longest) }
-            await group.next()
-            group.cancelAll()
-        }
-        continuation.finish()
+        guard !congested.isEmpty else { return nil }
+        let longest = congested.compactMap { $0.stall(resume: resume) }.max()
+        if longest != nil { self.state.withLock { $0.statistics.stalls += 1 } }
+        return longest
     }
 
     // MARK: Sending
@@ -516,6 +512,7 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                     BusFrameCodec.encode(.messages(recipient: link.node.uid, batch.messages)),
                     to: link.node
                 )
+                link.sent()
                 if batch.droppedSinceLastTake > 0 {
                     self.logger.warning(
                         "a peer's bus queue was full: messages for it were dropped",
@@ -543,12 +540,28 @@ extension BusCluster where C == ContinuousClock {
 // MARK: - BusPeerLink
 
 /// The way to one other node: the router's remote subscriptions for that node point here. Queues what the router
-/// forwards (bounded, in bytes as encoded) for the sending task; congested past half the bound.
+/// forwards (bounded, in bytes as encoded) for the sending task; congested past half the bound. A few messages
+/// forwarded while nothing waits here or in the transport go out at once, from the publisher's thread (no task
+/// switch: the latency of request/reply); under load messages queue and leave in frames of many.
 final class BusPeerLink: NATSRemoteRoute, Sendable {
+    /// At most this many messages of one client read go to the transport directly.
+    static let directLimit = 8
+
+    /// The cluster transport as one link uses it.
+    struct Transport: Sendable {
+        var send: @Sendable ([UInt8]) -> Void
+        var backlog: @Sendable () -> Int
+        var reachable: @Sendable () -> Bool
+
+        static var none: Transport { Transport(send: { _ in }, backlog: { 1 }, reachable: { true }) }
+    }
+
     struct Queue {
         var messages: [BusRoutedMessage] = []
         var bytes = 0
         var closed = false
+        /// The sending task holds a batch it has not handed to the transport yet: nothing may overtake it.
+        var sending = false
         var stalled: [@Sendable () -> Void] = []
         var droppedSinceLastTake = 0
         var forwarded = 0
@@ -567,17 +580,20 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     let node: NodeID
     private let maximumBytes: Int
     private let maximumMessageBytes: Int
-    private let reachable: @Sendable () -> Bool
+    private let maximumFrameBytes: Int
+    private let transport: Transport
     private let queue = Mutex(Queue())
     private let congested = Atomic<Bool>(false)
     let signals: AsyncStream<Void>
     private let signal: AsyncStream<Void>.Continuation
 
-    init(node: NodeID, configuration: BusClusterConfiguration, reachable: @escaping @Sendable () -> Bool = { true }) {
+    /// `transport` defaults to one that never takes a message directly (everything queues).
+    init(node: NodeID, configuration: BusClusterConfiguration, transport: Transport = .none) {
         self.node = node
-        self.reachable = reachable
+        self.transport = transport
         self.maximumBytes = configuration.maximumQueuedBytes
         self.maximumMessageBytes = configuration.maximumMessageBytes
+        self.maximumFrameBytes = configuration.maximumFrameBytes
         (self.signals, self.signal) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
     }
 
@@ -585,41 +601,92 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     var queuedBytes: Int { self.queue.withLock { $0.bytes } }
 
     func forward(_ message: NATSMessage, groups: [String]) -> Bool {
-        let item = BusRoutedMessage(
-            subject: message.subject,
-            replyTo: message.replyTo,
-            headers: message.headers.map { Array($0.readableBytesView) },
-            payload: Array(message.payload.readableBytesView),
-            groups: groups
-        )
-        let size = item.encodedSize
-        let accepted = self.queue.withLock { queue -> Bool in
-            guard !queue.closed else { return false }
-            guard size <= self.maximumMessageBytes else {
-                queue.tooLarge += 1
-                return false
+        self.forward([(message, groups)]) == 1
+    }
+
+    func forward(_ messages: [(message: NATSMessage, groups: [String])]) -> Int {
+        var items: [BusRoutedMessage] = []
+        items.reserveCapacity(messages.count)
+        for (message, groups) in messages {
+            items.append(
+                BusRoutedMessage(
+                    subject: message.subject,
+                    replyTo: message.replyTo,
+                    headers: message.headers.map { Array($0.readableBytesView) },
+                    payload: Array(message.payload.readableBytesView),
+                    groups: groups
+                )
+            )
+        }
+        var signal = false
+        let accepted = self.queue.withLock { queue -> Int in
+            guard !queue.closed else { return 0 }
+            var accepted = 0
+            if items.count <= Self.directLimit, queue.messages.isEmpty, !queue.sending, self.transport.backlog() == 0 {
+                // Nothing waits, and only a few messages: straight to the transport (the latency of a request), under
+                // the lock so that nothing overtakes them. More go to the sending task, which encodes them on another
+                // thread while this one reads on.
+                var frame: [BusRoutedMessage] = []
+                var frameBytes = BusFrameCodec.messagesOverhead
+                for item in items {
+                    let size = item.encodedSize
+                    guard size <= self.maximumMessageBytes else {
+                        queue.tooLarge += 1
+                        continue
+                    }
+                    if !frame.isEmpty, frameBytes + size > self.maximumFrameBytes {
+                        self.transport.send(BusFrameCodec.encode(.messages(recipient: self.node.uid, frame)))
+                        queue.frames += 1
+                        frame.removeAll(keepingCapacity: true)
+                        frameBytes = BusFrameCodec.messagesOverhead
+                    }
+                    frame.append(item)
+                    frameBytes += size
+                    queue.forwarded += 1
+                    queue.forwardedBytes += size
+                    accepted += 1
+                }
+                if !frame.isEmpty {
+                    self.transport.send(BusFrameCodec.encode(.messages(recipient: self.node.uid, frame)))
+                    queue.frames += 1
+                }
+                return accepted
             }
-            guard queue.bytes + size <= self.maximumBytes else {
-                queue.dropped += 1
-                queue.droppedSinceLastTake += 1
-                return false
+            for item in items {
+                let size = item.encodedSize
+                guard size <= self.maximumMessageBytes else {
+                    queue.tooLarge += 1
+                    continue
+                }
+                guard queue.bytes + size <= self.maximumBytes else {
+                    queue.dropped += 1
+                    queue.droppedSinceLastTake += 1
+                    continue
+                }
+                queue.messages.append(item)
+                queue.bytes += size
+                queue.forwarded += 1
+                queue.forwardedBytes += size
+                accepted += 1
+                signal = true
             }
-            queue.messages.append(item)
-            queue.bytes += size
-            queue.forwarded += 1
-            queue.forwardedBytes += size
             if queue.bytes > self.maximumBytes / 2, !self.congested.load(ordering: .relaxed) {
                 self.congested.store(true, ordering: .relaxed)
             }
-            return true
+            return accepted
         }
-        if accepted { self.signal.yield() }
+        if signal { self.signal.yield() }
         return accepted
+    }
+
+    /// The sending task handed its batch to the transport.
+    func sent() {
+        self.queue.withLock { $0.sending = false }
     }
 
     var isCongested: Bool { self.congested.load(ordering: .relaxed) }
 
-    var isAvailable: Bool { self.reachable() }
+    var isAvailable: Bool { self.transport.reachable() }
 
     func stall(resume: @escaping @Sendable () -> Void) -> Duration? {
         self.queue.withLock { queue -> Duration? in
@@ -651,6 +718,7 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
             queue.frames += 1
             let batch = Batch(messages: messages, droppedSinceLastTake: queue.droppedSinceLastTake)
             queue.droppedSinceLastTake = 0
+            queue.sending = true
             var resumed: [@Sendable () -> Void] = []
             if queue.bytes <= self.maximumBytes / 2, self.congested.load(ordering: .relaxed) {
                 self.congested.store(false, ordering: .relaxed)

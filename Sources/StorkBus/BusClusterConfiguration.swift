@@ -68,8 +68,9 @@ public struct BusClusterStatistics: Hashable, Sendable {
 public protocol BusNetwork: Sendable {
     /// This node.
     var identity: NodeID { get }
-    /// Frames from peers (called once).
-    func relayFrames() -> AsyncStream<RelayMessage>
+    /// Where frames from peers go from now on (nil: nowhere). The receiver runs on the transport's thread and must
+    /// not block; it returns how long to stop reading from the sender (back-pressure), having registered `resume`.
+    func setRelayReceiver(_ receiver: RelayReceiver?)
     /// Sends a frame without waiting; best-effort. Frames to one peer arrive in the order they were sent.
     func sendRelay(_ payload: [UInt8], to node: NodeID)
     /// Bytes sent to `node` that the transport has not written yet.

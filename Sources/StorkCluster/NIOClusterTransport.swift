@@ -78,6 +78,8 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
         var closeFutures: [EventLoopFuture<Void>] = []
         /// Senders waiting until a peer's queue is empty (``waitForBacklog(to:)``).
         var drainWaiters: [String: [CheckedContinuation<Void, Never>]] = [:]
+        /// Where relay messages go instead of `incoming()`.
+        var relayReceiver: RelayReceiver?
 
         /// The waiters of `address` when its queue is empty (or gone), removed.
         mutating func takeDrainWaiters(_ address: String) -> [CheckedContinuation<Void, Never>] {
@@ -603,26 +605,39 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
         self.state.withLock { _ = $0.inbound.removeValue(forKey: ObjectIdentifier(channel)) }
     }
 
-    /// A datagram or a TCP frame (without its length prefix) arrived.
-    func receive(_ buffer: ByteBuffer, isDatagram: Bool, from remote: SocketAddress?) {
+    /// Relay messages go to `receiver` on the event loop that read them (with back-pressure), not to `incoming()`.
+    public func setRelayReceiver(_ receiver: RelayReceiver?) -> Bool {
+        self.state.withLock { $0.relayReceiver = receiver }
+        return true
+    }
+
+    /// A datagram or a TCP frame (without its length prefix) arrived. Returns how long to stop reading from the
+    /// sender (a relay receiver's back-pressure), having registered `resume`.
+    @discardableResult
+    func receive(
+        _ buffer: ByteBuffer,
+        isDatagram: Bool,
+        from remote: SocketAddress?,
+        resume: (@Sendable () -> Void)? = nil
+    ) -> Duration? {
         let size = buffer.readableBytes
         if isDatagram, size > self.configuration.maximumDatagramSize {
             self.reject(WireError(.oversized, "a datagram of \(size) bytes"), from: remote)
-            return
+            return nil
         }
         let frame: WireFrame
         do {
             frame = try WireCodec.decode(Array(buffer.readableBytesView), settings: self.settings)
         } catch {
             self.reject(error, from: remote)
-            return
+            return nil
         }
         guard frame.header.isDatagram == isDatagram else {
             self.reject(WireError(.badFlags, "the datagram flag does not match the channel"), from: remote)
-            return
+            return nil
         }
-        let fresh: Bool = self.state.withLock { state in
-            if self.settings.isAuthenticated, !state.replay.accept(frame.header) { return false }
+        let (fresh, relayReceiver): (Bool, RelayReceiver?) = self.state.withLock { state in
+            if self.settings.isAuthenticated, !state.replay.accept(frame.header) { return (false, nil) }
             if isDatagram {
                 state.statistics.datagramsReceived += 1
                 state.statistics.bytesReceived += size
@@ -630,15 +645,19 @@ public final class NIOClusterTransport: ClusterTransport, Sendable {
                 state.statistics.framesReceived += 1
                 state.statistics.bytesReceived += size + 4
             }
-            return true
+            return (true, state.relayReceiver)
         }
         guard fresh else {
             self.reject(WireError(.stale, "sequence \(frame.header.sequence) was seen or is too old"), from: remote)
-            return
+            return nil
+        }
+        if case .relay(let relay) = frame.message, let relayReceiver {
+            return relayReceiver(relay, resume ?? {})
         }
         if case .dropped = self.continuation.yield(frame.message) {
             self.state.withLock { $0.statistics.deliveryDrops += 1 }
         }
+        return nil
     }
 
     /// Counts a rejected frame and logs it, at most once every 10 seconds (with the number not logged since).
@@ -754,7 +773,27 @@ final class StreamHandler: ChannelInboundHandler, Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        self.transport.receive(Self.unwrapInboundIn(data), isDatagram: false, from: context.channel.remoteAddress)
+        let channel = context.channel
+        let resume: @Sendable () -> Void = { channel.eventLoop.execute { Self.resumeReading(channel) } }
+        let pause = self.transport.receive(
+            Self.unwrapInboundIn(data),
+            isDatagram: false,
+            from: channel.remoteAddress,
+            resume: resume
+        )
+        if let pause {
+            // Back-pressure: what this peer sent filled a consumer here; read no more from it until it drains.
+            try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
+            channel.eventLoop.scheduleTask(in: TimeAmount(pause)) { Self.resumeReading(channel) }
+        }
+    }
+
+    static func resumeReading(_ channel: any Channel) {
+        guard channel.isActive else { return }
+        if (try? channel.syncOptions?.getOption(ChannelOptions.autoRead)) == false {
+            try? channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
+            channel.read()
+        }
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

@@ -25,6 +25,9 @@ public protocol NATSRemoteRoute: NATSStallTarget {
     /// each queue group in `groups` (the groups this node chose that node for). Never waits; false when the route
     /// is closed or had to drop it.
     func forward(_ message: NATSMessage, groups: [String]) -> Bool
+    /// The same for the messages one client read published, in order: sent together (one frame when the route is
+    /// idle). Returns how many were accepted.
+    func forward(_ messages: [(message: NATSMessage, groups: [String])]) -> Int
     /// Whether the route's queue is backed up: publishers into it should stall.
     var isCongested: Bool { get }
     /// False when the node behind the route is known to be unreachable now: a queue group's message goes to a
@@ -96,6 +99,8 @@ struct NATSDeliveryBatch {
     private var targets: [(client: NATSClientConnection, buffer: ByteBuffer, messages: Int, bytes: Int)] = []
     /// Targets found congested by this read's deliveries (batched or not): the publisher stalls on them.
     private(set) var congested: [any NATSStallTarget] = []
+    /// Messages for other nodes gathered during the read, per route, handed over with the rest.
+    private var remote: [(route: any NATSRemoteRoute, items: [(message: NATSMessage, groups: [String])])] = []
     /// Bytes gathered for one target before it is handed over early (large payloads).
     static let handOverBytes = 64 * 1024
     /// Subscribers of one message above which deliveries bypass the batch (wide fan-out).
@@ -107,7 +112,16 @@ struct NATSDeliveryBatch {
         self.isEnabled = enabled
     }
 
-    var isEmpty: Bool { self.targets.isEmpty }
+    var isEmpty: Bool { self.targets.isEmpty && self.remote.isEmpty }
+
+    /// Gathers a message for another node (sent in one go at the end of the read).
+    mutating func append(_ message: NATSMessage, groups: [String], to route: any NATSRemoteRoute) {
+        if let index = self.remote.firstIndex(where: { $0.route === route }) {
+            self.remote[index].items.append((message, groups))
+        } else {
+            self.remote.append((route, [(message, groups)]))
+        }
+    }
 
     /// Adds a `MSG` for `client`. False when the client is already known to be closed.
     mutating func append(_ message: NATSMessage, sid: String, to client: NATSClientConnection) -> Bool {
@@ -136,14 +150,23 @@ struct NATSDeliveryBatch {
         return true
     }
 
-    /// Appends everything gathered to its targets' outbound buffers.
+    /// Appends everything gathered to its targets' outbound buffers, and hands other nodes' messages to their routes.
     mutating func handOver() {
-        guard !self.targets.isEmpty else { return }
-        for target in self.targets {
-            target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
-            self.checkCongestion(of: target.client)
+        if !self.targets.isEmpty {
+            for target in self.targets {
+                target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
+                self.checkCongestion(of: target.client)
+            }
+            self.targets.removeAll(keepingCapacity: true)
         }
-        self.targets.removeAll(keepingCapacity: true)
+        if !self.remote.isEmpty {
+            let remote = self.remote
+            self.remote.removeAll(keepingCapacity: true)
+            for (route, items) in remote {
+                _ = route.forward(items)
+                if route.isCongested { self.note(route) }
+            }
+        }
     }
 
     /// Notes `client` if it is congested (one relaxed load when it is not).
@@ -453,8 +476,14 @@ public final class NATSRouter: Sendable {
             if !served, let route = remoteMember { remote.add(route, group: group.queue) }
         }
         for (route, groups) in remote.routes {
-            if route.forward(message, groups: groups) { deliveries += 1 }
-            if route.isCongested { batch.note(route) }
+            if batch.isEnabled {
+                // With the read's other messages for that node, at the end of the read.
+                batch.append(message, groups: groups, to: route)
+                deliveries += 1
+            } else {
+                if route.forward(message, groups: groups) { deliveries += 1 }
+                if route.isCongested { batch.note(route) }
+            }
         }
         batch.absorbCongestion(from: &unbatched)
         return deliveries

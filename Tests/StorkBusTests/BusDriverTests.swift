@@ -26,14 +26,17 @@ func quietLogger(_ label: String) -> Logger {
     return logger
 }
 
-/// Nodes whose bus frames travel through in-memory streams (in order per receiver); interest frames can be lost on
-/// purpose.
+/// Nodes whose bus frames travel through in-memory streams (in order per receiver, handed to each node's relay
+/// receiver by ``pump()``); interest frames can be lost on purpose.
 final class BusTestNetwork: Sendable {
     struct State {
         var inboxes: [NodeID: AsyncStream<RelayMessage>.Continuation] = [:]
+        var endpoints: [Endpoint] = []
         var members: [NodeID] = []
         /// Interest frames to drop (the next n), to play lost deltas.
         var dropInterestFrames = 0
+        /// What every transport queue reports holding (0: idle, so links send directly).
+        var backlog = 0
         var sent = 0
     }
 
@@ -42,11 +45,25 @@ final class BusTestNetwork: Sendable {
     func endpoint(_ name: String) -> Endpoint {
         let node = NodeID(name: name, address: "\(name):1", uid: 1)
         let (stream, continuation) = AsyncStream<RelayMessage>.makeStream()
+        let endpoint = Endpoint(identity: node, network: self, stream: stream)
         self.state.withLock { state in
             state.inboxes[node] = continuation
             state.members.append(node)
+            state.endpoints.append(endpoint)
         }
-        return Endpoint(identity: node, network: self, stream: stream)
+        return endpoint
+    }
+
+    /// Hands every node's frames to its receiver, in order, until the network closes.
+    func pump() async {
+        let endpoints = self.state.withLock { $0.endpoints }
+        await withTaskGroup(of: Void.self) { group in
+            for endpoint in endpoints {
+                group.addTask {
+                    for await message in endpoint.stream { _ = endpoint.receiver.withLock { $0 }?(message, {}) }
+                }
+            }
+        }
     }
 
     func deliver(_ payload: [UInt8], from: NodeID, to: NodeID) {
@@ -61,25 +78,38 @@ final class BusTestNetwork: Sendable {
     }
 
     func close() {
-        self.state.withLock { state in
+        let endpoints = self.state.withLock { state in
             for inbox in state.inboxes.values { inbox.finish() }
+            return state.endpoints
         }
+        // Like a node that stops: its event stream ends, and its bus with it.
+        for endpoint in endpoints { endpoint.eventsContinuation.finish() }
     }
 
-    struct Endpoint: BusNetwork {
+    final class Endpoint: BusNetwork {
         let identity: NodeID
         let network: BusTestNetwork
         let stream: AsyncStream<RelayMessage>
+        let receiver = Mutex<RelayReceiver?>(nil)
+        let eventStream: AsyncStream<NodeEvent>
+        let eventsContinuation: AsyncStream<NodeEvent>.Continuation
 
-        func relayFrames() -> AsyncStream<RelayMessage> { self.stream }
+        init(identity: NodeID, network: BusTestNetwork, stream: AsyncStream<RelayMessage>) {
+            self.identity = identity
+            self.network = network
+            self.stream = stream
+            (self.eventStream, self.eventsContinuation) = AsyncStream<NodeEvent>.makeStream()
+        }
+
+        func setRelayReceiver(_ receiver: RelayReceiver?) { self.receiver.withLock { $0 = receiver } }
         func sendRelay(_ payload: [UInt8], to node: NodeID) {
             self.network.deliver(payload, from: self.identity, to: node)
         }
-        func relayBacklog(to node: NodeID) -> Int { 0 }
+        func relayBacklog(to node: NodeID) -> Int { self.network.state.withLock { $0.backlog } }
         func isReachable(_ node: NodeID) -> Bool { true }
         func waitForRelayBacklog(to node: NodeID) async {}
         func liveMembers() -> [NodeID] { self.network.state.withLock { $0.members } }
-        func events() -> AsyncStream<NodeEvent> { AsyncStream { _ in } }
+        func events() -> AsyncStream<NodeEvent> { self.eventStream }
     }
 }
 
@@ -135,6 +165,7 @@ struct BusTestCluster {
     /// Runs every bus for the duration of `body`.
     func run(_ body: () async throws -> Void) async throws {
         try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await self.network.pump() }
             for bus in self.buses { group.addTask { try await bus.run() } }
             try await body()
             self.network.close()
@@ -290,6 +321,8 @@ struct BusDriverTests {
         try await cluster.run {
             _ = cluster.routers[1].subscribe("z", receiver: Inbox())
             try await cluster.waitUntilKnown(1, wants: "z")
+            // A busy transport: every message must queue (an idle one takes a message directly, past the queue).
+            cluster.network.state.withLock { $0.backlog = 1 }
             for _ in 0..<3 { cluster.routers[0].publish(NATSMessage(subject: "z", payload: ByteBuffer(string: "small"))) }
             cluster.routers[0].publish(NATSMessage(subject: "z", payload: ByteBuffer(repeating: 0, count: 200)))
             let statistics = cluster.buses[0].statistics()
@@ -336,6 +369,7 @@ struct BusDriverTests {
             )
         }
         try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await network.pump() }
             for bus in buses { group.addTask { try await bus.run() } }
             var updates = buses[0].connectURLUpdates().makeAsyncIterator()
             var latest = await updates.next()

@@ -110,8 +110,8 @@ public struct ResourceManagerStatistics: Sendable, Hashable {
     public var leasesLost = 0
     public var leaseStoreOperations = 0
     public var leaseStoreFailures = 0
-    /// Relay frames received and handed to ``ResourceManager/relayFrames()``, and those dropped because nobody
-    /// listened or the listener's buffer was full.
+    /// Relay frames that came through the manager's receive loop (transports that cannot hand them over directly)
+    /// and were given to the relay receiver, and those dropped because none was set.
     public var relayFramesReceived = 0
     public var relayFramesDropped = 0
 }
@@ -190,13 +190,11 @@ public final class ResourceManager: Service, Sendable {
         var pendingReleases: [LeaseKey] = []
         var releaseInFlight = false
         /// Where relay frames go (``relayFrames()``); nil until someone asks.
-        var relay: AsyncStream<RelayMessage>.Continuation?
+        var relayReceiver: RelayReceiver?
         /// Handler calls and store operations asked for and not finished (a runner until it has started).
         var workInFlight = 0
     }
 
-    /// Relay frames waiting for the consumer of ``relayFrames()``; beyond this the oldest are dropped and counted.
-    public static let relayBufferLimit = 10_000
 
     public let identity: NodeID
     public let configuration: ResourceManagerConfiguration
@@ -327,21 +325,12 @@ public final class ResourceManager: Service, Sendable {
 
     // MARK: Relay frames
 
-    /// Application frames (``ClusterMessage/relay(_:)``) that peers sent to this node, for the one relay running on
-    /// it. A second call ends the stream of the first. The stream ends when the manager stops; a consumer that falls
-    /// more than ``relayBufferLimit`` frames behind loses the oldest (counted in
-    /// ``ResourceManagerStatistics/relayFramesDropped``).
-    public func relayFrames() -> AsyncStream<RelayMessage> {
-        let (stream, continuation) = AsyncStream<RelayMessage>.makeStream(
-            bufferingPolicy: .bufferingNewest(Self.relayBufferLimit)
-        )
-        let previous = self.state.withLock { state in
-            let previous = state.relay
-            state.relay = continuation
-            return previous
-        }
-        previous?.finish()
-        return stream
+    /// Where application frames (``ClusterMessage/relay(_:)``) that peers send to this node go: to `receiver`, on the
+    /// transport's thread as they arrive when the transport can (with back-pressure to the sender), or from this
+    /// manager's receive loop otherwise. One receiver per node (the bus); nil stops the delivery.
+    public func setRelayReceiver(_ receiver: RelayReceiver?) {
+        self.state.withLock { $0.relayReceiver = receiver }
+        _ = self.transport.setRelayReceiver(receiver)
     }
 
     /// Sends an application frame to `node` without waiting; best-effort like every cluster message.
@@ -372,25 +361,18 @@ public final class ResourceManager: Service, Sendable {
         }
     }
 
+    /// A relay frame that came through `incoming()` (a transport that does not hand them over directly).
     private func deliverRelay(_ message: RelayMessage) {
-        self.state.withLock { state in
-            guard let relay = state.relay else {
+        let receiver = self.state.withLock { state in
+            if state.relayReceiver == nil {
                 state.statistics.relayFramesDropped += 1
-                return
-            }
-            switch relay.yield(message) {
-            case .enqueued:
+            } else {
                 state.statistics.relayFramesReceived += 1
-            case .dropped:
-                state.statistics.relayFramesReceived += 1
-                state.statistics.relayFramesDropped += 1
-            case .terminated:
-                state.relay = nil
-                state.statistics.relayFramesDropped += 1
-            @unknown default:
-                state.statistics.relayFramesDropped += 1
             }
+            return state.relayReceiver
         }
+        // No reading to pause here: the in-memory transport has no sender to push back on.
+        _ = receiver?(message, {})
     }
 
     /// A snapshot of this node's view and work.
@@ -461,17 +443,17 @@ public final class ResourceManager: Service, Sendable {
         for registration in self.sources { await registration.source.tearDown() }
         // Finished after the lock is released: `finish()` runs the stream's `onTermination` at once, and the one
         // `events()` installs takes the lock again (a subscriber still iterating when the node stops crashed here).
-        let (failure, subscribers, relay) = self.state.withLock { state in
+        let (failure, subscribers) = self.state.withLock { state in
             defer {
                 state.subscribers = [:]
-                state.relay = nil
+                state.relayReceiver = nil
                 // Work still queued when the loop ended is never done.
                 state.workInFlight = 0
             }
-            return (state.failure, Array(state.subscribers.values), state.relay)
+            return (state.failure, Array(state.subscribers.values))
         }
+        _ = self.transport.setRelayReceiver(nil)
         for continuation in subscribers { continuation.finish() }
-        relay?.finish()
         self.left.fire()
         if let failure { throw failure }
     }

@@ -21,12 +21,21 @@ public protocol ClusterTransport: Sendable {
     func isReachable(_ address: String) -> Bool
     /// Returns once nothing is queued for `address` (at once when nothing is).
     func waitForBacklog(to address: String) async
+    /// Hands relay messages to `receiver` on the transport's own thread, as they arrive, instead of ``incoming()``
+    /// (nil: back to ``incoming()``). Returns false when this transport cannot (then they stay in ``incoming()``).
+    func setRelayReceiver(_ receiver: RelayReceiver?) -> Bool
 }
+
+/// Takes relay messages where they arrive (``ClusterTransport/setRelayReceiver(_:)``). It must not block. When what it
+/// delivered filled a consumer, it returns how long the transport should stop reading from that sender, having
+/// registered `resume` (call it once the consumer drained) with the consumer: back-pressure to the sending node.
+public typealias RelayReceiver = @Sendable (_ message: RelayMessage, _ resume: @escaping @Sendable () -> Void) -> Duration?
 
 extension ClusterTransport {
     public func backlog(to address: String) -> Int { 0 }
     public func isReachable(_ address: String) -> Bool { true }
     public func waitForBacklog(to address: String) async {}
+    public func setRelayReceiver(_ receiver: RelayReceiver?) -> Bool { false }
 }
 
 // MARK: - InMemoryNetwork

@@ -157,7 +157,7 @@ public enum ForwardMessage: Hashable, Sendable {
 }
 
 /// A frame of an application protocol carried between nodes (the realtime gateway's cluster relay). Opaque here:
-/// the node's state machine never sees it; the `ResourceManager` hands it to ``ResourceManager/relayFrames()``.
+/// the node's state machine never sees it; the `ResourceManager` hands it to ``ResourceManager/setRelayReceiver(_:)``.
 public struct RelayMessage: Hashable, Sendable {
     /// The node that sent it.
     public var from: NodeID
