@@ -688,14 +688,15 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
 
     var isAvailable: Bool { self.transport.reachable() }
 
+    /// A publisher waits for a link until it drains below half its bound, up to 5 s: a link that drains is never
+    /// given up on (it is a node, not a stuck client; the stall ends the moment it is back under half). Only a node
+    /// that stops taking messages for that long lets publishers go on into its bound, where messages are dropped.
     func stall(resume: @escaping @Sendable () -> Void) -> Duration? {
         self.queue.withLock { queue -> Duration? in
             guard !queue.closed, self.congested.load(ordering: .relaxed) else { return nil }
             queue.stalled.append(resume)
             queue.stalls += 1
-            let half = max(1, self.maximumBytes / 2)
-            let tenths = max(0, queue.bytes - half) / max(1, half / 10)
-            return .milliseconds(min(1000, 100 + 100 * tenths))
+            return .seconds(5)
         }
     }
 

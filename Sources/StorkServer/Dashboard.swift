@@ -263,3 +263,72 @@ struct BusStatsSource: AdminStatsSource {
         )
     }
 }
+
+/// The bus and the NATS endpoint on `/metrics`: what crosses between nodes (in total and per peer), flow control,
+/// slow consumers, interest sizes.
+struct BusMetrics: AdminMetricsSource {
+    let bus: BusCluster<ContinuousClock>?
+    let nats: NATSServer
+
+    func samples() -> [MetricSample] {
+        let varz = self.nats.varz()
+        var samples = [
+            MetricSample(name: "stork_nats_messages_total", labels: ["direction": "in"], value: Double(varz.inMsgs),
+                help: "Messages published by clients (in) and delivered to clients (out)."),
+            MetricSample(name: "stork_nats_messages_total", labels: ["direction": "out"], value: Double(varz.outMsgs),
+                help: "Messages published by clients (in) and delivered to clients (out)."),
+            MetricSample(name: "stork_nats_bytes_total", labels: ["direction": "in"], value: Double(varz.inBytes),
+                help: "Payload and header bytes published by clients (in) and delivered to clients (out)."),
+            MetricSample(name: "stork_nats_bytes_total", labels: ["direction": "out"], value: Double(varz.outBytes),
+                help: "Payload and header bytes published by clients (in) and delivered to clients (out)."),
+            MetricSample(name: "stork_nats_stalls_total", value: Double(self.nats.stalls),
+                help: "Times a publishing client was stalled because a subscriber it published to was congested."),
+            MetricSample(name: "stork_nats_slow_consumers_total", value: Double(varz.slowConsumers),
+                help: "Clients disconnected as slow consumers."),
+            MetricSample(name: "stork_nats_connections", value: Double(varz.connections), type: "gauge",
+                help: "Open client connections."),
+            MetricSample(name: "stork_nats_subscriptions", value: Double(varz.subscriptions), type: "gauge",
+                help: "Subscriptions on this node's router (clients, receivers inside the server, other nodes')."),
+        ]
+        guard let bus = self.bus else { return samples }
+        let statistics = bus.statistics()
+        let snapshot = bus.snapshot()
+        samples += [
+            MetricSample(name: "stork_bus_messages_total", labels: ["direction": "forwarded"],
+                value: Double(statistics.messagesForwarded), help: "Messages sent to (forwarded) and received from other nodes."),
+            MetricSample(name: "stork_bus_messages_total", labels: ["direction": "received"],
+                value: Double(statistics.messagesReceived), help: "Messages sent to (forwarded) and received from other nodes."),
+            MetricSample(name: "stork_bus_bytes_total", labels: ["direction": "forwarded"],
+                value: Double(statistics.bytesForwarded), help: "Bytes sent to and received from other nodes."),
+            MetricSample(name: "stork_bus_bytes_total", labels: ["direction": "received"],
+                value: Double(statistics.bytesReceived), help: "Bytes sent to and received from other nodes."),
+            MetricSample(name: "stork_bus_dropped_total", value: Double(statistics.messagesDropped),
+                help: "Messages for another node dropped because its queue was full."),
+            MetricSample(name: "stork_bus_stalls_total", value: Double(statistics.stalls),
+                help: "Stalls caused by the bus: publishers waiting for a congested link, links waiting for a congested subscriber."),
+            MetricSample(name: "stork_bus_frames_rejected_total", value: Double(statistics.framesRejected),
+                help: "Bus frames that could not be decoded."),
+            MetricSample(name: "stork_bus_interest_keys", labels: ["side": "local"], value: Double(snapshot.local.count),
+                type: "gauge", help: "Interest keys (patterns, or pattern and queue group) of this node and of its peers."),
+            MetricSample(name: "stork_bus_interest_keys", labels: ["side": "remote"],
+                value: Double(snapshot.peers.values.reduce(0) { $0 + $1.count }), type: "gauge",
+                help: "Interest keys (patterns, or pattern and queue group) of this node and of its peers."),
+        ]
+        let queued = bus.queuedBytes()
+        for (peer, messages) in statistics.forwardedByPeer.sorted(by: { $0.key.name < $1.key.name }) {
+            samples.append(
+                MetricSample(name: "stork_bus_peer_messages_total", labels: ["peer": peer.name], value: Double(messages),
+                    help: "Messages forwarded to each live peer.")
+            )
+            samples.append(
+                MetricSample(name: "stork_bus_peer_bytes_total", labels: ["peer": peer.name],
+                    value: Double(statistics.bytesByPeer[peer] ?? 0), help: "Bytes forwarded to each live peer.")
+            )
+            samples.append(
+                MetricSample(name: "stork_bus_peer_queued_bytes", labels: ["peer": peer.name],
+                    value: Double(queued[peer] ?? 0), type: "gauge", help: "Bytes waiting to be sent to each live peer.")
+            )
+        }
+        return samples
+    }
+}

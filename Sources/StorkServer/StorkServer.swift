@@ -161,7 +161,7 @@ public struct StorkServer: Sendable {
         let adminRouter = AdminAPI.router(
             manager: manager,
             nats: nats,
-            extraMetrics: [TransportMetrics(transport: transport)],
+            extraMetrics: [TransportMetrics(transport: transport)] + (nats.map { [BusMetrics(bus: bus, nats: $0)] } ?? []),
             connectors: connectors?.board,
             metricsRegistry: metrics.prometheus,
             extraStats: (bus.map { [BusStatsSource(bus: $0)] } ?? []) + (gateway.map { [GatewayStatsSource(gateway: $0)] } ?? []),

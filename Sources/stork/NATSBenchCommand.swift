@@ -67,6 +67,13 @@ struct NATSBenchCommand: AsyncParsableCommand {
     @Flag(help: "Print the results as JSON instead of Markdown.")
     var json = false
 
+    @Option(
+        help: """
+            The nats.go load generator (Benchmarks/anchors/natsgo/build.sh builds it). With it, three-node Stork and             nats-server clusters are also measured by that client, on one node and across nodes (publisher on n1,             subscriber or responder on n2).
+            """
+    )
+    var natsgo: String?
+
     func validate() throws {
         guard self.messages > 0 else { throw ValidationError("--messages must be at least 1, got \(self.messages).") }
         if let durable = self.durableMessages, durable <= 0 {
@@ -79,6 +86,12 @@ struct NATSBenchCommand: AsyncParsableCommand {
         guard self.repeats > 0, self.repeats <= 99 else { throw ValidationError("--repeats must be 1 to 99.") }
         guard ["explicit", "none"].contains(self.ackPolicy) else {
             throw ValidationError("--ack-policy must be explicit or none, got '\(self.ackPolicy)'.")
+        }
+        if let natsgo = self.natsgo, !FileManager.default.isExecutableFile(atPath: natsgo) {
+            throw ValidationError("--natsgo: no executable at \(natsgo) (Benchmarks/anchors/natsgo/build.sh builds it).")
+        }
+        if self.natsgo != nil, self.only != nil {
+            throw ValidationError("--natsgo measures both servers: it cannot be combined with --only.")
         }
         if let only = self.only, NATSBenchServerKind(rawValue: only) == nil {
             throw ValidationError("--only must be stork or nats-server, got '\(only)'.")
@@ -132,6 +145,22 @@ struct NATSBenchCommand: AsyncParsableCommand {
         let report = try await runner.run()
         print(self.json ? try report.json() : report.markdown())
         fflush(nil)  // stdout is not concurrency-safe to name; nil flushes every stream
-        if report.failed { throw ExitCode(1) }
+        var lost = false
+        if let natsgo = self.natsgo, servers.count == 2 {
+            let cluster = NATSBenchCluster(
+                natsgo: natsgo,
+                natsServer: self.natsServer,
+                messages16: self.messages,
+                messages1K: max(1, self.messages / 3),
+                roundTrips: self.roundTrips,
+                repeats: self.repeats
+            )
+            let result = try await cluster.run()
+            print("")
+            print(result.markdown)
+            fflush(nil)
+            lost = result.lost
+        }
+        if report.failed || lost { throw ExitCode(1) }
     }
 }

@@ -50,8 +50,24 @@ func (l *errorLog) list() []string {
 	return append([]string{}, l.errors...)
 }
 
-func connect(url, name string, log *errorLog) *nats.Conn {
-	nc, err := nats.Connect(url,
+func connect(url, name string, log *errorLog, ready time.Duration) *nats.Conn {
+	// A server that was just started may not listen yet: try again until `ready` has passed.
+	deadline := time.Now().Add(ready)
+	for {
+		nc, err := connectOnce(url, name, log)
+		if err == nil {
+			return nc
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "connect %s: %v\n", url, err)
+			os.Exit(2)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func connectOnce(url, name string, log *errorLog) (*nats.Conn, error) {
+	return nats.Connect(url,
 		nats.Name(name),
 		nats.MaxReconnects(0),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.add(name + ": " + err.Error()) }),
@@ -61,11 +77,6 @@ func connect(url, name string, log *errorLog) *nats.Conn {
 			}
 		}),
 	)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "connect %s: %v\n", url, err)
-		os.Exit(2)
-	}
-	return nc
 }
 
 func main() {
@@ -75,6 +86,7 @@ func main() {
 	count := flag.Int("n", 1000000, "messages (requests)")
 	size := flag.Int("size", 16, "payload bytes")
 	idle := flag.Duration("idle", 10*time.Second, "pubsub: give up when nothing arrives for this long")
+	ready := flag.Duration("ready", 60*time.Second, "give up when the subscription does not reach the publisher's server within this long")
 	flag.Parse()
 
 	log := &errorLog{}
@@ -82,8 +94,8 @@ func main() {
 	payload := make([]byte, *size)
 	subject := fmt.Sprintf("natsgo.%d", time.Now().UnixNano())
 
-	sub := connect(*subURL, "natsgo-sub", log)
-	pub := connect(*pubURL, "natsgo-pub", log)
+	sub := connect(*subURL, "natsgo-sub", log, *ready)
+	pub := connect(*pubURL, "natsgo-pub", log, *ready)
 	defer sub.Close()
 	defer pub.Close()
 
@@ -113,12 +125,17 @@ func main() {
 			}
 		})
 		sub.Flush()
-		for ready := false; !ready; {
+		deadline := time.Now().Add(*ready)
+		for known := false; !known; {
+			if time.Now().After(deadline) {
+				fmt.Fprintf(os.Stderr, "the subscription did not reach the publisher's server within %v\n", *ready)
+				os.Exit(3)
+			}
 			pub.Publish(probe, nil)
 			pub.Flush()
 			select {
 			case <-got:
-				ready = true
+				known = true
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
@@ -150,9 +167,14 @@ func main() {
 	case "reqrep":
 		sub.Subscribe(subject, func(m *nats.Msg) { m.Respond(payload) })
 		sub.Flush()
+		deadline := time.Now().Add(*ready)
 		for {
 			if _, err := pub.Request(subject, payload, time.Second); err == nil {
 				break
+			}
+			if time.Now().After(deadline) {
+				fmt.Fprintf(os.Stderr, "no reply within %v\n", *ready)
+				os.Exit(3)
 			}
 		}
 		latencies := make([]float64, 0, *count)
