@@ -198,6 +198,7 @@ let package = Package(
                 "StorkNATS",
                 "StorkResources",
                 "StorkStreaming",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -1,3 +1,4 @@
+import DequeModule
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -465,26 +466,27 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     ) -> Duration? {
         var rejected = 0
         var bytes = 0
-        var congested: [any NATSStallTarget] = []
+        var deliveries: [(message: NATSMessage, groups: [String])] = []
+        deliveries.reserveCapacity(messages.count)
         for message in messages {
-            if let block = message.headers, NATSHeaders.parse(ByteBuffer(bytes: block)) == nil {
+            if let block = message.headers, NATSHeaders.parse(block) == nil {
                 rejected += 1
                 continue
             }
-            bytes += message.payload.count + (message.headers?.count ?? 0)
-            let result = self.router.deliverFromPeer(
-                NATSMessage(
-                    subject: message.subject,
-                    replyTo: message.replyTo,
-                    headers: message.headers.map { ByteBuffer(bytes: $0) },
-                    payload: ByteBuffer(bytes: message.payload)
-                ),
-                groups: message.groups
+            bytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
+            deliveries.append(
+                (
+                    NATSMessage(
+                        subject: message.subject,
+                        replyTo: message.replyTo,
+                        headers: message.headers,
+                        payload: message.payload
+                    ),
+                    message.groups
+                )
             )
-            for target in result.congested where !congested.contains(where: { $0 === target }) {
-                congested.append(target)
-            }
         }
+        let congested = self.router.deliverFromPeer(deliveries)
         self.state.withLock { state in
             state.statistics.messagesReceived += messages.count - rejected
             state.statistics.bytesReceived += bytes
@@ -500,18 +502,14 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
 
     /// Sends what `link` queues, in frames, until it closes.
     private func send(_ link: BusPeerLink) async {
-        let maximumFrame = self.configuration.maximumFrameBytes
         for await _ in link.signals {
             while true {
                 // The transport hands what it holds to the connection before it gets more: its queue for the peer is
                 // bounded and drops its oldest frames when full, and meanwhile messages gather here into larger
                 // frames (the link's queue and the stalled publishers absorb the wait). An idle link sends at once.
                 if self.network.relayBacklog(to: link.node) > 0 { await self.network.waitForRelayBacklog(to: link.node) }
-                guard let batch = link.take(maximumBytes: maximumFrame) else { break }
-                self.network.sendRelay(
-                    BusFrameCodec.encode(.messages(recipient: link.node.uid, batch.messages)),
-                    to: link.node
-                )
+                guard let batch = link.take() else { break }
+                self.network.sendRelay(batch.frame, to: link.node)
                 link.sent()
                 if batch.droppedSinceLastTake > 0 {
                     self.logger.warning(
@@ -543,6 +541,9 @@ extension BusCluster where C == ContinuousClock {
 /// forwards (bounded, in bytes as encoded) for the sending task; congested past half the bound. A few messages
 /// forwarded while nothing waits here or in the transport go out at once, from the publisher's thread (no task
 /// switch: the latency of request/reply); under load messages queue and leave in frames of many.
+///
+/// Messages are encoded into frame bodies as they arrive (chunks of up to `maximumFrameBytes`), so that a frame is one
+/// copy of its chunk: no per-message objects wait in the queue.
 final class BusPeerLink: NATSRemoteRoute, Sendable {
     /// At most this many messages of one client read go to the transport directly.
     static let directLimit = 8
@@ -556,8 +557,14 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
         static var none: Transport { Transport(send: { _ in }, backlog: { 1 }, reachable: { true }) }
     }
 
+    /// Messages encoded one after the other: the body of one `messages` frame.
+    struct Chunk {
+        var body = ByteBuffer()
+        var count = 0
+    }
+
     struct Queue {
-        var messages: [BusRoutedMessage] = []
+        var chunks = Deque<Chunk>()
         var bytes = 0
         var closed = false
         /// The sending task holds a batch it has not handed to the transport yet: nothing may overtake it.
@@ -573,7 +580,8 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     }
 
     struct Batch {
-        var messages: [BusRoutedMessage]
+        var frame: [UInt8]
+        var count: Int
         var droppedSinceLastTake: Int
     }
 
@@ -605,71 +613,71 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     }
 
     func forward(_ messages: [(message: NATSMessage, groups: [String])]) -> Int {
-        var items: [BusRoutedMessage] = []
-        items.reserveCapacity(messages.count)
-        for (message, groups) in messages {
-            items.append(
-                BusRoutedMessage(
-                    subject: message.subject,
-                    replyTo: message.replyTo,
-                    headers: message.headers.map { Array($0.readableBytesView) },
-                    payload: Array(message.payload.readableBytesView),
-                    groups: groups
-                )
-            )
-        }
         var signal = false
         let accepted = self.queue.withLock { queue -> Int in
             guard !queue.closed else { return 0 }
             var accepted = 0
-            if items.count <= Self.directLimit, queue.messages.isEmpty, !queue.sending, self.transport.backlog() == 0 {
-                // Nothing waits, and only a few messages: straight to the transport (the latency of a request), under
-                // the lock so that nothing overtakes them. More go to the sending task, which encodes them on another
-                // thread while this one reads on.
-                var frame: [BusRoutedMessage] = []
-                var frameBytes = BusFrameCodec.messagesOverhead
-                for item in items {
-                    let size = item.encodedSize
-                    guard size <= self.maximumMessageBytes else {
-                        queue.tooLarge += 1
-                        continue
-                    }
-                    if !frame.isEmpty, frameBytes + size > self.maximumFrameBytes {
-                        self.transport.send(BusFrameCodec.encode(.messages(recipient: self.node.uid, frame)))
-                        queue.frames += 1
-                        frame.removeAll(keepingCapacity: true)
-                        frameBytes = BusFrameCodec.messagesOverhead
-                    }
-                    frame.append(item)
-                    frameBytes += size
-                    queue.forwarded += 1
-                    queue.forwardedBytes += size
-                    accepted += 1
-                }
-                if !frame.isEmpty {
-                    self.transport.send(BusFrameCodec.encode(.messages(recipient: self.node.uid, frame)))
-                    queue.frames += 1
-                }
-                return accepted
-            }
-            for item in items {
-                let size = item.encodedSize
+            let direct =
+                messages.count <= Self.directLimit && queue.chunks.isEmpty && !queue.sending
+                && self.transport.backlog() == 0
+            var chunk = Chunk()
+            for (message, groups) in messages {
+                let size = BusRoutedMessage.encodedSize(
+                    subject: message.subject,
+                    replyTo: message.replyTo,
+                    headers: message.headers?.readableBytes,
+                    payload: message.payload.readableBytes,
+                    groups: groups
+                )
                 guard size <= self.maximumMessageBytes else {
                     queue.tooLarge += 1
                     continue
                 }
-                guard queue.bytes + size <= self.maximumBytes else {
-                    queue.dropped += 1
-                    queue.droppedSinceLastTake += 1
-                    continue
+                if direct {
+                    // Nothing waits, and only a few messages: straight to the transport (the latency of a request),
+                    // under the lock so that nothing overtakes them. More go to the sending task, which builds the
+                    // frames on another thread while this one reads on.
+                    if chunk.count > 0, chunk.body.readableBytes + size > self.maximumFrameBytes {
+                        self.send(chunk, queue: &queue)
+                        chunk = Chunk()
+                    }
+                    chunk.body.writeBusMessage(
+                        subject: message.subject,
+                        replyTo: message.replyTo,
+                        headers: message.headers,
+                        payload: message.payload,
+                        groups: groups
+                    )
+                    chunk.count += 1
+                } else {
+                    guard queue.bytes + size <= self.maximumBytes else {
+                        queue.dropped += 1
+                        queue.droppedSinceLastTake += 1
+                        continue
+                    }
+                    if queue.chunks.isEmpty
+                        || (queue.chunks.last!.count > 0
+                            && queue.chunks.last!.body.readableBytes + size > self.maximumFrameBytes)
+                    {
+                        queue.chunks.append(Chunk())
+                    }
+                    let last = queue.chunks.count - 1
+                    queue.chunks[last].body.writeBusMessage(
+                        subject: message.subject,
+                        replyTo: message.replyTo,
+                        headers: message.headers,
+                        payload: message.payload,
+                        groups: groups
+                    )
+                    queue.chunks[last].count += 1
+                    queue.bytes += size
+                    signal = true
                 }
-                queue.messages.append(item)
-                queue.bytes += size
                 queue.forwarded += 1
                 queue.forwardedBytes += size
                 accepted += 1
-                signal = true
             }
+            if direct, chunk.count > 0 { self.send(chunk, queue: &queue) }
             if queue.bytes > self.maximumBytes / 2, !self.congested.load(ordering: .relaxed) {
                 self.congested.store(true, ordering: .relaxed)
             }
@@ -677,6 +685,11 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
         }
         if signal { self.signal.yield() }
         return accepted
+    }
+
+    private func send(_ chunk: Chunk, queue: inout Queue) {
+        self.transport.send(BusFrameCodec.messagesFrame(recipient: self.node.uid, count: chunk.count, body: chunk.body))
+        queue.frames += 1
     }
 
     /// The sending task handed its batch to the transport.
@@ -700,26 +713,20 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
         }
     }
 
-    /// The next messages to send, up to about `maximumBytes`; nil when there are none. Resumes stalled producers
-    /// once the queue is back under half its bound.
-    func take(maximumBytes: Int) -> Batch? {
+    /// The next frame to send (one chunk, at most about `maximumFrameBytes`); nil when nothing waits. Resumes
+    /// stalled producers once the queue is back under half its bound.
+    func take() -> Batch? {
         let (batch, resumed) = self.queue.withLock { queue -> (Batch?, [@Sendable () -> Void]) in
-            guard !queue.messages.isEmpty else { return (nil, []) }
-            var taken = 0
-            var bytes = BusFrameCodec.messagesOverhead
-            while taken < queue.messages.count {
-                let size = queue.messages[taken].encodedSize
-                if taken > 0, bytes + size > maximumBytes { break }
-                bytes += size
-                taken += 1
-            }
-            let messages = Array(queue.messages[..<taken])
-            queue.messages.removeFirst(taken)
-            queue.bytes -= messages.reduce(0) { $0 + $1.encodedSize }
+            guard let chunk = queue.chunks.popFirst() else { return (nil, []) }
+            queue.bytes -= chunk.body.readableBytes
             queue.frames += 1
-            let batch = Batch(messages: messages, droppedSinceLastTake: queue.droppedSinceLastTake)
-            queue.droppedSinceLastTake = 0
             queue.sending = true
+            let batch = Batch(
+                frame: BusFrameCodec.messagesFrame(recipient: self.node.uid, count: chunk.count, body: chunk.body),
+                count: chunk.count,
+                droppedSinceLastTake: queue.droppedSinceLastTake
+            )
+            queue.droppedSinceLastTake = 0
             var resumed: [@Sendable () -> Void] = []
             if queue.bytes <= self.maximumBytes / 2, self.congested.load(ordering: .relaxed) {
                 self.congested.store(false, ordering: .relaxed)
@@ -736,7 +743,7 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     func close() {
         let resumed = self.queue.withLock { queue -> [@Sendable () -> Void] in
             queue.closed = true
-            queue.messages = []
+            queue.chunks = []
             queue.bytes = 0
             defer { queue.stalled = [] }
             return queue.stalled

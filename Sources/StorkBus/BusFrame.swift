@@ -1,3 +1,4 @@
+import NIOCore
 import StorkNATS
 import StorkStreaming
 
@@ -41,13 +42,13 @@ public struct BusRoutedMessage: Hashable, Sendable {
     public var subject: String
     public var replyTo: String?
     /// The NATS header block (`NATS/1.0\r\n…`), as published.
-    public var headers: [UInt8]?
-    public var payload: [UInt8]
+    public var headers: ByteBuffer?
+    public var payload: ByteBuffer
     /// The queue groups the sender chose the receiver for: it delivers to one local member of each (and to all its
     /// plain subscribers).
     public var groups: [String]
 
-    public init(subject: String, replyTo: String? = nil, headers: [UInt8]? = nil, payload: [UInt8], groups: [String] = []) {
+    public init(subject: String, replyTo: String? = nil, headers: ByteBuffer? = nil, payload: ByteBuffer, groups: [String] = []) {
         self.subject = subject
         self.replyTo = replyTo
         self.headers = headers
@@ -55,11 +56,34 @@ public struct BusRoutedMessage: Hashable, Sendable {
         self.groups = groups
     }
 
+    /// A message with its payload (and header block) given as bytes.
+    public init(subject: String, replyTo: String? = nil, headers: [UInt8]? = nil, payload: [UInt8], groups: [String] = []) {
+        self.init(
+            subject: subject,
+            replyTo: replyTo,
+            headers: headers.map { ByteBuffer(bytes: $0) },
+            payload: ByteBuffer(bytes: payload),
+            groups: groups
+        )
+    }
+
     /// The bytes this message takes in a `messages` frame.
     var encodedSize: Int {
-        2 + self.subject.utf8.count + 1 + (self.replyTo.map { 2 + $0.utf8.count } ?? 0) + 1
-            + (self.headers.map { 4 + $0.count } ?? 0) + 4 + self.payload.count + 2
-            + self.groups.reduce(0) { $0 + 2 + $1.utf8.count }
+        Self.encodedSize(
+            subject: self.subject,
+            replyTo: self.replyTo,
+            headers: self.headers?.readableBytes,
+            payload: self.payload.readableBytes,
+            groups: self.groups
+        )
+    }
+
+    static func encodedSize(subject: String, replyTo: String?, headers: Int?, payload: Int, groups: [String]) -> Int {
+        var size = 2 + subject.utf8.count + 1 + 1 + 4 + payload + 2
+        if let replyTo { size += 2 + replyTo.utf8.count }
+        if let headers { size += 4 + headers }
+        for group in groups { size += 2 + group.utf8.count }
+        return size
     }
 }
 
@@ -145,59 +169,65 @@ public enum BusFrameCodec {
     }
 
     public static func encode(_ frame: BusFrame) -> [UInt8] {
-        var writer = BusWriter()
-        writer.u8(Self.version)
+        var buffer = ByteBuffer()
         switch frame {
         case .interest(.delta(let version, let added, let removed)):
-            writer.u8(Kind.delta.rawValue)
-            writer.u64(version)
-            writer.strings(added)
-            writer.strings(removed)
+            buffer.writeInteger(Self.version)
+            buffer.writeInteger(Kind.delta.rawValue)
+            buffer.writeInteger(version)
+            buffer.writeBusStrings(added)
+            buffer.writeBusStrings(removed)
         case .interest(.snapshot(let version, let patterns)):
-            writer.u8(Kind.snapshot.rawValue)
-            writer.u64(version)
-            writer.strings(patterns)
+            buffer.writeInteger(Self.version)
+            buffer.writeInteger(Kind.snapshot.rawValue)
+            buffer.writeInteger(version)
+            buffer.writeBusStrings(patterns)
         case .interest(.digest(let version)):
-            writer.u8(Kind.digest.rawValue)
-            writer.u64(version)
+            buffer.writeInteger(Self.version)
+            buffer.writeInteger(Kind.digest.rawValue)
+            buffer.writeInteger(version)
         case .interest(.pull):
-            writer.u8(Kind.pull.rawValue)
+            buffer.writeInteger(Self.version)
+            buffer.writeInteger(Kind.pull.rawValue)
         case .node(let clientURL):
-            writer.u8(Kind.node.rawValue)
+            buffer.writeInteger(Self.version)
+            buffer.writeInteger(Kind.node.rawValue)
             if let clientURL {
-                writer.u8(1)
-                writer.str16(clientURL)
+                buffer.writeInteger(UInt8(1))
+                buffer.writeBusString(clientURL)
             } else {
-                writer.u8(0)
+                buffer.writeInteger(UInt8(0))
             }
         case .messages(let recipient, let messages):
-            writer.u8(Kind.messages.rawValue)
-            writer.u64(recipient)
-            writer.u32(UInt32(truncatingIfNeeded: messages.count))
+            var body = ByteBuffer()
             for message in messages {
-                writer.str16(message.subject)
-                if let replyTo = message.replyTo {
-                    writer.u8(1)
-                    writer.str16(replyTo)
-                } else {
-                    writer.u8(0)
-                }
-                if let headers = message.headers {
-                    writer.u8(1)
-                    writer.bytes32(headers)
-                } else {
-                    writer.u8(0)
-                }
-                writer.bytes32(message.payload)
-                writer.u16(UInt16(truncatingIfNeeded: message.groups.count))
-                for group in message.groups { writer.str16(group) }
+                body.writeBusMessage(
+                    subject: message.subject,
+                    replyTo: message.replyTo,
+                    headers: message.headers,
+                    payload: message.payload,
+                    groups: message.groups
+                )
             }
+            return Self.messagesFrame(recipient: recipient, count: messages.count, body: body)
         }
-        return writer.bytes
+        return Array(buffer.readableBytesView)
+    }
+
+    /// A `messages` frame around messages already encoded one after the other (``ByteBuffer/writeBusMessage``).
+    static func messagesFrame(recipient: UInt64, count: Int, body: ByteBuffer) -> [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Self.messagesOverhead + body.readableBytes)
+        bytes.append(Self.version)
+        bytes.append(Kind.messages.rawValue)
+        withUnsafeBytes(of: recipient.bigEndian) { bytes += $0 }
+        withUnsafeBytes(of: UInt32(truncatingIfNeeded: count).bigEndian) { bytes += $0 }
+        bytes += body.readableBytesView
+        return bytes
     }
 
     public static func decode(_ bytes: [UInt8]) throws(BusFrameError) -> BusFrame {
-        var reader = BusReader(bytes)
+        var reader = BusReader(ByteBuffer(bytes: bytes))
         let version = try reader.u8()
         guard version == Self.version else { throw BusFrameError(.badVersion, "bus format \(version)") }
         let raw = try reader.u8()
@@ -251,66 +281,69 @@ public enum BusFrameCodec {
 
 // MARK: - Writer and reader
 
-struct BusWriter {
-    var bytes: [UInt8] = []
-
-    mutating func u8(_ value: UInt8) { self.bytes.append(value) }
-
-    mutating func integer<T: FixedWidthInteger>(_ value: T) {
-        var shift = T.bitWidth - 8
-        while shift >= 0 {
-            self.bytes.append(UInt8(truncatingIfNeeded: value >> shift))
-            shift -= 8
-        }
-    }
-
-    mutating func u16(_ value: UInt16) { self.integer(value) }
-    mutating func u32(_ value: UInt32) { self.integer(value) }
-    mutating func u64(_ value: UInt64) { self.integer(value) }
-
+extension ByteBuffer {
     /// Strings are validated before they get here (patterns and subjects of at most 4096 bytes).
-    mutating func str16(_ value: String) {
-        let utf8 = value.utf8
-        self.u16(UInt16(truncatingIfNeeded: utf8.count))
-        self.bytes += utf8
+    mutating func writeBusString(_ value: String) {
+        let lengthIndex = self.writerIndex
+        self.writeInteger(UInt16(0))
+        let written = self.writeString(value)
+        self.setInteger(UInt16(truncatingIfNeeded: written), at: lengthIndex)
     }
 
-    mutating func strings(_ values: [String]) {
-        self.u32(UInt32(truncatingIfNeeded: values.count))
-        for value in values { self.str16(value) }
+    mutating func writeBusStrings(_ values: [String]) {
+        self.writeInteger(UInt32(truncatingIfNeeded: values.count))
+        for value in values { self.writeBusString(value) }
     }
 
-    mutating func bytes32(_ value: [UInt8]) {
-        self.u32(UInt32(truncatingIfNeeded: value.count))
-        self.bytes += value
+    /// One message of a `messages` frame.
+    mutating func writeBusMessage(
+        subject: String,
+        replyTo: String?,
+        headers: ByteBuffer?,
+        payload: ByteBuffer,
+        groups: [String]
+    ) {
+        self.writeBusString(subject)
+        if let replyTo {
+            self.writeInteger(UInt8(1))
+            self.writeBusString(replyTo)
+        } else {
+            self.writeInteger(UInt8(0))
+        }
+        if var headers {
+            self.writeInteger(UInt8(1))
+            self.writeInteger(UInt32(truncatingIfNeeded: headers.readableBytes))
+            self.writeBuffer(&headers)
+        } else {
+            self.writeInteger(UInt8(0))
+        }
+        var payload = payload
+        self.writeInteger(UInt32(truncatingIfNeeded: payload.readableBytes))
+        self.writeBuffer(&payload)
+        self.writeInteger(UInt16(truncatingIfNeeded: groups.count))
+        for group in groups { self.writeBusString(group) }
     }
 }
 
+/// Reads a frame; every read checks the bytes left first. Byte fields come out as slices of the frame's buffer.
 struct BusReader {
-    let bytes: [UInt8]
-    private(set) var offset = 0
+    private var buffer: ByteBuffer
+    /// The last subject found valid: the messages of a frame often share one, and it is not checked again.
+    private var lastValidSubject: String?
 
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    init(_ buffer: ByteBuffer) { self.buffer = buffer }
 
-    var isAtEnd: Bool { self.offset == self.bytes.count }
-    var remaining: Int { self.bytes.count - self.offset }
+    var isAtEnd: Bool { self.buffer.readableBytes == 0 }
+    var remaining: Int { self.buffer.readableBytes }
 
-    mutating func take(_ count: Int) throws(BusFrameError) -> ArraySlice<UInt8> {
-        guard count >= 0, count <= self.remaining else {
-            throw BusFrameError(.truncated, "\(count) bytes needed, \(self.remaining) left")
+    private mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(BusFrameError) -> T {
+        guard let value = self.buffer.readInteger(as: T.self) else {
+            throw BusFrameError(.truncated, "\(T.bitWidth / 8) bytes needed, \(self.remaining) left")
         }
-        defer { self.offset += count }
-        return self.bytes[self.offset..<self.offset + count]
-    }
-
-    mutating func u8() throws(BusFrameError) -> UInt8 { try self.take(1).first! }
-
-    mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(BusFrameError) -> T {
-        var value: T = 0
-        for byte in try self.take(T.bitWidth / 8) { value = (value << 8) | T(byte) }
         return value
     }
 
+    mutating func u8() throws(BusFrameError) -> UInt8 { try self.integer(UInt8.self) }
     mutating func u16() throws(BusFrameError) -> UInt16 { try self.integer(UInt16.self) }
     mutating func u32() throws(BusFrameError) -> UInt32 { try self.integer(UInt32.self) }
     mutating func u64() throws(BusFrameError) -> UInt64 { try self.integer(UInt64.self) }
@@ -336,18 +369,25 @@ struct BusReader {
         guard length <= BusFrameCodec.maximumSubjectBytes else {
             throw BusFrameError(.invalidSubject, "a subject of \(length) bytes")
         }
-        guard let string = String(validating: try self.take(length), as: UTF8.self) else {
-            throw BusFrameError(.invalidUTF8, "a subject is not valid UTF-8")
+        guard length <= self.remaining else {
+            throw BusFrameError(.truncated, "\(length) bytes needed, \(self.remaining) left")
         }
+        let string = self.buffer.readableBytesView.prefix(length).withContiguousStorageIfAvailable {
+            String(validating: $0, as: UTF8.self)
+        } ?? String(validating: Array(self.buffer.readableBytesView.prefix(length)), as: UTF8.self)
+        self.buffer.moveReaderIndex(forwardBy: length)
+        guard let string else { throw BusFrameError(.invalidUTF8, "a subject is not valid UTF-8") }
         return string
     }
 
     /// A subject as published (`published`, where NATS accepts wildcard tokens as ordinary ones) or a pattern.
     mutating func subject(published: Bool) throws(BusFrameError) -> String {
         let subject = try self.string()
+        if published, subject == self.lastValidSubject { return subject }
         guard published ? Subject.isValidForPublish(subject) : Subject.isValidPattern(subject) else {
             throw BusFrameError(.invalidSubject, published ? "an invalid subject" : "an invalid subject pattern")
         }
+        if published { self.lastValidSubject = subject }
         return subject
     }
 
@@ -375,8 +415,11 @@ struct BusReader {
         return patterns
     }
 
-    mutating func bytes32() throws(BusFrameError) -> [UInt8] {
+    mutating func bytes32() throws(BusFrameError) -> ByteBuffer {
         let length = Int(try self.u32())
-        return Array(try self.take(length))
+        guard let slice = self.buffer.readSlice(length: length) else {
+            throw BusFrameError(.truncated, "\(length) bytes needed, \(self.remaining) left")
+        }
+        return slice
     }
 }

@@ -354,9 +354,50 @@ public final class NATSRouter: Sendable {
     /// queue group in `groups` (the groups the publishing node chose this node for). Never forwarded again. Returns
     /// how many received it and the targets found congested (the link that brought it may stall on them).
     public func deliverFromPeer(_ message: NATSMessage, groups: [String]) -> (deliveries: Int, congested: [any NATSStallTarget]) {
-        let match = self.state.withLock { $0.subjects.match(message.subject) }
-        guard !match.isEmpty else { return (0, []) }
         var batch = NATSDeliveryBatch.none
+        let deliveries = self.deliverFromPeer(message, groups: groups, batch: &batch)
+        return (deliveries, batch.takeCongested())
+    }
+
+    /// ``deliverFromPeer(_:groups:)`` for the messages of one frame: deliveries to clients are gathered and handed
+    /// over together (one append per client, as for a client's read). Returns the congested targets.
+    public func deliverFromPeer(_ messages: [(message: NATSMessage, groups: [String])]) -> [any NATSStallTarget] {
+        var batch = NATSDeliveryBatch(enabled: true)
+        var cache = RouteCache()
+        for (message, groups) in messages {
+            _ = self.deliverFromPeer(message, groups: groups, batch: &batch, cache: &cache)
+        }
+        batch.handOver()
+        return batch.takeCongested()
+    }
+
+    private func deliverFromPeer(
+        _ message: NATSMessage,
+        groups: [String],
+        batch: inout NATSDeliveryBatch,
+        cache: inout RouteCache
+    ) -> Int {
+        let generation = self.generation.load(ordering: .acquiring)
+        if cache.generation != generation || cache.subject != message.subject {
+            cache.match = self.state.withLock { $0.subjects.match(message.subject) }
+            cache.subject = message.subject
+            cache.generation = generation
+        }
+        return self.deliverFromPeer(message, groups: groups, match: cache.match, batch: &batch)
+    }
+
+    private func deliverFromPeer(_ message: NATSMessage, groups: [String], batch: inout NATSDeliveryBatch) -> Int {
+        let match = self.state.withLock { $0.subjects.match(message.subject) }
+        return self.deliverFromPeer(message, groups: groups, match: match, batch: &batch)
+    }
+
+    private func deliverFromPeer(
+        _ message: NATSMessage,
+        groups: [String],
+        match: SubjectIndex<NATSSubscription>.Match,
+        batch: inout NATSDeliveryBatch
+    ) -> Int {
+        guard !match.isEmpty else { return 0 }
         var deliveries = 0
         for subscription in match.plain where !subscription.isRemote {
             if self.deliver(message, to: subscription, batch: &batch) { deliveries += 1 }
@@ -366,17 +407,19 @@ public final class NATSRouter: Sendable {
             for (groupIndex, group) in match.groups.enumerated() where groups.contains(group.queue) {
                 let members = group.members
                 let start = (cursor &+ groupIndex &* 7) & Int.max
+                var unbatched = NATSDeliveryBatch.none
                 for offset in 0..<members.count {
                     let subscription = members[(start &+ offset) % members.count]
                     if subscription.isRemote { continue }
-                    if self.deliver(message, to: subscription, batch: &batch) {
+                    if self.deliver(message, to: subscription, batch: &unbatched) {
                         deliveries += 1
                         break
                     }
                 }
+                batch.absorbCongestion(from: &unbatched)
             }
         }
-        return (deliveries, batch.takeCongested())
+        return deliveries
     }
 
     /// Delivers `message` to every match. `publisher` is the client that sent it (nil from inside the server); a

@@ -164,9 +164,10 @@ struct BusFrameTests {
     }
 
     @Test("a link hands out what it queued in frames of at most the configured size; a large message goes alone")
-    func batching() {
+    func batching() throws {
         var configuration = BusClusterConfiguration()
         configuration.maximumQueuedBytes = 1 << 20
+        configuration.maximumFrameBytes = 1_000
         let link = BusPeerLink(node: NodeID(name: "b", address: "b:1", uid: 1), configuration: configuration)
         func message(_ size: Int) -> NATSMessage {
             NATSMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: size))
@@ -175,11 +176,16 @@ struct BusFrameTests {
             #expect(link.forward(message(size), groups: []))
         }
         var frames: [Int] = []
-        while let batch = link.take(maximumBytes: 1_000) {
-            frames.append(batch.messages.count)
-            if batch.messages.count > 1 {
-                #expect(BusFrameCodec.encode(.messages(recipient: 1, batch.messages)).count <= 1_000)
+        while let batch = link.take() {
+            guard case .messages(let recipient, let messages) = try BusFrameCodec.decode(batch.frame) else {
+                Issue.record("not a messages frame")
+                break
             }
+            #expect(recipient == 1)
+            #expect(messages.count == batch.count)
+            frames.append(messages.count)
+            if messages.count > 1 { #expect(batch.frame.count <= 1_000 + BusFrameCodec.messagesOverhead) }
+            link.sent()
         }
         #expect(frames == [3, 1, 9, 9, 3], "at most 9 messages of 101 bytes after 14 bytes of frame")
         #expect(link.queuedBytes == 0)
