@@ -355,7 +355,8 @@ public final class NATSRouter: Sendable {
     /// how many received it and the targets found congested (the link that brought it may stall on them).
     public func deliverFromPeer(_ message: NATSMessage, groups: [String]) -> (deliveries: Int, congested: [any NATSStallTarget]) {
         var batch = NATSDeliveryBatch.none
-        let deliveries = self.deliverFromPeer(message, groups: groups, batch: &batch)
+        var cache = RouteCache()
+        let deliveries = self.deliverFromPeer(message, groups: groups, match: self.match(message.subject, cache: &cache), batch: &batch)
         return (deliveries, batch.takeCongested())
     }
 
@@ -365,30 +366,22 @@ public final class NATSRouter: Sendable {
         var batch = NATSDeliveryBatch(enabled: true)
         var cache = RouteCache()
         for (message, groups) in messages {
-            _ = self.deliverFromPeer(message, groups: groups, batch: &batch, cache: &cache)
+            _ = self.deliverFromPeer(message, groups: groups, match: self.match(message.subject, cache: &cache), batch: &batch)
         }
         batch.handOver()
         return batch.takeCongested()
     }
 
-    private func deliverFromPeer(
-        _ message: NATSMessage,
-        groups: [String],
-        batch: inout NATSDeliveryBatch,
-        cache: inout RouteCache
-    ) -> Int {
+    /// What `subject` matches, from `cache` while no subscription came or went since it was filled.
+    private func match(_ subject: String, cache: inout RouteCache) -> SubjectIndex<NATSSubscription>.Match {
+        // Read before the lookup: a change after this point bumps the generation and the next call looks again.
         let generation = self.generation.load(ordering: .acquiring)
-        if cache.generation != generation || cache.subject != message.subject {
-            cache.match = self.state.withLock { $0.subjects.match(message.subject) }
-            cache.subject = message.subject
+        if cache.generation != generation || cache.subject != subject {
+            cache.match = self.state.withLock { $0.subjects.match(subject) }
+            cache.subject = subject
             cache.generation = generation
         }
-        return self.deliverFromPeer(message, groups: groups, match: cache.match, batch: &batch)
-    }
-
-    private func deliverFromPeer(_ message: NATSMessage, groups: [String], batch: inout NATSDeliveryBatch) -> Int {
-        let match = self.state.withLock { $0.subjects.match(message.subject) }
-        return self.deliverFromPeer(message, groups: groups, match: match, batch: &batch)
+        return cache.match
     }
 
     private func deliverFromPeer(
@@ -438,14 +431,7 @@ public final class NATSRouter: Sendable {
         cache: inout RouteCache,
         batch: inout NATSDeliveryBatch
     ) -> Int {
-        // Read before the lookup: a change after this point bumps the generation and the next publish looks again.
-        let generation = self.generation.load(ordering: .acquiring)
-        if cache.generation != generation || cache.subject != message.subject {
-            cache.match = self.state.withLock { $0.subjects.match(message.subject) }
-            cache.subject = message.subject
-            cache.generation = generation
-        }
-        return self.deliver(message, to: cache.match, from: publisher, batch: &batch)
+        self.deliver(message, to: self.match(message.subject, cache: &cache), from: publisher, batch: &batch)
     }
 
     /// The nodes a message goes to, with the queue groups each should serve.

@@ -91,25 +91,17 @@ struct AllocateBenchCommand: AsyncParsableCommand {
         )
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: directory) }
-        let list = ResourceListServer(ids: [])
-        let sidecar = RecordingSidecar()
-        let listServer = LocalServer(list.router())
-        let sidecarServer = LocalServer(sidecar.router())
         var allocations: [Sample] = []
         var deallocations: [Sample] = []
         var failed = 0
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await listServer.app.runService() }
-            group.addTask { try await sidecarServer.app.runService() }
-            let cluster = LocalCluster(
-                directory: directory,
-                executable: StorkExecutable.url,
-                basePort: basePort,
-                sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
-                sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"
-            )
-            cluster.replicas = replicas
-            defer { cluster.killAll() }
+        try await LocalCluster.run(
+            directory: directory,
+            executable: StorkExecutable.url,
+            basePort: basePort,
+            list: ResourceListServer(ids: []),
+            sidecar: RecordingSidecar(),
+            configure: { $0.replicas = replicas }
+        ) { cluster in
             let indices = Array(1...self.nodes)
             for index in indices { try cluster.start(index, seeds: indices) }
             try await self.waitForView(cluster: cluster, indices: indices)
@@ -145,7 +137,6 @@ struct AllocateBenchCommand: AsyncParsableCommand {
                 deallocations.append(Sample(seconds: seconds, local: local))
             }
             await cluster.stopAll()
-            group.cancelAll()
         }
         return (allocations, deallocations, failed)
     }

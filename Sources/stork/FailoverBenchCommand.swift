@@ -43,25 +43,19 @@ struct FailoverBenchCommand: AsyncParsableCommand {
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         let list = ResourceListServer(ids: (0..<self.resources).map { "r\($0)" })
         let sidecar = RecordingSidecar()
-        let listServer = LocalServer(list.router())
-        let sidecarServer = LocalServer(sidecar.router())
         var detection: [Double] = []
         var failover: [Double] = []
         var burnReport = "skipped"
         var falseDeaths = false
         var overlaps = 0
 
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await listServer.app.runService() }
-            group.addTask { try await sidecarServer.app.runService() }
-            let cluster = LocalCluster(
-                directory: directory,
-                executable: StorkExecutable.url,
-                basePort: self.basePort,
-                sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
-                sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"
-            )
-            defer { cluster.killAll() }
+        try await LocalCluster.run(
+            directory: directory,
+            executable: StorkExecutable.url,
+            basePort: self.basePort,
+            list: list,
+            sidecar: sidecar
+        ) { cluster in
             var live = Array(1...self.nodes)
             for index in live { try cluster.start(index, seeds: live) }
             guard try await self.wait(.seconds(120), {
@@ -117,7 +111,6 @@ struct FailoverBenchCommand: AsyncParsableCommand {
             }
             overlaps = sidecar.state.withLock { $0.overlaps.count }
             await cluster.stopAll()
-            group.cancelAll()
         }
         try? FileManager.default.removeItem(at: directory)
 

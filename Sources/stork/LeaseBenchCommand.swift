@@ -114,22 +114,16 @@ struct LeaseBenchCommand: AsyncParsableCommand {
     func takeover(url: String, directory: URL, basePort: Int) async throws -> [(seconds: Double, fenced: Bool)] {
         let list = ResourceListServer(ids: (0..<self.resources).map { "r\($0)" })
         let sidecar = RecordingSidecar()
-        let listServer = LocalServer(list.router())
-        let sidecarServer = LocalServer(sidecar.router())
         var results: [(Double, Bool)] = []
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await listServer.app.runService() }
-            group.addTask { try await sidecarServer.app.runService() }
-            let cluster = LocalCluster(
-                directory: directory,
-                executable: StorkExecutable.url,
-                basePort: basePort,
-                sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
-                sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"
-            )
+        try await LocalCluster.run(
+            directory: directory,
+            executable: StorkExecutable.url,
+            basePort: basePort,
+            list: list,
+            sidecar: sidecar
+        ) { cluster in
             cluster.clusterName = "bench-\(getpid())-\(basePort)"
             cluster.ownership = "mode: lease, store: '\(url)'"
-            defer { cluster.killAll() }
             let all = Array(1...self.nodes)
             for index in all { try cluster.start(index, seeds: all) }
             _ = try await Self.wait(.seconds(120)) {
@@ -166,7 +160,6 @@ struct LeaseBenchCommand: AsyncParsableCommand {
                 }
             }
             await cluster.stopAll()
-            group.cancelAll()
         }
         return results
     }

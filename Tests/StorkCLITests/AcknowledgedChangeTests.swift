@@ -49,22 +49,15 @@ struct AcknowledgedChangeTests {
         // A failed run keeps its nodes' logs (the path is in the failure message).
         var failed = false
         defer { if !failed { try? FileManager.default.removeItem(at: directory) } }
-        let list = ResourceListServer(ids: [])
         let sidecar = RecordingSidecar()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            let listServer = LocalServer(list.router())
-            let sidecarServer = LocalServer(sidecar.router())
-            group.addTask { try await listServer.app.runService() }
-            group.addTask { try await sidecarServer.app.runService() }
-            let cluster = LocalCluster(
-                directory: directory,
-                executable: try StorkBinary.url,
-                basePort: testBasePort(),
-                sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
-                sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"
-            )
-            cluster.membership = "probeTimeout: 300ms, indirectProbeTimeout: 600ms, suspicionMinimum: 2s"
-            defer { cluster.killAll() }
+        try await LocalCluster.run(
+            directory: directory,
+            executable: try StorkBinary.url,
+            basePort: testBasePort(),
+            list: ResourceListServer(ids: []),
+            sidecar: sidecar,
+            configure: { $0.membership = "probeTimeout: 300ms, indirectProbeTimeout: 600ms, suspicionMinimum: 2s" }
+        ) { cluster in
 
             var live = [1, 2, 3]
             for index in live { try cluster.start(index, seeds: [1, 2, 3]) }
@@ -154,7 +147,6 @@ struct AcknowledgedChangeTests {
             #expect(overlaps.isEmpty, "\(overlaps.prefix(3)); logs in \(directory.path)")
 
             await cluster.stopAll()
-            group.cancelAll()
         }
     }
 }

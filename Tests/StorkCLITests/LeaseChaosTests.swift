@@ -24,24 +24,18 @@ struct LeaseChaosTests {
         let list = ResourceListServer(ids: (0..<Self.resources).map { "res-\($0)" })
         let sidecar = RecordingSidecar()
         let base = testBasePort()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            let listServer = LocalServer(list.router())
-            let sidecarServer = LocalServer(sidecar.router())
-            group.addTask { try await listServer.app.runService() }
-            group.addTask { try await sidecarServer.app.runService() }
-            let cluster = LocalCluster(
-                directory: directory,
-                executable: try StorkBinary.url,
-                basePort: base,
-                sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
-                sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"
-            )
+        try await LocalCluster.run(
+            directory: directory,
+            executable: try StorkBinary.url,
+            basePort: base,
+            list: list,
+            sidecar: sidecar
+        ) { cluster in
             // A cluster name of its own: its rows in the shared database are new.
             cluster.clusterName = "chaos-\(UUID().uuidString.prefix(8))"
             cluster.ownership =
                 "mode: lease, store: '\(postgres)', leaseDuration: 3s, renewInterval: 500ms, renewDeadline: 2s, "
                 + "acquireRetryInterval: 250ms, storeTimeout: 1s"
-            defer { cluster.killAll() }
 
             for index in 1...3 { try cluster.start(index, seeds: [1, 2, 3]) }
             try await waitFor("2,000 resources running on 3 nodes", timeout: .seconds(120)) {
@@ -109,7 +103,6 @@ struct LeaseChaosTests {
                     + "handles refused, \(state.staleTerminations.values.map(\.count).reduce(0, +)) stale terminations"
             )
             await cluster.stopAll()
-            group.cancelAll()
         }
     }
 }

@@ -56,20 +56,14 @@ struct ProcessClusterTests {
         let list = ResourceListServer(ids: (0..<Self.resources).map { "res-\($0)" })
         let sidecar = RecordingSidecar()
         let base = testBasePort()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            let listServer = LocalServer(list.router())
-            let sidecarServer = LocalServer(sidecar.router())
-            group.addTask { try await listServer.app.runService() }
-            group.addTask { try await sidecarServer.app.runService() }
-            let cluster = LocalCluster(
-                directory: directory,
-                executable: try StorkBinary.url,
-                basePort: base,
-                sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
-                sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"
-            )
+        try await LocalCluster.run(
+            directory: directory,
+            executable: try StorkBinary.url,
+            basePort: base,
+            list: list,
+            sidecar: sidecar
+        ) { cluster in
             cluster.membership = "probeTimeout: 300ms, indirectProbeTimeout: 600ms, suspicionMinimum: 2s"
-            defer { cluster.killAll() }
 
             // 1. Five nodes share the 10,000 resources, each on exactly one node.
             for index in 1...5 { try cluster.start(index) }
@@ -151,7 +145,6 @@ struct ProcessClusterTests {
 
             for name in ["n1", "n2", "n4", "n6"] { cluster.nodes[name]!.kill(signal: SIGTERM) }
             for name in ["n1", "n2", "n4", "n6"] { _ = await cluster.nodes[name]!.waitForExit(timeout: .seconds(60)) }
-            group.cancelAll()
         }
         try? FileManager.default.removeItem(at: directory)
     }

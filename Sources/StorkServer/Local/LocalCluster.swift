@@ -275,3 +275,38 @@ public final class LocalCluster: @unchecked Sendable {
         for node in self.nodes.values where !(await node.waitForExit(timeout: timeout)) { node.kill(signal: SIGKILL) }
     }
 }
+
+extension LocalCluster {
+    /// Runs `body` with a cluster whose nodes fetch their resources from `list` and call `sidecar` as their handler,
+    /// both served on free loopback ports for as long as `body` runs; every node still running is killed (SIGKILL)
+    /// when `body` returns or throws. `configure` sets the cluster up before `body` starts nodes.
+    public static func run<Result: Sendable>(
+        directory: URL,
+        executable: URL,
+        basePort: Int,
+        list: ResourceListServer,
+        sidecar: RecordingSidecar,
+        configure: (LocalCluster) -> Void = { _ in },
+        _ body: (LocalCluster) async throws -> Result
+    ) async throws -> Result {
+        let listServer = LocalServer(list.router())
+        let sidecarServer = LocalServer(sidecar.router())
+        return try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await listServer.app.runService() }
+            group.addTask { try await sidecarServer.app.runService() }
+            let cluster = LocalCluster(
+                directory: directory,
+                executable: executable,
+                basePort: basePort,
+                sourceURL: "http://127.0.0.1:\(try await listServer.port())/resources",
+                sidecarURL: "http://127.0.0.1:\(try await sidecarServer.port())"
+            )
+            configure(cluster)
+            defer {
+                cluster.killAll()
+                group.cancelAll()
+            }
+            return try await body(cluster)
+        }
+    }
+}
