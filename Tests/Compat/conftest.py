@@ -11,6 +11,17 @@ against Stork.  Choose with the environment variable ``COMPAT_SERVER``:
 Every server listens on 127.0.0.1 only, on free ports picked in 10000-29999,
 with its own temporary data directory.  Teardown kills every process started,
 whatever the outcome of the test.
+
+``COMPAT_SPREAD=1`` (opt-in) runs the core tests against a three-node cluster
+instead of one server: the ``server`` a test gets is a ``SpreadServer`` whose
+``url``/``port`` hand out the cluster's nodes round-robin, one per new client
+connection, so the publishers and subscribers of a test land on different nodes.
+Tests that subscribe on one connection and publish on another wait for the
+interest to cross nodes with ``spread_interest`` / ``spread_interest_before`` /
+``spread_responder`` (no-ops without COMPAT_SPREAD).  Tests about one server's own
+behaviour are marked ``spread_skip(reason)`` (skipped in spread mode) or
+``@pytest.mark.spread_one_node(reason)`` (every client on node n1 of the cluster).
+See "Spread mode" below and README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -42,6 +54,12 @@ STOP_TIMEOUT = 10.0  # seconds to wait for a graceful stop before SIGKILL
 COMPAT_SERVER = os.environ.get("COMPAT_SERVER", "nats-server").strip().lower()
 if COMPAT_SERVER not in ("nats-server", "stork"):
     raise pytest.UsageError(f"COMPAT_SERVER must be 'nats-server' or 'stork', not {COMPAT_SERVER!r}")
+
+# Opt-in: core tests against a 3-node cluster, client connections spread round-robin.
+SPREAD = os.environ.get("COMPAT_SPREAD", "").strip().lower() not in ("", "0", "false", "no", "off")
+SPREAD_NODES = 3
+SPREAD_EXTRA_TIMEOUT = 60  # seconds added to a spread test's timeout: starting the cluster
+SPREAD_INTEREST_TIMEOUT = 15.0  # seconds for a subscription on one node to be known on another
 
 
 # --------------------------------------------------------------------------------------
@@ -396,10 +414,27 @@ def server_factory(request):
 
     All servers started through it are killed at teardown, pass or fail.  If the test
     failed, the tail of each server log is attached to the report output.
+
+    With COMPAT_SPREAD it starts a converged 3-node cluster instead and returns a
+    `SpreadServer` over it (or, for a test marked ``spread_one_node``, the cluster's
+    node n1 itself).  The cluster nodes run with default options: a test that needs
+    server options must be marked ``spread_skip``; calling the factory with options
+    in spread mode fails the test and says so.
     """
     started: List[CompatServer] = []
+    clusters: List["Cluster"] = []
 
     def make(**kwargs) -> CompatServer:
+        if SPREAD:
+            if kwargs:
+                pytest.fail(f"COMPAT_SPREAD: server options {kwargs} are not supported on the spread "
+                            f"cluster; mark the test with conftest.spread_skip(reason)", pytrace=False)
+            c = Cluster(SPREAD_NODES)
+            clusters.append(c)
+            c.start()
+            if request.node.get_closest_marker("spread_one_node") is not None:
+                return c.nodes[0]
+            return SpreadServer(c)
         workdir = tempfile.mkdtemp(prefix=f"compat-{COMPAT_SERVER}-")
         srv = SERVER_CLASSES[COMPAT_SERVER](workdir, ServerOptions(**kwargs))
         started.append(srv)
@@ -415,6 +450,12 @@ def server_factory(request):
             print(f"\n---- {srv.kind} log ({srv.workdir}) ----\n{srv.log_tail()}")
         else:
             shutil.rmtree(srv.workdir, ignore_errors=True)
+    for c in clusters:
+        c.cleanup()
+        if failed:
+            print(f"\n{c.log_tails()}")
+        else:
+            shutil.rmtree(c.workdir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -431,6 +472,84 @@ def pytest_runtest_makereport(item, call):
 
 
 # --------------------------------------------------------------------------------------
+# Spread mode (COMPAT_SPREAD=1)
+# --------------------------------------------------------------------------------------
+
+
+def spread_skip(reason: str):
+    """Mark: skip this test (or module, as ``pytestmark``) in spread mode, saying why."""
+    return pytest.mark.skipif(SPREAD, reason=f"COMPAT_SPREAD: {reason}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "spread_one_node(reason): with COMPAT_SPREAD, every client of the test connects to node n1 "
+        "of the cluster (the test is about one server's own behaviour, e.g. its monitoring)",
+    )
+
+
+def pytest_report_header(config):
+    if SPREAD:
+        return [f"COMPAT_SPREAD: core tests on a {SPREAD_NODES}-node {COMPAT_SERVER} cluster, "
+                "client connections round-robin over the nodes"]
+    return []
+
+
+def pytest_collection_modifyitems(config, items):
+    """Spread mode: every test on a fresh cluster gets SPREAD_EXTRA_TIMEOUT more seconds
+    (the timeout covers fixture set-up, and a cluster takes longer to converge)."""
+    if not SPREAD:
+        return
+    for item in items:
+        if "server_factory" not in getattr(item, "fixturenames", ()):
+            continue
+        marker = item.get_closest_marker("timeout")
+        base = marker.args[0] if marker is not None and marker.args else config.getini("timeout")
+        item.add_marker(pytest.mark.timeout(float(base or 30) + SPREAD_EXTRA_TIMEOUT), append=False)
+
+
+class SpreadServer:
+    """The `server` of a core test in spread mode: a converged cluster whose client
+    address moves on to the next node at every read of `url` (or `port`, for raw
+    connections), n1, n2, n3, n1, ...  Every test opens each connection with one
+    ``connect(server.url)`` / ``raw_factory(server)``, so its n-th connection lands on
+    node n % 3: the ``nc`` fixture (opened first) on n1, the next one on n2, and so on.
+
+    Anything about one server (monitoring, restart, logs) is deliberately missing:
+    such a test is marked ``spread_skip`` or ``spread_one_node``."""
+
+    kind = "spread"
+
+    def __init__(self, cluster: "Cluster"):
+        self.cluster = cluster
+        self.connections = 0  # connection addresses handed out so far
+
+    @property
+    def nodes(self) -> List[Any]:
+        return self.cluster.nodes
+
+    def next_node(self):
+        node = self.nodes[self.connections % len(self.nodes)]
+        self.connections += 1
+        return node
+
+    @property
+    def url(self) -> str:
+        return self.next_node().url
+
+    @property
+    def port(self) -> int:
+        return self.next_node().port
+
+    def __getattr__(self, name: str):
+        raise AttributeError(
+            f"COMPAT_SPREAD: the spread cluster has no single-server {name!r}; mark a test about one "
+            f"server's own behaviour with spread_skip(reason) or @pytest.mark.spread_one_node(reason)"
+        )
+
+
+# --------------------------------------------------------------------------------------
 # Client helpers
 # --------------------------------------------------------------------------------------
 
@@ -443,7 +562,10 @@ async def connect(url: str, **kwargs):
     kwargs.setdefault("reconnect_time_wait", 0.2)
     kwargs.setdefault("max_reconnect_attempts", 50)
     kwargs.setdefault("allow_reconnect", True)
-    return await asyncio.wait_for(nats.connect(url, **kwargs), 15)
+    client = await asyncio.wait_for(nats.connect(url, **kwargs), 15)
+    if SPREAD:
+        _install_probe_filter(client)
+    return client
 
 
 @pytest_asyncio.fixture
@@ -500,6 +622,7 @@ class RawClient:
         self.reader = reader
         self.writer = writer
         self.info = info
+        self.probe_tokens: set = set()  # spread mode: tokens of the interest probes received
 
     @classmethod
     async def open(cls, srv: CompatServer, connect: Optional[Dict[str, Any]] = None, handshake: bool = True,
@@ -535,14 +658,35 @@ class RawClient:
             return line
 
     async def read_msg(self, timeout: float = 5.0) -> Tuple[List[bytes], bytes]:
-        """Read the next MSG/HMSG; returns (control line fields, payload incl. headers)."""
+        """Read the next MSG/HMSG; returns (control line fields, payload incl. headers).
+        In spread mode, interest probes (late ones of `spread_interest`) are skipped."""
+        while True:
+            fields, body = await self._read_any_msg(timeout)
+            if not (SPREAD and self._take_probe(body)):
+                return fields, body
+
+    async def _read_any_msg(self, timeout: float, payload_timeout: Optional[float] = None):
         line = await self.read_op(timeout)
         fields = line.split()
         assert fields and fields[0] in (b"MSG", b"HMSG"), line
         size = int(fields[-1])
-        body = await asyncio.wait_for(self.reader.readexactly(size + 2), timeout)
+        body = await asyncio.wait_for(self.reader.readexactly(size + 2), payload_timeout or timeout)
         assert body.endswith(b"\r\n")
         return fields, body[:-2]
+
+    def _take_probe(self, body: bytes) -> bool:
+        if not body.startswith(SPREAD_PROBE):
+            return False
+        self.probe_tokens.add(_probe_token(body))
+        return True
+
+    async def _poll_probe(self, timeout: float) -> None:
+        """Spread mode: wait up to `timeout` for one message, which must be a probe."""
+        try:
+            _, body = await self._read_any_msg(timeout, payload_timeout=5.0)
+        except asyncio.TimeoutError:
+            return
+        assert self._take_probe(body), f"message before the interest wait was over: {body[:100]!r}"
 
     async def ping_pong(self, timeout: float = 5.0) -> None:
         await self.send(b"PING\r\n")
@@ -590,6 +734,134 @@ async def raw_factory():
     yield make
     for c in clients:
         c.close()
+
+
+# --------------------------------------------------------------------------------------
+# Spread mode: waiting for interest to cross nodes
+# --------------------------------------------------------------------------------------
+#
+# A subscription made on one node is known on the others a moment later (both servers
+# propagate interest asynchronously); until then a message published on another node
+# does not reach it.  The helpers below publish *probe* messages on the publishing
+# connection until the subscriptions have received one: a server keeps the order of one
+# publisher's messages, so everything that publisher sends afterwards reaches them too.
+#
+# Probes never reach test code: in spread mode every nats-py client made by `connect`
+# drops messages whose payload starts with SPREAD_PROBE before nats-py sees them (no
+# callback, no next_msg, no pending count) and only notes their token per subscription;
+# RawClient.read_msg skips them likewise.  (test_cluster.py's own probes use another
+# prefix and are not filtered.)  Outside spread mode the helpers return at once.
+
+SPREAD_PROBE = b"__compat_spread_probe__"
+SPREAD_REQUEST_PROBE = b"__compat_spread_ping__"  # wait_responder's requests: not filtered
+
+
+def _probe_token(body: bytes) -> bytes:
+    parts = body.split(b":")
+    return parts[1] if len(parts) > 1 else b""
+
+
+def _install_probe_filter(client) -> None:
+    tokens: Dict[int, set] = {}
+    client._compat_probe_tokens = tokens
+    process_msg = client._process_msg  # the parser looks it up on the instance for every MSG
+
+    async def filtered(sid, subject, reply, data, headers):
+        if data.startswith(SPREAD_PROBE):
+            tokens.setdefault(sid, set()).add(_probe_token(data))
+            return
+        await process_msg(sid, subject, reply, data, headers)
+
+    client._process_msg = filtered
+
+
+def _probe_seen(target, token: bytes) -> bool:
+    if isinstance(target, RawClient):
+        return token in target.probe_tokens
+    return token in target._conn._compat_probe_tokens.get(target._id, ())
+
+
+async def spread_interest(pub, *targets, subject: Optional[str] = None,
+                          timeout: float = SPREAD_INTEREST_TIMEOUT) -> None:
+    """Spread mode: publish probes to `subject` on `pub` (a nats-py client or a
+    RawClient) until every target has received one of them.  A target is a nats-py
+    Subscription, a RawClient subscribed to `subject`, or a list of those meaning "any
+    one of them" (the members of one queue group).  `subject` defaults to the first
+    Subscription's (it must be a literal subject).  No-op without COMPAT_SPREAD."""
+    if not SPREAD:
+        return
+    groups = [list(t) if isinstance(t, (list, tuple)) else [t] for t in targets]
+    flat = [t for g in groups for t in g]
+    if subject is None:
+        subject = next(t.subject for t in flat if not isinstance(t, RawClient))
+    assert "*" not in subject.split(".") and ">" not in subject.split("."), f"probe a literal subject, not {subject!r}"
+    raws = [t for t in flat if isinstance(t, RawClient)]
+    token = uuid.uuid4().hex.encode()
+
+    def done() -> bool:
+        return all(any(_probe_seen(t, token) for t in g) for g in groups)
+
+    deadline = time.monotonic() + timeout
+    i = 0
+    while not done():
+        if time.monotonic() >= deadline:
+            missing = [k for k, g in enumerate(groups) if not any(_probe_seen(t, token) for t in g)]
+            raise AssertionError(f"COMPAT_SPREAD: interest in {subject!r} not seen by the publisher's node "
+                                 f"within {timeout}s (targets {missing} got no probe)")
+        probe = b"%s:%s:%d" % (SPREAD_PROBE, token, i)
+        i += 1
+        if isinstance(pub, RawClient):
+            await pub.send(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(probe), probe))
+            await pub.ping_pong()
+        else:
+            await pub.publish(subject, probe)
+            await sync(pub)
+        # Give this probe a moment before sending the next one (bounded, no fixed sleep).
+        step_end = time.monotonic() + 0.1
+        while not done() and time.monotonic() < step_end:
+            for r in raws:
+                if not _probe_seen(r, token):
+                    await r._poll_probe(0.01)
+            await asyncio.sleep(0.005)
+
+
+async def spread_interest_before(sub_nc, pub, *subjects: str, timeout: float = SPREAD_INTEREST_TIMEOUT) -> None:
+    """Spread mode, for subscriptions that must not receive probes (a server counts every
+    message it delivers to one with an auto-unsubscribe limit): subscribe a plain *pilot*
+    subscription to each subject on `sub_nc` and wait until probes from `pub` reach it.
+    Both servers propagate interest per node and subject, and the pilots stay until the
+    connection closes, so subscriptions made afterwards on `sub_nc` to those subjects are
+    known on `pub`'s node as soon as `sub_nc`'s own server has them.  The pilots ignore
+    every message.  No-op without COMPAT_SPREAD."""
+    if not SPREAD:
+        return
+
+    async def ignore(msg) -> None:
+        pass
+
+    for s in subjects:
+        pilot = await sub_nc.subscribe(s, cb=ignore)
+        await spread_interest(pub, pilot, timeout=timeout)
+
+
+async def spread_responder(nc, subject: str, timeout: float = SPREAD_INTEREST_TIMEOUT) -> None:
+    """Spread mode: request `subject` on `nc` (payload SPREAD_REQUEST_PROBE, which the
+    responders of the tests just echo) until a reply comes back: the responder's interest
+    has reached `nc`'s node and the reply found its way back.  No-responders and
+    timeouts while interest propagates are expected.  No-op without COMPAT_SPREAD."""
+    if not SPREAD:
+        return
+    import nats.errors
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await nc.request(subject, SPREAD_REQUEST_PROBE, timeout=0.5)
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"COMPAT_SPREAD: no reply on {subject!r} within {timeout}s")
+            await asyncio.sleep(0.05)
 
 
 # --------------------------------------------------------------------------------------

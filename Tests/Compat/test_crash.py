@@ -12,7 +12,12 @@ import uuid
 
 import pytest
 
-from conftest import COMPAT_SERVER, close_quietly, connect
+from conftest import COMPAT_SERVER, close_quietly, connect, spread_skip
+
+pytestmark = spread_skip(
+    "JetStream crash test (kill -9 of the one server holding a stream): in Stork a stream still lives "
+    "on one node, so JetStream is not part of spread mode yet; it runs in the single-server mode"
+)
 
 ROUNDS = 3
 WINDOW = 200  # publishes in flight at once (an "async batch")

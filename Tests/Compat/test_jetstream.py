@@ -24,9 +24,15 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from conftest import close_quietly, connect, sync, wait_for
+from conftest import close_quietly, connect, spread_skip, sync, wait_for
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [
+    pytest.mark.timeout(30),
+    spread_skip(
+        "JetStream (streams, consumers): in Stork a stream still lives on one node, so JetStream is "
+        "not part of spread mode yet; it runs in the single-server mode",
+    ),
+]
 
 FILE = StorageType.FILE
 
