@@ -27,6 +27,7 @@ let package = Package(
         .library(name: "StorkConnectors", targets: ["StorkConnectors"]),
         .library(name: "StorkGateway", targets: ["StorkGateway"]),
         .library(name: "StorkBus", targets: ["StorkBus"]),
+        .library(name: "StorkBusCluster", targets: ["StorkBusCluster"]),
         .executable(name: "stork", targets: ["stork"]),
     ],
     dependencies: [
@@ -128,9 +129,23 @@ let package = Package(
             swiftSettings: storkSwiftSettings
         ),
         // MARK: - NATS client protocol: codec (pure, fuzzed) and the server endpoint over NIO
+        // MARK: - The node's message bus: subjects, the router and local receivers, request/reply, durable streams
+        .target(
+            name: "StorkBus",
+            dependencies: [
+                "StorkCore",
+                "StorkStreaming",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: storkSwiftSettings
+        ),
+        // MARK: - The NATS protocol adapter over the bus: server, connections, parser, Stork's own client
         .target(
             name: "StorkNATS",
             dependencies: [
+                "StorkBus",
                 "StorkCore",
                 "StorkStreaming",
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -192,10 +207,10 @@ let package = Package(
         ),
         // MARK: - The message bus across the cluster: interest exchange and forwarding between nodes' routers
         .target(
-            name: "StorkBus",
+            name: "StorkBusCluster",
             dependencies: [
+                "StorkBus",
                 "StorkCore",
-                "StorkNATS",
                 "StorkResources",
                 "StorkStreaming",
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -212,7 +227,6 @@ let package = Package(
                 "StorkBus",
                 "StorkConnectors",
                 "StorkCore",
-                "StorkNATS",
                 "StorkRealtime",
                 "StorkResources",
                 "StorkStreaming",
@@ -231,6 +245,7 @@ let package = Package(
             name: "StorkServer",
             dependencies: [
                 "StorkBus",
+                "StorkBusCluster",
                 "StorkCore",
                 "StorkCluster",
                 "StorkConnectors",
@@ -405,6 +420,7 @@ let package = Package(
         .testTarget(
             name: "StorkNATSTests",
             dependencies: [
+                "StorkBus",
                 "StorkNATS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -417,6 +433,7 @@ let package = Package(
             name: "StorkBusTests",
             dependencies: [
                 "StorkBus",
+                "StorkBusCluster",
                 "StorkCluster",
                 "StorkCore",
                 "StorkNATS",

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkResources
 
@@ -267,7 +268,7 @@ struct WebhookDelivery: Sendable {
             withJSONObject: request,
             options: [.sortedKeys]
         )
-        let reply: NATSMessage
+        let reply: BusMessage
         do {
             reply = try await client.request(
                 "$JS.API.CONSUMER.CREATE.\(self.settings.stream).\(self.settings.consumer)",
@@ -292,7 +293,7 @@ struct WebhookDelivery: Sendable {
     }
 
     private enum Event: Sendable {
-        case message(NATSMessage)
+        case message(BusMessage)
         case stop
         case tick
         case closed
@@ -372,13 +373,13 @@ struct WebhookDelivery: Sendable {
                         giveBack.append(ack)
                     }
                 } else if let current = pull, message.subject == current.reply {
-                    let status = message.headers.flatMap { NATSHeaders.parse($0) }?.status
+                    let status = message.headers?.status
                     switch status {
                     case 404?, 408?:
                         pull = nil
                     case 409?:
                         // The consumer is gone (deleted) or too many pulls wait: start over with a new consumer.
-                        let description = message.headers.flatMap { NATSHeaders.parse($0) }?.statusDescription ?? ""
+                        let description = message.headers?.statusDescription ?? ""
                         throw StorkError(.connectorFailed, "pull refused: 409 \(description)")
                     default:
                         break  // heartbeats
@@ -417,10 +418,10 @@ struct WebhookDelivery: Sendable {
     }
 
     /// POSTs one message until it succeeds, runs out of attempts, or `stop` fires between attempts.
-    private func deliver(_ message: NATSMessage, ack: String, client: NATSClient) async -> Outcome {
+    private func deliver(_ message: BusMessage, ack: String, client: NATSClient) async -> Outcome {
         let sequence = Self.streamSequence(ack) ?? 0
         let deliveryID = "\(self.settings.stream):\(sequence)"
-        let natsHeaders = message.headers.flatMap { NATSHeaders.parse($0) }
+        let natsHeaders = message.headers
         var backoff = ConnectorBackoff(minimum: self.settings.backoffMinimum, maximum: self.settings.backoffMaximum)
         var attempt = 0
         while true {
@@ -460,7 +461,7 @@ struct WebhookDelivery: Sendable {
     }
 
     /// One POST; nil when the receiver answered 2xx, else why not.
-    private func post(_ message: NATSMessage, deliveryID: String, contentType: String?, attempt: Int) async -> String? {
+    private func post(_ message: BusMessage, deliveryID: String, contentType: String?, attempt: Int) async -> String? {
         let secret: String
         do {
             secret = try self.resolveSecret()
@@ -498,8 +499,8 @@ struct WebhookDelivery: Sendable {
     /// Publishes a message that ran out of attempts to `deadLetter`, on the stream's server, with its own headers and
     /// `Stork-Error`, `Stork-Original-Subject`, `Stork-Delivery-Id`.
     private func deadLetter(
-        _ message: NATSMessage,
-        headers: NATSHeaders?,
+        _ message: BusMessage,
+        headers: MessageHeaders?,
         deliveryID: String,
         error: String,
         client: NATSClient
@@ -512,7 +513,7 @@ struct WebhookDelivery: Sendable {
             ]
         )
         guard let subject = self.settings.deadLetter else { return }
-        var out = headers ?? NATSHeaders()
+        var out = headers ?? MessageHeaders()
         out.status = nil
         out.statusDescription = nil
         let cleanError = String(error.map { $0 == "\r" || $0 == "\n" ? " " : $0 }.prefix(512))

@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import StorkCore
 import StorkNATS
+import StorkBus
 import StorkServer
 import Synchronization
 import UnixSignals

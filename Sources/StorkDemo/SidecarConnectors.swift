@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import StorkCore
 import StorkNATS
+import StorkBus
 import Synchronization
 import WSClient
 

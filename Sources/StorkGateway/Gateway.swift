@@ -4,7 +4,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkRealtime
 import StorkStreaming
 import Synchronization
@@ -30,7 +30,7 @@ public protocol GatewayInterest: Sendable {
 
 public final class Gateway: Service, Sendable {
     public let configuration: GatewayConfiguration
-    let router: NATSRouter
+    let router: BusRouter
     let jetstream: JetStream?
     let authentication: AuthenticationChain
     let permissions: @Sendable () -> PermissionRules
@@ -54,13 +54,13 @@ public final class Gateway: Service, Sendable {
     let nodeToken: String
 
     struct HubEntry {
-        var subscription: NATSSubscription
+        var subscription: BusSubscription
         var sessions: [String: GatewaySession]
     }
 
     struct Inbox {
         var next: UInt64 = 1
-        var waiting: [UInt64: AsyncStream<NATSMessage>.Continuation] = [:]
+        var waiting: [UInt64: AsyncStream<BusMessage>.Continuation] = [:]
     }
 
     let hub = Mutex<[String: HubEntry]>([:])
@@ -70,12 +70,12 @@ public final class Gateway: Service, Sendable {
     let messageIDs = Atomic<UInt64>(0)
     let counters = GatewayCounters()
     private let closed = Atomic<Bool>(false)
-    private let inboxSubscription = Mutex<[NATSSubscription]>([])
+    private let inboxSubscription = Mutex<[BusSubscription]>([])
 
     public init(
         configuration: GatewayConfiguration = GatewayConfiguration(),
         node: String,
-        router: NATSRouter,
+        router: BusRouter,
         jetstream: JetStream? = nil,
         authentication: AuthenticationChain,
         permissions: @escaping @Sendable () -> PermissionRules,
@@ -222,22 +222,22 @@ public final class Gateway: Service, Sendable {
         var bytes: [UInt8] = []
         data.appendJSON(to: &bytes)
         let id = "\(self.nodeToken)-\(self.messageIDs.add(1, ordering: .relaxed).newValue)"
-        let headers = NATSHeaders(fields: [(Self.messageIDHeader, id)]).encoded
+        let headers = MessageHeaders(fields: [(Self.messageIDHeader, id)])
         self.counters.published.add(1, ordering: .relaxed)
         return self.router.publish(
-            NATSMessage(subject: subject, replyTo: replyTo, headers: headers, payload: ByteBuffer(bytes: bytes))
+            BusMessage(subject: subject, replyTo: replyTo, headers: headers, payload: ByteBuffer(bytes: bytes))
         )
     }
 
     static let messageIDHeader = "Nats-Msg-Id"
 
-    static func messageID(_ headers: ByteBuffer?) -> String? {
-        guard let headers, let parsed = NATSHeaders.parse(headers) else { return nil }
-        return parsed.fields.first { $0.name.caseInsensitiveCompare(Self.messageIDHeader) == .orderedSame }?.value
+    static func messageID(_ headers: MessageHeaders?) -> String? {
+        headers?[Self.messageIDHeader]
     }
 
+    /// The message id of a stored message (its headers as a NATS header block).
     static func messageID(_ headers: [UInt8]) -> String? {
-        headers.isEmpty ? nil : Self.messageID(ByteBuffer(bytes: headers))
+        headers.isEmpty ? nil : MessageHeaders.parse(ByteBuffer(bytes: headers))?[Self.messageIDHeader]
     }
 
     // MARK: The hub
@@ -265,7 +265,7 @@ public final class Gateway: Service, Sendable {
         }
     }
 
-    func fanOut(_ message: NATSMessage, pattern: String) {
+    func fanOut(_ message: BusMessage, pattern: String) {
         guard let sessions = self.hub.withLock({ $0[pattern].map { Array($0.sessions.values) } }), !sessions.isEmpty
         else { return }
         let live = LiveMessage(
@@ -292,7 +292,7 @@ public final class Gateway: Service, Sendable {
     // MARK: Requests
 
     /// Sends a request and waits for the first reply (or throws on timeout / no responders).
-    func request(subject: String, data: JSONValue, timeout: Duration) async throws(GatewayActionError) -> NATSMessage {
+    func request(subject: String, data: JSONValue, timeout: Duration) async throws(GatewayActionError) -> BusMessage {
         let (stream, number) = self.openInbox()
         defer { self.closeInbox(number) }
         let delivered = self.publish(subject: subject, data: data, replyTo: "_GW.\(self.nodeToken).\(number)")
@@ -301,16 +301,15 @@ public final class Gateway: Service, Sendable {
         }
         let reply = await self.first(of: stream, within: timeout)
         guard let reply else { throw GatewayActionError("timeout", "no reply within \(timeout)") }
-        if reply.payload.readableBytes == 0, let headers = reply.headers, let parsed = NATSHeaders.parse(headers),
-            parsed.status == 503
+        if reply.payload.readableBytes == 0, reply.headers?.status == 503
         {
             throw GatewayActionError("no_responders", "nobody listens on '\(subject)'")
         }
         return reply
     }
 
-    func openInbox() -> (AsyncStream<NATSMessage>, UInt64) {
-        let (stream, continuation) = AsyncStream.makeStream(of: NATSMessage.self, bufferingPolicy: .bufferingNewest(256))
+    func openInbox() -> (AsyncStream<BusMessage>, UInt64) {
+        let (stream, continuation) = AsyncStream.makeStream(of: BusMessage.self, bufferingPolicy: .bufferingNewest(256))
         let number = self.inbox.withLock { inbox in
             let number = inbox.next
             inbox.next += 1
@@ -325,8 +324,8 @@ public final class Gateway: Service, Sendable {
     }
 
     /// The first element of `stream`, or nil when `timeout` passes first.
-    func first(of stream: AsyncStream<NATSMessage>, within timeout: Duration) async -> NATSMessage? {
-        await withTaskGroup(of: NATSMessage?.self) { group in
+    func first(of stream: AsyncStream<BusMessage>, within timeout: Duration) async -> BusMessage? {
+        await withTaskGroup(of: BusMessage?.self) { group in
             group.addTask {
                 var iterator = stream.makeAsyncIterator()
                 return await iterator.next()
@@ -341,7 +340,7 @@ public final class Gateway: Service, Sendable {
         }
     }
 
-    func inboxReply(_ message: NATSMessage) {
+    func inboxReply(_ message: BusMessage) {
         guard let last = message.subject.split(separator: ".").last, let number = UInt64(last) else { return }
         _ = self.inbox.withLock { $0.waiting[number] }?.yield(message)
     }
@@ -359,11 +358,11 @@ public final class Gateway: Service, Sendable {
             var query: [UInt8] = []
             JSONValue.object(["subject": .string(subject)]).appendJSON(to: &query)
             self.router.publish(
-                NATSMessage(subject: "$GW.presence", replyTo: "_GW.\(self.nodeToken).\(number)", payload: ByteBuffer(bytes: query))
+                BusMessage(subject: "$GW.presence", replyTo: "_GW.\(self.nodeToken).\(number)", payload: ByteBuffer(bytes: query))
             )
-            let answers = await withTaskGroup(of: [NATSMessage].self) { group in
+            let answers = await withTaskGroup(of: [BusMessage].self) { group in
                 group.addTask {
-                    var collected: [NATSMessage] = []
+                    var collected: [BusMessage] = []
                     for await answer in stream {
                         collected.append(answer)
                         if collected.count >= peers { break }
@@ -375,7 +374,7 @@ public final class Gateway: Service, Sendable {
                     self.closeInbox(number)
                     return []
                 }
-                var all: [NATSMessage] = []
+                var all: [BusMessage] = []
                 for await part in group {
                     all += part
                     group.cancelAll()
@@ -391,7 +390,7 @@ public final class Gateway: Service, Sendable {
         return users.sorted()
     }
 
-    func answerPresence(_ message: NATSMessage) {
+    func answerPresence(_ message: BusMessage) {
         guard let replyTo = message.replyTo,
             case .object(let query)? = try? JSONValue.parse(message.payload.readableBytesView),
             case .string(let subject)? = query["subject"]
@@ -400,7 +399,7 @@ public final class Gateway: Service, Sendable {
         if replyTo.hasPrefix("_GW.\(self.nodeToken).") { return }
         var body: [UInt8] = []
         JSONValue.array(self.localPresence(subject).sorted().map { .string($0) }).appendJSON(to: &body)
-        self.router.publish(NATSMessage(subject: replyTo, payload: ByteBuffer(bytes: body)))
+        self.router.publish(BusMessage(subject: replyTo, payload: ByteBuffer(bytes: body)))
     }
 
     // MARK: Statistics
@@ -459,27 +458,27 @@ struct GatewayActionError: Error, Sendable {
 
 // MARK: - Router receivers
 
-struct HubReceiver: NATSLocalReceiver {
+struct HubReceiver: BusReceiver {
     let gateway: Gateway
     let pattern: String
 
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         self.gateway.fanOut(message, pattern: self.pattern)
     }
 }
 
-struct InboxReceiver: NATSLocalReceiver {
+struct InboxReceiver: BusReceiver {
     let gateway: Gateway
 
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         self.gateway.inboxReply(message)
     }
 }
 
-struct PresenceReceiver: NATSLocalReceiver {
+struct PresenceReceiver: BusReceiver {
     let gateway: Gateway
 
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         self.gateway.answerPresence(message)
     }
 }

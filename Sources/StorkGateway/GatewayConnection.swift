@@ -5,7 +5,7 @@ import NIOWebSocket
 import Logging
 import NIOCore
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkRealtime
 import StorkStreaming
 
@@ -249,7 +249,7 @@ final class GatewayConnection: Sendable {
                 }
                 var bytes: [UInt8] = []
                 data.appendJSON(to: &bytes)
-                gateway.router.publish(NATSMessage(subject: to, payload: ByteBuffer(bytes: bytes)))
+                gateway.router.publish(BusMessage(subject: to, payload: ByteBuffer(bytes: bytes)))
                 if id != nil { session.sendControl(.ok(id: id, fields: [:])) }
             case .presence(let subject):
                 guard gateway.allows(.presence, subject: subject, user: session.user) else {

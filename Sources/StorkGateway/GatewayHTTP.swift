@@ -2,7 +2,7 @@ import Foundation
 import Hummingbird
 import NIOCore
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkRealtime
 import StorkStreaming
 

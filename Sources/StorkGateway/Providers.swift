@@ -3,7 +3,7 @@ import Logging
 import NIOCore
 import StorkConnectors
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkResources
 import StorkStreaming
 
@@ -181,7 +181,7 @@ public struct ProviderConnector: Connector {
         if case .nats(let listen) = registration.kind {
             var body: [UInt8] = []
             JSONValue.object(["event": "stop", "subject": .string(subject)]).appendJSON(to: &body)
-            gateway.router.publish(NATSMessage(subject: listen, payload: ByteBuffer(bytes: body)))
+            gateway.router.publish(BusMessage(subject: listen, payload: ByteBuffer(bytes: body)))
         }
         context.logger.info("provider stopped", metadata: ["stork.subject": "\(subject)"])
     }
@@ -193,7 +193,7 @@ public struct ProviderConnector: Connector {
         while !context.isStopping {
             let (replies, number) = gateway.openInbox()
             gateway.router.publish(
-                NATSMessage(subject: listen, replyTo: "_GW.\(gateway.nodeToken).\(number)", payload: ByteBuffer(bytes: body))
+                BusMessage(subject: listen, replyTo: "_GW.\(gateway.nodeToken).\(number)", payload: ByteBuffer(bytes: body))
             )
             let reply = await gateway.first(of: replies, within: .seconds(2))
             gateway.closeInbox(number)

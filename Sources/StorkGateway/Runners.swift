@@ -5,7 +5,7 @@ import NIOCore
 import NIOHTTP1
 import StorkConnectors
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkRealtime
 import StorkResources
 import StorkStreaming
@@ -151,7 +151,7 @@ public struct RunnerConnector: Connector {
         let gateway = self.gateway
         let events = Gateway.runnerEventsSubject(instance)
         let control = Gateway.runnerControlSubject(instance)
-        let (commands, continuation) = AsyncStream.makeStream(of: NATSMessage.self, bufferingPolicy: .bufferingNewest(64))
+        let (commands, continuation) = AsyncStream.makeStream(of: BusMessage.self, bufferingPolicy: .bufferingNewest(64))
         let subscription = gateway.router.subscribe(control, receiver: StreamReceiver(continuation: continuation))
         defer {
             gateway.router.unsubscribe(subscription)
@@ -196,7 +196,7 @@ public struct RunnerConnector: Connector {
                         group.addTask {
                             for await event in execution.events {
                                 gateway.router.publish(
-                                    NATSMessage(subject: events, payload: ByteBuffer(string: event.jsonText))
+                                    BusMessage(subject: events, payload: ByteBuffer(string: event.jsonText))
                                 )
                             }
                         }
@@ -217,7 +217,7 @@ public struct RunnerConnector: Connector {
                     }
                     var bytes: [UInt8] = []
                     answer.appendJSON(to: &bytes)
-                    gateway.router.publish(NATSMessage(subject: replyTo, payload: ByteBuffer(bytes: bytes)))
+                    gateway.router.publish(BusMessage(subject: replyTo, payload: ByteBuffer(bytes: bytes)))
                 }
             }
             group.cancelAll()
@@ -228,7 +228,7 @@ public struct RunnerConnector: Connector {
     static func publish(_ value: JSONValue, to subject: String, gateway: Gateway) {
         var bytes: [UInt8] = []
         value.appendJSON(to: &bytes)
-        gateway.router.publish(NATSMessage(subject: subject, payload: ByteBuffer(bytes: bytes)))
+        gateway.router.publish(BusMessage(subject: subject, payload: ByteBuffer(bytes: bytes)))
     }
 }
 
@@ -238,19 +238,19 @@ final class CurrentRun: Sendable {
 }
 
 /// Router messages into an AsyncStream.
-struct StreamReceiver: NATSLocalReceiver {
-    let continuation: AsyncStream<NATSMessage>.Continuation
+struct StreamReceiver: BusReceiver {
+    let continuation: AsyncStream<BusMessage>.Continuation
 
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         self.continuation.yield(message)
     }
 }
 
 /// Router messages as a runner's `subscribe` node sees them (JSON bodies parsed, others as text).
-struct RunnerMessageReceiver: NATSLocalReceiver {
+struct RunnerMessageReceiver: BusReceiver {
     let continuation: AsyncStream<RunnerMessage>.Continuation
 
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         let data = (try? JSONValue.parse(message.payload.readableBytesView))
             ?? .string(String(decoding: message.payload.readableBytesView, as: UTF8.self))
         self.continuation.yield(RunnerMessage(subject: message.subject, data: data))

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import StorkBus
 import NIOPosix
 import StorkCore
 import Synchronization
@@ -158,7 +159,7 @@ public final class NATSClient: Sendable {
     public func publish(
         _ subject: String,
         replyTo: String? = nil,
-        headers: NATSHeaders? = nil,
+        headers: MessageHeaders? = nil,
         payload: ByteBuffer = ByteBuffer()
     ) throws {
         try Self.check(subject)
@@ -183,11 +184,11 @@ public final class NATSClient: Sendable {
     public func subscribe(
         _ subject: String,
         queue: String? = nil
-    ) throws -> (sid: String, messages: AsyncStream<NATSMessage>) {
+    ) throws -> (sid: String, messages: AsyncStream<BusMessage>) {
         try Self.check(subject)
         if let queue { try Self.check(queue) }
         let sid = String(self.nextSID.wrappingAdd(1, ordering: .relaxed).oldValue)
-        let (stream, continuation) = AsyncStream.makeStream(of: NATSMessage.self)
+        let (stream, continuation) = AsyncStream.makeStream(of: BusMessage.self)
         continuation.onTermination = { [weak self] termination in
             if case .cancelled = termination { self?.unsubscribe(sid) }
         }
@@ -210,10 +211,10 @@ public final class NATSClient: Sendable {
     /// `no-responders` when nobody subscribes to `subject`, `timeout` when no reply comes in time.
     public func request(
         _ subject: String,
-        headers: NATSHeaders? = nil,
+        headers: MessageHeaders? = nil,
         payload: ByteBuffer,
         timeout: Duration
-    ) async throws -> NATSMessage {
+    ) async throws -> BusMessage {
         try Self.check(subject)
         let handler = self.handler
         let eventLoop = self.eventLoop
@@ -282,8 +283,8 @@ final class NATSClientHandler: ChannelInboundHandler {
     private var replyInbox: NATSReplyInbox
     private var context: ChannelHandlerContext?
     private var pongWaiters = CircularBuffer<EventLoopPromise<Void>>()
-    private var replyWaiters: [String: (promise: EventLoopPromise<NATSMessage>, timer: Scheduled<Void>)] = [:]
-    private var subscriptions: [String: AsyncStream<NATSMessage>.Continuation] = [:]
+    private var replyWaiters: [String: (promise: EventLoopPromise<BusMessage>, timer: Scheduled<Void>)] = [:]
+    private var subscriptions: [String: AsyncStream<BusMessage>.Continuation] = [:]
     private var lastServerError: String?
     private(set) var closeReason: NATSClientError?
     private var isClosed = false
@@ -340,9 +341,7 @@ final class NATSClientHandler: ChannelInboundHandler {
             if sid == NATSClient.requestSID {
                 guard let waiter = self.replyWaiters.removeValue(forKey: message.subject) else { return }
                 waiter.timer.cancel()
-                if let headers = message.headers, message.payload.readableBytes == 0,
-                    NATSHeaders.parse(headers)?.status == 503
-                {
+                if message.payload.readableBytes == 0, message.headers?.status == 503 {
                     waiter.promise.fail(NATSClientError(.noResponders, "no responders"))
                 } else {
                     waiter.promise.succeed(message)
@@ -393,7 +392,7 @@ final class NATSClientHandler: ChannelInboundHandler {
 
     // MARK: Writing (called on the event loop by NATSClient)
 
-    func subscribe(sid: String, subject: String, queue: String?, continuation: AsyncStream<NATSMessage>.Continuation) {
+    func subscribe(sid: String, subject: String, queue: String?, continuation: AsyncStream<BusMessage>.Continuation) {
         guard !self.isClosed, let context = self.context else {
             continuation.finish()
             return
@@ -426,11 +425,11 @@ final class NATSClientHandler: ChannelInboundHandler {
         headers: ByteBuffer?,
         payload: ByteBuffer,
         timeout: TimeAmount
-    ) -> EventLoopFuture<NATSMessage> {
+    ) -> EventLoopFuture<BusMessage> {
         guard !self.isClosed, let context = self.context else { return self.closedFuture() }
         var bytes = ByteBuffer()
         let replyTo = self.replyInbox.nextReplySubject(writingSubscriptionInto: &bytes)
-        let promise = context.eventLoop.makePromise(of: NATSMessage.self)
+        let promise = context.eventLoop.makePromise(of: BusMessage.self)
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let timer = context.eventLoop.scheduleTask(in: timeout) {
             guard let waiter = bound.value.replyWaiters.removeValue(forKey: replyTo) else { return }

@@ -1,4 +1,5 @@
 import NIOCore
+import StorkBus
 import Synchronization
 
 // MARK: - NATSClientConnection
@@ -14,7 +15,7 @@ import Synchronization
 /// this one drains, for 100 ms up to 1 s depending on how full it is, so a burst slows the producer instead of
 /// losing the consumer. A client that does not read at all still fills up: past `maxPending` bytes it is
 /// disconnected as a slow consumer and nobody else waits for it.
-public final class NATSClientConnection: NATSStallTarget, Sendable {
+public final class NATSClientConnection: BusConnection, Sendable {
     struct Outbound {
         var buffer: ByteBuffer
         var flushScheduled = false
@@ -22,7 +23,7 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
         var closed = false
         var outMessages = 0
         var outBytes = 0
-        var subscriptions: [String: NATSSubscription] = [:]
+        var subscriptions: [String: BusSubscription] = [:]
         var name: String?
         var lang: String?
         var version: String?
@@ -65,7 +66,7 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
     var eventLoop: any EventLoop { self.channel.eventLoop }
 
     /// Whether the client receives messages it published itself (`CONNECT` `echo`, default true).
-    var echo: Bool {
+    public internal(set) var echo: Bool {
         get { self.echoEnabled.load(ordering: .relaxed) }
         set { self.echoEnabled.store(newValue, ordering: .relaxed) }
     }
@@ -83,17 +84,11 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
     }
 
     /// Appends a `MSG`/`HMSG` for subscription `sid`. False when the connection is closed or was just found slow.
-    func enqueueMessage(_ message: NATSMessage, sid: String) -> Bool {
-        let size = message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
+    public func enqueueMessage(_ message: BusMessage, sid: String) -> Bool {
+        let size = message.size
         let outcome = self.state.withLock { state -> Outcome in
             if state.closed { return .closed }
-            state.buffer.writeNATSMessage(
-                subject: message.subject,
-                sid: sid,
-                replyTo: message.replyTo,
-                headers: message.headers,
-                payload: message.payload
-            )
+            self.encode(message, sid: sid, into: &state.buffer)
             state.outMessages += 1
             state.outBytes += size
             return self.outcome(&state)
@@ -101,9 +96,9 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
         return self.act(on: outcome)
     }
 
-    /// Appends frames another connection's read gathered for this one (``NATSDeliveryBatch``), as one write.
+    /// Appends frames another connection's read gathered for this one (``BusDeliveryBatch``), as one write.
     @discardableResult
-    func enqueueBatch(_ frames: ByteBuffer, messages: Int, bytes: Int) -> Bool {
+    public func enqueueBatch(_ frames: ByteBuffer, messages: Int, bytes: Int) -> Bool {
         var frames = frames
         let outcome = self.state.withLock { state -> Outcome in
             if state.closed { return .closed }
@@ -116,7 +111,18 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
     }
 
     /// Whether messages can still be queued (not closed by the server or the peer).
-    var isOpen: Bool { !self.state.withLock { $0.closed } }
+    public var isOpen: Bool { !self.state.withLock { $0.closed } }
+
+    public var isCongested: Bool { self.congested.load(ordering: .relaxed) }
+
+    public func makeBatchBuffer() -> ByteBuffer { self.channel.allocator.buffer(capacity: 4096) }
+
+    /// A `MSG` or `HMSG` line and its body.
+    public func encode(_ message: BusMessage, sid: String, into buffer: inout ByteBuffer) {
+        buffer.writeNATSMessage(
+            subject: message.subject, sid: sid, replyTo: message.replyTo, headers: message.headers?.encoded, payload: message.payload
+        )
+    }
 
     /// Appends protocol output of the server's own (INFO, PONG, +OK, -ERR), in order with messages.
     @discardableResult
@@ -220,7 +226,7 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
 
     /// Marks the connection closed: nothing more is buffered. Returns its subscriptions, to be removed from the
     /// router.
-    func markClosed() -> [NATSSubscription] {
+    func markClosed() -> [BusSubscription] {
         let (subscriptions, resumed) = self.state.withLock { state in
             state.closed = true
             state.buffer.clear()
@@ -234,7 +240,7 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
 
     // MARK: Subscriptions and identity
 
-    func remember(_ subscription: NATSSubscription) -> Bool {
+    func remember(_ subscription: BusSubscription) -> Bool {
         self.state.withLock { state in
             guard state.subscriptions[subscription.sid] == nil else { return false }
             state.subscriptions[subscription.sid] = subscription
@@ -242,11 +248,11 @@ public final class NATSClientConnection: NATSStallTarget, Sendable {
         }
     }
 
-    func subscription(sid: String) -> NATSSubscription? {
+    func subscription(sid: String) -> BusSubscription? {
         self.state.withLock { $0.subscriptions[sid] }
     }
 
-    func forget(_ subscription: NATSSubscription) {
+    public func forget(_ subscription: BusSubscription) {
         self.state.withLock { state in
             if state.subscriptions[subscription.sid] === subscription {
                 state.subscriptions[subscription.sid] = nil

@@ -1,4 +1,5 @@
 import NIOCore
+import StorkBus
 import NIOPosix
 
 // MARK: - Client-side pieces shared by NATSClient and the benchmark's load generator

@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import StorkBus
 import StorkStreaming
 
 // MARK: - NATSConnectionHandler
@@ -32,10 +33,10 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private struct ReadState {
         var parser: NATSClientParser
         /// The last published subject's match.
-        var routeCache = NATSRouter.RouteCache()
+        var routeCache = BusRouter.RouteCache()
         /// Deliveries of this read's publishes to clients, handed over when the read is done (off in verbose mode,
         /// where every publish is answered by a +OK that must follow what it delivered to this same client).
-        var deliveries = NATSDeliveryBatch(enabled: true)
+        var deliveries = BusDeliveryBatch(enabled: true)
         /// Publishes counted during the read, added to the connection's counters once.
         var messages = 0
         var bytes = 0
@@ -219,7 +220,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 state.deliveries.handOver()
                 self.handle(operation, client: client, context: context, state: &state)
                 if case .connect = operation {
-                    state.deliveries = NATSDeliveryBatch(enabled: !self.verbose)
+                    state.deliveries = BusDeliveryBatch(enabled: !self.verbose)
                     publishesAllowed = self.connectReceived || !self.server.configuration.authentication.isRequired
                 }
             }
@@ -252,7 +253,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
                 self.fail(.invalidSubject, context: context)
                 return
             }
-            let subscription = NATSSubscription(subject: subject, queue: queue, sid: sid, target: .client(client))
+            let subscription = BusSubscription(subject: subject, queue: queue, sid: sid, target: .client(client))
             if client.remember(subscription) {
                 self.server.router.add(subscription)
             }
@@ -306,7 +307,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     }
 
     private func publish(
-        _ message: NATSMessage,
+        _ message: BusMessage,
         client: NATSClientConnection,
         context: ChannelHandlerContext,
         state: inout ReadState
@@ -324,7 +325,7 @@ final class NATSConnectionHandler: ChannelInboundHandler {
         // +OK comes before any message this publish delivers back to the publisher (nats-server's order).
         self.ok(client)
         state.messages += 1
-        state.bytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
+        state.bytes += message.size
         let deliveries = self.server.router.route(
             message,
             from: client,

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import StorkBus
 
 // MARK: - Writing protocol lines
 
@@ -89,29 +90,6 @@ extension ByteBuffer {
         self.writeStaticString("-ERR '")
         self.writeString(error.message)
         self.writeStaticString("'\r\n")
-    }
-
-    /// A non-negative integer in decimal, without allocating.
-    @inlinable
-    public mutating func writeDecimal(_ value: Int) {
-        precondition(value >= 0, "negative size \(value)")
-        if value < 10 {
-            self.writeInteger(UInt8(truncatingIfNeeded: value) + UInt8(ascii: "0"))
-            return
-        }
-        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
-                     UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
-            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-        var count = 0
-        var rest = value
-        withUnsafeMutableBytes(of: &digits) { digits in
-            while rest > 0 {
-                digits[19 - count] = UInt8(truncatingIfNeeded: rest % 10) + UInt8(ascii: "0")
-                rest /= 10
-                count += 1
-            }
-            self.writeBytes(UnsafeRawBufferPointer(rebasing: digits[(20 - count)...]))
-        }
     }
 }
 

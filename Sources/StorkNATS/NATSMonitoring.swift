@@ -1,4 +1,5 @@
 import Foundation
+import StorkBus
 
 // MARK: - Monitoring documents
 
@@ -122,11 +123,8 @@ public struct NATSSubsz: Codable, Sendable {
 
 /// Times and durations as nats-server writes them: RFC 3339 with fractional seconds, and `1h2m3s`.
 enum NATSMonitorTime {
-    /// One shared, immutable format (a formatter per call showed up on the JetStream API paths).
-    static let style = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
-
     static func format(_ date: Date) -> String {
-        date.formatted(self.style)
+        JetStreamTime.format(date)
     }
 
     static func duration(_ seconds: Double) -> String {

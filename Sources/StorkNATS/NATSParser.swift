@@ -1,4 +1,5 @@
 import NIOCore
+import StorkBus
 
 #if canImport(Glibc)
 import Glibc
@@ -203,7 +204,7 @@ public struct NATSClientParser: Sendable {
             }
             let payload = buffer.getSlice(at: buffer.readerIndex + lineBytes, length: publish.totalSize)!
             buffer.moveReaderIndex(forwardBy: lineBytes + publish.totalSize + 2)
-            return .publish(NATSMessage(subject: publish.subject, replyTo: publish.replyTo, payload: payload))
+            return .publish(BusMessage(subject: publish.subject, replyTo: publish.replyTo, payload: payload))
         }
         // A PUB/HPUB line: the payload follows.
         guard let pending = self.pending, buffer.readableBytes >= pending.totalSize + 2 else { return nil }
@@ -360,13 +361,15 @@ public struct NATSClientParser: Sendable {
     private static func readPayload(
         _ buffer: inout ByteBuffer,
         _ pending: Pending
-    ) throws(NATSProtocolError) -> NATSMessage {
+    ) throws(NATSProtocolError) -> BusMessage {
         let (headers, payload) = try NATSLine.readBody(
             &buffer,
             headerSize: pending.headerSize,
             totalSize: pending.totalSize
         )
-        return NATSMessage(subject: pending.subject, replyTo: pending.replyTo, headers: headers, payload: payload)
+        return BusMessage(
+                subject: pending.subject, replyTo: pending.replyTo, headers: headers.map(MessageHeaders.init(block:)), payload: payload
+            )
     }
 }
 
@@ -403,7 +406,9 @@ public struct NATSServerParser: Sendable {
             totalSize: pending.totalSize
         )
         return .message(
-            NATSMessage(subject: pending.subject, replyTo: pending.replyTo, headers: headers, payload: payload),
+            BusMessage(
+                subject: pending.subject, replyTo: pending.replyTo, headers: headers.map(MessageHeaders.init(block:)), payload: payload
+            ),
             sid: pending.sid
         )
     }

@@ -1,29 +1,14 @@
 import NIOCore
+import StorkBus
 
 // MARK: - Operations
-
-/// A message as it travels through the protocol: where it was published, where replies go, its header block (the raw
-/// `NATS/1.0…\r\n\r\n` bytes, or nil) and its payload. Buffers are slices of what was read; nothing is copied.
-public struct NATSMessage: Sendable {
-    public var subject: String
-    public var replyTo: String?
-    public var headers: ByteBuffer?
-    public var payload: ByteBuffer
-
-    public init(subject: String, replyTo: String? = nil, headers: ByteBuffer? = nil, payload: ByteBuffer) {
-        self.subject = subject
-        self.replyTo = replyTo
-        self.headers = headers
-        self.payload = payload
-    }
-}
 
 /// What a client sends to the server.
 public enum NATSClientOperation: Sendable {
     /// `CONNECT {json}`: the raw JSON, decoded by the connection (``NATSConnectOptions``).
     case connect(ByteBuffer)
     /// `PUB` or `HPUB`.
-    case publish(NATSMessage)
+    case publish(BusMessage)
     /// `SUB subject [queue] sid`.
     case subscribe(subject: String, queue: String?, sid: String)
     /// `UNSUB sid [max]`.
@@ -36,7 +21,7 @@ public enum NATSClientOperation: Sendable {
 public enum NATSServerOperation: Sendable {
     case info(ByteBuffer)
     /// `MSG` or `HMSG`, with the subscription id it was delivered for.
-    case message(NATSMessage, sid: String)
+    case message(BusMessage, sid: String)
     case ping
     case pong
     case ok

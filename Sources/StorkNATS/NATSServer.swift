@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOCore
+import StorkBus
 import NIOPosix
 import ServiceLifecycle
 import Synchronization
@@ -8,7 +9,7 @@ import Synchronization
 // MARK: - NATSServer
 
 /// The NATS client endpoint: accepts TCP connections, speaks the NATS protocol, routes messages through its
-/// ``NATSRouter`` (which the rest of Stork uses to publish and subscribe from inside the server).
+/// ``BusRouter`` (which the rest of Stork uses to publish and subscribe from inside the server).
 ///
 /// A `Service`: `run()` listens until graceful shutdown or cancellation, then closes every connection.
 public final class NATSServer: Service, Sendable {
@@ -16,7 +17,7 @@ public final class NATSServer: Service, Sendable {
     public static let compatibleVersion = "2.10.0"
 
     public let configuration: NATSServerConfiguration
-    public let router: NATSRouter
+    public let router: BusRouter
     public let serverID: String
     let logger: Logger
     private let group: any EventLoopGroup
@@ -63,7 +64,7 @@ public final class NATSServer: Service, Sendable {
 
     public init(
         configuration: NATSServerConfiguration,
-        router: NATSRouter = NATSRouter(),
+        router: BusRouter = BusRouter(),
         eventLoopGroup: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "stork.nats")
     ) {

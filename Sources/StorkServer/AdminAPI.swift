@@ -5,6 +5,7 @@ import Prometheus
 import StorkConnectors
 import StorkCore
 import StorkMembership
+import StorkBus
 import StorkNATS
 import StorkResources
 

@@ -1,8 +1,9 @@
 import StorkBus
+import StorkNATS
+import StorkBusCluster
 import Foundation
 import ServiceLifecycle
 import StorkCore
-import StorkNATS
 import StorkResources
 import Synchronization
 

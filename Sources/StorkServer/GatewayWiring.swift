@@ -3,7 +3,7 @@ import Foundation
 import Logging
 import StorkCore
 import StorkGateway
-import StorkNATS
+import StorkBus
 import StorkRealtime
 import Yams
 

@@ -1,9 +1,10 @@
 import StorkBus
+import StorkNATS
+import StorkBusCluster
 import Foundation
 import Logging
 import NIOCore
 import ServiceLifecycle
-import StorkNATS
 import StorkResources
 import StorkStreaming
 import UnixSignals
@@ -13,15 +14,15 @@ import UnixSignals
 /// ``StorkMessaging`` over the node's NATS router: what handlers publish reaches NATS clients and streams of this
 /// node; what NATS clients publish reaches handlers' subscriptions.
 struct RouterMessaging: StorkMessaging {
-    let router: NATSRouter
+    let router: BusRouter
 
     func publish(_ message: StorkMessage) -> Int {
-        var headers: ByteBuffer?
+        var headers: MessageHeaders?
         if !message.headers.isEmpty {
-            headers = NATSHeaders(fields: message.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }).encoded
+            headers = MessageHeaders(fields: message.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
         }
         return self.router.publish(
-            NATSMessage(subject: message.subject, replyTo: message.replyTo, headers: headers, payload: ByteBuffer(bytes: message.payload))
+            BusMessage(subject: message.subject, replyTo: message.replyTo, headers: headers, payload: ByteBuffer(bytes: message.payload))
         )
     }
 
@@ -33,11 +34,11 @@ struct RouterMessaging: StorkMessaging {
         return stream
     }
 
-    struct Receiver: NATSLocalReceiver {
+    struct Receiver: BusReceiver {
         let continuation: AsyncStream<StorkMessage>.Continuation
-        func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
             var headers: [String: String] = [:]
-            if let block = message.headers, let parsed = NATSHeaders.parse(block) {
+            if let parsed = message.headers {
                 for field in parsed.fields { headers[field.name] = field.value }
             }
             self.continuation.yield(
@@ -58,7 +59,7 @@ struct RouterMessaging: StorkMessaging {
 /// `GET /v1/events` with `node`), so that any NATS client can watch the resources of the node.
 struct LifecycleEventPublisher: Service {
     let manager: ResourceManager
-    let router: NATSRouter
+    let router: BusRouter
     let node: String
 
     func run() async throws {
@@ -77,7 +78,7 @@ struct LifecycleEventPublisher: Service {
                     fields["detail"] = .string("\(resource.kind)")
                     body = .object(fields)
                 }
-                self.router.publish(NATSMessage(subject: subject, payload: ByteBuffer(string: body.description)))
+                self.router.publish(BusMessage(subject: subject, payload: ByteBuffer(string: body.description)))
             }
         }
     }

@@ -7,6 +7,7 @@ import ServiceLifecycle
 import StorkCluster
 import StorkConnectors
 import StorkBus
+import StorkBusCluster
 import StorkCore
 import StorkGateway
 import StorkLeases

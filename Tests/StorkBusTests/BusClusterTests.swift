@@ -2,12 +2,13 @@ import Logging
 import NIOCore
 import StorkCluster
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkResources
 import Synchronization
 import Testing
 
-@testable import StorkBus
+@testable import StorkBusCluster
 
 // MARK: - Helpers
 
@@ -20,7 +21,7 @@ private struct IdleHandler: ResourceHandler {
 /// One node: a resource manager on a loopback NIO transport, a NATS router, and the bus between them.
 private struct BusNode {
     let manager: ResourceManager
-    let router: NATSRouter
+    let router: BusRouter
     let bus: BusCluster<ContinuousClock>
     var id: NodeID { self.manager.identity }
 
@@ -41,19 +42,19 @@ private struct BusNode {
             transport: transport,
             logger: quietLogger("bus")
         )
-        let router = NATSRouter()
+        let router = BusRouter()
         var busConfiguration = BusClusterConfiguration()
         busConfiguration.antiEntropyInterval = .milliseconds(200)
         let bus = BusCluster(network: manager, router: router, configuration: busConfiguration, logger: quietLogger("bus"))
         return (BusNode(manager: manager, router: router, bus: bus), transport)
     }
 
-    func publish(_ subject: String, _ payload: String, headers: NATSHeaders? = nil) {
-        self.router.publish(NATSMessage(subject: subject, headers: headers?.encoded, payload: ByteBuffer(string: payload)))
+    func publish(_ subject: String, _ payload: String, headers: MessageHeaders? = nil) {
+        self.router.publish(BusMessage(subject: subject, headers: headers, payload: ByteBuffer(string: payload)))
     }
 
     /// A local subscriber: the bus tells the cluster by itself.
-    func subscribe(_ pattern: String) -> (Inbox, NATSSubscription) {
+    func subscribe(_ pattern: String) -> (Inbox, BusSubscription) {
         let inbox = Inbox()
         return (inbox, self.router.subscribe(pattern, receiver: inbox))
     }
@@ -97,7 +98,7 @@ struct BusClusterTests {
             }
             #expect(!n1.router.hasInterest(in: "orders.1"), "the remote subscription ended")
             #expect(n1.bus.statistics().interest.peersDropped == 1)
-            #expect(n1.router.publish(NATSMessage(subject: "orders.1", payload: ByteBuffer(string: "nobody"))) == 0)
+            #expect(n1.router.publish(BusMessage(subject: "orders.1", payload: ByteBuffer(string: "nobody"))) == 0)
             #expect(n1.bus.statistics().messagesForwarded == 0)
             await n1.manager.stop()
             try await group.waitForAll()
@@ -130,7 +131,7 @@ struct BusClusterTests {
             #expect(n1.bus.interest(in: "users.alice.events") == BusInterest(local: false, nodes: [n3.id]))
             #expect(n3.bus.interest(in: "users.alice.events") == BusInterest(local: true, nodes: []))
 
-            n1.publish("users.alice.events", "m1", headers: NATSHeaders(fields: [("X-Trace", "t1"), ("X-Trace", "t2")]))
+            n1.publish("users.alice.events", "m1", headers: MessageHeaders(fields: [("X-Trace", "t1"), ("X-Trace", "t2")]))
             n1.publish("users.alice.events", "m2")
             try await until("n3 received both, on both subscriptions") {
                 alice.count == 2 && aliceAll.count == 2
@@ -138,7 +139,7 @@ struct BusClusterTests {
             #expect(alice.payloads == ["m1", "m2"] && aliceAll.payloads == ["m1", "m2"])
             #expect(n1.forwarded(to: n3) == 2, "one copy per message to n3, however many of its patterns match")
             let first = try #require(alice.messages.withLock { $0.first })
-            let headers = try #require(first.headers.flatMap(NATSHeaders.parse))
+            let headers = try #require(first.headers)
             #expect(headers.fields.filter { $0.0 == "X-Trace" }.map(\.1) == ["t1", "t2"])
 
             // The other way: n1 and n2 each get one copy of what n3 publishes; what arrives from a peer is never

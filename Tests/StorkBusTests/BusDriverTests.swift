@@ -1,13 +1,14 @@
 import Logging
 import NIOCore
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkResources
 import StorkTestKit
 import Synchronization
 import Testing
 
-@testable import StorkBus
+@testable import StorkBusCluster
 
 // MARK: - An in-memory network of buses
 
@@ -113,9 +114,9 @@ final class BusTestNetwork: Sendable {
     }
 }
 
-final class Inbox: NATSLocalReceiver {
-    let messages = Mutex<[NATSMessage]>([])
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+final class Inbox: BusReceiver {
+    let messages = Mutex<[BusMessage]>([])
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         self.messages.withLock { $0.append(message) }
     }
     var count: Int { self.messages.withLock { $0.count } }
@@ -123,16 +124,16 @@ final class Inbox: NATSLocalReceiver {
 }
 
 /// Answers every message with a reply carrying `name`.
-final class Responder: NATSLocalReceiver {
-    let router: NATSRouter
+final class Responder: BusReceiver {
+    let router: BusRouter
     let name: String
-    init(router: NATSRouter, name: String) {
+    init(router: BusRouter, name: String) {
         self.router = router
         self.name = name
     }
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         guard let reply = message.replyTo else { return }
-        self.router.publish(NATSMessage(subject: reply, payload: ByteBuffer(string: self.name)))
+        self.router.publish(BusMessage(subject: reply, payload: ByteBuffer(string: self.name)))
     }
 }
 
@@ -140,13 +141,13 @@ final class Responder: NATSLocalReceiver {
 struct BusTestCluster {
     let network = BusTestNetwork()
     let clock = ManualClock()
-    var routers: [NATSRouter] = []
+    var routers: [BusRouter] = []
     var buses: [BusCluster<ManualClock>] = []
     var ids: [NodeID] = []
 
     init(_ names: [String], configuration: BusClusterConfiguration = BusClusterConfiguration()) {
         for name in names {
-            let router = NATSRouter()
+            let router = BusRouter()
             let endpoint = self.network.endpoint(name)
             self.ids.append(endpoint.identity)
             self.routers.append(router)
@@ -198,7 +199,7 @@ struct BusDriverTests {
             let inbox = Inbox()
             _ = routerB.subscribe("x.>", receiver: inbox)
             try await until("a knows b's interest") { a.interest(in: "x.1").nodes == [bID] }
-            routerA.publish(NATSMessage(subject: "x.1", payload: ByteBuffer(string: "one")))
+            routerA.publish(BusMessage(subject: "x.1", payload: ByteBuffer(string: "one")))
             try await until("b got it") { inbox.count == 1 }
 
             // b's next delta is lost: a does not learn about "y" until the anti-entropy round.
@@ -224,7 +225,7 @@ struct BusDriverTests {
             _ = cluster.routers[2].subscribe("o.x", receiver: onC)
             try await cluster.waitUntilKnown(1, wants: "o.x")
             try await cluster.waitUntilKnown(2, wants: "o.x")
-            for i in 0..<50 { cluster.routers[0].publish(NATSMessage(subject: "o.x", payload: ByteBuffer(string: "\(i)"))) }
+            for i in 0..<50 { cluster.routers[0].publish(BusMessage(subject: "o.x", payload: ByteBuffer(string: "\(i)"))) }
             try await until("every copy arrived") { onB.count == 150 && onC.count == 50 }
             #expect(onC.payloads == (0..<50).map(String.init), "in order per publisher")
             // Published on b: a has no interest, c gets it once (not again through a).
@@ -232,7 +233,7 @@ struct BusDriverTests {
             _ = cluster.routers[2].subscribe("p", receiver: onC)
             try await cluster.waitUntilKnown(0, wants: "p")
             try await cluster.waitUntilKnown(2, wants: "p")
-            cluster.routers[1].publish(NATSMessage(subject: "p", payload: ByteBuffer(string: "from-b")))
+            cluster.routers[1].publish(BusMessage(subject: "p", payload: ByteBuffer(string: "from-b")))
             try await until("a and c got it") { onA.count == 1 && onC.count == 51 }
             let forwarded = cluster.buses.map { $0.statistics().messagesForwarded }
             #expect(forwarded == [100, 2, 0], "a sent 50 to b and 50 to c; b sent one to a and one to c; c nothing")
@@ -252,7 +253,7 @@ struct BusDriverTests {
             try await cluster.waitUntilKnown(1, wants: "jobs.1")
             try await cluster.waitUntilKnown(2, wants: "jobs.1")
             for i in 0..<1_000 {
-                cluster.routers[0].publish(NATSMessage(subject: "jobs.\(i % 10)", payload: ByteBuffer(string: "\(i)")))
+                cluster.routers[0].publish(BusMessage(subject: "jobs.\(i % 10)", payload: ByteBuffer(string: "\(i)")))
             }
             try await until("1,000 deliveries in the group, 1,000 in audit") {
                 members.map(\.count).reduce(0, +) == 1_000 && audit.count == 1_000
@@ -263,7 +264,7 @@ struct BusDriverTests {
 
             // A member on the publishing node takes everything.
             _ = cluster.routers[0].subscribe("jobs.*", queue: "workers", receiver: members[3])
-            for i in 0..<100 { cluster.routers[0].publish(NATSMessage(subject: "jobs.1", payload: ByteBuffer(string: "l\(i)"))) }
+            for i in 0..<100 { cluster.routers[0].publish(BusMessage(subject: "jobs.1", payload: ByteBuffer(string: "l\(i)"))) }
             try await until("the local member got the 100") { members[3].count == 100 }
             #expect(members.prefix(3).map(\.count).reduce(0, +) == 1_000)
         }
@@ -280,13 +281,13 @@ struct BusDriverTests {
                 let inbox = Inbox()
                 let subscription = cluster.routers[0].subscribe("_INBOX.\(i)", receiver: inbox)
                 let delivered = cluster.routers[0].publish(
-                    NATSMessage(subject: "service", replyTo: "_INBOX.\(i)", payload: ByteBuffer(string: "q"))
+                    BusMessage(subject: "service", replyTo: "_INBOX.\(i)", payload: ByteBuffer(string: "q"))
                 )
                 #expect(delivered == 1, "counted as delivered: a node has a responder")
                 try await until("reply \(i)") { inbox.payloads == ["b"] }
                 cluster.routers[0].unsubscribe(subscription)
             }
-            #expect(cluster.routers[0].publish(NATSMessage(subject: "nobody", replyTo: "_INBOX.x", payload: ByteBuffer())) == 0)
+            #expect(cluster.routers[0].publish(BusMessage(subject: "nobody", replyTo: "_INBOX.x", payload: ByteBuffer())) == 0)
         }
     }
 
@@ -324,8 +325,8 @@ struct BusDriverTests {
             try await cluster.waitUntilKnown(1, wants: "z")
             // A busy transport: every message must queue (an idle one takes a message directly, past the queue).
             cluster.network.state.withLock { $0.backlog = 1 }
-            for _ in 0..<3 { cluster.routers[0].publish(NATSMessage(subject: "z", payload: ByteBuffer(string: "small"))) }
-            cluster.routers[0].publish(NATSMessage(subject: "z", payload: ByteBuffer(repeating: 0, count: 200)))
+            for _ in 0..<3 { cluster.routers[0].publish(BusMessage(subject: "z", payload: ByteBuffer(string: "small"))) }
+            cluster.routers[0].publish(BusMessage(subject: "z", payload: ByteBuffer(repeating: 0, count: 200)))
             let statistics = cluster.buses[0].statistics()
             #expect(statistics.messagesDropped == 3)
             #expect(statistics.droppedByPeer == [cluster.ids[1]: 3])
@@ -343,7 +344,7 @@ struct BusDriverTests {
             try await cluster.waitUntilKnown(1, wants: "s")
             let stale = BusFrameCodec.encode(.messages(recipient: 99, [BusRoutedMessage(subject: "s", payload: [1])]))
             cluster.network.deliver(stale, from: cluster.ids[0], to: cluster.ids[1])
-            cluster.routers[0].publish(NATSMessage(subject: "s", payload: ByteBuffer(string: "now")))
+            cluster.routers[0].publish(BusMessage(subject: "s", payload: ByteBuffer(string: "now")))
             try await until("the current message arrived") { inbox.count >= 1 }
             #expect(inbox.payloads == ["now"])
             #expect(cluster.buses[1].statistics().framesForAnotherProcess == 1)
@@ -363,7 +364,7 @@ struct BusDriverTests {
         let buses = zip(["a", "b"], configurations).map { name, configuration in
             BusCluster(
                 network: network.endpoint(name),
-                router: NATSRouter(),
+                router: BusRouter(),
                 configuration: configuration,
                 clock: clock,
                 logger: quietLogger("bus")
@@ -386,14 +387,14 @@ struct BusDriverTests {
         var configuration = BusClusterConfiguration()
         configuration.maximumQueuedBytes = 1_000
         let link = BusPeerLink(node: NodeID(name: "b", address: "b:1", uid: 1), configuration: configuration)
-        #expect(link.forward(NATSMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: 400)), groups: []))
+        #expect(link.forward(BusMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: 400)), groups: []))
         #expect(!link.isCongested)
         #expect(link.stall(resume: {}) == nil)
-        #expect(link.forward(NATSMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: 400)), groups: []))
+        #expect(link.forward(BusMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: 400)), groups: []))
         #expect(link.isCongested, "past half of the bound")
         let resumed = Mutex(0)
         #expect(link.stall(resume: { resumed.withLock { $0 += 1 } }) == .seconds(5))
-        #expect(!link.forward(NATSMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: 400)), groups: []))
+        #expect(!link.forward(BusMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: 400)), groups: []))
         _ = link.take()
         #expect(!link.isCongested)
         #expect(resumed.withLock { $0 } == 1, "drained under half: the stalled publisher resumes")

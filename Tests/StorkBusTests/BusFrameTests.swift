@@ -1,9 +1,10 @@
 import NIOCore
 import StorkCore
+import StorkBus
 import StorkNATS
 import Testing
 
-@testable import StorkBus
+@testable import StorkBusCluster
 
 @Suite("Bus frames")
 struct BusFrameTests {
@@ -169,8 +170,8 @@ struct BusFrameTests {
         configuration.maximumQueuedBytes = 1 << 20
         configuration.maximumFrameBytes = 1_000
         let link = BusPeerLink(node: NodeID(name: "b", address: "b:1", uid: 1), configuration: configuration)
-        func message(_ size: Int) -> NATSMessage {
-            NATSMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: size))
+        func message(_ size: Int) -> BusMessage {
+            BusMessage(subject: "s", payload: ByteBuffer(repeating: 1, count: size))
         }
         for size in [90, 90, 90, 5_000] + Array(repeating: 90, count: 21) {
             #expect(link.forward(message(size), groups: []))

@@ -1,7 +1,8 @@
+import StorkBus
 import StorkCore
 import Testing
 
-@testable import StorkBus
+@testable import StorkBusCluster
 
 /// The interest table alone: events in, actions out, no clock and no network.
 @Suite("Bus interest table")

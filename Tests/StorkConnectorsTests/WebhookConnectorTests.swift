@@ -7,6 +7,7 @@ import Logging
 import NIOCore
 import StorkConnectors
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkResources
 import StorkStreaming
@@ -41,7 +42,7 @@ struct JetStreamFixture: Sendable {
 
     /// Publishes and waits for the stream's ack; returns the stream sequence.
     @discardableResult
-    func publish(_ subject: String, _ payload: String, headers: NATSHeaders? = nil) async throws -> Int {
+    func publish(_ subject: String, _ payload: String, headers: MessageHeaders? = nil) async throws -> Int {
         let reply = try await self.client.request(
             subject,
             headers: headers,
@@ -321,7 +322,7 @@ struct WebhookConnectorTests {
         try await withWebhookBench { bench in
             let (nats, receiver) = (bench.nats, bench.receiver)
             // Published before the resource starts: the consumer delivers everything from the start.
-            try await nats.publish("events.a", "first", headers: NATSHeaders(fields: [("Content-Type", "text/plain")]))
+            try await nats.publish("events.a", "first", headers: MessageHeaders(fields: [("Content-Type", "text/plain")]))
             let resource = bench.resource("hook-1", subject: "events.a")
             try await bench.handle(resource)
             try await nats.publish("events.b", "not for this hook")
@@ -392,7 +393,7 @@ struct WebhookConnectorTests {
             try await nats.publish(
                 "events.d",
                 "{\"n\":1}",
-                headers: NATSHeaders(fields: [("Content-Type", "application/json")])
+                headers: MessageHeaders(fields: [("Content-Type", "application/json")])
             )
             #expect(await clock.sleep(number: 1) == .seconds(1))
             clock.release()
@@ -401,7 +402,7 @@ struct WebhookConnectorTests {
 
             var iterator = dead.makeAsyncIterator()
             let letter = try #require(await iterator.next())
-            let headers = try #require(letter.headers.flatMap { NATSHeaders.parse($0) })
+            let headers = try #require(letter.headers)
             #expect(String(buffer: letter.payload) == "{\"n\":1}")
             #expect(headers["Stork-Error"] == "HTTP 503 from http://127.0.0.1:\(bench.port)/hook")
             #expect(headers["Stork-Original-Subject"] == "events.d")

@@ -4,6 +4,7 @@ import HummingbirdWebSocket
 import Logging
 import NIOCore
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkRealtime
 import StorkResources
@@ -278,7 +279,7 @@ struct GatewayClientTests {
 
     @Test("after a dropped connection the client reconnects, resumes its session and gets what it missed")
     func resumeAfterDrop() async throws {
-        let router = NATSRouter()
+        let router = BusRouter()
         let clock = ManualClock()
         try await withGateway(rules: ownChannelRules, router: router) { gateway, port in
             var configuration = Self.configuration(port, .password(user: "frank", password: ""))
@@ -288,7 +289,7 @@ struct GatewayClientTests {
                 let events = client.connectionEvents()
                 let session = try #require(client.welcome?.session)
                 let messages = try await client.subscribe("users.frank.>")
-                router.publish(NATSMessage(subject: "users.frank.a", payload: ByteBuffer(string: "1")))
+                router.publish(BusMessage(subject: "users.frank.a", payload: ByteBuffer(string: "1")))
                 #expect(try await Self.next(messages)?.data == 1)
 
                 client.dropConnection()
@@ -296,7 +297,7 @@ struct GatewayClientTests {
                 #expect(await eventually(.seconds(20)) { gateway.session(session)?.disconnectedSince() != nil })
                 // While the client waits to reconnect (the manual clock holds it), messages keep coming.
                 for n in 2...4 {
-                    router.publish(NATSMessage(subject: "users.frank.a", payload: ByteBuffer(string: "\(n)")))
+                    router.publish(BusMessage(subject: "users.frank.a", payload: ByteBuffer(string: "\(n)")))
                 }
                 await clock.sleepsStarted(atLeast: 1)
                 clock.advance(by: .seconds(1))
@@ -322,7 +323,7 @@ struct GatewayClientTests {
 
     @Test("when the session is gone, the client gets a new one, reports it not recovered and subscribes again")
     func resumeExpired() async throws {
-        let router = NATSRouter()
+        let router = BusRouter()
         let clock = ManualClock()
         let gatewayClock = ManualClock()
         try await withGateway(rules: ownChannelRules, router: router, clock: gatewayClock.gatewayClock) {
@@ -369,7 +370,7 @@ struct GatewayClientTests {
                 #"{"name":"HIST","subjects":["history.>"],"storage":"memory"}"#
             )
             for n in 1...5 {
-                router.publish(NATSMessage(subject: "history.room", payload: ByteBuffer(string: "{\"n\":\(n)}")))
+                router.publish(BusMessage(subject: "history.room", payload: ByteBuffer(string: "{\"n\":\(n)}")))
             }
             #expect(
                 await eventually(.seconds(20)) {
@@ -409,14 +410,14 @@ struct GatewayClientTests {
 // Tests/GatewayCluster runs that across processes). Here `RunnerHost` is the placement and the connector in one: it
 // answers the same commands on the router with the events a greeting runner sends.
 
-final class RunnerHost: GatewayResources, NATSLocalReceiver {
-    let router: NATSRouter
-    let commands = AsyncStream.makeStream(of: NATSMessage.self)
-    let allocated = Mutex<[String: NATSSubscription]>([:])
+final class RunnerHost: GatewayResources, BusReceiver {
+    let router: BusRouter
+    let commands = AsyncStream.makeStream(of: BusMessage.self)
+    let allocated = Mutex<[String: BusSubscription]>([:])
     let closed = Mutex<[String]>([])
     static let node = NodeID(name: "test", address: "127.0.0.1:0", uid: 1)
 
-    init(router: NATSRouter) {
+    init(router: BusRouter) {
         self.router = router
     }
 
@@ -436,7 +437,7 @@ final class RunnerHost: GatewayResources, NATSLocalReceiver {
         return .terminated(by: Self.node)
     }
 
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         self.commands.continuation.yield(message)
     }
 
@@ -480,13 +481,13 @@ final class RunnerHost: GatewayResources, NATSLocalReceiver {
     }
 
     private func publish(_ value: JSONValue, to subject: String) {
-        self.router.publish(NATSMessage(subject: subject, payload: ByteBuffer(string: value.description)))
+        self.router.publish(BusMessage(subject: subject, payload: ByteBuffer(string: value.description)))
     }
 }
 
 /// A gateway with the greeting runner and `host` standing in for the resource manager, on 127.0.0.1.
 func withRunnerGateway(_ body: @Sendable (_ port: Int) async throws -> Void) async throws {
-    let router = NATSRouter()
+    let router = BusRouter()
     let host = RunnerHost(router: router)
     let greeting: JSONValue = [
         "id": "greeting", "name": "Greeting", "version": 1,

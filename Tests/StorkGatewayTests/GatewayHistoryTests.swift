@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkRealtime
 import StorkTestKit
@@ -12,8 +13,8 @@ import Testing
 @testable import StorkGateway
 
 /// Runs a JetStream (memory streams) on a fresh router for the duration of `body`.
-func withJetStream(_ body: @Sendable (NATSRouter, JetStream) async throws -> Void) async throws {
-    let router = NATSRouter()
+func withJetStream(_ body: @Sendable (BusRouter, JetStream) async throws -> Void) async throws {
+    let router = BusRouter()
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("gateway-\(UUID().uuidString)").path
     defer { try? FileManager.default.removeItem(atPath: directory) }
     let jetstream = JetStream(
@@ -36,12 +37,12 @@ func withJetStream(_ body: @Sendable (NATSRouter, JetStream) async throws -> Voi
 }
 
 /// Sends a request on the router and waits for its reply (a bound, not a speed).
-func routerRequest(_ router: NATSRouter, _ subject: String, _ body: String) async throws -> String {
+func routerRequest(_ router: BusRouter, _ subject: String, _ body: String) async throws -> String {
     let collector = Collector()
     let inbox = "_INBOX.test.\(UUID().uuidString)"
     let subscription = router.subscribe(inbox, receiver: collector)
     defer { router.unsubscribe(subscription) }
-    router.publish(NATSMessage(subject: subject, replyTo: inbox, payload: ByteBuffer(string: body)))
+    router.publish(BusMessage(subject: subject, replyTo: inbox, payload: ByteBuffer(string: body)))
     guard await eventually(.seconds(20), { !collector.payloads.isEmpty }) else {
         throw StorkError(.timeout, "no reply to \(subject)")
     }
@@ -58,7 +59,7 @@ struct GatewayHistoryTests {
             )
             #expect(created.contains("\"HIST\""))
             for n in 1...5 {
-                router.publish(NATSMessage(subject: "history.room", payload: ByteBuffer(string: "{\"n\":\(n)}")))
+                router.publish(BusMessage(subject: "history.room", payload: ByteBuffer(string: "{\"n\":\(n)}")))
             }
             #expect(await eventually(.seconds(20)) {
                 (try? await jetstream.history(subject: "history.room", from: .sequence(1), limit: 10))?.messages.count == 5

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkRealtime
 import StorkTestKit
@@ -77,16 +78,16 @@ struct GatewayWebSocketTests {
 
     @Test("NATS-side publishers reach WebSocket subscribers, and WebSocket publishes reach the router; non-JSON bodies are marked")
     func routerBothWays() async throws {
-        let router = NATSRouter()
+        let router = BusRouter()
         try await withGateway(rules: ownChannelRules, router: router) { _, port in
             let socket = TestSocket(port: port)
             _ = await socket.auth(["user": "carol"])
             socket.send(["type": "subscribe", "id": 1, "subject": "public.>"])
             #expect(await socket.next()?["type"] == "ok")
 
-            router.publish(NATSMessage(subject: "public.news", payload: ByteBuffer(string: #"{"n":1}"#)))
-            router.publish(NATSMessage(subject: "public.news", payload: ByteBuffer(string: "plain text")))
-            router.publish(NATSMessage(subject: "public.news", payload: ByteBuffer(bytes: [0xff, 0xfe])))
+            router.publish(BusMessage(subject: "public.news", payload: ByteBuffer(string: #"{"n":1}"#)))
+            router.publish(BusMessage(subject: "public.news", payload: ByteBuffer(string: "plain text")))
+            router.publish(BusMessage(subject: "public.news", payload: ByteBuffer(bytes: [0xff, 0xfe])))
             let json = await socket.next()
             #expect(json?["data"] == ["n": 1])
             #expect(json?["encoding"] == nil)
@@ -178,7 +179,7 @@ struct GatewayWebSocketTests {
 
     @Test("a client that reconnects within the window resumes its session and gets exactly what it missed")
     func resume() async throws {
-        let router = NATSRouter()
+        let router = BusRouter()
         try await withGateway(rules: ownChannelRules, router: router) { gateway, port in
             let first = TestSocket(port: port)
             let welcome = await first.auth(["user": "frank"])
@@ -188,12 +189,12 @@ struct GatewayWebSocketTests {
             }
             first.send(["type": "subscribe", "id": 1, "subject": "users.frank.>"])
             #expect(await first.next()?["type"] == "ok")
-            router.publish(NATSMessage(subject: "users.frank.a", payload: ByteBuffer(string: "1")))
+            router.publish(BusMessage(subject: "users.frank.a", payload: ByteBuffer(string: "1")))
             #expect(await first.next()?["seq"] == 1)
             await first.close()
             #expect(await eventually(.seconds(20)) { gateway.session(session)?.disconnectedSince() != nil })
 
-            for n in 2...4 { router.publish(NATSMessage(subject: "users.frank.a", payload: ByteBuffer(string: "\(n)"))) }
+            for n in 2...4 { router.publish(BusMessage(subject: "users.frank.a", payload: ByteBuffer(string: "\(n)"))) }
 
             let second = TestSocket(port: port)
             let resumed = await second.auth(["user": "frank", "resume": ["session": .string(session), "lastSeq": 1]])
@@ -205,7 +206,7 @@ struct GatewayWebSocketTests {
             #expect(missed.map { $0["seq"] } == [2, 3, 4])
             #expect(missed.map { $0["data"] } == [2, 3, 4])
             // The subscription came back with the session: live messages continue.
-            router.publish(NATSMessage(subject: "users.frank.a", payload: ByteBuffer(string: "5")))
+            router.publish(BusMessage(subject: "users.frank.a", payload: ByteBuffer(string: "5")))
             #expect(await second.next()?["seq"] == 5)
 
             // Another user cannot take the session over.
@@ -218,7 +219,7 @@ struct GatewayWebSocketTests {
 
     @Test("a resume after more than the kept messages reports recovered false")
     func resumeGap() async throws {
-        let router = NATSRouter()
+        let router = BusRouter()
         var configuration = GatewayConfiguration()
         configuration.recoveryMessages = 2
         try await withGateway(configuration: configuration, rules: ownChannelRules, router: router) { gateway, port in
@@ -229,7 +230,7 @@ struct GatewayWebSocketTests {
             #expect(await first.next()?["type"] == "ok")
             await first.close()
             #expect(await eventually(.seconds(20)) { gateway.session(session)?.disconnectedSince() != nil })
-            for n in 1...5 { router.publish(NATSMessage(subject: "users.gina.a", payload: ByteBuffer(string: "\(n)"))) }
+            for n in 1...5 { router.publish(BusMessage(subject: "users.gina.a", payload: ByteBuffer(string: "\(n)"))) }
             let second = TestSocket(port: port)
             let resumed = await second.auth(["user": "gina", "resume": ["session": .string(session), "lastSeq": 0]])
             #expect(resumed?["recovered"] == false)
@@ -254,7 +255,7 @@ struct GatewayWebSocketTests {
     @Test("sessions whose client stays away longer than the window end, and their subscriptions go")
     func expiry() async throws {
         let clock = ManualClock()
-        let router = NATSRouter()
+        let router = BusRouter()
         try await withGateway(rules: ownChannelRules, router: router, clock: clock.gatewayClock) { gateway, port in
             let socket = TestSocket(port: port)
             let welcome = await socket.auth(["user": "hank"])

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import StorkCore
+import StorkBus
 import StorkNATS
 import StorkRealtime
 import StorkResources
@@ -42,7 +43,7 @@ struct ProviderTests {
         let gateway = Gateway(
             configuration: configuration,
             node: "n1",
-            router: NATSRouter(),
+            router: BusRouter(),
             authentication: AuthenticationChain([OpenAuthenticator()]),
             permissions: { ownChannelRules },
             clock: gatewayClock,

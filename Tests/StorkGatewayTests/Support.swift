@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import StorkCore
 import StorkGateway
+import StorkBus
 import StorkNATS
 import StorkRealtime
 import StorkTestKit
@@ -41,7 +42,7 @@ func withGateway(
     configuration: GatewayConfiguration = GatewayConfiguration(),
     authentication: AuthenticationChain = AuthenticationChain([OpenAuthenticator()]),
     rules: PermissionRules,
-    router: NATSRouter = NATSRouter(),
+    router: BusRouter = BusRouter(),
     jetstream: JetStream? = nil,
     clock: GatewayClock = .system,
     _ body: @Sendable (_ gateway: Gateway, _ port: Int) async throws -> Void
@@ -185,10 +186,10 @@ final class TestSocket: Sendable {
 }
 
 /// A local subscriber on a node's router, standing in for a WebSocket session or a NATS client.
-final class Collector: NATSLocalReceiver {
-    let messages = Mutex<[NATSMessage]>([])
+final class Collector: BusReceiver {
+    let messages = Mutex<[BusMessage]>([])
 
-    func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+    func receive(_ message: BusMessage, subscription: BusSubscription) {
         self.messages.withLock { $0.append(message) }
     }
 

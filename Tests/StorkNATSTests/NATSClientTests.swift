@@ -1,5 +1,6 @@
 import Logging
 import NIOCore
+import StorkBus
 import StorkNATS
 import Synchronization
 import Testing
@@ -42,7 +43,7 @@ struct NATSClientTests {
             try publisher.publish(
                 "orders.2",
                 replyTo: "answers.2",
-                headers: NATSHeaders(fields: [("Content-Type", "application/json")]),
+                headers: MessageHeaders(fields: [("Content-Type", "application/json")]),
                 payload: ByteBuffer(string: "{}")
             )
             try publisher.publish("other.3", payload: ByteBuffer(string: "not for us"))
@@ -56,7 +57,7 @@ struct NATSClientTests {
             let second = try #require(await iterator.next())
             #expect(second.subject == "orders.2")
             #expect(second.replyTo == "answers.2")
-            #expect(second.headers.flatMap { NATSHeaders.parse($0) }?["content-type"] == "application/json")
+            #expect(second.headers?["content-type"] == "application/json")
             #expect(String(buffer: second.payload) == "{}")
 
             subscriber.unsubscribe(sid)
@@ -105,7 +106,7 @@ struct NATSClientTests {
 
     @Test("the server going away finishes subscriptions and fails what waits")
     func serverCloses() async throws {
-        let opened = Mutex<(NATSClient, AsyncStream<NATSMessage>)?>(nil)
+        let opened = Mutex<(NATSClient, AsyncStream<BusMessage>)?>(nil)
         try await withNATSServer { _, port in
             let client = try await NATSClient.connect(host: "127.0.0.1", port: port)
             let (_, messages) = try client.subscribe(">")

@@ -4,6 +4,7 @@ import Testing
 
 @testable import StorkNATS
 
+
 @Suite("NATS connection reads")
 struct NATSConnectionTests {
     /// Publishes of many sizes (some larger than the part of a read used to complete a straddling operation), sent in
@@ -101,52 +102,6 @@ struct NATSRoutingTests {
         _ = try? subscriber.finish()
     }
 
-    @Test(
-        "ack subjects: the classic and the domain forms name stream, consumer and stream sequence",
-        arguments: [
-            ("$JS.ACK.ORDERS.worker.1.42.7.1700000000.3", "ORDERS", "worker", 42 as UInt64?),
-            ("$JS.ACK.hub.ACCHASH.ORDERS.worker.2.43.8.1700000000.0", "ORDERS", "worker", 43),
-            ("$JS.ACK.hub.ACCHASH.ORDERS.worker.2.44.8.1700000000.0.token", "ORDERS", "worker", 44),
-            ("$JS.ACK.ORDERS.worker.1.x.7.1700000000.3", "", "", nil),
-            ("$JS.ACK.ORDERS.worker.1.42", "", "", nil),
-            ("$JS.ACK.ORDERS.worker.1..7.1700000000.3", "", "", nil),
-        ]
-    )
-    func ackSubjects(subject: String, stream: String, consumer: String, sequence: UInt64?) {
-        let target = JetStream.ackTarget(subject)
-        #expect(target?.sequence == sequence)
-        if sequence != nil {
-            #expect(target?.stream == stream)
-            #expect(target?.consumer == consumer)
-        }
-    }
-
-    @Test("ack bodies: ack, NAK with and without delay, WPI, TERM; anything else is ignored")
-    func ackBodies() {
-        func kind(_ body: String) -> String {
-            switch JetStream.acknowledgement(ByteBuffer(string: body)) {
-            case .ack: "ack"
-            case .nak(let delay): "nak \(delay)"
-            case .inProgress: "wpi"
-            case .terminate: "term"
-            case nil: "none"
-            }
-        }
-        #expect(kind("") == "ack")
-        #expect(kind("+ACK") == "ack")
-        #expect(kind(" +NXT {\"batch\":1}") == "ack")
-        #expect(kind("-NAK") == "nak 0")
-        #expect(kind("-NAK {\"delay\": 2000000000}") == "nak 2000000000")
-        #expect(kind("+WPI") == "wpi")
-        #expect(kind("+TERM reason") == "term")
-        #expect(kind("+AC") == "none")
-        #expect(kind("hello") == "none")
-    }
-}
-
-@Suite("NATS publish before CONNECT")
-struct NATSAuthOrderTests {
-    /// With authentication required, a PUB before CONNECT is refused like any other operation: nothing is delivered.
     @Test("a publish before CONNECT on a server requiring a token is an authorization violation and reaches nobody")
     func publishBeforeConnect() throws {
         let server = NATSServer(configuration: {

@@ -8,7 +8,7 @@ func describe(_ operation: NATSClientOperation) -> String {
     switch operation {
     case .connect(let json): return "CONNECT \(String(buffer: json))"
     case .publish(let message):
-        let headers = message.headers.map { "[\(String(buffer: $0))]" } ?? ""
+        let headers = message.headers.map { "[\(String(buffer: $0.encoded))]" } ?? ""
         return "PUB \(message.subject) \(message.replyTo ?? "-") \(headers)\(String(buffer: message.payload))"
     case .subscribe(let subject, let queue, let sid): return "SUB \(subject) \(queue ?? "-") \(sid)"
     case .unsubscribe(let sid, let max): return "UNSUB \(sid) \(max.map(String.init) ?? "-")"
@@ -128,7 +128,7 @@ struct NATSParserTests {
             case .info(let json): seen.append("INFO \(String(buffer: json).trimmingSpaces())")
             case .message(let message, let sid):
                 seen.append(
-                    "MSG \(message.subject) \(sid) \(message.replyTo ?? "-") \(message.headers?.readableBytes ?? 0) \(String(buffer: message.payload))"
+                    "MSG \(message.subject) \(sid) \(message.replyTo ?? "-") \(message.headers?.encodedSize ?? 0) \(String(buffer: message.payload))"
                 )
             case .ping: seen.append("PING")
             case .pong: seen.append("PONG")

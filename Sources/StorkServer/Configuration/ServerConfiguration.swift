@@ -4,6 +4,7 @@ import StorkConnectors
 import StorkGateway
 import StorkCore
 import StorkMembership
+import StorkBus
 import StorkNATS
 import StorkPlacement
 import StorkResources

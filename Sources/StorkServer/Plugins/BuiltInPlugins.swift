@@ -5,7 +5,7 @@ import ServiceLifecycle
 import StorkCore
 import StorkGateway
 import StorkLeases
-import StorkNATS
+import StorkBus
 import StorkRealtime
 import StorkResources
 import StorkSQLStreamStores

@@ -5,7 +5,7 @@ import Prometheus
 import ServiceLifecycle
 import StorkConnectors
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkRealtime
 import StorkResources
 

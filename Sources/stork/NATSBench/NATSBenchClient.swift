@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import StorkBus
 import StorkNATS
 
 // MARK: - NATSBenchError
@@ -50,7 +51,7 @@ protocol NATSBenchSink: AnyObject {
     /// Called once, right after the sink is attached (a scenario's first writes go here).
     func start()
     /// A `MSG`/`HMSG` for one of the scenario's subscriptions.
-    func received(_ message: NATSMessage, sid: String)
+    func received(_ message: BusMessage, sid: String)
     /// The end of one read burst: the moment to write what the messages just read call for, in one buffer.
     func readComplete()
     /// The connection failed or closed; the sink fails what it still owes.
@@ -209,7 +210,7 @@ final class NATSBenchClient: Sendable {
     // MARK: Requests
 
     /// Publishes `payload` to `subject` with a fresh reply subject and returns the first reply.
-    func request(_ subject: String, payload: String, timeout: TimeAmount = .seconds(10)) async throws -> NATSMessage {
+    func request(_ subject: String, payload: String, timeout: TimeAmount = .seconds(10)) async throws -> BusMessage {
         let handler = self.handler
         let body = ByteBuffer(string: payload)
         let name = self.name
@@ -278,7 +279,7 @@ final class NATSBenchClientHandler: ChannelInboundHandler {
     private var replyInbox: NATSReplyInbox
     private var context: ChannelHandlerContext?
     private var pongWaiters = CircularBuffer<EventLoopPromise<Void>>()
-    private var replyWaiters: [String: EventLoopPromise<NATSMessage>] = [:]
+    private var replyWaiters: [String: EventLoopPromise<BusMessage>] = [:]
     private var pump: Pump?
     private var failure: NATSBenchError?
     private(set) var sink: (any NATSBenchSink)?
@@ -389,11 +390,11 @@ final class NATSBenchClientHandler: ChannelInboundHandler {
         return promise.futureResult
     }
 
-    func request(_ subject: String, payload: ByteBuffer) -> EventLoopFuture<NATSMessage> {
+    func request(_ subject: String, payload: ByteBuffer) -> EventLoopFuture<BusMessage> {
         guard let context = self.context, self.failure == nil else { return self.failedFuture() }
         var bytes = context.channel.allocator.buffer(capacity: 128 + payload.readableBytes)
         let inbox = self.replyInbox.nextReplySubject(writingSubscriptionInto: &bytes)
-        let promise = context.eventLoop.makePromise(of: NATSMessage.self)
+        let promise = context.eventLoop.makePromise(of: BusMessage.self)
         self.replyWaiters[inbox] = promise
         bytes.writeNATSPublish(subject: subject, replyTo: inbox, headers: nil, payload: payload)
         context.writeAndFlush(self.wrapOutboundOut(bytes), promise: nil)

@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import StorkBus
 import StorkNATS
 import Synchronization
 
@@ -368,7 +369,7 @@ enum NATSBenchMeasure {
         let deadline = ContinuousClock.now + .seconds(10)
         while true {
             let reply = try await client.request(subject, payload: body)
-            if let headers = reply.headers, let status = NATSHeaders.parse(headers)?.status {
+            if let status = reply.headers?.status {
                 if status == 503, retryWhileNoResponders, ContinuousClock.now < deadline {
                     try await Task.sleep(for: .milliseconds(100))
                     continue

@@ -1,4 +1,5 @@
 import NIOCore
+import StorkBus
 import StorkNATS
 import Synchronization
 
@@ -52,7 +53,7 @@ final class NATSBenchCountingSink: NATSBenchSink {
         self.done = done
     }
 
-    func received(_ message: NATSMessage, sid: String) {
+    func received(_ message: BusMessage, sid: String) {
         guard message.payload.readableBytes == self.payloadSize else {
             self.done.fail(
                 NATSBenchError(
@@ -91,7 +92,7 @@ final class NATSBenchResponderSink: NATSBenchSink {
         self.out = channel.allocator.buffer(capacity: 4096)
     }
 
-    func received(_ message: NATSMessage, sid: String) {
+    func received(_ message: BusMessage, sid: String) {
         guard let reply = message.replyTo else { return }
         self.out.writeNATSPublish(subject: reply, replyTo: nil, headers: nil, payload: self.payload)
     }
@@ -156,7 +157,7 @@ final class NATSBenchRequesterSink: NATSBenchSink {
         self.channel.writeAndFlush(bytes, promise: nil)
     }
 
-    func received(_ message: NATSMessage, sid: String) {
+    func received(_ message: BusMessage, sid: String) {
         let arrived = natsBenchNow()
         guard !self.finished else { return }
         guard message.subject == self.expected else {
@@ -167,7 +168,7 @@ final class NATSBenchRequesterSink: NATSBenchSink {
             )
             return
         }
-        if let headers = message.headers, let status = NATSHeaders.parse(headers)?.status {
+        if let status = message.headers?.status {
             self.finish(.failure(NATSBenchError(.serverError, "request \(self.next) answered with status \(status)")))
             return
         }
@@ -262,10 +263,10 @@ final class NATSBenchJetStreamPublisherSink: NATSBenchSink {
         self.channel.writeAndFlush(bytes, promise: nil)
     }
 
-    func received(_ message: NATSMessage, sid: String) {
+    func received(_ message: BusMessage, sid: String) {
         guard !self.finished else { return }
         if let headers = message.headers, message.payload.readableBytes == 0 {
-            let status = NATSHeaders.parse(headers)
+            let status: MessageHeaders? = headers
             self.fail(
                 NATSBenchError(
                     .serverError,
@@ -390,10 +391,10 @@ final class NATSBenchPullSink: NATSBenchSink {
         self.out = self.channel.allocator.buffer(capacity: 64 * 1024)
     }
 
-    func received(_ message: NATSMessage, sid: String) {
+    func received(_ message: BusMessage, sid: String) {
         guard !self.finished else { return }
         if let headers = message.headers, message.payload.readableBytes == 0,
-            let status = NATSHeaders.parse(headers), let code = status.status
+            let status = Optional(headers), let code = status.status
         {
             switch code {
             case 100:

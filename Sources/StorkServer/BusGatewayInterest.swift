@@ -1,5 +1,6 @@
-import StorkBus
+import StorkBusCluster
 import StorkCore
+import StorkGateway
 
 // MARK: - The bus as the gateway's view of the cluster
 

@@ -1,5 +1,5 @@
 import NIOCore
-import StorkNATS
+import StorkBus
 import StorkStreaming
 
 // MARK: - Bus frames
@@ -162,7 +162,7 @@ public enum BusFrameCodec {
     /// Whether `key` is a subject pattern, or one followed by a space and a queue group name.
     public static func isValidInterestKey(_ key: String) -> Bool {
         guard key.utf8.count <= Self.maximumSubjectBytes else { return false }
-        let (pattern, queue) = NATSRouter.parseInterestKey(key)
+        let (pattern, queue) = BusRouter.parseInterestKey(key)
         guard Subject.isValidPattern(pattern) else { return false }
         guard let queue else { return true }
         return Subject.isValidLiteral(queue) && !queue.contains(".") && !queue.contains(" ")

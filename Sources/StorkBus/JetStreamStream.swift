@@ -40,13 +40,13 @@ final class JetStreamStream: Sendable {
 
     let name: String
     let store: any MessageStore
-    let router: NATSRouter
+    let router: BusRouter
     let logger: Logger
     let now: @Sendable () -> Int64
     let state: Mutex<State>
     private let wake: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
-    private let subscriptions = Mutex<[NATSSubscription]>([])
+    private let subscriptions = Mutex<[BusSubscription]>([])
     /// `{"stream":"<name>","seq":` with the name JSON-escaped once.
     private let pubAckPrefix: [UInt8]
     static let recentLimit = 8192
@@ -56,7 +56,7 @@ final class JetStreamStream: Sendable {
         created: String,
         store: any MessageStore,
         recovery: MessageStoreRecovery,
-        router: NATSRouter,
+        router: BusRouter,
         logger: Logger,
         now: @escaping @Sendable () -> Int64
     ) {
@@ -107,9 +107,9 @@ final class JetStreamStream: Sendable {
         for subscription in old { self.router.unsubscribe(subscription) }
     }
 
-    struct StreamReceiver: NATSLocalReceiver {
+    struct StreamReceiver: BusReceiver {
         let stream: JetStreamStream
-        func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
             self.stream.accept(message)
         }
     }
@@ -118,14 +118,14 @@ final class JetStreamStream: Sendable {
 
     /// Takes a published message: refuses it (limits, size, sealed), answers a duplicate at once, or assigns it the
     /// next sequence and queues it for the store.
-    func accept(_ message: NATSMessage) {
-        let headers = message.headers.flatMap(NATSHeaders.parse)
+    func accept(_ message: BusMessage) {
+        let headers = message.headers
         let messageID = headers?["Nats-Msg-Id"]
         let now = self.now()
         var stored = StoredMessage(
             sequence: 0,
             subject: message.subject,
-            headers: message.headers.map { Array($0.readableBytesView) } ?? [],
+            headers: message.headers.map { Array($0.encoded.readableBytesView) } ?? [],
             payload: Array(message.payload.readableBytesView),
             timestamp: now
         )
@@ -192,7 +192,7 @@ final class JetStreamStream: Sendable {
         payload.writeBytes(self.pubAckPrefix)
         payload.writeDecimal(Int(sequence))
         payload.writeInteger(UInt8(ascii: "}"))
-        self.router.publish(NATSMessage(subject: replyTo, payload: payload))
+        self.router.publish(BusMessage(subject: replyTo, payload: payload))
     }
 
     // MARK: The loop
@@ -365,10 +365,10 @@ final class JetStreamStream: Sendable {
         reply += "."
         reply += consumer
         reply += ".\(delivery.deliveries).\(delivery.streamSequence).\(delivery.consumerSequence).\(message.timestamp).\(delivery.pendingAfter)"
-        let out = NATSMessage(
+        let out = BusMessage(
             subject: message.subject,
             replyTo: reply,
-            headers: message.headers.isEmpty ? nil : ByteBuffer(bytes: message.headers),
+            headers: message.headers.isEmpty ? nil : MessageHeaders(block: ByteBuffer(bytes: message.headers)),
             payload: ByteBuffer(bytes: message.payload)
         )
         self.router.publish(out, to: delivery.subject)
@@ -440,17 +440,17 @@ final class JetStreamStream: Sendable {
 
 // MARK: - Responses
 
-extension NATSRouter {
+extension BusRouter {
     /// Publishes `body` as JSON to `replyTo` (JetStream API answers).
     func reply(_ replyTo: String, json body: some Encodable) {
         let data = (try? JetStreamJSON.encoder.encode(body)) ?? Data("{}".utf8)
-        self.publish(NATSMessage(subject: replyTo, payload: ByteBuffer(bytes: data)))
+        self.publish(BusMessage(subject: replyTo, payload: ByteBuffer(bytes: data)))
     }
 
     /// Publishes a status message (headers only) to a pull requester or a deliver subject: `404`, `408` with the
     /// pending counts, `409`, `100` with the last sequences.
     func sendStatus(_ status: ConsumerStateMachine.Status) {
-        var headers = NATSHeaders(status: status.code, statusDescription: status.description)
+        var headers = MessageHeaders(status: status.code, statusDescription: status.description)
         if status.code == 408 {
             headers.fields = [("Nats-Pending-Messages", "\(status.pendingMessages)"), ("Nats-Pending-Bytes", "0")]
         } else if status.code == 100 {
@@ -459,7 +459,7 @@ extension NATSRouter {
                 ("Nats-Last-Stream", "\(status.lastStreamSequence)"),
             ]
         }
-        self.publish(NATSMessage(subject: status.replyTo, headers: headers.encoded, payload: ByteBuffer()))
+        self.publish(BusMessage(subject: status.replyTo, headers: headers, payload: ByteBuffer()))
     }
 }
 
@@ -482,7 +482,7 @@ enum JetStreamJSON {
     }()
 
     static func time(_ nanoseconds: Int64) -> String {
-        NATSMonitorTime.format(Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
+        JetStreamTime.format(Date(timeIntervalSince1970: Double(nanoseconds) / 1e9))
     }
 
     static func parseTime(_ text: String) -> Int64? {

@@ -6,28 +6,51 @@ import Synchronization
 
 /// Code inside the server that receives messages like a client does: JetStream's API, streams capturing their
 /// subjects, resource handlers through the Swift API. Called on the publisher's thread: it must not block.
-public protocol NATSLocalReceiver: Sendable {
-    func receive(_ message: NATSMessage, subscription: NATSSubscription)
+public protocol BusReceiver: Sendable {
+    func receive(_ message: BusMessage, subscription: BusSubscription)
 }
 
 /// Something a publisher can be stalled on (flow control): a client connection whose outbound buffer is backed up,
 /// or the link to another node whose queue is.
-public protocol NATSStallTarget: AnyObject, Sendable {
+public protocol BusStallTarget: AnyObject, Sendable {
     /// How long a producer should stall now, registering `resume` to be called once when this target drains (or
     /// closes); nil when it is not congested any more (then `resume` is not kept).
     func stall(resume: @escaping @Sendable () -> Void) -> Duration?
 }
 
+/// A client connection of a protocol adapter (NATS) as the router delivers to it: messages are encoded in the
+/// connection's own wire format, straight into its outbound buffer or into a buffer gathered for it during the
+/// publisher's read (``BusDeliveryBatch``).
+public protocol BusConnection: BusStallTarget {
+    /// Whether messages can still be queued (not closed).
+    var isOpen: Bool { get }
+    /// Whether it receives messages it published itself.
+    var echo: Bool { get }
+    /// Whether its outbound buffer is backed up: producers into it should stall (a relaxed load, read after each
+    /// delivery).
+    var isCongested: Bool { get }
+    /// An empty buffer for gathering deliveries to it.
+    func makeBatchBuffer() -> ByteBuffer
+    /// Encodes `message` for subscription `sid` into `buffer`, in the connection's wire format.
+    func encode(_ message: BusMessage, sid: String, into buffer: inout ByteBuffer)
+    /// Queues one message for subscription `sid`. False when the connection is closed or was just found slow.
+    func enqueueMessage(_ message: BusMessage, sid: String) -> Bool
+    /// Queues deliveries gathered with ``encode(_:sid:into:)``, as one write. False when closed or found slow.
+    @discardableResult func enqueueBatch(_ frames: ByteBuffer, messages: Int, bytes: Int) -> Bool
+    /// Forgets a subscription that ended by reaching its maximum number of messages.
+    func forget(_ subscription: BusSubscription)
+}
+
 /// The way to another node of the cluster, as the router sees it: a subscription whose target is a route stands for
-/// the interest of that node's subscribers (see ``NATSRouter/addRemote(_:pattern:queue:)``).
-public protocol NATSRemoteRoute: NATSStallTarget {
+/// the interest of that node's subscribers (see ``BusRouter/addRemote(_:pattern:queue:)``).
+public protocol BusRemoteRoute: BusStallTarget {
     /// Queues `message` for the node behind the route, which delivers it to its own subscribers and to one member of
     /// each queue group in `groups` (the groups this node chose that node for). Never waits; false when the route
     /// is closed or had to drop it.
-    func forward(_ message: NATSMessage, groups: [String]) -> Bool
+    func forward(_ message: BusMessage, groups: [String]) -> Bool
     /// The same for the messages one client read published, in order: sent together (one frame when the route is
     /// idle). Returns how many were accepted.
-    func forward(_ messages: [(message: NATSMessage, groups: [String])]) -> Int
+    func forward(_ messages: [(message: BusMessage, groups: [String])]) -> Int
     /// Whether the route's queue is backed up: publishers into it should stall.
     var isCongested: Bool { get }
     /// False when the node behind the route is known to be unreachable now: a queue group's message goes to a
@@ -36,7 +59,7 @@ public protocol NATSRemoteRoute: NATSStallTarget {
 }
 
 /// Who learns about a subscription.
-public enum NATSSubscriptionScope: Sendable, Hashable {
+public enum BusSubscriptionScope: Sendable, Hashable {
     /// Its interest is announced to the other nodes of the cluster, which forward matching messages here.
     case cluster
     /// It sees only what is published on this node (the node's own JetStream API, for one).
@@ -44,25 +67,25 @@ public enum NATSSubscriptionScope: Sendable, Hashable {
 }
 
 /// One subscription: a client's `SUB`, a local receiver inside the server, or another node's interest.
-public final class NATSSubscription: Hashable, Sendable {
+public final class BusSubscription: Hashable, Sendable {
     public enum Target: Sendable {
-        case client(NATSClientConnection)
-        case local(any NATSLocalReceiver)
+        case client(any BusConnection)
+        case local(any BusReceiver)
         /// Another node's subscribers: matching messages are forwarded there.
-        case remote(any NATSRemoteRoute)
+        case remote(any BusRemoteRoute)
     }
 
     public let subject: String
     public let queue: String?
     public let sid: String
     public let target: Target
-    public let scope: NATSSubscriptionScope
+    public let scope: BusSubscriptionScope
     /// Deliveries so far, counted only when ``maxMessages`` is set.
-    let delivered = Atomic<Int>(0)
+    package let delivered = Atomic<Int>(0)
     /// Deliveries after which the subscription ends (`UNSUB sid max`); 0 for none.
-    let maxMessages = Atomic<Int>(0)
+    package let maxMessages = Atomic<Int>(0)
 
-    public init(subject: String, queue: String?, sid: String, target: Target, scope: NATSSubscriptionScope = .cluster) {
+    public init(subject: String, queue: String?, sid: String, target: Target, scope: BusSubscriptionScope = .cluster) {
         self.subject = subject
         self.queue = queue
         self.sid = sid
@@ -71,20 +94,20 @@ public final class NATSSubscription: Hashable, Sendable {
     }
 
     /// Whether this subscription is interest the cluster should know about: this node's, cluster-scoped.
-    var announced: Bool {
+    package var announced: Bool {
         if case .remote = self.target { return false }
         return self.scope == .cluster
     }
 
     /// The key of this subscription's interest: its pattern, or pattern and queue group separated by a space.
-    public var interestKey: String { NATSRouter.interestKey(pattern: self.subject, queue: self.queue) }
+    public var interestKey: String { BusRouter.interestKey(pattern: self.subject, queue: self.queue) }
 
-    var client: NATSClientConnection? {
+    package var client: (any BusConnection)? {
         if case .client(let client) = self.target { return client }
         return nil
     }
 
-    public static func == (lhs: NATSSubscription, rhs: NATSSubscription) -> Bool { lhs === rhs }
+    public static func == (lhs: BusSubscription, rhs: BusSubscription) -> Bool { lhs === rhs }
     public func hash(into hasher: inout Hasher) { hasher.combine(ObjectIdentifier(self)) }
 }
 
@@ -94,28 +117,28 @@ public final class NATSSubscription: Hashable, Sendable {
 /// lock, one copy) when the read is done, instead of one locked append per message. Messages from one publisher to
 /// one subscriber keep their order; the publisher's connection hands the batch over before anything else it writes
 /// (PONG, +OK, -ERR, a no-responders status) so that those keep their place too.
-struct NATSDeliveryBatch {
-    private(set) var isEnabled: Bool
-    private var targets: [(client: NATSClientConnection, buffer: ByteBuffer, messages: Int, bytes: Int)] = []
+package struct BusDeliveryBatch {
+    package private(set) var isEnabled: Bool
+    private var targets: [(client: any BusConnection, buffer: ByteBuffer, messages: Int, bytes: Int)] = []
     /// Targets found congested by this read's deliveries (batched or not): the publisher stalls on them.
-    private(set) var congested: [any NATSStallTarget] = []
+    private(set) var congested: [any BusStallTarget] = []
     /// Messages for other nodes gathered during the read, per route, handed over with the rest.
-    private var remote: [(route: any NATSRemoteRoute, items: [(message: NATSMessage, groups: [String])])] = []
+    private var remote: [(route: any BusRemoteRoute, items: [(message: BusMessage, groups: [String])])] = []
     /// Bytes gathered for one target before it is handed over early (large payloads).
     static let handOverBytes = 64 * 1024
     /// Subscribers of one message above which deliveries bypass the batch (wide fan-out).
     static let maxTargets = 16
 
-    static var none: NATSDeliveryBatch { NATSDeliveryBatch(enabled: false) }
+    package static var none: BusDeliveryBatch { BusDeliveryBatch(enabled: false) }
 
-    init(enabled: Bool) {
+    package init(enabled: Bool) {
         self.isEnabled = enabled
     }
 
-    var isEmpty: Bool { self.targets.isEmpty && self.remote.isEmpty }
+    package var isEmpty: Bool { self.targets.isEmpty && self.remote.isEmpty }
 
     /// Gathers a message for another node (sent in one go at the end of the read).
-    mutating func append(_ message: NATSMessage, groups: [String], to route: any NATSRemoteRoute) {
+    mutating func append(_ message: BusMessage, groups: [String], to route: any BusRemoteRoute) {
         if let index = self.remote.firstIndex(where: { $0.route === route }) {
             self.remote[index].items.append((message, groups))
         } else {
@@ -124,24 +147,18 @@ struct NATSDeliveryBatch {
     }
 
     /// Adds a `MSG` for `client`. False when the client is already known to be closed.
-    mutating func append(_ message: NATSMessage, sid: String, to client: NATSClientConnection) -> Bool {
+    mutating func append(_ message: BusMessage, sid: String, to client: any BusConnection) -> Bool {
         let index: Int
         if let found = self.targets.firstIndex(where: { $0.client === client }) {
             index = found
         } else {
             guard client.isOpen else { return false }
-            self.targets.append((client, client.channel.allocator.buffer(capacity: 4096), 0, 0))
+            self.targets.append((client, client.makeBatchBuffer(), 0, 0))
             index = self.targets.count - 1
         }
-        self.targets[index].buffer.writeNATSMessage(
-            subject: message.subject,
-            sid: sid,
-            replyTo: message.replyTo,
-            headers: message.headers,
-            payload: message.payload
-        )
+        client.encode(message, sid: sid, into: &self.targets[index].buffer)
         self.targets[index].messages += 1
-        self.targets[index].bytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
+        self.targets[index].bytes += message.size
         if self.targets[index].buffer.readableBytes >= Self.handOverBytes {
             let target = self.targets.remove(at: index)
             target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
@@ -151,7 +168,7 @@ struct NATSDeliveryBatch {
     }
 
     /// Appends everything gathered to its targets' outbound buffers, and hands other nodes' messages to their routes.
-    mutating func handOver() {
+    package mutating func handOver() {
         if !self.targets.isEmpty {
             for target in self.targets {
                 target.client.enqueueBatch(target.buffer, messages: target.messages, bytes: target.bytes)
@@ -171,29 +188,29 @@ struct NATSDeliveryBatch {
 
     /// Notes `client` if it is congested (one relaxed load when it is not).
     @inline(__always)
-    mutating func checkCongestion(of client: NATSClientConnection) {
-        guard client.congested.load(ordering: .relaxed) else { return }
+    mutating func checkCongestion(of client: any BusConnection) {
+        guard client.isCongested else { return }
         self.note(client)
     }
 
-    mutating func note(_ target: any NATSStallTarget) {
+    package mutating func note(_ target: any BusStallTarget) {
         if !self.congested.contains(where: { $0 === target }) { self.congested.append(target) }
     }
 
     /// Takes the congested targets noted so far.
-    mutating func takeCongested() -> [any NATSStallTarget] {
+    package mutating func takeCongested() -> [any BusStallTarget] {
         guard !self.congested.isEmpty else { return [] }
         defer { self.congested = [] }
         return self.congested
     }
 
     /// Adds what another batch noted (deliveries that bypassed this one).
-    mutating func absorbCongestion(from other: inout NATSDeliveryBatch) {
+    mutating func absorbCongestion(from other: inout BusDeliveryBatch) {
         for target in other.takeCongested() { self.note(target) }
     }
 }
 
-// MARK: - NATSRouter
+// MARK: - BusRouter
 
 /// Who is interested in which subject, and delivery to them: the subscription index shared by every connection and
 /// local receiver of one server, and the interest of the other nodes of the cluster (remote subscriptions).
@@ -204,9 +221,9 @@ struct NATSDeliveryBatch {
 /// remote subscriptions. A message published here reaches each matching node once, whatever the number of its
 /// patterns that match; a queue group gets one member in the whole cluster, a local member preferred; what arrives
 /// from another node (``deliverFromPeer(_:groups:)``) is delivered here only, never forwarded again.
-public final class NATSRouter: Sendable {
+public final class BusRouter: Sendable {
     struct State {
-        var subjects = SubjectIndex<NATSSubscription>()
+        var subjects = SubjectIndex<BusSubscription>()
         /// Interest key → this node's cluster-scoped subscriptions with it.
         var interest: [String: Int] = [:]
         var observer: (@Sendable (_ key: String, _ added: Bool) -> Void)?
@@ -220,10 +237,12 @@ public final class NATSRouter: Sendable {
 
     /// A publishing connection's memory of its last subject and what it matched, so that a client publishing to the
     /// same subject again skips the shared index (its lock and its hashing) until a subscription changes.
-    struct RouteCache {
+    package struct RouteCache {
         var generation = UInt64.max
         var subject = ""
-        var match = SubjectIndex<NATSSubscription>.Match()
+        var match = SubjectIndex<BusSubscription>.Match()
+
+        package init() {}
     }
 
     public init() {}
@@ -259,7 +278,7 @@ public final class NATSRouter: Sendable {
     /// This node's interest keys (cluster-scoped subscriptions), sorted.
     public var interestKeys: [String] { self.state.withLock { $0.interest.keys.sorted() } }
 
-    func add(_ subscription: NATSSubscription) {
+    package func add(_ subscription: BusSubscription) {
         self.state.withLock { state in
             state.subjects.insert(subscription, pattern: subscription.subject, queue: subscription.queue)
             self.generation.wrappingAdd(1, ordering: .releasing)
@@ -272,7 +291,7 @@ public final class NATSRouter: Sendable {
     }
 
     @discardableResult
-    func remove(_ subscription: NATSSubscription) -> Bool {
+    package func remove(_ subscription: BusSubscription) -> Bool {
         self.state.withLock { state in
             defer { self.generation.wrappingAdd(1, ordering: .releasing) }
             guard state.subjects.remove(subscription, pattern: subscription.subject, queue: subscription.queue) else {
@@ -292,10 +311,10 @@ public final class NATSRouter: Sendable {
     public func subscribe(
         _ subject: String,
         queue: String? = nil,
-        scope: NATSSubscriptionScope = .cluster,
-        receiver: any NATSLocalReceiver
-    ) -> NATSSubscription {
-        let subscription = NATSSubscription(
+        scope: BusSubscriptionScope = .cluster,
+        receiver: any BusReceiver
+    ) -> BusSubscription {
+        let subscription = BusSubscription(
             subject: subject,
             queue: queue,
             sid: "local",
@@ -307,20 +326,20 @@ public final class NATSRouter: Sendable {
     }
 
     /// Ends a local subscription.
-    public func unsubscribe(_ subscription: NATSSubscription) {
+    public func unsubscribe(_ subscription: BusSubscription) {
         self.remove(subscription)
     }
 
     /// Adds another node's interest in `pattern` (in queue group `queue`): matching messages published here are
     /// forwarded through `route`. Remote subscriptions are never announced back.
-    public func addRemote(_ route: any NATSRemoteRoute, pattern: String, queue: String?) -> NATSSubscription {
-        let subscription = NATSSubscription(subject: pattern, queue: queue, sid: "remote", target: .remote(route))
+    public func addRemote(_ route: any BusRemoteRoute, pattern: String, queue: String?) -> BusSubscription {
+        let subscription = BusSubscription(subject: pattern, queue: queue, sid: "remote", target: .remote(route))
         self.add(subscription)
         return subscription
     }
 
     /// Ends a remote subscription.
-    public func removeRemote(_ subscription: NATSSubscription) {
+    public func removeRemote(_ subscription: BusSubscription) {
         self.remove(subscription)
     }
 
@@ -339,22 +358,22 @@ public final class NATSRouter: Sendable {
     /// Publishes from inside the server (no client connection): every matching subscription gets it, one member of
     /// each queue group, here or on other nodes. Returns how many received it (a node counts once).
     @discardableResult
-    public func publish(_ message: NATSMessage) -> Int {
+    public func publish(_ message: BusMessage) -> Int {
         self.route(message, from: nil)
     }
 
     /// Delivers `message` to the subscribers of `subject` while the message keeps its own subject on the wire (how
     /// a stream's message reaches a consumer's inbox or deliver subject).
     @discardableResult
-    public func publish(_ message: NATSMessage, to subject: String) -> Int {
+    public func publish(_ message: BusMessage, to subject: String) -> Int {
         self.route(message, from: nil, routingSubject: subject)
     }
 
     /// Delivers a message that another node forwarded: to this node's subscribers, and to one local member of each
     /// queue group in `groups` (the groups the publishing node chose this node for). Never forwarded again. Returns
     /// how many received it and the targets found congested (the link that brought it may stall on them).
-    public func deliverFromPeer(_ message: NATSMessage, groups: [String]) -> (deliveries: Int, congested: [any NATSStallTarget]) {
-        var batch = NATSDeliveryBatch.none
+    public func deliverFromPeer(_ message: BusMessage, groups: [String]) -> (deliveries: Int, congested: [any BusStallTarget]) {
+        var batch = BusDeliveryBatch.none
         var cache = RouteCache()
         let deliveries = self.deliverFromPeer(message, groups: groups, match: self.match(message.subject, cache: &cache), batch: &batch)
         return (deliveries, batch.takeCongested())
@@ -362,8 +381,8 @@ public final class NATSRouter: Sendable {
 
     /// ``deliverFromPeer(_:groups:)`` for the messages of one frame: deliveries to clients are gathered and handed
     /// over together (one append per client, as for a client's read). Returns the congested targets.
-    public func deliverFromPeer(_ messages: [(message: NATSMessage, groups: [String])]) -> [any NATSStallTarget] {
-        var batch = NATSDeliveryBatch(enabled: true)
+    public func deliverFromPeer(_ messages: [(message: BusMessage, groups: [String])]) -> [any BusStallTarget] {
+        var batch = BusDeliveryBatch(enabled: true)
         var cache = RouteCache()
         for (message, groups) in messages {
             _ = self.deliverFromPeer(message, groups: groups, match: self.match(message.subject, cache: &cache), batch: &batch)
@@ -373,7 +392,7 @@ public final class NATSRouter: Sendable {
     }
 
     /// What `subject` matches, from `cache` while no subscription came or went since it was filled.
-    private func match(_ subject: String, cache: inout RouteCache) -> SubjectIndex<NATSSubscription>.Match {
+    private func match(_ subject: String, cache: inout RouteCache) -> SubjectIndex<BusSubscription>.Match {
         // Read before the lookup: a change after this point bumps the generation and the next call looks again.
         let generation = self.generation.load(ordering: .acquiring)
         if cache.generation != generation || cache.subject != subject {
@@ -385,10 +404,10 @@ public final class NATSRouter: Sendable {
     }
 
     private func deliverFromPeer(
-        _ message: NATSMessage,
+        _ message: BusMessage,
         groups: [String],
-        match: SubjectIndex<NATSSubscription>.Match,
-        batch: inout NATSDeliveryBatch
+        match: SubjectIndex<BusSubscription>.Match,
+        batch: inout BusDeliveryBatch
     ) -> Int {
         guard !match.isEmpty else { return 0 }
         var deliveries = 0
@@ -400,7 +419,7 @@ public final class NATSRouter: Sendable {
             for (groupIndex, group) in match.groups.enumerated() where groups.contains(group.queue) {
                 let members = group.members
                 let start = (cursor &+ groupIndex &* 7) & Int.max
-                var unbatched = NATSDeliveryBatch.none
+                var unbatched = BusDeliveryBatch.none
                 for offset in 0..<members.count {
                     let subscription = members[(start &+ offset) % members.count]
                     if subscription.isRemote { continue }
@@ -417,28 +436,28 @@ public final class NATSRouter: Sendable {
 
     /// Delivers `message` to every match. `publisher` is the client that sent it (nil from inside the server); a
     /// client that connected with `echo: false` does not receive its own messages.
-    func route(_ message: NATSMessage, from publisher: NATSClientConnection?, routingSubject: String? = nil) -> Int {
+    package func route(_ message: BusMessage, from publisher: (any BusConnection)?, routingSubject: String? = nil) -> Int {
         let match = self.state.withLock { $0.subjects.match(routingSubject ?? message.subject) }
-        var unbatched = NATSDeliveryBatch.none
+        var unbatched = BusDeliveryBatch.none
         return self.deliver(message, to: match, from: publisher, batch: &unbatched)
     }
 
     /// ``route(_:from:routingSubject:)`` for a client's publish, through the connection's cache of its last subject;
     /// deliveries to clients go into `batch`, which the publisher's connection hands over at the end of its read.
-    func route(
-        _ message: NATSMessage,
-        from publisher: NATSClientConnection,
+    package func route(
+        _ message: BusMessage,
+        from publisher: any BusConnection,
         cache: inout RouteCache,
-        batch: inout NATSDeliveryBatch
+        batch: inout BusDeliveryBatch
     ) -> Int {
         self.deliver(message, to: self.match(message.subject, cache: &cache), from: publisher, batch: &batch)
     }
 
     /// The nodes a message goes to, with the queue groups each should serve.
     struct RemotePlan {
-        var routes: [(route: any NATSRemoteRoute, groups: [String])] = []
+        var routes: [(route: any BusRemoteRoute, groups: [String])] = []
 
-        mutating func add(_ route: any NATSRemoteRoute, group: String?) {
+        mutating func add(_ route: any BusRemoteRoute, group: String?) {
             if let index = self.routes.firstIndex(where: { $0.route === route }) {
                 if let group { self.routes[index].groups.append(group) }
             } else {
@@ -448,18 +467,18 @@ public final class NATSRouter: Sendable {
     }
 
     private func deliver(
-        _ message: NATSMessage,
-        to match: SubjectIndex<NATSSubscription>.Match,
-        from publisher: NATSClientConnection?,
-        batch: inout NATSDeliveryBatch
+        _ message: BusMessage,
+        to match: SubjectIndex<BusSubscription>.Match,
+        from publisher: (any BusConnection)?,
+        batch: inout BusDeliveryBatch
     ) -> Int {
         if match.isEmpty { return 0 }
         let skipOwn = publisher.map { !$0.echo } ?? false
         var deliveries = 0
         var remote = RemotePlan()
         // Wide fan-out goes straight to each subscriber: the batch finds its targets by a linear search.
-        var unbatched = NATSDeliveryBatch.none
-        let wide = match.plain.count > NATSDeliveryBatch.maxTargets
+        var unbatched = BusDeliveryBatch.none
+        let wide = match.plain.count > BusDeliveryBatch.maxTargets
         for subscription in match.plain {
             if case .remote(let route) = subscription.target {
                 remote.add(route, group: nil)
@@ -481,7 +500,7 @@ public final class NATSRouter: Sendable {
             // only when none does, one other node that has members. Not batched: a member found slow or closed must
             // be known now, so that the message goes to another member.
             var served = false
-            var remoteMember: (any NATSRemoteRoute)?
+            var remoteMember: (any BusRemoteRoute)?
             var remoteIsAvailable = false
             for offset in 0..<members.count {
                 let subscription = members[(start &+ offset) % members.count]
@@ -519,7 +538,7 @@ public final class NATSRouter: Sendable {
     }
 
     /// The subscription of `client` that a reply subject would reach (for "no responders").
-    func subscription(of client: NATSClientConnection, matching subject: String) -> NATSSubscription? {
+    package func subscription(of client: any BusConnection, matching subject: String) -> BusSubscription? {
         let match = self.state.withLock { $0.subjects.match(subject) }
         return match.plain.first { $0.client === client }
             ?? match.groups.lazy.flatMap(\.members).first { $0.client === client }
@@ -527,9 +546,9 @@ public final class NATSRouter: Sendable {
 
     /// Delivers to one subscription; false when it has reached its maximum or its connection is gone.
     private func deliver(
-        _ message: NATSMessage,
-        to subscription: NATSSubscription,
-        batch: inout NATSDeliveryBatch
+        _ message: BusMessage,
+        to subscription: BusSubscription,
+        batch: inout BusDeliveryBatch
     ) -> Bool {
         let maximum = subscription.maxMessages.load(ordering: .relaxed)
         if maximum > 0 {
@@ -555,7 +574,7 @@ public final class NATSRouter: Sendable {
     }
 }
 
-extension NATSSubscription {
+extension BusSubscription {
     var isRemote: Bool {
         if case .remote = self.target { return true }
         return false

@@ -3,7 +3,7 @@ import Logging
 import NIOCore
 import ServiceLifecycle
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkResources
 import StorkStreaming
 import Synchronization
@@ -17,7 +17,7 @@ import Synchronization
 // reply inbox before the request). Other nodes' interest becomes remote subscriptions on the router, changed under
 // a second lock (`remote`) in the order the table decided them.
 //
-// Messages: the router forwards a message to each matching node once (`NATSRemoteRoute.forward` on that node's
+// Messages: the router forwards a message to each matching node once (`BusRemoteRoute.forward` on that node's
 // `BusPeerLink`, with the queue groups it chose that node for). A link queues what it is given (bounded) and one task
 // per link sends it in frames, waiting while the transport's own queue for that peer is full, so that nothing is
 // dropped below it. Past half of the bound the link is congested and the client connections publishing into it are
@@ -54,20 +54,20 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
 
     public let configuration: BusClusterConfiguration
     private let network: any BusNetwork
-    public let router: NATSRouter
+    public let router: BusRouter
     private let clock: C
     private let origin: C.Instant
     private let logger: Logger
     private let state: Mutex<State>
     /// Remote subscriptions per peer and key; held while they change (see the note at the top of the file).
-    private let remote = Mutex<[NodeID: [String: NATSSubscription]]>([:])
+    private let remote = Mutex<[NodeID: [String: BusSubscription]]>([:])
     /// Links whose sending task must start.
     private let newLinks: AsyncStream<BusPeerLink>
     private let newLinkContinuation: AsyncStream<BusPeerLink>.Continuation
 
     public init(
         network: some BusNetwork,
-        router: NATSRouter,
+        router: BusRouter,
         configuration: BusClusterConfiguration = BusClusterConfiguration(),
         clock: C,
         logger: Logger = Logger(label: "stork.bus")
@@ -358,7 +358,7 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                 switch action {
                 case .peerAdded(let node, let key):
                     guard let link = links[node], remote[node]?[key] == nil else { continue }
-                    let (pattern, queue) = NATSRouter.parseInterestKey(key)
+                    let (pattern, queue) = BusRouter.parseInterestKey(key)
                     remote[node, default: [:]][key] = self.router.addRemote(link, pattern: pattern, queue: queue)
                 case .peerRemoved(let node, let key):
                     if let subscription = remote[node]?.removeValue(forKey: key) {
@@ -466,20 +466,24 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     ) -> Duration? {
         var rejected = 0
         var bytes = 0
-        var deliveries: [(message: NATSMessage, groups: [String])] = []
+        var deliveries: [(message: BusMessage, groups: [String])] = []
         deliveries.reserveCapacity(messages.count)
         for message in messages {
-            if let block = message.headers, NATSHeaders.parse(block) == nil {
-                rejected += 1
-                continue
+            var headers: MessageHeaders?
+            if let block = message.headers {
+                guard let parsed = MessageHeaders.parse(block) else {
+                    rejected += 1
+                    continue
+                }
+                headers = parsed
             }
             bytes += message.payload.readableBytes + (message.headers?.readableBytes ?? 0)
             deliveries.append(
                 (
-                    NATSMessage(
+                    BusMessage(
                         subject: message.subject,
                         replyTo: message.replyTo,
-                        headers: message.headers,
+                        headers: headers,
                         payload: message.payload
                     ),
                     message.groups
@@ -527,7 +531,7 @@ extension BusCluster where C == ContinuousClock {
     /// A bus on the real clock.
     public convenience init(
         network: some BusNetwork,
-        router: NATSRouter,
+        router: BusRouter,
         configuration: BusClusterConfiguration = BusClusterConfiguration(),
         logger: Logger = Logger(label: "stork.bus")
     ) {
@@ -544,7 +548,7 @@ extension BusCluster where C == ContinuousClock {
 ///
 /// Messages are encoded into frame bodies as they arrive (chunks of up to `maximumFrameBytes`), so that a frame is one
 /// copy of its chunk: no per-message objects wait in the queue.
-final class BusPeerLink: NATSRemoteRoute, Sendable {
+final class BusPeerLink: BusRemoteRoute, Sendable {
     /// At most this many messages of one client read go to the transport directly.
     static let directLimit = 8
 
@@ -608,11 +612,11 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
     var isClosed: Bool { self.queue.withLock { $0.closed } }
     var queuedBytes: Int { self.queue.withLock { $0.bytes } }
 
-    func forward(_ message: NATSMessage, groups: [String]) -> Bool {
+    func forward(_ message: BusMessage, groups: [String]) -> Bool {
         self.forward([(message, groups)]) == 1
     }
 
-    func forward(_ messages: [(message: NATSMessage, groups: [String])]) -> Int {
+    func forward(_ messages: [(message: BusMessage, groups: [String])]) -> Int {
         var signal = false
         let accepted = self.queue.withLock { queue -> Int in
             guard !queue.closed else { return 0 }
@@ -622,10 +626,11 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
                 && self.transport.backlog() == 0
             var chunk = Chunk()
             for (message, groups) in messages {
+                let headers = message.headers?.encoded
                 let size = BusRoutedMessage.encodedSize(
                     subject: message.subject,
                     replyTo: message.replyTo,
-                    headers: message.headers?.readableBytes,
+                    headers: headers?.readableBytes,
                     payload: message.payload.readableBytes,
                     groups: groups
                 )
@@ -644,7 +649,7 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
                     chunk.body.writeBusMessage(
                         subject: message.subject,
                         replyTo: message.replyTo,
-                        headers: message.headers,
+                        headers: headers,
                         payload: message.payload,
                         groups: groups
                     )
@@ -665,7 +670,7 @@ final class BusPeerLink: NATSRemoteRoute, Sendable {
                     queue.chunks[last].body.writeBusMessage(
                         subject: message.subject,
                         replyTo: message.replyTo,
-                        headers: message.headers,
+                        headers: headers,
                         payload: message.payload,
                         groups: groups
                     )

@@ -12,7 +12,7 @@ import Synchronization
 // MARK: - JetStream
 
 /// Durable streams and consumers behind the JetStream API subset that NATS clients use (`$JS.API.>`, acks on
-/// `$JS.ACK.>`), on top of a ``NATSRouter``. Streams persist in the store their configuration names (memory, or
+/// `$JS.ACK.>`), on top of a ``BusRouter``. Streams persist in the store their configuration names (memory, or
 /// what `storeFactory` makes for file storage); the catalog of streams lives under `directory`.
 ///
 /// A `Service`: `run()` recovers the streams, serves the API and runs each stream's loop; on shutdown it saves
@@ -35,7 +35,7 @@ public final class JetStream: Service, Sendable {
     public typealias StoreFactory = @Sendable (_ config: StreamConfig, _ directory: String) throws -> any MessageStore
 
     public let configuration: Configuration
-    let router: NATSRouter
+    let router: BusRouter
     let storeFactory: StoreFactory
     let logger: Logger
     let now: @Sendable () -> Int64
@@ -44,7 +44,7 @@ public final class JetStream: Service, Sendable {
     private let requestsContinuation: AsyncStream<APIRequest>.Continuation
     private let spawns: AsyncStream<JetStreamStream>
     private let spawnsContinuation: AsyncStream<JetStreamStream>.Continuation
-    private let apiSubscriptions = Mutex<[NATSSubscription]>([])
+    private let apiSubscriptions = Mutex<[BusSubscription]>([])
     private let readiness = Mutex<(ready: Bool, failure: (any Error)?, waiters: [CheckedContinuation<Void, any Error>])>(
         (false, nil, [])
     )
@@ -57,7 +57,7 @@ public final class JetStream: Service, Sendable {
 
     public init(
         configuration: Configuration,
-        router: NATSRouter,
+        router: BusRouter,
         storeFactory: @escaping StoreFactory,
         logger: Logger = Logger(label: "stork.jetstream"),
         now: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1e9) }
@@ -238,9 +238,9 @@ public final class JetStream: Service, Sendable {
 
     // MARK: Acks and pull requests (publisher's thread)
 
-    struct APIReceiver: NATSLocalReceiver {
+    struct APIReceiver: BusReceiver {
         let jetstream: JetStream
-        func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
             if message.subject.hasPrefix("$JS.API.CONSUMER.MSG.NEXT.") {
                 self.jetstream.pullRequest(message)
             } else {
@@ -251,14 +251,14 @@ public final class JetStream: Service, Sendable {
         }
     }
 
-    struct AckReceiver: NATSLocalReceiver {
+    struct AckReceiver: BusReceiver {
         let jetstream: JetStream
-        func receive(_ message: NATSMessage, subscription: NATSSubscription) {
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
             self.jetstream.ack(message)
         }
     }
 
-    func ack(_ message: NATSMessage) {
+    func ack(_ message: BusMessage) {
         guard let (streamName, consumerName, sequence) = Self.ackTarget(message.subject),
             let kind = Self.acknowledgement(message.payload),
             let stream = self.streams.withLock({ $0[streamName] })
@@ -269,7 +269,7 @@ public final class JetStream: Service, Sendable {
         }
         if changed { stream.signal() }
         if let reply = message.replyTo {
-            self.router.publish(NATSMessage(subject: reply, payload: ByteBuffer()))
+            self.router.publish(BusMessage(subject: reply, payload: ByteBuffer()))
         }
     }
 
@@ -350,7 +350,7 @@ public final class JetStream: Service, Sendable {
         }
     }
 
-    func pullRequest(_ message: NATSMessage) {
+    func pullRequest(_ message: BusMessage) {
         guard let reply = message.replyTo else { return }
         let tokens = message.subject.split(separator: ".", omittingEmptySubsequences: false)
         guard tokens.count == 7 else { return }

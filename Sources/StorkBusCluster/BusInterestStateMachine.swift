@@ -1,5 +1,5 @@
 import StorkCore
-import StorkNATS
+import StorkBus
 import StorkStreaming
 
 // MARK: - Values
@@ -57,7 +57,7 @@ public enum BusInterestAction: Hashable, Sendable {
 
 /// The cluster-wide interest table of one node's bus: its own interest keys (versioned; the router counts the
 /// subscriptions behind each) and every live peer's, kept in sync by deltas, snapshots and periodic digests. A key is
-/// a subject pattern, or a pattern and a queue group separated by a space (``NATSRouter/interestKey(pattern:queue:)``).
+/// a subject pattern, or a pattern and a queue group separated by a space (``BusRouter/interestKey(pattern:queue:)``).
 ///
 /// Versions: every change of the local set raises `localVersion` by one and goes to every live peer as a delta from
 /// `version - 1` to `version`. A receiver applies a delta only on top of exactly the previous version: a late delta
@@ -139,7 +139,7 @@ public struct BusInterestStateMachine: Sendable {
                 nodes: Self.unique(match.plain + match.groups.flatMap(\.members))
             )
         }
-        func overlaps(_ key: String) -> Bool { Subject.overlaps(NATSRouter.parseInterestKey(key).pattern, pattern) }
+        func overlaps(_ key: String) -> Bool { Subject.overlaps(BusRouter.parseInterestKey(key).pattern, pattern) }
         return BusInterest(
             local: self.localCounts.keys.contains(where: overlaps),
             nodes: self.peers.filter { $0.value.patterns.contains(where: overlaps) }.keys.sorted()
@@ -171,7 +171,7 @@ public struct BusInterestStateMachine: Sendable {
         let count = self.localCounts[key, default: 0]
         self.localCounts[key] = count + 1
         guard count == 0 else { return [] }
-        let (pattern, queue) = NATSRouter.parseInterestKey(key)
+        let (pattern, queue) = BusRouter.parseInterestKey(key)
         self.localIndex.insert(key, pattern: pattern, queue: queue)
         return self.announce(added: [key], removed: [])
     }
@@ -184,7 +184,7 @@ public struct BusInterestStateMachine: Sendable {
             return []
         }
         self.localCounts[key] = nil
-        let (pattern, queue) = NATSRouter.parseInterestKey(key)
+        let (pattern, queue) = BusRouter.parseInterestKey(key)
         self.localIndex.remove(key, pattern: pattern, queue: queue)
         return self.announce(added: [], removed: [key])
     }
@@ -284,12 +284,12 @@ public struct BusInterestStateMachine: Sendable {
         guard old != patterns else { return [] }
         var actions: [BusInterestAction] = []
         for key in old.subtracting(patterns).sorted() {
-            let (pattern, queue) = NATSRouter.parseInterestKey(key)
+            let (pattern, queue) = BusRouter.parseInterestKey(key)
             self.remoteIndex.remove(node, pattern: pattern, queue: queue)
             actions.append(.peerRemoved(node, key: key))
         }
         for key in patterns.subtracting(old).sorted() {
-            let (pattern, queue) = NATSRouter.parseInterestKey(key)
+            let (pattern, queue) = BusRouter.parseInterestKey(key)
             self.remoteIndex.insert(node, pattern: pattern, queue: queue)
             actions.append(.peerAdded(node, key: key))
         }
