@@ -190,7 +190,7 @@ let package = Package(
             name: "StorkConnectors",
             dependencies: [
                 "StorkCore",
-                "StorkNATS",
+                "StorkBus",
                 "StorkResources",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -421,6 +421,7 @@ let package = Package(
             name: "StorkNATSTests",
             dependencies: [
                 "StorkBus",
+                "StorkCore",
                 "StorkNATS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),

@@ -1,5 +1,6 @@
 import AsyncHTTPClient
 import Logging
+import StorkBus
 import StorkCore
 import StorkResources
 
@@ -55,9 +56,9 @@ public struct ConnectorContext: Sendable {
     public var secrets: ConnectorSecrets
     /// The clock connectors wait on (backoff, poll intervals): tests inject one that does not wait.
     public var clock: ConnectorClock
-    /// This node's own NATS endpoint as a client reaches it (connectors that consume streams connect to it unless
-    /// a resource names another server); nil when the handler was not told.
-    public var nats: ConnectorNATSEndpoint?
+    /// Clients of the bus: this node's, in process, and other servers' (connectors that consume streams use this
+    /// node's unless a resource names another server); nil when the node runs no message server.
+    public var bus: ConnectorBus?
     /// Fires when the connector is to stop (terminate, drain, shutdown): `run` finishes what it started and returns.
     /// Wait on it (``sleep(_:)``, ``untilStopped(_:)`` or `stop.wait()`) wherever `run` waits for long.
     public var stop: OneShotSignal
@@ -68,7 +69,7 @@ public struct ConnectorContext: Sendable {
         status: ConnectorStatusReporter,
         secrets: ConnectorSecrets,
         clock: ConnectorClock,
-        nats: ConnectorNATSEndpoint? = nil,
+        bus: ConnectorBus? = nil,
         stop: OneShotSignal = OneShotSignal()
     ) {
         self.resource = resource
@@ -76,7 +77,7 @@ public struct ConnectorContext: Sendable {
         self.status = status
         self.secrets = secrets
         self.clock = clock
-        self.nats = nats
+        self.bus = bus
         self.stop = stop
     }
 
@@ -153,6 +154,30 @@ public struct ConnectorRegistry: Sendable {
     /// The registered kinds, sorted.
     public var kinds: [String] {
         self.connectors.keys.sorted()
+    }
+}
+
+// MARK: - ConnectorBus
+
+/// How connectors reach the bus: a client on this node's bus (no socket: what it publishes is routed at once, and it
+/// sees what any node publishes), and, for a resource that names another server, a client over the network.
+public struct ConnectorBus: Sendable {
+    /// A client on this node's bus, named `name` (for logs and inboxes).
+    public var local: @Sendable (_ name: String) -> any BusClient
+    /// A client of the NATS server at `endpoint`; nil when this node cannot make one.
+    public var remote: (@Sendable (_ endpoint: ConnectorNATSEndpoint, _ name: String) async throws -> any BusClient)?
+
+    public init(
+        local: @escaping @Sendable (_ name: String) -> any BusClient,
+        remote: (@Sendable (_ endpoint: ConnectorNATSEndpoint, _ name: String) async throws -> any BusClient)? = nil
+    ) {
+        self.local = local
+        self.remote = remote
+    }
+
+    /// Clients on `router`'s bus; no remote clients.
+    public static func router(_ router: BusRouter) -> ConnectorBus {
+        ConnectorBus(local: { name in LocalBusClient(router: router, name: name) })
     }
 }
 

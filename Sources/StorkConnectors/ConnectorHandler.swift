@@ -23,9 +23,9 @@ public struct ConnectorHandlerConfiguration: Sendable {
     public var secrets = ConnectorSecrets()
     /// The clock connectors wait on.
     public var clock = ConnectorClock.system
-    /// This node's own NATS endpoint as a client reaches it (`node.nats`): where connectors that consume streams
-    /// (`webhook`) connect unless a resource names another server.
-    public var nats: ConnectorNATSEndpoint?
+    /// Clients of the bus: this node's in process, other servers' over NATS. Connectors that consume streams
+    /// (`webhook`) use this node's unless a resource names another server.
+    public var bus: ConnectorBus?
     /// Where connector metrics go; nil: the global `MetricsSystem.factory`.
     public var metricsFactory: (any MetricsFactory)?
     /// Backoff between restarts of a connector whose `run` returned or threw (built-in connectors never do: they
@@ -218,7 +218,7 @@ public final class ConnectorHandler: ResourceHandler, Service {
                 status: reporter,
                 secrets: self.configuration.secrets,
                 clock: self.configuration.clock,
-                nats: self.configuration.nats,
+                bus: self.configuration.bus,
                 stop: OneShotSignal()
             )
         )

@@ -6,7 +6,6 @@ import NIOCore
 import NIOHTTP1
 import StorkCore
 import StorkBus
-import StorkNATS
 import StorkResources
 
 // MARK: - Settings
@@ -21,7 +20,8 @@ public struct WebhookConnectorSettings: Sendable, Hashable {
     public var subject: String
     /// `secret`: a string or `{"secret": "NAME"}`; the key of the `Stork-Signature` HMAC.
     public var secret: ConnectorHeader.Value
-    /// `server` (optional, `nats://host:port`): the NATS server that holds the stream; default: this node's own.
+    /// `server` (optional, `nats://host:port`): the NATS server that holds the stream; default: this node's own bus,
+    /// in process (no socket).
     public var server: ConnectorNATSEndpoint?
     /// `timeout` (seconds, default 10): one POST.
     public var timeout: Duration
@@ -167,18 +167,18 @@ public struct WebhookConnector: Connector {
 
     public func run(_ resource: Resource, context: ConnectorContext) async throws {
         let settings = try WebhookConnectorSettings(resource, kind: self.name)
-        guard let endpoint = settings.server ?? context.nats else {
-            throw StorkError(
-                .unavailable,
-                "resource \(resource.id) (webhook): no 'server' attribute and this node's NATS endpoint is unknown"
-            )
+        guard let bus = context.bus else {
+            throw StorkError(.unavailable, "resource \(resource.id) (webhook): this node runs no message server (node.nats)")
+        }
+        if settings.server != nil, bus.remote == nil {
+            throw StorkError(.unavailable, "resource \(resource.id) (webhook): this node cannot connect to another 'server'")
         }
         // A move, a drain or a shutdown fires `context.stop`: the loop finishes the POST in flight and acks it, gives
         // back what it did not start and flushes, within `timeout` plus one pull's expiry (`pullExpiry`). Only the
         // handler's grace period running out cancels it (AsyncHTTPClient then cancels the POST with the task).
         await WebhookDelivery(
             settings: settings,
-            endpoint: endpoint,
+            bus: bus,
             context: context,
             client: self.client,
             pullExpiry: self.pullExpiry
@@ -191,7 +191,7 @@ public struct WebhookConnector: Connector {
 /// One webhook resource's loop: connect, create the consumer, pull, POST, ack; until the context's stop fires.
 struct WebhookDelivery: Sendable {
     let settings: WebhookConnectorSettings
-    let endpoint: ConnectorNATSEndpoint
+    let bus: ConnectorBus
     let context: ConnectorContext
     let client: HTTPClient
     /// How long one pull request waits at the server for messages.
@@ -215,18 +215,15 @@ struct WebhookDelivery: Sendable {
             attempt += 1
             if attempt > 1 { self.context.status.retrying() }
             self.context.status.state(.connecting)
-            var connection: NATSClient?
+            var connection: (any BusClient)?
             do {
-                var options = NATSClient.Options()
-                options.name = "stork-webhook \(self.context.status.id)"
-                options.token = self.endpoint.token
-                options.user = self.endpoint.user
-                options.password = self.endpoint.password
-                let client = try await NATSClient.connect(
-                    host: self.endpoint.host,
-                    port: self.endpoint.port,
-                    options: options
-                )
+                let name = "stork-webhook \(self.context.status.id)"
+                let client: any BusClient
+                if let server = self.settings.server, let remote = self.bus.remote {
+                    client = try await remote(server, name)
+                } else {
+                    client = self.bus.local(name)
+                }
                 connection = client
                 try await self.ensureConsumer(client)
                 self.context.status.state(.connected)
@@ -252,9 +249,8 @@ struct WebhookDelivery: Sendable {
     // MARK: The consumer
 
     /// Creates the durable consumer, or updates it (keeping its position and pending acks).
-    private func ensureConsumer(_ client: NATSClient) async throws {
+    private func ensureConsumer(_ client: any BusClient) async throws {
         let config: [String: Any] = [
-            "durable_name": self.settings.consumer,
             "description": "stork webhook \(self.context.status.id)",
             "ack_policy": "explicit",
             "deliver_policy": "all",
@@ -263,34 +259,16 @@ struct WebhookDelivery: Sendable {
             "max_ack_pending": self.settings.batch,
             "max_deliver": -1,
         ]
-        let request: [String: Any] = ["stream_name": self.settings.stream, "config": config]
-        let body = try JSONSerialization.data(
-            withJSONObject: request,
-            options: [.sortedKeys]
-        )
-        let reply: BusMessage
         do {
-            reply = try await client.request(
-                "$JS.API.CONSUMER.CREATE.\(self.settings.stream).\(self.settings.consumer)",
-                payload: ByteBuffer(bytes: body),
-                timeout: Self.requestTimeout
-            )
-        } catch let error as NATSClientError where error.code == .noResponders {
-            throw StorkError(.connectorFailed, "\(self.endpoint) does not serve JetStream")
-        }
-        let document = try? JSONSerialization.jsonObject(with: Data(reply.payload.readableBytesView)) as? [String: Any]
-        if let problem = document?["error"] as? [String: Any] {
-            let description = problem["description"] as? String ?? "unknown error"
-            throw StorkError(
-                .connectorFailed,
-                "cannot create consumer \(self.settings.consumer) on stream \(self.settings.stream) at \(self.endpoint): "
-                    + description
-            )
-        }
-        guard document?["name"] != nil else {
-            throw StorkError(.connectorFailed, "unexpected answer to the consumer create request at \(self.endpoint)")
+            try await DurableStreamClient(client: client, timeout: Self.requestTimeout)
+                .ensureConsumer(stream: self.settings.stream, name: self.settings.consumer, config: config)
+        } catch let error as StorkError where [.unavailable, .invalidInput, .protocolError].contains(error.code) {
+            throw StorkError(.connectorFailed, "\(self.where): \(error.message)")
         }
     }
+
+    /// The stream's server, for messages.
+    private var `where`: String { self.settings.server.map { "\($0)" } ?? "this node" }
 
     private enum Event: Sendable {
         case message(BusMessage)
@@ -307,7 +285,7 @@ struct WebhookDelivery: Sendable {
 
     /// Pulls and delivers until `stop` fires (returns after giving back what was not started and flushing) or the
     /// connection fails (throws).
-    private func consume(_ client: NATSClient) async throws {
+    private func consume(_ client: any BusClient) async throws {
         let (events, sink) = AsyncStream.makeStream(of: Event.self)
         let (sid, inbox) = try client.subscribe("\(client.inboxPrefix).p.*")
         defer { client.unsubscribe(sid) }
@@ -336,11 +314,8 @@ struct WebhookDelivery: Sendable {
         }
     }
 
-    private func deliverLoop(_ client: NATSClient, events: AsyncStream<Event>) async throws {
-        let next = "$JS.API.CONSUMER.MSG.NEXT.\(self.settings.stream).\(self.settings.consumer)"
-        let request = ByteBuffer(
-            string: "{\"batch\":\(self.settings.batch),\"expires\":\(self.pullExpiry.nanosecondsClamped)}"
-        )
+    private func deliverLoop(_ client: any BusClient, events: AsyncStream<Event>) async throws {
+        let streams = DurableStreamClient(client: client, timeout: Self.requestTimeout)
         var pulls = 0
         var pull: Pull?
         var stoppedAt: ContinuousClock.Instant?
@@ -355,7 +330,13 @@ struct WebhookDelivery: Sendable {
                 _ = try self.resolveSecret()
                 pulls += 1
                 let reply = "\(client.inboxPrefix).p.\(pulls)"
-                try client.publish(next, replyTo: reply, payload: request)
+                try streams.requestNext(
+                    stream: self.settings.stream,
+                    consumer: self.settings.consumer,
+                    batch: self.settings.batch,
+                    expires: self.pullExpiry,
+                    replyTo: reply
+                )
                 pull = Pull(reply: reply, started: .now)
             }
             guard let event = await iterator.next() else { break loop }
@@ -369,19 +350,17 @@ struct WebhookDelivery: Sendable {
                     self.context.status.received()
                     if self.context.isStopping {
                         giveBack.append(ack)
-                    } else if case .interrupted = await self.deliver(message, ack: ack, client: client) {
+                    } else if case .interrupted = await self.deliver(message, ack: ack, streams: streams) {
                         giveBack.append(ack)
                     }
                 } else if let current = pull, message.subject == current.reply {
-                    let status = message.headers?.status
-                    switch status {
-                    case 404?, 408?:
+                    switch PullStatus(message) {
+                    case .finished?:
                         pull = nil
-                    case 409?:
+                    case .refused(let description)?:
                         // The consumer is gone (deleted) or too many pulls wait: start over with a new consumer.
-                        let description = message.headers?.statusDescription ?? ""
                         throw StorkError(.connectorFailed, "pull refused: 409 \(description)")
-                    default:
+                    case .other?, nil:
                         break  // heartbeats
                     }
                 }
@@ -399,12 +378,12 @@ struct WebhookDelivery: Sendable {
                     }
                 }
             case .closed:
-                throw NATSClientError(.connectionClosed, "the connection to \(self.endpoint) closed")
+                throw StorkError(.connectionClosed, "the connection to \(self.where) closed")
             }
         }
         // Stopped: give back what was fetched and not started, and make sure the server processed every ack before
         // the resource may start elsewhere.
-        for ack in giveBack { try? client.publish(ack, payload: ByteBuffer(string: "-NAK")) }
+        for ack in giveBack { try? streams.acknowledge(ack, .nak(delay: nil)) }
         try? await client.flush(timeout: Self.requestTimeout)
     }
 
@@ -418,10 +397,10 @@ struct WebhookDelivery: Sendable {
     }
 
     /// POSTs one message until it succeeds, runs out of attempts, or `stop` fires between attempts.
-    private func deliver(_ message: BusMessage, ack: String, client: NATSClient) async -> Outcome {
+    private func deliver(_ message: BusMessage, ack: String, streams: DurableStreamClient) async -> Outcome {
         let sequence = Self.streamSequence(ack) ?? 0
         let deliveryID = "\(self.settings.stream):\(sequence)"
-        let natsHeaders = message.headers
+        let headers = message.headers
         var backoff = ConnectorBackoff(minimum: self.settings.backoffMinimum, maximum: self.settings.backoffMaximum)
         var attempt = 0
         while true {
@@ -429,26 +408,26 @@ struct WebhookDelivery: Sendable {
             if attempt > 1 {
                 self.context.status.retrying()
                 // The wait is over: the ack wait starts again for the attempt.
-                try? client.publish(ack, payload: ByteBuffer(string: "+WPI"))
+                try? streams.acknowledge(ack, .inProgress)
             }
             let failure = await self.post(
                 message,
                 deliveryID: deliveryID,
-                contentType: natsHeaders?["Content-Type"],
+                contentType: headers?["Content-Type"],
                 attempt: attempt
             )
             guard let failure else {
-                try? client.publish(ack, payload: ByteBuffer(string: "+ACK"))
+                try? streams.acknowledge(ack, .ack)
                 self.context.status.sent()
                 return .done
             }
             self.context.status.failed(failure)
             if attempt >= self.settings.maxAttempts {
-                self.deadLetter(message, headers: natsHeaders, deliveryID: deliveryID, error: failure, client: client)
-                try? client.publish(ack, payload: ByteBuffer(string: "+TERM"))
+                self.deadLetter(message, headers: headers, deliveryID: deliveryID, error: failure, client: streams.client)
+                try? streams.acknowledge(ack, .terminate)
                 return .done
             }
-            try? client.publish(ack, payload: ByteBuffer(string: "+WPI"))
+            try? streams.acknowledge(ack, .inProgress)
             let delay = backoff.nextDelay()
             self.logger.debug(
                 "webhook POST failed, retrying",
@@ -503,7 +482,7 @@ struct WebhookDelivery: Sendable {
         headers: MessageHeaders?,
         deliveryID: String,
         error: String,
-        client: NATSClient
+        client: any BusClient
     ) {
         self.logger.warning(
             "webhook message dead-lettered",
@@ -523,7 +502,7 @@ struct WebhookDelivery: Sendable {
             ("Stork-Delivery-Id", deliveryID),
             ("Stork-Attempts", "\(self.settings.maxAttempts)"),
         ]
-        try? client.publish(subject, headers: out, payload: message.payload)
+        try? client.publish(subject, replyTo: nil, headers: out, payload: message.payload)
     }
 
     // MARK: Helpers

@@ -23,6 +23,16 @@ public struct StorkError: Error, Hashable, Sendable, CustomStringConvertible {
         public static let noOwner = Code("no-owner")
         /// A store or service Stork depends on cannot be reached or failed.
         public static let unavailable = Code("unavailable")
+        /// A client's connection or its handshake failed.
+        public static let connectFailed = Code("connect-failed")
+        /// A client's connection closed (by either side) before the operation completed.
+        public static let connectionClosed = Code("connection-closed")
+        /// A request's subject has no subscriber anywhere in the cluster (NATS status 503).
+        public static let noResponders = Code("no-responders")
+        /// A peer sent something that is not the protocol it should speak.
+        public static let protocolError = Code("protocol-error")
+        /// A subject (or queue group) that cannot be used: empty, or with whitespace.
+        public static let invalidSubject = Code("invalid-subject")
     }
 
     public var code: Code

@@ -6,44 +6,7 @@ import NIOPosix
 import StorkCore
 import Synchronization
 
-// MARK: - NATSClientError
-
-/// Why a ``NATSClient`` operation failed.
-public struct NATSClientError: Error, Sendable, CustomStringConvertible {
-    public struct Code: Hashable, Sendable, CustomStringConvertible {
-        public var rawValue: String
-        public var description: String { self.rawValue }
-
-        /// The TCP connection or the handshake (`INFO`, `CONNECT`, `PING`/`PONG`) failed.
-        public static let connectFailed = Code(rawValue: "connect-failed")
-        /// The connection closed (by either side) before the operation completed.
-        public static let connectionClosed = Code(rawValue: "connection-closed")
-        /// No reply, `PONG` or `INFO` within the time allowed.
-        public static let timeout = Code(rawValue: "timeout")
-        /// A request's subject has no subscriber (NATS status 503).
-        public static let noResponders = Code(rawValue: "no-responders")
-        /// The server sent something that is not the NATS protocol.
-        public static let protocolError = Code(rawValue: "protocol-error")
-        /// The caller passed a subject that cannot be sent (empty, or with whitespace).
-        public static let invalidSubject = Code(rawValue: "invalid-subject")
-    }
-
-    public var code: Code
-    public var message: String
-    /// The cause, as text (errors are not all `Sendable`).
-    public var underlying: String?
-
-    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
-        self.code = code
-        self.message = message
-        self.underlying = underlying.map { String(describing: $0) }
-    }
-
-    public var description: String {
-        if let underlying { return "\(self.message): \(underlying)" }
-        return self.message
-    }
-}
+// MARK: - StorkError
 
 // MARK: - NATSClient
 
@@ -55,7 +18,7 @@ public struct NATSClientError: Error, Sendable, CustomStringConvertible {
 /// (a `PING` answered by a `PONG`) returns once the server processed everything written before it.
 ///
 /// When the connection closes, every subscription's stream finishes and every pending request or flush fails with
-/// ``NATSClientError/Code/connectionClosed``; ``closed`` then returns. The client does not reconnect: make a new one.
+/// ``StorkError/Code/connectionClosed``; ``closed`` then returns. The client does not reconnect: make a new one.
 ///
 /// ```swift
 /// let client = try await NATSClient.connect(host: "127.0.0.1", port: 4222)
@@ -64,7 +27,7 @@ public struct NATSClientError: Error, Sendable, CustomStringConvertible {
 /// let reply = try await client.request("$JS.API.INFO", payload: ByteBuffer(), timeout: .seconds(2))
 /// await client.close()
 /// ```
-public final class NATSClient: Sendable {
+public final class NATSClient: BusClient, Sendable {
     /// How to connect.
     public struct Options: Sendable {
         /// The name sent in `CONNECT` (shown in `/connz`).
@@ -104,7 +67,7 @@ public final class NATSClient: Sendable {
     // MARK: Connecting
 
     /// Connects to `host:port` and completes the handshake: `INFO`, `CONNECT` (headers and no-responders on, no
-    /// `+OK`s), `PING`, `PONG`. Throws ``NATSClientError`` (`connect-failed`, with the server's `-ERR` when it sent one).
+    /// `+OK`s), `PING`, `PONG`. Throws ``StorkError`` (`connect-failed`, with the server's `-ERR` when it sent one).
     public static func connect(host: String, port: Int, options: Options = Options()) async throws -> NATSClient {
         let eventLoop = options.eventLoopGroup.next()
         let timeout = TimeAmount.nanoseconds(options.connectTimeout.nanosecondsClamped)
@@ -122,7 +85,7 @@ public final class NATSClient: Sendable {
             )
         } catch {
             info.fail(error)
-            throw NATSClientError(.connectFailed, "cannot connect to NATS at \(host):\(port)", underlying: error)
+            throw StorkError(.connectFailed, "cannot connect to NATS at \(host):\(port)", underlying: error)
         }
         do {
             let infoJSON = try await info.futureResult.within(timeout, on: eventLoop, what: "INFO").get()
@@ -131,7 +94,7 @@ public final class NATSClient: Sendable {
             return client
         } catch {
             try? await channel.close()
-            throw NATSClientError(.connectFailed, "NATS handshake with \(host):\(port) failed", underlying: error)
+            throw StorkError(.connectFailed, "NATS handshake with \(host):\(port) failed", underlying: error)
         }
     }
 
@@ -245,7 +208,7 @@ public final class NATSClient: Sendable {
     public var isOpen: Bool { self.channel.isActive }
 
     /// Returns when the connection has closed (either side); the reason, if it was not ``close()``.
-    public func closed() async -> NATSClientError? {
+    public func closed() async -> StorkError? {
         try? await self.channel.closeFuture.get()
         let handler = self.handler
         return try? await self.eventLoop.submit { handler.value.closeReason }.get()
@@ -264,7 +227,7 @@ public final class NATSClient: Sendable {
         guard !subject.isEmpty,
             !subject.utf8.contains(where: { $0 == 0x20 || $0 == 0x09 || $0 == 0x0D || $0 == 0x0A })
         else {
-            throw NATSClientError(.invalidSubject, "'\(subject)' is not a subject that can be sent")
+            throw StorkError(.invalidSubject, "'\(subject)' is not a subject that can be sent")
         }
     }
 }
@@ -286,7 +249,7 @@ final class NATSClientHandler: ChannelInboundHandler {
     private var replyWaiters: [String: (promise: EventLoopPromise<BusMessage>, timer: Scheduled<Void>)] = [:]
     private var subscriptions: [String: AsyncStream<BusMessage>.Continuation] = [:]
     private var lastServerError: String?
-    private(set) var closeReason: NATSClientError?
+    private(set) var closeReason: StorkError?
     private var isClosed = false
     var closeRequested = false
 
@@ -313,7 +276,7 @@ final class NATSClientHandler: ChannelInboundHandler {
             do {
                 operation = try self.reader.next()
             } catch {
-                self.fail(NATSClientError(.protocolError, "unparsable server output", underlying: error))
+                self.fail(StorkError(.protocolError, "unparsable server output", underlying: error))
                 return
             }
             guard let operation else { return }
@@ -342,7 +305,7 @@ final class NATSClientHandler: ChannelInboundHandler {
                 guard let waiter = self.replyWaiters.removeValue(forKey: message.subject) else { return }
                 waiter.timer.cancel()
                 if message.payload.readableBytes == 0, message.headers?.status == 503 {
-                    waiter.promise.fail(NATSClientError(.noResponders, "no responders"))
+                    waiter.promise.fail(StorkError(.noResponders, "no responders"))
                 } else {
                     waiter.promise.succeed(message)
                 }
@@ -357,8 +320,8 @@ final class NATSClientHandler: ChannelInboundHandler {
     func channelInactive(context: ChannelHandlerContext) {
         let reason =
             self.closeRequested
-            ? NATSClientError(.connectionClosed, "the connection was closed")
-            : NATSClientError(
+            ? StorkError(.connectionClosed, "the connection was closed")
+            : StorkError(
                 .connectionClosed,
                 "the NATS connection closed" + (self.lastServerError.map { " (server: -ERR '\($0)')" } ?? "")
             )
@@ -367,11 +330,11 @@ final class NATSClientHandler: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        self.fail(NATSClientError(.connectionClosed, "NATS connection error", underlying: error))
+        self.fail(StorkError(.connectionClosed, "NATS connection error", underlying: error))
     }
 
     /// Fails everything that waits and finishes every subscription, once; closes the channel.
-    private func fail(_ error: NATSClientError) {
+    private func fail(_ error: StorkError) {
         guard !self.isClosed else { return }
         self.isClosed = true
         if !self.closeRequested { self.closeReason = error }
@@ -434,7 +397,7 @@ final class NATSClientHandler: ChannelInboundHandler {
         let timer = context.eventLoop.scheduleTask(in: timeout) {
             guard let waiter = bound.value.replyWaiters.removeValue(forKey: replyTo) else { return }
             waiter.promise.fail(
-                NATSClientError(.timeout, "no reply to \(subject) within \(timeout.nanoseconds / 1_000_000) ms")
+                StorkError(.timeout, "no reply to \(subject) within \(timeout.nanoseconds / 1_000_000) ms")
             )
         }
         self.replyWaiters[replyTo] = (promise, timer)
@@ -444,7 +407,7 @@ final class NATSClientHandler: ChannelInboundHandler {
     }
 
     private func closedFuture<Value>() -> EventLoopFuture<Value> {
-        let error = self.closeReason ?? NATSClientError(.connectionClosed, "the NATS connection is closed")
+        let error = self.closeReason ?? StorkError(.connectionClosed, "the NATS connection is closed")
         return self.info.futureResult.eventLoop.makeFailedFuture(error)
     }
 }
@@ -452,10 +415,10 @@ final class NATSClientHandler: ChannelInboundHandler {
 // MARK: - Waiting with a deadline
 
 extension EventLoopFuture where Value: Sendable {
-    /// This future, or a ``NATSClientError`` with code `timeout` if it has not completed after `timeout`.
+    /// This future, or a ``StorkError`` with code `timeout` if it has not completed after `timeout`.
     fileprivate func within(_ timeout: TimeAmount, on eventLoop: any EventLoop, what: String) -> EventLoopFuture<Value> {
         self.within(timeout, on: eventLoop) {
-            NATSClientError(.timeout, "no \(what) within \(timeout.nanoseconds / 1_000_000) ms")
+            StorkError(.timeout, "no \(what) within \(timeout.nanoseconds / 1_000_000) ms")
         }
     }
 }

@@ -134,6 +134,7 @@ public struct StorkServer: Sendable {
             registry: plugins.makeConnectorRegistry(context: context),
             fallback: baseHandler,
             metricsFactory: metrics.factory,
+            bus: nats.map { Self.connectorBus(router: $0.router) },
             extra: gateway.map { [ProviderConnector(gateway: $0), RunnerConnector(gateway: $0)] } ?? [],
             logger: logger
         )
@@ -225,6 +226,22 @@ public struct StorkServer: Sendable {
         try? await httpClient.shutdown()
         await managerConfiguration.ownershipStore?.close()
         logger.info("stopped")
+    }
+
+    /// How this node's connectors reach the bus: in process on `router`, and over NATS for a resource that names
+    /// another server (`server: nats://…`).
+    static func connectorBus(router: BusRouter) -> ConnectorBus {
+        ConnectorBus(
+            local: { name in LocalBusClient(router: router, name: name) },
+            remote: { endpoint, name in
+                var options = NATSClient.Options()
+                options.name = name
+                options.token = endpoint.token
+                options.user = endpoint.user
+                options.password = endpoint.password
+                return try await NATSClient.connect(host: endpoint.host, port: endpoint.port, options: options)
+            }
+        )
     }
 
     public static func hostAndPort(_ address: String) throws -> (String, Int) {

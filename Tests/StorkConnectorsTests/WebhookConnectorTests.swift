@@ -17,12 +17,35 @@ import Testing
 
 // MARK: - A NATS server with JetStream on loopback
 
+final class ClientCounts: Sendable {
+    let counts = Mutex<(local: Int, remote: Int)>((0, 0))
+}
+
 /// A real NATS endpoint with JetStream (memory streams) on a free loopback port, and a client connected to it.
 struct JetStreamFixture: Sendable {
     let port: Int
     let client: NATSClient
+    let router: BusRouter
+    /// Bus clients the connectors made: in process (`local`) and over NATS (`remote`).
+    let clientsMade = ClientCounts()
 
     var endpoint: ConnectorNATSEndpoint { ConnectorNATSEndpoint(host: "127.0.0.1", port: self.port) }
+
+    /// Clients on the server's bus in process, and NATS clients for resources that name a server; counted.
+    var bus: ConnectorBus {
+        ConnectorBus(
+            local: { name in
+                self.clientsMade.counts.withLock { $0.local += 1 }
+                return LocalBusClient(router: self.router, name: name)
+            },
+            remote: { endpoint, name in
+                self.clientsMade.counts.withLock { $0.remote += 1 }
+                var options = NATSClient.Options()
+                options.name = name
+                return try await NATSClient.connect(host: endpoint.host, port: endpoint.port, options: options)
+            }
+        )
+    }
 
     /// A JSON API request; the answer as a dictionary.
     func api(_ subject: String, _ body: [String: Any] = [:]) async throws -> [String: Any] {
@@ -82,7 +105,7 @@ func withJetStream(_ body: @Sendable (JetStreamFixture) async throws -> Void) as
         let address = try await server.waitUntilListening()
         let client = try await NATSClient.connect(host: "127.0.0.1", port: address.port ?? 0)
         do {
-            try await body(JetStreamFixture(port: address.port ?? 0, client: client))
+            try await body(JetStreamFixture(port: address.port ?? 0, client: client, router: server.router))
         } catch {
             await client.close()
             group.cancelAll()
@@ -287,7 +310,7 @@ func withWebhookBench(
         try await nats.createStream("EVENTS", subjects: ["events.>"])
         let configuration = configured {
             $0 = base
-            $0.nats = nats.endpoint
+            $0.bus = nats.bus
         }
         try await withApplication(router: receiver.router) { port in
             try await withConnectorHandler(registry: WebhookConnectorTests.registry(), configuration: configuration) {
@@ -340,6 +363,22 @@ struct WebhookConnectorTests {
             #expect(status.messagesOut == 2)
             #expect(status.failures == 0)
             #expect(bench.clock.sleeps.isEmpty)
+            #expect(nats.clientsMade.counts.withLock { $0 } == (1, 0), "this node's stream is consumed in process")
+            try await bench.terminate(resource)
+        }
+    }
+
+    @Test("a resource that names a server consumes its stream over NATS, with the same delivery and acks")
+    func remoteServer() async throws {
+        try await withWebhookBench { bench in
+            let (nats, receiver) = (bench.nats, bench.receiver)
+            let resource = bench.resource("hook-remote", subject: "events.r", ["server": .string("nats://127.0.0.1:\(nats.port)")])
+            try await bench.handle(resource)
+            try await nats.publish("events.r", "over the wire")
+            #expect(await eventually(.seconds(20)) { receiver.requests.count >= 1 })
+            #expect(receiver.requests.map(\.body) == ["over the wire"])
+            #expect(try await bench.settled("hook-remote"))
+            #expect(nats.clientsMade.counts.withLock { $0 } == (0, 1))
             try await bench.terminate(resource)
         }
     }

@@ -3,6 +3,7 @@ import NIOCore
 import StorkBus
 import StorkNATS
 import Synchronization
+import StorkCore
 import Testing
 
 /// Runs a real ``NATSServer`` on a free loopback port for the duration of `body`.
@@ -62,7 +63,7 @@ struct NATSClientTests {
 
             subscriber.unsubscribe(sid)
             #expect(await iterator.next() == nil, "unsubscribe finishes the stream")
-            #expect(throws: NATSClientError.self) { try publisher.publish("bad subject", payload: ByteBuffer()) }
+            #expect(throws: StorkError.self) { try publisher.publish("bad subject", payload: ByteBuffer()) }
             await subscriber.close()
             await publisher.close()
         }
@@ -91,12 +92,12 @@ struct NATSClientTests {
             await #expect {
                 try await requester.request("nobody", payload: ByteBuffer(), timeout: .seconds(5))
             } throws: { error in
-                (error as? NATSClientError)?.code == .noResponders
+                (error as? StorkError)?.code == .noResponders
             }
             await #expect {
                 try await requester.request("silent", payload: ByteBuffer(), timeout: .milliseconds(200))
             } throws: { error in
-                (error as? NATSClientError)?.code == .timeout
+                (error as? StorkError)?.code == .timeout
             }
             _ = silent
             await responder.close()
@@ -122,7 +123,7 @@ struct NATSClientTests {
         await #expect {
             try await client.flush(timeout: .seconds(1))
         } throws: { error in
-            (error as? NATSClientError)?.code == .connectionClosed
+            (error as? StorkError)?.code == .connectionClosed
         }
     }
 
@@ -132,7 +133,7 @@ struct NATSClientTests {
             await #expect {
                 try await NATSClient.connect(host: "127.0.0.1", port: port)
             } throws: { error in
-                (error as? NATSClientError)?.code == .connectFailed
+                (error as? StorkError)?.code == .connectFailed
             }
             var options = NATSClient.Options()
             options.token = "s3cret"
@@ -143,7 +144,7 @@ struct NATSClientTests {
         await #expect {
             try await NATSClient.connect(host: "127.0.0.1", port: 1)
         } throws: { error in
-            (error as? NATSClientError)?.code == .connectFailed
+            (error as? StorkError)?.code == .connectFailed
         }
     }
 }

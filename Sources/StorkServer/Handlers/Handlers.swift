@@ -119,6 +119,7 @@ extension ServerConfiguration {
         registry: ConnectorRegistry? = nil,
         fallback: any ResourceHandler,
         metricsFactory: (any MetricsFactory)?,
+        bus: ConnectorBus? = nil,
         environment: [String: String] = ProcessInfo.processInfo.environment,
         extra: [any Connector] = [],
         logger: Logger
@@ -133,7 +134,7 @@ extension ServerConfiguration {
         configuration.unknownKind = self.connectors.enabled ? self.connectors.unknownKind : .handler
         configuration.secrets = ConnectorSecrets(environment: environment, file: self.connectors.secretsFile)
         configuration.metricsFactory = metricsFactory
-        configuration.nats = self.connectorNATSEndpoint
+        configuration.bus = bus
         configuration.stopGracePeriod = self.connectors.stopGracePeriod
         return ConnectorHandler(
             registry: connectors,
@@ -141,19 +142,6 @@ extension ServerConfiguration {
             configuration: configuration,
             logger: logger
         )
-    }
-
-    /// This node's NATS endpoint as its own connectors reach it (`node.nats`; a wildcard listen address is reached
-    /// on loopback), with the endpoint's token or its first user (by name) to log in; nil when NATS is off.
-    public var connectorNATSEndpoint: ConnectorNATSEndpoint? {
-        guard let address = self.node.nats, let (host, port) = try? StorkServer.hostAndPort(address) else { return nil }
-        let reachable = ["0.0.0.0", "", "::", "[::]"].contains(host) ? "127.0.0.1" : host
-        var endpoint = ConnectorNATSEndpoint(host: reachable, port: port, token: self.nats.token)
-        if self.nats.token == nil, let user = self.nats.users.keys.sorted().first {
-            endpoint.user = user
-            endpoint.password = self.nats.users[user]
-        }
-        return endpoint
     }
 
     /// The handler this configuration names (`resources.handler`), built through `plugins`.
