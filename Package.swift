@@ -6,7 +6,6 @@ import PackageDescription
 let strict = Context.environment["STORK_STRICT"] == "1"
 let storkSwiftSettings: [SwiftSetting] =
     strict ? [.unsafeFlags(["-warnings-as-errors"])] : []
-
 let package = Package(
     name: "Stork",
     platforms: [.macOS(.v15)],

@@ -10,18 +10,56 @@ import NIOCore
 /// keeps the block as it was read, so that headers passed on unchanged are forwarded byte for byte and never encoded
 /// again; changing any field drops it.
 public struct MessageHeaders: Sendable, Equatable {
-    public var status: Int? { didSet { self.block = nil } }
-    public var statusDescription: String? { didSet { self.block = nil } }
+    /// One reference, so that a message without headers (nil) or with them stays small and cheap to copy: the router
+    /// copies messages on every delivery. Copied on write.
+    private final class Storage: @unchecked Sendable {
+        var status: Int?
+        var statusDescription: String?
+        var fields: [(name: String, value: String)]
+        var block: ByteBuffer?
+
+        init(status: Int?, statusDescription: String?, fields: [(name: String, value: String)], block: ByteBuffer?) {
+            self.status = status
+            self.statusDescription = statusDescription
+            self.fields = fields
+            self.block = block
+        }
+
+        func copy() -> Storage {
+            Storage(status: self.status, statusDescription: self.statusDescription, fields: self.fields, block: self.block)
+        }
+    }
+
+    private var storage: Storage
+
+    /// Changing a field drops the block it came from.
+    private mutating func change(_ body: (Storage) -> Void) {
+        if !isKnownUniquelyReferenced(&self.storage) { self.storage = self.storage.copy() }
+        body(self.storage)
+        self.storage.block = nil
+    }
+
+    public var status: Int? {
+        get { self.storage.status }
+        set { self.change { $0.status = newValue } }
+    }
+
+    public var statusDescription: String? {
+        get { self.storage.statusDescription }
+        set { self.change { $0.statusDescription = newValue } }
+    }
+
     /// Fields in order; names keep their case, lookups ignore it.
-    public var fields: [(name: String, value: String)] { didSet { self.block = nil } }
+    public var fields: [(name: String, value: String)] {
+        get { self.storage.fields }
+        set { self.change { $0.fields = newValue } }
+    }
+
     /// The header block these fields came from (or were last encoded to); nil after a change.
-    private var block: ByteBuffer?
+    private var block: ByteBuffer? { self.storage.block }
 
     public init(status: Int? = nil, statusDescription: String? = nil, fields: [(name: String, value: String)] = []) {
-        self.status = status
-        self.statusDescription = statusDescription
-        self.fields = fields
-        self.block = nil
+        self.storage = Storage(status: status, statusDescription: statusDescription, fields: fields, block: nil)
     }
 
     public static func == (lhs: MessageHeaders, rhs: MessageHeaders) -> Bool {
@@ -52,25 +90,27 @@ public struct MessageHeaders: Sendable, Equatable {
     /// The headers of a block as a client sent it: parsed leniently (lines without a colon are skipped, a block that
     /// does not start with `NATS/1.0` has no status), and kept as they are so that they are passed on byte for byte.
     public init(block: ByteBuffer) {
-        self.init()
+        var status: Int?
+        var statusDescription: String?
+        var fields: [(name: String, value: String)] = []
         let text = String(buffer: block)
         var lines = text.split(separator: "\r\n", omittingEmptySubsequences: false)[...]
         if let first = lines.popFirst(), first.hasPrefix("NATS/1.0") {
             let statusPart = first.dropFirst("NATS/1.0".count).drop { $0 == " " }
             if !statusPart.isEmpty {
                 let code = statusPart.prefix { $0 != " " }
-                self.status = Int(code)
+                status = Int(code)
                 let description = statusPart.dropFirst(code.count).drop { $0 == " " }
-                self.statusDescription = description.isEmpty ? nil : String(description)
+                statusDescription = description.isEmpty ? nil : String(description)
             }
         }
         for line in lines where !line.isEmpty {
             guard let colon = line.firstIndex(of: ":") else { continue }
             let name = line[..<colon].trimmingCharacters(in: " \t")
             let value = line[line.index(after: colon)...].trimmingCharacters(in: " \t")
-            self.fields.append((name, value))
+            fields.append((name, value))
         }
-        self.block = block
+        self.storage = Storage(status: status, statusDescription: statusDescription, fields: fields, block: block)
     }
 
     /// The header block as bytes: the one these headers were read from while unchanged, else encoded.

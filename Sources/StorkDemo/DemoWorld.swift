@@ -220,7 +220,9 @@ public final class DemoWorld: Sendable {
 
     /// A message arrived on `demo.shots.>` from `node`'s NATS endpoint. Returns the shot's sequence when it is a
     /// shot (new or not), so that the feed can be told.
-    func onShotMessage(_ payload: [UInt8], node: String) -> Int? {
+    /// A shot received on node `receivedOn`: counted for the node that runs its player (the one that published it),
+    /// as the last poll of the owners found it, or for `receivedOn` when no owner is known.
+    func onShotMessage(_ payload: [UInt8], receivedOn: String) -> Int? {
         let message: ShotMessage
         do {
             message = try ShotMessage.decode(payload)
@@ -229,7 +231,10 @@ public final class DemoWorld: Sendable {
             return nil
         }
         let now = self.now
-        let outcome = self.state.withLock { $0.tally.onMessage(message, node: node, now: now) }
+        let (outcome, node) = self.state.withLock { state in
+            let node = state.owners[message.player] ?? receivedOn
+            return (state.tally.onMessage(message, node: node, now: now), node)
+        }
         if case .new(_, let overtaken) = outcome {
             let mark = message.outcome == "goal" ? "GOAL" : message.outcome
             self.say(

@@ -56,8 +56,8 @@ public struct LiveDemoConfiguration: Sendable {
 // MARK: - LiveDemo
 
 /// `stork demo`: a football match's shots, fed over WebSockets to players that are Stork resources on a cluster of
-/// real `stork serve` processes, received over NATS from every node, while nodes are killed and added, with a web
-/// page that shows it all. See Docs/demo.md.
+/// real `stork serve` processes, received over NATS on one node (the bus brings every node's), while nodes are
+/// killed and added, with a web page that shows it all. See Docs/demo.md.
 public struct LiveDemo: Sendable {
     public var configuration: LiveDemoConfiguration
 
@@ -164,44 +164,53 @@ public struct LiveDemo: Sendable {
         return ok
     }
 
-    // MARK: Receiving shots from every node
+    // MARK: Receiving every node's shots on one node
 
-    /// Subscribes to `demo.shots.>` on every node named in `added`, for as long as the node runs.
+    /// Listens on one live node at a time: the nodes form one bus, so a subscription to `demo.shots.>` on any node
+    /// receives the shots every node publishes. When that node dies (or cannot be reached), the next live node in
+    /// order takes over; shots published in between come again from the feed, which repeats every shot not confirmed
+    /// yet. `added` (nodes started from the page) only wakes the search when no node was live.
     static func receive(_ added: AsyncStream<String>, world: DemoWorld, nodes: DemoCluster, feed: MatchFeed) async {
         await withDiscardingTaskGroup { group in
-            for await name in added {
-                group.addTask { await Self.subscribe(to: name, world: world, nodes: nodes, feed: feed) }
+            group.addTask { for await _ in added {} }
+            while !Task.isCancelled {
+                for name in nodes.live where world.isRunning(name) {
+                    await Self.listen(on: name, world: world, nodes: nodes, feed: feed)
+                    if Task.isCancelled { break }
+                }
+                try? await Task.sleep(for: .milliseconds(200))
             }
+            group.cancelAll()
         }
     }
 
-    static func subscribe(to name: String, world: DemoWorld, nodes: DemoCluster, feed: MatchFeed) async {
+    /// One subscription to `demo.shots.>` on node `name`, until its connection ends or fails.
+    static func listen(on name: String, world: DemoWorld, nodes: DemoCluster, feed: MatchFeed) async {
         guard let port = nodes.natsPort(name) else { return }
-        while world.isRunning(name), !Task.isCancelled {
+        do {
+            var options = NATSClient.Options()
+            options.name = "stork-demo"
+            options.connectTimeout = .seconds(2)
+            let client = try await NATSClient.connect(host: "127.0.0.1", port: port, options: options)
             do {
-                var options = NATSClient.Options()
-                options.name = "stork-demo"
-                options.connectTimeout = .seconds(2)
-                let client = try await NATSClient.connect(host: "127.0.0.1", port: port, options: options)
-                do {
-                    let (_, messages) = try client.subscribe("demo.shots.>")
-                    // From the PONG on, every shot published on this node reaches the demo.
-                    try await client.flush(timeout: .seconds(5))
-                    world.onSubscription(name, active: true)
-                    for await message in messages {
-                        let payload = Array(message.payload.readableBytesView)
-                        if let sequence = world.onShotMessage(payload, node: name) { feed.confirm(sequence) }
-                    }
-                    world.onSubscription(name, active: false)
-                } catch {
-                    await client.close()
-                    throw error
+                let (_, messages) = try client.subscribe("demo.shots.>")
+                // From the PONG on, every shot published on any node reaches the demo (the other nodes learn of the
+                // subscription a moment later; the feed repeats what they published before).
+                try await client.flush(timeout: .seconds(5))
+                world.onSubscription(name, active: true)
+                for await message in messages {
+                    let payload = Array(message.payload.readableBytesView)
+                    if let sequence = world.onShotMessage(payload, receivedOn: name) { feed.confirm(sequence) }
                 }
-                await client.close()
+                world.onSubscription(name, active: false)
             } catch {
-                // Not listening yet, or gone: try again while the node runs.
+                world.onSubscription(name, active: false)
+                await client.close()
+                throw error
             }
-            try? await Task.sleep(for: .milliseconds(200))
+            await client.close()
+        } catch {
+            // Not listening yet, or gone: the caller tries the next node.
         }
     }
 

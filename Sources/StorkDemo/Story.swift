@@ -92,7 +92,7 @@ struct Story: Sendable {
         self.world.say(
             "Kick-off. The feed plays \(script.shots.count) shots over \(Int(length.secondsDouble)) s; each shot goes "
                 + "to its player's WebSocket, the node running the player publishes it on demo.shots.<player>, and "
-                + "this process, subscribed on every node, confirms it to the feed."
+                + "this process, subscribed on one node (the bus brings it every node's shots), confirms it to the feed."
         )
         let kickoff = ContinuousClock.now
         let feed = self.feed
@@ -176,7 +176,7 @@ struct Story: Sendable {
         let connections = self.feed.snapshot().connections
         let live = self.world.nodes.filter { $0.status == .live || $0.status == .starting }
         return self.script.players.allSatisfy { owners[$0.id] != nil && connections[$0.id, default: 0] > 0 }
-            && live.allSatisfy { $0.status == .live && $0.subscribed }
+            && live.allSatisfy { $0.status == .live } && live.contains { $0.subscribed }
     }
 
     func explainNotReady() {
@@ -188,7 +188,7 @@ struct Story: Sendable {
             "not running:              \(unowned.isEmpty ? "none" : unowned.joined(separator: " "))",
             "not connected to the feed: \(unconnected.isEmpty ? "none" : unconnected.joined(separator: " "))",
             "nodes: "
-                + self.world.nodes.map { "\($0.name) \($0.status.rawValue)\($0.subscribed ? "" : " (not subscribed)")" }
+                + self.world.nodes.map { "\($0.name) \($0.status.rawValue)\($0.subscribed ? " (the demo listens here)" : "")" }
                 .joined(separator: ", "),
         ])
     }
