@@ -11,9 +11,10 @@ public struct BusClusterConfiguration: Sendable {
     /// of it the link is congested and client connections publishing into it are stalled (flow control); past all
     /// of it new messages for that peer are dropped, counted and logged.
     public var maximumQueuedBytes = 64 << 20
-    /// Messages queued for one peer go out together in frames of at most about this many bytes. Keep it well
-    /// below the cluster transport's `maximumFrameSize` (16 MiB).
-    public var maximumFrameBytes = 1 << 20
+    /// Messages queued for one peer go out together in frames of at most about this many bytes (64 KiB: larger
+    /// frames cost more in fresh pages for their copies than they save in frames). Keep it below the cluster
+    /// transport's `maximumFrameSize` (16 MiB).
+    public var maximumFrameBytes = 64 << 10
     /// A single message larger than this is not forwarded (counted in `messagesTooLarge`).
     public var maximumMessageBytes = 8 << 20
     /// Distinct interest keys this node announces at most (a snapshot must fit a frame); subscriptions beyond it

@@ -1,3 +1,4 @@
+import Foundation
 import NIOCore
 import StorkBus
 import StorkStreaming
@@ -333,6 +334,21 @@ struct BusReader {
 
     init(_ buffer: ByteBuffer) { self.buffer = buffer }
 
+    /// Whether the next field is the length-prefixed `string`, byte for byte; if so it is consumed.
+    private mutating func startsWithString(_ string: String) -> Bool {
+        var string = string
+        return string.withUTF8 { utf8 in
+            guard let length = self.buffer.getInteger(at: self.buffer.readerIndex, as: UInt16.self), Int(length) == utf8.count,
+                self.buffer.readableBytes >= 2 + utf8.count
+            else { return false }
+            let equal = self.buffer.withUnsafeReadableBytes { bytes in
+                utf8.isEmpty || memcmp(bytes.baseAddress! + 2, utf8.baseAddress!, utf8.count) == 0
+            }
+            if equal { self.buffer.moveReaderIndex(forwardBy: 2 + utf8.count) }
+            return equal
+        }
+    }
+
     var isAtEnd: Bool { self.buffer.readableBytes == 0 }
     var remaining: Int { self.buffer.readableBytes }
 
@@ -372,9 +388,12 @@ struct BusReader {
         guard length <= self.remaining else {
             throw BusFrameError(.truncated, "\(length) bytes needed, \(self.remaining) left")
         }
-        let string = self.buffer.readableBytesView.prefix(length).withContiguousStorageIfAvailable {
-            String(validating: $0, as: UTF8.self)
-        } ?? String(validating: Array(self.buffer.readableBytesView.prefix(length)), as: UTF8.self)
+        let string = self.buffer.withUnsafeReadableBytes { bytes -> String? in
+            let bytes = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
+            // ASCII (nearly every subject) decodes exactly; anything else is validated, never repaired.
+            if !bytes.contains(where: { $0 >= 0x80 }) { return String(decoding: bytes, as: UTF8.self) }
+            return String(validating: Array(bytes), as: UTF8.self)
+        }
         self.buffer.moveReaderIndex(forwardBy: length)
         guard let string else { throw BusFrameError(.invalidUTF8, "a subject is not valid UTF-8") }
         return string
@@ -382,6 +401,9 @@ struct BusReader {
 
     /// A subject as published (`published`, where NATS accepts wildcard tokens as ordinary ones) or a pattern.
     mutating func subject(published: Bool) throws(BusFrameError) -> String {
+        // The subject of the previous message again (a frame usually carries one publisher's burst): compared as
+        // bytes, neither decoded nor validated again.
+        if published, let last = self.lastValidSubject, self.startsWithString(last) { return last }
         let subject = try self.string()
         if published, subject == self.lastValidSubject { return subject }
         guard published ? Subject.isValidForPublish(subject) : Subject.isValidPattern(subject) else {
