@@ -17,12 +17,13 @@ struct RouterMessaging: StorkMessaging {
     let router: BusRouter
 
     func publish(_ message: StorkMessage) -> Int {
-        var headers: MessageHeaders?
-        if !message.headers.isEmpty {
-            headers = MessageHeaders(fields: message.headers.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
-        }
-        return self.router.publish(
-            BusMessage(subject: message.subject, replyTo: message.replyTo, headers: headers, payload: ByteBuffer(bytes: message.payload))
+        self.router.publish(
+            BusMessage(
+                subject: message.subject,
+                replyTo: message.replyTo,
+                headers: Self.headers(message.headers),
+                payload: ByteBuffer(bytes: message.payload)
+            )
         )
     }
 
@@ -34,21 +35,39 @@ struct RouterMessaging: StorkMessaging {
         return stream
     }
 
+    func request(_ message: StorkMessage, timeout: Duration) async throws -> StorkMessage {
+        let client = LocalBusClient(router: self.router, name: "handler")
+        defer { Task { await client.close() } }
+        let reply = try await client.request(
+            message.subject,
+            headers: Self.headers(message.headers),
+            payload: ByteBuffer(bytes: message.payload),
+            timeout: timeout
+        )
+        return Self.storkMessage(reply)
+    }
+
+    static func headers(_ fields: [String: String]) -> MessageHeaders? {
+        fields.isEmpty ? nil : MessageHeaders(fields: fields.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
+    }
+
+    static func storkMessage(_ message: BusMessage) -> StorkMessage {
+        var headers: [String: String] = [:]
+        if let parsed = message.headers {
+            for field in parsed.fields { headers[field.name] = field.value }
+        }
+        return StorkMessage(
+            subject: message.subject,
+            replyTo: message.replyTo,
+            headers: headers,
+            payload: Array(message.payload.readableBytesView)
+        )
+    }
+
     struct Receiver: BusReceiver {
         let continuation: AsyncStream<StorkMessage>.Continuation
         func receive(_ message: BusMessage, subscription: BusSubscription) {
-            var headers: [String: String] = [:]
-            if let parsed = message.headers {
-                for field in parsed.fields { headers[field.name] = field.value }
-            }
-            self.continuation.yield(
-                StorkMessage(
-                    subject: message.subject,
-                    replyTo: message.replyTo,
-                    headers: headers,
-                    payload: Array(message.payload.readableBytesView)
-                )
-            )
+            self.continuation.yield(RouterMessaging.storkMessage(message))
         }
     }
 }

@@ -373,9 +373,13 @@ struct BusDriverTests {
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { await network.pump() }
             for bus in buses { group.addTask { try await bus.run() } }
-            var updates = buses[0].connectURLUpdates().makeAsyncIterator()
-            var latest = await updates.next()
-            while latest != ["127.0.0.1:4001", "127.0.0.1:4002"] { latest = await updates.next() }
+            // Each node learns the other's address when its greeting arrives, in no set order: wait for both.
+            for bus in buses {
+                var updates = bus.connectURLUpdates().makeAsyncIterator()
+                var latest = await updates.next()
+                while latest != nil, latest != ["127.0.0.1:4001", "127.0.0.1:4002"] { latest = await updates.next() }
+                #expect(latest == ["127.0.0.1:4001", "127.0.0.1:4002"])
+            }
             #expect(buses[1].connectURLs == ["127.0.0.1:4001", "127.0.0.1:4002"])
             network.close()
             try await group.waitForAll()

@@ -1,3 +1,5 @@
+import StorkCore
+
 // MARK: - Messaging from resource handlers
 
 /// A message on a subject, as a resource handler sees it.
@@ -27,4 +29,16 @@ public protocol StorkMessaging: Sendable {
     /// Messages on `subject` (wildcards allowed), one member of `queue` each when a queue group is given, until the
     /// returned stream's consumer stops iterating (the subscription ends then).
     func subscribe(_ subject: String, queue: String?) -> AsyncStream<StorkMessage>
+
+    /// Publishes `message` with a fresh reply subject and returns the first reply, from whichever node answers.
+    /// Throws ``StorkError`` `.noResponders` when nobody listens on the subject anywhere, `.timeout` when no reply
+    /// comes within `timeout`.
+    func request(_ message: StorkMessage, timeout: Duration) async throws -> StorkMessage
+}
+
+extension StorkMessaging {
+    /// A messaging implementation without request/reply says so.
+    public func request(_ message: StorkMessage, timeout: Duration) async throws -> StorkMessage {
+        throw StorkError(.unavailable, "this messaging does not support request/reply")
+    }
 }
