@@ -16,6 +16,14 @@ public protocol BusStallTarget: AnyObject, Sendable {
     /// How long a producer should stall now, registering `resume` to be called once when this target drains (or
     /// closes); nil when it is not congested any more (then `resume` is not kept).
     func stall(resume: @escaping @Sendable () -> Void) -> Duration?
+    /// A count that grows whenever this target hands buffered output on (it is draining): a producer whose stall ran
+    /// out stalls again while the target is still congested and this moved, and goes on only when it did not (the
+    /// target stopped reading and will be dropped as a slow consumer). Targets that cannot tell keep it at 0.
+    var drainProgress: Int { get }
+}
+
+extension BusStallTarget {
+    public var drainProgress: Int { 0 }
 }
 
 /// A client connection of a protocol adapter (NATS) as the router delivers to it: messages are encoded in the

@@ -50,6 +50,13 @@ public final class NATSClientConnection: BusConnection, Sendable {
     let congested = Atomic<Bool>(false)
     /// Times a producer was stalled on this connection, for monitoring.
     let stallsCaused = Atomic<Int>(0)
+    /// Flushes that handed bytes to the socket (``BusStallTarget/drainProgress``).
+    private let flushes = Atomic<Int>(0)
+    /// At most this much is handed to the channel at a time: the rest waits here, where it counts as pending (the
+    /// channel's own queue would hide a backlog from flow control and drain without any sign of progress).
+    private let handOffBytes: Int
+
+    public var drainProgress: Int { self.flushes.load(ordering: .relaxed) }
     /// The client sent CONNECT with `protocol` 1: it takes INFO updates while connected (cluster changes, lame duck).
     let takesAsyncInfo = Atomic<Bool>(false)
 
@@ -58,6 +65,7 @@ public final class NATSClientConnection: BusConnection, Sendable {
         self.channel = channel
         self.remoteAddress = channel.remoteAddress
         self.maxPending = maxPending
+        self.handOffBytes = min(1 << 20, max(4096, maxPending / 16))
         self.started = now
         self.startedWallClock = wallClock
         self.state = Mutex(Outbound(buffer: channel.allocator.buffer(capacity: 4096), lastActivity: now))
@@ -178,19 +186,32 @@ public final class NATSClientConnection: BusConnection, Sendable {
         }
     }
 
-    /// Writes what is buffered. On the connection's event loop.
+    /// Writes what is buffered, at most ``handOffBytes`` at a time (the rest follows while the channel stays
+    /// writable, or when it becomes writable again). On the connection's event loop.
     func flush() {
-        let (pending, resumed) = self.state.withLock { state -> (ByteBuffer?, [@Sendable () -> Void]) in
+        let (pending, resumed, more) = self.state.withLock { state -> (ByteBuffer?, [@Sendable () -> Void], Bool) in
             // While the socket cannot take more, the flag stays set: the writability change flushes.
-            guard !state.closed, state.writable else { return (nil, []) }
+            guard !state.closed, state.writable else { return (nil, [], false) }
             state.flushScheduled = false
-            guard state.buffer.readableBytes > 0 else { return (nil, []) }
-            let capacity = min(max(state.buffer.readableBytes, 4096), 1 << 20)
-            let taken = state.buffer
-            state.buffer = self.channel.allocator.buffer(capacity: capacity)
-            return (taken, self.drained(&state))
+            guard state.buffer.readableBytes > 0 else { return (nil, [], false) }
+            let taken: ByteBuffer
+            if state.buffer.readableBytes <= self.handOffBytes {
+                let capacity = min(max(state.buffer.readableBytes, 4096), 1 << 20)
+                taken = state.buffer
+                state.buffer = self.channel.allocator.buffer(capacity: capacity)
+            } else {
+                taken = state.buffer.readSlice(length: self.handOffBytes)!
+                state.flushScheduled = true
+            }
+            // Producers go on once what waits here is back under half the limit.
+            let resumed = state.buffer.readableBytes <= self.maxPending / 2 ? self.drained(&state) : []
+            return (taken, resumed, state.flushScheduled)
         }
-        if let pending { self.channel.writeAndFlush(pending, promise: nil) }
+        if let pending {
+            self.flushes.wrappingAdd(1, ordering: .relaxed)
+            self.channel.writeAndFlush(pending, promise: nil)
+        }
+        if more { self.eventLoop.execute { self.flush() } }
         for resume in resumed { resume() }
     }
 

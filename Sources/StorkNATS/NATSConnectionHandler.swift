@@ -25,8 +25,16 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     private var authTimeout: Scheduled<Void>?
     /// Flow control: while stalled, the connection does not read (a subscriber it published to is congested).
     private var stalled = false
+    /// What was read while stalled, processed when the stall ends.
+    private var held: ByteBuffer?
     private var stallToken: UInt64 = 0
     private var stallTimeout: Scheduled<Void>?
+    /// The targets of the current stall with their drain progress when it was last checked, and when it began.
+    private var stallTargets: [(target: any BusStallTarget, progress: Int)] = []
+    private var stallStarted = NIODeadline.now()
+    /// A stall is renewed while a target is still congested and draining, up to this long in all (as a link between
+    /// nodes waits for a draining peer); a target that made no progress in a stall's time lets the producer go.
+    static let maximumStall: TimeAmount = .seconds(5)
     /// What the parsing loop mutates for every operation. It lives in a local variable while a read is processed
     /// (moved out of the handler and back): every access to a stored property of a class is an exclusivity check at
     /// run time, several per message otherwise.
@@ -112,6 +120,22 @@ final class NATSConnectionHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !self.closing, let client = self.client else { return }
         var incoming = self.unwrapInboundIn(data)
+        if self.stalled {
+            // Reads the socket had under way when the stall began (up to `maxMessagesPerRead` of them): held until
+            // it ends, so that a stall holds the producer at once rather than after up to 16 MiB more.
+            if var held = self.held {
+                held.writeBuffer(&incoming)
+                self.held = held
+            } else {
+                self.held = incoming
+            }
+            return
+        }
+        self.read(incoming, client: client, context: context)
+    }
+
+    private func read(_ incoming: ByteBuffer, client: NATSClientConnection, context: ChannelHandlerContext) {
+        var incoming = incoming
         if var buffer = self.accumulated {
             // An operation straddles the previous read and this one. Complete it with a small part of this read
             // and go on in this read itself, rather than copying all of it behind the leftover.
@@ -155,24 +179,66 @@ final class NATSConnectionHandler: ChannelInboundHandler {
             eventLoop.execute { loopBound.value.resume(token: token, context: contextBound.value) }
         }
         var longest: Duration?
+        var targets: [(target: any BusStallTarget, progress: Int)] = []
         for target in congested where target !== client {
-            if let duration = target.stall(resume: resume) { longest = max(longest ?? duration, duration) }
+            let progress = target.drainProgress
+            if let duration = target.stall(resume: resume) {
+                longest = max(longest ?? duration, duration)
+                targets.append((target, progress))
+            }
         }
         guard let longest else { return }
         self.stalled = true
+        self.stallTargets = targets
+        self.stallStarted = context.eventLoop.now
         self.server.noteStall()
         try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: false)
         self.stallTimeout = context.eventLoop.scheduleTask(in: .init(longest)) {
-            loopBound.value.resume(token: token, context: contextBound.value)
+            loopBound.value.stallRanOut(token: token, resume: resume, context: contextBound.value)
+        }
+    }
+
+    /// The stall's time ran out before its targets drained. A target still congested that drained some meanwhile
+    /// (its reader reads, only slower than this producer writes) keeps the producer stalled, up to ``maximumStall``
+    /// in all; otherwise the producer reads again.
+    private func stallRanOut(token: UInt64, resume: @escaping @Sendable () -> Void, context: ChannelHandlerContext) {
+        guard self.stalled, token == self.stallToken else { return }
+        var longest: Duration?
+        var targets: [(target: any BusStallTarget, progress: Int)] = []
+        if context.eventLoop.now - self.stallStarted < Self.maximumStall {
+            for (target, progress) in self.stallTargets where target.drainProgress != progress {
+                let now = target.drainProgress
+                if let duration = target.stall(resume: resume) {
+                    longest = max(longest ?? duration, duration)
+                    targets.append((target, now))
+                }
+            }
+        }
+        guard let longest else {
+            self.resume(token: token, context: context)
+            return
+        }
+        self.stallTargets = targets
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let contextBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        self.stallTimeout = context.eventLoop.scheduleTask(in: .init(longest)) {
+            loopBound.value.stallRanOut(token: token, resume: resume, context: contextBound.value)
         }
     }
 
     private func resume(token: UInt64, context: ChannelHandlerContext) {
         guard self.stalled, token == self.stallToken else { return }
         self.stalled = false
+        self.stallTargets = []
         self.stallTimeout?.cancel()
         self.stallTimeout = nil
         guard !self.closing, context.channel.isActive else { return }
+        if let held = self.held, let client = self.client {
+            self.held = nil
+            self.read(held, client: client, context: context)
+            // It may have congested a subscriber again: then the new stall decides when reading goes on.
+            if self.stalled { return }
+        }
         try? context.channel.syncOptions?.setOption(ChannelOptions.autoRead, value: true)
         context.read()
     }

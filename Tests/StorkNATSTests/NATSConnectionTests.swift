@@ -215,6 +215,54 @@ struct NATSFlowControlTests {
         _ = try? pair.subscriber.finish()
     }
 
+    @Test("a subscriber that reads slowly keeps the publisher stalled past the stall's time; it is never dropped")
+    func slowReaderKeepsProducerStalled() throws {
+        let pair = try Pair(maxPending: 64 * 1024)
+        pair.subscriberWritable(false)
+        try pair.publish(60, size: 1024)
+        #expect(Self.autoRead(pair.publisher) == false, "60 KiB waiting: stalled")
+        // The stall lasts 100 ms plus 100 ms per 3.2 KiB over half: 100 + 800 ms. Within it the subscriber's socket
+        // takes one hand-off (4 KiB, a sixteenth of the limit) and is full again: slower than the publisher, but
+        // reading.
+        pair.subscriber.isWritable = true
+        pair.subscriber.pipeline.fireChannelWritabilityChanged()
+        pair.subscriber.isWritable = false
+        pair.subscriber.pipeline.fireChannelWritabilityChanged()
+        pair.loop.run()
+        pair.loop.advanceTime(by: .milliseconds(900))
+        #expect(Self.autoRead(pair.publisher) == false, "still congested and draining: stalled again, not resumed")
+        // Now it stops reading: at the end of the renewed stall the publisher goes on.
+        pair.loop.advanceTime(by: .seconds(1))
+        #expect(Self.autoRead(pair.publisher) == true, "no progress during the stall: the publisher reads again")
+        #expect(pair.subscriber.isActive)
+        // It reads again and takes everything: nothing was lost, nobody was dropped.
+        pair.subscriberWritable(true)
+        let received = try Self.drain(pair.subscriber)
+        #expect(received.messages == 60)
+        #expect(received.errors.isEmpty)
+        #expect(pair.subscriber.isActive)
+        _ = try? pair.publisher.finish()
+        _ = try? pair.subscriber.finish()
+    }
+
+    @Test("what the socket read while the publisher was stalled waits for the stall's end: it cannot overrun the subscriber")
+    func readsDuringStallAreHeld() throws {
+        let pair = try Pair(maxPending: 64 * 1024)
+        pair.subscriberWritable(false)
+        try pair.publish(40, size: 1024)
+        #expect(Self.autoRead(pair.publisher) == false, "40 KiB waiting: stalled")
+        // Reads already under way when the stall began (NIO finishes up to maxMessagesPerRead of them).
+        try pair.publish(30, size: 1024)
+        #expect(pair.subscriber.isActive, "70 KiB would be past maxPending: the 30 KiB were held, not delivered")
+        pair.subscriberWritable(true)
+        #expect(Self.autoRead(pair.publisher) == true)
+        let received = try Self.drain(pair.subscriber)
+        #expect(received.messages == 70, "nothing lost: the held publishes were delivered after the stall")
+        #expect(received.errors.isEmpty)
+        _ = try? pair.publisher.finish()
+        _ = try? pair.subscriber.finish()
+    }
+
     @Test("a stall ends after its timeout; a subscriber that never reads is still closed as a slow consumer")
     func stallTimesOutThenSlowConsumer() throws {
         let pair = try Pair(maxPending: 64 * 1024)
