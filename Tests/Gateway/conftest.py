@@ -104,6 +104,18 @@ def wait_until(what: str, timeout: float, condition: Callable[[], Any], interval
         time.sleep(interval)
 
 
+async def stop_task(task: "asyncio.Task", timeout: float = 10.0) -> None:
+    """Cancels `task` and waits for it to end. Python 3.11's `asyncio.wait_for` can swallow a cancellation that
+    arrives as the awaited event fires (the task then runs on), so the cancellation is repeated until it ends."""
+    deadline = time.monotonic() + timeout
+    while not task.done():
+        assert time.monotonic() < deadline, f"{task} did not end within {timeout}s of its cancellation"
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled():
+        task.exception()  # retrieved: once asked to stop, how the task ended is not the test's concern
+
+
 async def async_wait_until(what: str, timeout: float, condition: Callable[[], Any], interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

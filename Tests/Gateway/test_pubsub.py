@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 import nats
 
-from conftest import PASSWORDS, async_wait_until
+from conftest import PASSWORDS, async_wait_until, stop_task
 
 
 async def nats_connect(node):
@@ -214,11 +214,7 @@ async def test_cluster_request_respond(cluster, clients):
             n1.http, "POST", "/v1/request", {"subject": "rpc.add", "data": [2, 3], "timeout": 5000})
         assert status == 200 and body == {"data": 5}, (status, body)
     finally:
-        server.cancel()
-        try:
-            await server
-        except (asyncio.CancelledError, Exception):
-            pass
+        await stop_task(server)
 
 
 async def test_cluster_presence(cluster, clients):
