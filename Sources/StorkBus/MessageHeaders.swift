@@ -8,7 +8,7 @@ import NIOCore
 /// Stored and carried between nodes as a NATS header block (`NATS/1.0[ <status>[ <description>]]\r\n`, then
 /// `Name: Value\r\n` lines and a blank line), the format JetStream keeps in its streams. A message parsed from a block
 /// keeps the block as it was read, so that headers passed on unchanged are forwarded byte for byte and never encoded
-/// again; changing any field drops it.
+/// again; changing any field encodes the block anew (once per change, not once per delivery).
 public struct MessageHeaders: Sendable, Equatable {
     /// One reference, so that a message without headers (nil) or with them stays small and cheap to copy: the router
     /// copies messages on every delivery. Copied on write.
@@ -16,9 +16,10 @@ public struct MessageHeaders: Sendable, Equatable {
         var status: Int?
         var statusDescription: String?
         var fields: [(name: String, value: String)]
-        var block: ByteBuffer?
+        /// The block these fields were read from, or their encoding: always in step with the fields.
+        var block: ByteBuffer
 
-        init(status: Int?, statusDescription: String?, fields: [(name: String, value: String)], block: ByteBuffer?) {
+        init(status: Int?, statusDescription: String?, fields: [(name: String, value: String)], block: ByteBuffer) {
             self.status = status
             self.statusDescription = statusDescription
             self.fields = fields
@@ -32,11 +33,15 @@ public struct MessageHeaders: Sendable, Equatable {
 
     private var storage: Storage
 
-    /// Changing a field drops the block it came from.
+    /// Changing a field replaces the block it came from with the fields' encoding.
     private mutating func change(_ body: (Storage) -> Void) {
         if !isKnownUniquelyReferenced(&self.storage) { self.storage = self.storage.copy() }
         body(self.storage)
-        self.storage.block = nil
+        self.storage.block = Self.encode(
+            status: self.storage.status,
+            statusDescription: self.storage.statusDescription,
+            fields: self.storage.fields
+        )
     }
 
     public var status: Int? {
@@ -55,11 +60,13 @@ public struct MessageHeaders: Sendable, Equatable {
         set { self.change { $0.fields = newValue } }
     }
 
-    /// The header block these fields came from (or were last encoded to); nil after a change.
-    private var block: ByteBuffer? { self.storage.block }
-
     public init(status: Int? = nil, statusDescription: String? = nil, fields: [(name: String, value: String)] = []) {
-        self.storage = Storage(status: status, statusDescription: statusDescription, fields: fields, block: nil)
+        self.storage = Storage(
+            status: status,
+            statusDescription: statusDescription,
+            fields: fields,
+            block: Self.encode(status: status, statusDescription: statusDescription, fields: fields)
+        )
     }
 
     public static func == (lhs: MessageHeaders, rhs: MessageHeaders) -> Bool {
@@ -113,9 +120,14 @@ public struct MessageHeaders: Sendable, Equatable {
         self.storage = Storage(status: status, statusDescription: statusDescription, fields: fields, block: block)
     }
 
-    /// The header block as bytes: the one these headers were read from while unchanged, else encoded.
-    public var encoded: ByteBuffer {
-        if let block { return block }
+    /// The header block as bytes: the one these headers were read from while unchanged, else their encoding (made
+    /// when they were built or changed, so that routing a message to many subscribers encodes nothing).
+    public var encoded: ByteBuffer { self.storage.block }
+
+    /// Size of the header block in bytes (what counts against payload limits and in statistics).
+    public var encodedSize: Int { self.storage.block.readableBytes }
+
+    private static func encode(status: Int?, statusDescription: String?, fields: [(name: String, value: String)]) -> ByteBuffer {
         var buffer = ByteBuffer()
         buffer.writeStaticString("NATS/1.0")
         if let status {
@@ -123,7 +135,7 @@ public struct MessageHeaders: Sendable, Equatable {
             if let statusDescription { buffer.writeString(" \(statusDescription)") }
         }
         buffer.writeStaticString("\r\n")
-        for field in self.fields {
+        for field in fields {
             buffer.writeString(field.name)
             buffer.writeStaticString(": ")
             buffer.writeString(field.value)
@@ -132,9 +144,6 @@ public struct MessageHeaders: Sendable, Equatable {
         buffer.writeStaticString("\r\n")
         return buffer
     }
-
-    /// Size of the header block in bytes (what counts against payload limits and in statistics).
-    public var encodedSize: Int { self.block?.readableBytes ?? self.encoded.readableBytes }
 }
 
 extension Substring {
