@@ -87,6 +87,7 @@ public final class JetStream: Service, Sendable {
                 // The API answers for this node's streams only: a request must not reach the other nodes' APIs.
                 self.router.subscribe("$JS.API.>", scope: .node, receiver: receiver),
                 self.router.subscribe("$JS.ACK.>", receiver: AckReceiver(jetstream: self)),
+                self.router.subscribe("$JS.FC.>", receiver: FlowControlReceiver(jetstream: self)),
             ]
         }
         self.finishReadiness(nil)
@@ -256,6 +257,23 @@ public final class JetStream: Service, Sendable {
         func receive(_ message: BusMessage, subscription: BusSubscription) {
             self.jetstream.ack(message)
         }
+    }
+
+    struct FlowControlReceiver: BusReceiver {
+        let jetstream: JetStream
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
+            self.jetstream.flowControlAnswered(message.subject)
+        }
+    }
+
+    /// A push consumer's client answered a flow-control request (`$JS.FC.<stream>.<consumer>.<token>`): its
+    /// deliveries go on.
+    func flowControlAnswered(_ subject: String) {
+        let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
+        guard tokens.count == 5, let stream = self.streams.withLock({ $0[String(tokens[2])] }) else { return }
+        let consumer = String(tokens[3])
+        let resumed = stream.state.withLock { $0.consumers[consumer]?.flowControlAnswered(subject) ?? false }
+        if resumed { stream.signal() }
     }
 
     func ack(_ message: BusMessage) {

@@ -53,6 +53,22 @@ extension JetStream {
         }
     }
 
+    /// Options a client set that Stork does not act on are refused by name (``JetStreamOptions``), never ignored.
+    private func refuseUnsupported(stream body: Data) throws {
+        guard let object = Self.object(body) else { return }
+        if let refusal = JetStreamOptions.streamRefusal(object) { throw JetStreamAPIError.invalidConfig(refusal) }
+    }
+
+    private func refuseUnsupported(consumer body: Data) throws {
+        guard let request = Self.object(body), case .object(let config)? = request["config"] else { return }
+        if let refusal = JetStreamOptions.consumerRefusal(config) { throw JetStreamAPIError.consumerInvalid(refusal) }
+    }
+
+    /// The request as a JSON object (nil when it is not one: the typed decoding has reported that already).
+    private static func object(_ body: Data) -> [String: JSONValue]? {
+        try? JSONDecoder().decode([String: JSONValue].self, from: body.isEmpty ? Data("{}".utf8) : body)
+    }
+
     private func stream(_ name: String) throws -> JetStreamStream {
         guard let stream = self.streams.withLock({ $0[name] }) else { throw JetStreamAPIError.streamNotFound }
         return stream
@@ -80,11 +96,13 @@ extension JetStream {
         switch (path.first ?? "", path.count) {
         case ("CREATE", 2):
             var config = try self.decode(StreamConfig.self, body)
+            try self.refuseUnsupported(stream: body)
             if config.name.isEmpty { config.name = path[1] }
             guard config.name == path[1] else { throw JetStreamAPIError.invalidConfig("stream name in subject does not match request") }
             return try await self.createStream(config)
         case ("UPDATE", 2):
             var config = try self.decode(StreamConfig.self, body)
+            try self.refuseUnsupported(stream: body)
             if config.name.isEmpty { config.name = path[1] }
             return try await self.updateStream(config)
         case ("INFO", 2):
@@ -236,7 +254,7 @@ extension JetStream {
     private func purge(_ stream: JetStreamStream, _ request: PurgeRequest) async throws -> any Encodable {
         let denied = stream.state.withLock { $0.config.denyPurge }
         if denied { throw JetStreamAPIError(code: 400, errCode: 10056, description: "stream purge is not permitted") }
-        let removed: [UInt64] = stream.state.withLock { state in
+        let (removed, purged): ([UInt64], Bool) = stream.state.withLock { state in
             var doomed: [UInt64]
             let entries = state.index.entries
             if let filter = request.filter, !filter.isEmpty {
@@ -246,20 +264,10 @@ extension JetStream {
             }
             if let seq = request.seq { doomed = doomed.filter { $0 < seq } }
             if let keep = request.keep, keep > 0 { doomed = Array(doomed.dropLast(min(doomed.count, Int(keep)))) }
-            let contiguous = doomed.count == entries.prefix(doomed.count).count
-                && zip(doomed, entries).allSatisfy { $0 == $1.sequence }
-            if contiguous, let last = doomed.last {
-                state.index.purge(through: last)
-            } else {
-                for sequence in doomed { state.index.remove(sequence) }
-            }
-            for sequence in doomed { state.recent[sequence] = nil }
-            for name in state.consumers.keys { state.consumers[name]!.streamTrimmed(index: state.index) }
-            return doomed
+            return (doomed, state.drop(doomed))
         }
-        if let last = removed.last, removed.count > 0 {
-            let firstRemaining = stream.state.withLock { $0.index.firstSequence }
-            if last < firstRemaining {
+        if let last = removed.last {
+            if purged {
                 try await stream.store.purge(through: last)
             } else {
                 try await stream.store.remove(removed)
@@ -298,6 +306,7 @@ extension JetStream {
         switch (path.first ?? "", path.count) {
         case ("CREATE", 2...):
             let request = try self.decode(CreateConsumerRequest.self, body)
+            try self.refuseUnsupported(consumer: body)
             let stream = try self.stream(path[1])
             var config = request.config
             if path.count >= 3 {
@@ -313,6 +322,7 @@ extension JetStream {
             return try self.createConsumer(stream, config: config)
         case ("DURABLE", 4) where path[1] == "CREATE":
             let request = try self.decode(CreateConsumerRequest.self, body)
+            try self.refuseUnsupported(consumer: body)
             let stream = try self.stream(path[2])
             var config = request.config
             if config.durableName == nil { config.durableName = path[3] }
@@ -379,6 +389,12 @@ extension JetStream {
         if let deliverSubject = config.deliverSubject, !Subject.isValidLiteral(deliverSubject) {
             throw JetStreamAPIError.consumerInvalid("invalid deliver subject '\(deliverSubject)'")
         }
+        if let deliverSubject = config.deliverSubject,
+            stream.state.withLock({ $0.config.subjects.contains { Subject.matches(pattern: $0, subject: deliverSubject) } })
+        {
+            // Every delivery would be stored again and delivered again.
+            throw JetStreamAPIError(code: 400, errCode: 10081, description: "consumer deliver subject forms a cycle")
+        }
         let created = JetStreamJSON.time(self.now())
         let filtersFit = stream.state.withLock { state in
             config.filters.allSatisfy { filter in state.config.subjects.contains { Subject.overlaps($0, filter) } }
@@ -386,10 +402,11 @@ extension JetStream {
         guard filtersFit else {
             throw JetStreamAPIError(code: 400, errCode: 10093, description: "consumer filter subject is not a valid subset of the interest subjects")
         }
-        stream.state.withLock { state in
+        let added = stream.state.withLock { state -> Bool in
             if state.consumers[name] != nil {
                 state.consumers[name]!.update(config)
             } else {
+                if state.config.maxConsumers > 0, state.consumers.count >= state.config.maxConsumers { return false }
                 state.consumers[name] = ConsumerStateMachine(
                     name: name,
                     config: config,
@@ -401,7 +418,9 @@ extension JetStream {
             }
             state.consumers[name]!.touch(self.now())
             state.consumers[name]!.streamSubjects(state.config.subjects)
+            return true
         }
+        guard added else { throw JetStreamAPIError.maximumConsumers }
         stream.signal()
         return self.consumerInfo(stream, name: name, type: "consumer_create_response")!
     }

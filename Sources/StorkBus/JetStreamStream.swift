@@ -13,10 +13,19 @@ import Synchronization
 /// Publishing, acks and pull requests arrive on publishers' threads and only touch the locked state; everything
 /// that awaits the store happens in ``run()``, one step at a time, so the stream's order is the store's order.
 final class JetStreamStream: Sendable {
+    /// What a `Nats-Rollup` header asks for once its message is stored.
+    enum Rollup: Sendable {
+        /// Every earlier message on the message's subject goes.
+        case subject
+        /// Every earlier message of the stream goes.
+        case all
+    }
+
     struct PendingWrite: Sendable {
         var message: StoredMessage
         var replyTo: String?
         var messageID: String?
+        var rollup: Rollup?
     }
 
     struct State: Sendable {
@@ -36,6 +45,22 @@ final class JetStreamStream: Sendable {
         var consumersDirtyAt: Int64?
         /// The consumer a partial round of persistence saved last (the next round starts after it).
         var persistCursor: String?
+
+        /// Drops `doomed` (ascending sequences) from the index, the recent cache and the consumers; the store is the
+        /// caller's. Returns whether they were every message up to the last of them (one purge in the store).
+        mutating func drop(_ doomed: [UInt64]) -> Bool {
+            guard let last = doomed.last else { return false }
+            let entries = self.index.entries
+            let contiguous = doomed.count <= entries.count && zip(doomed, entries).allSatisfy { $0 == $1.sequence }
+            if contiguous {
+                self.index.purge(through: last)
+            } else {
+                for sequence in doomed { self.index.remove(sequence) }
+            }
+            for sequence in doomed { self.recent[sequence] = nil }
+            for name in self.consumers.keys { self.consumers[name]!.streamTrimmed(index: self.index) }
+            return contiguous
+        }
     }
 
     let name: String
@@ -137,6 +162,15 @@ final class JetStreamStream: Sendable {
         let outcome = self.state.withLock { state -> Outcome in
             if state.closed { return .refused(.streamNotFound) }
             if state.config.sealed { return .refused(.streamSealed) }
+            var rollup: Rollup?
+            if let value = headers?["Nats-Rollup"] {
+                guard state.config.allowRollupHdrs else { return .refused(.rollupNotPermitted) }
+                switch value.lowercased() {
+                case "sub": rollup = .subject
+                case "all": rollup = .all
+                default: return .refused(.invalidRollup(value))
+                }
+            }
             if let expected = headers?["Nats-Expected-Stream"], expected != state.config.name {
                 return .refused(JetStreamAPIError(code: 400, errCode: 10060, description: "expected stream does not match"))
             }
@@ -163,20 +197,24 @@ final class JetStreamStream: Sendable {
             }
             stored.sequence = state.nextSequence
             state.nextSequence += 1
-            state.writes.append(PendingWrite(message: stored, replyTo: message.replyTo, messageID: messageID))
+            state.writes.append(
+                PendingWrite(message: stored, replyTo: message.replyTo, messageID: messageID, rollup: rollup)
+            )
             state.writesBytes += stored.accountedSize
             if let messageID {
                 state.duplicates.record(messageID, sequence: stored.sequence, timestamp: now)
             }
             return .queued
         }
+        // A stream with `no_ack` answers no publisher, neither with an ack nor with a refusal.
+        let reply = self.state.withLock { $0.config.noAck } ? nil : message.replyTo
         switch outcome {
         case .queued:
             self.signal()
         case .refused(let error):
-            if let reply = message.replyTo { self.respond(reply, ErrorResponse(error: error)) }
+            if let reply { self.respond(reply, ErrorResponse(error: error)) }
         case .duplicate(let sequence):
-            if let reply = message.replyTo {
+            if let reply {
                 self.respond(reply, PubAck(stream: self.name, seq: sequence, duplicate: true))
             }
         }
@@ -246,9 +284,11 @@ final class JetStreamStream: Sendable {
             try await self.store.append(writes.map(\.message))
         } catch {
             self.logger.error("stream store append failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
-            for write in writes {
-                if let reply = write.replyTo {
-                    self.respond(reply, ErrorResponse(error: .storeFailure("\(error)")))
+            if !self.state.withLock({ $0.config.noAck }) {
+                for write in writes {
+                    if let reply = write.replyTo {
+                        self.respond(reply, ErrorResponse(error: .storeFailure("\(error)")))
+                    }
                 }
             }
             return
@@ -265,8 +305,30 @@ final class JetStreamStream: Sendable {
                 state.recentOrder.removeFirst(excess)
             }
         }
+        for write in writes where write.rollup != nil {
+            await self.rollUp(write.message, write.rollup!)
+        }
+        guard !self.state.withLock({ $0.config.noAck }) else { return }
         for write in writes {
             if let reply = write.replyTo { self.acknowledge(reply, sequence: write.message.sequence) }
+        }
+    }
+
+    /// A stored message with `Nats-Rollup` replaces what came before it: on its subject (`sub`) or in the whole stream
+    /// (`all`). The rollup happens before the publisher's ack, so an acked rollup has taken effect.
+    private func rollUp(_ message: StoredMessage, _ rollup: Rollup) async {
+        let (doomed, purged) = self.state.withLock { state -> ([UInt64], Bool) in
+            let doomed = state.index.entries.lazy
+                .filter { $0.sequence < message.sequence && (rollup == .all || $0.subject == message.subject) }
+                .map(\.sequence)
+            let list = Array(doomed)
+            return (list, state.drop(list))
+        }
+        guard let last = doomed.last else { return }
+        do {
+            if purged { try await self.store.purge(through: last) } else { try await self.store.remove(doomed) }
+        } catch {
+            self.logger.error("stream store rollup failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
         }
     }
 
@@ -352,24 +414,44 @@ final class JetStreamStream: Sendable {
                     self.logger.error("stream store read failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
                 }
             }
+            let headersOnly = self.state.withLock { $0.consumers[name]?.config.headersOnly ?? false }
             for (delivery, cached) in batch {
                 guard let message = cached ?? loaded[delivery.streamSequence] else { continue }
-                self.send(message, delivery: delivery, consumer: name)
+                self.send(message, delivery: delivery, consumer: name, headersOnly: headersOnly)
+            }
+            // After the messages it follows, on the same subject: the client answers once it has taken them.
+            let answerTo = "$JS.FC.\(self.name).\(name).\(UInt64.random(in: 1...UInt64.max))"
+            let now = self.now()
+            if let request = self.state.withLock({ $0.consumers[name]?.flowControlRequest(answerTo: answerTo, now: now) }) {
+                self.sendStatus(request)
             }
         }
     }
 
-    private func send(_ message: StoredMessage, delivery: ConsumerStateMachine.Delivery, consumer: String) {
+    /// Delivers one message; `headersOnly` sends its headers and `Nats-Msg-Size` (the payload's size) without the
+    /// payload, as NATS does for a consumer with `headers_only`.
+    private func send(
+        _ message: StoredMessage,
+        delivery: ConsumerStateMachine.Delivery,
+        consumer: String,
+        headersOnly: Bool
+    ) {
         var reply = "$JS.ACK."
         reply += self.name
         reply += "."
         reply += consumer
         reply += ".\(delivery.deliveries).\(delivery.streamSequence).\(delivery.consumerSequence).\(message.timestamp).\(delivery.pendingAfter)"
+        var headers = message.headers.isEmpty ? nil : MessageHeaders(block: ByteBuffer(bytes: message.headers))
+        if headersOnly {
+            var fields = headers ?? MessageHeaders()
+            fields.fields.append(("Nats-Msg-Size", "\(message.payload.count)"))
+            headers = fields
+        }
         let out = BusMessage(
             subject: message.subject,
             replyTo: reply,
-            headers: message.headers.isEmpty ? nil : MessageHeaders(block: ByteBuffer(bytes: message.headers)),
-            payload: ByteBuffer(bytes: message.payload)
+            headers: headers,
+            payload: headersOnly ? ByteBuffer() : ByteBuffer(bytes: message.payload)
         )
         self.router.publish(out, to: delivery.subject)
     }
@@ -453,13 +535,13 @@ extension BusRouter {
         var headers = MessageHeaders(status: status.code, statusDescription: status.description)
         if status.code == 408 {
             headers.fields = [("Nats-Pending-Messages", "\(status.pendingMessages)"), ("Nats-Pending-Bytes", "0")]
-        } else if status.code == 100 {
+        } else if status.code == 100, status.answerTo == nil {
             headers.fields = [
                 ("Nats-Last-Consumer", "\(status.lastConsumerSequence)"),
                 ("Nats-Last-Stream", "\(status.lastStreamSequence)"),
             ]
         }
-        self.publish(BusMessage(subject: status.replyTo, headers: headers, payload: ByteBuffer()))
+        self.publish(BusMessage(subject: status.replyTo, replyTo: status.answerTo, headers: headers, payload: ByteBuffer()))
     }
 }
 

@@ -58,6 +58,8 @@ public struct ConsumerStateMachine: Sendable {
         /// `Nats-Last-Stream`), which ordered consumers check for gaps.
         public var lastConsumerSequence: UInt64 = 0
         public var lastStreamSequence: UInt64 = 0
+        /// For a flow-control request: the subject its answer goes to.
+        public var answerTo: String?
 
         public init(
             replyTo: String,
@@ -215,6 +217,8 @@ public struct ConsumerStateMachine: Sendable {
     /// Changes what may change on an existing consumer (ack wait, max ack pending, description…).
     public mutating func update(_ config: ConsumerConfig) {
         self.config = config
+        self.flowControlPending = nil
+        self.deliveredSinceFlowControl = 0
         self.filters = config.filters
         self.noMatchBelow = 0
         self.dirty = true
@@ -264,6 +268,51 @@ public struct ConsumerStateMachine: Sendable {
     /// pending outstanding.
     public mutating func nextDelivery(index: StreamIndex, now: Int64) -> Delivery? {
         if self.pushActive { self.lastActive = now }
+        let controlled = self.config.flowControl && !self.config.isPull
+        if controlled, self.flowControlPending != nil || self.deliveredSinceFlowControl >= Self.flowControlInterval {
+            return nil
+        }
+        let delivery = self.uncontrolledNextDelivery(index: index, now: now)
+        if controlled, delivery != nil { self.deliveredSinceFlowControl += 1 }
+        return delivery
+    }
+
+    // MARK: Flow control
+
+    /// A push consumer with `flow_control` asks its client to confirm after this many deliveries, and delivers no
+    /// more until it has (NATS's flow control: a slow client holds the consumer back instead of being dropped).
+    public static let flowControlInterval = 1024
+    /// An unanswered request is given up after this long (ns), and deliveries go on: the client that should have
+    /// answered may be gone, and a new one would wait forever.
+    public static let flowControlTimeout: Int64 = 5_000_000_000
+
+    /// The reply subject of the flow-control request the client has not answered yet.
+    public private(set) var flowControlPending: String?
+    private var flowControlSentAt: Int64 = 0
+    private var deliveredSinceFlowControl = 0
+
+    /// The flow-control request due after the deliveries made so far, if one is (its answer goes to `answerTo`);
+    /// deliveries wait for the answer.
+    public mutating func flowControlRequest(answerTo: String, now: Int64) -> Status? {
+        guard self.config.flowControl, !self.config.isPull, let subject = self.config.deliverSubject,
+            self.flowControlPending == nil, self.deliveredSinceFlowControl >= Self.flowControlInterval
+        else { return nil }
+        self.flowControlPending = answerTo
+        self.flowControlSentAt = now
+        self.deliveredSinceFlowControl = 0
+        var status = Status(replyTo: subject, code: 100, description: "FlowControl Request", pendingMessages: 0)
+        status.answerTo = answerTo
+        return status
+    }
+
+    /// The client answered the request sent with `answerTo`; true when it was the one deliveries wait for.
+    public mutating func flowControlAnswered(_ answerTo: String) -> Bool {
+        guard self.flowControlPending == answerTo else { return false }
+        self.flowControlPending = nil
+        return true
+    }
+
+    private mutating func uncontrolledNextDelivery(index: StreamIndex, now: Int64) -> Delivery? {
         let target: String
         if self.config.isPull {
             guard let request = self.waiting.first else { return nil }
@@ -457,6 +506,9 @@ public struct ConsumerStateMachine: Sendable {
             self.earliestDeadline = earliest
         }
         var statuses: [Status] = []
+        if self.flowControlPending != nil, now - self.flowControlSentAt >= Self.flowControlTimeout {
+            self.flowControlPending = nil
+        }
         // Idle heartbeats: to a push consumer's deliver subject while nothing was sent for its interval, and to
         // waiting pull requests that asked for them.
         if !self.config.isPull, self.config.idleHeartbeat > 0, self.pushActive, let subject = self.config.deliverSubject,
@@ -514,6 +566,7 @@ public struct ConsumerStateMachine: Sendable {
     /// Whether heartbeats may fall due (so the driver keeps ticking).
     public var sendsHeartbeats: Bool {
         (!self.config.isPull && self.config.idleHeartbeat > 0) || self.waiting.contains { ($0.heartbeat ?? 0) > 0 }
+            || self.flowControlPending != nil
     }
 
     /// The earliest time something becomes due (an ack wait or a request expiring), for the driver's timer.

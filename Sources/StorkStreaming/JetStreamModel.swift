@@ -2,7 +2,8 @@
 //
 // The JSON of the JetStream API subset Stork serves (`$JS.API.>`), with NATS's snake_case keys so that unmodified
 // clients (nats-py, nats.go, the nats CLI) read and write them. Durations are nanoseconds, times RFC 3339, as in
-// NATS. Unknown keys in requests are ignored; every field a client may omit has NATS's default.
+// NATS. Every field a client may omit has NATS's default; options Stork does not act on are refused when set
+// (`JetStreamOptions`).
 
 public enum RetentionPolicy: String, Codable, Sendable {
     case limits, interest, workqueue
@@ -312,6 +313,11 @@ public struct JetStreamAPIError: Error, Codable, Sendable, Equatable {
         errCode: 10013,
         description: "consumer name already in use"
     )
+    public static let maximumConsumers = JetStreamAPIError(code: 400, errCode: 10026, description: "maximum consumers limit reached")
+    public static let rollupNotPermitted = JetStreamAPIError(code: 400, errCode: 10115, description: "rollup not permitted")
+    public static func invalidRollup(_ value: String) -> JetStreamAPIError {
+        JetStreamAPIError(code: 400, errCode: 10114, description: "rollup value invalid: \(value)")
+    }
     public static func invalidConfig(_ why: String) -> JetStreamAPIError {
         JetStreamAPIError(code: 400, errCode: 10052, description: "invalid stream config: \(why)")
     }
