@@ -8,15 +8,19 @@ import StorkStreaming
 
 // MARK: - PostgresMessageStore
 //
-// Streams in PostgreSQL, each keyed by its name. Schema (created and migrated by Stork on a store's first
+// Streams in PostgreSQL, each keyed by its cluster's name and its own: two clusters on one database never meet. Schema (created and migrated by Stork on a store's first
 // connection, in one transaction under an advisory lock, so that nodes starting together do not race; the lease
 // store's tables and migrations are separate):
 //
 //   stork_stream_schema_migrations(version int PRIMARY KEY, applied_at timestamptz)
-//   stork_streams(name text PRIMARY KEY, last_sequence bigint)   -- the highest sequence ever appended
-//   stork_messages(stream text, sequence bigint, subject text, headers bytea, payload bytea,
-//                  timestamp bigint (ns since the Unix epoch), PRIMARY KEY (stream, sequence))
-//   stork_stream_metadata(stream text, key text, value bytea, PRIMARY KEY (stream, key))
+//   stork_streams(cluster text, name text, last_sequence bigint,   -- the highest sequence ever appended
+//                 PRIMARY KEY (cluster, name))
+//   stork_messages(cluster text, stream text, sequence bigint, subject text, headers bytea, payload bytea,
+//                  timestamp bigint (ns since the Unix epoch), PRIMARY KEY (cluster, stream, sequence))
+//   stork_stream_metadata(cluster text, stream text, key text, value bytea, PRIMARY KEY (cluster, stream, key))
+//
+// Version 2 of the schema added `cluster`; rows written before it belong to the cluster whose node migrated the
+// database (until then one database could serve one cluster only).
 //
 // Every operation but `open` is one statement, so one round trip and atomic on its own: an append is an UPDATE of
 // the stream's row (only when the batch starts above `last_sequence`) and an INSERT of the batch from arrays
@@ -38,6 +42,8 @@ import StorkStreaming
 /// A `MessageStore` in PostgreSQL; many streams (and Stork nodes) share a database.
 public actor PostgresMessageStore: MessageStore {
     public nonisolated let stream: String
+    /// The cluster the stream belongs to (`cluster.name`): part of every row's key.
+    public nonisolated let cluster: String
     /// The loop the actor runs on and its connections live on.
     private nonisolated let eventLoop: any EventLoop
     public nonisolated let configuration: PostgresConnection.Configuration
@@ -55,11 +61,22 @@ public actor PostgresMessageStore: MessageStore {
     /// The advisory lock key that serializes stream-schema migrations ("stork-st" in ASCII).
     static let migrationLock: Int64 = 0x73_74_6F_72_6B_2D_73_74
 
-    /// A store for `stream` on the server `url` names: `postgres://user:password@host:port/database`, with
-    /// `?sslmode=disable|prefer|require` (also `postgresql://`).
-    public init(url: String, stream: String, logger: Logger = Logger(label: "stork.store.postgres")) throws {
+    /// A store for `stream` of `cluster` on the server `url` names: `postgres://user:password@host:port/database`,
+    /// with `?sslmode=disable|prefer|require` (also `postgresql://`).
+    public init(
+        url: String,
+        stream: String,
+        cluster: String = "stork",
+        logger: Logger = Logger(label: "stork.store.postgres")
+    ) throws {
         let parsed = try PostgresURL(url)
-        self.init(configuration: parsed.configuration, description: parsed.redacted, stream: stream, logger: logger)
+        self.init(
+            configuration: parsed.configuration,
+            description: parsed.redacted,
+            stream: stream,
+            cluster: cluster,
+            logger: logger
+        )
     }
 
     /// A store for `stream` on a server given by its connection configuration; `description` names it in logs.
@@ -67,6 +84,7 @@ public actor PostgresMessageStore: MessageStore {
         configuration: PostgresConnection.Configuration,
         description: String,
         stream: String,
+        cluster: String = "stork",
         logger: Logger = Logger(label: "stork.store.postgres"),
         eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
     ) {
@@ -74,6 +92,7 @@ public actor PostgresMessageStore: MessageStore {
         self.configuration = configuration
         self.description = description
         self.stream = stream
+        self.cluster = cluster
         var logger = logger
         logger[metadataKey: "stork.stream"] = "\(stream)"
         self.logger = logger
@@ -94,16 +113,20 @@ public actor PostgresMessageStore: MessageStore {
 
     public func open() async throws -> MessageStoreRecovery {
         let stream = self.stream
+        let cluster = self.cluster
         let recovery = try await self.withConnection("open", idempotent: true) { connection in
             // One snapshot for the stream's row, messages and metadata.
             try await self.transaction(on: connection, "BEGIN ISOLATION LEVEL REPEATABLE READ") {
                 try await self.execute(
-                    "INSERT INTO stork_streams (name, last_sequence) VALUES (\(stream), 0) ON CONFLICT (name) DO NOTHING",
+                    """
+                    INSERT INTO stork_streams (cluster, name, last_sequence) VALUES (\(cluster), \(stream), 0)
+                    ON CONFLICT (cluster, name) DO NOTHING
+                    """,
                     on: connection
                 )
                 var recovery = MessageStoreRecovery()
                 for row in try await self.execute(
-                    "SELECT last_sequence FROM stork_streams WHERE name = \(stream)",
+                    "SELECT last_sequence FROM stork_streams WHERE cluster = \(cluster) AND name = \(stream)",
                     on: connection
                 ) {
                     recovery.lastSequence = UInt64(max(0, try row.decode(Int64.self)))
@@ -111,7 +134,7 @@ public actor PostgresMessageStore: MessageStore {
                 let messages = try await self.execute(
                     """
                     SELECT sequence, subject, (octet_length(headers) + octet_length(payload))::int8, timestamp
-                    FROM stork_messages WHERE stream = \(stream) ORDER BY sequence
+                    FROM stork_messages WHERE cluster = \(cluster) AND stream = \(stream) ORDER BY sequence
                     """,
                     on: connection
                 )
@@ -129,7 +152,7 @@ public actor PostgresMessageStore: MessageStore {
                 }
                 recovery.lastSequence = max(recovery.lastSequence, recovery.messages.last?.sequence ?? 0)
                 for row in try await self.execute(
-                    "SELECT key, value FROM stork_stream_metadata WHERE stream = \(stream)",
+                    "SELECT key, value FROM stork_stream_metadata WHERE cluster = \(cluster) AND stream = \(stream)",
                     on: connection
                 ) {
                     let (key, value) = try row.decode((String, ByteBuffer).self)
@@ -151,7 +174,13 @@ public actor PostgresMessageStore: MessageStore {
 
     public func append(_ messages: [StoredMessage]) async throws {
         guard let (first, last) = try SQLStoreRules.checkBatch(messages, after: self.lastSequence) else { return }
-        let query = Self.insertQuery(PostgresBatch(messages), stream: self.stream, first: first, last: last)
+        let query = Self.insertQuery(
+            PostgresBatch(messages),
+            cluster: self.cluster,
+            stream: self.stream,
+            first: first,
+            last: last
+        )
         let insert: (PostgresConnection) async throws -> Int64 = { connection in
             var inserted: Int64 = 0
             for row in try await self.execute(query, on: connection) { inserted = try row.decode(Int64.self) }
@@ -189,10 +218,11 @@ public actor PostgresMessageStore: MessageStore {
             metadata: ["stork.store.server": "\(self.description)", "error": "\(Self.explain(lost.underlying))"]
         )
         let stream = self.stream
+        let cluster = self.cluster
         let stored = try await self.withConnection("append", idempotent: true) { connection in
             var stored: Int64 = 0
             for row in try await self.execute(
-                "SELECT last_sequence FROM stork_streams WHERE name = \(stream) FOR UPDATE",
+                "SELECT last_sequence FROM stork_streams WHERE cluster = \(cluster) AND name = \(stream) FOR UPDATE",
                 on: connection
             ) {
                 stored = try row.decode(Int64.self)
@@ -213,12 +243,13 @@ public actor PostgresMessageStore: MessageStore {
 
     public func message(_ sequence: UInt64) async throws -> StoredMessage? {
         let stream = self.stream
+        let cluster = self.cluster
         let value = SQLStoreRules.column(sequence)
         return try await self.withConnection("read", idempotent: true) { connection in
             let rows = try await self.execute(
                 """
                 SELECT sequence, subject, headers, payload, timestamp FROM stork_messages
-                WHERE stream = \(stream) AND sequence = \(value)
+                WHERE cluster = \(cluster) AND stream = \(stream) AND sequence = \(value)
                 """,
                 on: connection
             )
@@ -229,13 +260,14 @@ public actor PostgresMessageStore: MessageStore {
     public func messages(from sequence: UInt64, limit: Int) async throws -> [StoredMessage] {
         guard limit > 0 else { return [] }
         let stream = self.stream
+        let cluster = self.cluster
         let from = SQLStoreRules.column(sequence)
         let limit = SQLStoreRules.column(limit: limit)
         return try await self.withConnection("read", idempotent: true) { connection in
             let rows = try await self.execute(
                 """
                 SELECT sequence, subject, headers, payload, timestamp FROM stork_messages
-                WHERE stream = \(stream) AND sequence >= \(from) ORDER BY sequence LIMIT \(limit)
+                WHERE cluster = \(cluster) AND stream = \(stream) AND sequence >= \(from) ORDER BY sequence LIMIT \(limit)
                 """,
                 on: connection
             )
@@ -247,9 +279,13 @@ public actor PostgresMessageStore: MessageStore {
         let present = sequences.filter { $0 <= SQLStoreRules.maximumSequence }.map { Int64($0) }
         guard !present.isEmpty else { return }
         let stream = self.stream
+        let cluster = self.cluster
         try await self.withConnection("remove", idempotent: true) { connection in
             _ = try await self.execute(
-                "DELETE FROM stork_messages WHERE stream = \(stream) AND sequence = ANY(\(present)::int8[])",
+                """
+                DELETE FROM stork_messages
+                WHERE cluster = \(cluster) AND stream = \(stream) AND sequence = ANY(\(present)::int8[])
+                """,
                 on: connection
             )
         }
@@ -257,10 +293,11 @@ public actor PostgresMessageStore: MessageStore {
 
     public func purge(through sequence: UInt64) async throws {
         let stream = self.stream
+        let cluster = self.cluster
         let through = SQLStoreRules.column(sequence)
         try await self.withConnection("purge", idempotent: true) { connection in
             _ = try await self.execute(
-                "DELETE FROM stork_messages WHERE stream = \(stream) AND sequence <= \(through)",
+                "DELETE FROM stork_messages WHERE cluster = \(cluster) AND stream = \(stream) AND sequence <= \(through)",
                 on: connection
             )
         }
@@ -268,15 +305,17 @@ public actor PostgresMessageStore: MessageStore {
 
     public func saveMetadata(key: String, value: [UInt8]?) async throws {
         let stream = self.stream
+        let cluster = self.cluster
         let query: PostgresQuery
         if let value {
             let bytes = ByteBuffer(bytes: value)
             query = """
-                INSERT INTO stork_stream_metadata (stream, key, value) VALUES (\(stream), \(key), \(bytes))
-                ON CONFLICT (stream, key) DO UPDATE SET value = EXCLUDED.value
+                INSERT INTO stork_stream_metadata (cluster, stream, key, value)
+                VALUES (\(cluster), \(stream), \(key), \(bytes))
+                ON CONFLICT (cluster, stream, key) DO UPDATE SET value = EXCLUDED.value
                 """
         } else {
-            query = "DELETE FROM stork_stream_metadata WHERE stream = \(stream) AND key = \(key)"
+            query = "DELETE FROM stork_stream_metadata WHERE cluster = \(cluster) AND stream = \(stream) AND key = \(key)"
         }
         try await self.withConnection("save metadata", idempotent: true) { connection in
             _ = try await self.execute(query, on: connection)
@@ -292,12 +331,13 @@ public actor PostgresMessageStore: MessageStore {
 
     public func destroy() async throws {
         let stream = self.stream
+        let cluster = self.cluster
         try await self.withConnection("destroy", idempotent: true) { connection in
             _ = try await self.execute(
                 """
-                WITH messages AS (DELETE FROM stork_messages WHERE stream = \(stream)),
-                    metadata AS (DELETE FROM stork_stream_metadata WHERE stream = \(stream))
-                DELETE FROM stork_streams WHERE name = \(stream)
+                WITH messages AS (DELETE FROM stork_messages WHERE cluster = \(cluster) AND stream = \(stream)),
+                    metadata AS (DELETE FROM stork_stream_metadata WHERE cluster = \(cluster) AND stream = \(stream))
+                DELETE FROM stork_streams WHERE cluster = \(cluster) AND name = \(stream)
                 """,
                 on: connection
             )
@@ -335,6 +375,7 @@ public actor PostgresMessageStore: MessageStore {
     /// only then. Its one row is the number of rows inserted (0 when the stream already holds `first` or later).
     private static func insertQuery(
         _ batch: PostgresBatch,
+        cluster: String,
         stream: String,
         first: UInt64,
         last: UInt64
@@ -344,11 +385,11 @@ public actor PostgresMessageStore: MessageStore {
         return """
             WITH advanced AS (
                 UPDATE stork_streams SET last_sequence = \(last)
-                WHERE name = \(stream) AND last_sequence < \(first)
-                RETURNING name
+                WHERE cluster = \(cluster) AND name = \(stream) AND last_sequence < \(first)
+                RETURNING cluster, name
             ), inserted AS (
-                INSERT INTO stork_messages (stream, sequence, subject, headers, payload, timestamp)
-                SELECT advanced.name, m.sequence, m.subject, m.headers, m.payload, m.timestamp
+                INSERT INTO stork_messages (cluster, stream, sequence, subject, headers, payload, timestamp)
+                SELECT advanced.cluster, advanced.name, m.sequence, m.subject, m.headers, m.payload, m.timestamp
                 FROM advanced, unnest(
                     \(batch.sequences)::int8[], \(batch.subjects)::text[], \(batch.headers)::bytea[],
                     \(batch.payloads)::bytea[], \(batch.timestamps)::int8[]
@@ -434,12 +475,29 @@ public actor PostgresMessageStore: MessageStore {
                 PRIMARY KEY (stream, key)
             )
             """,
-        ]
+        ],
+        // 2: every row keyed by its cluster too; rows from before belong to the cluster that migrates
+        // (`stork.cluster`, set for the migration's transaction).
+        [
+            "ALTER TABLE stork_streams ADD COLUMN cluster text NOT NULL DEFAULT current_setting('stork.cluster')",
+            "ALTER TABLE stork_messages ADD COLUMN cluster text NOT NULL DEFAULT current_setting('stork.cluster')",
+            "ALTER TABLE stork_stream_metadata ADD COLUMN cluster text NOT NULL DEFAULT current_setting('stork.cluster')",
+            "ALTER TABLE stork_streams ALTER COLUMN cluster DROP DEFAULT",
+            "ALTER TABLE stork_messages ALTER COLUMN cluster DROP DEFAULT",
+            "ALTER TABLE stork_stream_metadata ALTER COLUMN cluster DROP DEFAULT",
+            "ALTER TABLE stork_streams DROP CONSTRAINT stork_streams_pkey, ADD PRIMARY KEY (cluster, name)",
+            "ALTER TABLE stork_messages DROP CONSTRAINT stork_messages_pkey, ADD PRIMARY KEY (cluster, stream, sequence)",
+            """
+            ALTER TABLE stork_stream_metadata DROP CONSTRAINT stork_stream_metadata_pkey,
+                ADD PRIMARY KEY (cluster, stream, key)
+            """,
+        ],
     ]
 
     private func migrate(_ connection: PostgresConnection) async throws {
         try await self.transaction(on: connection) {
             try await self.execute("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", on: connection)
+            try await self.execute("SELECT set_config('stork.cluster', \(self.cluster), true)", on: connection)
             try await self.execute(
                 """
                 CREATE TABLE IF NOT EXISTS stork_stream_schema_migrations (

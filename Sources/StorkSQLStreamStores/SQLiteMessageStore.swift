@@ -8,9 +8,10 @@ import Synchronization
 
 // MARK: - SQLiteMessageStore
 //
-// Streams in one SQLite file: many streams may share a file, each keyed by its name. Schema (version 1, created and
-// migrated by Stork on first use, in an immediate transaction so that processes opening the file together do not
-// race):
+// Streams in one SQLite file: many streams (of one cluster or several) may share a file, each keyed by its cluster's
+// name and its own, joined by the unit separator (U+001F, which neither name may contain) in the `name` and `stream`
+// columns. Schema (version 2, created and migrated by Stork on first use, in an immediate transaction so that
+// processes opening the file together do not race; version 2 gave rows from before it the migrating node's cluster):
 //
 //   stork_stream_schema(version INTEGER)                       -- one row: the schema version
 //   stork_streams(name TEXT PRIMARY KEY, last_sequence INTEGER) -- the highest sequence ever appended; survives purges
@@ -33,8 +34,12 @@ import Synchronization
 public final class SQLiteMessageStore: MessageStore {
     /// The database file.
     public let path: String
-    /// The stream's name: the key of its rows.
+    /// The stream's name.
     public let stream: String
+    /// The cluster the stream belongs to (`cluster.name`).
+    public let cluster: String
+    /// The key of the stream's rows: cluster and stream name, joined by U+001F.
+    let key: String
     private let logger: Logger
     private let state = Mutex(State())
 
@@ -47,9 +52,16 @@ public final class SQLiteMessageStore: MessageStore {
     /// Rows per INSERT: 5 parameters each, well below SQLite's 32,766.
     static let rowsPerInsert = 1000
 
-    public init(path: String, stream: String, logger: Logger = Logger(label: "stork.store.sqlite")) {
+    public init(
+        path: String,
+        stream: String,
+        cluster: String = "stork",
+        logger: Logger = Logger(label: "stork.store.sqlite")
+    ) {
         self.path = path
         self.stream = stream
+        self.cluster = cluster
+        self.key = Self.key(cluster: cluster, stream: stream)
         var logger = logger
         logger[metadataKey: "stork.stream"] = "\(stream)"
         self.logger = logger
@@ -67,15 +79,16 @@ public final class SQLiteMessageStore: MessageStore {
     public func open() async throws -> MessageStoreRecovery {
         let database = try self.database()
         let stream = self.stream
+        let key = self.key
         let recovery = try await self.run("open") {
             try await database.transaction { connection in
                 _ = try await connection.query(
                     "INSERT INTO stork_streams (name, last_sequence) VALUES (?1, 0) ON CONFLICT (name) DO NOTHING",
-                    [.text(stream)]
+                    [.text(key)]
                 )
                 let streamRows = try await connection.query(
                     "SELECT last_sequence FROM stork_streams WHERE name = ?1",
-                    [.text(stream)]
+                    [.text(key)]
                 )
                 var recovery = MessageStoreRecovery()
                 recovery.lastSequence = UInt64(max(0, Int64(streamRows.first?.column("last_sequence")?.integer ?? 0)))
@@ -84,7 +97,7 @@ public final class SQLiteMessageStore: MessageStore {
                     SELECT sequence, subject, length(headers) + length(payload) AS body, timestamp
                     FROM stork_messages WHERE stream = ?1 ORDER BY sequence
                     """,
-                    [.text(stream)]
+                    [.text(key)]
                 )
                 recovery.messages.reserveCapacity(messageRows.count)
                 for row in messageRows {
@@ -104,7 +117,7 @@ public final class SQLiteMessageStore: MessageStore {
                 recovery.lastSequence = max(recovery.lastSequence, recovery.messages.last?.sequence ?? 0)
                 let metadataRows = try await connection.query(
                     "SELECT key, value FROM stork_stream_metadata WHERE stream = ?1",
-                    [.text(stream)]
+                    [.text(key)]
                 )
                 for row in metadataRows {
                     guard let key = row.column("key")?.string else { continue }
@@ -129,6 +142,7 @@ public final class SQLiteMessageStore: MessageStore {
         let lastSequence = self.state.withLock { $0.lastSequence }
         guard let (first, last) = try SQLStoreRules.checkBatch(messages, after: lastSequence) else { return }
         let stream = self.stream
+        let key = self.key
         try await self.run("append") {
             try await database.transaction { connection in
                 // The database's own check: another writer (a second process on the same stream) is refused here.
@@ -138,7 +152,7 @@ public final class SQLiteMessageStore: MessageStore {
                     RETURNING last_sequence
                     """,
                     [
-                        .text(stream), .integer(Int(SQLStoreRules.column(last))),
+                        .text(key), .integer(Int(SQLStoreRules.column(last))),
                         .integer(Int(SQLStoreRules.column(first))),
                     ]
                 )
@@ -150,7 +164,7 @@ public final class SQLiteMessageStore: MessageStore {
                 }
                 for chunk in stride(from: 0, to: messages.count, by: Self.rowsPerInsert) {
                     let rows = messages[chunk..<min(chunk + Self.rowsPerInsert, messages.count)]
-                    _ = try await connection.query(Self.insertStatement(rows: rows.count), Self.binds(stream, rows))
+                    _ = try await connection.query(Self.insertStatement(rows: rows.count), Self.binds(key, rows))
                 }
             }
         }
@@ -160,6 +174,7 @@ public final class SQLiteMessageStore: MessageStore {
     public func message(_ sequence: UInt64) async throws -> StoredMessage? {
         let database = try self.database()
         let stream = self.stream
+        let key = self.key
         return try await self.run("read") {
             try await database.withConnection { connection in
                 let rows = try await connection.query(
@@ -167,7 +182,7 @@ public final class SQLiteMessageStore: MessageStore {
                     SELECT sequence, subject, headers, payload, timestamp FROM stork_messages
                     WHERE stream = ?1 AND sequence = ?2
                     """,
-                    [.text(stream), .integer(Int(SQLStoreRules.column(sequence)))]
+                    [.text(key), .integer(Int(SQLStoreRules.column(sequence)))]
                 )
                 return try rows.first.map { try Self.message($0, stream: stream) }
             }
@@ -178,6 +193,7 @@ public final class SQLiteMessageStore: MessageStore {
         guard limit > 0 else { return [] }
         let database = try self.database()
         let stream = self.stream
+        let key = self.key
         return try await self.run("read") {
             try await database.withConnection { connection in
                 let rows = try await connection.query(
@@ -186,7 +202,7 @@ public final class SQLiteMessageStore: MessageStore {
                     WHERE stream = ?1 AND sequence >= ?2 ORDER BY sequence LIMIT ?3
                     """,
                     [
-                        .text(stream), .integer(Int(SQLStoreRules.column(sequence))),
+                        .text(key), .integer(Int(SQLStoreRules.column(sequence))),
                         .integer(Int(SQLStoreRules.column(limit: limit))),
                     ]
                 )
@@ -199,13 +215,13 @@ public final class SQLiteMessageStore: MessageStore {
         let present = sequences.filter { $0 <= SQLStoreRules.maximumSequence }
         guard !present.isEmpty else { return }
         let database = try self.database()
-        let stream = self.stream
+        let key = self.key
         let list = "[" + present.map(String.init).joined(separator: ",") + "]"
         try await self.run("remove") {
             try await database.withConnection { connection in
                 _ = try await connection.query(
                     "DELETE FROM stork_messages WHERE stream = ?1 AND sequence IN (SELECT value FROM json_each(?2))",
-                    [.text(stream), .text(list)]
+                    [.text(key), .text(list)]
                 )
             }
         }
@@ -213,12 +229,12 @@ public final class SQLiteMessageStore: MessageStore {
 
     public func purge(through sequence: UInt64) async throws {
         let database = try self.database()
-        let stream = self.stream
+        let key = self.key
         try await self.run("purge") {
             try await database.withConnection { connection in
                 _ = try await connection.query(
                     "DELETE FROM stork_messages WHERE stream = ?1 AND sequence <= ?2",
-                    [.text(stream), .integer(Int(SQLStoreRules.column(sequence)))]
+                    [.text(key), .integer(Int(SQLStoreRules.column(sequence)))]
                 )
             }
         }
@@ -226,7 +242,7 @@ public final class SQLiteMessageStore: MessageStore {
 
     public func saveMetadata(key: String, value: [UInt8]?) async throws {
         let database = try self.database()
-        let stream = self.stream
+        let streamKey = self.key
         try await self.run("save metadata") {
             try await database.withConnection { connection in
                 if let value {
@@ -235,12 +251,12 @@ public final class SQLiteMessageStore: MessageStore {
                         INSERT INTO stork_stream_metadata (stream, key, value) VALUES (?1, ?2, ifnull(?3, x''))
                         ON CONFLICT (stream, key) DO UPDATE SET value = excluded.value
                         """,
-                        [.text(stream), .text(key), .blob(ByteBuffer(bytes: value))]
+                        [.text(streamKey), .text(key), .blob(ByteBuffer(bytes: value))]
                     )
                 } else {
                     _ = try await connection.query(
                         "DELETE FROM stork_stream_metadata WHERE stream = ?1 AND key = ?2",
-                        [.text(stream), .text(key)]
+                        [.text(streamKey), .text(key)]
                     )
                 }
             }
@@ -260,12 +276,12 @@ public final class SQLiteMessageStore: MessageStore {
 
     public func destroy() async throws {
         let database = try self.database()
-        let stream = self.stream
+        let key = self.key
         try await self.run("destroy") {
             try await database.transaction { connection in
-                _ = try await connection.query("DELETE FROM stork_messages WHERE stream = ?1", [.text(stream)])
-                _ = try await connection.query("DELETE FROM stork_stream_metadata WHERE stream = ?1", [.text(stream)])
-                _ = try await connection.query("DELETE FROM stork_streams WHERE name = ?1", [.text(stream)])
+                _ = try await connection.query("DELETE FROM stork_messages WHERE stream = ?1", [.text(key)])
+                _ = try await connection.query("DELETE FROM stork_stream_metadata WHERE stream = ?1", [.text(key)])
+                _ = try await connection.query("DELETE FROM stork_streams WHERE name = ?1", [.text(key)])
             }
         }
         try await self.close()
@@ -280,7 +296,7 @@ public final class SQLiteMessageStore: MessageStore {
                 throw StorkError(.storeFailed, "the SQLite store of stream '\(self.stream)' is closed")
             }
             if let database = state.database { return database }
-            let database = SQLiteStreamDatabase.retain(path: self.path, logger: self.logger)
+            let database = SQLiteStreamDatabase.retain(path: self.path, cluster: self.cluster, logger: self.logger)
             state.database = database
             return database
         }
@@ -301,6 +317,9 @@ public final class SQLiteMessageStore: MessageStore {
         }
     }
 
+    /// The key of a stream's rows.
+    static func key(cluster: String, stream: String) -> String { "\(cluster)\u{1F}\(stream)" }
+
     /// `INSERT … VALUES (?1, ?2, …), (?1, ?7, …), …` for `rows` messages: the stream once, then five per message.
     static func insertStatement(rows: Int) -> String {
         var sql = "INSERT INTO stork_messages (stream, sequence, subject, headers, payload, timestamp) VALUES "
@@ -313,8 +332,8 @@ public final class SQLiteMessageStore: MessageStore {
         return sql
     }
 
-    private static func binds(_ stream: String, _ messages: ArraySlice<StoredMessage>) -> [SQLiteData] {
-        var binds: [SQLiteData] = [.text(stream)]
+    private static func binds(_ key: String, _ messages: ArraySlice<StoredMessage>) -> [SQLiteData] {
+        var binds: [SQLiteData] = [.text(key)]
         binds.reserveCapacity(1 + messages.count * 5)
         for message in messages {
             binds.append(.integer(Int(message.sequence)))

@@ -24,6 +24,8 @@ final class SQLiteStreamDatabase: Sendable {
     let path: String
     /// The path as the registry knows it.
     private let key: String
+    /// The cluster that rows from before schema version 2 are given.
+    private let cluster: String
     private let logger: Logger
     private let gate = AsyncGate()
     /// Touched inside `gate`, or once no store uses the database any more.
@@ -35,9 +37,10 @@ final class SQLiteStreamDatabase: Sendable {
         var isClosed = false
     }
 
-    private init(path: String, key: String, logger: Logger) {
+    private init(path: String, key: String, cluster: String, logger: Logger) {
         self.path = path
         self.key = key
+        self.cluster = cluster
         self.logger = logger
     }
 
@@ -53,7 +56,9 @@ final class SQLiteStreamDatabase: Sendable {
 
     /// The database for `path`, shared with the other stores of this process on the same file. Each call must be
     /// balanced by one `release()` (or `releaseWithoutWaiting()`).
-    static func retain(path: String, logger: Logger) -> SQLiteStreamDatabase {
+    /// `cluster` is the first user's: rows written before the schema knew clusters are given it when the file is
+    /// migrated.
+    static func retain(path: String, cluster: String, logger: Logger) -> SQLiteStreamDatabase {
         let key = URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path
         return Self.registry.withLock { entries in
             if var entry = entries[key] {
@@ -61,7 +66,7 @@ final class SQLiteStreamDatabase: Sendable {
                 entries[key] = entry
                 return entry.database
             }
-            let database = SQLiteStreamDatabase(path: path, key: key, logger: logger)
+            let database = SQLiteStreamDatabase(path: path, key: key, cluster: cluster, logger: logger)
             entries[key] = Entry(database: database, users: 1)
             return database
         }
@@ -170,7 +175,7 @@ final class SQLiteStreamDatabase: Sendable {
             // NORMAL in WAL mode: a commit is written to the log (it survives the process) but the log is synced
             // only at checkpoints, so a crash of the machine may lose the latest commits; never corruption.
             _ = try await connection.query("PRAGMA synchronous = NORMAL")
-            try await Self.migrate(connection, path: self.path)
+            try await Self.migrate(connection, path: self.path, cluster: self.cluster)
         } catch {
             try? await connection.close()
             throw error
@@ -210,12 +215,19 @@ final class SQLiteStreamDatabase: Sendable {
                 PRIMARY KEY (stream, key)
             ) WITHOUT ROWID
             """,
-        ]
+        ],
+        // 2: rows keyed by cluster and stream (`<cluster>` U+001F `<stream>`); rows from before get the migrating
+        // node's cluster (?1).
+        [
+            "UPDATE stork_streams SET name = ?1 || char(31) || name WHERE instr(name, char(31)) = 0",
+            "UPDATE stork_messages SET stream = ?1 || char(31) || stream WHERE instr(stream, char(31)) = 0",
+            "UPDATE stork_stream_metadata SET stream = ?1 || char(31) || stream WHERE instr(stream, char(31)) = 0",
+        ],
     ]
 
     /// Creates or upgrades the schema in one immediate transaction: the file's write lock serializes processes that
     /// open it together.
-    private static func migrate(_ connection: SQLiteConnection, path: String) async throws {
+    private static func migrate(_ connection: SQLiteConnection, path: String, cluster: String) async throws {
         try await Self.transaction(on: connection) { connection in
             _ = try await connection.query("CREATE TABLE IF NOT EXISTS stork_stream_schema (version INTEGER NOT NULL)")
             let rows = try await connection.query("SELECT MAX(version) AS version FROM stork_stream_schema")
@@ -228,7 +240,9 @@ final class SQLiteStreamDatabase: Sendable {
             }
             guard version < Self.migrations.count else { return }
             for statements in Self.migrations[version...] {
-                for statement in statements { _ = try await connection.query(statement) }
+                for statement in statements {
+                    _ = try await connection.query(statement, statement.contains("?1") ? [.text(cluster)] : [])
+                }
             }
             _ = try await connection.query("DELETE FROM stork_stream_schema")
             _ = try await connection.query(

@@ -57,6 +57,9 @@ struct PostgresMessageStoreTests {
         try await withFixture(.postgres, otherStreams: ["b"], SQLStoreContract.streamsAreIsolated)
     }
 
+    @Test("two clusters on one database never meet")
+    func clustersAreIsolated() async throws { try await withFixture(.postgres, SQLStoreContract.clustersAreIsolated) }
+
     @Test("destroy deletes the stream's rows")
     func destroyDeletesTheStream() async throws {
         try await withFixture(.postgres, SQLStoreContract.destroyDeletesTheStream)
@@ -98,7 +101,7 @@ struct PostgresMessageStoreTests {
             ).decode(Int32.self) {
                 versions.append(version)
             }
-            #expect(versions == [1], "one migration, applied once")
+            #expect(versions == [1, 2], "each migration, applied once")
             // Another Stork, newer, moved the schema on.
             try await admin.query(
                 "INSERT INTO \(unescaped: schema).stork_stream_schema_migrations (version) VALUES (99)",
@@ -108,6 +111,78 @@ struct PostgresMessageStoreTests {
             let error = await #expect(throws: StorkError.self) { _ = try await newer.open() }
             #expect(error?.message.contains("version 99") == true)
             try await newer.close()
+        } catch {
+            Issue.record(error)
+        }
+        try await admin.query("DROP SCHEMA \(unescaped: schema) CASCADE", logger: logger)
+        try await admin.close()
+    }
+
+    @Test("a version-1 database: its streams belong to the cluster of the node that migrates it, not to another")
+    func versionOneDatabaseMigrates() async throws {
+        let url = try #require(SQLTestEnvironment.postgresURL)
+        let schema = "stork_test_\(UUID().uuidString.prefix(8).lowercased())"
+        var configuration = try PostgresMessageStore(url: url, stream: "admin").configuration
+        let logger = Logger(label: "stork.test.postgres")
+        let admin = try await PostgresConnection.connect(configuration: configuration, id: 1, logger: logger)
+        try await admin.query("CREATE SCHEMA \(unescaped: schema)", logger: logger)
+        configuration.options.additionalStartupParameters = [("search_path", schema)]
+        do {
+            try await admin.query(
+                """
+                CREATE TABLE \(unescaped: schema).stork_stream_schema_migrations (
+                    version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())
+                """,
+                logger: logger
+            )
+            try await admin.query(
+                "INSERT INTO \(unescaped: schema).stork_stream_schema_migrations (version) VALUES (1)",
+                logger: logger
+            )
+            // Version 1's tables, as it created them.
+            try await admin.query(
+                "CREATE TABLE \(unescaped: schema).stork_streams (name text PRIMARY KEY, last_sequence bigint NOT NULL)",
+                logger: logger
+            )
+            try await admin.query(
+                """
+                CREATE TABLE \(unescaped: schema).stork_messages (stream text NOT NULL, sequence bigint NOT NULL,
+                    subject text NOT NULL, headers bytea NOT NULL, payload bytea NOT NULL, timestamp bigint NOT NULL,
+                    PRIMARY KEY (stream, sequence))
+                """,
+                logger: logger
+            )
+            try await admin.query(
+                """
+                CREATE TABLE \(unescaped: schema).stork_stream_metadata (stream text NOT NULL, key text NOT NULL,
+                    value bytea NOT NULL, PRIMARY KEY (stream, key))
+                """,
+                logger: logger
+            )
+            try await admin.query("INSERT INTO \(unescaped: schema).stork_streams VALUES ('old', 2)", logger: logger)
+            try await admin.query(
+                """
+                INSERT INTO \(unescaped: schema).stork_messages VALUES
+                    ('old', 1, 'a', ''::bytea, 'a'::bytea, 1), ('old', 2, 'a', ''::bytea, 'b'::bytea, 2)
+                """,
+                logger: logger
+            )
+            try await admin.query(
+                "INSERT INTO \(unescaped: schema).stork_stream_metadata VALUES ('old', 'k', '\\x07'::bytea)",
+                logger: logger
+            )
+            let mine = PostgresMessageStore(configuration: configuration, description: "test", stream: "old", cluster: "legacy")
+            let recovery = try await mine.open()
+            #expect(recovery.messages.map(\.sequence) == [1, 2] && recovery.lastSequence == 2)
+            #expect(recovery.metadata == ["k": [7]])
+            #expect(try await mine.message(2)?.payload == Array("b".utf8))
+            try await mine.append([storedMessage(3)])
+            let theirs = PostgresMessageStore(configuration: configuration, description: "test", stream: "old", cluster: "another")
+            #expect(try await theirs.open() == MessageStoreRecovery(), "another cluster's stream of the same name is new")
+            try await theirs.append([storedMessage(1, subject: "theirs")])
+            #expect(try await mine.message(1)?.subject == "a")
+            try await theirs.close()
+            try await mine.close()
         } catch {
             Issue.record(error)
         }

@@ -231,6 +231,28 @@ enum SQLStoreContract {
         try await store.close()
     }
 
+    /// Two clusters on one database, each with a stream of the same name: neither sees the other's messages,
+    /// sequences or metadata, and destroying one leaves the other.
+    static func clustersAreIsolated(_ fixture: SQLStoreFixture) async throws {
+        let (east, west) = ("east-\(fixture.stream)", "west-\(fixture.stream)")
+        let store = try fixture.make(cluster: east)
+        var other = try fixture.make(cluster: west)
+        _ = try await store.open()
+        #expect(try await other.open() == MessageStoreRecovery())
+        try await store.append(storedMessages(1...5))
+        try await other.append([storedMessage(1, subject: "west")])
+        try await store.saveMetadata(key: "consumer.c", value: [1])
+        #expect(try await other.message(1) == storedMessage(1, subject: "west"))
+        #expect(try await store.message(1) == storedMessage(1))
+        try await other.close()
+        other = try fixture.make(cluster: west)
+        let recovery = try await other.open()
+        #expect(recovery.messages.map(\.sequence) == [1] && recovery.lastSequence == 1 && recovery.metadata.isEmpty)
+        try await other.destroy()
+        #expect(try await store.messages(from: 0, limit: 10) == storedMessages(1...5), "the other cluster's stream stays")
+        try await store.destroy()
+    }
+
     /// `destroy()` deletes the stream's messages, highest sequence and metadata; a store opened on the name afterwards
     /// starts empty from sequence 1.
     static func destroyDeletesTheStream(_ fixture: SQLStoreFixture) async throws {

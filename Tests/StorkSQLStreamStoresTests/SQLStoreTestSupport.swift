@@ -37,17 +37,17 @@ struct SQLStoreFixture: Sendable {
 
     var databasePath: String { self.directory.appendingPathComponent("streams.db").path }
 
-    /// A store for `stream` (by default the fixture's own) on the fixture's database.
-    func make(stream: String? = nil) throws -> any MessageStore {
+    /// A store for `stream` (by default the fixture's own) of `cluster` on the fixture's database.
+    func make(stream: String? = nil, cluster: String = "stork") throws -> any MessageStore {
         let stream = stream ?? self.stream
         switch self.kind {
         case .sqlite:
-            return SQLiteMessageStore(path: self.databasePath, stream: stream)
+            return SQLiteMessageStore(path: self.databasePath, stream: stream, cluster: cluster)
         case .postgres:
             guard let url = SQLTestEnvironment.postgresURL else {
                 throw StorkError(.unavailable, "STORK_TEST_POSTGRES_URL is not set")
             }
-            return try PostgresMessageStore(url: url, stream: stream)
+            return try PostgresMessageStore(url: url, stream: stream, cluster: cluster)
         }
     }
 

@@ -42,6 +42,9 @@ struct SQLiteMessageStoreTests {
     @Test("two streams in one file do not see each other")
     func streamsAreIsolated() async throws { try await withFixture(.sqlite, SQLStoreContract.streamsAreIsolated) }
 
+    @Test("two clusters on one database never meet")
+    func clustersAreIsolated() async throws { try await withFixture(.sqlite, SQLStoreContract.clustersAreIsolated) }
+
     @Test("destroy deletes the stream's rows")
     func destroyDeletesTheStream() async throws {
         try await withFixture(.sqlite, SQLStoreContract.destroyDeletesTheStream)
@@ -126,6 +129,47 @@ struct SQLiteMessageStoreTests {
             #expect(try await reopened.open().lastSequence == 3)
             try await reopened.close()
             try await second.close()
+        }
+    }
+
+    @Test("a version-1 file: its streams belong to the cluster of the node that migrates it, not to another")
+    func versionOneFileMigrates() async throws {
+        try await withFixture(.sqlite) { fixture in
+            try FileManager.default.createDirectory(at: fixture.directory, withIntermediateDirectories: true)
+            let connection = try await SQLiteConnection.open(storage: .file(path: fixture.databasePath))
+            _ = try await connection.query("CREATE TABLE stork_stream_schema (version INTEGER NOT NULL)")
+            _ = try await connection.query("INSERT INTO stork_stream_schema (version) VALUES (1)")
+            _ = try await connection.query(
+                "CREATE TABLE stork_streams (name TEXT NOT NULL PRIMARY KEY, last_sequence INTEGER NOT NULL) WITHOUT ROWID"
+            )
+            _ = try await connection.query(
+                """
+                CREATE TABLE stork_messages (stream TEXT NOT NULL, sequence INTEGER NOT NULL, subject TEXT NOT NULL,
+                    headers BLOB NOT NULL, payload BLOB NOT NULL, timestamp INTEGER NOT NULL, PRIMARY KEY (stream, sequence))
+                """
+            )
+            _ = try await connection.query(
+                """
+                CREATE TABLE stork_stream_metadata (stream TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                    PRIMARY KEY (stream, key)) WITHOUT ROWID
+                """
+            )
+            _ = try await connection.query("INSERT INTO stork_streams VALUES ('old', 2)")
+            _ = try await connection.query(
+                "INSERT INTO stork_messages VALUES ('old', 1, 'a', x'', x'61', 1), ('old', 2, 'a', x'', x'62', 2)"
+            )
+            _ = try await connection.query("INSERT INTO stork_stream_metadata VALUES ('old', 'k', x'07')")
+            try await connection.close()
+
+            let mine = try fixture.make(stream: "old", cluster: "legacy")
+            let recovery = try await mine.open()
+            #expect(recovery.messages.map(\.sequence) == [1, 2] && recovery.lastSequence == 2)
+            #expect(recovery.metadata == ["k": [7]])
+            #expect(try await mine.message(2)?.payload == Array("b".utf8))
+            let theirs = try fixture.make(stream: "old", cluster: "another")
+            #expect(try await theirs.open() == MessageStoreRecovery(), "another cluster's stream of the same name is new")
+            try await theirs.close()
+            try await mine.close()
         }
     }
 

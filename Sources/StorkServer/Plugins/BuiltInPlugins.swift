@@ -78,7 +78,8 @@ extension StorkPlugins {
             try options.checkKeys(["path"])
             let path = try options.string("path") ?? "\(context.dataDirectory)/streams.db"
             let logger = context.logger
-            return { config, _ in SQLiteMessageStore(path: path, stream: config.name, logger: logger) }
+            let cluster = context.cluster
+            return { config, _ in SQLiteMessageStore(path: path, stream: config.name, cluster: cluster, logger: logger) }
         }
         self.register(messageStore: "postgres") { options, context in
             try options.checkKeys(["url"])
@@ -86,7 +87,10 @@ extension StorkPlugins {
                 throw StorkError(.invalidInput, "'url' is required (streaming.postgres)")
             }
             let logger = context.logger
-            return { config, _ in try PostgresMessageStore(url: url, stream: config.name, logger: logger) }
+            let cluster = context.cluster
+            return { config, _ in
+                try PostgresMessageStore(url: url, stream: config.name, cluster: cluster, logger: logger)
+            }
         }
         // Permissions
         self.register(permission: "rules", factory: Self.makeRulesPermissions)
