@@ -59,6 +59,8 @@ public protocol BusRemoteRoute: BusStallTarget {
     /// The same for the messages one client read published, in order: sent together (one frame when the route is
     /// idle). Returns how many were accepted.
     func forward(_ messages: [(message: BusMessage, groups: [String])]) -> Int
+    /// ``forward(_:groups:)`` for a message the receiving node routes by `routingSubject` rather than its subject.
+    func forward(_ message: BusMessage, groups: [String], routingSubject: String) -> Bool
     /// Whether the route's queue is backed up: publishers into it should stall.
     var isCongested: Bool { get }
     /// False when the node behind the route is known to be unreachable now: a queue group's message goes to a
@@ -356,6 +358,20 @@ public final class BusRouter: Sendable {
         !self.state.withLock { $0.subjects.match(subject) }.isEmpty
     }
 
+    /// How many other nodes have a subscriber that would receive a message on `subject` (each node once).
+    public func remoteNodesInterested(in subject: String) -> Int {
+        let match = self.state.withLock { $0.subjects.match(subject) }
+        var routes: [ObjectIdentifier] = []
+        func note(_ subscription: BusSubscription) {
+            guard case .remote(let route) = subscription.target else { return }
+            let id = ObjectIdentifier(route)
+            if !routes.contains(id) { routes.append(id) }
+        }
+        for subscription in match.plain { note(subscription) }
+        for group in match.groups { for member in group.members { note(member) } }
+        return routes.count
+    }
+
     /// Whether a subscriber on this node (a client or a receiver inside the server) would receive a message on
     /// `subject`.
     public func hasLocalInterest(in subject: String) -> Bool {
@@ -389,11 +405,16 @@ public final class BusRouter: Sendable {
 
     /// ``deliverFromPeer(_:groups:)`` for the messages of one frame: deliveries to clients are gathered and handed
     /// over together (one append per client, as for a client's read). Returns the congested targets.
-    public func deliverFromPeer(_ messages: [(message: BusMessage, groups: [String])]) -> [any BusStallTarget] {
+    /// A message with a `routingSubject` (a JetStream delivery: the stream's subject, for a deliver subject or an
+    /// inbox) goes where that subject leads.
+    public func deliverFromPeer(
+        _ messages: [(message: BusMessage, groups: [String], routingSubject: String?)]
+    ) -> [any BusStallTarget] {
         var batch = BusDeliveryBatch(enabled: true)
         var cache = RouteCache()
-        for (message, groups) in messages {
-            _ = self.deliverFromPeer(message, groups: groups, match: self.match(message.subject, cache: &cache), batch: &batch)
+        for (message, groups, routingSubject) in messages {
+            let match = self.match(routingSubject ?? message.subject, cache: &cache)
+            _ = self.deliverFromPeer(message, groups: groups, match: match, batch: &batch)
         }
         batch.handOver()
         return batch.takeCongested()
@@ -447,7 +468,8 @@ public final class BusRouter: Sendable {
     package func route(_ message: BusMessage, from publisher: (any BusConnection)?, routingSubject: String? = nil) -> Int {
         let match = self.state.withLock { $0.subjects.match(routingSubject ?? message.subject) }
         var unbatched = BusDeliveryBatch.none
-        return self.deliver(message, to: match, from: publisher, batch: &unbatched)
+        let routing = routingSubject == message.subject ? nil : routingSubject
+        return self.deliver(message, to: match, from: publisher, batch: &unbatched, routingSubject: routing)
     }
 
     /// ``route(_:from:routingSubject:)`` for a client's publish, through the connection's cache of its last subject;
@@ -478,7 +500,8 @@ public final class BusRouter: Sendable {
         _ message: BusMessage,
         to match: SubjectIndex<BusSubscription>.Match,
         from publisher: (any BusConnection)?,
-        batch: inout BusDeliveryBatch
+        batch: inout BusDeliveryBatch,
+        routingSubject: String? = nil
     ) -> Int {
         if match.isEmpty { return 0 }
         let skipOwn = publisher.map { !$0.echo } ?? false
@@ -532,7 +555,11 @@ public final class BusRouter: Sendable {
             if !served, let route = remoteMember { remote.add(route, group: group.queue) }
         }
         for (route, groups) in remote.routes {
-            if batch.isEnabled {
+            if let routingSubject {
+                // Routed by another subject than its own: the other node must route it the same way.
+                if route.forward(message, groups: groups, routingSubject: routingSubject) { deliveries += 1 }
+                if route.isCongested { batch.note(route) }
+            } else if batch.isEnabled {
                 // With the read's other messages for that node, at the end of the read.
                 batch.append(message, groups: groups, to: route)
                 deliveries += 1

@@ -45,6 +45,10 @@ public final class JetStream: Service, Sendable {
     private let spawns: AsyncStream<JetStreamStream>
     private let spawnsContinuation: AsyncStream<JetStreamStream>.Continuation
     private let apiSubscriptions = Mutex<[BusSubscription]>([])
+    /// The cluster-wide subscriptions to the API subjects naming each stream this node serves.
+    let streamAPISubscriptions = Mutex<[String: [BusSubscription]]>([:])
+    /// Tokens of this node's own gatherings of every node's streams (its own receiver does not answer them).
+    let gatherTokens = Mutex<Set<String>>([])
     private let readiness = Mutex<(ready: Bool, failure: (any Error)?, waiters: [CheckedContinuation<Void, any Error>])>(
         (false, nil, [])
     )
@@ -81,11 +85,13 @@ public final class JetStream: Service, Sendable {
             self.finishReadiness(error)
             throw error
         }
-        let receiver = APIReceiver(jetstream: self)
+        let receiver = APIReceiver(jetstream: self, catchAll: true)
         self.apiSubscriptions.withLock {
             $0 = [
-                // The API answers for this node's streams only: a request must not reach the other nodes' APIs.
+                // Requests of this node's clients that no node serves by name (JetStreamCluster.swift); a stream's
+                // own API subjects are subscribed cluster-wide by its node.
                 self.router.subscribe("$JS.API.>", scope: .node, receiver: receiver),
+                self.router.subscribe(Self.streamsSubject, receiver: StreamsReceiver(jetstream: self)),
                 self.router.subscribe("$JS.ACK.>", receiver: AckReceiver(jetstream: self)),
                 self.router.subscribe("$JS.FC.>", receiver: FlowControlReceiver(jetstream: self)),
             ]
@@ -105,6 +111,7 @@ public final class JetStream: Service, Sendable {
         }
         self.stopIntake()
         for subscription in self.apiSubscriptions.withLock({ $0 }) { self.router.unsubscribe(subscription) }
+        self.unbindAllAPI()
         let streams = self.streams.withLock { Array($0.values) }
         for stream in streams {
             stream.unbindSubjects()
@@ -232,6 +239,7 @@ public final class JetStream: Service, Sendable {
         )
         self.streams.withLock { $0[config.name] = stream }
         stream.bindSubjects()
+        self.bindAPI(config.name)
         self.spawnsContinuation.yield(stream)
         stream.signal()
         return stream
@@ -241,7 +249,10 @@ public final class JetStream: Service, Sendable {
 
     struct APIReceiver: BusReceiver {
         let jetstream: JetStream
+        /// The node's catch-all for its own clients' requests, which leaves those a stream's node takes.
+        let catchAll: Bool
         func receive(_ message: BusMessage, subscription: BusSubscription) {
+            if self.catchAll, !self.jetstream.catchesAll(message.subject) { return }
             if message.subject.hasPrefix("$JS.API.CONSUMER.MSG.NEXT.") {
                 self.jetstream.pullRequest(message)
             } else {

@@ -35,7 +35,7 @@ extension JetStream {
     private func route(_ path: [String], body: Data) async throws -> any Encodable {
         switch (path.first, path.count) {
         case ("INFO", 1):
-            return self.accountInfo()
+            return await self.accountInfo()
         case ("STREAM", _):
             return try await self.streamRequest(Array(path.dropFirst()), body: body)
         case ("CONSUMER", _):
@@ -76,16 +76,15 @@ extension JetStream {
 
     // MARK: Account
 
-    private func accountInfo() -> AccountInfo {
-        let streams = self.streams.withLock { Array($0.values) }
+    /// The account's numbers over every node's streams.
+    private func accountInfo() async -> AccountInfo {
+        let streams = await self.clusterStreamInfos()
         var consumers = 0
         var memory: UInt64 = 0
         var storage: UInt64 = 0
         for stream in streams {
-            stream.state.withLock { state in
-                consumers += state.consumers.count
-                if state.config.storage == .memory { memory += state.index.bytes } else { storage += state.index.bytes }
-            }
+            consumers += stream.state.consumerCount
+            if stream.config.storage == .memory { memory += stream.state.bytes } else { storage += stream.state.bytes }
         }
         return AccountInfo(memory: memory, storage: storage, streams: streams.count, consumers: consumers)
     }
@@ -110,6 +109,7 @@ extension JetStream {
         case ("DELETE", 2):
             let stream = try self.stream(path[1])
             self.streams.withLock { $0[path[1]] = nil }
+            self.unbindAPI(path[1])
             stream.unbindSubjects()
             stream.close()
             try? await stream.store.destroy()
@@ -120,23 +120,16 @@ extension JetStream {
             return try await self.purge(try self.stream(path[1]), request)
         case ("NAMES", 1), ("LIST", 1):
             let request = try self.decode(NamesRequest.self, body)
-            var streams = self.streams.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+            var streams = await self.clusterStreamInfos()
             if let subject = request.subject, !subject.isEmpty {
-                streams = streams.filter { stream in
-                    stream.state.withLock { $0.config.subjects }.contains { Subject.overlaps($0, subject) }
-                }
+                streams = streams.filter { stream in stream.config.subjects.contains { Subject.overlaps($0, subject) } }
             }
             let offset = max(0, request.offset ?? 0)
             let page = Array(streams.dropFirst(offset))
             if path[0] == "NAMES" {
-                return StreamNames(total: streams.count, offset: offset, limit: 1024, streams: page.map(\.name))
+                return StreamNames(total: streams.count, offset: offset, limit: 1024, streams: page.map(\.config.name))
             }
-            return StreamList(
-                total: streams.count,
-                offset: offset,
-                limit: 256,
-                streams: page.map { self.streamInfo($0, type: nil) }
-            )
+            return StreamList(total: streams.count, offset: offset, limit: 256, streams: page)
         case ("MSG", 3) where path[1] == "GET":
             let request = try self.decode(MessageGetRequest.self, body)
             let stream = try self.stream(path[2])
@@ -178,7 +171,8 @@ extension JetStream {
         }
     }
 
-    private func validate(_ config: StreamConfig) throws -> StreamConfig {
+    /// `elsewhere`: the other nodes' streams, whose subjects a new stream must not overlap either.
+    private func validate(_ config: StreamConfig, elsewhere: [StreamConfig] = []) throws -> StreamConfig {
         var config = config
         guard Self.isValidName(config.name) else {
             throw JetStreamAPIError.invalidConfig("stream name must not be empty or contain '.', '*', '>' or whitespace")
@@ -196,9 +190,10 @@ extension JetStream {
             throw JetStreamAPIError.invalidConfig("stork_store must be memory, file, sqlite or postgres")
         }
         let others = self.streams.withLock { $0.values.filter { $0.name != config.name } }
-        for other in others {
-            let theirs = other.state.withLock { $0.config.subjects }
-            for mine in config.subjects where theirs.contains(where: { Subject.overlaps($0, mine) }) {
+        let theirs = others.map { $0.state.withLock { $0.config.subjects } }
+            + elsewhere.filter { $0.name != config.name }.map(\.subjects)
+        for subjects in theirs {
+            for mine in config.subjects where subjects.contains(where: { Subject.overlaps($0, mine) }) {
                 throw JetStreamAPIError.subjectsOverlap
             }
         }
@@ -211,7 +206,11 @@ extension JetStream {
     }
 
     private func createStream(_ requested: StreamConfig) async throws -> StreamInfo {
-        let config = try self.validate(requested)
+        // A new stream is made here; its name and subjects must be free on every node.
+        let local = Set(self.streams.withLock { Array($0.keys) })
+        let elsewhere = await self.clusterStreamInfos().filter { !local.contains($0.config.name) }
+        if elsewhere.contains(where: { $0.config.name == requested.name }) { throw JetStreamAPIError.streamNameInUse }
+        let config = try self.validate(requested, elsewhere: elsewhere.map(\.config))
         if let existing = self.streams.withLock({ $0[config.name] }) {
             guard existing.state.withLock({ $0.config }) == config else { throw JetStreamAPIError.streamNameInUse }
             return self.streamInfo(existing, type: "stream_create_response")
@@ -479,11 +478,19 @@ struct AccountInfo: Encodable {
         var maxStorage: Int64 = -1
         var maxStreams: Int = -1
         var maxConsumers: Int = -1
+        var maxAckPending: Int = -1
+        var memoryMaxStreamBytes: Int64 = -1
+        var storageMaxStreamBytes: Int64 = -1
+        var maxBytesRequired = false
         enum CodingKeys: String, CodingKey {
             case maxMemory = "max_memory"
             case maxStorage = "max_storage"
             case maxStreams = "max_streams"
             case maxConsumers = "max_consumers"
+            case maxAckPending = "max_ack_pending"
+            case memoryMaxStreamBytes = "memory_max_stream_bytes"
+            case storageMaxStreamBytes = "storage_max_stream_bytes"
+            case maxBytesRequired = "max_bytes_required"
         }
     }
     var type = "io.nats.jetstream.api.v1.account_info_response"
@@ -494,7 +501,7 @@ struct AccountInfo: Encodable {
     var limits = Limits()
 }
 
-struct StreamInfo: Encodable {
+struct StreamInfo: Codable {
     var type: String?
     var config: StreamConfig
     var created: String

@@ -466,7 +466,7 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     ) -> Duration? {
         var rejected = 0
         var bytes = 0
-        var deliveries: [(message: BusMessage, groups: [String])] = []
+        var deliveries: [(message: BusMessage, groups: [String], routingSubject: String?)] = []
         deliveries.reserveCapacity(messages.count)
         for message in messages {
             var headers: MessageHeaders?
@@ -486,7 +486,8 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
                         headers: headers,
                         payload: message.payload
                     ),
-                    message.groups
+                    message.groups,
+                    message.routingSubject
                 )
             )
         }
@@ -616,7 +617,16 @@ final class BusPeerLink: BusRemoteRoute, Sendable {
         self.forward([(message, groups)]) == 1
     }
 
+    func forward(_ message: BusMessage, groups: [String], routingSubject: String) -> Bool {
+        self.enqueue([(message, groups)], routingSubject: routingSubject) == 1
+    }
+
     func forward(_ messages: [(message: BusMessage, groups: [String])]) -> Int {
+        self.enqueue(messages, routingSubject: nil)
+    }
+
+    /// Queues `messages` (all routed by `routingSubject` on the receiving node when it is given).
+    private func enqueue(_ messages: [(message: BusMessage, groups: [String])], routingSubject: String?) -> Int {
         var signal = false
         let accepted = self.queue.withLock { queue -> Int in
             guard !queue.closed else { return 0 }
@@ -632,7 +642,8 @@ final class BusPeerLink: BusRemoteRoute, Sendable {
                     replyTo: message.replyTo,
                     headers: headers?.readableBytes,
                     payload: message.payload.readableBytes,
-                    groups: groups
+                    groups: groups,
+                    routingSubject: routingSubject
                 )
                 guard size <= self.maximumMessageBytes else {
                     queue.tooLarge += 1
@@ -651,7 +662,8 @@ final class BusPeerLink: BusRemoteRoute, Sendable {
                         replyTo: message.replyTo,
                         headers: headers,
                         payload: message.payload,
-                        groups: groups
+                        groups: groups,
+                        routingSubject: routingSubject
                     )
                     chunk.count += 1
                 } else {
@@ -672,7 +684,8 @@ final class BusPeerLink: BusRemoteRoute, Sendable {
                         replyTo: message.replyTo,
                         headers: headers,
                         payload: message.payload,
-                        groups: groups
+                        groups: groups,
+                        routingSubject: routingSubject
                     )
                     queue.chunks[last].count += 1
                     queue.bytes += size

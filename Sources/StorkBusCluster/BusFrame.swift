@@ -48,23 +48,42 @@ public struct BusRoutedMessage: Hashable, Sendable {
     /// The queue groups the sender chose the receiver for: it delivers to one local member of each (and to all its
     /// plain subscribers).
     public var groups: [String]
+    /// Where the receiver routes the message when not by its subject: a JetStream delivery keeps the stream's
+    /// subject but goes to the consumer's deliver subject or a pull request's inbox. Nil: by its subject.
+    public var routingSubject: String?
 
-    public init(subject: String, replyTo: String? = nil, headers: ByteBuffer? = nil, payload: ByteBuffer, groups: [String] = []) {
+    public init(
+        subject: String,
+        replyTo: String? = nil,
+        headers: ByteBuffer? = nil,
+        payload: ByteBuffer,
+        groups: [String] = [],
+        routingSubject: String? = nil
+    ) {
         self.subject = subject
         self.replyTo = replyTo
         self.headers = headers
         self.payload = payload
         self.groups = groups
+        self.routingSubject = routingSubject
     }
 
     /// A message with its payload (and header block) given as bytes.
-    public init(subject: String, replyTo: String? = nil, headers: [UInt8]? = nil, payload: [UInt8], groups: [String] = []) {
+    public init(
+        subject: String,
+        replyTo: String? = nil,
+        headers: [UInt8]? = nil,
+        payload: [UInt8],
+        groups: [String] = [],
+        routingSubject: String? = nil
+    ) {
         self.init(
             subject: subject,
             replyTo: replyTo,
             headers: headers.map { ByteBuffer(bytes: $0) },
             payload: ByteBuffer(bytes: payload),
-            groups: groups
+            groups: groups,
+            routingSubject: routingSubject
         )
     }
 
@@ -75,13 +94,22 @@ public struct BusRoutedMessage: Hashable, Sendable {
             replyTo: self.replyTo,
             headers: self.headers?.readableBytes,
             payload: self.payload.readableBytes,
-            groups: self.groups
+            groups: self.groups,
+            routingSubject: self.routingSubject
         )
     }
 
-    static func encodedSize(subject: String, replyTo: String?, headers: Int?, payload: Int, groups: [String]) -> Int {
+    static func encodedSize(
+        subject: String,
+        replyTo: String?,
+        headers: Int?,
+        payload: Int,
+        groups: [String],
+        routingSubject: String? = nil
+    ) -> Int {
         var size = 2 + subject.utf8.count + 1 + 1 + 4 + payload + 2
         if let replyTo { size += 2 + replyTo.utf8.count }
+        if let routingSubject { size += 2 + routingSubject.utf8.count }
         if let headers { size += 4 + headers }
         for group in groups { size += 2 + group.utf8.count }
         return size
@@ -207,7 +235,8 @@ public enum BusFrameCodec {
                     replyTo: message.replyTo,
                     headers: message.headers,
                     payload: message.payload,
-                    groups: message.groups
+                    groups: message.groups,
+                    routingSubject: message.routingSubject
                 )
             }
             return Self.messagesFrame(recipient: recipient, count: messages.count, body: body)
@@ -263,14 +292,25 @@ public enum BusFrameCodec {
             messages.reserveCapacity(count)
             for _ in 0..<count {
                 let subject = try reader.subject(published: true)
-                let replyTo = try reader.present() ? try reader.subject(published: true) : nil
+                // Bit 0: a reply subject follows; bit 1: then a routing subject (a literal one).
+                let flags = try reader.u8()
+                guard flags & ~0b11 == 0 else { throw BusFrameError(.badEnumValue, "message flags \(flags)") }
+                let replyTo = flags & 1 != 0 ? try reader.subject(published: true) : nil
+                let routingSubject = flags & 2 != 0 ? try reader.subject(published: true) : nil
                 let headers = try reader.present() ? try reader.bytes32() : nil
                 let payload = try reader.bytes32()
                 let groupCount = Int(try reader.u16())
                 var groups: [String] = []
                 for _ in 0..<groupCount { groups.append(try reader.queueName()) }
                 messages.append(
-                    BusRoutedMessage(subject: subject, replyTo: replyTo, headers: headers, payload: payload, groups: groups)
+                    BusRoutedMessage(
+                        subject: subject,
+                        replyTo: replyTo,
+                        headers: headers,
+                        payload: payload,
+                        groups: groups,
+                        routingSubject: routingSubject
+                    )
                 )
             }
             frame = .messages(recipient: recipient, messages)
@@ -302,15 +342,14 @@ extension ByteBuffer {
         replyTo: String?,
         headers: ByteBuffer?,
         payload: ByteBuffer,
-        groups: [String]
+        groups: [String],
+        routingSubject: String? = nil
     ) {
         self.writeBusString(subject)
-        if let replyTo {
-            self.writeInteger(UInt8(1))
-            self.writeBusString(replyTo)
-        } else {
-            self.writeInteger(UInt8(0))
-        }
+        // The reply marker of the first format, with bit 1 for a routing subject after the reply subject.
+        self.writeInteger(UInt8((replyTo == nil ? 0 : 1) | (routingSubject == nil ? 0 : 2)))
+        if let replyTo { self.writeBusString(replyTo) }
+        if let routingSubject { self.writeBusString(routingSubject) }
         if var headers {
             self.writeInteger(UInt8(1))
             self.writeInteger(UInt32(truncatingIfNeeded: headers.readableBytes))

@@ -38,6 +38,14 @@ struct BusFrameTests {
             ),
             BusRoutedMessage(subject: "big", payload: [UInt8](repeating: 0xFE, count: 100_000)),
             BusRoutedMessage(subject: "jobs.1", payload: [1], groups: ["workers", "audit"]),
+            // A JetStream delivery: the stream's subject, routed to a pull request's inbox.
+            BusRoutedMessage(
+                subject: "orders.new",
+                replyTo: "$JS.ACK.ORDERS.c.1.1.1.0.0",
+                payload: [2],
+                routingSubject: "_INBOX.n3.abc"
+            ),
+            BusRoutedMessage(subject: "orders.new", payload: [3], routingSubject: "deliver.here"),
         ]),
     ]
 
@@ -112,7 +120,8 @@ struct BusFrameTests {
             return bytes
         }
         #expect(Self.code(message(subject: Array("s".utf8), reply: 1, headers: 1)) == nil)
-        #expect(Self.code(message(subject: Array("s".utf8), reply: 2)) == .badEnumValue)
+        #expect(Self.code(message(subject: Array("s".utf8), reply: 4)) == .badEnumValue)
+        #expect(Self.code(message(subject: Array("s".utf8), reply: 2)) == .invalidSubject, "a routing subject must follow")
         #expect(Self.code(message(subject: Array("s".utf8), headers: 7)) == .badEnumValue)
         #expect(Self.code(message(subject: Array("a..s".utf8))) == .invalidSubject)
         #expect(Self.code(message(subject: Array("s".utf8), payloadLength: 1)) == .truncated)

@@ -52,3 +52,37 @@ struct JetStreamAckTests {
 struct NATSAuthOrderTests {
     /// With authentication required, a PUB before CONNECT is refused like any other operation: nothing is delivered.
 }
+
+@Suite("JetStream API subjects across the cluster")
+struct JetStreamClusterSubjectTests {
+    @Test(
+        "the stream an API subject names, for every request that names one",
+        arguments: [
+            ("$JS.API.STREAM.INFO.ORDERS", "ORDERS" as String?),
+            ("$JS.API.STREAM.CREATE.ORDERS", "ORDERS"),
+            ("$JS.API.STREAM.MSG.GET.ORDERS", "ORDERS"),
+            ("$JS.API.CONSUMER.CREATE.ORDERS", "ORDERS"),
+            ("$JS.API.CONSUMER.CREATE.ORDERS.worker.orders.new", "ORDERS"),
+            ("$JS.API.CONSUMER.DURABLE.CREATE.ORDERS.worker", "ORDERS"),
+            ("$JS.API.CONSUMER.INFO.ORDERS.worker", "ORDERS"),
+            ("$JS.API.CONSUMER.NAMES.ORDERS", "ORDERS"),
+            ("$JS.API.CONSUMER.MSG.NEXT.ORDERS.worker", "ORDERS"),
+            ("$JS.API.INFO", nil),
+            ("$JS.API.STREAM.NAMES", nil),
+            ("$JS.API.STREAM.LIST", nil),
+            ("$JS.API.STREAM.INFO", nil),
+            ("$JS.ACK.ORDERS.worker.1.2.3.4.5", nil),
+        ]
+    )
+    func streamNames(subject: String, stream: String?) {
+        #expect(JetStream.streamName(inAPISubject: subject) == stream)
+    }
+
+    @Test("every API subject a stream's node subscribes to names that stream, and only it")
+    func subscribedSubjectsNameTheStream() {
+        for pattern in JetStream.apiSubjects(stream: "ORDERS") {
+            let subject = pattern.replacingOccurrences(of: ".*", with: ".worker").replacingOccurrences(of: ".>", with: ".worker.x")
+            #expect(JetStream.streamName(inAPISubject: subject) == "ORDERS", "\(subject)")
+        }
+    }
+}

@@ -1,0 +1,162 @@
+import Foundation
+import NIOCore
+import StorkCore
+import StorkStreaming
+import Synchronization
+
+// MARK: - The JetStream API across the cluster
+//
+// Every node runs JetStream; a stream lives on the node that created it. That node subscribes, cluster-wide, to the
+// API subjects that name the stream (`$JS.API.STREAM.INFO.<name>`, `$JS.API.CONSUMER.MSG.NEXT.<name>.<consumer>`,
+// …), so a request for it from a client of any node reaches it over the bus, and its answer goes back to the
+// requester's inbox the same way. Publishes to the stream's subjects and acks already travel so (the stream's
+// subject subscriptions and `$JS.ACK.>` are cluster-wide).
+//
+// Each node also takes, for the clients connected to it (a node-scoped `$JS.API.>`), the requests that no node
+// serves by name: the account's (`INFO`, `STREAM.NAMES`, `STREAM.LIST`), `STREAM.CREATE` of a new stream, and
+// requests naming a stream that exists nowhere (answered `404`). Names, lists and the account's numbers gather every
+// node's streams over the bus (`$STORK.JS.STREAMS`, answered by each node with its streams); a new stream's subjects
+// are checked against every node's streams.
+//
+// Interest crosses nodes within a moment of a change: a request made right after a stream was created on another
+// node may still be answered `404` by the requester's node.
+
+extension JetStream {
+    /// Where each node answers with its own streams' infos (the payload of a request is the asker's token).
+    static let streamsSubject = "$STORK.JS.STREAMS"
+
+    /// The API subjects that name `stream`: its node subscribes to them cluster-wide.
+    static func apiSubjects(stream name: String) -> [String] {
+        let api = "$JS.API"
+        return [
+            "\(api).STREAM.CREATE.\(name)", "\(api).STREAM.UPDATE.\(name)", "\(api).STREAM.INFO.\(name)",
+            "\(api).STREAM.DELETE.\(name)", "\(api).STREAM.PURGE.\(name)", "\(api).STREAM.MSG.GET.\(name)",
+            "\(api).STREAM.MSG.DELETE.\(name)", "\(api).CONSUMER.CREATE.\(name)", "\(api).CONSUMER.CREATE.\(name).>",
+            "\(api).CONSUMER.DURABLE.CREATE.\(name).*", "\(api).CONSUMER.INFO.\(name).*",
+            "\(api).CONSUMER.DELETE.\(name).*", "\(api).CONSUMER.NAMES.\(name)", "\(api).CONSUMER.LIST.\(name)",
+            "\(api).CONSUMER.MSG.NEXT.\(name).*",
+        ]
+    }
+
+    /// The stream a JetStream API subject names, if it names one.
+    static func streamName(inAPISubject subject: String) -> String? {
+        let tokens = subject.split(separator: ".", omittingEmptySubsequences: false)
+        guard tokens.count >= 4, tokens[0] == "$JS", tokens[1] == "API" else { return nil }
+        let path = tokens.dropFirst(2).map(String.init)
+        switch (path[0], path.count) {
+        case ("STREAM", 3) where ["CREATE", "UPDATE", "INFO", "DELETE", "PURGE"].contains(path[1]):
+            return path[2]
+        case ("STREAM", 4) where path[1] == "MSG" && ["GET", "DELETE"].contains(path[2]):
+            return path[3]
+        case ("CONSUMER", 5) where path[1] == "DURABLE" && path[2] == "CREATE",
+            ("CONSUMER", 5) where path[1] == "MSG" && path[2] == "NEXT":
+            return path[3]
+        case ("CONSUMER", 3...) where path[1] == "CREATE":
+            return path[2]
+        case ("CONSUMER", 4) where ["INFO", "DELETE"].contains(path[1]):
+            return path[2]
+        case ("CONSUMER", 3) where ["NAMES", "LIST"].contains(path[1]):
+            return path[2]
+        default:
+            return nil
+        }
+    }
+
+    /// Subscribes the API subjects of a stream this node serves.
+    func bindAPI(_ name: String) {
+        let receiver = APIReceiver(jetstream: self, catchAll: false)
+        let subscriptions = Self.apiSubjects(stream: name).map { self.router.subscribe($0, receiver: receiver) }
+        let replaced = self.streamAPISubscriptions.withLock { table in
+            defer { table[name] = subscriptions }
+            return table[name] ?? []
+        }
+        for subscription in replaced { self.router.unsubscribe(subscription) }
+    }
+
+    func unbindAPI(_ name: String) {
+        let subscriptions = self.streamAPISubscriptions.withLock { $0.removeValue(forKey: name) ?? [] }
+        for subscription in subscriptions { self.router.unsubscribe(subscription) }
+    }
+
+    func unbindAllAPI() {
+        let all = self.streamAPISubscriptions.withLock { table in
+            defer { table = [:] }
+            return table.values.flatMap { $0 }
+        }
+        for subscription in all { self.router.unsubscribe(subscription) }
+    }
+
+    /// Whether this node's catch-all takes a request its client made: one that names no stream, or a stream that
+    /// neither this node (its own subscription takes it) nor another node serves.
+    func catchesAll(_ subject: String) -> Bool {
+        guard let name = Self.streamName(inAPISubject: subject) else { return true }
+        if self.streams.withLock({ $0[name] != nil }) { return false }
+        return self.router.remoteNodesInterested(in: subject) == 0
+    }
+
+    // MARK: Every node's streams
+
+    /// Answers a gathering node with this node's streams (not its own gathering: the token is its).
+    struct StreamsReceiver: BusReceiver {
+        let jetstream: JetStream
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
+            guard let reply = message.replyTo else { return }
+            let token = String(buffer: message.payload)
+            if self.jetstream.gatherTokens.withLock({ $0.contains(token) }) { return }
+            self.jetstream.router.reply(reply, json: self.jetstream.localStreamInfos())
+        }
+    }
+
+    /// Collects the answers of a gathering.
+    struct CollectReceiver: BusReceiver {
+        let continuation: AsyncStream<ByteBuffer>.Continuation
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
+            self.continuation.yield(message.payload)
+        }
+    }
+
+    /// This node's streams, by name.
+    func localStreamInfos() -> [StreamInfo] {
+        self.streams.withLock { Array($0.values) }.sorted { $0.name < $1.name }.map { self.streamInfo($0, type: nil) }
+    }
+
+    /// Every node's streams, by name: this node's, and those the other nodes with JetStream answer within `timeout`
+    /// (a node that does not answer is left out, and logged).
+    func clusterStreamInfos(timeout: Duration = .seconds(2)) async -> [StreamInfo] {
+        var infos = self.localStreamInfos()
+        let expected = self.router.remoteNodesInterested(in: Self.streamsSubject)
+        guard expected > 0 else { return infos }
+        let token = UUID().uuidString
+        let inbox = "_INBOX.stork.js.\(token.replacingOccurrences(of: "-", with: ""))"
+        let (answers, continuation) = AsyncStream<ByteBuffer>.makeStream()
+        self.gatherTokens.withLock { _ = $0.insert(token) }
+        let subscription = self.router.subscribe(inbox, receiver: CollectReceiver(continuation: continuation))
+        _ = self.router.publish(BusMessage(subject: Self.streamsSubject, replyTo: inbox, payload: ByteBuffer(string: token)))
+        var received = 0
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                continuation.finish()
+            }
+            for await payload in answers {
+                received += 1
+                if let theirs = try? JSONDecoder().decode([StreamInfo].self, from: Data(payload.readableBytesView)) {
+                    infos += theirs
+                }
+                if received >= expected { break }
+            }
+            group.cancelAll()
+        }
+        continuation.finish()
+        self.router.unsubscribe(subscription)
+        self.gatherTokens.withLock { _ = $0.remove(token) }
+        if received < expected {
+            self.logger.warning(
+                "JetStream: not every node listed its streams in time",
+                metadata: ["expected": "\(expected)", "answered": "\(received)"]
+            )
+        }
+        var seen = Set<String>()
+        return infos.filter { seen.insert($0.config.name).inserted }.sorted { $0.config.name < $1.config.name }
+    }
+}
