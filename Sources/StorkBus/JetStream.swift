@@ -42,6 +42,9 @@ public final class JetStream: Service, Sendable {
     let streams = Mutex<[String: JetStreamStream]>([:])
     private let requests: AsyncStream<APIRequest>
     private let requestsContinuation: AsyncStream<APIRequest>.Continuation
+    /// History reads other nodes asked this node for (answered one at a time, off the publisher's thread).
+    let historyReads: AsyncStream<(request: HistoryRequest, replyTo: String)>
+    let historyReadsContinuation: AsyncStream<(request: HistoryRequest, replyTo: String)>.Continuation
     private let spawns: AsyncStream<JetStreamStream>
     private let spawnsContinuation: AsyncStream<JetStreamStream>.Continuation
     private let apiSubscriptions = Mutex<[BusSubscription]>([])
@@ -73,6 +76,10 @@ public final class JetStream: Service, Sendable {
         self.now = now
         (self.requests, self.requestsContinuation) = AsyncStream.makeStream(of: APIRequest.self)
         (self.spawns, self.spawnsContinuation) = AsyncStream.makeStream(of: JetStreamStream.self)
+        (self.historyReads, self.historyReadsContinuation) = AsyncStream.makeStream(
+            of: (request: HistoryRequest, replyTo: String).self,
+            bufferingPolicy: .bufferingNewest(256)
+        )
     }
 
     // MARK: Running
@@ -92,6 +99,7 @@ public final class JetStream: Service, Sendable {
                 // own API subjects are subscribed cluster-wide by its node.
                 self.router.subscribe("$JS.API.>", scope: .node, receiver: receiver),
                 self.router.subscribe(Self.streamsSubject, receiver: StreamsReceiver(jetstream: self)),
+                self.router.subscribe(Self.historySubject, receiver: HistoryReceiver(jetstream: self)),
                 self.router.subscribe("$JS.ACK.>", receiver: AckReceiver(jetstream: self)),
                 self.router.subscribe("$JS.FC.>", receiver: FlowControlReceiver(jetstream: self)),
             ]
@@ -100,6 +108,7 @@ public final class JetStream: Service, Sendable {
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 group.addTask { await self.serveRequests() }
+                group.addTask { await self.serveHistoryReads() }
                 group.addTask { await self.tickLoop() }
                 for await stream in self.spawns {
                     group.addTask { await stream.run() }
@@ -150,6 +159,7 @@ public final class JetStream: Service, Sendable {
     private func stopIntake() {
         self.requestsContinuation.finish()
         self.spawnsContinuation.finish()
+        self.historyReadsContinuation.finish()
     }
 
     private func serveRequests() async {
@@ -460,9 +470,15 @@ extension JetStream {
         }?.name
     }
 
-    /// Up to `limit` stored messages on `subject` (a pattern) from `start`, read from the stream that captures it;
-    /// nil when no stream does.
+    /// Up to `limit` stored messages on `subject` (a pattern) from `start`, read from the stream that captures it,
+    /// on this node or another; nil when no stream does.
     public func history(subject: String, from start: JetStreamHistoryStart, limit: Int) async throws -> JetStreamHistory? {
+        if let local = try await self.localHistory(subject: subject, from: start, limit: limit) { return local }
+        return await self.remoteHistory(subject: subject, from: start, limit: limit)
+    }
+
+    /// ``history(subject:from:limit:)`` from this node's streams only.
+    func localHistory(subject: String, from start: JetStreamHistoryStart, limit: Int) async throws -> JetStreamHistory? {
         guard let name = self.stream(capturing: subject), let stream = self.streams.withLock({ $0[name] }) else {
             return nil
         }

@@ -160,3 +160,142 @@ extension JetStream {
         return infos.filter { seen.insert($0.config.name).inserted }.sorted { $0.config.name < $1.config.name }
     }
 }
+
+// MARK: - History from every node
+
+extension JetStream {
+    /// Where each node answers history reads for the streams it serves (the gateway's `from` replays and
+    /// `GET /v1/history` on another node).
+    static let historySubject = "$STORK.JS.HISTORY"
+
+    /// A history read as it crosses nodes.
+    struct HistoryRequest: Codable {
+        var token: String
+        var subject: String
+        var sequence: UInt64?
+        var time: Int64?
+        var last: Int?
+        var limit: Int
+
+        var start: JetStreamHistoryStart {
+            if let sequence { return .sequence(sequence) }
+            if let time { return .time(nanoseconds: time) }
+            return .last(self.last ?? 0)
+        }
+    }
+
+    /// A node's answer: the history when one of its streams captures the subject, else nothing (`stream` nil).
+    struct HistoryAnswer: Codable {
+        struct Message: Codable {
+            var sequence: UInt64
+            var subject: String
+            var headers: Data
+            var payload: Data
+            var timestamp: Int64
+        }
+        var stream: String?
+        var messages: [Message] = []
+        var lastSequence: UInt64 = 0
+    }
+
+    /// Answers another node's history read from this node's streams.
+    struct HistoryReceiver: BusReceiver {
+        let jetstream: JetStream
+        func receive(_ message: BusMessage, subscription: BusSubscription) {
+            guard let reply = message.replyTo,
+                let request = try? JSONDecoder().decode(HistoryRequest.self, from: Data(message.payload.readableBytesView)),
+                !self.jetstream.gatherTokens.withLock({ $0.contains(request.token) })
+            else { return }
+            // The store read awaits: answered by `serveHistoryReads`, off the publisher's thread.
+            self.jetstream.historyReadsContinuation.yield((request, reply))
+        }
+    }
+
+    /// Answers the history reads of other nodes, one at a time, until JetStream stops.
+    func serveHistoryReads() async {
+        for await (request, reply) in self.historyReads {
+            var answer = HistoryAnswer()
+            if let history = try? await self.localHistory(subject: request.subject, from: request.start, limit: request.limit) {
+                answer.stream = history.stream
+                answer.lastSequence = history.lastSequence
+                answer.messages = history.messages.map {
+                    .init(
+                        sequence: $0.sequence,
+                        subject: $0.subject,
+                        headers: Data($0.headers),
+                        payload: Data($0.payload),
+                        timestamp: $0.timestamp
+                    )
+                }
+            }
+            self.router.reply(reply, json: answer)
+        }
+    }
+
+    /// The stream, on any node, whose subjects cover every subject `subject` (a pattern) can match.
+    public func streamCapturing(_ subject: String) async -> String? {
+        if let local = self.stream(capturing: subject) { return local }
+        return await self.clusterStreamInfos()
+            .first { info in info.config.subjects.contains { Subject.isSubset(subject, of: $0) } }?
+            .config.name
+    }
+
+    /// Asks the other nodes for a history read; the answer of the node whose stream captures `subject`, or nil.
+    func remoteHistory(
+        subject: String,
+        from start: JetStreamHistoryStart,
+        limit: Int,
+        timeout: Duration = .seconds(5)
+    ) async -> JetStreamHistory? {
+        let expected = self.router.remoteNodesInterested(in: Self.historySubject)
+        guard expected > 0 else { return nil }
+        let token = UUID().uuidString
+        var request = HistoryRequest(token: token, subject: subject, limit: limit)
+        switch start {
+        case .sequence(let sequence): request.sequence = sequence
+        case .time(let nanoseconds): request.time = nanoseconds
+        case .last(let count): request.last = count
+        }
+        guard let body = try? JSONEncoder().encode(request) else { return nil }
+        let inbox = "_INBOX.stork.js.\(token.replacingOccurrences(of: "-", with: ""))"
+        let (answers, continuation) = AsyncStream<ByteBuffer>.makeStream()
+        self.gatherTokens.withLock { _ = $0.insert(token) }
+        let subscription = self.router.subscribe(inbox, receiver: CollectReceiver(continuation: continuation))
+        _ = self.router.publish(BusMessage(subject: Self.historySubject, replyTo: inbox, payload: ByteBuffer(bytes: body)))
+        var found: JetStreamHistory?
+        var received = 0
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                continuation.finish()
+            }
+            for await payload in answers {
+                received += 1
+                if let answer = try? JSONDecoder().decode(HistoryAnswer.self, from: Data(payload.readableBytesView)),
+                    let stream = answer.stream
+                {
+                    found = JetStreamHistory(
+                        stream: stream,
+                        messages: answer.messages.map {
+                            StoredMessage(
+                                sequence: $0.sequence,
+                                subject: $0.subject,
+                                headers: Array($0.headers),
+                                payload: Array($0.payload),
+                                timestamp: $0.timestamp
+                            )
+                        },
+                        lastSequence: answer.lastSequence
+                    )
+                    break
+                }
+                if received >= expected { break }
+            }
+            group.cancelAll()
+        }
+        continuation.finish()
+        self.router.unsubscribe(subscription)
+        self.gatherTokens.withLock { _ = $0.remove(token) }
+        return found
+    }
+}

@@ -324,7 +324,7 @@ extension Gateway {
             throw GatewayActionError("too_many_subscriptions", "at most \(self.configuration.maxSubscriptionsPerSession)")
         }
         if from != nil {
-            guard let jetstream = self.jetstream, jetstream.stream(capturing: subject) != nil else {
+            guard let jetstream = self.jetstream, await jetstream.streamCapturing(subject) != nil else {
                 throw GatewayActionError("no_history", "no stream stores '\(subject)'")
             }
         }

@@ -154,3 +154,32 @@ async def test_http_history(main_node, orders):
     assert status == 404 and body["error"]["code"] == "no_history", (status, body)
     status, body = history({})
     assert status == 400, (status, body)
+
+
+async def test_history_and_replay_through_every_node(cluster, clients):
+    """A stream held by n1: a WebSocket client of n2 replays from it, and n3 serves its history over HTTP."""
+    n1, n2, n3 = cluster
+    nc = await asyncio.wait_for(nats.connect(n1.nats_url, connect_timeout=5, allow_reconnect=False), 15)
+    try:
+        js = nc.jetstream(timeout=10)
+        await js.add_stream(name="CLUSTERHIST", subjects=["clusterhist.>"])
+        for i in range(1, 4):
+            await js.publish(f"clusterhist.{i}", json.dumps({"n": i}).encode())
+    finally:
+        await nc.close()
+
+    reader = await clients.login(n2, user="rita")
+    ok = await reader.subscribe("clusterhist.>", **{"from": {"seq": 2}})
+    assert ok["replayed"] == 2, ok
+    replayed = [await reader.next_message() for _ in range(2)]
+    assert [(m["stream"], m["streamSeq"], m["data"]) for m in replayed] == [
+        ("CLUSTERHIST", 2, {"n": 2}), ("CLUSTERHIST", 3, {"n": 3})
+    ], replayed
+
+    status, body = await asyncio.to_thread(
+        n3.http, "GET", "/v1/history?" + urllib.parse.urlencode({"subject": "clusterhist.>", "limit": 10}))
+    assert status == 200, (status, body)
+    assert body["stream"] == "CLUSTERHIST" and [m["seq"] for m in body["messages"]] == [1, 2, 3], body
+    status, body = await asyncio.to_thread(
+        n3.http, "GET", "/v1/history?" + urllib.parse.urlencode({"subject": "clusterhist-none.x"}))
+    assert status == 404, (status, body)
