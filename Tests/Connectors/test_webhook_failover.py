@@ -1,7 +1,8 @@
 """Webhook connectors across real `stork serve` processes, with a node leaving, joining and dying mid-stream.
 
 Three nodes on 127.0.0.1 share 500 webhook resources (hook-i: subject hooks.i, URL /hook/i of a local receiver),
-all consuming stream HOOKS on node 1's NATS endpoint. A steady stream of events is published to node 1 (with
+all consuming stream HOOKS, which node 1 holds, each through the bus of the node that runs it (in process: the
+JetStream API, pull requests, deliveries and acks cross nodes). A steady stream of events is published to node 1 (with
 publish acks) while
 
   phase 1 (no failure): node 3 leaves gracefully (SIGTERM: it drains) at 3 s and joins again 2 s after it exited;
@@ -323,7 +324,6 @@ def test_webhooks_survive_leave_join_and_kill9():
                 "stream": STREAM,
                 "subject": f"hooks.{i}",
                 "secret": {"secret": "hook-key"},
-                "server": nats1,
                 "ackWait": ACK_WAIT,
                 "timeout": 2,
                 "backoffMin": 0.2,
