@@ -20,7 +20,13 @@ import StorkStreaming
 //   stork_stream_metadata(cluster text, stream text, key text, value bytea, PRIMARY KEY (cluster, stream, key))
 //
 // Version 2 of the schema added `cluster`; rows written before it belong to the cluster whose node migrated the
-// database (until then one database could serve one cluster only).
+// database (until then one database could serve one cluster only). Version 3 added `stork_streams.fence`.
+//
+// Fencing (`fencing: true`, for streams that move between nodes): `open` raises the stream's `fence` by one and
+// keeps the new value as this store's token; every write (append, remove, purge, metadata) names the token in its
+// own statement and changes nothing when the row holds another one. A later `open` by another process (the new
+// owner after a takeover) therefore stops every write of the earlier one, even one paused mid-operation: its
+// statements find a higher fence and fail with `fenced`.
 //
 // Every operation but `open` is one statement, so one round trip and atomic on its own: an append is an UPDATE of
 // the stream's row (only when the batch starts above `last_sequence`) and an INSERT of the batch from arrays
@@ -44,6 +50,10 @@ public actor PostgresMessageStore: MessageStore {
     public nonisolated let stream: String
     /// The cluster the stream belongs to (`cluster.name`): part of every row's key.
     public nonisolated let cluster: String
+    /// Whether `open` takes the stream over from any earlier opener (see "Fencing" above).
+    public nonisolated let fencing: Bool
+    /// The fence this store's writes carry (set by `open` when fencing).
+    private var fence: Int64?
     /// The loop the actor runs on and its connections live on.
     private nonisolated let eventLoop: any EventLoop
     public nonisolated let configuration: PostgresConnection.Configuration
@@ -67,6 +77,7 @@ public actor PostgresMessageStore: MessageStore {
         url: String,
         stream: String,
         cluster: String = "stork",
+        fencing: Bool = false,
         logger: Logger = Logger(label: "stork.store.postgres")
     ) throws {
         let parsed = try PostgresURL(url)
@@ -75,6 +86,7 @@ public actor PostgresMessageStore: MessageStore {
             description: parsed.redacted,
             stream: stream,
             cluster: cluster,
+            fencing: fencing,
             logger: logger
         )
     }
@@ -85,9 +97,11 @@ public actor PostgresMessageStore: MessageStore {
         description: String,
         stream: String,
         cluster: String = "stork",
+        fencing: Bool = false,
         logger: Logger = Logger(label: "stork.store.postgres"),
         eventLoop: any EventLoop = MultiThreadedEventLoopGroup.singleton.any()
     ) {
+        self.fencing = fencing
         self.eventLoop = eventLoop
         self.configuration = configuration
         self.description = description
@@ -124,6 +138,17 @@ public actor PostgresMessageStore: MessageStore {
                     """,
                     on: connection
                 )
+                if self.fencing {
+                    for row in try await self.execute(
+                        """
+                        UPDATE stork_streams SET fence = fence + 1 WHERE cluster = \(cluster) AND name = \(stream)
+                        RETURNING fence
+                        """,
+                        on: connection
+                    ) {
+                        self.fence = try row.decode(Int64.self)
+                    }
+                }
                 var recovery = MessageStoreRecovery()
                 for row in try await self.execute(
                     "SELECT last_sequence FROM stork_streams WHERE cluster = \(cluster) AND name = \(stream)",
@@ -178,6 +203,7 @@ public actor PostgresMessageStore: MessageStore {
             PostgresBatch(messages),
             cluster: self.cluster,
             stream: self.stream,
+            fence: self.fence,
             first: first,
             last: last
         )
@@ -195,6 +221,7 @@ public actor PostgresMessageStore: MessageStore {
             throw self.storeError("append", error)
         }
         guard inserted == Int64(messages.count) else {
+            try await self.checkFence("append")
             throw StorkError(
                 .storeFailed,
                 "append from sequence \(first): stream '\(self.stream)' already holds that sequence or a later one"
@@ -280,11 +307,18 @@ public actor PostgresMessageStore: MessageStore {
         guard !present.isEmpty else { return }
         let stream = self.stream
         let cluster = self.cluster
-        try await self.withConnection("remove", idempotent: true) { connection in
-            _ = try await self.execute(
+        let fence = self.fence
+        try await self.owned("remove") { connection in
+            try await self.execute(
                 """
-                DELETE FROM stork_messages
-                WHERE cluster = \(cluster) AND stream = \(stream) AND sequence = ANY(\(present)::int8[])
+                WITH owner AS (
+                    SELECT 1 FROM stork_streams
+                    WHERE cluster = \(cluster) AND name = \(stream) AND (\(fence)::int8 IS NULL OR fence = \(fence))
+                ), done AS (
+                    DELETE FROM stork_messages
+                    WHERE cluster = \(cluster) AND stream = \(stream) AND sequence = ANY(\(present)::int8[])
+                        AND EXISTS (SELECT 1 FROM owner)
+                ) SELECT count(*) FROM owner
                 """,
                 on: connection
             )
@@ -295,9 +329,19 @@ public actor PostgresMessageStore: MessageStore {
         let stream = self.stream
         let cluster = self.cluster
         let through = SQLStoreRules.column(sequence)
-        try await self.withConnection("purge", idempotent: true) { connection in
-            _ = try await self.execute(
-                "DELETE FROM stork_messages WHERE cluster = \(cluster) AND stream = \(stream) AND sequence <= \(through)",
+        let fence = self.fence
+        try await self.owned("purge") { connection in
+            try await self.execute(
+                """
+                WITH owner AS (
+                    SELECT 1 FROM stork_streams
+                    WHERE cluster = \(cluster) AND name = \(stream) AND (\(fence)::int8 IS NULL OR fence = \(fence))
+                ), done AS (
+                    DELETE FROM stork_messages
+                    WHERE cluster = \(cluster) AND stream = \(stream) AND sequence <= \(through)
+                        AND EXISTS (SELECT 1 FROM owner)
+                ) SELECT count(*) FROM owner
+                """,
                 on: connection
             )
         }
@@ -306,19 +350,36 @@ public actor PostgresMessageStore: MessageStore {
     public func saveMetadata(key: String, value: [UInt8]?) async throws {
         let stream = self.stream
         let cluster = self.cluster
-        let query: PostgresQuery
-        if let value {
-            let bytes = ByteBuffer(bytes: value)
-            query = """
-                INSERT INTO stork_stream_metadata (cluster, stream, key, value)
-                VALUES (\(cluster), \(stream), \(key), \(bytes))
-                ON CONFLICT (cluster, stream, key) DO UPDATE SET value = EXCLUDED.value
+        let fence = self.fence
+        try await self.owned("save metadata") { connection in
+            if let value {
+                let bytes = ByteBuffer(bytes: value)
+                return try await self.execute(
+                    """
+                    WITH owner AS (
+                        SELECT 1 FROM stork_streams
+                        WHERE cluster = \(cluster) AND name = \(stream) AND (\(fence)::int8 IS NULL OR fence = \(fence))
+                    ), done AS (
+                        INSERT INTO stork_stream_metadata (cluster, stream, key, value)
+                        SELECT \(cluster), \(stream), \(key), \(bytes) WHERE EXISTS (SELECT 1 FROM owner)
+                        ON CONFLICT (cluster, stream, key) DO UPDATE SET value = EXCLUDED.value
+                    ) SELECT count(*) FROM owner
+                    """,
+                    on: connection
+                )
+            }
+            return try await self.execute(
                 """
-        } else {
-            query = "DELETE FROM stork_stream_metadata WHERE cluster = \(cluster) AND stream = \(stream) AND key = \(key)"
-        }
-        try await self.withConnection("save metadata", idempotent: true) { connection in
-            _ = try await self.execute(query, on: connection)
+                WITH owner AS (
+                    SELECT 1 FROM stork_streams
+                    WHERE cluster = \(cluster) AND name = \(stream) AND (\(fence)::int8 IS NULL OR fence = \(fence))
+                ), done AS (
+                    DELETE FROM stork_stream_metadata
+                    WHERE cluster = \(cluster) AND stream = \(stream) AND key = \(key) AND EXISTS (SELECT 1 FROM owner)
+                ) SELECT count(*) FROM owner
+                """,
+                on: connection
+            )
         }
     }
 
@@ -332,17 +393,76 @@ public actor PostgresMessageStore: MessageStore {
     public func destroy() async throws {
         let stream = self.stream
         let cluster = self.cluster
-        try await self.withConnection("destroy", idempotent: true) { connection in
-            _ = try await self.execute(
+        let fence = self.fence
+        let existed = try await self.withConnection("destroy", idempotent: true) { connection in
+            var owners: Int64 = 0
+            for row in try await self.execute(
                 """
-                WITH messages AS (DELETE FROM stork_messages WHERE cluster = \(cluster) AND stream = \(stream)),
-                    metadata AS (DELETE FROM stork_stream_metadata WHERE cluster = \(cluster) AND stream = \(stream))
-                DELETE FROM stork_streams WHERE cluster = \(cluster) AND name = \(stream)
+                WITH owner AS (
+                    SELECT 1 FROM stork_streams
+                    WHERE cluster = \(cluster) AND name = \(stream) AND (\(fence)::int8 IS NULL OR fence = \(fence))
+                ), messages AS (
+                    DELETE FROM stork_messages
+                    WHERE cluster = \(cluster) AND stream = \(stream) AND EXISTS (SELECT 1 FROM owner)
+                ), metadata AS (
+                    DELETE FROM stork_stream_metadata
+                    WHERE cluster = \(cluster) AND stream = \(stream) AND EXISTS (SELECT 1 FROM owner)
+                ), streams AS (
+                    DELETE FROM stork_streams WHERE cluster = \(cluster) AND name = \(stream) AND EXISTS (SELECT 1 FROM owner)
+                ) SELECT count(*) FROM owner
                 """,
                 on: connection
-            )
+            ) {
+                owners = try row.decode(Int64.self)
+            }
+            return owners
         }
         try await self.close()
+        // Without fencing a missing row is nothing to destroy; with it, another node holds the stream now.
+        if existed == 0, fence != nil { throw self.fencedError("destroy") }
+    }
+
+    // MARK: Fencing
+
+    /// Runs a fenced write: its statement starts with the stream's row as `owner` while the row holds this store's
+    /// fence (any row without fencing) and answers `count(*) FROM owner`; 0 means another process has opened the
+    /// stream since, and nothing was written.
+    private func owned(
+        _ operation: String,
+        _ statement: @escaping (PostgresConnection) async throws -> PostgresQueryResult
+    ) async throws {
+        let owners = try await self.withConnection(operation, idempotent: true) { connection in
+            var owners: Int64 = 0
+            for row in try await statement(connection) { owners = try row.decode(Int64.self) }
+            return owners
+        }
+        guard owners == 0 else { return }
+        if self.fence != nil { throw self.fencedError(operation) }
+        throw StorkError(.storeFailed, "\(operation) of stream '\(self.stream)': the stream is not in the store (destroyed)")
+    }
+
+    /// Throws `fenced` when the stream's row no longer holds this store's fence (after a write that changed nothing).
+    private func checkFence(_ operation: String) async throws {
+        guard let fence = self.fence else { return }
+        let (cluster, stream) = (self.cluster, self.stream)
+        let current = try await self.withConnection(operation, idempotent: true) { connection in
+            var current: Int64?
+            for row in try await self.execute(
+                "SELECT fence FROM stork_streams WHERE cluster = \(cluster) AND name = \(stream)",
+                on: connection
+            ) {
+                current = try row.decode(Int64.self)
+            }
+            return current
+        }
+        if current != fence { throw self.fencedError(operation) }
+    }
+
+    private func fencedError(_ operation: String) -> StorkError {
+        StorkError(
+            .fenced,
+            "\(operation) of stream '\(self.stream)' refused: another node has opened the stream since this one did"
+        )
     }
 
     // MARK: Statements
@@ -377,6 +497,7 @@ public actor PostgresMessageStore: MessageStore {
         _ batch: PostgresBatch,
         cluster: String,
         stream: String,
+        fence: Int64?,
         first: UInt64,
         last: UInt64
     ) -> PostgresQuery {
@@ -386,6 +507,7 @@ public actor PostgresMessageStore: MessageStore {
             WITH advanced AS (
                 UPDATE stork_streams SET last_sequence = \(last)
                 WHERE cluster = \(cluster) AND name = \(stream) AND last_sequence < \(first)
+                    AND (\(fence)::int8 IS NULL OR fence = \(fence))
                 RETURNING cluster, name
             ), inserted AS (
                 INSERT INTO stork_messages (cluster, stream, sequence, subject, headers, payload, timestamp)
@@ -492,6 +614,8 @@ public actor PostgresMessageStore: MessageStore {
                 ADD PRIMARY KEY (cluster, stream, key)
             """,
         ],
+        // 3: the fence of the stream's latest opener (fencing stores).
+        ["ALTER TABLE stork_streams ADD COLUMN fence bigint NOT NULL DEFAULT 0"],
     ]
 
     private func migrate(_ connection: PostgresConnection) async throws {

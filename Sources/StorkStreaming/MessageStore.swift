@@ -126,4 +126,6 @@ public protocol MessageStore: Sendable {
 extension StorkError.Code {
     /// A message store could not read or write its data.
     public static let storeFailed = StorkError.Code("store-failed")
+    /// Another process opened the stream since this store did (a takeover): this store's writes are refused.
+    public static let fenced = StorkError.Code("fenced")
 }

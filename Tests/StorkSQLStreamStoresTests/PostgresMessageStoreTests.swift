@@ -101,7 +101,7 @@ struct PostgresMessageStoreTests {
             ).decode(Int32.self) {
                 versions.append(version)
             }
-            #expect(versions == [1, 2], "each migration, applied once")
+            #expect(versions == [1, 2, 3], "each migration, applied once")
             // Another Stork, newer, moved the schema on.
             try await admin.query(
                 "INSERT INTO \(unescaped: schema).stork_stream_schema_migrations (version) VALUES (99)",
@@ -188,6 +188,45 @@ struct PostgresMessageStoreTests {
         }
         try await admin.query("DROP SCHEMA \(unescaped: schema) CASCADE", logger: logger)
         try await admin.close()
+    }
+
+    @Test("a fencing store that opens the stream takes it over: every write of the earlier one is refused")
+    func fencingTakeover() async throws {
+        let url = try #require(SQLTestEnvironment.postgresURL)
+        let stream = "test-\(UUID().uuidString.prefix(8).lowercased())"
+        let first = try PostgresMessageStore(url: url, stream: stream, fencing: true)
+        let second = try PostgresMessageStore(url: url, stream: stream, fencing: true)
+        do {
+            _ = try await first.open()
+            try await first.append(storedMessages(1...5))
+            try await first.saveMetadata(key: "consumer.c", value: [1])
+            // The new owner opens: it sees everything the first wrote, and fences it off.
+            let recovery = try await second.open()
+            #expect(recovery.messages.map(\.sequence) == Array(1...5) && recovery.lastSequence == 5)
+            #expect(recovery.metadata == ["consumer.c": [1]])
+            for (operation, write) in [
+                ("append", { @Sendable in try await first.append(storedMessages(6...6)) }),
+                ("remove", { @Sendable in try await first.remove([1]) }),
+                ("purge", { @Sendable in try await first.purge(through: 2) }),
+                ("metadata", { @Sendable in try await first.saveMetadata(key: "consumer.c", value: [9]) }),
+                ("metadata delete", { @Sendable in try await first.saveMetadata(key: "consumer.c", value: nil) }),
+            ] as [(String, @Sendable () async throws -> Void)] {
+                let error = await #expect(throws: StorkError.self, "\(operation)") { try await write() }
+                #expect(error?.code == .fenced, "\(operation): \(String(describing: error))")
+            }
+            // Nothing of the earlier owner's late writes landed; the new owner goes on.
+            try await second.append(storedMessages(6...7))
+            #expect(try await second.messages(from: 0, limit: 10) == storedMessages(1...7))
+            let reopened = try PostgresMessageStore(url: url, stream: stream)
+            #expect(try await reopened.open().metadata == ["consumer.c": [1]])
+            try await reopened.close()
+            let stale = await #expect(throws: StorkError.self) { try await first.destroy() }
+            #expect(stale?.code == .fenced)
+            try await second.destroy()
+        } catch {
+            Issue.record(error)
+            try? await second.destroy()
+        }
     }
 
     @Test("connections the server terminates between and during operations: the store reconnects and loses nothing")
