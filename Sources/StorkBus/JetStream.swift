@@ -52,6 +52,8 @@ public final class JetStream: Service, Sendable {
     let streamAPISubscriptions = Mutex<[String: [BusSubscription]]>([:])
     /// Tokens of this node's own gatherings of every node's streams (its own receiver does not answer them).
     let gatherTokens = Mutex<Set<String>>([])
+    /// How streams on shared stores are placed (``attach(placement:)``); nil: every stream stays where it is made.
+    let placement = Mutex<JetStreamPlacement?>(nil)
     private let readiness = Mutex<(ready: Bool, failure: (any Error)?, waiters: [CheckedContinuation<Void, any Error>])>(
         (false, nil, [])
     )
@@ -304,12 +306,15 @@ public final class JetStream: Service, Sendable {
         else { return }
         let now = self.now()
         let changed = stream.state.withLock { state in
-            state.consumers[consumerName]?.acknowledge(kind, streamSequence: sequence, now: now) ?? false
+            let changed = state.consumers[consumerName]?.acknowledge(kind, streamSequence: sequence, now: now) ?? false
+            // An ack that asks for a reply (`ack_sync`) is confirmed once the consumer's state is stored: after the
+            // confirmation, a crash of this node does not bring the message back.
+            if let reply = message.replyTo, state.consumers[consumerName] != nil {
+                state.ackConfirmations.append((consumerName, reply))
+            }
+            return changed || message.replyTo != nil
         }
         if changed { stream.signal() }
-        if let reply = message.replyTo {
-            self.router.publish(BusMessage(subject: reply, payload: ByteBuffer()))
-        }
     }
 
     /// Stream, consumer and stream sequence of an ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.…`

@@ -108,12 +108,18 @@ extension JetStream {
             return self.streamInfo(try self.stream(path[1]), type: "stream_info_response")
         case ("DELETE", 2):
             let stream = try self.stream(path[1])
+            let placed = self.isPlaced(stream.state.withLock { $0.config })
             self.streams.withLock { $0[path[1]] = nil }
             self.unbindAPI(path[1])
             stream.unbindSubjects()
             stream.close()
             try? await stream.store.destroy()
-            try? FileManager.default.removeItem(atPath: "\(self.configuration.directory)/\(path[1])")
+            if placed, let placement = self.placement.withLock({ $0 }) {
+                // Its resource goes too; the terminate it causes here finds nothing left to release.
+                try await placement.unplace(path[1])
+            } else {
+                try? FileManager.default.removeItem(atPath: "\(self.configuration.directory)/\(path[1])")
+            }
             return Success(type: "io.nats.jetstream.api.v1.stream_delete_response", success: true)
         case ("PURGE", 2):
             let request = try self.decode(PurgeRequest.self, body)
@@ -215,6 +221,12 @@ extension JetStream {
             guard existing.state.withLock({ $0.config }) == config else { throw JetStreamAPIError.streamNameInUse }
             return self.streamInfo(existing, type: "stream_create_response")
         }
+        if let placement = self.placement.withLock({ $0 }), placement.isPlaced(config) {
+            guard local.count + elsewhere.count < self.configuration.maxStreams else {
+                throw JetStreamAPIError(code: 400, errCode: 10027, description: "maximum number of streams reached")
+            }
+            return try await self.createPlaced(config, placement: placement)
+        }
         guard self.streams.withLock({ $0.count }) < self.configuration.maxStreams else {
             throw JetStreamAPIError(code: 400, errCode: 10027, description: "maximum number of streams reached")
         }
@@ -239,6 +251,11 @@ extension JetStream {
             throw JetStreamAPIError.invalidConfig("stream storage cannot be changed")
         }
         if current.sealed, !config.sealed { throw JetStreamAPIError.invalidConfig("a sealed stream cannot be unsealed") }
+        if let placement = self.placement.withLock({ $0 }), placement.isPlaced(config) {
+            // The resource carries the configuration: placing the new one closes the stream and opens it again with
+            // it (here or on the node placement picks).
+            return try await self.place(config, created: created, placement: placement, answer: "stream_update_response")
+        }
         try self.writeCatalog(config, created: created)
         stream.state.withLock { state in
             state.config = config
@@ -318,14 +335,14 @@ extension JetStream {
                     config.filterSubject = path.dropFirst(3).joined(separator: ".")
                 }
             }
-            return try self.createConsumer(stream, config: config)
+            return try await self.createConsumer(stream, config: config)
         case ("DURABLE", 4) where path[1] == "CREATE":
             let request = try self.decode(CreateConsumerRequest.self, body)
             try self.refuseUnsupported(consumer: body)
             let stream = try self.stream(path[2])
             var config = request.config
             if config.durableName == nil { config.durableName = path[3] }
-            return try self.createConsumer(stream, config: config)
+            return try await self.createConsumer(stream, config: config)
         case ("INFO", 3):
             let stream = try self.stream(path[1])
             guard let info = self.consumerInfo(stream, name: path[2], type: "consumer_info_response") else {
@@ -355,7 +372,7 @@ extension JetStream {
         }
     }
 
-    private func createConsumer(_ stream: JetStreamStream, config requested: ConsumerConfig) throws -> ConsumerInfo {
+    private func createConsumer(_ stream: JetStreamStream, config requested: ConsumerConfig) async throws -> ConsumerInfo {
         var config = requested
         let name: String
         if let durable = config.durableName, !durable.isEmpty {
@@ -420,6 +437,14 @@ extension JetStream {
             return true
         }
         guard added else { throw JetStreamAPIError.maximumConsumers }
+        if config.durableName != nil {
+            // Stored before the answer: a durable consumer whose creation was answered survives a crash.
+            do {
+                try await stream.persistConsumer(name)
+            } catch {
+                throw JetStreamAPIError.storeFailure("\(error)")
+            }
+        }
         stream.signal()
         return self.consumerInfo(stream, name: name, type: "consumer_create_response")!
     }

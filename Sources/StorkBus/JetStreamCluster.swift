@@ -299,3 +299,136 @@ extension JetStream {
         return found
     }
 }
+
+// MARK: - Streams placed as resources
+
+/// How JetStream places the streams that move between nodes: those on a store every node reaches (PostgreSQL). Such a
+/// stream is a resource of the cluster (`$js.stream.<name>`, its configuration in the attributes); placement picks
+/// the node that serves it, which opens the store (raising its fence: see `PostgresMessageStore`) and serves the
+/// stream until the resource moves. Its consumers' state lives in the store and goes with it.
+public struct JetStreamPlacement: Sendable {
+    /// Whether `config`'s stream is placed.
+    public var isPlaced: @Sendable (StreamConfig) -> Bool
+    /// Places the stream, or its new configuration; returns once its node took it, or throws.
+    public var place: @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void
+    /// Ends the stream's placement.
+    public var unplace: @Sendable (_ name: String) async throws -> Void
+
+    public init(
+        isPlaced: @escaping @Sendable (StreamConfig) -> Bool,
+        place: @escaping @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void,
+        unplace: @escaping @Sendable (_ name: String) async throws -> Void
+    ) {
+        self.isPlaced = isPlaced
+        self.place = place
+        self.unplace = unplace
+    }
+}
+
+extension JetStream {
+    /// The prefix of a placed stream's resource id.
+    public static let streamResourcePrefix = "$js.stream."
+
+    /// From now on, streams `placement` says are placed are created as resources.
+    public func attach(placement: JetStreamPlacement) {
+        self.placement.withLock { $0 = placement }
+    }
+
+    /// Whether a node (this one or another) serves the stream `name` now.
+    public func isServed(_ name: String) -> Bool {
+        self.streams.withLock { $0[name] != nil }
+            || self.router.remoteNodesInterested(in: "$JS.API.STREAM.INFO.\(name)") > 0
+    }
+
+    func isPlaced(_ config: StreamConfig) -> Bool {
+        self.placement.withLock { $0 }?.isPlaced(config) ?? false
+    }
+
+    /// Serves a placed stream on this node (its resource came here): opens its store, taking it over from the node
+    /// that served it before, and its subjects and API.
+    public func serve(_ config: StreamConfig, created: String) async throws {
+        if self.streams.withLock({ $0[config.name] != nil }) { return }
+        try await self.openStream(config, created: created)
+        self.logger.info("serving placed stream", metadata: ["stream": "\(config.name)"])
+    }
+
+    /// Stops serving a placed stream here (its resource moved or ended): saves its consumers and closes its store,
+    /// leaving its data to the next node.
+    public func release(_ name: String) async {
+        guard let stream = self.streams.withLock({ $0.removeValue(forKey: name) }) else { return }
+        self.unbindAPI(name)
+        stream.unbindSubjects()
+        stream.close()
+        await stream.persistConsumers(force: true)
+        try? await stream.store.close()
+        self.logger.info("released placed stream", metadata: ["stream": "\(name)"])
+    }
+
+    /// Creates a placed stream: places it, waits until its node serves it, and answers with that node's info.
+    func createPlaced(_ config: StreamConfig, placement: JetStreamPlacement) async throws -> StreamInfo {
+        var info = try await self.place(
+            config,
+            created: JetStreamJSON.time(self.now()),
+            placement: placement,
+            answer: "stream_create_response"
+        )
+        info.didCreate = true
+        return info
+    }
+
+    /// Places `config` and answers (`answer`: the response type) with the info of the node that serves it then.
+    func place(
+        _ config: StreamConfig,
+        created: String,
+        placement: JetStreamPlacement,
+        answer: String
+    ) async throws -> StreamInfo {
+        do {
+            try await placement.place(config, created)
+        } catch {
+            throw JetStreamAPIError(code: 503, errCode: 10077, description: "stream could not be placed: \(error)")
+        }
+        let infoSubject = "$JS.API.STREAM.INFO.\(config.name)"
+        let deadline = ContinuousClock.now + .seconds(10)
+        while ContinuousClock.now < deadline {
+            if let local = self.streams.withLock({ $0[config.name] }), local.state.withLock({ $0.config }) == config {
+                return self.streamInfo(local, type: answer)
+            }
+            if self.router.remoteNodesInterested(in: infoSubject) > 0,
+                let reply = await self.gather(subject: infoSubject, payload: ByteBuffer(), expected: 1).first,
+                var info = try? JSONDecoder().decode(StreamInfo.self, from: Data(reply.readableBytesView)),
+                info.config == config
+            {
+                info.type = "io.nats.jetstream.api.v1.\(answer)"
+                return info
+            }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        throw JetStreamAPIError(code: 503, errCode: 10077, description: "stream was placed but no node serves it yet")
+    }
+
+    /// Publishes `payload` on `subject` with an inbox of its own and collects up to `expected` answers, until
+    /// `timeout`.
+    func gather(subject: String, payload: ByteBuffer, expected: Int, timeout: Duration = .seconds(2)) async -> [ByteBuffer] {
+        let token = UUID().uuidString.replacingOccurrences(of: "-", with: "")
+        let inbox = "_INBOX.stork.js.\(token)"
+        let (answers, continuation) = AsyncStream<ByteBuffer>.makeStream()
+        let subscription = self.router.subscribe(inbox, receiver: CollectReceiver(continuation: continuation))
+        _ = self.router.publish(BusMessage(subject: subject, replyTo: inbox, payload: payload))
+        var collected: [ByteBuffer] = []
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                continuation.finish()
+            }
+            for await answer in answers {
+                collected.append(answer)
+                if collected.count >= expected { break }
+            }
+            group.cancelAll()
+        }
+        continuation.finish()
+        self.router.unsubscribe(subscription)
+        return collected
+    }
+}

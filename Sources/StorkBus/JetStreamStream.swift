@@ -45,6 +45,8 @@ final class JetStreamStream: Sendable {
         var consumersDirtyAt: Int64?
         /// The consumer a partial round of persistence saved last (the next round starts after it).
         var persistCursor: String?
+        /// Acks waiting for their consumer's state to be stored before they are confirmed (their reply subjects).
+        var ackConfirmations: [(consumer: String, reply: String)] = []
 
         /// Drops `doomed` (ascending sequences) from the index, the recent cache and the consumers; the store is the
         /// caller's. Returns whether they were every message up to the last of them (one purge in the store).
@@ -255,6 +257,29 @@ final class JetStreamStream: Sendable {
         await self.deliverAll()
         await self.removeInactiveConsumers()
         await self.persistConsumers(force: false)
+        await self.confirmAcks()
+    }
+
+    /// Stores the state of the consumers with acks waiting for confirmation, then confirms them (an empty reply).
+    private func confirmAcks() async {
+        let waiting = self.state.withLock { state in
+            defer { state.ackConfirmations = [] }
+            return state.ackConfirmations
+        }
+        guard !waiting.isEmpty else { return }
+        var stored: Set<String> = []
+        for name in Set(waiting.map(\.consumer)) {
+            do {
+                try await self.persistConsumer(name)
+                stored.insert(name)
+            } catch {
+                // Not confirmed: the client's ack times out and it acks again.
+                self.logger.error("consumer state not saved", metadata: ["stream": "\(self.name)", "consumer": "\(name)", "error": "\(error)"])
+            }
+        }
+        for (consumer, reply) in waiting where stored.contains(consumer) {
+            self.router.publish(BusMessage(subject: reply, payload: ByteBuffer()))
+        }
     }
 
     /// Ephemeral consumers nobody used for their inactive threshold go away, state and all.
@@ -469,6 +494,13 @@ final class JetStreamStream: Sendable {
     static let persistBatch = 32
 
     /// Writes the state of consumers that changed, at most every ``persistInterval`` unless forced.
+    /// Saves one consumer's state now (a durable consumer when it is created or changed: it must outlive a crash
+    /// right after its creation was answered).
+    func persistConsumer(_ name: String) async throws {
+        guard let snapshot = self.state.withLock({ $0.consumers[name]?.snapshot }) else { return }
+        try await self.store.saveMetadata(key: "consumer.\(name)", value: Array(try JSONEncoder().encode(snapshot)))
+    }
+
     func persistConsumers(force: Bool) async {
         let now = self.now()
         let snapshots = self.state.withLock { state -> [(String, ConsumerStateMachine.Snapshot)] in

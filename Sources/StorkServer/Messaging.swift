@@ -109,9 +109,12 @@ struct LifecycleEventPublisher: Service {
 struct NATSEndpointService: Service {
     let nats: NATSServer
     let jetstream: JetStream?
+    /// The streams placed again after a restart (streams on PostgreSQL), waited for like the node's own streams.
+    var restorer: PlacedStreamRestorer? = nil
 
     func run() async throws {
         try await self.jetstream?.waitUntilReady()
+        await self.restorer?.waitUntilRestored()
         try await self.nats.run()
     }
 }

@@ -135,7 +135,8 @@ public struct StorkServer: Sendable {
             fallback: baseHandler,
             metricsFactory: metrics.factory,
             bus: nats.map { Self.connectorBus(router: $0.router) },
-            extra: gateway.map { [ProviderConnector(gateway: $0), RunnerConnector(gateway: $0)] } ?? [],
+            extra: (gateway.map { [ProviderConnector(gateway: $0), RunnerConnector(gateway: $0)] } ?? [])
+                + (jetstream.map { [StreamConnector(jetstream: $0)] } ?? []),
             logger: logger
         )
         let handler: any ResourceHandler = connectors.map { $0 as any ResourceHandler } ?? baseHandler
@@ -146,6 +147,14 @@ public struct StorkServer: Sendable {
             transport: transport,
             logger: logger
         )
+        // Streams on PostgreSQL are resources: placement picks the node that serves each; their list is kept in
+        // PostgreSQL too, so that they are placed again after the whole cluster restarted.
+        var streamRestorer: PlacedStreamRestorer?
+        if let jetstream, let url = configuration.streaming.postgres {
+            let catalog = try PlacedStreamCatalog(url: url, cluster: configuration.cluster.name, logger: logger)
+            jetstream.attach(placement: .onPostgres(configuration: configuration, manager: manager, catalog: catalog))
+            streamRestorer = PlacedStreamRestorer(catalog: catalog, manager: manager, jetstream: jetstream, logger: logger)
+        }
         // The bus joins this node's router to the other nodes' (every subscriber sees every node's messages); it
         // needs the manager, which needs the gateway's connectors: the gateway is attached to both once they exist.
         var bus: BusCluster<ContinuousClock>?
@@ -199,7 +208,10 @@ public struct StorkServer: Sendable {
             )
         }
         if let jetstream { services.append(.init(service: jetstream)) }
-        if let nats { services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream))) }
+        if let streamRestorer { services.append(.init(service: streamRestorer)) }
+        if let nats {
+            services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream, restorer: streamRestorer)))
+        }
         if let bus { services.append(.init(service: bus)) }
         if let bus, let nats { services.append(.init(service: ConnectURLsService(nats: nats, bus: bus))) }
         services.append(.init(service: drain))

@@ -992,6 +992,10 @@ class StorkClusterNode(_ClusterNodeMixin, StorkServer):
             f"  lameDuckDuration: {STORK_LAME_DUCK_DURATION}",
             f"  lameDuckGracePeriod: {LAME_DUCK_GRACE_PERIOD}",
         ]
+        if o.stork_streaming:
+            lines.append("streaming:")
+            for key, value in o.stork_streaming.items():
+                lines.append(f"  {key}: {json.dumps(value)}")
         with open(self.config_file, "w") as f:
             f.write("\n".join(lines) + "\n")
 

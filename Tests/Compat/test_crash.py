@@ -128,3 +128,9 @@ async def test_kill9_while_publishing_keeps_every_acked_message(server_factory, 
         assert not moved, f"round {round_}: acknowledged at one sequence, stored at another: {moved[:5]}"
         assert info.state.last_seq >= max(acked.values())
     assert len(acked) >= ROUNDS * 2 * WINDOW
+    # The stream goes (a PostgreSQL stream is kept in the database, and listed for every later start of Stork).
+    nc = await connect(server.url)
+    try:
+        assert await nc.jetstream(timeout=10).delete_stream(stream)
+    finally:
+        await close_quietly(nc)

@@ -8,12 +8,18 @@ subjects through another node, and delete through n3 removes it everywhere. (The
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import shutil
+import uuid
+
 import nats
 import nats.js.errors
 import pytest
 from nats.js.api import ConsumerConfig, StorageType
 
-from conftest import COMPAT_SERVER, close_quietly, connect, spread_skip, wait_for
+from conftest import COMPAT_SERVER, Cluster, close_quietly, connect, spread_skip, wait_for
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -99,3 +105,77 @@ async def test_a_stream_is_served_through_every_node(cluster):
     finally:
         for c in (c1, c2, c3):
             await close_quietly(c)
+
+
+def owner_of(nodes, resource_id: str):
+    """The live node that runs `resource_id` (its /v1/resources lists it), or None."""
+    for node in nodes:
+        if node.proc is None or node.proc.poll() is not None:
+            continue
+        try:
+            status, body = node.http_get("/v1/resources", timeout=2)
+        except OSError:
+            continue
+        if status == 200 and resource_id in [r["id"] for r in json.loads(body)["resources"]]:
+            return node
+    return None
+
+
+@pytest.mark.skipif(not os.environ.get("STORK_TEST_POSTGRES_URL"), reason="needs the PostgreSQL of scripts/test")
+async def test_a_stream_on_postgres_moves_when_its_node_dies():
+    """Streams on PostgreSQL are placed: kill -9 of the node serving one, and another node takes it over with every
+    acknowledged message and the consumer's position."""
+    cluster = Cluster(3)
+    name = f"PG{uuid.uuid4().hex[:8].upper()}"
+    clients = []
+    try:
+        for node in cluster.nodes:
+            node.opts.stork_streaming = {"store": "postgres", "postgres": os.environ["STORK_TEST_POSTGRES_URL"]}
+            node.write_config()
+        await asyncio.to_thread(cluster.start)
+        clients = [await connect(n.url, name=f"c{i}", max_reconnect_attempts=-1) for i, n in enumerate(cluster.nodes)]
+        js = [c.jetstream(timeout=5) for c in clients]
+        await js[0].add_stream(name=name, subjects=[f"{name.lower()}.>"])
+        resource = f"$js.stream.{name}"
+        owner = await wait_for(lambda: owner_of(cluster.nodes, resource), timeout=15)
+        others = [i for i, n in enumerate(cluster.nodes) if n is not owner]
+        publisher, reader = js[others[0]], js[others[1]]
+
+        acked = []
+        for i in range(20):
+            ack = await eventually(lambda i=i: publisher.publish(f"{name.lower()}.x", f"m{i}".encode()))
+            acked.append((ack.seq, f"m{i}".encode()))
+        psub = await eventually(lambda: reader.pull_subscribe(f"{name.lower()}.x", durable="reader", stream=name))
+        for msg in await psub.fetch(5, timeout=5):
+            await msg.ack_sync()
+
+        await asyncio.to_thread(cluster.kill9, owner)
+        survivors = [n for n in cluster.nodes if n is not owner]
+        new_owner = await wait_for(lambda: owner_of(survivors, resource), timeout=30, interval=0.2)
+        assert new_owner is not owner
+
+        # Every acknowledged message is there, at the sequence its ack named; the consumer goes on after the five.
+        info = await eventually(lambda: publisher.stream_info(name), timeout=30)
+        assert info.state.messages == 20 and info.state.last_seq == 20, info.state
+        for seq, data in acked:
+            assert (await publisher.get_msg(name, seq)).data == data
+        ack = await eventually(lambda: publisher.publish(f"{name.lower()}.x", b"after"))
+        assert ack.seq == 21
+        got = []
+        for _ in range(10):
+            if len(got) >= 16:
+                break
+            try:
+                for msg in await psub.fetch(16 - len(got), timeout=5):
+                    got.append(msg.metadata.sequence.stream)
+                    await msg.ack_sync()
+            except nats.errors.TimeoutError:
+                pass
+        assert got == list(range(6, 22)), got
+
+        assert await reader.delete_stream(name)
+    finally:
+        for c in clients:
+            await close_quietly(c)
+        cluster.cleanup()
+        shutil.rmtree(cluster.workdir, ignore_errors=True)

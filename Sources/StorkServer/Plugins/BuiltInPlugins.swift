@@ -89,7 +89,9 @@ extension StorkPlugins {
             let logger = context.logger
             let cluster = context.cluster
             return { config, _ in
-                try PostgresMessageStore(url: url, stream: config.name, cluster: cluster, logger: logger)
+                // Fencing: a stream on PostgreSQL moves between nodes (it is placed), and the node that opens it
+                // last is the only one whose writes count.
+                try PostgresMessageStore(url: url, stream: config.name, cluster: cluster, fencing: true, logger: logger)
             }
         }
         // Permissions

@@ -1,0 +1,200 @@
+import Foundation
+import Logging
+import ServiceLifecycle
+import StorkBus
+import StorkConnectors
+import StorkCore
+import StorkResources
+import StorkSQLStreamStores
+import StorkStreaming
+
+// MARK: - Streams placed as resources
+
+/// Runs `$js.stream.<name>` resources: the node placement picks serves the stream (JetStream opens its store, taking
+/// it over from the node before), until the resource moves, changes or ends (then JetStream closes it here).
+struct StreamConnector: Connector {
+    static let kind = "jetstream.stream"
+    let name = Self.kind
+    let jetstream: JetStream
+
+    func validate(_ resource: Resource) throws {
+        _ = try Self.stream(of: resource)
+    }
+
+    func run(_ resource: Resource, context: ConnectorContext) async throws {
+        let (config, created) = try Self.stream(of: resource)
+        try await self.jetstream.serve(config, created: created)
+        context.status.state(.connected)
+        await context.stop.wait()
+        await self.jetstream.release(config.name)
+    }
+
+    /// The resource of a placed stream: its id, the connector's kind, the configuration and creation time.
+    static func resource(_ config: StreamConfig, created: String) throws -> Resource {
+        let json = try JSONValue.parse(Array(JSONEncoder().encode(config)))
+        return Resource(
+            id: ResourceID(JetStream.streamResourcePrefix + config.name),
+            attributes: ["kind": .string(Self.kind), "config": json, "created": .string(created)]
+        )
+    }
+
+    static func stream(of resource: Resource) throws -> (StreamConfig, String) {
+        guard let config = resource.attributes["config"], case .object = config,
+            let created = resource.attributes["created"]?.stringValue
+        else {
+            throw StorkError(.invalidInput, "\(resource.id): a placed stream needs 'config' (an object) and 'created'")
+        }
+        let decoded: StreamConfig
+        do {
+            decoded = try JSONDecoder().decode(StreamConfig.self, from: Data(try JSONEncoder().encode(config)))
+        } catch {
+            throw StorkError(.invalidInput, "\(resource.id): 'config' is not a stream configuration: \(error)")
+        }
+        guard resource.id.rawValue == JetStream.streamResourcePrefix + decoded.name else {
+            throw StorkError(.invalidInput, "\(resource.id): 'config.name' is \(decoded.name)")
+        }
+        return (decoded, created)
+    }
+}
+
+extension JetStreamPlacement {
+    /// Streams on PostgreSQL (the store every node reaches) are placed through `manager`, and listed in `catalog`.
+    static func onPostgres(
+        configuration: ServerConfiguration,
+        manager: ResourceManager,
+        catalog: PlacedStreamCatalog
+    ) -> JetStreamPlacement {
+        JetStreamPlacement(
+            isPlaced: { config in configuration.messageStoreSelection(config.storkStore).type == "postgres" },
+            place: { config, created in
+                let resource = try StreamConnector.resource(config, created: created)
+                // Listed first: a stream placed and not listed would be lost when the whole cluster restarts.
+                try await catalog.save(resource)
+                let outcome = await manager.allocate(resource)
+                guard case .handled = outcome else {
+                    throw StorkError(.unavailable, "placing stream \(config.name): \(outcome)")
+                }
+            },
+            unplace: { name in
+                try await catalog.remove(name)
+                let outcome = await manager.deallocate(ResourceID(JetStream.streamResourcePrefix + name))
+                guard case .terminated = outcome else {
+                    throw StorkError(.unavailable, "removing the placement of stream \(name): \(outcome)")
+                }
+            }
+        )
+    }
+}
+
+// MARK: - The catalog of placed streams
+
+/// The placed streams of the cluster, kept in PostgreSQL beside their messages (as the metadata of a pseudo-stream
+/// named `stork.catalog`, which no stream can be named: stream names have no dots). The resources' desired set lives
+/// in the nodes' memory; this list outlives a restart of the whole cluster, and every node places its streams again
+/// when it starts (``PlacedStreamRestorer``).
+actor PlacedStreamCatalog {
+    static let streamName = "stork.catalog"
+    private let store: PostgresMessageStore
+    private var isOpen = false
+
+    init(url: String, cluster: String, logger: Logger) throws {
+        self.store = try PostgresMessageStore(url: url, stream: Self.streamName, cluster: cluster, logger: logger)
+    }
+
+    /// Every placed stream's resource.
+    func resources() async throws -> [Resource] {
+        let recovery = try await self.store.open()
+        self.isOpen = true
+        return try recovery.metadata.keys.sorted().map { name in
+            let document = try JSONValue.parse(recovery.metadata[name]!)
+            guard case .object(let attributes) = document else {
+                throw StorkError(.invalidInput, "the catalog entry of stream \(name) is not an object")
+            }
+            return Resource(id: ResourceID(JetStream.streamResourcePrefix + name), attributes: attributes)
+        }
+    }
+
+    func save(_ resource: Resource) async throws {
+        try await self.open()
+        let name = String(resource.id.rawValue.dropFirst(JetStream.streamResourcePrefix.count))
+        try await self.store.saveMetadata(key: name, value: Array(try JSONEncoder().encode(JSONValue.object(resource.attributes))))
+    }
+
+    func remove(_ name: String) async throws {
+        try await self.open()
+        try await self.store.saveMetadata(key: name, value: nil)
+    }
+
+    func close() async {
+        try? await self.store.close()
+    }
+
+    private func open() async throws {
+        guard !self.isOpen else { return }
+        _ = try await self.store.open()
+        self.isOpen = true
+    }
+}
+
+/// Places the streams of the catalog again once the node is part of the cluster (allocating a stream that is already
+/// placed changes nothing), then waits for the node to stop.
+struct PlacedStreamRestorer: Service {
+    let catalog: PlacedStreamCatalog
+    let manager: ResourceManager
+    let jetstream: JetStream
+    let logger: Logger
+    /// Fires once every stream of the catalog is placed again (or the node stops trying).
+    let restored = OneShotSignal()
+
+    /// Waits until the streams are placed again, at most `limit` (a store that cannot be reached must not keep the
+    /// NATS endpoint closed).
+    func waitUntilRestored(limit: Duration = .seconds(30)) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.restored.wait() }
+            group.addTask { try? await Task.sleep(for: limit) }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            var resources: [Resource]?
+            while !Task.isCancelled {
+                if self.manager.status().isReady {
+                    do {
+                        resources = try await self.catalog.resources()
+                        break
+                    } catch {
+                        self.logger.warning("the catalog of placed streams cannot be read yet", metadata: ["stork.error": "\(error)"])
+                    }
+                }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+            var pending = resources ?? []
+            while !pending.isEmpty, !Task.isCancelled {
+                var failed: [Resource] = []
+                for resource in pending {
+                    if case .handled = await self.manager.allocate(resource) { continue }
+                    failed.append(resource)
+                }
+                pending = failed
+                if !pending.isEmpty { try? await Task.sleep(for: .seconds(1)) }
+            }
+            // Handled means that the node that got a stream started serving it: wait until it does (bounded: a
+            // stream whose store fails goes on being retried by its node).
+            let names = (resources ?? []).map { String($0.id.rawValue.dropFirst(JetStream.streamResourcePrefix.count)) }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !Task.isCancelled, ContinuousClock.now < deadline, !names.allSatisfy(self.jetstream.isServed) {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            if let resources, !resources.isEmpty {
+                self.logger.info("placed streams restored", metadata: ["stork.streams": "\(resources.count)"])
+            }
+            self.restored.fire()
+        }
+        self.restored.fire()
+        try? await gracefulShutdown()
+        await self.catalog.close()
+    }
+}
