@@ -79,6 +79,19 @@ public struct DurableStreamClient: Sendable {
         )
     }
 
+    /// Returns once the server that holds `stream` has processed everything this client sent it before (acks, naks):
+    /// a request for the consumer's info travels after them, on the same path, and is answered after them. (A flush
+    /// is not enough when the stream is on another node: it only reaches this node's bus.)
+    public func synchronize(stream: String, consumer: String) async throws {
+        let reply = try await self.client.request(
+            "$JS.API.CONSUMER.INFO.\(stream).\(consumer)",
+            headers: nil,
+            payload: ByteBuffer(),
+            timeout: self.timeout
+        )
+        _ = try Self.document(reply, "consumer \(consumer) of stream \(stream)")
+    }
+
     /// Acknowledges a delivered message (its reply subject, `$JS.ACK.…`).
     public func acknowledge(_ ackSubject: String, _ ack: DurableAck) throws {
         try self.client.publish(ackSubject, replyTo: nil, headers: nil, payload: ack.body)

@@ -385,6 +385,7 @@ struct WebhookDelivery: Sendable {
         // the resource may start elsewhere.
         for ack in giveBack { try? streams.acknowledge(ack, .nak(delay: nil)) }
         try? await client.flush(timeout: Self.requestTimeout)
+        try? await streams.synchronize(stream: self.settings.stream, consumer: self.settings.consumer)
     }
 
     // MARK: One message
