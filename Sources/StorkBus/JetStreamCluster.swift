@@ -127,33 +127,23 @@ extension JetStream {
         let expected = self.router.remoteNodesInterested(in: Self.streamsSubject)
         guard expected > 0 else { return infos }
         let token = UUID().uuidString
-        let inbox = "_INBOX.stork.js.\(token.replacingOccurrences(of: "-", with: ""))"
-        let (answers, continuation) = AsyncStream<ByteBuffer>.makeStream()
         self.gatherTokens.withLock { _ = $0.insert(token) }
-        let subscription = self.router.subscribe(inbox, receiver: CollectReceiver(continuation: continuation))
-        _ = self.router.publish(BusMessage(subject: Self.streamsSubject, replyTo: inbox, payload: ByteBuffer(string: token)))
-        var received = 0
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                continuation.finish()
-            }
-            for await payload in answers {
-                received += 1
-                if let theirs = try? JSONDecoder().decode([StreamInfo].self, from: Data(payload.readableBytesView)) {
-                    infos += theirs
-                }
-                if received >= expected { break }
-            }
-            group.cancelAll()
-        }
-        continuation.finish()
-        self.router.unsubscribe(subscription)
+        let answers = await self.gather(
+            subject: Self.streamsSubject,
+            payload: ByteBuffer(string: token),
+            expected: expected,
+            timeout: timeout
+        )
         self.gatherTokens.withLock { _ = $0.remove(token) }
-        if received < expected {
+        for answer in answers {
+            if let theirs = try? JSONDecoder().decode([StreamInfo].self, from: Data(answer.readableBytesView)) {
+                infos += theirs
+            }
+        }
+        if answers.count < expected {
             self.logger.warning(
                 "JetStream: not every node listed its streams in time",
-                metadata: ["expected": "\(expected)", "answered": "\(received)"]
+                metadata: ["expected": "\(expected)", "answered": "\(answers.count)"]
             )
         }
         var seen = Set<String>()
@@ -257,45 +247,31 @@ extension JetStream {
         case .last(let count): request.last = count
         }
         guard let body = try? JSONEncoder().encode(request) else { return nil }
-        let inbox = "_INBOX.stork.js.\(token.replacingOccurrences(of: "-", with: ""))"
-        let (answers, continuation) = AsyncStream<ByteBuffer>.makeStream()
         self.gatherTokens.withLock { _ = $0.insert(token) }
-        let subscription = self.router.subscribe(inbox, receiver: CollectReceiver(continuation: continuation))
-        _ = self.router.publish(BusMessage(subject: Self.historySubject, replyTo: inbox, payload: ByteBuffer(bytes: body)))
-        var found: JetStreamHistory?
-        var received = 0
-        await withTaskGroup(of: Void.self) { group in
-            group.addTask {
-                try? await Task.sleep(for: timeout)
-                continuation.finish()
-            }
-            for await payload in answers {
-                received += 1
-                if let answer = try? JSONDecoder().decode(HistoryAnswer.self, from: Data(payload.readableBytesView)),
-                    let stream = answer.stream
-                {
-                    found = JetStreamHistory(
-                        stream: stream,
-                        messages: answer.messages.map {
-                            StoredMessage(
-                                sequence: $0.sequence,
-                                subject: $0.subject,
-                                headers: Array($0.headers),
-                                payload: Array($0.payload),
-                                timestamp: $0.timestamp
-                            )
-                        },
-                        lastSequence: answer.lastSequence
-                    )
-                    break
-                }
-                if received >= expected { break }
-            }
-            group.cancelAll()
-        }
-        continuation.finish()
-        self.router.unsubscribe(subscription)
+        let decode = { (answer: ByteBuffer) in try? JSONDecoder().decode(HistoryAnswer.self, from: Data(answer.readableBytesView)) }
+        let answers = await self.gather(
+            subject: Self.historySubject,
+            payload: ByteBuffer(bytes: body),
+            expected: expected,
+            timeout: timeout,
+            until: { decode($0)?.stream != nil }
+        )
         self.gatherTokens.withLock { _ = $0.remove(token) }
+        guard let answer = answers.lazy.compactMap(decode).first(where: { $0.stream != nil }), let stream = answer.stream
+        else { return nil }
+        let found = JetStreamHistory(
+            stream: stream,
+            messages: answer.messages.map {
+                StoredMessage(
+                    sequence: $0.sequence,
+                    subject: $0.subject,
+                    headers: Array($0.headers),
+                    payload: Array($0.payload),
+                    timestamp: $0.timestamp
+                )
+            },
+            lastSequence: answer.lastSequence
+        )
         return found
     }
 }
@@ -408,8 +384,14 @@ extension JetStream {
     }
 
     /// Publishes `payload` on `subject` with an inbox of its own and collects up to `expected` answers, until
-    /// `timeout`.
-    func gather(subject: String, payload: ByteBuffer, expected: Int, timeout: Duration = .seconds(2)) async -> [ByteBuffer] {
+    /// `timeout`, or until an answer `until` accepts.
+    func gather(
+        subject: String,
+        payload: ByteBuffer,
+        expected: Int,
+        timeout: Duration = .seconds(2),
+        until done: (ByteBuffer) -> Bool = { _ in false }
+    ) async -> [ByteBuffer] {
         let token = UUID().uuidString.replacingOccurrences(of: "-", with: "")
         let inbox = "_INBOX.stork.js.\(token)"
         let (answers, continuation) = AsyncStream<ByteBuffer>.makeStream()
@@ -423,7 +405,7 @@ extension JetStream {
             }
             for await answer in answers {
                 collected.append(answer)
-                if collected.count >= expected { break }
+                if collected.count >= expected || done(answer) { break }
             }
             group.cancelAll()
         }
