@@ -321,11 +321,14 @@ extension JetStream {
     }
 
     /// Serves a placed stream on this node (its resource came here): opens its store, taking it over from the node
-    /// that served it before, and its subjects and API.
-    public func serve(_ config: StreamConfig, created: String) async throws {
-        if self.streams.withLock({ $0[config.name] != nil }) { return }
-        try await self.openStream(config, created: created)
+    /// that served it before, and its subjects and API. Returns a sequence that yields if the store later refuses
+    /// this node's writes as fenced (another node opened the stream since): the caller stops serving it then, and
+    /// opens it again if the stream is still placed here.
+    public func serve(_ config: StreamConfig, created: String) async throws -> AsyncStream<Void> {
+        if let stream = self.streams.withLock({ $0[config.name] }) { return stream.fenced }
+        let stream = try await self.openStream(config, created: created)
         self.logger.info("serving placed stream", metadata: ["stream": "\(config.name)"])
+        return stream.fenced
     }
 
     /// Stops serving a placed stream here (its resource moved or ended): saves its consumers and closes its store,

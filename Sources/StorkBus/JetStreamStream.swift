@@ -74,6 +74,10 @@ final class JetStreamStream: Sendable {
     private let wake: AsyncStream<Void>
     private let wakeContinuation: AsyncStream<Void>.Continuation
     private let subscriptions = Mutex<[BusSubscription]>([])
+    /// Yields once when the store refuses a write as `fenced`: another node opened the stream since (a takeover while
+    /// this node was paused or cut off). The node that serves a placed stream stops serving it then.
+    let fenced: AsyncStream<Void>
+    private let fencedContinuation: AsyncStream<Void>.Continuation
     /// `{"stream":"<name>","seq":` with the name JSON-escaped once.
     private let pubAckPrefix: [UInt8]
     static let recentLimit = 8192
@@ -94,6 +98,7 @@ final class JetStreamStream: Sendable {
         self.router = router
         self.logger = logger
         self.now = now
+        (self.fenced, self.fencedContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         let index = StreamIndex(recovery: recovery)
         var state = State(config: config, created: created, index: index, nextSequence: index.lastSequence + 1)
         for (key, value) in recovery.metadata where key.hasPrefix("consumer.") {
@@ -248,6 +253,19 @@ final class JetStreamStream: Sendable {
     func close() {
         self.state.withLock { $0.closed = true }
         self.wakeContinuation.finish()
+        self.fencedContinuation.finish()
+    }
+
+    /// Logs a failed store write; one refused as `fenced` tells whoever serves the stream (``fenced``).
+    private func storeFailed(_ what: String, _ error: any Error, consumer: String? = nil) {
+        var metadata: Logger.Metadata = ["stream": "\(self.name)", "error": "\(error)"]
+        if let consumer { metadata["consumer"] = "\(consumer)" }
+        if let error = error as? StorkError, error.code == .fenced {
+            self.logger.warning("stream store write fenced: another node serves the stream now", metadata: metadata)
+            self.fencedContinuation.yield()
+            return
+        }
+        self.logger.error("\(what)", metadata: metadata)
     }
 
     /// One round: store what was published, trim by limits, deliver to consumers, expire timers, persist consumers.
@@ -274,7 +292,7 @@ final class JetStreamStream: Sendable {
                 stored.insert(name)
             } catch {
                 // Not confirmed: the client's ack times out and it acks again.
-                self.logger.error("consumer state not saved", metadata: ["stream": "\(self.name)", "consumer": "\(name)", "error": "\(error)"])
+                self.storeFailed("consumer state not saved", error, consumer: name)
             }
         }
         for (consumer, reply) in waiting where stored.contains(consumer) {
@@ -308,7 +326,7 @@ final class JetStreamStream: Sendable {
         do {
             try await self.store.append(writes.map(\.message))
         } catch {
-            self.logger.error("stream store append failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
+            self.storeFailed("stream store append failed", error)
             if !self.state.withLock({ $0.config.noAck }) {
                 for write in writes {
                     if let reply = write.replyTo {
@@ -353,7 +371,7 @@ final class JetStreamStream: Sendable {
         do {
             if purged { try await self.store.purge(through: last) } else { try await self.store.remove(doomed) }
         } catch {
-            self.logger.error("stream store rollup failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
+            self.storeFailed("stream store rollup failed", error)
         }
     }
 
@@ -371,7 +389,7 @@ final class JetStreamStream: Sendable {
         do {
             try await self.store.remove(evicted)
         } catch {
-            self.logger.error("stream store remove failed", metadata: ["stream": "\(self.name)", "error": "\(error)"])
+            self.storeFailed("stream store remove failed", error)
         }
     }
 
@@ -532,7 +550,7 @@ final class JetStreamStream: Sendable {
                 let data = try JSONEncoder().encode(snapshot)
                 try await self.store.saveMetadata(key: "consumer.\(name)", value: Array(data))
             } catch {
-                self.logger.error("consumer state not saved", metadata: ["stream": "\(self.name)", "consumer": "\(name)", "error": "\(error)"])
+                self.storeFailed("consumer state not saved", error, consumer: name)
                 self.state.withLock { $0.consumers[name]?.dirty = true }
             }
         }

@@ -23,10 +23,30 @@ struct StreamConnector: Connector {
 
     func run(_ resource: Resource, context: ConnectorContext) async throws {
         let (config, created) = try Self.stream(of: resource)
-        try await self.jetstream.serve(config, created: created)
+        let fenced = try await self.jetstream.serve(config, created: created)
         context.status.state(.connected)
-        await context.stop.wait()
+        let lost = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await context.stop.wait()
+                return false
+            }
+            group.addTask {
+                for await _ in fenced { return true }
+                // Closed here (deleted): the resource ends too; wait for that rather than return early.
+                await context.stop.wait()
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
         await self.jetstream.release(config.name)
+        if lost, !context.isStopping {
+            // Another node opened the stream while this one served it (a pause, a partition): its state here is
+            // stale. Failing makes the resource start again here (with backoff) if it is still placed here: a fresh
+            // open that reads the store and takes the stream back.
+            throw StorkError(.unavailable, "stream \(config.name) was opened by another node; opening it again")
+        }
     }
 
     /// The resource of a placed stream: its id, the connector's kind, the configuration and creation time.

@@ -12,6 +12,8 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import subprocess
 import uuid
 
 import nats
@@ -177,5 +179,130 @@ async def test_a_stream_on_postgres_moves_when_its_node_dies():
     finally:
         for c in clients:
             await close_quietly(c)
+        cluster.cleanup()
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not os.environ.get("STORK_TEST_POSTGRES_URL"), reason="needs the PostgreSQL of scripts/test")
+async def test_a_postgres_stream_through_kills_and_a_pause():
+    """Publishers with acks on two nodes and a durable pull consumer, while the node serving the stream is killed
+    three times (and restarted) and paused once past its failure detection: every acknowledged message is stored
+    once at the sequence its ack named, in order; the consumer gets every message at least once and none again
+    after its ack was confirmed; every takeover raised the stream's fence in the database."""
+    url = os.environ["STORK_TEST_POSTGRES_URL"]
+    cluster = Cluster(3)
+    name = f"CHAOS{uuid.uuid4().hex[:8].upper()}"
+    subject = f"{name.lower()}.x"
+    resource = f"$js.stream.{name}"
+    clients = []
+    stop = asyncio.Event()
+    acked = {}  # seq -> payload
+    problems = []
+    try:
+        for node in cluster.nodes:
+            node.opts.stork_streaming = {"store": "postgres", "postgres": url}
+            node.write_config()
+        await asyncio.to_thread(cluster.start)
+        urls = [n.url for n in cluster.nodes]
+
+        async def client(first: int):
+            order = urls[first:] + urls[:first]
+            c = await nats.connect(servers=order, name=f"chaos{first}", max_reconnect_attempts=-1,
+                                   reconnect_time_wait=0.2, dont_randomize=True)
+            clients.append(c)
+            return c
+
+        admin = await client(0)
+        await admin.jetstream(timeout=10).add_stream(name=name, subjects=[f"{name.lower()}.>"])
+
+        async def publish(index: int):
+            js = (await client(index)).jetstream(timeout=2)
+            n = 0
+            while not stop.is_set():
+                data = f"p{index}-{n}".encode()
+                try:
+                    ack = await js.publish(subject, data, timeout=1)
+                except Exception:  # noqa: BLE001 - the stream is moving: publish it again
+                    await asyncio.sleep(0.05)
+                    continue
+                if ack.seq in acked and acked[ack.seq] != data:
+                    problems.append(f"sequence {ack.seq} acked for two messages")
+                acked[ack.seq] = data
+                n += 1
+                await asyncio.sleep(0.01)
+
+        publishers = [asyncio.create_task(publish(1)), asyncio.create_task(publish(2))]
+
+        async def owner():
+            return await wait_for(lambda: owner_of(cluster.nodes, resource), timeout=60, interval=0.1)
+
+        for round_ in range(3):
+            await asyncio.sleep(1.5)
+            victim = await owner()
+            await asyncio.to_thread(cluster.kill9, victim)
+            survivors = [n for n in cluster.nodes if n is not victim]
+            await wait_for(lambda: owner_of(survivors, resource), timeout=60, interval=0.1)
+            await asyncio.to_thread(cluster.restart, victim)
+        # A pause past failure detection: the others take the stream over; the paused node wakes up fenced.
+        await asyncio.sleep(1.5)
+        victim = await owner()
+        victim.proc.send_signal(signal.SIGSTOP)
+        try:
+            survivors = [n for n in cluster.nodes if n is not victim]
+            await wait_for(lambda: owner_of(survivors, resource), timeout=60, interval=0.1)
+            await asyncio.sleep(1.0)
+        finally:
+            victim.proc.send_signal(signal.SIGCONT)
+        await asyncio.to_thread(cluster.wait_ready, 60)
+        await asyncio.sleep(1.5)
+        stop.set()
+        await asyncio.gather(*publishers)
+        assert not problems, problems[:5]
+        assert len(acked) > 50, f"only {len(acked)} publishes were acknowledged"
+
+        # Every acknowledged message, once, at its sequence, in publication order per publisher.
+        js = admin.jetstream(timeout=10)
+        info = await eventually(lambda: js.stream_info(name), timeout=30)
+        for seq, data in sorted(acked.items()):
+            assert (await js.get_msg(name, seq)).data == data, f"sequence {seq}"
+        for index in (1, 2):
+            mine = [int(d.decode().split("-")[1]) for _, d in sorted(acked.items()) if d.startswith(f"p{index}-".encode())]
+            assert mine == sorted(mine), f"publisher {index}: out of order"
+        assert info.state.last_seq >= max(acked)
+
+        # The consumer: every message at least once, none again after its ack was confirmed.
+        psub = await eventually(lambda: js.pull_subscribe(subject, durable="chaos", stream=name))
+        confirmed, delivered = set(), set()
+        for _ in range(60):
+            if acked.keys() <= confirmed:
+                break
+            try:
+                msgs = await psub.fetch(200, timeout=2)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                seq = msg.metadata.sequence.stream
+                assert seq not in confirmed, f"sequence {seq} delivered again after its ack was confirmed"
+                delivered.add(seq)
+                await msg.ack_sync()
+                confirmed.add(seq)
+        assert acked.keys() <= confirmed, f"{len(acked.keys() - confirmed)} acknowledged messages never delivered"
+
+        # Every kill was followed by an opening (by a survivor, or by the restarted node when the stream went back to
+        # it), each raising the fence in the database: at least 1 + 3.
+        fence = subprocess.run(
+            ["psql", url, "-tAc", f"SELECT fence FROM stork_streams WHERE name = '{name}'"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        assert int(fence) >= 4, f"fence {fence}"
+        assert await js.delete_stream(name)
+    finally:
+        stop.set()
+        for c in clients:
+            await close_quietly(c)
+        for node in cluster.nodes:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGCONT)
         cluster.cleanup()
         shutil.rmtree(cluster.workdir, ignore_errors=True)
