@@ -175,6 +175,15 @@ async def test_a_stream_on_postgres_moves_when_its_node_dies():
                 pass
         assert got == list(range(6, 22)), got
 
+        # A new configuration (through a node that does not serve it) is placed with the stream: it reopens with
+        # its messages and consumer.
+        from nats.js.api import StreamConfig
+        updated = await publisher.update_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"], max_msgs=1000))
+        assert updated.config.max_msgs == 1000
+        info = await eventually(lambda: reader.stream_info(name), timeout=30)
+        assert info.config.max_msgs == 1000 and info.state.messages == 21, info
+        assert (await reader.consumer_info(name, "reader")).ack_floor.stream_seq == 21
+
         assert await reader.delete_stream(name)
     finally:
         for c in clients:
