@@ -305,32 +305,17 @@ public actor PostgresMessageStore: MessageStore {
     public func remove(_ sequences: [UInt64]) async throws {
         let present = sequences.filter { $0 <= SQLStoreRules.maximumSequence }.map { Int64($0) }
         guard !present.isEmpty else { return }
-        let stream = self.stream
-        let cluster = self.cluster
-        let fence = self.fence
-        try await self.owned("remove") { connection in
-            try await self.execute(
-                """
-                WITH owner AS (
-                    SELECT 1 FROM stork_streams
-                    WHERE cluster = \(cluster) AND name = \(stream) AND (\(fence)::int8 IS NULL OR fence = \(fence))
-                ), done AS (
-                    DELETE FROM stork_messages
-                    WHERE cluster = \(cluster) AND stream = \(stream) AND sequence = ANY(\(present)::int8[])
-                        AND EXISTS (SELECT 1 FROM owner)
-                ) SELECT count(*) FROM owner
-                """,
-                on: connection
-            )
-        }
+        try await self.deleteMessages("remove", listed: present, through: 0)
     }
 
     public func purge(through sequence: UInt64) async throws {
-        let stream = self.stream
-        let cluster = self.cluster
-        let through = SQLStoreRules.column(sequence)
-        let fence = self.fence
-        try await self.owned("purge") { connection in
+        try await self.deleteMessages("purge", listed: [], through: SQLStoreRules.column(sequence))
+    }
+
+    /// Deletes the messages `listed` and those up to `through`, in one fenced statement.
+    private func deleteMessages(_ operation: String, listed: [Int64], through: Int64) async throws {
+        let (cluster, stream, fence) = (self.cluster, self.stream, self.fence)
+        try await self.owned(operation) { connection in
             try await self.execute(
                 """
                 WITH owner AS (
@@ -338,7 +323,8 @@ public actor PostgresMessageStore: MessageStore {
                     WHERE cluster = \(cluster) AND name = \(stream) AND (\(fence)::int8 IS NULL OR fence = \(fence))
                 ), done AS (
                     DELETE FROM stork_messages
-                    WHERE cluster = \(cluster) AND stream = \(stream) AND sequence <= \(through)
+                    WHERE cluster = \(cluster) AND stream = \(stream)
+                        AND (sequence <= \(through) OR sequence = ANY(\(listed)::int8[]))
                         AND EXISTS (SELECT 1 FROM owner)
                 ) SELECT count(*) FROM owner
                 """,

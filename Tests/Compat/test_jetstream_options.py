@@ -150,8 +150,11 @@ async def test_flow_control_holds_deliveries_until_answered(nc, js):
                                                   idle_heartbeat=5.0, ack_policy="none"))
     try:
         await wait_for(lambda: len(requests) == 1, timeout=10, msg=f"{len(data)} messages, no request")
-        await asyncio.sleep(0.3)
+        # The request follows the 1,024th delivery on the same subject, so all of them have arrived; the consumer's
+        # own count says it delivered no more while the request waits.
         assert len(data) == 1024, "deliveries wait for the answer to the flow-control request"
+        ci = await js.consumer_info("FCRAW", "fc")
+        assert ci.delivered.consumer_seq == 1024 and ci.num_pending == 1500 - 1024, ci
         assert requests[0].reply.startswith("$JS.FC.FCRAW.fc.")
         await nc.publish(requests[0].reply, b"")
         await wait_for(lambda: len(data) == 1500, timeout=10, msg=f"{len(data)} after the answer")
