@@ -155,6 +155,21 @@ public struct Resource: Hashable, Sendable, Codable, CustomStringConvertible {
         self.attributes[key]?.stringValue
     }
 
+    /// The attribute that pins a resource to one node, by the node's name (`node.name`): only that node runs it, and
+    /// while it is not a member of the cluster nobody does (placement does not move it elsewhere).
+    public static let pinAttribute = "stork.node"
+
+    /// The name of the node this resource is pinned to (see `pinAttribute`), or nil when placement chooses.
+    public var pinnedNode: String? { self[string: Self.pinAttribute] }
+
+    /// Checks the attributes Stork reads itself: a pin must name a node.
+    public func validatePin() throws {
+        guard let value = self.attributes[Self.pinAttribute] else { return }
+        guard case .string(let name) = value, !name.isEmpty else {
+            throw StorkError(.invalidInput, "\(self.id): '\(Self.pinAttribute)' must be a node's name (a non-empty string)")
+        }
+    }
+
     public var description: String { JSONValue.object(self.attributes).description }
 }
 

@@ -160,6 +160,14 @@ extension Placement {
         return self.members[index].node
     }
 
+    /// The owner of a resource pinned to the node named `pinnedTo` (the member of that name, none while it is not a
+    /// member; the older process when two of that name are members, as rendezvous ties go), or the owner placement
+    /// chooses when `pinnedTo` is nil.
+    public func owner(of id: ResourceID, pinnedTo: String?) -> NodeID? {
+        guard let pinnedTo else { return self.owner(of: id) }
+        return self.members.first { $0.node.name == pinnedTo }?.node
+    }
+
     /// The owners of `ids`, in the same order.
     @inlinable
     public func owners(of ids: some Sequence<ResourceID>) -> [NodeID?] {

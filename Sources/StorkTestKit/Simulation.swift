@@ -544,9 +544,17 @@ public struct Simulation {
         node.handoffTimeouts = [:]
         self.drive(index) { $0.start(now: $1) }
         if index == 0 && node.generation == 1 {
-            let resources = (0..<config.resources).map { Resource(id: ResourceID("res-\($0)")) }
+            let resources = (0..<config.resources).map { self.resource(ResourceID("res-\($0)"), number: $0) }
             self.drive(index) { $0.sourceReplaced(resources, now: $1) }
         }
+    }
+
+    /// Resource number `number`: pinned to a node in turn every `pinnedEvery` resources.
+    private func resource(_ id: ResourceID, number: Int) -> Resource {
+        let every = self.configuration.pinnedEvery
+        guard every > 0, number % every == 0 else { return Resource(id: id) }
+        let node = self.nodes[(number / every) % self.nodes.count].name
+        return Resource(id: id, attributes: [Resource.pinAttribute: .string(node)])
     }
 
     private mutating func issue(_ id: ResourceID, isAllocate: Bool) {
@@ -570,7 +578,8 @@ public struct Simulation {
         )
         self.report.requestsIssued += 1
         if isAllocate {
-            self.drive(index) { $0.allocate(Resource(id: id), requestID: requestID, now: $1) }
+            let resource = self.resource(id, number: Int(id.rawValue.split(separator: "-").last ?? "") ?? 0)
+            self.drive(index) { $0.allocate(resource, requestID: requestID, now: $1) }
         } else {
             self.drive(index) { $0.deallocate(id, requestID: requestID, now: $1) }
         }
@@ -791,6 +800,9 @@ public struct Simulation {
     /// under network faults. Without faults there is no excuse.
     private mutating func checkOverlap(_ id: ResourceID, startingOn index: Int) {
         let starter = self.nodes[index]
+        if let pin = starter.machine?.orchestrator.desiredResource(id)?.pinnedNode, pin != starter.name {
+            self.violation("\(id) is pinned to \(pin) but was handled on \(starter.name)")
+        }
         let starterView = Set(starter.machine?.placement.members.map(\.node) ?? [])
         for other in self.nodes where other.index != index && other.state != .down {
             guard let otherView = other.running[id] else { continue }
@@ -852,8 +864,13 @@ public struct Simulation {
             for id in node.running.keys { runners[id, default: 0] += 1 }
         }
         for resource in reference.desired.resources {
+            let owner = reference.placement.owner(of: resource.id, pinnedTo: resource.pinnedNode)
+            guard owner != nil || resource.pinnedNode == nil else {
+                // Pinned to a node that is not a member: nobody may run it.
+                guard runners[resource.id] == nil else { return false }
+                continue
+            }
             guard runners[resource.id] == 1 else { return false }
-            let owner = reference.placement.owner(of: resource.id)
             guard let ownerIndex = live.first(where: { $0.identity == owner })?.index,
                 self.nodes[ownerIndex].machine?.orchestrator.isRunning(resource.id) == true
             else { return false }

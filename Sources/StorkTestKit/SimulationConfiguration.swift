@@ -55,6 +55,9 @@ public struct SimulationConfiguration: Sendable {
     public var faults: Set<SimulationFault> = []
     /// Allocate and deallocate resources through random nodes while faults happen.
     public var churn = true
+    /// Every this many resources (by number), one is pinned to a node (`Resource.pinAttribute`), the nodes taken in
+    /// turn; 0 pins none.
+    public var pinnedEvery = 0
     /// The settings every node runs with.
     public var node = NodeSettings()
 
@@ -100,7 +103,7 @@ public struct SimulationConfiguration: Sendable {
         let faults = self.faults.isEmpty ? "none" : self.faults.sorted().map(\.rawValue).joined(separator: ",")
         return
             "stork sim --seed \(self.seed) --nodes \(self.nodes) --resources \(self.resources) --faults \(faults)"
-            + (self.churn ? "" : " --no-churn") + (self.node.orchestrator.ownership.leaseSettings != nil ? " --leases" : "")
+            + (self.churn ? "" : " --no-churn") + (self.pinnedEvery == 0 ? "" : " --pinned-every \(self.pinnedEvery)") + (self.node.orchestrator.ownership.leaseSettings != nil ? " --leases" : "")
             + (self.node.replicas == .members(2) ? "" : " --replicas \(self.node.replicas)") + " --trace"
     }
 }

@@ -47,6 +47,9 @@ struct SimCommand: AsyncParsableCommand {
     @Option(help: "Members that must hold an allocate/deallocate before it answers: a number, or all (resources.replicas).")
     var replicas: String = "2"
 
+    @Option(help: "Pin every Nth resource to a node (the nodes in turn); 0 pins none.")
+    var pinnedEvery: Int = 0
+
     @Flag(help: "With --seed: print the run's trace of events.")
     var trace = false
 
@@ -57,6 +60,7 @@ struct SimCommand: AsyncParsableCommand {
         guard self.nodes >= 1, self.nodes <= 200 else { throw ValidationError("--nodes must be between 1 and 200") }
         guard self.seeds >= 1 else { throw ValidationError("--seeds must be at least 1") }
         guard self.resources >= 0 else { throw ValidationError("--resources must not be negative") }
+        guard self.pinnedEvery >= 0 else { throw ValidationError("--pinned-every must not be negative") }
         guard self.faultWindow >= 1 else { throw ValidationError("--fault-window must be at least 1 second") }
         guard ReplicaRequirement(parsing: self.replicas) != nil else {
             throw ValidationError("--replicas must be a positive number or all")
@@ -74,6 +78,7 @@ struct SimCommand: AsyncParsableCommand {
         base.resources = self.resources
         base.faults = try SimulationFault.parseList(self.faults)
         base.churn = !self.noChurn
+        base.pinnedEvery = self.pinnedEvery
         base.faultWindow = .seconds(self.faultWindow)
         if self.leases { base.node.orchestrator.ownership = .lease(LeaseSettings()) }
         base.node.replicas = ReplicaRequirement(parsing: self.replicas) ?? .members(2)

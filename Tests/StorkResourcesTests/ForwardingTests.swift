@@ -161,4 +161,46 @@ struct ForwardingTests {
         cluster.run(for: .seconds(35))
         #expect(cluster.completions[7] != nil, "the caller always gets an answer")
     }
+
+    @Test("a pinned resource runs on its node only: forwarded there, never moved while it is gone, deallocated anyway")
+    func pinnedResource() {
+        var cluster = HandWiredCluster()
+        cluster.start("a", seeds: [])
+        cluster.start("b", seeds: ["a"])
+        cluster.start("c", seeds: ["a"])
+        cluster.run(for: .seconds(3))
+        let view = cluster.nodes["a"]!.placement
+        #expect(view.members.count == 3)
+        // Placement would give it to a; the pin gives it to c.
+        let id = (0..<1000).map { ResourceID("r\($0)") }.first { view.owner(of: $0) == cluster.identities["a"] }!
+        let pinned = Resource(id: id, attributes: [Resource.pinAttribute: "c"])
+        var now = cluster.now
+        cluster.mutate("b") { $0.allocate(pinned, requestID: 1, now: now) }
+        cluster.run(for: .seconds(1))
+        #expect(cluster.completions[1] == .handled(by: cluster.identities["c"]!))
+        #expect(cluster.running["c"]?.contains(id) == true)
+        #expect(cluster.running["a"]?.contains(id) != true && cluster.running["b"]?.contains(id) != true)
+
+        // c is cut off until the others declare it dead: nobody takes the resource over.
+        cluster.blocked = ["c>a", "c>b", "a>c", "b>c"]
+        cluster.run(for: .seconds(30))
+        #expect(cluster.nodes["a"]!.placement.members.count == 2, "a no longer counts c")
+        #expect(cluster.running["a"]?.contains(id) != true && cluster.running["b"]?.contains(id) != true)
+        #expect(cluster.nodes["a"]!.desired.resource(id)?.pinnedNode == "c", "still desired, pinned")
+
+        // Deallocating while its node is gone answers at once: nothing runs it in this view.
+        now = cluster.now
+        cluster.mutate("a") { $0.deallocate(id, requestID: 2, now: now) }
+        cluster.run(for: .seconds(1))
+        #expect(cluster.completions[2] == .terminated(by: cluster.identities["a"]!))
+        for name in ["a", "b"] { #expect(cluster.nodes[name]!.desired.resource(id) == nil) }
+    }
+
+    @Test("a pin must name a node")
+    func pinValidation() throws {
+        try Resource(id: "x", attributes: [Resource.pinAttribute: "n1"]).validatePin()
+        try Resource(id: "x").validatePin()
+        #expect(throws: StorkError.self) { try Resource(id: "x", attributes: [Resource.pinAttribute: 3]).validatePin() }
+        #expect(throws: StorkError.self) { try Resource(id: "x", attributes: [Resource.pinAttribute: ""]).validatePin() }
+    }
 }

@@ -77,6 +77,34 @@ struct SimulationInvariantTests {
     }
 }
 
+@Suite("Simulation: resources pinned to a node")
+struct SimulationPinTests {
+    @Test("without faults: a pinned resource runs on its node only, every request succeeds, convergence")
+    func faultFree() async {
+        let summary = await run(700..<UInt64(700 + seedCount(20))) { config in
+            config.nodes = 5
+            config.faults = []
+            config.pinnedEvery = 3
+        }
+        #expect(summary.failures.isEmpty, "\(describe(summary))")
+        #expect(summary.excusedOverlaps == 0)
+        #expect(summary.outcomes["timed-out", default: 0] == 0)
+    }
+
+    @Test("crashes, pauses, partitions and loss: a pinned resource never runs away from its node, and converges")
+    func mixedFaults() async {
+        let summary = await run(800..<UInt64(800 + seedCount(100))) { config in
+            config.nodes = 4
+            config.resources = 60
+            config.faults = Set(SimulationFault.allCases)
+            config.faultWindow = .seconds(20)
+            config.pinnedEvery = 2
+        }
+        #expect(summary.failures.isEmpty, "\(describe(summary))")
+        #expect(summary.crashes > 0 && summary.pauses > 0)
+    }
+}
+
 @Suite("Simulation: the checker and the replay")
 struct SimulationCheckerTests {
     @Test("the same seed replays the same run, event for event")

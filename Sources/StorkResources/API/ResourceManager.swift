@@ -609,11 +609,12 @@ public final class ResourceManager: Service, Sendable {
         self.state.withLock { $0.statistics }
     }
 
-    /// The owner of every desired resource in this node's view: the cluster-wide picture as placement gives it.
+    /// The owner of every desired resource in this node's view (placement's choice, or the node a resource is pinned
+    /// to; nil for a pinned resource whose node is not a member): the cluster-wide picture.
     public func clusterAssignment() -> [(resource: Resource, owner: NodeID?)] {
         self.state.withLock { state in
             let placement = state.machine.placement
-            return state.machine.desired.resources.map { ($0, placement.owner(of: $0.id)) }
+            return state.machine.desired.resources.map { ($0, placement.owner(of: $0.id, pinnedTo: $0.pinnedNode)) }
         }
     }
 
@@ -666,7 +667,8 @@ public final class ResourceManager: Service, Sendable {
                     fetchedAsOwner = true
                     lastFetch = self.clock.now
                     lastChecksum = checksum
-                    self.apply { machine, now in machine.sourceReplaced(resources, source: registration.name, now: now) }
+                    let valid = self.withValidPins(resources, source: registration.name)
+                    self.apply { machine, now in machine.sourceReplaced(valid, source: registration.name, now: now) }
                 }
             } else {
                 fetchedAsOwner = false
@@ -714,13 +716,32 @@ public final class ResourceManager: Service, Sendable {
         for await change in changes {
             switch change {
             case .upserted(let resources):
+                let valid = self.withValidPins(resources, source: source)
                 self.apply { machine, now in
-                    machine.sourceChanged(upserted: resources, removed: [], source: source, now: now)
+                    machine.sourceChanged(upserted: valid, removed: [], source: source, now: now)
                 }
             case .removed(let ids):
                 self.apply { machine, now in machine.sourceChanged(upserted: [], removed: ids, source: source, now: now) }
             case .replaced(let resources):
-                self.apply { machine, now in machine.sourceReplaced(resources, source: source, now: now) }
+                let valid = self.withValidPins(resources, source: source)
+                self.apply { machine, now in machine.sourceReplaced(valid, source: source, now: now) }
+            }
+        }
+    }
+
+    /// `resources` without those whose pin (`Resource.pinAttribute`) names no node: each is logged as an error and
+    /// left out, rather than run wherever placement puts it.
+    private func withValidPins(_ resources: [Resource], source: String) -> [Resource] {
+        resources.filter { resource in
+            do {
+                try resource.validatePin()
+                return true
+            } catch {
+                self.logger.error(
+                    "a resource of the source is left out",
+                    metadata: ["stork.source": "\(source)", "stork.error": "\(error)"]
+                )
+                return false
             }
         }
     }

@@ -14,6 +14,9 @@ public struct ClusterNodeStateMachine: Sendable {
     struct PendingForward: Sendable {
         var operation: ForwardOperation
         var deadline: StorkInstant
+        /// The node the resource is pinned to, as the requester knew it when the request started (a deallocation's
+        /// entry has no resource left to tell).
+        var pin: String?
         var refusals = 0
         /// Members known to hold the change (its version or a newer one), this node included.
         var holders: Set<NodeID>
@@ -135,7 +138,7 @@ public struct ClusterNodeStateMachine: Sendable {
             self.applyLocally([entry], now: now)
         }
         guard let entry = self.desired.entry(resource.id) else { return self.flush(now: now) }
-        self.startRequest(requestID, .allocate(entry), now: now)
+        self.startRequest(requestID, .allocate(entry), pin: entry.resource?.pinnedNode, now: now)
         return self.flush(now: now)
     }
 
@@ -145,13 +148,14 @@ public struct ClusterNodeStateMachine: Sendable {
             self.actions.append(.complete(requestID: requestID, .shutdown))
             return self.flush(now: now)
         }
+        let pin = self.orchestrator.knownResource(id)?.pinnedNode
         if let entry = self.desired.remove(id, physicalMillis: self.physicalMillis(now), now: now) {
             self.applyLocally([entry], now: now)
         }
         let entry =
             self.desired.entry(id)
             ?? DesiredEntry(id: id, resource: nil, version: DesiredVersion(clock: 0, origin: self.desired.origin))
-        self.startRequest(requestID, .deallocate(entry), now: now)
+        self.startRequest(requestID, .deallocate(entry), pin: pin, now: now)
         return self.flush(now: now)
     }
 
@@ -499,10 +503,16 @@ public struct ClusterNodeStateMachine: Sendable {
     // again with backoff until the request's deadline, which answers `notReplicated` if the owner answered but too
     // few members confirmed.
 
-    private mutating func startRequest(_ requestID: UInt64, _ operation: ForwardOperation, now: StorkInstant) {
+    private mutating func startRequest(
+        _ requestID: UInt64,
+        _ operation: ForwardOperation,
+        pin: String?,
+        now: StorkInstant
+    ) {
         self.outgoing[requestID] = PendingForward(
             operation: operation,
             deadline: now + self.settings.forwardDeadline,
+            pin: pin,
             holders: [self.myself]
         )
         self.outgoingByResource[operation.entry.id, default: []].append(requestID)
@@ -612,7 +622,17 @@ public struct ClusterNodeStateMachine: Sendable {
             self.timers.schedule(.forward(requestID), at: pending.deadline)
             return
         }
-        guard self.orchestrator.isReady, let owner = self.orchestrator.placement.owner(of: id) else {
+        guard self.orchestrator.isReady else {
+            self.timers.schedule(.forward(requestID), at: now + self.forwardBackoff(pending.refusals))
+            return
+        }
+        guard let owner = self.orchestrator.placement.owner(of: id, pinnedTo: pending.pin) else {
+            if pending.pin != nil, case .deallocate = pending.operation {
+                // Pinned to a node that is not a member: nothing runs it anywhere in this view.
+                self.ownerAnswered(requestID, .terminated(by: self.myself), holder: nil)
+                return
+            }
+            // No member (yet) to run it: a pinned resource waits for its node, until the deadline.
             self.timers.schedule(.forward(requestID), at: now + self.forwardBackoff(pending.refusals))
             return
         }
@@ -663,7 +683,7 @@ public struct ClusterNodeStateMachine: Sendable {
                 !self.isLeaving && self.orchestrator.isReady && checksum == self.orchestrator.placement.checksum
             var accepted: [ForwardItem] = []
             for item in items {
-                if agrees, self.orchestrator.placement.owner(of: item.operation.entry.id) == self.myself {
+                if agrees, self.accepts(item.operation) {
                     accepted.append(item)
                 } else {
                     self.replyOutbox[from, default: []].append(
@@ -687,6 +707,20 @@ public struct ClusterNodeStateMachine: Sendable {
         }
     }
 
+    /// Whether this node is the one to answer a forwarded change (the caller checked that the views agree).
+    private func accepts(_ operation: ForwardOperation) -> Bool {
+        let id = operation.entry.id
+        switch operation {
+        case .allocate(let entry):
+            return self.orchestrator.placement.owner(of: id, pinnedTo: entry.resource?.pinnedNode) == self.myself
+        case .deallocate:
+            // A requester that knew the resource pinned here sends it here even if this node has already dropped it
+            // (the removal can arrive by replication first): nothing of it runs here, which is the answer.
+            guard self.orchestrator.knownResource(id) != nil else { return true }
+            return self.orchestrator.owner(of: id) == self.myself
+        }
+    }
+
     private mutating func addWaiter(_ waiter: Waiter, for id: ResourceID, now: StorkInstant) {
         var list = self.waiters[id] ?? []
         if !list.contains(waiter) { list.append(waiter) }
@@ -698,7 +732,7 @@ public struct ClusterNodeStateMachine: Sendable {
     private mutating func evaluateWaiters(of id: ResourceID, now: StorkInstant) {
         guard let list = self.waiters[id] else { return }
         var remaining: [Waiter] = []
-        let owns = self.orchestrator.isReady && self.orchestrator.placement.owner(of: id) == self.myself
+        let owns = self.orchestrator.isReady && self.orchestrator.owner(of: id) == self.myself
         let phase = self.orchestrator.phase(of: id)
         for waiter in list {
             let answer: ForwardAnswer?

@@ -23,6 +23,8 @@ import StorkPlacement
 //    latest view. Answers to claims use the applied view only.
 // 5. A node leaving terminates everything and reports `drained` before it leaves the membership, so nobody
 //    starts its resources while it still runs them.
+// 6. A resource pinned to a node (`Resource.pinnedNode`, by name) is owned by the member of that name only, and by
+//    nobody while no member has it: placement never moves it elsewhere. Rules 1–5 apply to it unchanged.
 //
 // In lease mode (`OwnershipMode.lease`) rule 2 is replaced by a lease in an ownership store: the placement owner
 // asks the store for the resource's lease (batched), handles once granted (with the lease's fencing token), renews
@@ -178,9 +180,18 @@ public struct OrchestratorStateMachine: Sendable {
 
     public func isRunning(_ id: ResourceID) -> Bool { self.entries[id]?.phase == .running }
 
+    /// The resource as this node knows it: desired, or (removed, still ending here) the one it runs.
+    public func knownResource(_ id: ResourceID) -> Resource? { self.desired[id] ?? self.entries[id]?.resource }
+
+    /// The node that should run `id` in the view in force: the member its pin names (none while that node is not a
+    /// member), or the placement owner.
+    public func owner(of id: ResourceID) -> NodeID? {
+        self.placement.owner(of: id, pinnedTo: self.knownResource(id)?.pinnedNode)
+    }
+
     /// Whether this node should run `id` in the view in force.
     public func shouldRun(_ id: ResourceID) -> Bool {
-        self.isReady && !self.isLeaving && self.desired[id] != nil && self.placement.owner(of: id) == self.myself
+        self.isReady && !self.isLeaving && self.desired[id] != nil && self.owner(of: id) == self.myself
     }
 
     // MARK: Events
@@ -662,7 +673,7 @@ public struct OrchestratorStateMachine: Sendable {
             return
         }
         for item in items {
-            guard self.placement.owner(of: item.id) == from else {
+            guard self.owner(of: item.id) == from else {
                 self.refuseOutbox[from, default: []].append(item)
                 continue
             }
