@@ -54,6 +54,8 @@ public final class JetStream: Service, Sendable {
     let gatherTokens = Mutex<Set<String>>([])
     /// How streams on shared stores are placed (``attach(placement:)``); nil: every stream stays where it is made.
     let placement = Mutex<JetStreamPlacement?>(nil)
+    /// Set when a stream kept on this node was made or changed: its record in the cluster is due (``takeKeptChange()``).
+    let keptChanged = Mutex(false)
     private let readiness = Mutex<(ready: Bool, failure: (any Error)?, waiters: [CheckedContinuation<Void, any Error>])>(
         (false, nil, [])
     )
@@ -189,6 +191,11 @@ public final class JetStream: Service, Sendable {
         "\(self.configuration.directory)/\(name)"
     }
 
+    /// Whether this node's data directory holds stream `name` (its catalog entry), opened or not.
+    public func hasCatalogEntry(_ name: String) -> Bool {
+        Self.isValidName(name) && FileManager.default.fileExists(atPath: "\(self.streamDirectory(name))/stream.json")
+    }
+
     private func recover() async throws {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: self.configuration.directory)) ?? []
         for name in names.sorted() {
@@ -224,7 +231,7 @@ public final class JetStream: Service, Sendable {
     }
 
     private func makeStore(_ config: StreamConfig) throws -> any MessageStore {
-        if config.storkStore == "memory" || (config.storkStore == nil && config.storage == .memory) {
+        if config.isInMemory {
             return MemoryMessageStore()
         }
         return try self.storeFactory(config, "\(self.streamDirectory(config.name))/store")

@@ -69,8 +69,15 @@ extension JetStream {
         try? JSONDecoder().decode([String: JSONValue].self, from: body.isEmpty ? Data("{}".utf8) : body)
     }
 
+    /// The stream served here. A request for a stream served elsewhere never comes here (its node takes it), so a
+    /// stream missing here is one no node serves: offline if the cluster records it, else not found.
     private func stream(_ name: String) throws -> JetStreamStream {
-        guard let stream = self.streams.withLock({ $0[name] }) else { throw JetStreamAPIError.streamNotFound }
+        guard let stream = self.streams.withLock({ $0[name] }) else {
+            if let record = self.placement.withLock({ $0 })?.records()[name] {
+                throw JetStreamAPIError.streamOffline(record.offlineReason)
+            }
+            throw JetStreamAPIError.streamNotFound
+        }
         return stream
     }
 
@@ -119,6 +126,16 @@ extension JetStream {
                 try await placement.unplace(path[1])
             } else {
                 try? FileManager.default.removeItem(atPath: "\(self.configuration.directory)/\(path[1])")
+                if let placement = self.placement.withLock({ $0 }) {
+                    do {
+                        try await placement.forget(path[1])
+                    } catch {
+                        self.logger.warning(
+                            "the cluster's record of a deleted stream stays until the recorder removes it",
+                            metadata: ["stream": "\(path[1])", "stork.error": "\(error)"]
+                        )
+                    }
+                }
             }
             return Success(type: "io.nats.jetstream.api.v1.stream_delete_response", success: true)
         case ("PURGE", 2):
@@ -127,15 +144,26 @@ extension JetStream {
         case ("NAMES", 1), ("LIST", 1):
             let request = try self.decode(NamesRequest.self, body)
             var streams = await self.clusterStreamInfos()
+            // Streams the cluster records but no node serves now are listed by name (`missing` in a list, as
+            // nats-server does for streams without a leader).
+            var offline = self.offlineStreams(served: Set(streams.map(\.config.name)))
             if let subject = request.subject, !subject.isEmpty {
                 streams = streams.filter { stream in stream.config.subjects.contains { Subject.overlaps($0, subject) } }
+                offline = offline.filter { $0.value.config.subjects.contains { Subject.overlaps($0, subject) } }
             }
             let offset = max(0, request.offset ?? 0)
             let page = Array(streams.dropFirst(offset))
             if path[0] == "NAMES" {
-                return StreamNames(total: streams.count, offset: offset, limit: 1024, streams: page.map(\.config.name))
+                let names = (streams.map(\.config.name) + offline.keys).sorted()
+                return StreamNames(total: names.count, offset: offset, limit: 1024, streams: Array(names.dropFirst(offset)))
             }
-            return StreamList(total: streams.count, offset: offset, limit: 256, streams: page)
+            return StreamList(
+                total: streams.count,
+                offset: offset,
+                limit: 256,
+                streams: page,
+                missing: offline.isEmpty ? nil : offline.keys.sorted()
+            )
         case ("MSG", 3) where path[1] == "GET":
             let request = try self.decode(MessageGetRequest.self, body)
             let stream = try self.stream(path[2])
@@ -216,7 +244,9 @@ extension JetStream {
         let local = Set(self.streams.withLock { Array($0.keys) })
         let elsewhere = await self.clusterStreamInfos().filter { !local.contains($0.config.name) }
         if elsewhere.contains(where: { $0.config.name == requested.name }) { throw JetStreamAPIError.streamNameInUse }
-        let config = try self.validate(requested, elsewhere: elsewhere.map(\.config))
+        let offline = self.offlineStreams(served: local.union(elsewhere.map(\.config.name)))
+        if let record = offline[requested.name] { throw JetStreamAPIError.streamOffline(record.offlineReason) }
+        let config = try self.validate(requested, elsewhere: elsewhere.map(\.config) + offline.values.map(\.config))
         if let existing = self.streams.withLock({ $0[config.name] }) {
             guard existing.state.withLock({ $0.config }) == config else { throw JetStreamAPIError.streamNameInUse }
             return self.streamInfo(existing, type: "stream_create_response")
@@ -234,6 +264,7 @@ extension JetStream {
         try self.writeCatalog(config, created: created)
         do {
             let stream = try await self.openStream(config, created: created)
+            self.keptStreamChanged(config)
             var info = self.streamInfo(stream, type: "stream_create_response")
             info.didCreate = true
             return info
@@ -264,6 +295,7 @@ extension JetStream {
         if config.subjects != current.subjects { stream.bindSubjects() }
         await stream.trim()
         stream.signal()
+        self.keptStreamChanged(config)
         return self.streamInfo(stream, type: "stream_update_response")
     }
 
@@ -553,6 +585,8 @@ struct StreamList: Encodable {
     var offset: Int
     var limit: Int
     var streams: [StreamInfo]
+    /// Streams the cluster records that no node serves now.
+    var missing: [String]?
 }
 
 struct NamesRequest: Decodable {

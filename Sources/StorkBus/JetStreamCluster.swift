@@ -289,15 +289,53 @@ public struct JetStreamPlacement: Sendable {
     public var place: @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void
     /// Ends the stream's placement.
     public var unplace: @Sendable (_ name: String) async throws -> Void
+    /// Records a stream kept on this node (not placed: file, sqlite, memory) in the cluster, pinned to this node, or
+    /// its new configuration: every node then knows it, and answers "stream offline" for it while this node is away.
+    public var record: @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void
+    /// Ends the record of a stream kept on this node (it was deleted).
+    public var forget: @Sendable (_ name: String) async throws -> Void
+    /// Every stream the cluster records (placed or kept on a node), by name.
+    public var records: @Sendable () -> [String: StreamRecord]
 
     public init(
         isPlaced: @escaping @Sendable (StreamConfig) -> Bool,
         place: @escaping @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void,
-        unplace: @escaping @Sendable (_ name: String) async throws -> Void
+        unplace: @escaping @Sendable (_ name: String) async throws -> Void,
+        record: @escaping @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void = { _, _ in },
+        forget: @escaping @Sendable (_ name: String) async throws -> Void = { _ in },
+        records: @escaping @Sendable () -> [String: StreamRecord] = { [:] }
     ) {
         self.isPlaced = isPlaced
         self.place = place
         self.unplace = unplace
+        self.record = record
+        self.forget = forget
+        self.records = records
+    }
+}
+
+/// What the cluster records of a stream: enough to answer for it while no node serves it.
+public struct StreamRecord: Sendable {
+    public var config: StreamConfig
+    /// The node the stream is kept on (its store is node-local), or nil for a placed stream.
+    public var node: String?
+    /// The member that should serve it now, if any.
+    public var owner: String?
+
+    public init(config: StreamConfig, node: String?, owner: String?) {
+        self.config = config
+        self.node = node
+        self.owner = owner
+    }
+
+    /// Why no node serves the stream, for the "stream offline" answer.
+    public var offlineReason: String {
+        switch (self.node, self.owner) {
+        case (let node?, nil): return "its node \(node) is not a member of the cluster"
+        case (let node?, _): return "its node \(node) has not opened it"
+        case (nil, nil): return "no member can serve it"
+        case (nil, let owner?): return "\(owner) is taking it over"
+        }
     }
 }
 
@@ -318,6 +356,45 @@ extension JetStream {
 
     func isPlaced(_ config: StreamConfig) -> Bool {
         self.placement.withLock { $0 }?.isPlaced(config) ?? false
+    }
+
+    /// The streams the cluster records that no node serves now (`served`: the names served), by name.
+    func offlineStreams(served: Set<String>) -> [String: StreamRecord] {
+        guard let placement = self.placement.withLock({ $0 }) else { return [:] }
+        return placement.records().filter { !served.contains($0.key) }
+    }
+
+    /// The streams this node keeps (not placed), with their creation time: the ones it records in the cluster.
+    public func keptStreams() -> [(config: StreamConfig, created: String)] {
+        let streams = self.streams.withLock { Array($0.values) }.sorted { $0.name < $1.name }
+        return streams.map { stream in stream.state.withLock { ($0.config, $0.created) } }.filter { !self.isPlaced($0.config) }
+    }
+
+    /// Whether a stream kept here was made or changed since the last call: the recorder records it then, so that a
+    /// creation never waits for the cluster.
+    public func takeKeptChange() -> Bool {
+        self.keptChanged.withLock { changed in
+            defer { changed = false }
+            return changed
+        }
+    }
+
+    func keptStreamChanged(_ config: StreamConfig) {
+        guard !self.isPlaced(config) else { return }
+        self.keptChanged.withLock { $0 = true }
+    }
+
+    /// Records a stream kept here in the cluster; a failure is logged (the recorder tries again).
+    public func recordKept(_ config: StreamConfig, created: String) async {
+        guard let placement = self.placement.withLock({ $0 }), !placement.isPlaced(config) else { return }
+        do {
+            try await placement.record(config, created)
+        } catch {
+            self.logger.warning(
+                "stream not recorded in the cluster yet",
+                metadata: ["stream": "\(config.name)", "stork.error": "\(error)"]
+            )
+        }
     }
 
     /// Serves a placed stream on this node (its resource came here): opens its store, taking it over from the node

@@ -18,7 +18,7 @@ import StorkResources
 //                                         desired resource with its owner in this node's view
 //   POST   /v1/resources                  allocate: body is one resource object with a string "id"
 //   DELETE /v1/resources/{id}             deallocate
-//   POST   /v1/drain                      leave gracefully (hand every resource off), then exit
+//   POST   /v1/drain[?local_streams=refuse] leave gracefully (hand every resource off), then exit
 //   GET    /v1/events                     server-sent events of lifecycle changes
 //   GET    /healthz  /readyz  /metrics
 //   GET    /varz  /connz  /subsz           the NATS endpoint's monitoring, in nats-server's JSON shapes
@@ -69,7 +69,8 @@ public enum AdminAPI {
         extraStats: [any AdminStatsSource] = [],
         moves: MoveRecorder? = nil,
         clusterName: String? = nil,
-        drain: (@Sendable () -> Void)? = nil
+        drain: (@Sendable () -> Void)? = nil,
+        keptStreams: (@Sendable () -> [String])? = nil
     ) -> Router<BasicRequestContext> {
         let router = Router()
         let moves = moves ?? MoveRecorder(manager: manager)
@@ -172,6 +173,11 @@ public enum AdminAPI {
             } catch {
                 return problem(.badRequest, "the body must be one JSON object with a non-empty string \"id\": \(error)")
             }
+            do {
+                try resource.validatePin()
+            } catch let error as StorkError {
+                return problem(.badRequest, error.message)
+            }
             return outcomeResponse(await manager.allocate(resource), id: resource.id)
         }
 
@@ -183,9 +189,25 @@ public enum AdminAPI {
             return outcomeResponse(await manager.deallocate(id), id: id)
         }
 
-        router.post("/v1/drain") { _, _ in
+        router.post("/v1/drain") { request, _ in
+            // Streams kept on this node (file, sqlite, memory) cannot move: they go offline with it, unless the
+            // caller asked to refuse the drain then.
+            let kept = keptStreams?() ?? []
+            switch request.uri.queryParameters["local_streams"].map(String.init) {
+            case nil, "offline"?:
+                break
+            case "refuse"?:
+                if !kept.isEmpty {
+                    return problem(
+                        .conflict,
+                        "not draining: streams kept on this node would go offline: \(kept.joined(separator: ", "))"
+                    )
+                }
+            case let other?:
+                return problem(.badRequest, "local_streams must be offline or refuse, not \(other)")
+            }
             if let drain { drain() } else { manager.drain() }
-            return json(.object(["draining": true]), status: .accepted)
+            return json(.object(["draining": true, "offline_streams": .array(kept.map(JSONValue.string))]), status: .accepted)
         }
 
         router.get("/v1/events") { _, _ in

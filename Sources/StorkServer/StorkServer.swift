@@ -147,13 +147,25 @@ public struct StorkServer: Sendable {
             transport: transport,
             logger: logger
         )
-        // Streams on PostgreSQL are resources: placement picks the node that serves each; their list is kept in
-        // PostgreSQL too, so that they are placed again after the whole cluster restarted.
+        // Every stream is a resource. Streams on PostgreSQL are placed: placement picks the node that serves each;
+        // their list is kept in PostgreSQL too, so that they are placed again after the whole cluster restarted. The
+        // others are kept on their node, their resource pinned there, so every node can answer for them.
         var streamRestorer: PlacedStreamRestorer?
-        if let jetstream, let url = configuration.streaming.postgres {
-            let catalog = try PlacedStreamCatalog(url: url, cluster: configuration.cluster.name, logger: logger)
-            jetstream.attach(placement: .onPostgres(configuration: configuration, manager: manager, catalog: catalog))
-            streamRestorer = PlacedStreamRestorer(catalog: catalog, manager: manager, jetstream: jetstream, logger: logger)
+        var streamRecorder: KeptStreamRecorder?
+        if let jetstream {
+            let catalog = try configuration.streaming.postgres.map { url in
+                try PlacedStreamCatalog(url: url, cluster: configuration.cluster.name, logger: logger)
+            }
+            jetstream.attach(placement: .cluster(configuration: configuration, manager: manager, catalog: catalog))
+            if let catalog {
+                streamRestorer = PlacedStreamRestorer(catalog: catalog, manager: manager, jetstream: jetstream, logger: logger)
+            }
+            streamRecorder = KeptStreamRecorder(
+                manager: manager,
+                jetstream: jetstream,
+                node: configuration.node.name,
+                logger: logger
+            )
         }
         // The bus joins this node's router to the other nodes' (every subscriber sees every node's messages); it
         // needs the manager, which needs the gateway's connectors: the gateway is attached to both once they exist.
@@ -168,6 +180,9 @@ public struct StorkServer: Sendable {
         let (host, port) = try Self.hostAndPort(configuration.node.http)
         // Moves are recorded from the moment the manager starts, not when the dashboard first asks.
         let moves = MoveRecorder(manager: manager)
+        let keptStreamNames: (@Sendable () -> [String])? = jetstream.map { jetstream in
+            { @Sendable in jetstream.keptStreams().map(\.config.name) }
+        }
         let drain = NodeDrain(manager: manager, nats: nats, trapsSignal: installSignalHandlers)
         let adminRouter = AdminAPI.router(
             manager: manager,
@@ -178,7 +193,8 @@ public struct StorkServer: Sendable {
             extraStats: (bus.map { [BusStatsSource(bus: $0)] } ?? []) + (gateway.map { [GatewayStatsSource(gateway: $0)] } ?? []),
             moves: moves,
             clusterName: configuration.cluster.name,
-            drain: { drain.request() }
+            drain: { drain.request() },
+            keptStreams: keptStreamNames
         )
         gateway?.addHTTPRoutes(to: adminRouter)
         let app = Application(
@@ -209,6 +225,7 @@ public struct StorkServer: Sendable {
         }
         if let jetstream { services.append(.init(service: jetstream)) }
         if let streamRestorer { services.append(.init(service: streamRestorer)) }
+        if let streamRecorder { services.append(.init(service: streamRecorder)) }
         if let nats {
             services.append(.init(service: NATSEndpointService(nats: nats, jetstream: jetstream, restorer: streamRestorer)))
         }

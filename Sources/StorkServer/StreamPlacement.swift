@@ -23,6 +23,13 @@ struct StreamConnector: Connector {
 
     func run(_ resource: Resource, context: ConnectorContext) async throws {
         let (config, created) = try Self.stream(of: resource)
+        if resource.pinnedNode != nil {
+            // A stream kept on its node (file, sqlite, memory): the node's JetStream opens and closes it itself; the
+            // resource is the cluster's record of where it lives, run on that node only (`Resource.pinAttribute`).
+            context.status.state(.connected)
+            await context.stop.wait()
+            return
+        }
         let fenced = try await self.jetstream.serve(config, created: created)
         context.status.state(.connected)
         let lost = await withTaskGroup(of: Bool.self) { group in
@@ -49,13 +56,24 @@ struct StreamConnector: Connector {
         }
     }
 
-    /// The resource of a placed stream: its id, the connector's kind, the configuration and creation time.
-    static func resource(_ config: StreamConfig, created: String) throws -> Resource {
+    /// The resource of a stream: its id, the connector's kind, the configuration and creation time; pinned to
+    /// `node` for a stream kept there.
+    static func resource(_ config: StreamConfig, created: String, pinnedTo node: String? = nil) throws -> Resource {
         let json = try JSONValue.parse(Array(JSONEncoder().encode(config)))
-        return Resource(
-            id: ResourceID(JetStream.streamResourcePrefix + config.name),
-            attributes: ["kind": .string(Self.kind), "config": json, "created": .string(created)]
-        )
+        var attributes: [String: JSONValue] = ["kind": .string(Self.kind), "config": json, "created": .string(created)]
+        if let node { attributes[Resource.pinAttribute] = .string(node) }
+        return Resource(id: ResourceID(JetStream.streamResourcePrefix + config.name), attributes: attributes)
+    }
+
+    /// The streams the cluster records (the resources of this connector's kind), by name.
+    static func records(_ manager: ResourceManager) -> [String: StreamRecord] {
+        var records: [String: StreamRecord] = [:]
+        for (resource, owner) in manager.clusterAssignment()
+        where resource.id.rawValue.hasPrefix(JetStream.streamResourcePrefix) {
+            guard let (config, _) = try? Self.stream(of: resource) else { continue }
+            records[config.name] = StreamRecord(config: config, node: resource.pinnedNode, owner: owner?.name)
+        }
+        return records
     }
 
     static func stream(of resource: Resource) throws -> (StreamConfig, String) {
@@ -78,15 +96,19 @@ struct StreamConnector: Connector {
 }
 
 extension JetStreamPlacement {
-    /// Streams on PostgreSQL (the store every node reaches) are placed through `manager`, and listed in `catalog`.
-    static func onPostgres(
+    /// Every stream is a resource of `manager`: streams on PostgreSQL (the store every node reaches, when `catalog`
+    /// is given) are placed, and listed in `catalog`; the others are kept on the node that made them, their resource
+    /// pinned to it.
+    static func cluster(
         configuration: ServerConfiguration,
         manager: ResourceManager,
-        catalog: PlacedStreamCatalog
+        catalog: PlacedStreamCatalog?
     ) -> JetStreamPlacement {
-        JetStreamPlacement(
-            isPlaced: { config in configuration.messageStoreSelection(config.storkStore).type == "postgres" },
+        let node = configuration.node.name
+        return JetStreamPlacement(
+            isPlaced: { config in catalog != nil && configuration.streamStoreType(config) == "postgres" },
             place: { config, created in
+                guard let catalog else { throw StorkError(.unavailable, "streams are placed only on PostgreSQL") }
                 let resource = try StreamConnector.resource(config, created: created)
                 // Listed first: a stream placed and not listed would be lost when the whole cluster restarts.
                 try await catalog.save(resource)
@@ -96,13 +118,93 @@ extension JetStreamPlacement {
                 }
             },
             unplace: { name in
-                try await catalog.remove(name)
+                try await catalog?.remove(name)
                 let outcome = await manager.deallocate(ResourceID(JetStream.streamResourcePrefix + name))
                 guard case .terminated = outcome else {
                     throw StorkError(.unavailable, "removing the placement of stream \(name): \(outcome)")
                 }
-            }
+            },
+            record: { config, created in
+                let outcome = await manager.allocate(try StreamConnector.resource(config, created: created, pinnedTo: node))
+                guard case .handled = outcome else {
+                    throw StorkError(.unavailable, "recording stream \(config.name) in the cluster: \(outcome)")
+                }
+            },
+            forget: { name in
+                let outcome = await manager.deallocate(ResourceID(JetStream.streamResourcePrefix + name))
+                guard case .terminated = outcome else {
+                    throw StorkError(.unavailable, "removing the record of stream \(name): \(outcome)")
+                }
+            },
+            records: { StreamConnector.records(manager) }
         )
+    }
+}
+
+// MARK: - Streams kept on their node
+
+/// Keeps the cluster's records of the streams this node keeps (file, sqlite, memory) in step with them: records a
+/// stream whose record is missing or differs (after a start, a failed record at creation, a whole-cluster restart),
+/// and removes the record of a stream this node has nothing of (its data directory was emptied). A stream that is in
+/// the data directory but did not open keeps its record: it is offline, not gone.
+struct KeptStreamRecorder: Service {
+    let manager: ResourceManager
+    let jetstream: JetStream
+    let node: String
+    let logger: Logger
+    var interval: Duration = .seconds(2)
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown {
+            guard (try? await self.jetstream.waitUntilReady()) != nil else { return }
+            var conflicts: Set<String> = []
+            var last: ContinuousClock.Instant?
+            while !Task.isCancelled {
+                let due = last.map { ContinuousClock.now - $0 >= self.interval } ?? true
+                if self.manager.status().isReady, self.jetstream.takeKeptChange() || due {
+                    await self.reconcile(conflicts: &conflicts)
+                    last = ContinuousClock.now
+                }
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
+    }
+
+    func reconcile(conflicts: inout Set<String>) async {
+        let kept = self.jetstream.keptStreams()
+        var recorded: [String: Resource] = [:]
+        for (resource, _) in self.manager.clusterAssignment()
+        where resource.id.rawValue.hasPrefix(JetStream.streamResourcePrefix) {
+            recorded[String(resource.id.rawValue.dropFirst(JetStream.streamResourcePrefix.count))] = resource
+        }
+        for (config, created) in kept {
+            if let resource = recorded[config.name] {
+                if resource.pinnedNode != self.node {
+                    // Made on two nodes while they could not see each other (or before streams were recorded): the
+                    // cluster keeps the other record; this node's copy is served to its own clients only.
+                    if conflicts.insert(config.name).inserted {
+                        self.logger.error(
+                            "a stream of this name is recorded elsewhere in the cluster",
+                            metadata: ["stream": "\(config.name)", "stork.recorded": "\(resource.pinnedNode ?? "placed")"]
+                        )
+                    }
+                    continue
+                }
+                if let (recordedConfig, recordedCreated) = try? StreamConnector.stream(of: resource),
+                    recordedConfig == config, recordedCreated == created
+                {
+                    continue
+                }
+            }
+            await self.jetstream.recordKept(config, created: created)
+        }
+        let keptNames = Set(kept.map(\.config.name))
+        for (name, resource) in recorded
+        where resource.pinnedNode == self.node && !keptNames.contains(name) && !self.jetstream.hasCatalogEntry(name) {
+            // Recorded here, and this node has nothing of it (its data directory was emptied): it is gone.
+            self.logger.warning("a stream recorded on this node is not in its data directory: its record goes", metadata: ["stream": "\(name)"])
+            await self.manager.deallocate(resource.id)
+        }
     }
 }
 

@@ -35,6 +35,13 @@ public enum ReplayPolicy: String, Codable, Sendable {
 }
 
 /// A stream's configuration (`StreamConfig`).
+extension StreamConfig {
+    /// Whether the stream is kept in memory: `stork_store: memory`, or `storage: memory` without a `stork_store`.
+    public var isInMemory: Bool {
+        self.storkStore == "memory" || (self.storkStore == nil && self.storage == .memory)
+    }
+}
+
 public struct StreamConfig: Codable, Sendable, Equatable {
     public var name: String
     public var description: String?
@@ -317,6 +324,10 @@ public struct JetStreamAPIError: Error, Codable, Sendable, Equatable {
     public static let rollupNotPermitted = JetStreamAPIError(code: 400, errCode: 10115, description: "rollup not permitted")
     public static func invalidRollup(_ value: String) -> JetStreamAPIError {
         JetStreamAPIError(code: 400, errCode: 10114, description: "rollup value invalid: \(value)")
+    }
+    /// The stream exists in the cluster but no node serves it now (its node is away, or it is being taken over).
+    public static func streamOffline(_ why: String) -> JetStreamAPIError {
+        JetStreamAPIError(code: 503, errCode: 10118, description: "stream offline: \(why)")
     }
     public static func invalidConfig(_ why: String) -> JetStreamAPIError {
         JetStreamAPIError(code: 400, errCode: 10052, description: "invalid stream config: \(why)")

@@ -205,9 +205,16 @@ struct DrainCommand: AsyncParsableCommand {
 
     @OptionGroup var address: NodeAddressOptions
 
+    @Flag(help: "Refuse to drain while the node keeps streams (file, sqlite, memory), which would go offline with it.")
+    var refuseLocalStreams = false
+
     func run() async throws {
-        let response = try await AdminClient.call(.POST, self.address.baseURL + "/v1/drain")
+        let query = self.refuseLocalStreams ? "?local_streams=refuse" : ""
+        let response = try await AdminClient.call(.POST, self.address.baseURL + "/v1/drain" + query)
         try AdminClient.check(response)
         print("draining: the node hands its resources off and exits")
+        if case .object(let body)? = response.json, case .array(let offline)? = body["offline_streams"], !offline.isEmpty {
+            print("offline until the node is back: \(offline.compactMap(\.stringValue).joined(separator: ", "))")
+        }
     }
 }

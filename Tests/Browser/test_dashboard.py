@@ -108,7 +108,8 @@ class Node:
             return response.status
 
     def running(self) -> int:
-        return sum(1 for r in self.get("/v1/resources")["resources"] if r["state"] == "running")
+        resources = self.get("/v1/resources")["resources"]
+        return sum(1 for r in resources if r["state"] == "running" and not r["id"].startswith("$js.stream."))
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -38,7 +38,12 @@ async def eventually(js_call, timeout: float = 15.0):
         nonlocal last
         try:
             return await js_call()
-        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as error:
+        except (
+            nats.js.errors.NotFoundError,
+            nats.js.errors.ServiceUnavailableError,  # "stream offline" while a stream is taken over
+            nats.errors.TimeoutError,
+            nats.errors.NoRespondersError,
+        ) as error:
             last = error
             return None
 
@@ -104,6 +109,85 @@ async def test_a_stream_is_served_through_every_node(cluster):
         await wait_for(gone_everywhere, timeout=15)
         with pytest.raises(nats.js.errors.NotFoundError):
             await js2.stream_info("ORDERS")
+    finally:
+        for c in (c1, c2, c3):
+            await close_quietly(c)
+
+
+async def offline_error(js, name: str):
+    """The error `js.stream_info(name)` answers with (None when it answers with the stream, or not in time: the
+    others still count a killed node's interest until they declare it dead)."""
+    try:
+        await js.stream_info(name)
+        return None
+    except nats.js.errors.APIError as error:
+        return error
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        return None
+
+
+async def test_a_file_stream_whose_node_is_down_answers_offline_everywhere(cluster):
+    """A file stream stays on the node that made it. While that node is down, every other node answers requests for
+    it with "stream offline" (503, 10118) and lists it as missing; the name stays taken; it comes back with its node,
+    with its messages (a memory stream comes back empty)."""
+    n1, n2, n3 = cluster.nodes
+    c1 = await connect(n1.url, name="c1", max_reconnect_attempts=-1)
+    c2 = await connect(n2.url, name="c2")
+    c3 = await connect(n3.url, name="c3")
+    try:
+        js1, js2, js3 = (c.jetstream(timeout=2) for c in (c1, c2, c3))
+        await js1.add_stream(name="KEPT", subjects=["kept.>"], storage=StorageType.FILE)
+        await js1.add_stream(name="VOLATILE", subjects=["volatile.>"], storage=StorageType.MEMORY)
+        for i in range(5):
+            await js1.publish("kept.x", f"k{i}".encode())
+
+        # Every node knows where the streams live (their resources are pinned to n1).
+        async def recorded():
+            status, body = await asyncio.to_thread(n2.http_get, "/v1/resources?scope=cluster")
+            owners = {r["id"]: r.get("owner") for r in json.loads(body)["resources"]}
+            return owners.get("$js.stream.KEPT") == "n1" and owners.get("$js.stream.VOLATILE") == "n1"
+
+        await wait_for(recorded, timeout=15)
+        await close_quietly(c1)
+        await asyncio.to_thread(cluster.kill9, n1)
+
+        async def offline_everywhere():
+            for js in (js2, js3):
+                error = await offline_error(js, "KEPT")
+                if error is None or error.err_code != 10118:
+                    return False
+            return True
+
+        await wait_for(offline_everywhere, timeout=30, interval=0.3)
+        error = await offline_error(js3, "KEPT")
+        assert error.code == 503 and "stream offline" in error.description and "n1" in error.description, error
+        # Listed by name, as missing; the name and the subjects stay taken.
+        names = await js2.streams_info()
+        assert [s.config.name for s in names] == []
+        reply = await c2.request("$JS.API.STREAM.NAMES", b"{}", timeout=5)
+        assert sorted(json.loads(reply.data)["streams"]) == ["KEPT", "VOLATILE"]
+        reply = await c3.request("$JS.API.STREAM.LIST", b"{}", timeout=5)
+        assert sorted(json.loads(reply.data)["missing"]) == ["KEPT", "VOLATILE"]
+        with pytest.raises(nats.js.errors.APIError) as ei:
+            await js2.add_stream(name="KEPT", subjects=["elsewhere.>"])
+        assert ei.value.err_code == 10118
+        with pytest.raises(nats.js.errors.BadRequestError) as ei:
+            await js2.add_stream(name="OTHER", subjects=["kept.y"])
+        assert ei.value.err_code == 10065  # subjects overlap with the offline stream's
+
+        # Back with its node: the file stream with its messages, the memory stream empty.
+        await asyncio.to_thread(cluster.restart, n1)
+        info = await eventually(lambda: js2.stream_info("KEPT"), timeout=30)
+        assert info.state.messages == 5
+        info = await eventually(lambda: js3.stream_info("VOLATILE"), timeout=30)
+        assert info.state.messages == 0
+        assert await js3.delete_stream("KEPT")
+
+        async def forgotten():
+            error = await offline_error(js2, "KEPT")
+            return error is not None and error.err_code == 10059
+
+        await wait_for(forgotten, timeout=15)
     finally:
         for c in (c1, c2, c3):
             await close_quietly(c)

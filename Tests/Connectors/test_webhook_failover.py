@@ -37,6 +37,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional, Tuple
 
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 
 HOST = "127.0.0.1"
@@ -151,7 +153,16 @@ class Receiver:
 
 
 class Node:
-    def __init__(self, index: int, workdir: str, ports: Tuple[int, int, int], seeds: List[str], source: str) -> None:
+    def __init__(
+        self,
+        index: int,
+        workdir: str,
+        ports: Tuple[int, int, int],
+        seeds: List[str],
+        source: str,
+        postgres: Optional[str] = None,
+        cluster: str = "webhook-failover",
+    ) -> None:
         self.index = index
         self.name = f"n{index}"
         self.cluster_port, self.http_port, self.nats_port = ports
@@ -169,7 +180,8 @@ class Node:
                         f"  nats: {HOST}:{self.nats_port}",
                         f"  seeds: [{', '.join(seeds)}]",
                         f"  data: {json.dumps(os.path.join(workdir, self.name + '-data'))}",
-                        "cluster: {name: webhook-failover}",
+                        f"cluster: {{name: {cluster}}}",
+                        *([f"streaming: {{postgres: {json.dumps(postgres)}}}"] if postgres else []),
                         # Lenient failure detection: the nodes share a small, busy machine (a debug build).
                         "membership: {probeInterval: 300ms, probeTimeout: 1s, indirectProbeTimeout: 2s, "
                         "suspicionMinimum: 4s}",
@@ -215,7 +227,12 @@ class Node:
         if status != 200:
             return 0
         items = json.loads(body)["resources"]
-        return sum(1 for item in items if (item.get("connector") or {}).get("state") == "connected")
+        # Streams are resources too (`$js.stream.<name>`): only the webhooks count here.
+        return sum(
+            1
+            for item in items
+            if (item.get("connector") or {}).get("state") == "connected" and not item["id"].startswith("$js.stream.")
+        )
 
     def signal(self, sig: int) -> None:
         if self.proc and self.proc.poll() is None:
@@ -255,13 +272,22 @@ def wait_until(what: str, timeout: float, condition, interval: float = 0.25) -> 
 # --------------------------------------------------------------------------------------
 
 
-async def publish_phase(url: str, start_index: int, seconds: float, actions: Dict[float, callable]) -> Dict[int, float]:
+async def publish_phase(
+    url: str,
+    start_index: int,
+    seconds: float,
+    actions: Dict[float, callable],
+    retry: bool = False,
+    hooks: int = HOOKS,
+) -> Dict[int, float]:
     """Publishes RATE events per second for `seconds`, to hooks.<i> round-robin from `start_index`, with publish
-    acks. `actions` run (in a thread) at their offsets in seconds. Returns stream sequence → publish time."""
+    acks. `actions` run (in a thread) at their offsets in seconds. Returns stream sequence → publish time. With
+    `retry`, a publish that gets no ack (the stream is moving to another node) is sent again until one comes."""
     client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
     # Generous: this test is about what gets delivered, and a CI run once saw a PubAck take over 10 s on a machine
-    # whose disk and both cores were busy with compilations (fsync of the file store).
-    js = client.jetstream(timeout=30)
+    # whose disk and both cores were busy with compilations (fsync of the file store). With `retry`, short: a
+    # publish lost with the stream's node is sent again.
+    js = client.jetstream(timeout=5 if retry else 30)
     published: Dict[int, float] = {}
     pending_actions = sorted(actions.items())
     started = time.monotonic()
@@ -276,9 +302,16 @@ async def publish_phase(url: str, start_index: int, seconds: float, actions: Dic
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            hook = (start_index + n) % HOOKS
+            hook = (start_index + n) % hooks
             body = json.dumps({"hook": hook, "n": start_index + n}).encode()
-            ack = await js.publish(f"hooks.{hook}", body, headers={"Content-Type": "application/json"})
+            while True:
+                try:
+                    ack = await js.publish(f"hooks.{hook}", body, headers={"Content-Type": "application/json"})
+                    break
+                except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.js.errors.APIError):
+                    if not retry:
+                        raise
+                    await asyncio.sleep(0.1)
             published[ack.seq] = time.monotonic()
             if n % 500 == 499:
                 print(f"  published {n + 1} of {total} in {time.monotonic() - started:.1f} s", flush=True)
@@ -415,6 +448,132 @@ def test_webhooks_survive_leave_join_and_kill9():
             f"max latency {latency2:.1f} s, last first-delivery {recovered:.1f} s after the kill "
             f"({len(before_kill)} events were published before it)"
         )
+        assert not receiver.problems, receiver.problems[:5]
+        passed = True
+    finally:
+        for node in nodes:
+            node.signal(signal.SIGKILL)
+        for proc in _PROCS:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        receiver.close()
+        if passed:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            for node in nodes:
+                print(f"\n---- {node.name} log ({node.log_path}) ----\n{node.log_tail()}")
+
+
+# --------------------------------------------------------------------------------------
+# The stream on PostgreSQL: it survives its node
+# --------------------------------------------------------------------------------------
+
+PG_HOOKS = 150
+
+
+async def create_postgres_stream(url: str) -> None:
+    """HOOKS on PostgreSQL (`stork_store`, which nats-py's StreamConfig does not know: a raw API request)."""
+    client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        config = {"name": STREAM, "subjects": ["hooks.>"], "storage": "file", "stork_store": "postgres"}
+        reply = await client.request(f"$JS.API.STREAM.CREATE.{STREAM}", json.dumps(config).encode(), timeout=15)
+        answer = json.loads(reply.data)
+        assert "error" not in answer, answer
+    finally:
+        await client.close()
+
+
+def stream_owner(nodes: List[Node]) -> Optional[Node]:
+    """The live node that serves HOOKS (runs its resource `$js.stream.HOOKS`)."""
+    for node in nodes:
+        if not node.proc or node.proc.poll() is not None:
+            continue
+        status, body = node.get("/v1/resources", 5.0)
+        if status == 200 and any(item["id"] == f"$js.stream.{STREAM}" for item in json.loads(body)["resources"]):
+            return node
+    return None
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not os.environ.get("STORK_TEST_POSTGRES_URL"), reason="needs the PostgreSQL of scripts/test")
+def test_webhooks_survive_the_death_of_their_streams_node_on_postgres():
+    """The webhooks' stream is on PostgreSQL, so it is placed: kill -9 of the node serving it (which runs a share of
+    the webhooks too) while events are published through another node. Another node takes the stream over; every
+    event whose publish was acknowledged reaches its URL at least once."""
+    workdir = tempfile.mkdtemp(prefix="stork-webhook-pg-")
+    receiver = Receiver()
+    nodes: List[Node] = []
+    passed = False
+    try:
+        ports = free_ports(9)
+        node_ports = [tuple(ports[i * 3 : i * 3 + 3]) for i in range(3)]
+        source = os.path.join(workdir, "hooks.json")
+        hooks = [
+            {
+                "id": f"hook-{i}",
+                "kind": "webhook",
+                "url": f"http://{HOST}:{receiver.port}/hook/{i}",
+                "stream": STREAM,
+                "subject": f"hooks.{i}",
+                "secret": {"secret": "hook-key"},
+                "ackWait": ACK_WAIT,
+                "timeout": 2,
+                "backoffMin": 0.2,
+                "backoffMax": 1,
+                "batch": 10,
+            }
+            for i in range(PG_HOOKS)
+        ]
+        with open(source, "w") as f:
+            json.dump({"data": hooks}, f)
+        seed = f"{HOST}:{node_ports[0][0]}"
+        cluster = f"webhook-pg-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
+        postgres = os.environ["STORK_TEST_POSTGRES_URL"]
+        nodes = [Node(i + 1, workdir, node_ports[i], [seed], source, postgres=postgres, cluster=cluster) for i in range(3)]
+        for node in nodes:
+            node.start()
+        wait_until("3 nodes ready", 60, lambda: all(node.ready() for node in nodes))
+        asyncio.run(create_postgres_stream(nodes[0].nats_url))
+        wait_until(
+            f"{PG_HOOKS} webhooks connected across 3 nodes",
+            60,
+            lambda: sum(node.connected_hooks() for node in nodes) == PG_HOOKS,
+            interval=1.0,
+        )
+        owner = stream_owner(nodes)
+        assert owner is not None, "no node serves the stream"
+        publisher = next(node for node in nodes if node is not owner)
+        print(f"\nstream served by {owner.name}; publishing through {publisher.name}; webhooks per node: "
+              f"{ {node.name: node.connected_hooks() for node in nodes} }")
+        killed_at: Dict[str, float] = {}
+
+        def kill() -> None:
+            killed_at["t"] = time.monotonic()
+            owner.signal(signal.SIGKILL)
+            owner.wait_exit(10)
+
+        published = asyncio.run(
+            publish_phase(publisher.nats_url, 0, PHASE_SECONDS, {5.0: kill}, retry=True, hooks=PG_HOOKS)
+        )
+        wanted = {f"{STREAM}:{seq}" for seq in published}
+        took = wait_until(
+            "every acknowledged event delivered at least once",
+            90,
+            lambda: wanted.issubset(receiver.snapshot()[0].keys()),
+        )
+        survivor = stream_owner(nodes)
+        counts, seen = receiver.snapshot()
+        duplicates = {d: c for d, c in counts.items() if d in wanted and c > 1}
+        print(
+            f"kill -9 of {owner.name} (the stream's node) at 5 s: {len(published)} events acknowledged, "
+            f"{sum(counts[d] for d in wanted)} deliveries, {len(duplicates)} duplicates, all delivered {took:.1f} s "
+            f"after publishing ended; the stream is now served by {survivor.name if survivor else None}"
+        )
+        assert survivor is not None and survivor is not owner
         assert not receiver.problems, receiver.problems[:5]
         passed = True
     finally:

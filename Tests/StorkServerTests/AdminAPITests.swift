@@ -6,6 +6,7 @@ import NIOCore
 import StorkCore
 import StorkResources
 import StorkTestKit
+import Synchronization
 import Testing
 
 @testable import StorkServer
@@ -134,13 +135,63 @@ struct AdminAPITests {
                 #expect($0.status == .accepted)
                 #expect(field($0.body, "outcome") == "handle-failed")
             }
-            for bad in ["", "{", "[]", #"{"id":""}"#, #"{"id":7}"#, #"{"kind":"x"}"#, "\u{0}\u{1}"] {
+            for bad in [
+                "", "{", "[]", #"{"id":""}"#, #"{"id":7}"#, #"{"kind":"x"}"#, "\u{0}\u{1}", #"{"id":"p","stork.node":3}"#,
+                #"{"id":"p","stork.node":""}"#,
+            ] {
                 try await client.execute(uri: "/v1/resources", method: .post, body: ByteBuffer(string: bad)) {
                     #expect($0.status == .badRequest, "body \(bad)")
                     #expect(field($0.body, "error") != nil)
                 }
             }
             #expect(manager.status().desiredCount == 1)
+        }
+    }
+
+    @Test("a resource pinned to this node runs here and is listed with it as owner")
+    func pinned() async throws {
+        try await withAdminAPI { manager, client in
+            let body = ByteBuffer(string: #"{"id":"pinned-1","stork.node":"n1"}"#)
+            try await client.execute(uri: "/v1/resources", method: .post, body: body) {
+                #expect($0.status == .ok)
+                #expect(field($0.body, "outcome") == "handled")
+            }
+            #expect(manager.clusterAssignment().first { $0.resource.id == "pinned-1" }?.owner?.name == "n1")
+            // A pin to a node that is not a member (nobody runs it meanwhile): ForwardingTests.
+        }
+    }
+
+    @Test("drain refuses on request while the node keeps streams, and names what goes offline")
+    func drainWithKeptStreams() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let manager = ResourceManager(
+            configuration: ResourceManagerConfiguration(name: "n1"),
+            handler: NoopHandler(),
+            source: StaticResourceSource([]),
+            transport: InMemoryNetwork().endpoint("n1:7946"),
+            logger: logger
+        )
+        let drained = Mutex(0)
+        let router = AdminAPI.router(
+            manager: manager,
+            drain: { drained.withLock { $0 += 1 } },
+            keptStreams: { ["KEPT"] }
+        )
+        try await Application(router: router, logger: logger).test(.router) { client in
+            try await client.execute(uri: "/v1/drain?local_streams=refuse", method: .post) {
+                #expect($0.status == .conflict)
+                #expect(field($0.body, "error")?.stringValue?.contains("KEPT") == true)
+            }
+            try await client.execute(uri: "/v1/drain?local_streams=move", method: .post) {
+                #expect($0.status == .badRequest)
+            }
+            #expect(drained.withLock { $0 } == 0)
+            try await client.execute(uri: "/v1/drain", method: .post) {
+                #expect($0.status == .accepted)
+                #expect(field($0.body, "offline_streams") == .array(["KEPT"]))
+            }
+            #expect(drained.withLock { $0 } == 1)
         }
     }
 

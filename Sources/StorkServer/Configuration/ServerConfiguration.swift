@@ -320,6 +320,12 @@ extension ServerConfiguration {
         }
     }
 
+    /// The type of store a stream is kept in: memory for `storage: memory` without a `stork_store` (as JetStream
+    /// makes it), else the store its `stork_store` or the configuration names.
+    public func streamStoreType(_ config: StreamConfig) -> String {
+        config.isInMemory ? "memory" : self.messageStoreSelection(config.storkStore).type
+    }
+
     /// The message store a stream gets: `name` (a stream's `stork_store`) or the configured default, with the
     /// options the `streaming` section gives it.
     public func messageStoreSelection(_ name: String? = nil) -> PluginSelection {
