@@ -72,12 +72,7 @@ extension JetStream {
     /// The stream served here. A request for a stream served elsewhere never comes here (its node takes it), so a
     /// stream missing here is one no node serves: offline if the cluster records it, else not found.
     private func stream(_ name: String) throws -> JetStreamStream {
-        guard let stream = self.streams.withLock({ $0[name] }) else {
-            if let record = self.placement.withLock({ $0 })?.records()[name] {
-                throw JetStreamAPIError.streamOffline(record.offlineReason)
-            }
-            throw JetStreamAPIError.streamNotFound
-        }
+        guard let stream = self.streams.withLock({ $0[name] }) else { throw self.missingStreamError(name) }
         return stream
     }
 
@@ -114,6 +109,9 @@ extension JetStream {
         case ("INFO", 2):
             return self.streamInfo(try self.stream(path[1]), type: "stream_info_response")
         case ("DELETE", 2):
+            if self.streams.withLock({ $0[path[1]] == nil }), try await self.forgetOffline(path[1]) {
+                return Success(type: "io.nats.jetstream.api.v1.stream_delete_response", success: true)
+            }
             let stream = try self.stream(path[1])
             let placed = self.isPlaced(stream.state.withLock { $0.config })
             self.streams.withLock { $0[path[1]] = nil }
@@ -126,14 +124,13 @@ extension JetStream {
                 try await placement.unplace(path[1])
             } else {
                 try? FileManager.default.removeItem(atPath: "\(self.configuration.directory)/\(path[1])")
+                // The recorder removes its record in the cluster: this node's copy of the record goes at once (the
+                // others' as it replicates), and a cluster that cannot confirm it does not hold the answer up.
+                self.keptStreamChanged(stream.state.withLock { $0.config })
                 if let placement = self.placement.withLock({ $0 }) {
-                    do {
-                        try await placement.forget(path[1])
-                    } catch {
-                        self.logger.warning(
-                            "the cluster's record of a deleted stream stays until the recorder removes it",
-                            metadata: ["stream": "\(path[1])", "stork.error": "\(error)"]
-                        )
+                    let deadline = ContinuousClock.now + .seconds(2)
+                    while placement.recordOf(path[1]) != nil, ContinuousClock.now < deadline {
+                        try? await Task.sleep(for: .milliseconds(10))
                     }
                 }
             }

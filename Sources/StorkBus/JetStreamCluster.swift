@@ -289,28 +289,36 @@ public struct JetStreamPlacement: Sendable {
     public var place: @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void
     /// Ends the stream's placement.
     public var unplace: @Sendable (_ name: String) async throws -> Void
+    /// This node's name: the node its kept streams are recorded on.
+    public var node: String
     /// Records a stream kept on this node (not placed: file, sqlite, memory) in the cluster, pinned to this node, or
     /// its new configuration: every node then knows it, and answers "stream offline" for it while this node is away.
     public var record: @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void
-    /// Ends the record of a stream kept on this node (it was deleted).
+    /// Ends the record of a stream (kept on a node that is away: deleting it forgets it).
     public var forget: @Sendable (_ name: String) async throws -> Void
     /// Every stream the cluster records (placed or kept on a node), by name.
     public var records: @Sendable () -> [String: StreamRecord]
+    /// The cluster's record of one stream, if any (one lookup).
+    public var recordOf: @Sendable (_ name: String) -> StreamRecord?
 
     public init(
+        node: String = "",
         isPlaced: @escaping @Sendable (StreamConfig) -> Bool,
         place: @escaping @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void,
         unplace: @escaping @Sendable (_ name: String) async throws -> Void,
         record: @escaping @Sendable (_ config: StreamConfig, _ created: String) async throws -> Void = { _, _ in },
         forget: @escaping @Sendable (_ name: String) async throws -> Void = { _ in },
-        records: @escaping @Sendable () -> [String: StreamRecord] = { [:] }
+        records: @escaping @Sendable () -> [String: StreamRecord] = { [:] },
+        recordOf: @escaping @Sendable (_ name: String) -> StreamRecord? = { _ in nil }
     ) {
+        self.node = node
         self.isPlaced = isPlaced
         self.place = place
         self.unplace = unplace
         self.record = record
         self.forget = forget
         self.records = records
+        self.recordOf = recordOf
     }
 }
 
@@ -358,16 +366,57 @@ extension JetStream {
         self.placement.withLock { $0 }?.isPlaced(config) ?? false
     }
 
-    /// The streams the cluster records that no node serves now (`served`: the names served), by name.
+    /// The streams the cluster records that no node serves now (`served`: the names served), by name. A record of
+    /// this node's that its data directory does not hold (deleted here a moment ago; the recorder forgets it) is none.
     func offlineStreams(served: Set<String>) -> [String: StreamRecord] {
         guard let placement = self.placement.withLock({ $0 }) else { return [:] }
-        return placement.records().filter { !served.contains($0.key) }
+        return placement.records().filter { name, record in
+            !served.contains(name) && !self.isStaleRecord(record, placement: placement)
+        }
+    }
+
+    /// Why the cluster has a record of a stream no node serves: the error for a request naming it.
+    func missingStreamError(_ name: String) -> JetStreamAPIError {
+        if let placement = self.placement.withLock({ $0 }), let record = placement.recordOf(name),
+            !self.isStaleRecord(record, placement: placement)
+        {
+            return JetStreamAPIError.streamOffline(record.offlineReason)
+        }
+        return JetStreamAPIError.streamNotFound
+    }
+
+    private func isStaleRecord(_ record: StreamRecord, placement: JetStreamPlacement) -> Bool {
+        record.node == placement.node && !self.hasCatalogEntry(record.config.name)
+    }
+
+    /// Deletes a stream kept on a node that is not a member (it cannot be served anywhere): the cluster forgets it.
+    /// Nil when `name` is no such stream.
+    func forgetOffline(_ name: String) async throws -> Bool {
+        guard let placement = self.placement.withLock({ $0 }), let record = placement.recordOf(name),
+            record.node != nil, record.owner == nil
+        else { return false }
+        do {
+            try await placement.forget(name)
+        } catch {
+            throw JetStreamAPIError(code: 503, errCode: 10077, description: "stream \(name) could not be forgotten: \(error)")
+        }
+        self.logger.notice(
+            "stream forgotten while its node is away",
+            metadata: ["stream": "\(name)", "stork.node": "\(record.node ?? "")"]
+        )
+        return true
     }
 
     /// The streams this node keeps (not placed), with their creation time: the ones it records in the cluster.
     public func keptStreams() -> [(config: StreamConfig, created: String)] {
         let streams = self.streams.withLock { Array($0.values) }.sorted { $0.name < $1.name }
         return streams.map { stream in stream.state.withLock { ($0.config, $0.created) } }.filter { !self.isPlaced($0.config) }
+    }
+
+    /// Whether this node serves stream `name` and keeps it (it is not placed).
+    public func isKept(_ name: String) -> Bool {
+        guard let stream = self.streams.withLock({ $0[name] }) else { return false }
+        return !self.isPlaced(stream.state.withLock { $0.config })
     }
 
     /// Whether a stream kept here was made or changed since the last call: the recorder records it then, so that a

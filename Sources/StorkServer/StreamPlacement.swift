@@ -68,12 +68,24 @@ struct StreamConnector: Connector {
     /// The streams the cluster records (the resources of this connector's kind), by name.
     static func records(_ manager: ResourceManager) -> [String: StreamRecord] {
         var records: [String: StreamRecord] = [:]
-        for (resource, owner) in manager.clusterAssignment()
-        where resource.id.rawValue.hasPrefix(JetStream.streamResourcePrefix) {
-            guard let (config, _) = try? Self.stream(of: resource) else { continue }
-            records[config.name] = StreamRecord(config: config, node: resource.pinnedNode, owner: owner?.name)
+        for (resource, owner) in manager.desiredResources(withPrefix: JetStream.streamResourcePrefix) {
+            guard let record = Self.record(resource, owner: owner) else { continue }
+            records[record.config.name] = record
         }
         return records
+    }
+
+    /// The cluster's record of stream `name`, in one lookup.
+    static func record(_ manager: ResourceManager, name: String) -> StreamRecord? {
+        guard let (resource, owner) = manager.desiredResource(ResourceID(JetStream.streamResourcePrefix + name)) else {
+            return nil
+        }
+        return Self.record(resource, owner: owner)
+    }
+
+    private static func record(_ resource: Resource, owner: NodeID?) -> StreamRecord? {
+        guard let (config, _) = try? Self.stream(of: resource) else { return nil }
+        return StreamRecord(config: config, node: resource.pinnedNode, owner: owner?.name)
     }
 
     static func stream(of resource: Resource) throws -> (StreamConfig, String) {
@@ -106,6 +118,7 @@ extension JetStreamPlacement {
     ) -> JetStreamPlacement {
         let node = configuration.node.name
         return JetStreamPlacement(
+            node: node,
             isPlaced: { config in catalog != nil && configuration.streamStoreType(config) == "postgres" },
             place: { config, created in
                 guard let catalog else { throw StorkError(.unavailable, "streams are placed only on PostgreSQL") }
@@ -136,7 +149,8 @@ extension JetStreamPlacement {
                     throw StorkError(.unavailable, "removing the record of stream \(name): \(outcome)")
                 }
             },
-            records: { StreamConnector.records(manager) }
+            records: { StreamConnector.records(manager) },
+            recordOf: { name in StreamConnector.record(manager, name: name) }
         )
     }
 }
@@ -145,14 +159,16 @@ extension JetStreamPlacement {
 
 /// Keeps the cluster's records of the streams this node keeps (file, sqlite, memory) in step with them: records a
 /// stream whose record is missing or differs (after a start, a failed record at creation, a whole-cluster restart),
-/// and removes the record of a stream this node has nothing of (its data directory was emptied). A stream that is in
-/// the data directory but did not open keeps its record: it is offline, not gone.
+/// and removes the record of a stream this node has nothing of (deleted, or its data directory was emptied). A stream
+/// that is in the data directory but did not open keeps its record: it is offline, not gone. Records and removals go
+/// through here one at a time, so a stream deleted while it is being recorded loses its record on the next pass.
 struct KeptStreamRecorder: Service {
     let manager: ResourceManager
     let jetstream: JetStream
     let node: String
     let logger: Logger
-    var interval: Duration = .seconds(2)
+    /// How often every record is checked again (changes made here are recorded at once).
+    var interval: Duration = .seconds(10)
 
     func run() async throws {
         await cancelWhenGracefulShutdown {
@@ -161,30 +177,29 @@ struct KeptStreamRecorder: Service {
             var last: ContinuousClock.Instant?
             while !Task.isCancelled {
                 let due = last.map { ContinuousClock.now - $0 >= self.interval } ?? true
-                if self.manager.status().isReady, self.jetstream.takeKeptChange() || due {
+                if self.manager.isReady, self.jetstream.takeKeptChange() || due {
                     await self.reconcile(conflicts: &conflicts)
                     last = ContinuousClock.now
                 }
-                try? await Task.sleep(for: .milliseconds(100))
+                try? await Task.sleep(for: .milliseconds(20))
             }
         }
     }
 
     func reconcile(conflicts: inout Set<String>) async {
-        let kept = self.jetstream.keptStreams()
         var recorded: [String: Resource] = [:]
-        for (resource, _) in self.manager.clusterAssignment()
-        where resource.id.rawValue.hasPrefix(JetStream.streamResourcePrefix) {
+        for (resource, _) in self.manager.desiredResources(withPrefix: JetStream.streamResourcePrefix) {
             recorded[String(resource.id.rawValue.dropFirst(JetStream.streamResourcePrefix.count))] = resource
         }
-        for (config, created) in kept {
+        for (config, created) in self.jetstream.keptStreams() {
             if let resource = recorded[config.name] {
                 if resource.pinnedNode != self.node {
-                    // Made on two nodes while they could not see each other (or before streams were recorded): the
-                    // cluster keeps the other record; this node's copy is served to its own clients only.
+                    // Made on two nodes while they could not see each other (or before streams were recorded): both
+                    // serve it, and a request goes to whichever answers first. The cluster keeps the other record;
+                    // delete one of the two.
                     if conflicts.insert(config.name).inserted {
                         self.logger.error(
-                            "a stream of this name is recorded elsewhere in the cluster",
+                            "a stream of this name is recorded on another node too: delete one of them",
                             metadata: ["stream": "\(config.name)", "stork.recorded": "\(resource.pinnedNode ?? "placed")"]
                         )
                     }
@@ -196,14 +211,15 @@ struct KeptStreamRecorder: Service {
                     continue
                 }
             }
+            // Deleted since the list was taken: its record is not made again.
+            guard self.jetstream.isKept(config.name) else { continue }
             await self.jetstream.recordKept(config, created: created)
         }
-        let keptNames = Set(kept.map(\.config.name))
         for (name, resource) in recorded
-        where resource.pinnedNode == self.node && !keptNames.contains(name) && !self.jetstream.hasCatalogEntry(name) {
-            // Recorded here, and this node has nothing of it (its data directory was emptied): it is gone.
-            self.logger.warning("a stream recorded on this node is not in its data directory: its record goes", metadata: ["stream": "\(name)"])
-            await self.manager.deallocate(resource.id)
+        where resource.pinnedNode == self.node && !self.jetstream.isKept(name) && !self.jetstream.hasCatalogEntry(name) {
+            // Recorded here, and this node has nothing of it (deleted, or its data directory was emptied): it is gone.
+            let outcome = await self.manager.deallocate(resource.id)
+            self.logger.info("stream record removed", metadata: ["stream": "\(name)", "stork.outcome": "\(outcome)"])
         }
     }
 }

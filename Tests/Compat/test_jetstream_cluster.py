@@ -101,8 +101,11 @@ async def test_a_stream_is_served_through_every_node(cluster):
         assert await js3.delete_stream("ORDERS")
 
         async def gone_everywhere():
-            for js in (js1, js2, js3):
+            for c, js in ((c1, js1), (c2, js2), (c3, js3)):
                 if [s.config.name for s in await js.streams_info()]:
+                    return False
+                # NAMES lists streams the cluster records but nobody serves too: the record is gone as well.
+                if json.loads((await c.request("$JS.API.STREAM.NAMES", b"{}", timeout=5)).data)["streams"]:
                     return False
             return True
 
@@ -175,7 +178,13 @@ async def test_a_file_stream_whose_node_is_down_answers_offline_everywhere(clust
             await js2.add_stream(name="OTHER", subjects=["kept.y"])
         assert ei.value.err_code == 10065  # subjects overlap with the offline stream's
 
-        # Back with its node: the file stream with its messages, the memory stream empty.
+        # Deleting a stream whose node is away forgets it in the cluster.
+        assert await js2.delete_stream("VOLATILE")
+        error = await offline_error(js3, "VOLATILE")
+        assert error is not None and error.err_code == 10059, error
+
+        # Back with its node: the file stream with its messages; the memory stream (still in n1's directory) is
+        # recorded again, empty.
         await asyncio.to_thread(cluster.restart, n1)
         info = await eventually(lambda: js2.stream_info("KEPT"), timeout=30)
         assert info.state.messages == 5

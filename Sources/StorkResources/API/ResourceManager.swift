@@ -293,7 +293,18 @@ public final class ResourceManager: Service, Sendable {
     /// Adds a resource to the cluster (or updates it) and returns once its owner's handler finished with it.
     @discardableResult
     public func allocate(_ resource: Resource) async -> RequestOutcome {
-        await self.request { machine, requestID, now in machine.allocate(resource, requestID: requestID, now: now) }
+        if let pin = resource.pinnedNode {
+            let isMember = self.state.withLock { $0.machine.placement.members.contains { $0.node.name == pin } }
+            if !isMember {
+                self.logger.warning(
+                    "a resource is pinned to a node that is not a member: it runs when that node joins",
+                    metadata: ["stork.resource": "\(resource.id)", "stork.pin": "\(pin)"]
+                )
+            }
+        }
+        return await self.request { machine, requestID, now in
+            machine.allocate(resource, requestID: requestID, now: now)
+        }
     }
 
     /// Removes a resource from the cluster and returns once its owner terminated it.
@@ -615,6 +626,28 @@ public final class ResourceManager: Service, Sendable {
         self.state.withLock { state in
             let placement = state.machine.placement
             return state.machine.desired.resources.map { ($0, placement.owner(of: $0.id, pinnedTo: $0.pinnedNode)) }
+        }
+    }
+
+    /// Whether the node is part of the cluster and handles what it owns (one read under the lock).
+    public var isReady: Bool { self.state.withLock { $0.machine.orchestrator.isReady } }
+
+    /// The desired resource `id` and its owner in this node's view (nil: no member, or a pin to a node that is not
+    /// one), in one lookup.
+    public func desiredResource(_ id: ResourceID) -> (resource: Resource, owner: NodeID?)? {
+        self.state.withLock { state in
+            guard let resource = state.machine.desired.resource(id) else { return nil }
+            return (resource, state.machine.placement.owner(of: id, pinnedTo: resource.pinnedNode))
+        }
+    }
+
+    /// The desired resources whose id starts with `prefix`, with their owners in this node's view.
+    public func desiredResources(withPrefix prefix: String) -> [(resource: Resource, owner: NodeID?)] {
+        self.state.withLock { state in
+            let placement = state.machine.placement
+            return state.machine.desired.resources(withPrefix: prefix).map {
+                ($0, placement.owner(of: $0.id, pinnedTo: $0.pinnedNode))
+            }
         }
     }
 

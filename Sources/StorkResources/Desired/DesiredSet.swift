@@ -80,6 +80,11 @@ public struct DesiredSet: Sendable {
         self.entries.values.compactMap(\.resource).sorted { $0.id < $1.id }
     }
 
+    /// The live resources whose id starts with `prefix`, unsorted.
+    public func resources(withPrefix prefix: String) -> [Resource] {
+        self.entries.values.compactMap { entry in entry.id.rawValue.hasPrefix(prefix) ? entry.resource : nil }
+    }
+
     /// Every entry including tombstones, sorted by id: the payload of a full synchronisation.
     public var allEntries: [DesiredEntry] {
         self.entries.values.sorted { $0.id < $1.id }
