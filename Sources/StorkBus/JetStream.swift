@@ -496,34 +496,26 @@ extension JetStream {
         }
         let limit = max(0, limit)
         let (sequences, last): ([UInt64], UInt64) = stream.state.withLock { state in
-            let entries = state.index.entries
             let last = state.nextSequence &- 1
             var selected: [UInt64] = []
             switch start {
             case .last(let count):
-                var index = entries.count - 1
-                while index >= 0, selected.count < min(count, limit) {
-                    if Subject.matches(pattern: subject, subject: entries[index].subject) {
-                        selected.append(entries[index].sequence)
-                    }
-                    index -= 1
+                for entry in state.index.entries.reversed() {
+                    if selected.count >= min(count, limit) { break }
+                    if Subject.matches(pattern: subject, subject: entry.subject) { selected.append(entry.sequence) }
                 }
                 selected.reverse()
             case .sequence, .time:
-                var index: Int
-                if case .sequence(let sequence) = start {
-                    index = state.index.position(atOrAfter: sequence)
-                } else if case .time(let nanoseconds) = start {
-                    index = state.index.firstSequence(atOrAfter: nanoseconds).map { state.index.position(atOrAfter: $0) }
-                        ?? entries.count
-                } else {
-                    index = entries.count
+                let first: UInt64?
+                switch start {
+                case .sequence(let sequence): first = sequence
+                case .time(let nanoseconds): first = state.index.firstSequence(atOrAfter: nanoseconds)
+                case .last: first = nil
                 }
-                while index < entries.count, selected.count < limit {
-                    if Subject.matches(pattern: subject, subject: entries[index].subject) {
-                        selected.append(entries[index].sequence)
-                    }
-                    index += 1
+                guard let first else { break }
+                for entry in state.index.entries(from: first) {
+                    if selected.count >= limit { break }
+                    if Subject.matches(pattern: subject, subject: entry.subject) { selected.append(entry.sequence) }
                 }
             }
             return (selected, last)

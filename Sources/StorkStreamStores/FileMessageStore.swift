@@ -48,11 +48,16 @@ public final class FileMessageStore: MessageStore {
     public var kind: String { "file" }
 
     public func open() async throws -> MessageStoreRecovery {
-        let recovery = try self.log.mutex.withLock { try $0.open() }
-        if case .batched(let interval) = self.configuration.fsync {
-            let syncer = BackgroundSyncer(log: self.log, interval: interval)
-            self.syncer.withLock { $0 = syncer }
+        let recovery = try self.log.mutex.withLock { log in
+            let recovery = try log.open()
+            log.indexesInBackground = true
+            return recovery
         }
+        // The background thread fsyncs (`.batched`) and writes the indexes of sealed segments (always).
+        let interval: Duration
+        if case .batched(let batch) = self.configuration.fsync { interval = batch } else { interval = .milliseconds(100) }
+        let syncer = BackgroundSyncer(log: self.log, interval: interval)
+        self.syncer.withLock { $0 = syncer }
         return recovery
     }
 
@@ -109,7 +114,19 @@ final class SharedLog: Sendable {
         self.mutex = Mutex(log)
     }
 
-    /// One round of the syncer: take the work under the lock, fsync without it.
+    /// One round of the background thread: fsync what is dirty, then index the segments sealed since the last round.
+    func backgroundRound() {
+        self.syncDirtyFiles()
+        while let work = self.mutex.withLock({ $0.takeIndexWork() }) {
+            var temporary: String?
+            var failure: (any Error)?
+            do { temporary = try SegmentedLog.writeIndexFile(work) } catch { failure = error }
+            FileSystem.closeFile(work.descriptor)
+            self.mutex.withLock { $0.finishIndex(work, temporary: temporary, error: failure) }
+        }
+    }
+
+    /// Takes the fsync work under the lock and fsyncs without it.
     func syncDirtyFiles() {
         guard let work = self.mutex.withLock({ $0.takeSyncWork() }) else { return }
         do {
@@ -123,8 +140,9 @@ final class SharedLog: Sendable {
 
 // MARK: - Background syncer
 
-/// The thread of a `.batched` store that fsyncs files with unsynced writes once per interval. It runs on a
-/// one-thread `NIOThreadPool` it owns; `stop()` wakes it, lets it finish its round and shuts the pool down.
+/// The thread of a store that, once per interval, fsyncs files with unsynced writes (`.batched`) and writes the index
+/// files of segments sealed since. It runs on a one-thread `NIOThreadPool` it owns; `stop()` wakes it, lets it
+/// finish its round and shuts the pool down.
 final class BackgroundSyncer: Sendable {
     private let signal = StopSignal()
     private let pool: NIOThreadPool
@@ -135,7 +153,7 @@ final class BackgroundSyncer: Sendable {
         let signal = self.signal
         self.pool.submit { _ in
             while signal.wait(for: interval) {
-                log.syncDirtyFiles()
+                log.backgroundRound()
             }
         }
     }

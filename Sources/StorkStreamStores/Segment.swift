@@ -77,8 +77,12 @@ final class Segment {
 
     // MARK: Loading and appending
 
+    /// Bumped by every `load`: an index built from the file before (in the background) no longer describes it.
+    private(set) var generation: UInt64 = 0
+
     /// Replaces the index with what a scan or an index file found (nothing removed yet).
     func load(_ contents: SegmentContents, size: UInt64) {
+        self.generation &+= 1
         self.size = size
         self.sequences = contents.entries.map(\.sequence)
         self.offsets = contents.offsets

@@ -52,6 +52,21 @@ final class SegmentedLog {
     private var directoryDirty = false
     /// A failed fsync: the kernel may have dropped the data, so the log takes no more writes.
     private var syncFailure: StorkError?
+    /// Sealed segments whose index file is still to be written, oldest first: by the background thread, outside the
+    /// lock, so that a roll never holds appends (and their acks) behind a scan of the whole segment.
+    private var unindexed: [Segment] = []
+    /// Whether a background thread takes the index work (``takeIndexWork()``); without one a roll writes it itself.
+    var indexesInBackground = false
+
+    /// A sealed segment's index to build outside the lock: a duplicate descriptor of its file and what it was.
+    struct IndexWork {
+        var start: UInt64
+        var logPath: String
+        var indexPath: String
+        var size: UInt64
+        var generation: UInt64
+        var descriptor: Int32
+    }
 
     init(directory: String, configuration: FileMessageStoreConfiguration, logger: Logger) {
         self.directory = directory
@@ -349,7 +364,7 @@ final class SegmentedLog {
         }
         try self.createActiveSegment(start: self.lastSequence + 1)
         old.isSealed = true
-        self.buildIndex(old)
+        if self.indexesInBackground { self.unindexed.append(old) } else { self.buildIndex(old) }
         self.rememberOpen(old)
         self.compactIfWorthwhile(old)
     }
@@ -719,6 +734,7 @@ final class SegmentedLog {
         segment.load(contents, size: written)
         self.rememberOpen(segment)
         try FileSystem.syncDirectory(self.directory)
+        self.unindexed.removeAll { $0 === segment }
         self.writeIndex(segment.indexPath, start: segment.start, logSize: written, contents: contents)
         self.logger.debug(
             "file store compacted a segment",
@@ -769,6 +785,71 @@ final class SegmentedLog {
         }
     }
 
+    /// For the background thread: the next sealed segment to index, with a descriptor of its own (closed by the
+    /// caller). A failed build leaves the segment without an index file, which the next `open()` rebuilds by a scan.
+    func takeIndexWork() -> IndexWork? {
+        guard self.phase == .open, !self.unindexed.isEmpty else { return nil }
+        let segment = self.unindexed.removeFirst()
+        guard let descriptor = try? self.readDescriptor(segment) else { return nil }
+        let duplicate = dup(descriptor)
+        guard duplicate >= 0 else { return nil }
+        return IndexWork(
+            start: segment.start,
+            logPath: segment.logPath,
+            indexPath: segment.indexPath,
+            size: segment.size,
+            generation: segment.generation,
+            descriptor: duplicate
+        )
+    }
+
+    /// Scans the segment of `work` and writes its index to a temporary file (no lock held); returns that file.
+    static func writeIndexFile(_ work: IndexWork) throws -> String {
+        let contents = try SegmentScanner.scan(
+            descriptor: work.descriptor,
+            path: work.logPath,
+            size: work.size,
+            start: work.start,
+            limit: nil,
+            verifyChecksums: false
+        )
+        guard contents.damage == nil else {
+            throw StorkError(.storeFailed, "\(work.logPath) does not scan cleanly: \(contents.damage!)")
+        }
+        let bytes = SegmentIndexFile.encode(start: work.start, logSize: work.size, contents: contents)
+        let temporary = work.indexPath + ".tmp"
+        let output = try FileSystem.openFile(temporary, O_WRONLY | O_CREAT | O_TRUNC)
+        defer { FileSystem.closeFile(output) }
+        try bytes.withUnsafeBytes { try FileSystem.writeFile(output, $0, at: 0, path: temporary) }
+        return temporary
+    }
+
+    /// Puts a background-built index in place, unless its segment changed or went meanwhile (then it is dropped).
+    func finishIndex(_ work: IndexWork, temporary: String?, error: (any Error)?) {
+        let current = self.segments.first { $0.start == work.start }
+        if let temporary {
+            if self.phase == .open, let current, current.isSealed, current.generation == work.generation,
+                current.size == work.size
+            {
+                do {
+                    try FileSystem.renameFile(temporary, to: work.indexPath)
+                    return
+                } catch {
+                    self.logger.warning(
+                        "file store could not write an index file",
+                        metadata: ["stork.store.file": "\(work.indexPath)", "stork.store.error": "\(error)"]
+                    )
+                }
+            }
+            try? FileSystem.removeFile(temporary)
+        } else if let error {
+            self.logger.warning(
+                "file store could not index a sealed segment",
+                metadata: ["stork.store.file": "\(work.logPath)", "stork.store.error": "\(error)"]
+            )
+        }
+    }
+
     func recordSyncFailure(_ error: StorkError) {
         self.logger.error(
             "file store fsync failed; the store takes no more writes",
@@ -782,6 +863,10 @@ final class SegmentedLog {
             self.phase = .closed
             return
         }
+        // What the background thread did not index yet is indexed now, so that the next open reads indexes.
+        let unindexed = self.unindexed
+        self.unindexed = []
+        for segment in unindexed { self.buildIndex(segment) }
         var failure: (any Error)?
         if self.activeDirty {
             do { try Self.syncData(self.active.descriptor, path: self.active.logPath) } catch { failure = error }
@@ -813,6 +898,7 @@ final class SegmentedLog {
         }
         self.segments = []
         self.openSegments = []
+        self.unindexed = []
         self.lock?.release()
         self.lock = nil
         self.phase = .closed
@@ -886,6 +972,7 @@ final class SegmentedLog {
     }
 
     private func deleteFiles(of segment: Segment) throws {
+        self.unindexed.removeAll { $0 === segment }
         self.forgetOpen(segment)
         try FileSystem.removeFile(segment.logPath)
         try FileSystem.removeFile(segment.indexPath)
@@ -896,7 +983,7 @@ final class SegmentedLog {
     private func buildIndex(_ segment: Segment) {
         do {
             let contents = try SegmentScanner.scan(
-                descriptor: segment.descriptor,
+                descriptor: try self.readDescriptor(segment),
                 path: segment.logPath,
                 size: segment.size,
                 start: segment.start,

@@ -5,8 +5,44 @@ import DequeModule
 /// What a stream knows about its messages without reading the store: every present message's sequence, subject,
 /// size and time, in order. Decides limits (which messages to drop, whether to refuse a new one) and answers
 /// consumers' "what comes next" questions. Pure.
+///
+/// The entries live in blocks of at most ``blockCapacity`` messages, so that appending never copies more than one
+/// block (a single array of millions of entries pauses the stream's appends, and their acks, each time it grows) and
+/// a block whose messages are all gone is freed at once.
 public struct StreamIndex: Sendable {
-    public private(set) var entries: Deque<MessageIndexEntry> = []
+    /// Messages per block.
+    public static let blockCapacity = 4096
+
+    struct Block: Sendable {
+        /// Ascending; `head` and after are present (removal from the head only moves `head`).
+        var entries: ContiguousArray<MessageIndexEntry>
+        var head = 0
+
+        init(_ entry: MessageIndexEntry) {
+            self.entries = [entry]
+            self.entries.reserveCapacity(StreamIndex.blockCapacity)
+        }
+
+        var count: Int { self.entries.count - self.head }
+        var first: MessageIndexEntry { self.entries[self.head] }
+        var last: MessageIndexEntry { self.entries[self.entries.count - 1] }
+
+        /// The position in `entries` of the first present entry with sequence ≥ `sequence`.
+        func position(atOrAfter sequence: UInt64) -> Int {
+            var low = self.head
+            var high = self.entries.count
+            while low < high {
+                let middle = (low + high) / 2
+                if self.entries[middle].sequence < sequence { low = middle + 1 } else { high = middle }
+            }
+            return low
+        }
+    }
+
+    /// Never empty blocks, ascending.
+    private(set) var blocks: Deque<Block> = []
+    /// Present messages.
+    public private(set) var count = 0
     /// The highest sequence ever stored; never goes down.
     public private(set) var lastSequence: UInt64 = 0
     public private(set) var bytes: UInt64 = 0
@@ -16,25 +52,37 @@ public struct StreamIndex: Sendable {
     public init() {}
 
     public init(recovery: MessageStoreRecovery) {
-        self.entries = Deque(recovery.messages)
+        for entry in recovery.messages { self.append(entry) }
         self.lastSequence = max(recovery.lastSequence, recovery.messages.last?.sequence ?? 0)
-        self.bytes = recovery.messages.reduce(0) { $0 + $1.size }
         self.floor = recovery.messages.first?.sequence ?? self.lastSequence + 1
     }
 
-    public var count: Int { self.entries.count }
-    public var firstSequence: UInt64 { self.entries.first?.sequence ?? max(self.floor, self.lastSequence + 1) }
+    /// Every present message, in order.
+    public var entries: Entries { Entries(blocks: self.blocks, count: self.count) }
+
+    /// The present messages with sequence ≥ `sequence`, in order.
+    public func entries(from sequence: UInt64) -> Entries.SubSequence {
+        let entries = self.entries
+        return entries[self.index(atOrAfter: sequence)...]
+    }
+
+    public var firstSequence: UInt64 { self.blocks.first?.first.sequence ?? max(self.floor, self.lastSequence + 1) }
     /// Sequences between first and last that are gone (deleted inside the range).
     public var deletedCount: Int {
-        guard let first = self.entries.first else { return 0 }
-        return Int(self.lastSequence - first.sequence + 1) - self.entries.count
+        guard let first = self.blocks.first?.first else { return 0 }
+        return Int(self.lastSequence - first.sequence + 1) - self.count
     }
 
     // MARK: Changing
 
     public mutating func append(_ entry: MessageIndexEntry) {
         precondition(entry.sequence > self.lastSequence, "sequence \(entry.sequence) after \(self.lastSequence)")
-        self.entries.append(entry)
+        if let last = self.blocks.indices.last, self.blocks[last].entries.count < Self.blockCapacity {
+            self.blocks[last].entries.append(entry)
+        } else {
+            self.blocks.append(Block(entry))
+        }
+        self.count += 1
         self.lastSequence = entry.sequence
         self.bytes += entry.size
     }
@@ -42,10 +90,29 @@ public struct StreamIndex: Sendable {
     /// Removes one message; false when it is not present.
     @discardableResult
     public mutating func remove(_ sequence: UInt64) -> Bool {
-        guard let index = self.position(of: sequence) else { return false }
-        self.bytes -= self.entries[index].size
-        self.entries.remove(at: index)
+        guard let block = self.block(containing: sequence) else { return false }
+        let position = self.blocks[block].position(atOrAfter: sequence)
+        guard position < self.blocks[block].entries.count, self.blocks[block].entries[position].sequence == sequence
+        else { return false }
+        self.bytes -= self.blocks[block].entries[position].size
+        self.count -= 1
+        if position == self.blocks[block].head {
+            self.blocks[block].head += 1
+        } else {
+            self.blocks[block].entries.remove(at: position)
+        }
+        if self.blocks[block].count == 0 { self.blocks.remove(at: block) }
         return true
+    }
+
+    /// Removes the first message.
+    private mutating func removeFirst() -> MessageIndexEntry {
+        let first = self.blocks[0].first
+        self.blocks[0].head += 1
+        if self.blocks[0].count == 0 { self.blocks.removeFirst() }
+        self.count -= 1
+        self.bytes -= first.size
+        return first
     }
 
     /// Removes every message with sequence ≤ `sequence` (every message when nil). Returns how many.
@@ -53,10 +120,20 @@ public struct StreamIndex: Sendable {
     public mutating func purge(through sequence: UInt64? = nil) -> Int {
         let limit = sequence ?? self.lastSequence
         var removed = 0
-        while let first = self.entries.first, first.sequence <= limit {
-            self.bytes -= first.size
-            self.entries.removeFirst()
-            removed += 1
+        while let first = self.blocks.first {
+            if first.last.sequence <= limit {
+                // The whole block at once.
+                self.count -= first.count
+                for index in first.head..<first.entries.count { self.bytes -= first.entries[index].size }
+                removed += first.count
+                self.blocks.removeFirst()
+                continue
+            }
+            while self.blocks[0].first.sequence <= limit {
+                _ = self.removeFirst()
+                removed += 1
+            }
+            break
         }
         self.floor = max(self.floor, min(limit, self.lastSequence) + 1)
         return removed
@@ -67,35 +144,28 @@ public struct StreamIndex: Sendable {
     /// ``refusal(for:config:)``), but age still drops old messages.
     public mutating func evict(config: StreamConfig, now: Int64) -> [UInt64] {
         var evicted: [UInt64] = []
-        func dropFirst() {
-            let first = self.entries.removeFirst()
-            self.bytes -= first.size
-            evicted.append(first.sequence)
-        }
         if config.maxMsgs > 0 {
-            while self.entries.count > config.maxMsgs { dropFirst() }
+            while self.count > config.maxMsgs { evicted.append(self.removeFirst().sequence) }
         }
         if config.maxBytes > 0 {
-            while self.bytes > UInt64(config.maxBytes), !self.entries.isEmpty { dropFirst() }
+            while self.bytes > UInt64(config.maxBytes), self.count > 0 { evicted.append(self.removeFirst().sequence) }
         }
         if config.maxAge > 0 {
-            while let first = self.entries.first, now - first.timestamp >= config.maxAge { dropFirst() }
+            while let first = self.blocks.first?.first, now - first.timestamp >= config.maxAge {
+                evicted.append(self.removeFirst().sequence)
+            }
         }
         if config.maxMsgsPerSubject > 0 {
             var counts: [String: Int64] = [:]
             for entry in self.entries { counts[entry.subject, default: 0] += 1 }
             if counts.values.contains(where: { $0 > config.maxMsgsPerSubject }) {
-                var kept: Deque<MessageIndexEntry> = []
-                for entry in self.entries {
-                    if counts[entry.subject]! > config.maxMsgsPerSubject {
-                        counts[entry.subject]! -= 1
-                        self.bytes -= entry.size
-                        evicted.append(entry.sequence)
-                    } else {
-                        kept.append(entry)
-                    }
+                var doomed: [UInt64] = []
+                for entry in self.entries where counts[entry.subject]! > config.maxMsgsPerSubject {
+                    counts[entry.subject]! -= 1
+                    doomed.append(entry.sequence)
                 }
-                self.entries = kept
+                for sequence in doomed { self.remove(sequence) }
+                evicted += doomed
                 evicted.sort()
             }
         }
@@ -112,50 +182,59 @@ public struct StreamIndex: Sendable {
         config: StreamConfig
     ) -> JetStreamAPIError? {
         guard config.discard == .new else { return nil }
-        if config.maxMsgs > 0, self.entries.count + queuedCount >= config.maxMsgs { return .maximumMessagesExceeded }
+        if config.maxMsgs > 0, self.count + queuedCount >= config.maxMsgs { return .maximumMessagesExceeded }
         if config.maxBytes > 0, self.bytes + queuedBytes + size > UInt64(config.maxBytes) { return .maximumBytesExceeded }
         return nil
     }
 
     // MARK: Reading
 
-    /// The position of the first entry with sequence ≥ `sequence`.
-    public func position(atOrAfter sequence: UInt64) -> Int {
+    /// The block holding `sequence` if it is present (the last block whose first sequence is ≤ it).
+    private func block(containing sequence: UInt64) -> Int? {
         var low = 0
-        var high = self.entries.count
+        var high = self.blocks.count
         while low < high {
             let middle = (low + high) / 2
-            if self.entries[middle].sequence < sequence { low = middle + 1 } else { high = middle }
+            if self.blocks[middle].last.sequence < sequence { low = middle + 1 } else { high = middle }
         }
-        return low
+        return low < self.blocks.count && self.blocks[low].first.sequence <= sequence ? low : nil
     }
 
-    public func position(of sequence: UInt64) -> Int? {
-        let index = self.position(atOrAfter: sequence)
-        return index < self.entries.count && self.entries[index].sequence == sequence ? index : nil
+    /// The position in `entries` of the first present message with sequence ≥ `sequence`.
+    private func index(atOrAfter sequence: UInt64) -> Entries.Index {
+        var low = 0
+        var high = self.blocks.count
+        while low < high {
+            let middle = (low + high) / 2
+            if self.blocks[middle].last.sequence < sequence { low = middle + 1 } else { high = middle }
+        }
+        guard low < self.blocks.count else { return Entries.Index(block: self.blocks.count, position: 0) }
+        return Entries.Index(block: low, position: self.blocks[low].position(atOrAfter: sequence))
     }
 
     public func entry(_ sequence: UInt64) -> MessageIndexEntry? {
-        self.position(of: sequence).map { self.entries[$0] }
+        guard let block = self.block(containing: sequence) else { return nil }
+        let position = self.blocks[block].position(atOrAfter: sequence)
+        let entries = self.blocks[block].entries
+        return position < entries.count && entries[position].sequence == sequence ? entries[position] : nil
     }
 
     /// The first message at or after `sequence` whose subject passes `filters` (all when empty).
     public func next(from sequence: UInt64, filters: [String]) -> MessageIndexEntry? {
-        var index = self.position(atOrAfter: sequence)
-        while index < self.entries.count {
-            let entry = self.entries[index]
-            if Self.passes(entry.subject, filters) { return entry }
-            index += 1
-        }
-        return nil
+        self.entries(from: sequence).first { Self.passes($0.subject, filters) }
     }
 
     /// How many messages at or after `sequence` pass `filters`.
     public func count(from sequence: UInt64, filters: [String]) -> Int {
-        let start = self.position(atOrAfter: sequence)
-        if filters.isEmpty { return self.entries.count - start }
+        let start = self.index(atOrAfter: sequence)
+        if filters.isEmpty {
+            guard start.block < self.blocks.count else { return 0 }
+            var count = self.blocks[start.block].entries.count - start.position
+            for block in (start.block + 1)..<self.blocks.count { count += self.blocks[block].count }
+            return count
+        }
         var count = 0
-        for index in start..<self.entries.count where Self.passes(self.entries[index].subject, filters) { count += 1 }
+        for entry in self.entries[start...] where Self.passes(entry.subject, filters) { count += 1 }
         return count
     }
 
@@ -171,6 +250,49 @@ public struct StreamIndex: Sendable {
 
     static func passes(_ subject: String, _ filters: [String]) -> Bool {
         filters.isEmpty || filters.contains { Subject.matches(pattern: $0, subject: subject) }
+    }
+
+    // MARK: Entries
+
+    /// The present messages of an index, in order (a view of its blocks).
+    public struct Entries: BidirectionalCollection, Sendable {
+        public struct Index: Comparable, Sendable {
+            /// The block, and the position in its `entries` (≥ its `head`).
+            var block: Int
+            var position: Int
+
+            public static func < (lhs: Index, rhs: Index) -> Bool {
+                lhs.block != rhs.block ? lhs.block < rhs.block : lhs.position < rhs.position
+            }
+        }
+
+        let blocks: Deque<Block>
+        public let count: Int
+
+        public var startIndex: Index { Index(block: 0, position: self.blocks.first?.head ?? 0) }
+        public var endIndex: Index { Index(block: self.blocks.count, position: 0) }
+        public var isEmpty: Bool { self.count == 0 }
+
+        public subscript(index: Index) -> MessageIndexEntry { self.blocks[index.block].entries[index.position] }
+
+        public func index(after index: Index) -> Index {
+            if index.position + 1 < self.blocks[index.block].entries.count {
+                return Index(block: index.block, position: index.position + 1)
+            }
+            let next = index.block + 1
+            return Index(block: next, position: next < self.blocks.count ? self.blocks[next].head : 0)
+        }
+
+        public func index(before index: Index) -> Index {
+            if index.block < self.blocks.count, index.position > self.blocks[index.block].head {
+                return Index(block: index.block, position: index.position - 1)
+            }
+            let previous = index.block - 1
+            return Index(block: previous, position: self.blocks[previous].entries.count - 1)
+        }
+
+        public var first: MessageIndexEntry? { self.blocks.first?.first }
+        public var last: MessageIndexEntry? { self.blocks.last?.last }
     }
 }
 

@@ -4,6 +4,11 @@
 //	pubsub: a subscriber on -sub, a publisher on -pub sends -n messages of -size bytes as fast as it can; reports
 //	        what arrived, how fast, and any error (slow consumer, disconnect).
 //	reqrep: a responder on -sub, a requester on -pub sends -n requests one after the other; reports p50/p99.
+//	jspub:  creates file stream -stream (subject <stream>.x) unless it exists, then publishes -n messages with
+//	        JetStream async publish (-pending acks in flight, nats.go's stall wait of 200 ms); reports the rate and
+//	        the publish → ack latency p50/p99/max, and every error (a stalled publisher is one).
+//	jsreplay: a durable pull consumer on -stream starting at -start fetches and acks -n messages in batches of
+//	        -batch; reports the rate.
 package main
 
 import (
@@ -28,6 +33,7 @@ type result struct {
 	Rate     float64  `json:"rate"`
 	P50us    float64  `json:"p50_us,omitempty"`
 	P99us    float64  `json:"p99_us,omitempty"`
+	MaxUs    float64  `json:"max_us,omitempty"`
 	Errors   []string `json:"errors"`
 }
 
@@ -87,12 +93,20 @@ func main() {
 	size := flag.Int("size", 16, "payload bytes")
 	idle := flag.Duration("idle", 10*time.Second, "pubsub: give up when nothing arrives for this long")
 	ready := flag.Duration("ready", 60*time.Second, "give up when the subscription does not reach the publisher's server within this long")
+	stream := flag.String("stream", "LOAD", "jspub/jsreplay: the stream")
+	pending := flag.Int("pending", 4096, "jspub: async publishes in flight")
+	start := flag.Uint64("start", 1, "jsreplay: the first stream sequence")
+	batch := flag.Int("batch", 256, "jsreplay: messages per fetch")
 	flag.Parse()
 
 	log := &errorLog{}
 	res := result{Mode: *mode, Size: *size, Sent: *count}
 	payload := make([]byte, *size)
 	subject := fmt.Sprintf("natsgo.%d", time.Now().UnixNano())
+	if *mode == "jspub" || *mode == "jsreplay" {
+		subject = *stream + ".x"
+	}
+	_ = subject
 
 	sub := connect(*subURL, "natsgo-sub", log, *ready)
 	pub := connect(*pubURL, "natsgo-pub", log, *ready)
@@ -195,6 +209,10 @@ func main() {
 			res.P50us = latencies[len(latencies)/2]
 			res.P99us = latencies[(len(latencies)*99)/100]
 		}
+	case "jspub":
+		jsPublish(pub, *stream, *count, payload, *pending, &res, log)
+	case "jsreplay":
+		jsReplay(sub, *stream, *count, *start, *batch, &res, log)
 	default:
 		fmt.Fprintln(os.Stderr, "unknown -mode", *mode)
 		os.Exit(2)
@@ -202,4 +220,99 @@ func main() {
 	res.Errors = log.list()
 	out, _ := json.Marshal(res)
 	fmt.Println(string(out))
+}
+
+// jsPublish stores `count` messages with async publishes, at most `pending` unacknowledged, timing each ack.
+func jsPublish(nc *nats.Conn, stream string, count int, payload []byte, pending int, res *result, log *errorLog) {
+	js, err := nc.JetStream(nats.PublishAsyncMaxPending(pending), nats.PublishAsyncErrHandler(func(_ nats.JetStream, _ *nats.Msg, err error) {
+		log.add("publish: " + err.Error())
+	}))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if _, err := js.StreamInfo(stream); err != nil {
+		if _, err := js.AddStream(&nats.StreamConfig{Name: stream, Subjects: []string{stream + ".>"}, Storage: nats.FileStorage}); err != nil {
+			fmt.Fprintln(os.Stderr, "add stream:", err)
+			os.Exit(2)
+		}
+	}
+	subject := stream + ".x"
+	type sent struct {
+		future nats.PubAckFuture
+		at     time.Time
+	}
+	queue := make(chan sent, pending*2)
+	latencies := make([]uint32, 0, count)
+	var acked int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for item := range queue {
+			select {
+			case <-item.future.Ok():
+				latencies = append(latencies, uint32(time.Since(item.at).Microseconds()))
+				acked++
+			case err := <-item.future.Err():
+				log.add("ack: " + err.Error())
+			}
+		}
+	}()
+	begin := time.Now()
+	for i := 0; i < count; i++ {
+		future, err := js.PublishAsync(subject, payload)
+		if err != nil {
+			log.add(fmt.Sprintf("publish %d: %v", i, err))
+			break
+		}
+		queue <- sent{future, time.Now()}
+	}
+	close(queue)
+	<-done
+	res.Seconds = time.Since(begin).Seconds()
+	res.Received = acked
+	res.Rate = float64(acked) / res.Seconds
+	if len(latencies) > 0 {
+		sort.Slice(latencies, func(a, b int) bool { return latencies[a] < latencies[b] })
+		res.P50us = float64(latencies[len(latencies)/2])
+		res.P99us = float64(latencies[(len(latencies)*99)/100])
+		res.MaxUs = float64(latencies[len(latencies)-1])
+	}
+}
+
+// jsReplay reads `count` messages from sequence `start` with a pull consumer, acking each.
+func jsReplay(nc *nats.Conn, stream string, count int, start uint64, batch int, res *result, log *errorLog) {
+	js, err := nc.JetStream()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	durable := fmt.Sprintf("replay%d", time.Now().UnixNano())
+	sub, err := js.PullSubscribe(stream+".>", durable, nats.BindStream(stream), nats.StartSequence(start), nats.AckExplicit())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pull subscribe:", err)
+		os.Exit(2)
+	}
+	defer js.DeleteConsumer(stream, durable)
+	var got int64
+	begin := time.Now()
+	for got < int64(count) {
+		want := batch
+		if left := int64(count) - got; left < int64(want) {
+			want = int(left)
+		}
+		msgs, err := sub.Fetch(want, nats.MaxWait(10*time.Second))
+		if err != nil {
+			log.add("fetch: " + err.Error())
+			break
+		}
+		for _, m := range msgs {
+			m.Ack()
+			got++
+		}
+	}
+	nc.Flush()
+	res.Seconds = time.Since(begin).Seconds()
+	res.Received = got
+	res.Rate = float64(got) / res.Seconds
 }
