@@ -160,7 +160,7 @@ def wait_for_stream(url: str, messages: int, timeout: float) -> bool:
 def natsgo(binary: str, *arguments: str) -> Dict:
     out = subprocess.run([binary, *arguments], capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
-        return {"errors": [out.stderr.strip()[-500:]]}
+        return {"errors": [f"exit {out.returncode}: {out.stderr.strip()[-500:]}"]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -255,6 +255,8 @@ func jsPublish(nc *nats.Conn, stream string, count int, payload []byte, pending 
 				acked++
 			case err := <-item.future.Err():
 				log.add("ack: " + err.Error())
+			case <-time.After(30 * time.Second):
+				log.add("ack: none within 30 s")
 			}
 		}
 	}()
