@@ -49,6 +49,25 @@ public struct StreamIndex: Sendable {
     /// The first sequence that may still be present (after a purge, above the purged ones even when empty).
     private var floor: UInt64 = 1
 
+    /// Per distinct subject: how many messages are present, where the first is (exactly, or at or after `first`
+    /// when `firstIsExact` is false: found by a scan from there when needed) and the last. Kept only while the stream
+    /// limits messages per subject (`max_msgs_per_subject`), so that a trim looks at the subjects appended since the
+    /// last one instead of every message.
+    struct SubjectState: Sendable {
+        var count: Int
+        var first: UInt64
+        var firstIsExact = true
+        var last: UInt64
+        /// False once the last was removed while others stay (a message delete): `last` is then only an upper bound.
+        var lastIsExact = true
+    }
+
+    private var subjects: [String: SubjectState]?
+    /// Subjects appended to since the last `evict`.
+    private var touched: Set<String> = []
+    /// The per-subject limit `subjects` was last checked against.
+    private var subjectLimit: Int64 = 0
+
     public init() {}
 
     public init(recovery: MessageStoreRecovery) {
@@ -85,6 +104,37 @@ public struct StreamIndex: Sendable {
         self.count += 1
         self.lastSequence = entry.sequence
         self.bytes += entry.size
+        if self.subjects != nil {
+            if var state = self.subjects![entry.subject] {
+                state.count += 1
+                state.last = entry.sequence
+                state.lastIsExact = true
+                self.subjects![entry.subject] = state
+            } else {
+                self.subjects![entry.subject] = SubjectState(count: 1, first: entry.sequence, last: entry.sequence)
+            }
+            self.touched.insert(entry.subject)
+        }
+    }
+
+    /// Keeps the per-subject state in step with a removal.
+    private mutating func subjectRemoved(_ entry: MessageIndexEntry) {
+        guard self.subjects != nil, var state = self.subjects![entry.subject] else { return }
+        state.count -= 1
+        if state.count == 0 {
+            self.subjects![entry.subject] = nil
+            return
+        }
+        if entry.sequence == state.last { state.lastIsExact = false }
+        if state.firstIsExact, state.first == entry.sequence {
+            state.first = entry.sequence + 1
+            state.firstIsExact = false
+        }
+        if state.count == 1, state.lastIsExact {
+            state.first = state.last
+            state.firstIsExact = true
+        }
+        self.subjects![entry.subject] = state
     }
 
     /// Removes one message; false when it is not present.
@@ -94,8 +144,10 @@ public struct StreamIndex: Sendable {
         let position = self.blocks[block].position(atOrAfter: sequence)
         guard position < self.blocks[block].entries.count, self.blocks[block].entries[position].sequence == sequence
         else { return false }
-        self.bytes -= self.blocks[block].entries[position].size
+        let removed = self.blocks[block].entries[position]
+        self.bytes -= removed.size
         self.count -= 1
+        self.subjectRemoved(removed)
         if position == self.blocks[block].head {
             self.blocks[block].head += 1
         } else {
@@ -112,6 +164,7 @@ public struct StreamIndex: Sendable {
         if self.blocks[0].count == 0 { self.blocks.removeFirst() }
         self.count -= 1
         self.bytes -= first.size
+        self.subjectRemoved(first)
         return first
     }
 
@@ -124,7 +177,10 @@ public struct StreamIndex: Sendable {
             if first.last.sequence <= limit {
                 // The whole block at once.
                 self.count -= first.count
-                for index in first.head..<first.entries.count { self.bytes -= first.entries[index].size }
+                for index in first.head..<first.entries.count {
+                    self.bytes -= first.entries[index].size
+                    self.subjectRemoved(first.entries[index])
+                }
                 removed += first.count
                 self.blocks.removeFirst()
                 continue
@@ -156,21 +212,52 @@ public struct StreamIndex: Sendable {
             }
         }
         if config.maxMsgsPerSubject > 0 {
-            var counts: [String: Int64] = [:]
-            for entry in self.entries { counts[entry.subject, default: 0] += 1 }
-            if counts.values.contains(where: { $0 > config.maxMsgsPerSubject }) {
-                var doomed: [UInt64] = []
-                for entry in self.entries where counts[entry.subject]! > config.maxMsgsPerSubject {
-                    counts[entry.subject]! -= 1
-                    doomed.append(entry.sequence)
-                }
-                for sequence in doomed { self.remove(sequence) }
-                evicted += doomed
-                evicted.sort()
-            }
+            evicted += self.evictPerSubject(limit: config.maxMsgsPerSubject)
+            evicted.sort()
+        } else if self.subjects != nil {
+            self.subjects = nil
+            self.touched = []
+            self.subjectLimit = 0
         }
         if let first = evicted.last { self.floor = max(self.floor, min(first + 1, self.firstSequence)) }
         return evicted
+    }
+
+    /// Drops the oldest messages of every subject holding more than `limit`. The first call (or a new limit) looks at
+    /// every subject; later ones only at the subjects appended to since.
+    private mutating func evictPerSubject(limit: Int64) -> [UInt64] {
+        var candidates: [String]
+        if self.subjects == nil || self.subjectLimit != limit {
+            var states: [String: SubjectState] = [:]
+            for entry in self.entries {
+                if var state = states[entry.subject] {
+                    state.count += 1
+                    state.last = entry.sequence
+                    states[entry.subject] = state
+                } else {
+                    states[entry.subject] = SubjectState(count: 1, first: entry.sequence, last: entry.sequence)
+                }
+            }
+            self.subjects = states
+            self.subjectLimit = limit
+            candidates = states.compactMap { $0.value.count > limit ? $0.key : nil }
+        } else {
+            candidates = self.touched.filter { (self.subjects![$0]?.count ?? 0) > limit }
+        }
+        self.touched = []
+        var doomed: [UInt64] = []
+        for subject in candidates.sorted() {
+            while var state = self.subjects![subject], state.count > limit {
+                if !state.firstIsExact {
+                    state.first = self.entries(from: state.first).first { $0.subject == subject }!.sequence
+                    state.firstIsExact = true
+                    self.subjects![subject] = state
+                }
+                self.remove(state.first)
+                doomed.append(state.first)
+            }
+        }
+        return doomed
     }
 
     /// Why a new message of `size` accounted bytes must be refused under a `discard: new` stream's message and byte

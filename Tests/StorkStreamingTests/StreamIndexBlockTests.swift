@@ -83,3 +83,56 @@ struct SeededLCG {
         return self.state >> 33
     }
 }
+
+@Suite("StreamIndex: messages per subject")
+struct StreamIndexPerSubjectTests {
+    /// What `max_msgs_per_subject` keeps: the last `limit` of each subject.
+    func expected(_ model: [MessageIndexEntry], limit: Int) -> [MessageIndexEntry] {
+        var seen: [String: Int] = [:]
+        var kept: [MessageIndexEntry] = []
+        for entry in model.reversed() {
+            seen[entry.subject, default: 0] += 1
+            if seen[entry.subject]! <= limit { kept.append(entry) }
+        }
+        return kept.reversed()
+    }
+
+    @Test("evicting per subject after each append, with deletes and purges between, keeps the last N of each subject")
+    func keepsTheLastOfEachSubject() {
+        for limit in [1, 3] as [Int64] {
+            var config = StreamConfig(name: "KV")
+            config.maxMsgsPerSubject = limit
+            var index = StreamIndex()
+            var model: [MessageIndexEntry] = []
+            var random = SeededLCG(seed: UInt64(limit))
+            var evictedTotal: [UInt64] = []
+            for sequence in UInt64(1)...6000 {
+                let entry = MessageIndexEntry(
+                    sequence: sequence, subject: "k.\(random.next() % 50)", size: 1, timestamp: Int64(sequence))
+                index.append(entry)
+                model.append(entry)
+                switch random.next() % 100 {
+                case 0..<3:
+                    // A message delete: of the subject's last, or anywhere.
+                    if let victim = model.randomElement(using: &random) {
+                        _ = index.remove(victim.sequence)
+                        model.removeAll { $0.sequence == victim.sequence }
+                    }
+                case 3:
+                    let through = sequence - min(sequence - 1, random.next() % 100)
+                    index.purge(through: through)
+                    model.removeAll { $0.sequence <= through }
+                default:
+                    break
+                }
+                evictedTotal += index.evict(config: config, now: 0)
+                model = self.expected(model, limit: Int(limit))
+                if sequence % 500 == 0 { #expect(Array(index.entries) == model, "limit \(limit) at \(sequence)") }
+            }
+            #expect(Array(index.entries) == model)
+            #expect(!evictedTotal.isEmpty)
+        }
+    }
+}
+
+extension SeededLCG: RandomNumberGenerator {}
