@@ -148,12 +148,14 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     /// the bus stops.
     public func connectURLUpdates() -> AsyncStream<[String]> {
         let (stream, continuation) = AsyncStream<[String]>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let (id, current, stopped) = self.state.withLock { state in
+        let (id, stopped) = self.state.withLock { state in
             state.nextWatcher += 1
             if !state.isStopped { state.urlWatchers[state.nextWatcher] = continuation }
-            return (state.nextWatcher, self.connectURLs(of: state), state.isStopped)
+            // Yielded under the lock that updates are published under: a change published right after the watcher
+            // was registered comes after this value, never before it (the buffer keeps only the newest).
+            continuation.yield(self.connectURLs(of: state))
+            return (state.nextWatcher, state.isStopped)
         }
-        continuation.yield(current)
         if stopped {
             continuation.finish()
             return stream
