@@ -26,29 +26,19 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from typing import Dict, List, Optional
 
 import nats
 
-HOST = "127.0.0.1"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchkit import HOST, ServerProcess  # noqa: E402
+
 STREAM = "LOAD"
-
-
-def free_ports(count: int) -> List[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind((HOST, 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def rss_mib(pid: int) -> float:
@@ -59,35 +49,16 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-class Server:
+class Server(ServerProcess):
     name = ""
 
-    def __init__(self, workdir: str):
-        self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
-        self.nats_port, self.http_port, self.cluster_port = free_ports(3)
-        self.proc: Optional[subprocess.Popen] = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://{HOST}:{self.nats_port}"
-
     def start(self) -> float:
-        log = open(os.path.join(self.workdir, "log"), "a")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        """Starts it; returns when (monotonic seconds), for the start-up time."""
+        super().start()
         return time.monotonic()
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def command(self) -> List[str]:
-        raise NotImplementedError
+    def stop(self, timeout: float = 120) -> None:
+        super().stop(timeout)
 
 
 class StorkServer(Server):

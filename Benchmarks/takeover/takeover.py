@@ -24,66 +24,27 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
 import uuid
-from typing import List, Optional
+from typing import List
 
 import nats
 import nats.errors
 import nats.js.errors
 from nats.js.api import StorageType
 
-HOST = "127.0.0.1"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchkit import HOST, ServerProcess  # noqa: E402
 
 
-def free_ports(count: int) -> List[int]:
-    sockets, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind((HOST, 0))
-        sockets.append(s)
-        ports.append(s.getsockname()[1])
-    for s in sockets:
-        s.close()
-    return ports
-
-
-class Node:
+class Node(ServerProcess):
     def __init__(self, name: str, workdir: str):
+        super().__init__(workdir)
         self.name = name
-        self.workdir = workdir
-        os.makedirs(workdir, exist_ok=True)
-        self.proc: Optional[subprocess.Popen] = None
-        self.nats_port, self.cluster_port, self.http_port = free_ports(3)
-
-    @property
-    def url(self) -> str:
-        return f"nats://{HOST}:{self.nats_port}"
-
-    def start(self) -> None:
-        log = open(os.path.join(self.workdir, "log"), "a")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-
-    def kill9(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
 
 class StorkNode(Node):
     def __init__(self, name: str, workdir: str, binary: str, postgres: str, peers: List["StorkNode"]):

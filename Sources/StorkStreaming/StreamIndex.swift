@@ -276,27 +276,28 @@ public struct StreamIndex: Sendable {
 
     // MARK: Reading
 
-    /// The block holding `sequence` if it is present (the last block whose first sequence is ≤ it).
-    private func block(containing sequence: UInt64) -> Int? {
+    /// The first block whose last sequence is ≥ `sequence` (`blocks.count` when none is).
+    private func firstBlock(endingAtOrAfter sequence: UInt64) -> Int {
         var low = 0
         var high = self.blocks.count
         while low < high {
             let middle = (low + high) / 2
             if self.blocks[middle].last.sequence < sequence { low = middle + 1 } else { high = middle }
         }
-        return low < self.blocks.count && self.blocks[low].first.sequence <= sequence ? low : nil
+        return low
+    }
+
+    /// The block that would hold `sequence` if it is present.
+    private func block(containing sequence: UInt64) -> Int? {
+        let block = self.firstBlock(endingAtOrAfter: sequence)
+        return block < self.blocks.count && self.blocks[block].first.sequence <= sequence ? block : nil
     }
 
     /// The position in `entries` of the first present message with sequence ≥ `sequence`.
     private func index(atOrAfter sequence: UInt64) -> Entries.Index {
-        var low = 0
-        var high = self.blocks.count
-        while low < high {
-            let middle = (low + high) / 2
-            if self.blocks[middle].last.sequence < sequence { low = middle + 1 } else { high = middle }
-        }
-        guard low < self.blocks.count else { return Entries.Index(block: self.blocks.count, position: 0) }
-        return Entries.Index(block: low, position: self.blocks[low].position(atOrAfter: sequence))
+        let block = self.firstBlock(endingAtOrAfter: sequence)
+        guard block < self.blocks.count else { return Entries.Index(block: block, position: 0) }
+        return Entries.Index(block: block, position: self.blocks[block].position(atOrAfter: sequence))
     }
 
     public func entry(_ sequence: UInt64) -> MessageIndexEntry? {

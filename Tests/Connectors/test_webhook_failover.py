@@ -324,6 +324,52 @@ async def publish_phase(
     return published
 
 
+def webhook_cluster_files(workdir: str, receiver: Receiver, count: int):
+    """Ports for three nodes, the seed, and a file source of `count` webhooks (hook-i: subject hooks.i, URL /hook/i
+    of `receiver`) all consuming STREAM. Returns (node ports, seed, source path)."""
+    ports = free_ports(9)
+    node_ports = [tuple(ports[i * 3 : i * 3 + 3]) for i in range(3)]
+    source = os.path.join(workdir, "hooks.json")
+    hooks = [
+        {
+            "id": f"hook-{i}",
+            "kind": "webhook",
+            "url": f"http://{HOST}:{receiver.port}/hook/{i}",
+            "stream": STREAM,
+            "subject": f"hooks.{i}",
+            "secret": {"secret": "hook-key"},
+            "ackWait": ACK_WAIT,
+            "timeout": 2,
+            "backoffMin": 0.2,
+            "backoffMax": 1,
+            "batch": 10,
+        }
+        for i in range(count)
+    ]
+    with open(source, "w") as f:
+        json.dump({"data": hooks}, f)
+    return node_ports, f"{HOST}:{node_ports[0][0]}", source
+
+
+def tear_down(nodes: List[Node], receiver: Receiver, workdir: str, passed: bool) -> None:
+    """Kills every process the test started, pass or fail; keeps the logs (printed) of a failed run."""
+    for node in nodes:
+        node.signal(signal.SIGKILL)
+    for proc in _PROCS:
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    receiver.close()
+    if passed:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        for node in nodes:
+            print(f"\n---- {node.name} log ({node.log_path}) ----\n{node.log_tail()}")
+
+
 async def create_stream(url: str) -> None:
     client = await nats.connect(url, connect_timeout=5, max_reconnect_attempts=0)
     try:
@@ -345,29 +391,8 @@ def test_webhooks_survive_leave_join_and_kill9():
     nodes: List[Node] = []
     passed = False
     try:
-        ports = free_ports(9)
-        node_ports = [tuple(ports[i * 3 : i * 3 + 3]) for i in range(3)]
+        node_ports, seed, source = webhook_cluster_files(workdir, receiver, HOOKS)
         nats1 = f"nats://{HOST}:{node_ports[0][2]}"
-        source = os.path.join(workdir, "hooks.json")
-        hooks = [
-            {
-                "id": f"hook-{i}",
-                "kind": "webhook",
-                "url": f"http://{HOST}:{receiver.port}/hook/{i}",
-                "stream": STREAM,
-                "subject": f"hooks.{i}",
-                "secret": {"secret": "hook-key"},
-                "ackWait": ACK_WAIT,
-                "timeout": 2,
-                "backoffMin": 0.2,
-                "backoffMax": 1,
-                "batch": 10,
-            }
-            for i in range(HOOKS)
-        ]
-        with open(source, "w") as f:
-            json.dump({"data": hooks}, f)
-        seed = f"{HOST}:{node_ports[0][0]}"
         nodes = [Node(i + 1, workdir, node_ports[i], [seed], source) for i in range(3)]
 
         # Node 1 holds the stream: it starts first and the stream exists before the others join.
@@ -451,21 +476,7 @@ def test_webhooks_survive_leave_join_and_kill9():
         assert not receiver.problems, receiver.problems[:5]
         passed = True
     finally:
-        for node in nodes:
-            node.signal(signal.SIGKILL)
-        for proc in _PROCS:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        receiver.close()
-        if passed:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            for node in nodes:
-                print(f"\n---- {node.name} log ({node.log_path}) ----\n{node.log_tail()}")
+        tear_down(nodes, receiver, workdir, passed)
 
 
 # --------------------------------------------------------------------------------------
@@ -509,28 +520,7 @@ def test_webhooks_survive_the_death_of_their_streams_node_on_postgres():
     nodes: List[Node] = []
     passed = False
     try:
-        ports = free_ports(9)
-        node_ports = [tuple(ports[i * 3 : i * 3 + 3]) for i in range(3)]
-        source = os.path.join(workdir, "hooks.json")
-        hooks = [
-            {
-                "id": f"hook-{i}",
-                "kind": "webhook",
-                "url": f"http://{HOST}:{receiver.port}/hook/{i}",
-                "stream": STREAM,
-                "subject": f"hooks.{i}",
-                "secret": {"secret": "hook-key"},
-                "ackWait": ACK_WAIT,
-                "timeout": 2,
-                "backoffMin": 0.2,
-                "backoffMax": 1,
-                "batch": 10,
-            }
-            for i in range(PG_HOOKS)
-        ]
-        with open(source, "w") as f:
-            json.dump({"data": hooks}, f)
-        seed = f"{HOST}:{node_ports[0][0]}"
+        node_ports, seed, source = webhook_cluster_files(workdir, receiver, PG_HOOKS)
         cluster = f"webhook-pg-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
         postgres = os.environ["STORK_TEST_POSTGRES_URL"]
         nodes = [Node(i + 1, workdir, node_ports[i], [seed], source, postgres=postgres, cluster=cluster) for i in range(3)]
@@ -577,18 +567,4 @@ def test_webhooks_survive_the_death_of_their_streams_node_on_postgres():
         assert not receiver.problems, receiver.problems[:5]
         passed = True
     finally:
-        for node in nodes:
-            node.signal(signal.SIGKILL)
-        for proc in _PROCS:
-            if proc.poll() is None:
-                proc.kill()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        receiver.close()
-        if passed:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            for node in nodes:
-                print(f"\n---- {node.name} log ({node.log_path}) ----\n{node.log_tail()}")
+        tear_down(nodes, receiver, workdir, passed)

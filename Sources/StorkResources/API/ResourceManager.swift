@@ -623,10 +623,7 @@ public final class ResourceManager: Service, Sendable {
     /// The owner of every desired resource in this node's view (placement's choice, or the node a resource is pinned
     /// to; nil for a pinned resource whose node is not a member): the cluster-wide picture.
     public func clusterAssignment() -> [(resource: Resource, owner: NodeID?)] {
-        self.state.withLock { state in
-            let placement = state.machine.placement
-            return state.machine.desired.resources.map { ($0, placement.owner(of: $0.id, pinnedTo: $0.pinnedNode)) }
-        }
+        self.desiredResources(withPrefix: "").sorted { $0.resource.id < $1.resource.id }
     }
 
     /// Whether the node is part of the cluster and handles what it owns (one read under the lock).
@@ -641,7 +638,7 @@ public final class ResourceManager: Service, Sendable {
         }
     }
 
-    /// The desired resources whose id starts with `prefix`, with their owners in this node's view.
+    /// The desired resources whose id starts with `prefix`, with their owners in this node's view, unsorted.
     public func desiredResources(withPrefix prefix: String) -> [(resource: Resource, owner: NodeID?)] {
         self.state.withLock { state in
             let placement = state.machine.placement
