@@ -8,6 +8,7 @@ For each server (one `stork serve` node on the file store, one `nats-server -js`
 2. store `--messages` messages of `--size` bytes in one file stream with async publishes (`--pending` acks in
    flight): the rate, publish → ack latency p50 / p99 / max, and every client error (a stalled publisher is one);
 3. RSS with the stream stored;
+   Then `--paced` more at `--rate` msgs/s: publish → ack latency at a steady rate on the long stream;
 4. replay `--replay` messages with a pull consumer and acks from the start of the stream and from its end;
 5. stop it (SIGTERM), start it again, and time from the spawn until `STREAM.INFO` answers with every message;
 6. RSS after the restart.
@@ -147,6 +148,13 @@ def measure(server: Server, args) -> Dict:
     )
     print(f"{server.name}: publish {json.dumps(published)}", flush=True)
     row["publish"] = published
+    if args.paced > 0:
+        paced = natsgo(
+            args.natsgo, "-mode", "jspub", "-pub", server.url, "-sub", server.url, "-stream", STREAM,
+            "-n", str(args.paced), "-size", str(args.size), "-pending", str(args.pending), "-rate", str(args.rate),
+        )
+        print(f"{server.name}: paced {json.dumps(paced)}", flush=True)
+        row["paced"] = paced
     time.sleep(1)
     row["rss_stored"] = rss_mib(server.proc.pid)
     stored = asyncio.run(stream_messages(server.url)) or 0
@@ -197,16 +205,21 @@ def table(rows: List[Dict]) -> str:
         return "–" if value is None else f"{value:,.{digits}f}{unit}"
 
     lines = [
-        "| server | stored | errors | publish msgs/s | ack p50 / p99 / max | RSS empty → stored → restarted | start-up | replay msgs/s at start / end |",
-        "|---|---:|---:|---:|---|---|---:|---|",
+        "| server | stored | errors | publish msgs/s | ack p50 / p99 / max | paced: msgs/s, ack p50 / p99 / max "
+        "| RSS empty → stored → restarted | start-up | replay msgs/s at start / end |",
+        "|---|---:|---:|---:|---|---|---|---:|---|",
     ]
     for row in rows:
         p = row.get("publish", {})
+        q = row.get("paced", {})
         rs, re_ = row.get("replay_start", {}), row.get("replay_end", {})
         lines.append(
             f"| {row['server']} | {row.get('stored', 0):,} | {len(p.get('errors') or [])} | {number(p.get('rate'))} | "
             f"{number(p.get('p50_us', 0) / 1000, ' ms', 1)} / {number(p.get('p99_us', 0) / 1000, ' ms', 1)} / "
-            f"{number(p.get('max_us', 0) / 1000, ' ms', 1)} | {number(row.get('rss_empty'), ' MiB')} → "
+            f"{number(p.get('max_us', 0) / 1000, ' ms', 1)} | {number(q.get('rate'))}, "
+            f"{number(q.get('p50_us', 0) / 1000, ' ms', 1)} / {number(q.get('p99_us', 0) / 1000, ' ms', 1)} / "
+            f"{number(q.get('max_us', 0) / 1000, ' ms', 1)} ({len(q.get('errors') or [])} errors) | "
+            f"{number(row.get('rss_empty'), ' MiB')} → "
             f"{number(row.get('rss_stored'), ' MiB')} → {number(row.get('rss_restarted'), ' MiB')} | "
             f"{number(row.get('startup'), ' s', 2)} | {number(rs.get('rate'))} / {number(re_.get('rate'))} |"
         )
@@ -222,6 +235,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--pending", type=int, default=4096)
     parser.add_argument("--replay", type=int, default=200_000)
+    parser.add_argument("--paced", type=int, default=1_000_000, help="then publish this many more at --rate")
+    parser.add_argument("--rate", type=float, default=300_000)
     parser.add_argument("--only", choices=["stork", "nats-server"])
     args = parser.parse_args()
     load = os.getloadavg()

@@ -500,7 +500,7 @@ extension JetStream {
             var selected: [UInt64] = []
             switch start {
             case .last(let count):
-                for entry in state.index.entries.reversed() {
+                for entry in state.index.reversedEntries() {
                     if selected.count >= min(count, limit) { break }
                     if Subject.matches(pattern: subject, subject: entry.subject) { selected.append(entry.sequence) }
                 }

@@ -166,10 +166,10 @@ extension JetStream {
             let stream = try self.stream(path[2])
             let sequence: UInt64? = stream.state.withLock { state in
                 if let subject = request.lastBySubject {
-                    return state.index.last(filters: [subject])?.sequence
+                    return state.index.last(filters: [subject])
                 }
                 if let seq = request.seq, let next = request.nextBySubject {
-                    return state.index.next(from: seq, filters: [next])?.sequence
+                    return state.index.next(from: seq, filters: [next])
                 }
                 return request.seq
             }
@@ -299,15 +299,26 @@ extension JetStream {
     private func purge(_ stream: JetStreamStream, _ request: PurgeRequest) async throws -> any Encodable {
         let denied = stream.state.withLock { $0.config.denyPurge }
         if denied { throw JetStreamAPIError(code: 400, errCode: 10056, description: "stream purge is not permitted") }
-        let (removed, purged): ([UInt64], Bool) = stream.state.withLock { state in
-            var doomed: [UInt64]
-            let entries = state.index.entries
-            if let filter = request.filter, !filter.isEmpty {
-                doomed = entries.filter { Subject.matches(pattern: filter, subject: $0.subject) }.map(\.sequence)
-            } else {
-                doomed = entries.map(\.sequence)
+        if request.filter?.isEmpty ?? true, (request.keep ?? 0) == 0 {
+            // Everything below a sequence (or everything): no list of what goes.
+            let (removed, through): (Int, UInt64) = stream.state.withLock { state in
+                let through = request.seq.map { $0 &- 1 } ?? state.index.lastSequence
+                guard request.seq != 0 else { return (0, 0) }
+                return (state.drop(through: through), through)
             }
-            if let seq = request.seq { doomed = doomed.filter { $0 < seq } }
+            if removed > 0 { try await stream.store.purge(through: through) }
+            stream.signal()
+            return PurgeResponse(success: true, purged: removed)
+        }
+        let (removed, purged): ([UInt64], Bool) = stream.state.withLock { state in
+            var doomed: [UInt64] = []
+            let filters = request.filter.map { $0.isEmpty ? [] : [$0] } ?? []
+            let below = request.seq ?? .max
+            var next = state.index.next(from: 0, filters: filters)
+            while let sequence = next, sequence < below {
+                doomed.append(sequence)
+                next = state.index.next(from: sequence + 1, filters: filters)
+            }
             if let keep = request.keep, keep > 0 { doomed = Array(doomed.dropLast(min(doomed.count, Int(keep)))) }
             return (doomed, state.drop(doomed))
         }
@@ -325,8 +336,6 @@ extension JetStream {
     func streamInfo(_ stream: JetStreamStream, type: String?) -> StreamInfo {
         stream.state.withLock { state in
             let index = state.index
-            let first = index.entries.first
-            let last = index.entries.last
             return StreamInfo(
                 type: type.map { "io.nats.jetstream.api.v1.\($0)" },
                 config: state.config,
@@ -335,9 +344,9 @@ extension JetStream {
                     messages: UInt64(index.count),
                     bytes: index.bytes,
                     firstSeq: index.count == 0 ? index.lastSequence + 1 : index.firstSequence,
-                    firstTs: JetStreamJSON.time(first?.timestamp ?? 0),
+                    firstTs: JetStreamJSON.time(index.firstTimestamp),
                     lastSeq: index.lastSequence,
-                    lastTs: JetStreamJSON.time(last?.timestamp ?? 0),
+                    lastTs: JetStreamJSON.time(index.lastTimestamp),
                     numDeleted: index.deletedCount,
                     consumerCount: state.consumers.count
                 )

@@ -52,8 +52,9 @@ final class JetStreamStream: Sendable {
         /// caller's. Returns whether they were every message up to the last of them (one purge in the store).
         mutating func drop(_ doomed: [UInt64]) -> Bool {
             guard let last = doomed.last else { return false }
-            let entries = self.index.entries
-            let contiguous = doomed.count <= entries.count && zip(doomed, entries).allSatisfy { $0 == $1.sequence }
+            // Every message up to the last doomed one, when it starts at the first and counts as many (`doomed` is
+            // ascending, each present).
+            let contiguous = doomed[0] == self.index.firstSequence && self.index.count(through: last) == doomed.count
             if contiguous {
                 self.index.purge(through: last)
             } else {
@@ -62,6 +63,14 @@ final class JetStreamStream: Sendable {
             for sequence in doomed { self.recent[sequence] = nil }
             for name in self.consumers.keys { self.consumers[name]!.streamTrimmed(index: self.index) }
             return contiguous
+        }
+
+        /// Drops every message up to `last` (without listing them: a purge of a long stream); returns how many.
+        mutating func drop(through last: UInt64) -> Int {
+            let removed = self.index.purge(through: last)
+            self.recent = self.recent.filter { $0.key > last }
+            for name in self.consumers.keys { self.consumers[name]!.streamTrimmed(index: self.index) }
+            return removed
         }
     }
 
@@ -99,7 +108,7 @@ final class JetStreamStream: Sendable {
         self.logger = logger
         self.now = now
         (self.fenced, self.fencedContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
-        let index = StreamIndex(recovery: recovery)
+        let index = StreamIndex(recovery: recovery, loader: store.indexLoader)
         var state = State(config: config, created: created, index: index, nextSequence: index.lastSequence + 1)
         for (key, value) in recovery.metadata where key.hasPrefix("consumer.") {
             let consumerName = String(key.dropFirst("consumer.".count))
@@ -361,10 +370,21 @@ final class JetStreamStream: Sendable {
     /// (`all`). The rollup happens before the publisher's ack, so an acked rollup has taken effect.
     private func rollUp(_ message: StoredMessage, _ rollup: Rollup) async {
         let (doomed, purged) = self.state.withLock { state -> ([UInt64], Bool) in
-            let doomed = state.index.entries.lazy
-                .filter { $0.sequence < message.sequence && (rollup == .all || $0.subject == message.subject) }
-                .map(\.sequence)
-            let list = Array(doomed)
+            let list: [UInt64]
+            if rollup == .all {
+                var all: [UInt64] = []
+                var next = state.index.next(from: 0, filters: [])
+                while let sequence = next, sequence < message.sequence {
+                    all.append(sequence)
+                    next = state.index.next(from: sequence + 1, filters: [])
+                }
+                list = all
+            } else {
+                list = state.index.entries.lazy
+                    .prefix { $0.sequence < message.sequence }
+                    .filter { $0.subject == message.subject }
+                    .map(\.sequence)
+            }
             return (list, state.drop(list))
         }
         guard let last = doomed.last else { return }
@@ -560,7 +580,7 @@ final class JetStreamStream: Sendable {
     /// interest), so the ticker should wake it.
     var needsTicks: Bool {
         self.state.withLock { state in
-            if state.config.maxAge > 0, !state.index.entries.isEmpty { return true }
+            if state.config.maxAge > 0, state.index.count > 0 { return true }
             if state.consumersDirtyAt != nil { return true }
             return state.consumers.values.contains { consumer in
                 consumer.nextDeadline != nil || (!consumer.config.isPull && !consumer.pushActive) || consumer.isEphemeral

@@ -61,6 +61,15 @@ public final class FileMessageStore: MessageStore {
         return recovery
     }
 
+    /// How many records' offsets and lengths the store holds in memory now: the active segment's and those of the
+    /// few sealed segments kept loaded. Bounded by the segment size, not by the stream's length.
+    public var residentIndexEntries: Int {
+        self.log.mutex.withLock { $0.residentIndexEntries }
+    }
+
+    /// Reads a block's detail from the records' headers (the index keeps only summaries of sealed blocks).
+    public var indexLoader: (any StreamIndexLoader)? { FileIndexLoader(log: self.log) }
+
     public func append(_ messages: [StoredMessage]) async throws {
         try self.log.mutex.withLock { try $0.append(messages) }
     }
@@ -101,6 +110,30 @@ public final class FileMessageStore: MessageStore {
             return syncer
         }
         await syncer?.stop()
+    }
+}
+
+// MARK: - Index loader
+
+struct FileIndexLoader: StreamIndexLoader {
+    let log: SharedLog
+
+    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry] {
+        self.log.mutex.withLock { log in
+            do {
+                return try log.indexEntries(in: range)
+            } catch {
+                log.logger.error(
+                    "file store could not read the index of a block; the stream's limits and filters may miscount it",
+                    metadata: [
+                        "stork.store.directory": "\(log.directory)",
+                        "stork.store.range": "\(range)",
+                        "stork.store.error": "\(error)",
+                    ]
+                )
+                return []
+            }
+        }
     }
 }
 

@@ -24,7 +24,7 @@ public struct FileMessageStoreConfiguration: Sendable, Hashable {
     }
 
     /// A segment is sealed and a new one started when an append would take it past this size. One append always goes
-    /// whole into one segment, which may so exceed this. Default 64 MiB.
+    /// whole into one segment, which may so exceed this. Default 16 MiB.
     public var segmentMaxBytes: Int
 
     /// When appends, removals and purges are synced. Default `.batched(.milliseconds(100))`. Whatever the policy,
@@ -45,13 +45,20 @@ public struct FileMessageStoreConfiguration: Sendable, Hashable {
     /// Default 32.
     public var maximumOpenSegments: Int
 
+    /// How many sealed segments keep their in-memory index (sequence, offset and length per record: 20 bytes a
+    /// message) at once; the others read it back from their index file when needed (least recently used dropped
+    /// first). Default 2.
+    public var maximumLoadedSegments: Int
+
     public init(
-        segmentMaxBytes: Int = 64 << 20,
+        segmentMaxBytes: Int = 16 << 20,
         fsync: SyncPolicy = .batched(.milliseconds(100)),
         compactionThreshold: Double = 0.5,
         verification: RecoveryVerification = .activeSegment,
-        maximumOpenSegments: Int = 32
+        maximumOpenSegments: Int = 32,
+        maximumLoadedSegments: Int = 2
     ) {
+        self.maximumLoadedSegments = maximumLoadedSegments
         self.segmentMaxBytes = segmentMaxBytes
         self.fsync = fsync
         self.compactionThreshold = compactionThreshold

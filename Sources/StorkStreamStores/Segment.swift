@@ -4,10 +4,13 @@ import StorkStreaming
 
 /// The records of one segment file, as a scan or its index file found them.
 struct SegmentContents {
-    /// Every message record, in file (and sequence) order, removed or not.
-    var entries: [MessageIndexEntry] = []
-    /// The file offset of each entry's record.
+    /// Every message record's sequence, in file (and sequence) order, removed or not.
+    var sequences: [UInt64] = []
+    /// The file offset and length of each record.
     var offsets: [UInt64] = []
+    var lengths: [UInt32] = []
+    /// Each record's subject, size and time: from a scan always, from an index file when asked for.
+    var entries: [MessageIndexEntry] = []
     /// The ranges of every deletion record in the file.
     var deletions: [ClosedRange<UInt64>] = []
     /// Bytes of whole, valid records from the start of the file: the file's size unless `damage` is set.
@@ -19,6 +22,10 @@ struct SegmentContents {
 // MARK: - Segment
 
 /// One segment file and its in-memory index: sequence → (offset, length), and which records are removed.
+///
+/// A sealed segment may drop its arrays (``unload()``): the log keeps only a few
+/// sealed segments loaded and reads the arrays back from the index file when needed, so that memory does not grow
+/// with the stream. What stays is the count, the first and last sequences, and which records are removed.
 ///
 /// Not thread-safe: owned by a `SegmentedLog`, which is only used under its store's lock.
 final class Segment {
@@ -70,8 +77,22 @@ final class Segment {
         return UInt64(digits)
     }
 
-    var count: Int { self.sequences.count }
-    var lastSequence: UInt64? { self.sequences.last }
+    /// Whether the arrays are in memory (always, unless ``unload()`` dropped them).
+    private(set) var isLoaded = true
+    /// Whether an index file describing the current file is on disk (dropped arrays are read back from it rather
+    /// than by a scan of the segment).
+    var hasIndexFile = false
+    private var storedCount = 0
+    private var storedFirst: UInt64?
+    private var storedLast: UInt64?
+    /// The sum of the records' lengths.
+    private(set) var messageBytes: UInt64 = 0
+
+    var count: Int { self.isLoaded ? self.sequences.count : self.storedCount }
+    var firstSequence: UInt64? { self.isLoaded ? self.sequences.first : self.storedFirst }
+    var lastSequence: UInt64? { self.isLoaded ? self.sequences.last : self.storedLast }
+    /// The first present sequence, if any (kept while unloaded: removals need the arrays).
+    private(set) var headSequence: UInt64?
     /// Removed bytes that are not at the head: what compaction would reclaim that waiting would not.
     var interiorRemovedBytes: UInt64 { self.removedBytes - self.headBytes }
 
@@ -84,15 +105,43 @@ final class Segment {
     func load(_ contents: SegmentContents, size: UInt64) {
         self.generation &+= 1
         self.size = size
-        self.sequences = contents.entries.map(\.sequence)
+        self.sequences = contents.sequences
         self.offsets = contents.offsets
-        self.lengths = contents.entries.map { UInt32($0.size + LogRecord.accountingDifference) }
-        self.removedBits = [UInt64](repeating: 0, count: (contents.entries.count + 63) / 64)
-        self.liveCount = contents.entries.count
+        self.lengths = contents.lengths
+        self.isLoaded = true
+        self.hasIndexFile = false
+        self.messageBytes = contents.lengths.reduce(0) { $0 + UInt64($1) }
+        self.removedBits = [UInt64](repeating: 0, count: (contents.sequences.count + 63) / 64)
+        self.liveCount = contents.sequences.count
         self.removedBytes = 0
         self.headCount = 0
         self.headBytes = 0
+        self.headSequence = contents.sequences.first
         self.deletions = contents.deletions
+    }
+
+    /// Drops the arrays (a sealed segment); ``restore(_:)`` brings them back, from the index file or a scan.
+    func unload() {
+        guard self.isLoaded, self.isSealed else { return }
+        self.storedCount = self.sequences.count
+        self.storedFirst = self.sequences.first
+        self.storedLast = self.sequences.last
+        self.sequences = []
+        self.offsets = []
+        self.lengths = []
+        self.isLoaded = false
+    }
+
+    /// Puts back the arrays an index file or a scan of the unchanged file found; false when they do not match.
+    func restore(_ contents: SegmentContents) -> Bool {
+        guard !self.isLoaded, contents.sequences.count == self.storedCount,
+            contents.sequences.first == self.storedFirst, contents.sequences.last == self.storedLast
+        else { return false }
+        self.sequences = contents.sequences
+        self.offsets = contents.offsets
+        self.lengths = contents.lengths
+        self.isLoaded = true
+        return true
     }
 
     func reserveCapacity(adding count: Int) {
@@ -107,6 +156,8 @@ final class Segment {
     @inline(__always)
     func appendEntry(sequence: UInt64, offset: UInt64, length: Int) {
         if self.sequences.count & 63 == 0 { self.removedBits.append(0) }
+        if self.headCount == self.sequences.count { self.headSequence = sequence }
+        self.messageBytes += UInt64(length)
         self.sequences.append(sequence)
         self.offsets.append(offset)
         self.lengths.append(UInt32(length))
@@ -117,10 +168,12 @@ final class Segment {
     func truncateEntries(to count: Int) {
         guard count < self.sequences.count else { return }
         self.liveCount -= self.sequences.count - count
+        for index in count..<self.sequences.count { self.messageBytes -= UInt64(self.lengths[index]) }
         self.sequences.removeSubrange(count...)
         self.offsets.removeSubrange(count...)
         self.lengths.removeSubrange(count...)
         self.removedBits.removeSubrange(((count + 63) / 64)...)
+        if self.headCount >= self.sequences.count { self.headSequence = nil }
     }
 
     // MARK: Lookup
@@ -163,7 +216,19 @@ final class Segment {
             self.headBytes += UInt64(self.lengths[self.headCount])
             self.headCount += 1
         }
+        self.headSequence = self.headCount < self.sequences.count ? self.sequences[self.headCount] : nil
         return true
+    }
+
+    /// Marks every entry removed, loaded or not (the segment is about to be deleted by a purge).
+    func markAllRemoved() {
+        let count = self.count
+        for word in self.removedBits.indices { self.removedBits[word] = ~0 }
+        self.liveCount = 0
+        self.removedBytes = self.messageBytes
+        self.headCount = count
+        self.headBytes = self.messageBytes
+        self.headSequence = nil
     }
 }
 
@@ -263,6 +328,8 @@ enum SegmentScanner {
                     return damaged(.badSequence(sequence, "does not follow \(previous)"))
                 }
                 previous = sequence
+                contents.sequences.append(sequence)
+                contents.lengths.append(UInt32(header.length))
                 contents.entries.append(
                     MessageIndexEntry(
                         sequence: sequence,
@@ -322,8 +389,9 @@ enum SegmentIndexFile {
         return writer.bytes
     }
 
-    /// The contents an index file describes, or nil when it is damaged or does not describe this log file.
-    static func decode(_ bytes: [UInt8], start: UInt64, logSize: UInt64) -> SegmentContents? {
+    /// The contents an index file describes, or nil when it is damaged or does not describe this log file. Without
+    /// `details`, only sequences, offsets and lengths (not each record's subject and time).
+    static func decode(_ bytes: [UInt8], start: UInt64, logSize: UInt64, details: Bool = true) -> SegmentContents? {
         guard bytes.count >= 32 else { return nil }
         let stored = bytes.withUnsafeBytes {
             UInt32(littleEndian: $0.loadUnaligned(fromByteOffset: bytes.count - 4, as: UInt32.self))
@@ -336,8 +404,10 @@ enum SegmentIndexFile {
             let deletionCount = reader.read(UInt32.self)
         else { return nil }
         var contents = SegmentContents()
-        contents.entries.reserveCapacity(Int(entryCount))
+        if details { contents.entries.reserveCapacity(Int(entryCount)) }
+        contents.sequences.reserveCapacity(Int(entryCount))
         contents.offsets.reserveCapacity(Int(entryCount))
+        contents.lengths.reserveCapacity(Int(entryCount))
         var previous: UInt64?
         for _ in 0..<entryCount {
             guard let sequence = reader.read(UInt64.self), let offset = reader.read(UInt64.self),
@@ -347,15 +417,19 @@ enum SegmentIndexFile {
                 previous.map({ sequence > $0 }) ?? true
             else { return nil }
             previous = sequence
-            contents.entries.append(
-                MessageIndexEntry(
-                    sequence: sequence,
-                    subject: String(decoding: subject, as: UTF8.self),
-                    size: UInt64(length) - LogRecord.accountingDifference,
-                    timestamp: timestamp
-                )
-            )
+            contents.sequences.append(sequence)
             contents.offsets.append(offset)
+            contents.lengths.append(length)
+            if details {
+                contents.entries.append(
+                    MessageIndexEntry(
+                        sequence: sequence,
+                        subject: String(decoding: subject, as: UTF8.self),
+                        size: UInt64(length) - LogRecord.accountingDifference,
+                        timestamp: timestamp
+                    )
+                )
+            }
         }
         for _ in 0..<deletionCount {
             guard let first = reader.read(UInt64.self), let last = reader.read(UInt64.self), first <= last else {

@@ -46,6 +46,8 @@ final class SegmentedLog {
     private var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
     /// Sealed segments with an open descriptor, least recently read first.
     private var openSegments: [Segment] = []
+    /// Sealed segments with their arrays in memory, least recently used first (see `ensureLoaded`).
+    private var loadedSegments: [Segment] = []
     /// Writes to the active segment not yet synced (`.batched`).
     private var activeDirty = false
     /// Names created or removed not yet synced (`.batched`).
@@ -127,7 +129,10 @@ final class SegmentedLog {
         }
 
         var truncatedBytes: UInt64 = 0
-        var recovered: [(segment: Segment, entries: [MessageIndexEntry])] = []
+        // Per segment kept: the summaries of its messages' blocks before deletions are applied. The active segment's
+        // details stay for a second summary; sealed segments drop their arrays once summarised (read back on use).
+        var summaries: [[StreamIndex.Block]] = []
+        var activeEntries: [MessageIndexEntry] = []
         for (position, start) in starts.enumerated() {
             let isLast = position == starts.count - 1
             let segment = Segment(start: start, directory: self.directory)
@@ -147,12 +152,20 @@ final class SegmentedLog {
                 segment.descriptor = -1
             }
             self.segments.append(segment)
-            recovered.append((segment, contents.entries))
+            summaries.append(Self.summaries(of: segment, contents.entries))
+            if segment.isSealed { segment.unload() } else { activeEntries = contents.entries }
         }
         if self.segments.isEmpty {
             try self.createActiveSegment(start: 1)
+            summaries.append([])
         }
-        self.applyDeletions()
+        for position in try self.applyDeletions() {
+            let segment = self.segments[position]
+            let entries = segment.isSealed ? try self.details(of: segment) : activeEntries
+            summaries[position] = Self.summaries(of: segment, entries)
+        }
+        for segment in self.segments where segment.isSealed { segment.unload() }
+        self.loadedSegments = []
 
         self.lastSequence = self.active.start - 1
         for segment in self.segments.reversed() {
@@ -161,13 +174,8 @@ final class SegmentedLog {
                 break
             }
         }
-        var messages: [MessageIndexEntry] = []
-        messages.reserveCapacity(recovered.reduce(0) { $0 + $1.segment.liveCount })
-        for (segment, entries) in recovered {
-            for index in entries.indices where !segment.isRemoved(index) {
-                messages.append(entries[index])
-            }
-        }
+        var builder = StreamIndex.Builder()
+        for blocks in summaries { builder.add(blocks) }
         let metadata = try self.metadata.load(logger: self.logger)
         if self.directoryDirty { try self.syncDirectoryNow() }
         self.logger.debug(
@@ -175,17 +183,70 @@ final class SegmentedLog {
             metadata: [
                 "stork.store.directory": "\(self.directory)",
                 "stork.store.segments": "\(self.segments.count)",
-                "stork.store.messages": "\(messages.count)",
+                "stork.store.messages": "\(self.segments.reduce(0) { $0 + $1.liveCount })",
                 "stork.store.last_sequence": "\(self.lastSequence)",
                 "stork.store.truncated_bytes": "\(truncatedBytes)",
             ]
         )
         return MessageStoreRecovery(
-            messages: messages,
+            blocks: builder.blocks,
             lastSequence: self.lastSequence,
             metadata: metadata,
             truncatedBytes: truncatedBytes
         )
+    }
+
+    /// The summaries of the blocks of `segment`'s present messages; `entries` are its records' details.
+    private static func summaries(of segment: Segment, _ entries: [MessageIndexEntry]) -> [StreamIndex.Block] {
+        var builder = StreamIndex.Builder()
+        for (position, entry) in entries.enumerated() where !segment.isRemoved(position) { builder.add(entry) }
+        return builder.blocks
+    }
+
+    /// Every record's subject, size and time in a sealed segment, from its index file or a scan.
+    private func details(of segment: Segment) throws -> [MessageIndexEntry] {
+        if let bytes = try FileSystem.contents(of: segment.indexPath),
+            let contents = SegmentIndexFile.decode(bytes, start: segment.start, logSize: segment.size)
+        {
+            return contents.entries
+        }
+        return try self.scan(segment).entries
+    }
+
+    /// A scan of a sealed segment's whole file, which must be clean (checksums are checked again by every read).
+    private func scan(_ segment: Segment, verifyChecksums: Bool = true) throws -> SegmentContents {
+        let contents = try SegmentScanner.scan(
+            descriptor: try self.readDescriptor(segment),
+            path: segment.logPath,
+            size: segment.size,
+            start: segment.start,
+            limit: nil,
+            verifyChecksums: verifyChecksums
+        )
+        if let damage = contents.damage {
+            throw StorkError(.storeFailed, "\(segment.logPath) is damaged at offset \(contents.validBytes): \(damage)")
+        }
+        return contents
+    }
+
+    /// Brings back a sealed segment's arrays (from its index file, or a scan), and notes it as recently used; the
+    /// least recently used beyond `maximumLoadedSegments` drop theirs.
+    private func ensureLoaded(_ segment: Segment) throws {
+        if !segment.isLoaded {
+            var contents: SegmentContents?
+            if segment.hasIndexFile, let bytes = try FileSystem.contents(of: segment.indexPath) {
+                contents = SegmentIndexFile.decode(bytes, start: segment.start, logSize: segment.size, details: false)
+            }
+            guard segment.restore(try contents ?? self.scan(segment, verifyChecksums: false)) else {
+                throw StorkError(.storeFailed, "\(segment.logPath) no longer holds the records its index listed")
+            }
+        }
+        guard segment.isSealed, self.loadedSegments.last !== segment else { return }
+        self.loadedSegments.removeAll { $0 === segment }
+        self.loadedSegments.append(segment)
+        while self.loadedSegments.count > max(1, self.configuration.maximumLoadedSegments) {
+            self.loadedSegments.removeFirst().unload()
+        }
     }
 
     /// Reads one segment's index file or scans it, cuts a damaged tail, and loads its in-memory index. Leaves its
@@ -239,8 +300,10 @@ final class SegmentedLog {
                 if segment.isSealed { try FileSystem.removeFile(segment.indexPath) }
             }
             segment.load(found, size: found.validBytes)
-            if segment.isSealed, scanned, found.validBytes > 0 {
-                self.writeIndex(segment.indexPath, start: segment.start, logSize: found.validBytes, contents: found)
+            if segment.isSealed, !scanned {
+                segment.hasIndexFile = true
+            } else if segment.isSealed, found.validBytes > 0 {
+                self.writeIndex(of: segment, contents: found)
             }
             return (found, cut)
         } catch {
@@ -250,10 +313,11 @@ final class SegmentedLog {
         }
     }
 
-    /// Marks removed every message that a deletion record in any segment names.
-    private func applyDeletions() {
+    /// Marks removed every message that a deletion record in any segment names; returns the positions of the segments
+    /// it touched.
+    private func applyDeletions() throws -> [Int] {
         var ranges = self.segments.flatMap(\.deletions)
-        guard !ranges.isEmpty else { return }
+        guard !ranges.isEmpty else { return [] }
         ranges.sort { $0.lowerBound < $1.lowerBound }
         var merged: [ClosedRange<UInt64>] = []
         merged.reserveCapacity(ranges.count)
@@ -264,14 +328,19 @@ final class SegmentedLog {
                 merged.append(range)
             }
         }
-        for segment in self.segments {
-            guard let first = segment.sequences.first, let last = segment.lastSequence else { continue }
+        var touched: [Int] = []
+        for (position, segment) in self.segments.enumerated() {
+            guard let first = segment.firstSequence, let last = segment.lastSequence else { continue }
             // The first range that ends at or after this segment's first message.
             var low = 0
             var high = merged.count
             while low < high {
                 let middle = (low + high) / 2
                 if merged[middle].upperBound < first { low = middle + 1 } else { high = middle }
+            }
+            if low < merged.count, merged[low].lowerBound <= last {
+                try self.ensureLoaded(segment)
+                touched.append(position)
             }
             while low < merged.count, merged[low].lowerBound <= last {
                 var index = segment.firstIndex(atOrAfter: merged[low].lowerBound)
@@ -282,6 +351,7 @@ final class SegmentedLog {
                 low += 1
             }
         }
+        return touched
     }
 
     // MARK: - Append
@@ -366,6 +436,7 @@ final class SegmentedLog {
         old.isSealed = true
         if self.indexesInBackground { self.unindexed.append(old) } else { self.buildIndex(old) }
         self.rememberOpen(old)
+        try self.ensureLoaded(old)
         self.compactIfWorthwhile(old)
     }
 
@@ -380,9 +451,9 @@ final class SegmentedLog {
 
     func message(_ sequence: UInt64) throws -> StoredMessage? {
         try self.checkOpen()
-        guard let segment = self.segment(containing: sequence), let index = segment.index(of: sequence),
-            !segment.isRemoved(index)
-        else { return nil }
+        guard let segment = self.segment(containing: sequence) else { return nil }
+        try self.ensureLoaded(segment)
+        guard let index = segment.index(of: sequence), !segment.isRemoved(index) else { return nil }
         let length = Int(segment.lengths[index])
         self.reserveScratch(length)
         let descriptor = try self.readDescriptor(segment)
@@ -412,6 +483,7 @@ final class SegmentedLog {
         var from = sequence
         while position < self.segments.count, result.count < limit {
             let segment = self.segments[position]
+            try self.ensureLoaded(segment)
             try self.readRuns(of: segment, from: segment.firstIndex(atOrAfter: from), limit: limit - result.count) {
                 result.append($0)
             }
@@ -421,19 +493,93 @@ final class SegmentedLog {
         return result
     }
 
-    /// Reads up to `limit` present messages of `segment` from entry `index` on, in few large reads: neighbouring
-    /// records are read together when the run stays under 1 MiB and skips at most 64 KiB of other records.
+    /// Records whose sequence, offset and length are in memory (loaded segments).
+    var residentIndexEntries: Int {
+        self.segments.reduce(0) { $0 + ($1.isLoaded ? $1.count : 0) }
+    }
+
+    /// The subject, size and time of the present messages with sequences in `range`, read from their records'
+    /// headers (the stream's index loads a block's detail this way).
+    func indexEntries(in range: ClosedRange<UInt64>) throws -> [MessageIndexEntry] {
+        try self.checkOpen()
+        guard !self.segments.isEmpty else { return [] }
+        var result: [MessageIndexEntry] = []
+        var position = self.segmentPosition(containing: range.lowerBound) ?? 0
+        while position < self.segments.count, self.segments[position].start <= range.upperBound {
+            let segment = self.segments[position]
+            try self.ensureLoaded(segment)
+            try self.readRecords(
+                of: segment,
+                from: segment.firstIndex(atOrAfter: range.lowerBound),
+                limit: .max,
+                through: range.upperBound
+            ) { record, available, entry in
+                let sequence = segment.sequences[entry]
+                let length = Int(segment.lengths[entry])
+                guard available >= max(length, LogRecord.headerSize), case .success(let header) = LogRecord.parseHeader(record),
+                    header.kind == .message, header.sequence == sequence, header.length == length
+                else {
+                    // The full read reports the damage and drops the index file.
+                    _ = try self.decodeMessage(
+                        record,
+                        available: available,
+                        expected: sequence,
+                        length: length,
+                        segment: segment,
+                        offset: segment.offsets[entry]
+                    )
+                    return
+                }
+                result.append(
+                    MessageIndexEntry(
+                        sequence: sequence,
+                        subject: LogRecord.subject(header, record),
+                        size: UInt64(length) - LogRecord.accountingDifference,
+                        timestamp: header.timestamp
+                    )
+                )
+            }
+            position += 1
+        }
+        return result
+    }
+
+    /// Reads up to `limit` present messages of `segment` from entry `index` on, in few large reads.
     private func readRuns(
         of segment: Segment,
         from index: Int,
         limit: Int,
         _ body: (StoredMessage) throws -> Void
     ) throws {
+        try self.readRecords(of: segment, from: index, limit: limit) { record, available, entry in
+            try body(
+                self.decodeMessage(
+                    record,
+                    available: available,
+                    expected: segment.sequences[entry],
+                    length: Int(segment.lengths[entry]),
+                    segment: segment,
+                    offset: segment.offsets[entry]
+                )
+            )
+        }
+    }
+
+    /// Hands up to `limit` present records of `segment` from entry `index` on (up to sequence `through`) to `body`
+    /// with the bytes read after each and its entry, in few large reads: neighbouring records are read together when
+    /// the run stays under 1 MiB and skips at most 64 KiB of other records.
+    private func readRecords(
+        of segment: Segment,
+        from index: Int,
+        limit: Int,
+        through: UInt64 = .max,
+        _ body: (UnsafeRawPointer, Int, Int) throws -> Void
+    ) throws {
         let maximumRun: UInt64 = 1 << 20
         let maximumGap: UInt64 = 64 << 10
         var index = index
         var produced = 0
-        while index < segment.count, produced < limit {
+        while index < segment.count, produced < limit, segment.sequences[index] <= through {
             if segment.isRemoved(index) {
                 index += 1
                 continue
@@ -442,7 +588,7 @@ final class SegmentedLog {
             var runEnd = runStart + UInt64(segment.lengths[index])
             var end = index + 1
             var wanted = 1
-            while end < segment.count, produced + wanted < limit {
+            while end < segment.count, produced + wanted < limit, segment.sequences[end] <= through {
                 if segment.isRemoved(end) {
                     end += 1
                     continue
@@ -466,16 +612,7 @@ final class SegmentedLog {
             let base = UnsafeRawPointer(self.scratch.baseAddress!)
             for entry in index..<end where !segment.isRemoved(entry) {
                 let relative = Int(segment.offsets[entry] - runStart)
-                try body(
-                    self.decodeMessage(
-                        base + relative,
-                        available: read - relative,
-                        expected: segment.sequences[entry],
-                        length: Int(segment.lengths[entry]),
-                        segment: segment,
-                        offset: segment.offsets[entry]
-                    )
-                )
+                try body(base + relative, read - relative, entry)
                 produced += 1
             }
             index = end
@@ -519,7 +656,10 @@ final class SegmentedLog {
                 "stork.store.damage": "\(damage.map { "\($0)" } ?? "")",
             ]
         )
-        if segment.isSealed { try? FileSystem.removeFile(segment.indexPath) }
+        if segment.isSealed {
+            try? FileSystem.removeFile(segment.indexPath)
+            segment.hasIndexFile = false
+        }
         throw StorkError(
             .storeFailed,
             "message \(sequence) in \(segment.logPath) at offset \(offset) is damaged: "
@@ -531,21 +671,22 @@ final class SegmentedLog {
 
     func remove(_ sequences: [UInt64]) throws {
         try self.checkWritable()
-        var found: [(segment: Segment, index: Int)] = []
-        for sequence in sequences {
-            if let segment = self.segment(containing: sequence), let index = segment.index(of: sequence),
-                !segment.isRemoved(index)
-            {
-                found.append((segment, index))
+        var found: [(segment: Segment, index: Int, sequence: UInt64)] = []
+        for sequence in sequences.sorted() {
+            guard let segment = self.segment(containing: sequence) else { continue }
+            try self.ensureLoaded(segment)
+            if let index = segment.index(of: sequence), !segment.isRemoved(index) {
+                found.append((segment, index, sequence))
             }
         }
         guard !found.isEmpty else { return }
-        let ranges = Self.ranges(of: found.map { $0.segment.sequences[$0.index] })
+        let ranges = Self.ranges(of: found.map(\.sequence))
         let record = LogRecord.deletion(ranges)
         try record.withUnsafeBytes { try self.writeToActive($0) }
         self.active.deletions.append(contentsOf: ranges)
         var touched: [Segment] = []
-        for (segment, index) in found {
+        for (segment, index, _) in found {
+            try self.ensureLoaded(segment)
             segment.markRemoved(index)
             if segment.isSealed, touched.last !== segment, !touched.contains(where: { $0 === segment }) {
                 touched.append(segment)
@@ -561,9 +702,7 @@ final class SegmentedLog {
         let through = min(sequence, self.lastSequence)
         guard let first = self.segments.first, through >= first.start else { return }
         let everything = through == self.lastSequence
-        let hasMessages = self.segments.contains { segment in
-            segment.liveCount > 0 && segment.sequences[segment.headCount] <= through
-        }
+        let hasMessages = self.segments.contains { segment in segment.headSequence.map { $0 <= through } ?? false }
         let doomed = self.segments.indices.dropLast().filter { self.segments[$0 + 1].start - 1 <= through }
         let replaceActive = everything && self.active.start <= self.lastSequence
         guard hasMessages || !doomed.isEmpty || replaceActive || (everything && self.active.size > 0) else { return }
@@ -572,7 +711,13 @@ final class SegmentedLog {
         let record = LogRecord.deletion([first.start...through])
         try record.withUnsafeBytes { try self.writeToActive($0) }
         self.active.deletions.append(first.start...through)
-        for segment in self.segments {
+        for (position, segment) in self.segments.enumerated() {
+            guard let head = segment.headSequence, head <= through else { continue }
+            if everything || doomed.contains(position) {
+                segment.markAllRemoved()  // its files go below
+                continue
+            }
+            try self.ensureLoaded(segment)
             var index = segment.headCount
             while index < segment.count, segment.sequences[index] <= through {
                 segment.markRemoved(index)
@@ -704,6 +849,7 @@ final class SegmentedLog {
             written += UInt64(pending.count)
             pending.removeAll(keepingCapacity: true)
         }
+        try self.ensureLoaded(segment)
         try self.readRuns(of: segment, from: 0, limit: segment.liveCount) { message in
             let length = LogRecord.encodedLength(of: message)!
             let start = pending.count
@@ -735,7 +881,7 @@ final class SegmentedLog {
         self.rememberOpen(segment)
         try FileSystem.syncDirectory(self.directory)
         self.unindexed.removeAll { $0 === segment }
-        self.writeIndex(segment.indexPath, start: segment.start, logSize: written, contents: contents)
+        self.writeIndex(of: segment, contents: contents)
         self.logger.debug(
             "file store compacted a segment",
             metadata: [
@@ -833,6 +979,8 @@ final class SegmentedLog {
             {
                 do {
                     try FileSystem.renameFile(temporary, to: work.indexPath)
+                    current.hasIndexFile = true
+                    if !self.loadedSegments.contains(where: { $0 === current }) { current.unload() }
                     return
                 } catch {
                     self.logger.warning(
@@ -898,6 +1046,7 @@ final class SegmentedLog {
         }
         self.segments = []
         self.openSegments = []
+        self.loadedSegments = []
         self.unindexed = []
         self.lock?.release()
         self.lock = nil
@@ -973,6 +1122,7 @@ final class SegmentedLog {
 
     private func deleteFiles(of segment: Segment) throws {
         self.unindexed.removeAll { $0 === segment }
+        self.loadedSegments.removeAll { $0 === segment }
         self.forgetOpen(segment)
         try FileSystem.removeFile(segment.logPath)
         try FileSystem.removeFile(segment.indexPath)
@@ -991,7 +1141,7 @@ final class SegmentedLog {
                 verifyChecksums: false
             )
             guard contents.damage == nil else { return }
-            self.writeIndex(segment.indexPath, start: segment.start, logSize: segment.size, contents: contents)
+            self.writeIndex(of: segment, contents: contents)
         } catch {
             self.logger.warning(
                 "file store could not index a sealed segment",
@@ -1000,10 +1150,12 @@ final class SegmentedLog {
         }
     }
 
-    private func writeIndex(_ path: String, start: UInt64, logSize: UInt64, contents: SegmentContents) {
-        let bytes = SegmentIndexFile.encode(start: start, logSize: logSize, contents: contents)
+    private func writeIndex(of segment: Segment, contents: SegmentContents) {
+        let path = segment.indexPath
+        let bytes = SegmentIndexFile.encode(start: segment.start, logSize: segment.size, contents: contents)
         do {
             try FileSystem.writeAtomically(bytes, to: path, directory: self.directory, durable: false)
+            segment.hasIndexFile = true
         } catch {
             self.logger.warning(
                 "file store could not write an index file",

@@ -157,9 +157,9 @@ public struct ConsumerStateMachine: Sendable {
         case .all:
             self.nextStreamSequence = index.firstSequence
         case .last:
-            self.nextStreamSequence = index.last(filters: filters)?.sequence ?? index.lastSequence + 1
+            self.nextStreamSequence = index.last(filters: filters) ?? index.lastSequence + 1
         case .lastPerSubject:
-            self.nextStreamSequence = index.last(filters: filters)?.sequence ?? index.lastSequence + 1
+            self.nextStreamSequence = index.last(filters: filters) ?? index.lastSequence + 1
         case .new:
             self.nextStreamSequence = index.lastSequence + 1
         case .byStartSequence:
@@ -325,7 +325,7 @@ public struct ConsumerStateMachine: Sendable {
         while let sequence = self.redeliveries.first {
             self.redeliveries.removeFirst()
             guard var pending = self.pending[sequence] else { continue }
-            guard index.entry(sequence) != nil else {
+            guard index.contains(sequence) else {
                 self.pending[sequence] = nil
                 self.advanceAckFloor()
                 continue
@@ -354,23 +354,23 @@ public struct ConsumerStateMachine: Sendable {
             )
         }
         guard !self.ackPendingFull else { return nil }
-        guard let entry = index.next(from: self.searchStart, filters: self.filters) else {
+        guard let sequence = index.next(from: self.searchStart, filters: self.filters) else {
             self.noMatchBelow = index.lastSequence + 1
             return nil
         }
-        self.nextStreamSequence = entry.sequence + 1
+        self.nextStreamSequence = sequence + 1
         self.consumerSequence += 1
         if self.config.ackPolicy == .none {
-            self.ackFloorStream = entry.sequence
+            self.ackFloorStream = sequence
             self.ackFloorConsumer = self.consumerSequence
         } else {
             // Nothing in flight: the floor is right below this message (the sequences skipped since are not this
             // consumer's), so that acking it moves the floor.
             if self.pending.isEmpty {
-                self.ackFloorStream = entry.sequence - 1
+                self.ackFloorStream = sequence - 1
                 self.ackFloorConsumer = self.consumerSequence - 1
             }
-            self.pending[entry.sequence] = Pending(
+            self.pending[sequence] = Pending(
                 consumerSequence: self.consumerSequence,
                 deliveries: 1,
                 deadline: self.noteDeadline(Self.adding(now, self.ackWait(for: 1)))
@@ -379,9 +379,9 @@ public struct ConsumerStateMachine: Sendable {
         self.dirty = true
         self.consumeRequest()
         self.lastSent = now
-        self.lastDeliveredStreamSequence = entry.sequence
+        self.lastDeliveredStreamSequence = sequence
         return Delivery(
-            streamSequence: entry.sequence,
+            streamSequence: sequence,
             consumerSequence: self.consumerSequence,
             deliveries: 1,
             subject: target,
@@ -588,7 +588,7 @@ public struct ConsumerStateMachine: Sendable {
 
     /// The stream was purged or messages removed: forget deliveries of messages that are gone, and move past them.
     public mutating func streamTrimmed(index: StreamIndex) {
-        for sequence in self.pending.keys where index.entry(sequence) == nil { self.pending[sequence] = nil }
+        for sequence in self.pending.keys where !index.contains(sequence) { self.pending[sequence] = nil }
         if self.nextStreamSequence < index.firstSequence { self.nextStreamSequence = index.firstSequence }
         self.advanceAckFloor()
         self.dirty = true

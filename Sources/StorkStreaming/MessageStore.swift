@@ -36,8 +36,8 @@ public struct StoredMessage: Sendable, Hashable {
     }
 }
 
-/// What a stream keeps in memory about every message it holds, so that limits, filtered consumers and stream
-/// state need no reads from the store.
+/// What a stream's index knows about one message: its sequence, subject, accounted size and time (see
+/// ``StreamIndex`` for which of these stay in memory).
 public struct MessageIndexEntry: Sendable, Hashable {
     public var sequence: UInt64
     public var subject: String
@@ -59,7 +59,11 @@ public struct MessageIndexEntry: Sendable, Hashable {
 /// sequence it ever stored (which stays when messages are purged, so that sequences are never reused), and the
 /// metadata records written with ``MessageStore/saveMetadata(key:value:)``.
 public struct MessageStoreRecovery: Sendable, Equatable {
+    /// The present messages, from stores that keep no index of their own.
     public var messages: [MessageIndexEntry]
+    /// Or, from stores with a ``MessageStore/indexLoader``: the summaries of the blocks of present messages, in order
+    /// (the per-message detail stays in the store).
+    public var blocks: [StreamIndex.Block]
     /// The highest sequence ever appended, 0 when none; messages may have been removed since.
     public var lastSequence: UInt64
     public var metadata: [String: [UInt8]]
@@ -68,11 +72,13 @@ public struct MessageStoreRecovery: Sendable, Equatable {
 
     public init(
         messages: [MessageIndexEntry] = [],
+        blocks: [StreamIndex.Block] = [],
         lastSequence: UInt64 = 0,
         metadata: [String: [UInt8]] = [:],
         truncatedBytes: UInt64 = 0
     ) {
         self.messages = messages
+        self.blocks = blocks
         self.lastSequence = lastSequence
         self.metadata = metadata
         self.truncatedBytes = truncatedBytes
@@ -119,6 +125,14 @@ public protocol MessageStore: Sendable {
 
     /// Deletes everything the store holds (the stream is being deleted). The store is not used afterwards.
     func destroy() async throws
+
+    /// How the stream's index reads per-message detail from the store, for a store whose recovery returns block
+    /// summaries; nil for stores whose index keeps every message's detail in memory.
+    var indexLoader: (any StreamIndexLoader)? { get }
+}
+
+extension MessageStore {
+    public var indexLoader: (any StreamIndexLoader)? { nil }
 }
 
 // MARK: - Errors

@@ -1,46 +1,250 @@
 import DequeModule
+import Synchronization
+
+// MARK: - StreamIndexLoader
+
+/// How an index reads the per-message details (subject, size, time) of a block it does not hold in memory: from the
+/// store's own indexes on disk. Called with the stream's lock held, so it must be quick and must not call back into
+/// the stream.
+public protocol StreamIndexLoader: Sendable {
+    /// The messages the store holds with sequences in `range`, in order. Removed messages may be among them (the
+    /// index knows which are present). Empty when the store cannot read them; the store logs why.
+    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry]
+}
 
 // MARK: - StreamIndex
 
-/// What a stream knows about its messages without reading the store: every present message's sequence, subject,
-/// size and time, in order. Decides limits (which messages to drop, whether to refuse a new one) and answers
-/// consumers' "what comes next" questions. Pure.
+/// What a stream knows about its messages without reading their payloads: which sequences are present, their
+/// subjects, sizes and times. Decides limits (which messages to drop, whether to refuse a new one) and answers
+/// consumers' "what comes next" questions. Pure, apart from its loader.
 ///
-/// The entries live in blocks of at most ``blockCapacity`` messages, so that appending never copies more than one
-/// block (a single array of millions of entries pauses the stream's appends, and their acks, each time it grows) and
-/// a block whose messages are all gone is freed at once.
+/// Memory does not grow with the stream's length (issue 20). Sequences are grouped in blocks of ``blockSpan``
+/// (`1…4096`, `4097…8192`, …). Every block keeps a *summary* in memory: first and last present sequence, count,
+/// bytes, first and last time, which sequences are present (a bitmap, only once one inside the range is missing) and
+/// how many messages each subject has (while the block has at most ``maximumSubjectsPerBlock`` of them). The
+/// per-message *detail* is held for the block being appended to; the detail of older blocks comes from the store's
+/// ``StreamIndexLoader`` when a question needs it (a filter the subject counts cannot answer, a removal, a time), and
+/// the last ``defaultCachedBlocks`` used stay in a cache. Without a loader (the SQL stores) every block's detail stays
+/// in memory.
+///
+/// Loaded detail may still list messages removed since (the store removes after the index): presence is always
+/// decided by the summary. Copies of an index share the detail cache; only one copy may change.
 public struct StreamIndex: Sendable {
-    /// Messages per block.
-    public static let blockCapacity = 4096
+    /// Sequences per block.
+    public static let blockSpan: UInt64 = 4096
+    /// At most this many messages per block (one per sequence).
+    public static let blockCapacity = Int(blockSpan)
+    /// Beyond this many distinct subjects a block stops counting per subject (filters then read its detail).
+    public static let maximumSubjectsPerBlock = 16
+    /// Blocks whose detail a stream with a loader keeps in memory besides the one being appended to.
+    public static let defaultCachedBlocks = 32
 
-    struct Block: Sendable {
-        /// Ascending; `head` and after are present (removal from the head only moves `head`).
-        var entries: ContiguousArray<MessageIndexEntry>
-        var head = 0
+    /// The summary of the present messages in one block of sequences.
+    public struct Block: Sendable, Equatable {
+        /// The first sequence of the block's span (`base … base + blockSpan - 1`).
+        public let base: UInt64
+        /// First and last present sequences.
+        public internal(set) var first: UInt64
+        public internal(set) var last: UInt64
+        public internal(set) var count: Int
+        public internal(set) var bytes: UInt64
+        /// The times of the first and last present messages.
+        public internal(set) var firstTime: Int64
+        public internal(set) var lastTime: Int64
+        /// One bit per sequence of the span, set when present; nil while every sequence from `first` to `last` is.
+        var present: [UInt64]?
+        /// Present messages per subject; nil once the block had more than ``maximumSubjectsPerBlock`` subjects.
+        var subjects: [String: Int]?
 
-        init(_ entry: MessageIndexEntry) {
-            self.entries = [entry]
-            self.entries.reserveCapacity(StreamIndex.blockCapacity)
+        static func base(of sequence: UInt64) -> UInt64 {
+            sequence == 0 ? 1 : (sequence - 1) / StreamIndex.blockSpan * StreamIndex.blockSpan + 1
         }
 
-        var count: Int { self.entries.count - self.head }
-        var first: MessageIndexEntry { self.entries[self.head] }
-        var last: MessageIndexEntry { self.entries[self.entries.count - 1] }
+        public init(_ entry: MessageIndexEntry) {
+            self.base = Self.base(of: entry.sequence)
+            self.first = entry.sequence
+            self.last = entry.sequence
+            self.count = 1
+            self.bytes = entry.size
+            self.firstTime = entry.timestamp
+            self.lastTime = entry.timestamp
+            self.subjects = [entry.subject: 1]
+        }
 
-        /// The position in `entries` of the first present entry with sequence ≥ `sequence`.
-        func position(atOrAfter sequence: UInt64) -> Int {
-            var low = self.head
-            var high = self.entries.count
-            while low < high {
-                let middle = (low + high) / 2
-                if self.entries[middle].sequence < sequence { low = middle + 1 } else { high = middle }
+        /// The sequence after this block's span.
+        var end: UInt64 { self.base + StreamIndex.blockSpan }
+
+        @inline(__always)
+        private func bit(_ sequence: UInt64) -> Bool {
+            let offset = Int(sequence - self.base)
+            return self.present![offset >> 6] & (1 << UInt64(offset & 63)) != 0
+        }
+
+        public func contains(_ sequence: UInt64) -> Bool {
+            sequence >= self.first && sequence <= self.last && (self.present == nil || self.bit(sequence))
+        }
+
+        /// Turns "every sequence from first to last" into bits.
+        mutating func materialize() {
+            guard self.present == nil else { return }
+            var bits = [UInt64](repeating: 0, count: Int(StreamIndex.blockSpan) / 64)
+            for offset in Int(self.first - self.base)...Int(self.last - self.base) {
+                bits[offset >> 6] |= 1 << UInt64(offset & 63)
             }
-            return low
+            self.present = bits
+        }
+
+        mutating func setBit(_ sequence: UInt64, _ value: Bool) {
+            let offset = Int(sequence - self.base)
+            if value {
+                self.present![offset >> 6] |= 1 << UInt64(offset & 63)
+            } else {
+                self.present![offset >> 6] &= ~(1 << UInt64(offset & 63))
+            }
+        }
+
+        /// The first present sequence ≥ `sequence`.
+        func next(atOrAfter sequence: UInt64) -> UInt64? {
+            let from = max(sequence, self.first)
+            guard from <= self.last else { return nil }
+            guard let present = self.present else { return from }
+            var offset = Int(from - self.base)
+            var word = present[offset >> 6] & (~0 << UInt64(offset & 63))
+            while true {
+                if word != 0 {
+                    let found = self.base + UInt64((offset & ~63) + word.trailingZeroBitCount)
+                    return found <= self.last ? found : nil
+                }
+                offset = (offset & ~63) + 64
+                guard offset < present.count * 64 else { return nil }
+                word = present[offset >> 6]
+            }
+        }
+
+        /// The last present sequence ≤ `sequence`.
+        func previous(atOrBefore sequence: UInt64) -> UInt64? {
+            let from = min(sequence, self.last)
+            guard from >= self.first else { return nil }
+            guard let present = self.present else { return from }
+            var offset = Int(from - self.base)
+            let shift = UInt64(offset & 63)
+            var word = present[offset >> 6] & (shift == 63 ? ~0 : (1 << (shift + 1)) - 1)
+            while true {
+                if word != 0 {
+                    let found = self.base + UInt64((offset & ~63) + 63 - word.leadingZeroBitCount)
+                    return found >= self.first ? found : nil
+                }
+                guard offset >= 64 else { return nil }
+                offset = (offset & ~63) - 1
+                word = present[offset >> 6]
+            }
+        }
+
+        /// Present messages with sequence ≥ `sequence`.
+        func count(from sequence: UInt64) -> Int {
+            if sequence <= self.first { return self.count }
+            if sequence > self.last { return 0 }
+            guard let present = self.present else { return Int(self.last - sequence + 1) }
+            let low = Int(sequence - self.base)
+            let high = Int(self.last - self.base)
+            var total = 0
+            for word in (low >> 6)...(high >> 6) {
+                var bits = present[word]
+                if word == low >> 6 { bits &= ~0 << UInt64(low & 63) }
+                if word == high >> 6, high & 63 != 63 { bits &= (1 << UInt64((high & 63) + 1)) - 1 }
+                total += bits.nonzeroBitCount
+            }
+            return total
+        }
+
+        /// Present messages whose subject passes `filters`, counted from the subject counts; nil when the block no
+        /// longer counts per subject.
+        func count(passing filters: [String]) -> Int? {
+            guard let subjects = self.subjects else { return nil }
+            var total = 0
+            for (subject, count) in subjects where StreamIndex.passes(subject, filters) { total += count }
+            return total
+        }
+
+        /// Whether the block may hold a message passing `filters` (false only when its subject counts say so).
+        func mayHold(_ filters: [String]) -> Bool {
+            filters.isEmpty || (self.count(passing: filters) ?? 1) > 0
+        }
+
+        /// Adds a message after `last` (the block's span).
+        public mutating func append(_ entry: MessageIndexEntry) {
+            if self.present != nil || entry.sequence != self.last + 1 {
+                self.materialize()
+                self.setBit(entry.sequence, true)
+            }
+            self.last = entry.sequence
+            self.count += 1
+            self.bytes += entry.size
+            self.lastTime = entry.timestamp
+            if self.subjects != nil {
+                self.subjects![entry.subject, default: 0] += 1
+                if self.subjects!.count > StreamIndex.maximumSubjectsPerBlock { self.subjects = nil }
+            }
+        }
+
+        /// The summary of `self` followed by `later`, two parts of the same span (segments of a store).
+        public func merged(with later: Block) -> Block {
+            precondition(later.base == self.base && later.first > self.last, "blocks to merge overlap")
+            var result = self
+            if self.present != nil || later.present != nil || later.first != self.last + 1 {
+                result.materialize()
+                var other = later
+                other.materialize()
+                for word in result.present!.indices { result.present![word] |= other.present![word] }
+            }
+            result.last = later.last
+            result.count += later.count
+            result.bytes += later.bytes
+            result.lastTime = later.lastTime
+            if let ours = self.subjects, let theirs = later.subjects {
+                let subjects = ours.merging(theirs, uniquingKeysWith: +)
+                result.subjects = subjects.count > StreamIndex.maximumSubjectsPerBlock ? nil : subjects
+            } else {
+                result.subjects = nil
+            }
+            return result
+        }
+    }
+
+    /// Builds block summaries from present messages given in order (stores, at recovery).
+    public struct Builder: Sendable {
+        public private(set) var blocks: [Block] = []
+
+        public init() {}
+
+        public mutating func add(_ entry: MessageIndexEntry) {
+            if let last = self.blocks.indices.last, self.blocks[last].base == Block.base(of: entry.sequence) {
+                self.blocks[last].append(entry)
+            } else {
+                self.blocks.append(Block(entry))
+            }
+        }
+
+        /// Adds the summaries of later messages, merging a block that continues the last one.
+        public mutating func add(_ blocks: [Block]) {
+            for block in blocks {
+                if let last = self.blocks.indices.last, self.blocks[last].base == block.base {
+                    self.blocks[last] = self.blocks[last].merged(with: block)
+                } else {
+                    self.blocks.append(block)
+                }
+            }
         }
     }
 
     /// Never empty blocks, ascending.
-    private(set) var blocks: Deque<Block> = []
+    public private(set) var blocks: Deque<Block> = []
+    /// The detail of the block with base `tailBase` (appends go there), every message appended or loaded, present or
+    /// not.
+    private var tail: ContiguousArray<MessageIndexEntry> = []
+    private var tailBase: UInt64 = 0
+    private let cache: DetailCache
+    private let loader: (any StreamIndexLoader)?
     /// Present messages.
     public private(set) var count = 0
     /// The highest sequence ever stored; never goes down.
@@ -68,39 +272,98 @@ public struct StreamIndex: Sendable {
     /// The per-subject limit `subjects` was last checked against.
     private var subjectLimit: Int64 = 0
 
-    public init() {}
+    /// An empty index. With a `loader`, at most `cachedBlocks` blocks' detail stays in memory besides the last one.
+    public init(loader: (any StreamIndexLoader)? = nil, cachedBlocks: Int = StreamIndex.defaultCachedBlocks) {
+        self.loader = loader
+        self.cache = DetailCache(capacity: loader == nil ? Int.max : max(1, cachedBlocks))
+    }
 
-    public init(recovery: MessageStoreRecovery) {
+    /// The index of what a store recovered: its messages, or its block summaries (which need the store's loader).
+    public init(
+        recovery: MessageStoreRecovery,
+        loader: (any StreamIndexLoader)? = nil,
+        cachedBlocks: Int = StreamIndex.defaultCachedBlocks
+    ) {
+        precondition(recovery.blocks.isEmpty || loader != nil, "block summaries need the store's loader")
+        self.init(loader: loader, cachedBlocks: cachedBlocks)
         for entry in recovery.messages { self.append(entry) }
-        self.lastSequence = max(recovery.lastSequence, recovery.messages.last?.sequence ?? 0)
-        self.floor = recovery.messages.first?.sequence ?? self.lastSequence + 1
+        for block in recovery.blocks {
+            precondition(block.first > self.lastSequence && block.base != self.blocks.last?.base, "blocks out of order")
+            self.blocks.append(block)
+            self.count += block.count
+            self.bytes += block.bytes
+            self.lastSequence = block.last
+        }
+        if let last = self.blocks.last, let loader, !recovery.blocks.isEmpty {
+            self.tail = ContiguousArray(loader.indexEntries(in: last.base...last.last))
+            self.tail.reserveCapacity(Self.blockCapacity)
+            self.tailBase = last.base
+        }
+        self.lastSequence = max(recovery.lastSequence, self.lastSequence)
+        self.floor = self.blocks.first?.first ?? self.lastSequence + 1
     }
 
-    /// Every present message, in order.
-    public var entries: Entries { Entries(blocks: self.blocks, count: self.count) }
-
-    /// The present messages with sequence ≥ `sequence`, in order.
-    public func entries(from sequence: UInt64) -> Entries.SubSequence {
-        let entries = self.entries
-        return entries[self.index(atOrAfter: sequence)...]
-    }
-
-    public var firstSequence: UInt64 { self.blocks.first?.first.sequence ?? max(self.floor, self.lastSequence + 1) }
+    public var firstSequence: UInt64 { self.blocks.first?.first ?? max(self.floor, self.lastSequence + 1) }
+    /// The times of the first and last present messages (0 when none).
+    public var firstTimestamp: Int64 { self.blocks.first?.firstTime ?? 0 }
+    public var lastTimestamp: Int64 { self.blocks.last?.lastTime ?? 0 }
     /// Sequences between first and last that are gone (deleted inside the range).
     public var deletedCount: Int {
-        guard let first = self.blocks.first?.first else { return 0 }
-        return Int(self.lastSequence - first.sequence + 1) - self.count
+        guard let first = self.blocks.first?.first, let last = self.blocks.last?.last else { return 0 }
+        return Int(last - first + 1) - self.count
+    }
+
+    /// How many messages' detail is in memory now (the block appended to and the cached ones): bounded by the cache,
+    /// not by the stream's length, when the index has a loader.
+    public var residentDetailEntries: Int { self.tail.count + self.cache.entryCount }
+
+    // MARK: Detail
+
+    /// Every message the store holds in `block`'s span as far as known (present or not), in order.
+    func detail(of block: Block) -> ContiguousArray<MessageIndexEntry> {
+        if block.base == self.tailBase { return self.tail }
+        if let cached = self.cache.get(block.base) { return cached }
+        guard let loader else { return [] }
+        let loaded = ContiguousArray(loader.indexEntries(in: block.first...block.last))
+        self.cache.put(block.base, loaded)
+        return loaded
+    }
+
+    /// The position in `detail` of the first message with sequence ≥ `sequence`.
+    static func position(atOrAfter sequence: UInt64, in detail: ContiguousArray<MessageIndexEntry>) -> Int {
+        var low = 0
+        var high = detail.count
+        while low < high {
+            let middle = (low + high) / 2
+            if detail[middle].sequence < sequence { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    static func find(_ sequence: UInt64, in detail: ContiguousArray<MessageIndexEntry>) -> MessageIndexEntry? {
+        let position = Self.position(atOrAfter: sequence, in: detail)
+        return position < detail.count && detail[position].sequence == sequence ? detail[position] : nil
     }
 
     // MARK: Changing
 
     public mutating func append(_ entry: MessageIndexEntry) {
         precondition(entry.sequence > self.lastSequence, "sequence \(entry.sequence) after \(self.lastSequence)")
-        if let last = self.blocks.indices.last, self.blocks[last].entries.count < Self.blockCapacity {
-            self.blocks[last].entries.append(entry)
+        let base = Block.base(of: entry.sequence)
+        if let last = self.blocks.indices.last, self.blocks[last].base == base {
+            self.blocks[last].append(entry)
         } else {
             self.blocks.append(Block(entry))
         }
+        if base != self.tailBase {
+            if self.tailBase != 0, self.blocks.contains(where: { $0.base == self.tailBase }) {
+                self.cache.put(self.tailBase, self.tail)
+            }
+            self.tail = []
+            self.tail.reserveCapacity(Self.blockCapacity)
+            self.tailBase = base
+        }
+        self.tail.append(entry)
         self.count += 1
         self.lastSequence = entry.sequence
         self.bytes += entry.size
@@ -140,31 +403,70 @@ public struct StreamIndex: Sendable {
     /// Removes one message; false when it is not present.
     @discardableResult
     public mutating func remove(_ sequence: UInt64) -> Bool {
-        guard let block = self.block(containing: sequence) else { return false }
-        let position = self.blocks[block].position(atOrAfter: sequence)
-        guard position < self.blocks[block].entries.count, self.blocks[block].entries[position].sequence == sequence
-        else { return false }
-        let removed = self.blocks[block].entries[position]
-        self.bytes -= removed.size
-        self.count -= 1
-        self.subjectRemoved(removed)
-        if position == self.blocks[block].head {
-            self.blocks[block].head += 1
-        } else {
-            self.blocks[block].entries.remove(at: position)
-        }
-        if self.blocks[block].count == 0 { self.blocks.remove(at: block) }
+        guard let block = self.block(containing: sequence), self.blocks[block].contains(sequence) else { return false }
+        let detail = self.detail(of: self.blocks[block])
+        self.removeEntry(sequence, inBlock: block, detail: detail)
         return true
     }
 
-    /// Removes the first message.
-    private mutating func removeFirst() -> MessageIndexEntry {
-        let first = self.blocks[0].first
-        self.blocks[0].head += 1
-        if self.blocks[0].count == 0 { self.blocks.removeFirst() }
+    /// Removes a present message, reading its size, subject and its neighbours' times from `detail`.
+    private mutating func removeEntry(_ sequence: UInt64, inBlock position: Int, detail: ContiguousArray<MessageIndexEntry>) {
+        // A store that cannot read its index (logged by the store) leaves the size and subject unknown.
+        let entry = Self.find(sequence, in: detail) ?? MessageIndexEntry(sequence: sequence, subject: "", size: 0, timestamp: 0)
         self.count -= 1
-        self.bytes -= first.size
-        self.subjectRemoved(first)
+        self.bytes -= min(self.bytes, entry.size)
+        self.subjectRemoved(entry)
+        var block = self.blocks[position]
+        block.count -= 1
+        if block.count == 0 {
+            self.blocks.remove(at: position)
+            self.forgetDetail(block.base)
+            return
+        }
+        block.bytes -= min(block.bytes, entry.size)
+        if let count = block.subjects?[entry.subject] { block.subjects![entry.subject] = count > 1 ? count - 1 : nil }
+        if sequence == block.first {
+            if block.present != nil { block.setBit(sequence, false) }
+            block.first = block.next(atOrAfter: sequence + 1)!
+            if let next = Self.find(block.first, in: detail) { block.firstTime = next.timestamp }
+        } else if sequence == block.last {
+            if block.present != nil { block.setBit(sequence, false) }
+            block.last = block.previous(atOrBefore: sequence - 1)!
+            if let previous = Self.find(block.last, in: detail) { block.lastTime = previous.timestamp }
+        } else {
+            block.materialize()
+            block.setBit(sequence, false)
+        }
+        self.blocks[position] = block
+    }
+
+    /// Drops the first block whole: every message in it is going.
+    private mutating func removeFirstBlock(collecting sequences: inout [UInt64]?) {
+        let block = self.blocks.removeFirst()
+        self.count -= block.count
+        self.bytes -= min(self.bytes, block.bytes)
+        if sequences != nil || self.subjects != nil {
+            var next = block.next(atOrAfter: block.first)
+            while let sequence = next {
+                sequences?.append(sequence)
+                next = block.next(atOrAfter: sequence + 1)
+            }
+        }
+        if self.subjects != nil {
+            let detail = self.detail(of: block)
+            for entry in detail where block.contains(entry.sequence) { self.subjectRemoved(entry) }
+        }
+        self.forgetDetail(block.base)
+    }
+
+    private func forgetDetail(_ base: UInt64) {
+        if base != self.tailBase { self.cache.remove(base) }
+    }
+
+    /// Removes the first present message and returns its sequence.
+    private mutating func removeFirst() -> UInt64 {
+        let first = self.blocks[0].first
+        self.removeEntry(first, inBlock: 0, detail: self.detail(of: self.blocks[0]))
         return first
     }
 
@@ -173,19 +475,14 @@ public struct StreamIndex: Sendable {
     public mutating func purge(through sequence: UInt64? = nil) -> Int {
         let limit = sequence ?? self.lastSequence
         var removed = 0
+        var none: [UInt64]? = nil
         while let first = self.blocks.first {
-            if first.last.sequence <= limit {
-                // The whole block at once.
-                self.count -= first.count
-                for index in first.head..<first.entries.count {
-                    self.bytes -= first.entries[index].size
-                    self.subjectRemoved(first.entries[index])
-                }
+            if first.last <= limit {
                 removed += first.count
-                self.blocks.removeFirst()
+                self.removeFirstBlock(collecting: &none)
                 continue
             }
-            while self.blocks[0].first.sequence <= limit {
+            while self.blocks[0].first <= limit {
                 _ = self.removeFirst()
                 removed += 1
             }
@@ -199,28 +496,46 @@ public struct StreamIndex: Sendable {
     /// sequences, oldest first. With discard `new`, message and byte limits are enforced by refusing instead (see
     /// ``refusal(for:config:)``), but age still drops old messages.
     public mutating func evict(config: StreamConfig, now: Int64) -> [UInt64] {
-        var evicted: [UInt64] = []
+        var evicted: [UInt64]? = []
         if config.maxMsgs > 0 {
-            while self.count > config.maxMsgs { evicted.append(self.removeFirst().sequence) }
-        }
-        if config.maxBytes > 0 {
-            while self.bytes > UInt64(config.maxBytes), self.count > 0 { evicted.append(self.removeFirst().sequence) }
-        }
-        if config.maxAge > 0 {
-            while let first = self.blocks.first?.first, now - first.timestamp >= config.maxAge {
-                evicted.append(self.removeFirst().sequence)
+            while self.count > config.maxMsgs {
+                if self.count - self.blocks[0].count >= config.maxMsgs {
+                    self.removeFirstBlock(collecting: &evicted)
+                } else {
+                    evicted!.append(self.removeFirst())
+                }
             }
         }
+        if config.maxBytes > 0 {
+            let limit = UInt64(config.maxBytes)
+            while self.bytes > limit, let first = self.blocks.first {
+                if self.bytes - first.bytes >= limit {
+                    self.removeFirstBlock(collecting: &evicted)
+                } else {
+                    evicted!.append(self.removeFirst())
+                }
+            }
+        }
+        if config.maxAge > 0 {
+            while let first = self.blocks.first, now - first.firstTime >= config.maxAge {
+                if now - first.lastTime >= config.maxAge {
+                    self.removeFirstBlock(collecting: &evicted)
+                } else {
+                    evicted!.append(self.removeFirst())
+                }
+            }
+        }
+        var result = evicted!
         if config.maxMsgsPerSubject > 0 {
-            evicted += self.evictPerSubject(limit: config.maxMsgsPerSubject)
-            evicted.sort()
+            result += self.evictPerSubject(limit: config.maxMsgsPerSubject)
+            result.sort()
         } else if self.subjects != nil {
             self.subjects = nil
             self.touched = []
             self.subjectLimit = 0
         }
-        if let first = evicted.last { self.floor = max(self.floor, min(first + 1, self.firstSequence)) }
-        return evicted
+        if let last = result.last { self.floor = max(self.floor, min(last + 1, self.firstSequence)) }
+        return result
     }
 
     /// Drops the oldest messages of every subject holding more than `limit`. The first call (or a new limit) looks at
@@ -282,58 +597,95 @@ public struct StreamIndex: Sendable {
         var high = self.blocks.count
         while low < high {
             let middle = (low + high) / 2
-            if self.blocks[middle].last.sequence < sequence { low = middle + 1 } else { high = middle }
+            if self.blocks[middle].last < sequence { low = middle + 1 } else { high = middle }
         }
         return low
     }
 
-    /// The block that would hold `sequence` if it is present.
+    /// The block whose span holds `sequence`, if there is one.
     private func block(containing sequence: UInt64) -> Int? {
         let block = self.firstBlock(endingAtOrAfter: sequence)
-        return block < self.blocks.count && self.blocks[block].first.sequence <= sequence ? block : nil
+        return block < self.blocks.count && self.blocks[block].first <= sequence ? block : nil
     }
 
-    /// The position in `entries` of the first present message with sequence ≥ `sequence`.
-    private func index(atOrAfter sequence: UInt64) -> Entries.Index {
-        let block = self.firstBlock(endingAtOrAfter: sequence)
-        guard block < self.blocks.count else { return Entries.Index(block: block, position: 0) }
-        return Entries.Index(block: block, position: self.blocks[block].position(atOrAfter: sequence))
+    /// Whether the message with this sequence is present.
+    public func contains(_ sequence: UInt64) -> Bool {
+        self.block(containing: sequence).map { self.blocks[$0].contains(sequence) } ?? false
     }
 
+    /// The present message with this sequence (its detail may be read from the store).
     public func entry(_ sequence: UInt64) -> MessageIndexEntry? {
-        guard let block = self.block(containing: sequence) else { return nil }
-        let position = self.blocks[block].position(atOrAfter: sequence)
-        let entries = self.blocks[block].entries
-        return position < entries.count && entries[position].sequence == sequence ? entries[position] : nil
+        guard let block = self.block(containing: sequence), self.blocks[block].contains(sequence) else { return nil }
+        return Self.find(sequence, in: self.detail(of: self.blocks[block]))
     }
 
-    /// The first message at or after `sequence` whose subject passes `filters` (all when empty).
-    public func next(from sequence: UInt64, filters: [String]) -> MessageIndexEntry? {
-        self.entries(from: sequence).first { Self.passes($0.subject, filters) }
+    /// The first present sequence ≥ `sequence` whose subject passes `filters` (all when empty).
+    public func next(from sequence: UInt64, filters: [String]) -> UInt64? {
+        var position = self.firstBlock(endingAtOrAfter: sequence)
+        while position < self.blocks.count {
+            let block = self.blocks[position]
+            if filters.isEmpty { return block.next(atOrAfter: sequence) }
+            if block.mayHold(filters) {
+                let detail = self.detail(of: block)
+                var index = Self.position(atOrAfter: max(sequence, block.first), in: detail)
+                while index < detail.count, detail[index].sequence <= block.last {
+                    let entry = detail[index]
+                    if block.contains(entry.sequence), Self.passes(entry.subject, filters) { return entry.sequence }
+                    index += 1
+                }
+            }
+            position += 1
+        }
+        return nil
     }
 
     /// How many messages at or after `sequence` pass `filters`.
     public func count(from sequence: UInt64, filters: [String]) -> Int {
-        let start = self.index(atOrAfter: sequence)
-        if filters.isEmpty {
-            guard start.block < self.blocks.count else { return 0 }
-            var count = self.blocks[start.block].entries.count - start.position
-            for block in (start.block + 1)..<self.blocks.count { count += self.blocks[block].count }
-            return count
+        var total = 0
+        for position in self.firstBlock(endingAtOrAfter: sequence)..<self.blocks.count {
+            let block = self.blocks[position]
+            if filters.isEmpty {
+                total += block.count(from: sequence)
+            } else if sequence <= block.first, let counted = block.count(passing: filters) {
+                total += counted
+            } else if block.mayHold(filters) {
+                for entry in self.detail(of: block)
+                where entry.sequence >= sequence && block.contains(entry.sequence) && Self.passes(entry.subject, filters) {
+                    total += 1
+                }
+            }
         }
-        var count = 0
-        for entry in self.entries[start...] where Self.passes(entry.subject, filters) { count += 1 }
-        return count
+        return total
     }
 
-    /// The last message passing `filters`, if any.
-    public func last(filters: [String]) -> MessageIndexEntry? {
-        self.entries.last { Self.passes($0.subject, filters) }
+    /// The last present sequence passing `filters`, if any.
+    public func last(filters: [String]) -> UInt64? {
+        for block in self.blocks.reversed() {
+            if filters.isEmpty { return block.last }
+            guard block.mayHold(filters) else { continue }
+            for entry in self.detail(of: block).reversed()
+            where block.contains(entry.sequence) && Self.passes(entry.subject, filters) {
+                return entry.sequence
+            }
+        }
+        return nil
     }
 
     /// The first sequence stored at or after `timestamp` (ns), if any.
     public func firstSequence(atOrAfter timestamp: Int64) -> UInt64? {
-        self.entries.first { $0.timestamp >= timestamp }?.sequence
+        var low = 0
+        var high = self.blocks.count
+        while low < high {
+            let middle = (low + high) / 2
+            if self.blocks[middle].lastTime < timestamp { low = middle + 1 } else { high = middle }
+        }
+        return self.entries(from: low < self.blocks.count ? self.blocks[low].first : self.lastSequence + 1)
+            .first { $0.timestamp >= timestamp }?.sequence
+    }
+
+    /// Present messages up to and including `sequence`.
+    public func count(through sequence: UInt64) -> Int {
+        self.count - self.count(from: sequence &+ 1, filters: [])
     }
 
     static func passes(_ subject: String, _ filters: [String]) -> Bool {
@@ -342,45 +694,153 @@ public struct StreamIndex: Sendable {
 
     // MARK: Entries
 
-    /// The present messages of an index, in order (a view of its blocks).
-    public struct Entries: BidirectionalCollection, Sendable {
-        public struct Index: Comparable, Sendable {
-            /// The block, and the position in its `entries` (≥ its `head`).
+    /// Every present message, in order (detail read block by block).
+    public var entries: Entries { Entries(index: self, start: 0) }
+
+    /// The present messages with sequence ≥ `sequence`, in order.
+    public func entries(from sequence: UInt64) -> Entries { Entries(index: self, start: sequence) }
+
+    /// The present messages with sequence ≤ `sequence`, newest first.
+    public func reversedEntries(through sequence: UInt64 = .max) -> ReversedEntries {
+        ReversedEntries(index: self, end: sequence)
+    }
+
+    /// Present messages from a sequence on, in order.
+    public struct Entries: Sequence, Sendable {
+        let index: StreamIndex
+        let start: UInt64
+
+        public var isEmpty: Bool { self.index.next(from: self.start, filters: []) == nil }
+        public var first: MessageIndexEntry? { self.first(where: { _ in true }) }
+
+        public func makeIterator() -> Iterator {
+            Iterator(index: self.index, start: self.start, block: self.index.firstBlock(endingAtOrAfter: self.start))
+        }
+
+        public struct Iterator: IteratorProtocol {
+            let index: StreamIndex
+            let start: UInt64
             var block: Int
-            var position: Int
+            var detail: ContiguousArray<MessageIndexEntry>?
+            var position = 0
 
-            public static func < (lhs: Index, rhs: Index) -> Bool {
-                lhs.block != rhs.block ? lhs.block < rhs.block : lhs.position < rhs.position
+            init(index: StreamIndex, start: UInt64, block: Int) {
+                self.index = index
+                self.start = start
+                self.block = block
+            }
+
+            public mutating func next() -> MessageIndexEntry? {
+                while self.block < self.index.blocks.count {
+                    let block = self.index.blocks[self.block]
+                    if self.detail == nil {
+                        let detail = self.index.detail(of: block)
+                        self.position = StreamIndex.position(atOrAfter: Swift.max(self.start, block.first), in: detail)
+                        self.detail = detail
+                    }
+                    while self.position < self.detail!.count {
+                        let entry = self.detail![self.position]
+                        self.position += 1
+                        if entry.sequence > block.last { break }
+                        if block.contains(entry.sequence) { return entry }
+                    }
+                    self.block += 1
+                    self.detail = nil
+                }
+                return nil
             }
         }
+    }
 
-        let blocks: Deque<Block>
-        public let count: Int
+    /// Present messages up to a sequence, newest first.
+    public struct ReversedEntries: Sequence, Sendable {
+        let index: StreamIndex
+        let end: UInt64
 
-        public var startIndex: Index { Index(block: 0, position: self.blocks.first?.head ?? 0) }
-        public var endIndex: Index { Index(block: self.blocks.count, position: 0) }
-        public var isEmpty: Bool { self.count == 0 }
-
-        public subscript(index: Index) -> MessageIndexEntry { self.blocks[index.block].entries[index.position] }
-
-        public func index(after index: Index) -> Index {
-            if index.position + 1 < self.blocks[index.block].entries.count {
-                return Index(block: index.block, position: index.position + 1)
-            }
-            let next = index.block + 1
-            return Index(block: next, position: next < self.blocks.count ? self.blocks[next].head : 0)
+        public func makeIterator() -> Iterator {
+            let after = self.index.firstBlock(endingAtOrAfter: self.end)
+            return Iterator(index: self.index, end: self.end, block: Swift.min(after, self.index.blocks.count - 1))
         }
 
-        public func index(before index: Index) -> Index {
-            if index.block < self.blocks.count, index.position > self.blocks[index.block].head {
-                return Index(block: index.block, position: index.position - 1)
-            }
-            let previous = index.block - 1
-            return Index(block: previous, position: self.blocks[previous].entries.count - 1)
-        }
+        public struct Iterator: IteratorProtocol {
+            let index: StreamIndex
+            let end: UInt64
+            var block: Int
+            var detail: ContiguousArray<MessageIndexEntry>?
+            var position = 0
 
-        public var first: MessageIndexEntry? { self.blocks.first?.first }
-        public var last: MessageIndexEntry? { self.blocks.last?.last }
+            init(index: StreamIndex, end: UInt64, block: Int) {
+                self.index = index
+                self.end = end
+                self.block = block
+            }
+
+            public mutating func next() -> MessageIndexEntry? {
+                while self.block >= 0 {
+                    let block = self.index.blocks[self.block]
+                    if self.detail == nil {
+                        let detail = self.index.detail(of: block)
+                        self.position = StreamIndex.position(atOrAfter: Swift.min(self.end, block.last) &+ 1, in: detail) - 1
+                        self.detail = detail
+                    }
+                    while self.position >= 0 {
+                        let entry = self.detail![self.position]
+                        self.position -= 1
+                        if entry.sequence < block.first { break }
+                        if block.contains(entry.sequence) { return entry }
+                    }
+                    self.block -= 1
+                    self.detail = nil
+                }
+                return nil
+            }
+        }
+    }
+}
+
+// MARK: - DetailCache
+
+/// The per-message detail of blocks read from a store, least recently used dropped beyond a capacity. Shared by the
+/// copies of an index.
+final class DetailCache: Sendable {
+    private struct State {
+        var blocks: [UInt64: (entries: ContiguousArray<MessageIndexEntry>, used: UInt64)] = [:]
+        var clock: UInt64 = 0
+        var entryCount = 0
+    }
+
+    let capacity: Int
+    private let state = Mutex(State())
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    var entryCount: Int { self.state.withLock { $0.entryCount } }
+
+    func get(_ base: UInt64) -> ContiguousArray<MessageIndexEntry>? {
+        self.state.withLock { state in
+            guard let found = state.blocks[base] else { return nil }
+            state.clock += 1
+            state.blocks[base]!.used = state.clock
+            return found.entries
+        }
+    }
+
+    func put(_ base: UInt64, _ entries: ContiguousArray<MessageIndexEntry>) {
+        self.state.withLock { state in
+            state.clock += 1
+            state.entryCount += entries.count - (state.blocks[base]?.entries.count ?? 0)
+            state.blocks[base] = (entries, state.clock)
+            while state.blocks.count > self.capacity {
+                let oldest = state.blocks.min { $0.value.used < $1.value.used }!.key
+                state.entryCount -= state.blocks.removeValue(forKey: oldest)!.entries.count
+            }
+        }
+    }
+
+    func remove(_ base: UInt64) {
+        self.state.withLock { state in
+            if let removed = state.blocks.removeValue(forKey: base) { state.entryCount -= removed.entries.count }
+        }
     }
 }
 

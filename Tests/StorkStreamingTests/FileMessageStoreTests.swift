@@ -22,7 +22,7 @@ func openFileStore(
     _ configuration: FileMessageStoreConfiguration = .small()
 ) async throws -> (FileMessageStore, MessageStoreRecovery) {
     let store = FileMessageStore(directory: directory.path, configuration: configuration)
-    let recovery = try await store.open()
+    let recovery = try await store.open().expanded(store)
     return (store, recovery)
 }
 
@@ -383,6 +383,47 @@ struct FileMessageStoreTests {
         try await reopened.close()
     }
 
+    @Test("a long stream keeps a bounded part of its index in memory, while it grows, when read and after a restart")
+    func indexMemoryIsBounded() async throws {
+        let directory = StoreTestDirectory("bounded")
+        defer { directory.remove() }
+        // Records of 16-byte payloads on "orders.created" are 64 bytes: about a thousand per segment.
+        let configuration = FileMessageStoreConfiguration(segmentMaxBytes: 64 << 10, fsync: .batched(.seconds(60)))
+        let perSegment = (64 << 10) / 64 + 1
+        let bound = (configuration.maximumLoadedSegments + 1) * perSegment
+        let (store, _) = try await openFileStore(directory, configuration)
+        var index = StreamIndex(loader: store.indexLoader, cachedBlocks: 2)
+        let total: UInt64 = 60_000
+        var peak = (store: 0, index: 0)
+        for first in stride(from: UInt64(1), through: total, by: 1000) {
+            let messages = storedMessages(first...(first + 999))
+            try await store.append(messages)
+            for message in messages { index.append(message.indexEntry) }
+            // Questions that read old blocks: an entry, a time, a message.
+            #expect(index.entry(first / 2 + 1) == storedMessage(first / 2 + 1).indexEntry)
+            #expect(index.firstSequence(atOrAfter: storedMessage(first / 3 + 1).timestamp) == first / 3 + 1)
+            #expect(try await store.message(first / 4 + 1) == storedMessage(first / 4 + 1))
+            peak = (max(peak.store, store.residentIndexEntries), max(peak.index, index.residentDetailEntries))
+        }
+        let all = storedMessages(1...total).map(\.indexEntry)
+        #expect(Array(index.entries) == all)
+        peak = (max(peak.store, store.residentIndexEntries), max(peak.index, index.residentDetailEntries))
+        #expect(peak.store <= bound, "the store held \(peak.store) records' offsets")
+        #expect(peak.index <= 3 * StreamIndex.blockCapacity, "the index held \(peak.index) entries' detail")
+        try await store.close()
+
+        // After a restart: summaries only, the same answers, and the same bounds.
+        let reopened = FileMessageStore(directory: directory.path, configuration: configuration)
+        let recovery = try await reopened.open()
+        #expect(recovery.messages.isEmpty && recovery.blocks.count == Int(total / UInt64(StreamIndex.blockSpan)) + 1)
+        let recovered = StreamIndex(recovery: recovery, loader: reopened.indexLoader, cachedBlocks: 2)
+        #expect(recovered.count == Int(total) && recovered.bytes == index.bytes)
+        #expect(reopened.residentIndexEntries <= bound)
+        #expect(Array(recovered.entries) == all)
+        #expect(reopened.residentIndexEntries <= bound && recovered.residentDetailEntries <= 3 * StreamIndex.blockCapacity)
+        try await reopened.close()
+    }
+
     @Test("metadata keys of any shape round-trip")
     func metadataKeys() async throws {
         let directory = StoreTestDirectory("meta")
@@ -437,7 +478,7 @@ struct FileMessageStoreTests {
         let subjects = ["a", "orders.eu.created", "x.y.z"]
 
         func compareRecovery(_ recovery: MessageStoreRecovery, round: Int) async throws {
-            let expected = try await reference.open()
+            let expected = try await reference.open().expanded(reference)
             #expect(recovery.messages == expected.messages, "round \(round)")
             #expect(recovery.lastSequence == expected.lastSequence, "round \(round)")
             #expect(recovery.metadata == expected.metadata, "round \(round)")
@@ -487,11 +528,11 @@ struct FileMessageStoreTests {
             case 80..<90:
                 try await store.close()
                 store = FileMessageStore(directory: directory.path, configuration: configuration)
-                try await compareRecovery(store.open(), round: round)
+                try await compareRecovery(store.open().expanded(store), round: round)
             case 90..<95:
                 // A crash: the store is dropped without close.
                 store = FileMessageStore(directory: directory.path, configuration: configuration)
-                try await compareRecovery(store.open(), round: round)
+                try await compareRecovery(store.open().expanded(store), round: round)
             default:
                 let sequence = UInt64.random(in: 0...(next + 1), using: &random)
                 #expect(try await store.message(sequence) == reference.message(sequence), "round \(round)")
@@ -504,7 +545,7 @@ struct FileMessageStoreTests {
         #expect(try await store.messages(from: 0, limit: 10_000) == reference.messages(from: 0, limit: 10_000))
         try await store.close()
         store = FileMessageStore(directory: directory.path, configuration: configuration)
-        try await compareRecovery(store.open(), round: 200)
+        try await compareRecovery(store.open().expanded(store), round: 200)
         try await store.close()
     }
 }

@@ -35,7 +35,7 @@ final class ContractStore {
 
     @discardableResult
     func open() async throws -> MessageStoreRecovery {
-        try await self.store.open()
+        try await self.store.open().expanded(self.store)
     }
 
     func reopen() async throws -> MessageStoreRecovery {
@@ -43,7 +43,7 @@ final class ContractStore {
             try await self.store.close()
             self.store = Self.make(self.kind, self.directory)
         }
-        return try await self.store.open()
+        return try await self.store.open().expanded(self.store)
     }
 
     func finish() async {
@@ -194,7 +194,7 @@ struct MessageStoreContractTests {
                 try await target.purge(through: 25)
                 try await target.saveMetadata(key: "stream", value: Array("config".utf8))
             }
-            let expected = try await reference.open()
+            let expected = try await reference.open().expanded(reference)
             let first = try await fixture.reopen()
             #expect(first == expected)
             let second = try await fixture.reopen()

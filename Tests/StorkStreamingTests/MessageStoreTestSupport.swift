@@ -1,3 +1,4 @@
+import Testing
 import Foundation
 import StorkStreamStores
 import StorkStreaming
@@ -57,5 +58,18 @@ struct StoreTestGenerator: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+extension MessageStoreRecovery {
+    /// The recovery with block summaries (a store with its own index) expanded into messages through the store's
+    /// loader: what the stream's index sees. Checks on the way that the summaries are those of the messages.
+    func expanded(_ store: any MessageStore) -> MessageStoreRecovery {
+        guard !self.blocks.isEmpty else { return self }
+        var copy = self
+        copy.messages = Array(StreamIndex(recovery: self, loader: store.indexLoader).entries)
+        copy.blocks = []
+        #expect(Array(StreamIndex(recovery: copy).blocks) == self.blocks, "the store's block summaries")
+        return copy
     }
 }

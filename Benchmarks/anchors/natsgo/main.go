@@ -6,7 +6,7 @@
 //	reqrep: a responder on -sub, a requester on -pub sends -n requests one after the other; reports p50/p99.
 //	jspub:  creates file stream -stream (subject <stream>.x) unless it exists, then publishes -n messages with
 //	        JetStream async publish (-pending acks in flight, nats.go's stall wait of 200 ms); reports the rate and
-//	        the publish → ack latency p50/p99/max, and every error (a stalled publisher is one).
+//	        the publish → ack latency p50/p99/max, and every error (a stalled publisher is one); -rate paces it.
 //	jsreplay: a durable pull consumer on -stream starting at -start fetches and acks -n messages in batches of
 //	        -batch; reports the rate.
 package main
@@ -95,6 +95,7 @@ func main() {
 	ready := flag.Duration("ready", 60*time.Second, "give up when the subscription does not reach the publisher's server within this long")
 	stream := flag.String("stream", "LOAD", "jspub/jsreplay: the stream")
 	pending := flag.Int("pending", 4096, "jspub: async publishes in flight")
+	rate := flag.Float64("rate", 0, "jspub: publishes per second, paced (0: as fast as acks allow)")
 	start := flag.Uint64("start", 1, "jsreplay: the first stream sequence")
 	batch := flag.Int("batch", 256, "jsreplay: messages per fetch")
 	flag.Parse()
@@ -210,7 +211,7 @@ func main() {
 			res.P99us = latencies[(len(latencies)*99)/100]
 		}
 	case "jspub":
-		jsPublish(pub, *stream, *count, payload, *pending, &res, log)
+		jsPublish(pub, *stream, *count, payload, *pending, *rate, &res, log)
 	case "jsreplay":
 		jsReplay(sub, *stream, *count, *start, *batch, &res, log)
 	default:
@@ -223,7 +224,7 @@ func main() {
 }
 
 // jsPublish stores `count` messages with async publishes, at most `pending` unacknowledged, timing each ack.
-func jsPublish(nc *nats.Conn, stream string, count int, payload []byte, pending int, res *result, log *errorLog) {
+func jsPublish(nc *nats.Conn, stream string, count int, payload []byte, pending int, rate float64, res *result, log *errorLog) {
 	js, err := nc.JetStream(nats.PublishAsyncMaxPending(pending), nats.PublishAsyncErrHandler(func(_ nats.JetStream, _ *nats.Msg, err error) {
 		log.add("publish: " + err.Error())
 	}))
@@ -262,6 +263,12 @@ func jsPublish(nc *nats.Conn, stream string, count int, payload []byte, pending 
 	}()
 	begin := time.Now()
 	for i := 0; i < count; i++ {
+		if rate > 0 {
+			// Paced: message i is due at i / rate seconds; sleep in steps of at least 200 µs.
+			if wait := time.Duration(float64(i)/rate*float64(time.Second)) - time.Since(begin); wait > 200*time.Microsecond {
+				time.Sleep(wait)
+			}
+		}
 		future, err := js.PublishAsync(subject, payload)
 		if err != nil {
 			log.add(fmt.Sprintf("publish %d: %v", i, err))

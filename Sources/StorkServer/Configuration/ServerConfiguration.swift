@@ -49,7 +49,7 @@ public struct ServerConfiguration: Sendable, Hashable {
         /// message is on disk in the page cache when acknowledged, so it survives kill -9 of the process).
         public var fileSync: Duration? = .milliseconds(100)
         /// File store: the largest segment file.
-        public var segmentMaxBytes = 64 * 1024 * 1024
+        public var segmentMaxBytes = 16 * 1024 * 1024
         /// SQLite store: the database file (default `{node.data}/streams.db`).
         public var sqlite: String?
         /// PostgreSQL store: `postgres://user:password@host:port/database`.
