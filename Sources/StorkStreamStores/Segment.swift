@@ -1,5 +1,13 @@
 import StorkStreaming
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 // MARK: - What a segment file holds
 
 /// The records of one segment file, as a scan or its index file found them.
@@ -118,6 +126,30 @@ final class Segment {
         self.headBytes = 0
         self.headSequence = contents.sequences.first
         self.deletions = contents.deletions
+    }
+
+    /// Loads what a sealed segment's index file summarises, without its arrays (read back by ``restore(_:)``).
+    func loadSummary(_ summary: SegmentIndexFile.Summary, size: UInt64) {
+        self.generation &+= 1
+        self.size = size
+        self.sequences = []
+        self.offsets = []
+        self.lengths = []
+        self.isLoaded = false
+        self.hasIndexFile = true
+        self.storedCount = summary.entryCount
+        self.storedFirst = summary.blocks.first?.first
+        self.storedLast = summary.blocks.last?.last
+        self.messageBytes = summary.blocks.reduce(0) {
+            $0 + $1.bytes + UInt64($1.count) * LogRecord.accountingDifference
+        }
+        self.removedBits = [UInt64](repeating: 0, count: (summary.entryCount + 63) / 64)
+        self.liveCount = summary.entryCount
+        self.removedBytes = 0
+        self.headCount = 0
+        self.headBytes = 0
+        self.headSequence = self.storedFirst
+        self.deletions = summary.deletions
     }
 
     /// Drops the arrays (a sealed segment); ``restore(_:)`` brings them back, from the index file or a scan.
@@ -353,25 +385,34 @@ enum SegmentScanner {
 // MARK: - Index files
 
 /// The persisted index of a sealed segment (`<start>.idx`), written when it is sealed or compacted, so that opening
-/// a store reads a small file per segment instead of the segment. Layout (little-endian):
+/// a store reads a small part of a file per segment instead of the segment. Layout (little-endian):
 ///
-///     "SKI1"  start u64  logSize u64  entryCount u32  deletionCount u32
+///     "SKI2"  start u64  logSize u64  entryCount u32  deletionCount u32                        (the header, 28 bytes)
 ///     entryCount × (sequence u64, offset u64, length u32, timestamp i64, subjectLength u16, subject)
-///     deletionCount × (first u64, last u64)
+///     deletionCount × (first u64, last u64)                                                     (the tail, from here)
+///     blockCount u32  blockCount × block summary (`StreamIndex.Block.encode`) of every entry
+///     tailOffset u64
+///     CRC-32C of the header and the tail (from tailOffset up to here), u32
 ///     CRC-32C of everything before it, u32
 ///
-/// An index whose checksum, start or log size does not match its segment is stale and rebuilt by a scan.
+/// Opening reads only the header and the tail (deletions and block summaries: what recovery needs); the entries are
+/// read, and the whole file checked, when the segment's offsets are needed. Version 1 ("SKI1": no tail, no tail
+/// checksum) is still read, by a full decode. An index whose checksum, start or log size does not match its segment
+/// is stale and rebuilt by a scan.
 enum SegmentIndexFile {
-    static let magic: UInt32 = 0x3149_4B53  // "SKI1"
+    static let magic: UInt32 = 0x3249_4B53  // "SKI2"
+    static let magicVersion1: UInt32 = 0x3149_4B53  // "SKI1"
+    static let headerSize = 28
 
     static func encode(start: UInt64, logSize: UInt64, contents: SegmentContents) -> [UInt8] {
         var writer = ByteWriter()
-        writer.bytes.reserveCapacity(32 + contents.entries.count * 48 + contents.deletions.count * 16)
+        writer.bytes.reserveCapacity(64 + contents.entries.count * 48 + contents.deletions.count * 16)
         writer.append(Self.magic)
         writer.append(start)
         writer.append(logSize)
         writer.append(UInt32(contents.entries.count))
         writer.append(UInt32(contents.deletions.count))
+        var builder = StreamIndex.Builder()
         for (entry, offset) in zip(contents.entries, contents.offsets) {
             writer.append(entry.sequence)
             writer.append(offset)
@@ -380,13 +421,81 @@ enum SegmentIndexFile {
             let subject = Array(entry.subject.utf8)
             writer.append(UInt16(subject.count))
             writer.bytes.append(contentsOf: subject)
+            builder.add(entry)
         }
+        let tailOffset = writer.bytes.count
         for range in contents.deletions {
             writer.append(range.lowerBound)
             writer.append(range.upperBound)
         }
+        writer.append(UInt32(builder.blocks.count))
+        for block in builder.blocks { block.encode(into: &writer.bytes) }
+        writer.append(UInt64(tailOffset))
+        let tailChecksum = writer.bytes.withUnsafeBytes {
+            CRC32C.checksum(
+                UnsafeRawBufferPointer(rebasing: $0[tailOffset...]),
+                continuing: CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[..<Self.headerSize]))
+            )
+        }
+        writer.append(tailChecksum)
         writer.append(CRC32C.checksum(writer.bytes))
         return writer.bytes
+    }
+
+    /// What recovery needs from a sealed segment's index, read without its entries.
+    struct Summary {
+        var entryCount: Int
+        var deletions: [ClosedRange<UInt64>]
+        var blocks: [StreamIndex.Block]
+    }
+
+    /// The header and tail of the index file at `path` (version 2), or nil when it is missing, of version 1, damaged
+    /// or does not describe this log file.
+    static func readSummary(path: String, start: UInt64, logSize: UInt64) throws -> Summary? {
+        guard let descriptor = try FileSystem.openFileIfExists(path, O_RDONLY) else { return nil }
+        defer { FileSystem.closeFile(descriptor) }
+        let size = try FileSystem.fileSize(descriptor, path: path)
+        guard size >= UInt64(Self.headerSize + 20) else { return nil }
+        func read(_ count: Int, at offset: UInt64) throws -> [UInt8]? {
+            var bytes = [UInt8](repeating: 0, count: count)
+            let read = try bytes.withUnsafeMutableBytes {
+                try FileSystem.readFile(descriptor, into: $0, count: count, at: offset, path: path)
+            }
+            return read == count ? bytes : nil
+        }
+        guard let header = try read(Self.headerSize, at: 0), let end = try read(16, at: size - 16) else { return nil }
+        var reader = ByteReader(bytes: header, end: header.count)
+        guard reader.read(UInt32.self) == Self.magic, reader.read(UInt64.self) == start,
+            reader.read(UInt64.self) == logSize, let entryCount = reader.read(UInt32.self),
+            let deletionCount = reader.read(UInt32.self)
+        else { return nil }
+        var endReader = ByteReader(bytes: end, end: end.count)
+        guard let tailOffset = endReader.read(UInt64.self), let tailChecksum = endReader.read(UInt32.self),
+            tailOffset >= UInt64(Self.headerSize), tailOffset <= size - 16,
+            let tail = try read(Int(size - 8 - tailOffset), at: tailOffset),
+            CRC32C.checksum(Array(tail.dropLast(4)), continuing: CRC32C.checksum(header)) == tailChecksum
+        else { return nil }
+        var tailReader = ByteReader(bytes: tail, end: tail.count - 12)
+        var summary = Summary(entryCount: Int(entryCount), deletions: [], blocks: [])
+        for _ in 0..<deletionCount {
+            guard let first = tailReader.read(UInt64.self), let last = tailReader.read(UInt64.self), first <= last else {
+                return nil
+            }
+            summary.deletions.append(first...last)
+        }
+        guard let blockCount = tailReader.read(UInt32.self) else { return nil }
+        var position = tailReader.position
+        let blockBytes = Array(tail[..<(tail.count - 12)])
+        var counted = 0
+        for _ in 0..<blockCount {
+            guard let block = StreamIndex.Block.decode(blockBytes, at: &position),
+                summary.blocks.last.map({ block.first > $0.last }) ?? (block.first >= start)
+            else { return nil }
+            counted += block.count
+            summary.blocks.append(block)
+        }
+        guard position == blockBytes.count, counted == summary.entryCount else { return nil }
+        return summary
     }
 
     /// The contents an index file describes, or nil when it is damaged or does not describe this log file. Without
@@ -399,7 +508,8 @@ enum SegmentIndexFile {
         guard bytes.withUnsafeBytes({ CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0.dropLast(4))) }) == stored
         else { return nil }
         var reader = ByteReader(bytes: bytes, end: bytes.count - 4)
-        guard reader.read(UInt32.self) == Self.magic, reader.read(UInt64.self) == start,
+        let magic = reader.read(UInt32.self)
+        guard magic == Self.magic || magic == Self.magicVersion1, reader.read(UInt64.self) == start,
             reader.read(UInt64.self) == logSize, let entryCount = reader.read(UInt32.self),
             let deletionCount = reader.read(UInt32.self)
         else { return nil }
@@ -437,7 +547,8 @@ enum SegmentIndexFile {
             }
             contents.deletions.append(first...last)
         }
-        guard reader.isAtEnd else { return nil }
+        // Version 2's block summaries and tail offset follow; the whole-file checksum covered them.
+        guard magic == Self.magic || reader.isAtEnd else { return nil }
         contents.validBytes = logSize
         return contents
     }

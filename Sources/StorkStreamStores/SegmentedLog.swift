@@ -137,8 +137,16 @@ final class SegmentedLog {
             let isLast = position == starts.count - 1
             let segment = Segment(start: start, directory: self.directory)
             segment.isSealed = !isLast
-            let (contents, cut) = try self.recoverSegment(segment, limit: isLast ? nil : starts[position + 1])
-            truncatedBytes += cut
+            var blocks: [StreamIndex.Block]?
+            var entries: [MessageIndexEntry] = []
+            if segment.isSealed, self.configuration.verification == .activeSegment {
+                blocks = try self.recoverFromSummary(segment)
+            }
+            if blocks == nil {
+                let (contents, cut) = try self.recoverSegment(segment, limit: isLast ? nil : starts[position + 1])
+                truncatedBytes += cut
+                entries = contents.entries
+            }
             if segment.isSealed, segment.size == 0 {
                 // Nothing left to read, and only the last segment's name matters for the highest sequence.
                 FileSystem.closeFile(segment.descriptor)
@@ -152,8 +160,8 @@ final class SegmentedLog {
                 segment.descriptor = -1
             }
             self.segments.append(segment)
-            summaries.append(Self.summaries(of: segment, contents.entries))
-            if segment.isSealed { segment.unload() } else { activeEntries = contents.entries }
+            summaries.append(blocks ?? Self.summaries(of: segment, entries))
+            if segment.isSealed { segment.unload() } else { activeEntries = entries }
         }
         if self.segments.isEmpty {
             try self.createActiveSegment(start: 1)
@@ -247,6 +255,26 @@ final class SegmentedLog {
         while self.loadedSegments.count > max(1, self.configuration.maximumLoadedSegments) {
             self.loadedSegments.removeFirst().unload()
         }
+    }
+
+    /// Opens a sealed segment from the header and tail of its index file (version 2): its count, deletions and block
+    /// summaries, not its entries. Leaves its descriptor open; nil (descriptor closed) when the index does not serve.
+    private func recoverFromSummary(_ segment: Segment) throws -> [StreamIndex.Block]? {
+        segment.descriptor = try FileSystem.openFile(segment.logPath, O_RDWR)
+        do {
+            let size = try FileSystem.fileSize(segment.descriptor, path: segment.logPath)
+            if let summary = try SegmentIndexFile.readSummary(path: segment.indexPath, start: segment.start, logSize: size) {
+                segment.loadSummary(summary, size: size)
+                return summary.blocks
+            }
+        } catch {
+            FileSystem.closeFile(segment.descriptor)
+            segment.descriptor = -1
+            throw error
+        }
+        FileSystem.closeFile(segment.descriptor)
+        segment.descriptor = -1
+        return nil
     }
 
     /// Reads one segment's index file or scans it, cuts a damaged tail, and loads its in-memory index. Leaves its

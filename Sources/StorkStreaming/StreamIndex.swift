@@ -871,3 +871,79 @@ public struct DuplicateWindow: Sendable {
         }
     }
 }
+
+// MARK: - Block summaries in files
+
+extension StreamIndex.Block {
+    /// Appends the summary, little-endian, for a store's index files (decoded by ``decode(_:at:)``).
+    public func encode(into bytes: inout [UInt8]) {
+        func append<Value: FixedWidthInteger>(_ value: Value) {
+            withUnsafeBytes(of: value.littleEndian) { bytes.append(contentsOf: $0) }
+        }
+        append(self.base)
+        append(self.first)
+        append(self.last)
+        append(UInt32(self.count))
+        append(self.bytes)
+        append(self.firstTime)
+        append(self.lastTime)
+        append(UInt8((self.present == nil ? 0 : 1) | (self.subjects == nil ? 0 : 2)))
+        if let present = self.present { for word in present { append(word) } }
+        if let subjects = self.subjects {
+            append(UInt16(subjects.count))
+            for (subject, count) in subjects.sorted(by: { $0.key < $1.key }) {
+                let utf8 = Array(subject.utf8.prefix(Int(UInt16.max)))
+                append(UInt16(utf8.count))
+                bytes.append(contentsOf: utf8)
+                append(UInt32(count))
+            }
+        }
+    }
+
+    /// The summary encoded at `position` (moved past it), or nil when the bytes are not a consistent one.
+    public static func decode(_ bytes: [UInt8], at position: inout Int) -> Self? {
+        func read<Value: FixedWidthInteger>(_: Value.Type) -> Value? {
+            let size = MemoryLayout<Value>.size
+            guard bytes.count - position >= size else { return nil }
+            defer { position += size }
+            return Value(littleEndian: bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: position, as: Value.self) })
+        }
+        guard let base = read(UInt64.self), let first = read(UInt64.self), let last = read(UInt64.self),
+            let count = read(UInt32.self), let byteCount = read(UInt64.self), let firstTime = read(Int64.self),
+            let lastTime = read(Int64.self), let flags = read(UInt8.self),
+            base == Self.base(of: base), first >= base, last >= first, last - base < StreamIndex.blockSpan,
+            count >= 1, UInt64(count) <= last - first + 1
+        else { return nil }
+        var block = Self(MessageIndexEntry(sequence: first, subject: "", size: byteCount, timestamp: firstTime))
+        block.last = last
+        block.count = Int(count)
+        block.lastTime = lastTime
+        block.subjects = nil
+        if flags & 1 != 0 {
+            var present: [UInt64] = []
+            present.reserveCapacity(Int(StreamIndex.blockSpan) / 64)
+            for _ in 0..<(Int(StreamIndex.blockSpan) / 64) {
+                guard let word = read(UInt64.self) else { return nil }
+                present.append(word)
+            }
+            block.present = present
+            guard block.count(from: first) == block.count, block.contains(first), block.contains(last) else { return nil }
+        } else if UInt64(count) != last - first + 1 {
+            return nil
+        }
+        if flags & 2 != 0 {
+            guard let subjectCount = read(UInt16.self) else { return nil }
+            var subjects: [String: Int] = [:]
+            for _ in 0..<subjectCount {
+                guard let length = read(UInt16.self), bytes.count - position >= Int(length) else { return nil }
+                let subject = String(decoding: bytes[position..<(position + Int(length))], as: UTF8.self)
+                position += Int(length)
+                guard let count = read(UInt32.self) else { return nil }
+                subjects[subject] = Int(count)
+            }
+            guard subjects.values.reduce(0, +) == block.count else { return nil }
+            block.subjects = subjects
+        }
+        return block
+    }
+}

@@ -282,6 +282,17 @@ struct FileMessageStoreTests {
         (store, recovery) = try await openFileStore(directory)
         #expect(recovery.truncatedBytes == 0)
         try await store.close()
+
+        // A damaged summary (the tail opening reads) and damaged entries behind an intact summary (read on use).
+        for (name, offset) in [(indexes[2], -30), (indexes[3], 40)] {
+            var bytes = try Data(contentsOf: directory.url(name))
+            bytes[offset < 0 ? bytes.count + offset : offset] ^= 0x5A
+            try bytes.write(to: directory.url(name))
+        }
+        (store, recovery) = try await openFileStore(directory)
+        #expect(recovery.messages == expected)
+        #expect(try await store.messages(from: 0, limit: 100).map(\.indexEntry) == expected)
+        try await store.close()
     }
 
     @Test("compaction rewrites mostly removed segments, deletes empty ones, and keeps what is left readable")

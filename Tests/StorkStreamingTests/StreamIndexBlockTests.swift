@@ -186,6 +186,44 @@ struct StreamIndexBlockTests {
     }
 }
 
+@Suite("StreamIndex block summaries in files")
+struct StreamIndexBlockCodecTests {
+    @Test("summaries round-trip through their encoding; damaged bytes decode to nil or a consistent block, never a trap")
+    func codec() {
+        var builder = StreamIndex.Builder()
+        for sequence in UInt64(1)...10_000 where sequence % 7 != 0 {
+            builder.add(MessageIndexEntry(sequence: sequence, subject: sequence % 3 == 0 ? "a.x" : "b.y", size: 10, timestamp: Int64(sequence)))
+        }
+        for sequence in UInt64(10_001)...13_000 {  // more subjects than a block counts
+            builder.add(MessageIndexEntry(sequence: sequence, subject: "k.\(sequence)", size: 5, timestamp: Int64(sequence)))
+        }
+        var bytes: [UInt8] = []
+        for block in builder.blocks { block.encode(into: &bytes) }
+        var position = 0
+        var decoded: [StreamIndex.Block] = []
+        while position < bytes.count, let block = StreamIndex.Block.decode(bytes, at: &position) { decoded.append(block) }
+        #expect(decoded == builder.blocks)
+        var random = SeededLCG(seed: 3)
+        var rejected = 0
+        for _ in 0..<3000 {
+            var damaged = bytes
+            damaged[Int(random.next() % UInt64(bytes.count))] ^= UInt8(1 + random.next() % 255)
+            if random.next() % 4 == 0 { damaged.removeLast(Int(random.next() % UInt64(damaged.count))) }
+            if random.next() % 8 == 0 { damaged = (0..<Int(random.next() % 700)).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
+            var at = 0
+            while at < damaged.count {
+                guard let block = StreamIndex.Block.decode(damaged, at: &at) else {
+                    rejected += 1
+                    break
+                }
+                #expect(block.count >= 1 && block.first <= block.last && block.count(from: block.first) == block.count)
+                #expect(block.count(passing: []) ?? block.count == block.count)
+            }
+        }
+        #expect(rejected > 0)
+    }
+}
+
 extension StreamIndex.Entries {
     var reversedLast: MessageIndexEntry? { Array(self).last }
 }
