@@ -210,9 +210,12 @@ public final class BusCluster<C: Clock>: Service, Sendable where C.Duration == D
     public func run() async throws {
         let events = self.network.events()
         self.mutate { machine, now in machine.start(now: now) }
+        // Receiving before anything is sent: a frame that arrives with no receiver is dropped, and a peer's answer to
+        // the pull sent below (or its deltas) lost that way would wait for the anti-entropy round. Interest frames
+        // that come before the members are read are ignored (strangers); the pull sent then brings them again.
+        self.network.setRelayReceiver { [weak self] message, resume in self?.receive(message, resume: resume) }
         self.refreshMembers()
         self.router.observeInterest { [weak self] key, added in self?.localInterestChanged(key, added: added) }
-        self.network.setRelayReceiver { [weak self] message, resume in self?.receive(message, resume: resume) }
         await cancelWhenGracefulShutdown {
             await withTaskGroup(of: Void.self) { group in
                 group.addTask {

@@ -1,0 +1,65 @@
+import Foundation
+import Logging
+import NIOCore
+import StorkCore
+import StorkBus
+import StorkResources
+import StorkTestKit
+import Synchronization
+import Testing
+
+@testable import StorkBusCluster
+
+/// An endpoint whose bus is slow to install its relay receiver (a thread preempted there), so that frames
+/// arriving in that window are dropped like on the in-memory network.
+final class SlowReceiverEndpoint: BusNetwork {
+    let inner: BusTestNetwork.Endpoint
+    let delayMicroseconds: UInt32
+    init(_ inner: BusTestNetwork.Endpoint, delayMicroseconds: UInt32) {
+        self.inner = inner
+        self.delayMicroseconds = delayMicroseconds
+    }
+    var identity: NodeID { self.inner.identity }
+    func setRelayReceiver(_ receiver: RelayReceiver?) {
+        if receiver != nil { usleep(self.delayMicroseconds) }
+        self.inner.setRelayReceiver(receiver)
+    }
+    func sendRelay(_ payload: [UInt8], to node: NodeID) { self.inner.sendRelay(payload, to: node) }
+    func relayBacklog(to node: NodeID) -> Int { self.inner.relayBacklog(to: node) }
+    func isReachable(_ node: NodeID) -> Bool { true }
+    func waitForRelayBacklog(to node: NodeID) async {}
+    func liveMembers() -> [NodeID] { self.inner.liveMembers() }
+    func events() -> AsyncStream<NodeEvent> { self.inner.events() }
+}
+
+/// Regression: a bus used to send its snapshot and pull before it installed its receiver, so the answers could be
+/// dropped and the interest wait for the anti-entropy round (a ManualClock never brings it: a 30 s test timeout).
+@Suite("Bus start-up", .timeLimit(.minutes(1)))
+struct BusStartupTests {
+    @Test("a bus slow to install its relay receiver still learns a peer's interest")
+    func slowReceiver() async throws {
+        let network = BusTestNetwork()
+        let clock = ManualClock()
+        let endpointA = network.endpoint("a")
+        let endpointC = network.endpoint("c")
+        let routerA = BusRouter()
+        let routerC = BusRouter()
+        let busA = BusCluster(
+            network: SlowReceiverEndpoint(endpointA, delayMicroseconds: 300_000),
+            router: routerA, clock: clock, logger: quietLogger("bus")
+        )
+        let busC = BusCluster(network: endpointC, router: routerC, clock: clock, logger: quietLogger("bus"))
+        _ = routerC.subscribe("jobs.*", queue: "workers", receiver: Inbox())
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await network.pump() }
+            group.addTask { try await busC.run() }
+            try await until("c runs") { busC.livePeerCount == 1 && endpointC.receiver.withLock { $0 != nil } }
+            group.addTask { try await busA.run() }
+            try await until("a knows c wants jobs.1", timeout: .seconds(5)) {
+                busA.interest(in: "jobs.1").nodes == [endpointC.identity]
+            }
+            network.close()
+            try await group.waitForAll()
+        }
+    }
+}
