@@ -61,6 +61,27 @@ public final class FileMessageStore: MessageStore {
         return recovery
     }
 
+    /// How `open()` read the segments: sealed ones from the summaries in their index files (the fast path), from
+    /// whole index files (version 1, or a summary that did not check), or by a scan (no usable index; always the
+    /// active segment).
+    public struct RecoveryCounts: Sendable, Equatable, CustomStringConvertible {
+        public var summaries = 0
+        public var indexes = 0
+        public var scans = 0
+
+        public init(summaries: Int = 0, indexes: Int = 0, scans: Int = 0) {
+            self.summaries = summaries
+            self.indexes = indexes
+            self.scans = scans
+        }
+
+        public var description: String { "\(self.summaries) summaries, \(self.indexes) index files, \(self.scans) scans" }
+    }
+
+    public var recoveryCounts: RecoveryCounts {
+        self.log.mutex.withLock { $0.recoveryCounts }
+    }
+
     /// How many records' offsets and lengths the store holds in memory now: the active segment's and those of the
     /// few sealed segments kept loaded. Bounded by the segment size, not by the stream's length.
     public var residentIndexEntries: Int {

@@ -473,9 +473,10 @@ enum SegmentIndexFile {
         guard let tailOffset = endReader.read(UInt64.self), let tailChecksum = endReader.read(UInt32.self),
             tailOffset >= UInt64(Self.headerSize), tailOffset <= size - 16,
             let tail = try read(Int(size - 8 - tailOffset), at: tailOffset),
-            CRC32C.checksum(Array(tail.dropLast(4)), continuing: CRC32C.checksum(header)) == tailChecksum
+            CRC32C.checksum(tail, continuing: CRC32C.checksum(header)) == tailChecksum
         else { return nil }
-        var tailReader = ByteReader(bytes: tail, end: tail.count - 12)
+        // The tail read ends with tailOffset (8 bytes), which the checksum covers.
+        var tailReader = ByteReader(bytes: tail, end: tail.count - 8)
         var summary = Summary(entryCount: Int(entryCount), deletions: [], blocks: [])
         for _ in 0..<deletionCount {
             guard let first = tailReader.read(UInt64.self), let last = tailReader.read(UInt64.self), first <= last else {
@@ -485,7 +486,7 @@ enum SegmentIndexFile {
         }
         guard let blockCount = tailReader.read(UInt32.self) else { return nil }
         var position = tailReader.position
-        let blockBytes = Array(tail[..<(tail.count - 12)])
+        let blockBytes = Array(tail[..<(tail.count - 8)])
         var counted = 0
         for _ in 0..<blockCount {
             guard let block = StreamIndex.Block.decode(blockBytes, at: &position),

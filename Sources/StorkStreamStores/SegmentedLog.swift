@@ -57,6 +57,9 @@ final class SegmentedLog {
     /// Sealed segments whose index file is still to be written, oldest first: by the background thread, outside the
     /// lock, so that a roll never holds appends (and their acks) behind a scan of the whole segment.
     private var unindexed: [Segment] = []
+    /// How the last `open()` read its segments: sealed ones from their index files' summaries, from whole index
+    /// files, or by a scan (the active one is always scanned).
+    private(set) var recoveryCounts = FileMessageStore.RecoveryCounts()
     /// Whether a background thread takes the index work (``takeIndexWork()``); without one a roll writes it itself.
     var indexesInBackground = false
 
@@ -141,6 +144,7 @@ final class SegmentedLog {
             var entries: [MessageIndexEntry] = []
             if segment.isSealed, self.configuration.verification == .activeSegment {
                 blocks = try self.recoverFromSummary(segment)
+                if blocks != nil { self.recoveryCounts.summaries += 1 }
             }
             if blocks == nil {
                 let (contents, cut) = try self.recoverSegment(segment, limit: isLast ? nil : starts[position + 1])
@@ -191,6 +195,7 @@ final class SegmentedLog {
             metadata: [
                 "stork.store.directory": "\(self.directory)",
                 "stork.store.segments": "\(self.segments.count)",
+                "stork.store.opened_from": "\(self.recoveryCounts)",
                 "stork.store.messages": "\(self.segments.reduce(0) { $0 + $1.liveCount })",
                 "stork.store.last_sequence": "\(self.lastSequence)",
                 "stork.store.truncated_bytes": "\(truncatedBytes)",
@@ -299,6 +304,7 @@ final class SegmentedLog {
                 }
             }
             let scanned = contents == nil
+            if scanned { self.recoveryCounts.scans += 1 } else { self.recoveryCounts.indexes += 1 }
             var found =
                 try contents
                 ?? SegmentScanner.scan(

@@ -29,6 +29,7 @@ struct ServeCommand: AsyncParsableCommand {
     var logLevel: String?
 
     func run() async throws {
+        MemoryReturn.apply()
         let level = try self.logLevel.map { name in
             guard let level = Logger.Level(rawValue: name) else { throw ValidationError("unknown log level '\(name)'") }
             return level

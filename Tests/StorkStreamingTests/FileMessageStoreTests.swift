@@ -290,6 +290,8 @@ struct FileMessageStoreTests {
             try bytes.write(to: directory.url(name))
         }
         (store, recovery) = try await openFileStore(directory)
+        // Five sealed segments: three summaries read, the damaged one's whole index is damaged too: a scan.
+        #expect(store.recoveryCounts == .init(summaries: 4, indexes: 0, scans: 2))
         #expect(recovery.messages == expected)
         #expect(try await store.messages(from: 0, limit: 100).map(\.indexEntry) == expected)
         try await store.close()
@@ -426,6 +428,8 @@ struct FileMessageStoreTests {
         // After a restart: summaries only, the same answers, and the same bounds.
         let reopened = FileMessageStore(directory: directory.path, configuration: configuration)
         let recovery = try await reopened.open()
+        let segments = directory.files(withExtension: "log").count
+        #expect(reopened.recoveryCounts == .init(summaries: segments - 1, indexes: 0, scans: 1))
         #expect(recovery.messages.isEmpty && recovery.blocks.count == Int(total / UInt64(StreamIndex.blockSpan)) + 1)
         let recovered = StreamIndex(recovery: recovery, loader: reopened.indexLoader, cachedBlocks: 2)
         #expect(recovered.count == Int(total) && recovered.bytes == index.bytes)
