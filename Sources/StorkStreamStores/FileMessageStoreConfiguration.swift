@@ -29,8 +29,9 @@ public struct FileMessageStoreConfiguration: Sendable, Hashable {
 
     /// When appends, removals and purges are synced. Default `.batched(.milliseconds(100))`. Whatever the policy,
     /// `saveMetadata` syncs before it returns, a compacted segment is synced before it replaces the old one, a
-    /// sealed segment is synced when the next one starts, and so is the new segment a purge of everything starts
-    /// (its name keeps the highest sequence).
+    /// segment sealed with unsynced writes is synced by the background thread within the batch interval (not inside
+    /// the append that seals it), and the new segment a purge of everything starts is synced at once (its name keeps
+    /// the highest sequence).
     public var fsync: SyncPolicy
 
     /// A sealed segment is rewritten without its removed messages when they take at least this fraction of its

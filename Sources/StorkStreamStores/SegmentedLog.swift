@@ -31,6 +31,8 @@ final class SegmentedLog {
         var descriptor: Int32?
         var path = ""
         var directory: String?
+        /// Duplicates of segments sealed with unsynced writes (`.batched`), each closed once synced.
+        var sealed: [(descriptor: Int32, path: String)] = []
     }
 
     let directory: String
@@ -50,6 +52,9 @@ final class SegmentedLog {
     private var loadedSegments: [Segment] = []
     /// Writes to the active segment not yet synced (`.batched`).
     private var activeDirty = false
+    /// Segments sealed with writes not yet synced (`.batched`): duplicates of their descriptors for the background
+    /// thread, so that a roll never holds appends (and their acks) behind an fsync.
+    private var sealedDirty: [(descriptor: Int32, path: String)] = []
     /// Names created or removed not yet synced (`.batched`).
     private var directoryDirty = false
     /// A failed fsync: the kernel may have dropped the data, so the log takes no more writes.
@@ -463,7 +468,12 @@ final class SegmentedLog {
     private func rollOver() throws {
         let old = self.active
         if self.activeDirty {
-            try Self.syncData(old.descriptor, path: old.logPath)
+            let duplicate = dup(old.descriptor)
+            if duplicate >= 0 {
+                self.sealedDirty.append((duplicate, old.logPath))
+            } else {
+                try Self.syncData(old.descriptor, path: old.logPath)
+            }
             self.activeDirty = false
         }
         try self.createActiveSegment(start: self.lastSequence + 1)
@@ -937,8 +947,10 @@ final class SegmentedLog {
 
     /// For the background syncer: what to fsync now (outside the lock), clearing the dirty flags.
     func takeSyncWork() -> SyncWork? {
-        guard self.phase == .open, self.activeDirty || self.directoryDirty else { return nil }
+        guard self.phase == .open, self.activeDirty || self.directoryDirty || !self.sealedDirty.isEmpty else { return nil }
         var work = SyncWork()
+        work.sealed = self.sealedDirty
+        self.sealedDirty = []
         if self.activeDirty {
             let duplicate = dup(self.active.descriptor)
             if duplicate >= 0 {
@@ -956,6 +968,12 @@ final class SegmentedLog {
 
     /// Runs `work` (without the lock held).
     static func perform(_ work: SyncWork) throws {
+        var failure: (any Error)?
+        for (descriptor, path) in work.sealed {
+            do { try Self.syncData(descriptor, path: path) } catch { failure = failure ?? error }
+            FileSystem.closeFile(descriptor)
+        }
+        if let failure { throw failure }
         if let descriptor = work.descriptor {
             defer { FileSystem.closeFile(descriptor) }
             try Self.syncData(descriptor, path: work.path)
@@ -1050,8 +1068,13 @@ final class SegmentedLog {
         self.unindexed = []
         for segment in unindexed { self.buildIndex(segment) }
         var failure: (any Error)?
+        for (descriptor, path) in self.sealedDirty {
+            do { try Self.syncData(descriptor, path: path) } catch { failure = failure ?? error }
+            FileSystem.closeFile(descriptor)
+        }
+        self.sealedDirty = []
         if self.activeDirty {
-            do { try Self.syncData(self.active.descriptor, path: self.active.logPath) } catch { failure = error }
+            do { try Self.syncData(self.active.descriptor, path: self.active.logPath) } catch { failure = failure ?? error }
             self.activeDirty = false
         }
         if self.directoryDirty {
@@ -1078,6 +1101,8 @@ final class SegmentedLog {
             FileSystem.closeFile(segment.descriptor)
             segment.descriptor = -1
         }
+        for (descriptor, _) in self.sealedDirty { FileSystem.closeFile(descriptor) }
+        self.sealedDirty = []
         self.segments = []
         self.openSegments = []
         self.loadedSegments = []
