@@ -302,7 +302,8 @@ extension JetStream {
         if request.filter?.isEmpty ?? true, (request.keep ?? 0) == 0 {
             // Everything below a sequence (or everything): no list of what goes.
             let (removed, through): (Int, UInt64) = stream.state.withLock { state in
-                let through = request.seq.map { $0 &- 1 } ?? state.index.lastSequence
+                // Never past what the index holds: messages being stored now are not the purge's.
+                let through = min(request.seq.map { $0 &- 1 } ?? .max, state.index.lastSequence)
                 guard request.seq != 0 else { return (0, 0) }
                 return (state.drop(through: through), through)
             }

@@ -139,7 +139,7 @@ public final class FileMessageStore: MessageStore {
 struct FileIndexLoader: StreamIndexLoader {
     let log: SharedLog
 
-    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry] {
+    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry]? {
         self.log.mutex.withLock { log in
             do {
                 return try log.indexEntries(in: range)
@@ -152,7 +152,7 @@ struct FileIndexLoader: StreamIndexLoader {
                         "stork.store.error": "\(error)",
                     ]
                 )
-                return []
+                return nil
             }
         }
     }

@@ -255,7 +255,11 @@ final class Segment {
     /// Marks every entry removed, loaded or not (the segment is about to be deleted by a purge).
     func markAllRemoved() {
         let count = self.count
-        for word in self.removedBits.indices { self.removedBits[word] = ~0 }
+        // Only the bits of existing entries: an append after a failed purge must find its own bits clear.
+        for word in self.removedBits.indices {
+            let bits = min(64, count - word * 64)
+            self.removedBits[word] = bits <= 0 ? 0 : (bits == 64 ? ~0 : (1 << UInt64(bits)) - 1)
+        }
         self.liveCount = 0
         self.removedBytes = self.messageBytes
         self.headCount = count
@@ -451,7 +455,8 @@ enum SegmentIndexFile {
 
     /// The header and tail of the index file at `path` (version 2), or nil when it is missing, of version 1, damaged
     /// or does not describe this log file.
-    static func readSummary(path: String, start: UInt64, logSize: UInt64) throws -> Summary? {
+    /// `limit` is the next segment's start, when there is one: a summary reaching it is not this segment's.
+    static func readSummary(path: String, start: UInt64, limit: UInt64?, logSize: UInt64) throws -> Summary? {
         guard let descriptor = try FileSystem.openFileIfExists(path, O_RDONLY) else { return nil }
         defer { FileSystem.closeFile(descriptor) }
         let size = try FileSystem.fileSize(descriptor, path: path)
@@ -488,10 +493,19 @@ enum SegmentIndexFile {
         var position = tailReader.position
         let blockBytes = Array(tail[..<(tail.count - 8)])
         var counted = 0
+        var recordBytes: UInt64 = 0
         for _ in 0..<blockCount {
             guard let block = StreamIndex.Block.decode(blockBytes, at: &position),
-                summary.blocks.last.map({ block.first > $0.last }) ?? (block.first >= start)
+                summary.blocks.last.map({ block.first > $0.last }) ?? (block.first >= start),
+                limit.map({ block.last < $0 }) ?? true
             else { return nil }
+            // The records' bytes (accounted size + the record's overhead) fit in the log: no overflow further on.
+            let (withOverhead, overflow1) = block.bytes.addingReportingOverflow(
+                UInt64(block.count) * LogRecord.accountingDifference
+            )
+            let (sum, overflow2) = recordBytes.addingReportingOverflow(withOverhead)
+            guard !overflow1, !overflow2, sum <= logSize else { return nil }
+            recordBytes = sum
             counted += block.count
             summary.blocks.append(block)
         }

@@ -148,7 +148,7 @@ final class SegmentedLog {
             var blocks: [StreamIndex.Block]?
             var entries: [MessageIndexEntry] = []
             if segment.isSealed, self.configuration.verification == .activeSegment {
-                blocks = try self.recoverFromSummary(segment)
+                blocks = try self.recoverFromSummary(segment, limit: starts[position + 1])
                 if blocks != nil { self.recoveryCounts.summaries += 1 }
             }
             if blocks == nil {
@@ -269,11 +269,16 @@ final class SegmentedLog {
 
     /// Opens a sealed segment from the header and tail of its index file (version 2): its count, deletions and block
     /// summaries, not its entries. Leaves its descriptor open; nil (descriptor closed) when the index does not serve.
-    private func recoverFromSummary(_ segment: Segment) throws -> [StreamIndex.Block]? {
+    private func recoverFromSummary(_ segment: Segment, limit: UInt64) throws -> [StreamIndex.Block]? {
         segment.descriptor = try FileSystem.openFile(segment.logPath, O_RDWR)
         do {
             let size = try FileSystem.fileSize(segment.descriptor, path: segment.logPath)
-            if let summary = try SegmentIndexFile.readSummary(path: segment.indexPath, start: segment.start, logSize: size) {
+            if let summary = try SegmentIndexFile.readSummary(
+                path: segment.indexPath,
+                start: segment.start,
+                limit: limit,
+                logSize: size
+            ) {
                 segment.loadSummary(summary, size: size)
                 return summary.blocks
             }
@@ -716,21 +721,34 @@ final class SegmentedLog {
     func remove(_ sequences: [UInt64]) throws {
         try self.checkWritable()
         var found: [(segment: Segment, index: Int, sequence: UInt64)] = []
+        // Sequences of segments whose offsets cannot be read back now: the deletion record still names them (the next
+        // open applies it), only their in-memory marks wait.
+        var unreadable: [UInt64] = []
         for sequence in sequences.sorted() {
-            guard let segment = self.segment(containing: sequence) else { continue }
-            try self.ensureLoaded(segment)
+            guard let segment = self.segment(containing: sequence), sequence <= self.lastSequence else { continue }
+            do {
+                try self.ensureLoaded(segment)
+            } catch {
+                self.logger.error(
+                    "file store could not read a segment's index to remove messages; removed at the next open",
+                    metadata: ["stork.store.file": "\(segment.logPath)", "stork.store.error": "\(error)"]
+                )
+                unreadable.append(sequence)
+                continue
+            }
             if let index = segment.index(of: sequence), !segment.isRemoved(index) {
                 found.append((segment, index, sequence))
             }
         }
-        guard !found.isEmpty else { return }
-        let ranges = Self.ranges(of: found.map(\.sequence))
+        guard !found.isEmpty || !unreadable.isEmpty else { return }
+        let ranges = Self.ranges(of: found.map(\.sequence) + unreadable)
         let record = LogRecord.deletion(ranges)
         try record.withUnsafeBytes { try self.writeToActive($0) }
         self.active.deletions.append(contentsOf: ranges)
         var touched: [Segment] = []
         for (segment, index, _) in found {
-            try self.ensureLoaded(segment)
+            // The record is durable: a segment that cannot be read back now is marked at the next open.
+            guard (try? self.ensureLoaded(segment)) != nil else { continue }
             segment.markRemoved(index)
             if segment.isSealed, touched.last !== segment, !touched.contains(where: { $0 === segment }) {
                 touched.append(segment)
@@ -973,14 +991,14 @@ final class SegmentedLog {
             do { try Self.syncData(descriptor, path: path) } catch { failure = failure ?? error }
             FileSystem.closeFile(descriptor)
         }
-        if let failure { throw failure }
         if let descriptor = work.descriptor {
-            defer { FileSystem.closeFile(descriptor) }
-            try Self.syncData(descriptor, path: work.path)
+            do { try Self.syncData(descriptor, path: work.path) } catch { failure = failure ?? error }
+            FileSystem.closeFile(descriptor)
         }
         if let directory = work.directory {
-            try FileSystem.syncDirectory(directory)
+            do { try FileSystem.syncDirectory(directory) } catch { failure = failure ?? error }
         }
+        if let failure { throw failure }
     }
 
     /// For the background thread: the next sealed segment to index, with a descriptor of its own (closed by the

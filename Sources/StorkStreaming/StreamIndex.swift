@@ -8,8 +8,9 @@ import Synchronization
 /// the stream.
 public protocol StreamIndexLoader: Sendable {
     /// The messages the store holds with sequences in `range`, in order. Removed messages may be among them (the
-    /// index knows which are present). Empty when the store cannot read them; the store logs why.
-    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry]
+    /// index knows which are present). Nil when the store cannot read them (it logs why); the index asks again next
+    /// time and meanwhile answers from its summaries as far as they go.
+    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry]?
 }
 
 // MARK: - StreamIndex
@@ -243,6 +244,8 @@ public struct StreamIndex: Sendable {
     /// not.
     private var tail: ContiguousArray<MessageIndexEntry> = []
     private var tailBase: UInt64 = 0
+    /// False while `tail` lacks the block's messages from before the index took it over (a failed load).
+    private var tailComplete = true
     private let cache: DetailCache
     private let loader: (any StreamIndexLoader)?
     /// Present messages.
@@ -294,11 +297,6 @@ public struct StreamIndex: Sendable {
             self.bytes += block.bytes
             self.lastSequence = block.last
         }
-        if let last = self.blocks.last, let loader, !recovery.blocks.isEmpty {
-            self.tail = ContiguousArray(loader.indexEntries(in: last.base...last.last))
-            self.tail.reserveCapacity(Self.blockCapacity)
-            self.tailBase = last.base
-        }
         self.lastSequence = max(recovery.lastSequence, self.lastSequence)
         self.floor = self.blocks.first?.first ?? self.lastSequence + 1
     }
@@ -308,9 +306,10 @@ public struct StreamIndex: Sendable {
     public var firstTimestamp: Int64 { self.blocks.first?.firstTime ?? 0 }
     public var lastTimestamp: Int64 { self.blocks.last?.lastTime ?? 0 }
     /// Sequences between first and last that are gone (deleted inside the range).
+    /// (`last_seq - first_seq + 1 - messages`, as nats-server counts: a removed newest message counts too.)
     public var deletedCount: Int {
-        guard let first = self.blocks.first?.first, let last = self.blocks.last?.last else { return 0 }
-        return Int(last - first + 1) - self.count
+        guard let first = self.blocks.first?.first else { return 0 }
+        return Int(self.lastSequence - first + 1) - self.count
     }
 
     /// How many messages' detail is in memory now (the block appended to and the cached ones): bounded by the cache,
@@ -321,12 +320,18 @@ public struct StreamIndex: Sendable {
 
     /// Every message the store holds in `block`'s span as far as known (present or not), in order.
     func detail(of block: Block) -> ContiguousArray<MessageIndexEntry> {
-        if block.base == self.tailBase { return self.tail }
+        if block.base == self.tailBase {
+            if self.tailComplete { return self.tail }
+            return self.load(block).map { ContiguousArray($0) } ?? self.tail
+        }
         if let cached = self.cache.get(block.base) { return cached }
-        guard let loader else { return [] }
-        let loaded = ContiguousArray(loader.indexEntries(in: block.first...block.last))
+        guard let loaded = self.load(block).map({ ContiguousArray($0) }) else { return [] }
         self.cache.put(block.base, loaded)
         return loaded
+    }
+
+    private func load(_ block: Block) -> [MessageIndexEntry]? {
+        self.loader?.indexEntries(in: block.first...block.last)
     }
 
     /// The position in `detail` of the first message with sequence ≥ `sequence`.
@@ -355,13 +360,32 @@ public struct StreamIndex: Sendable {
         } else {
             self.blocks.append(Block(entry))
         }
-        if base != self.tailBase {
-            if self.tailBase != 0, self.blocks.contains(where: { $0.base == self.tailBase }) {
+        if base != self.tailBase || !self.tailComplete {
+            if self.tailBase != base, self.tailBase != 0, self.tailComplete,
+                self.blocks.contains(where: { $0.base == self.tailBase })
+            {
                 self.cache.put(self.tailBase, self.tail)
             }
-            self.tail = []
+            // The block's earlier messages (recovered, or appended before a failed load): from the cache or the store.
+            var earlier: ContiguousArray<MessageIndexEntry> = []
+            var complete = true
+            let block = self.blocks[self.blocks.count - 1]
+            if block.count > 1 {
+                let before = Block.base(of: block.first)...(entry.sequence - 1)
+                if let cached = self.cache.get(base) {
+                    earlier = cached
+                } else if let loaded = self.loader?.indexEntries(in: before) {
+                    earlier = ContiguousArray(loaded)
+                } else {
+                    complete = self.loader == nil
+                }
+                self.cache.remove(base)
+            }
+            if !complete, base == self.tailBase { earlier = self.tail }
+            self.tail = earlier
             self.tail.reserveCapacity(Self.blockCapacity)
             self.tailBase = base
+            self.tailComplete = complete
         }
         self.tail.append(entry)
         self.count += 1
@@ -400,35 +424,50 @@ public struct StreamIndex: Sendable {
         self.subjects![entry.subject] = state
     }
 
-    /// Removes one message; false when it is not present.
+    /// Removes one message; false when it is not present. `subject`, when the caller knows it, is used if the store
+    /// cannot read the message's detail.
     @discardableResult
-    public mutating func remove(_ sequence: UInt64) -> Bool {
+    public mutating func remove(_ sequence: UInt64, subject: String? = nil) -> Bool {
         guard let block = self.block(containing: sequence), self.blocks[block].contains(sequence) else { return false }
         let detail = self.detail(of: self.blocks[block])
-        self.removeEntry(sequence, inBlock: block, detail: detail)
+        self.removeEntry(sequence, inBlock: block, detail: detail, subject: subject)
         return true
     }
 
-    /// Removes a present message, reading its size, subject and its neighbours' times from `detail`.
-    private mutating func removeEntry(_ sequence: UInt64, inBlock position: Int, detail: ContiguousArray<MessageIndexEntry>) {
-        // A store that cannot read its index (logged by the store) leaves the size and subject unknown.
-        let entry = Self.find(sequence, in: detail) ?? MessageIndexEntry(sequence: sequence, subject: "", size: 0, timestamp: 0)
+    /// Removes a present message, reading its size, subject and its neighbours' times from `detail`. A store that
+    /// could not read the block (it logged why) leaves the size and subject unknown: the block then stops counting
+    /// subjects, its bytes leave the stream's total when its last message goes, and `subject` (when the caller knows
+    /// it) keeps the per-subject state right.
+    private mutating func removeEntry(
+        _ sequence: UInt64,
+        inBlock position: Int,
+        detail: ContiguousArray<MessageIndexEntry>,
+        subject: String? = nil
+    ) {
+        let found = Self.find(sequence, in: detail)
+        let entry = found ?? MessageIndexEntry(sequence: sequence, subject: subject ?? "", size: 0, timestamp: 0)
         self.count -= 1
-        self.bytes -= min(self.bytes, entry.size)
         self.subjectRemoved(entry)
         var block = self.blocks[position]
         block.count -= 1
         if block.count == 0 {
+            self.bytes -= min(self.bytes, block.bytes)
             self.blocks.remove(at: position)
             self.forgetDetail(block.base)
             return
         }
+        self.bytes -= min(self.bytes, entry.size)
         block.bytes -= min(block.bytes, entry.size)
-        if let count = block.subjects?[entry.subject] { block.subjects![entry.subject] = count > 1 ? count - 1 : nil }
+        if found == nil {
+            block.subjects = nil
+        } else if let count = block.subjects?[entry.subject] {
+            block.subjects![entry.subject] = count > 1 ? count - 1 : nil
+        }
         if sequence == block.first {
             if block.present != nil { block.setBit(sequence, false) }
             block.first = block.next(atOrAfter: sequence + 1)!
-            if let next = Self.find(block.first, in: detail) { block.firstTime = next.timestamp }
+            // Unknown (a failed read): the block's last time, so that age limits keep rather than drop.
+            block.firstTime = Self.find(block.first, in: detail)?.timestamp ?? max(block.firstTime, block.lastTime)
         } else if sequence == block.last {
             if block.present != nil { block.setBit(sequence, false) }
             block.last = block.previous(atOrBefore: sequence - 1)!
@@ -517,8 +556,11 @@ public struct StreamIndex: Sendable {
             }
         }
         if config.maxAge > 0 {
-            while let first = self.blocks.first, now - first.firstTime >= config.maxAge {
-                if now - first.lastTime >= config.maxAge {
+            // Messages stored at or before the cutoff are too old (no overflow on extreme times).
+            let (difference, overflow) = now.subtractingReportingOverflow(config.maxAge)
+            let cutoff = overflow ? Int64.min : difference
+            while let first = self.blocks.first, first.firstTime <= cutoff {
+                if first.lastTime <= cutoff {
                     self.removeFirstBlock(collecting: &evicted)
                 } else {
                     evicted!.append(self.removeFirst())
@@ -564,11 +606,15 @@ public struct StreamIndex: Sendable {
         for subject in candidates.sorted() {
             while var state = self.subjects![subject], state.count > limit {
                 if !state.firstIsExact {
-                    state.first = self.entries(from: state.first).first { $0.subject == subject }!.sequence
+                    // Not found: the store could not read a block (logged by it); the next trim tries again.
+                    guard let first = self.entries(from: state.first).first(where: { $0.subject == subject }) else {
+                        break
+                    }
+                    state.first = first.sequence
                     state.firstIsExact = true
                     self.subjects![subject] = state
                 }
-                self.remove(state.first)
+                guard self.remove(state.first, subject: subject) else { break }
                 doomed.append(state.first)
             }
         }
@@ -685,7 +731,7 @@ public struct StreamIndex: Sendable {
 
     /// Present messages up to and including `sequence`.
     public func count(through sequence: UInt64) -> Int {
-        self.count - self.count(from: sequence &+ 1, filters: [])
+        sequence == .max ? self.count : self.count - self.count(from: sequence + 1, filters: [])
     }
 
     static func passes(_ subject: String, _ filters: [String]) -> Bool {
@@ -927,7 +973,11 @@ extension StreamIndex.Block {
                 present.append(word)
             }
             block.present = present
-            guard block.count(from: first) == block.count, block.contains(first), block.contains(last) else { return nil }
+            // No bits outside first…last, as many inside as the count, and first and last present.
+            let total = present.reduce(0) { $0 + $1.nonzeroBitCount }
+            guard total == block.count, block.count(from: first) == block.count, block.contains(first),
+                block.contains(last)
+            else { return nil }
         } else if UInt64(count) != last - first + 1 {
             return nil
         }

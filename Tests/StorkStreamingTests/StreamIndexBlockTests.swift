@@ -15,10 +15,13 @@ final class ModelLoader: StreamIndexLoader, @unchecked Sendable {
         self.lock.withLock { self.all.append(entry) }
     }
 
-    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry] {
+    /// While set, every read fails (a store that cannot read its files).
+    var failing = false
+
+    func indexEntries(in range: ClosedRange<UInt64>) -> [MessageIndexEntry]? {
         self.lock.withLock {
             self.loads += 1
-            return self.all.filter { range.contains($0.sequence) }
+            return self.failing ? nil : self.all.filter { range.contains($0.sequence) }
         }
     }
 }
@@ -81,7 +84,7 @@ struct StreamIndexBlockTests {
         #expect(index.bytes == UInt64(model.count * 10))
         #expect(index.firstSequence == model[0].sequence)
         #expect(index.firstTimestamp == model[0].timestamp && index.lastTimestamp == model.last!.timestamp)
-        #expect(index.deletedCount == Int(model.last!.sequence - model[0].sequence + 1) - model.count)
+        #expect(index.deletedCount == Int(sequence - model[0].sequence + 1) - model.count)
         for probe in stride(from: UInt64(0), through: sequence + 2, by: 97) {
             #expect(index.next(from: probe, filters: []) == model.first { $0.sequence >= probe }?.sequence)
             #expect(index.next(from: probe, filters: ["a.*"]) == model.first { $0.sequence >= probe && $0.subject == "a.x" }?.sequence)
@@ -159,6 +162,43 @@ struct StreamIndexBlockTests {
         #expect(index.count(from: 1, filters: ["s.1"]) == (1...total).filter { $0 % 7 == 1 }.count)
         #expect(index.next(from: 12_345, filters: []) == 12_345)
         #expect(loader.loads == before)
+    }
+
+    @Test("a store that cannot read a block's detail leaves the index usable: trims end, bytes stay counted, reads recover")
+    func failingLoader() {
+        let loader = ModelLoader()
+        var index = StreamIndex(loader: loader, cachedBlocks: 1)
+        let total = StreamIndex.blockCapacity * 4
+        var model: [MessageIndexEntry] = []
+        for sequence in 1...UInt64(total) {
+            let entry = MessageIndexEntry(sequence: sequence, subject: "k.\(sequence % 10)", size: 10, timestamp: Int64(sequence))
+            loader.record(entry)
+            index.append(entry)
+            model.append(entry)
+        }
+        loader.failing = true
+        var config = StreamConfig(name: "S")
+        config.maxMsgsPerSubject = 300
+        let trimmed = index.evict(config: config, now: 0)  // ends, though most subjects' messages cannot be read
+        #expect(index.count == total - trimmed.count)
+        config = StreamConfig(name: "S")
+        config.maxBytes = Int64(index.bytes) - 100
+        let before = index.count
+        let dropped = index.evict(config: config, now: 0)
+        #expect(!dropped.isEmpty && dropped.count <= StreamIndex.blockCapacity && index.count == before - dropped.count)
+        #expect(index.bytes <= UInt64(config.maxBytes))
+        let removed = index.remove(UInt64(total / 2))
+        #expect(removed)
+        // Appends go on into the tail, whose earlier detail is read once the store reads again.
+        let next = MessageIndexEntry(sequence: UInt64(total + 1), subject: "k.1", size: 10, timestamp: Int64(total + 1))
+        loader.record(next)
+        index.append(next)
+        loader.failing = false
+        let present = Array(index.entries)
+        #expect(present.count == index.count)
+        #expect(present.allSatisfy { index.contains($0.sequence) } && present.last == next)
+        // The one message removed blind still counts (10 bytes) until its block empties.
+        #expect(index.bytes == UInt64(index.count * 10) + 10)
     }
 
     @Test("an index rebuilt from a store's block summaries answers as the one that was appended to")
