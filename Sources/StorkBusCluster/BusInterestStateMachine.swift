@@ -63,7 +63,8 @@ public enum BusInterestAction: Hashable, Sendable {
 /// `version - 1` to `version`. A receiver applies a delta only on top of exactly the previous version: a late delta
 /// (older or equal) is ignored, so it can never undo newer state, and a delta that skips a version (one was lost or
 /// the peer started sending before it saw us) makes the receiver ask for a snapshot. A snapshot replaces what is
-/// known when its version is not older. Versions count per process: a restarted node has a new `NodeID` (new uid) and
+/// known when its version is not older; one older than a delta seen while it was awaited (frames leave the sender
+/// after its lock, so a snapshot can be overtaken by a newer delta) is applied and asked for again. Versions count per process: a restarted node has a new `NodeID` (new uid) and
 /// starts again at 0, which is the empty set everywhere.
 ///
 /// Membership decides who is a peer: interest frames from nodes that are not live members are ignored; a member that
@@ -78,6 +79,10 @@ public struct BusInterestStateMachine: Sendable {
         var patterns: Set<String> = []
         /// A pull is on its way; no other is sent until a snapshot comes or the next anti-entropy round.
         var pulling = false
+        /// The newest delta version seen while a gap waited for a snapshot. Frames to one peer are sent after the
+        /// sender's lock is released, so the snapshot answering a pull can arrive after a newer delta; a snapshot
+        /// older than this one asks again instead of settling.
+        var newestSeen: UInt64 = 0
     }
 
     public let myself: NodeID
@@ -237,9 +242,11 @@ public struct BusInterestStateMachine: Sendable {
             }
             guard version == peer.version + 1 else {
                 self.statistics.gaps += 1
-                guard !peer.pulling else { return [] }
-                self.peers[node, default: Peer()].pulling = true
-                return [.send(.pull, to: node)]
+                peer.newestSeen = max(peer.newestSeen, version)
+                let alreadyPulling = peer.pulling
+                peer.pulling = true
+                self.peers[node] = peer
+                return alreadyPulling ? [] : [.send(.pull, to: node)]
             }
             self.statistics.deltasApplied += 1
             var patterns = peer.patterns.subtracting(removed)
@@ -255,9 +262,12 @@ public struct BusInterestStateMachine: Sendable {
             }
             self.statistics.snapshotsApplied += 1
             peer.version = version
-            peer.pulling = false
+            // A newer delta came while we waited: this snapshot is behind it, so ask once more.
+            let behind = peer.newestSeen > version
+            peer.pulling = behind
+            if !behind { peer.newestSeen = 0 }
             self.peers[node] = peer
-            return self.replacePatterns(of: node, with: Set(patterns))
+            return self.replacePatterns(of: node, with: Set(patterns)) + (behind ? [.send(.pull, to: node)] : [])
         case .digest(let version):
             guard version != peer.version, !peer.pulling else { return [] }
             peer.pulling = true

@@ -113,6 +113,27 @@ struct BusInterestTests {
         #expect(machine.statistics.gaps == 2)
     }
 
+    @Test("a snapshot that answers a pull but is older than a delta seen meanwhile asks again instead of settling")
+    func snapshotOvertaken() {
+        var machine = Self.table()
+        // b's delta 2 (a subscription) overtakes its snapshot 1 (built to answer our pull before that subscription).
+        #expect(machine.receive(.delta(version: 2, added: ["late"], removed: []), from: Self.b) == [.send(.pull, to: Self.b)])
+        #expect(
+            machine.receive(.snapshot(version: 1, patterns: ["early"]), from: Self.b) == [
+                .peerAdded(Self.b, key: "early"), .interestChanged, .send(.pull, to: Self.b),
+            ]
+        )
+        #expect(machine.receive(.digest(version: 2), from: Self.b) == [], "the second pull is on its way")
+        #expect(
+            machine.receive(.snapshot(version: 2, patterns: ["early", "late"]), from: Self.b) == [
+                .peerAdded(Self.b, key: "late"), .interestChanged,
+            ]
+        )
+        #expect(machine.patterns(of: Self.b) == ["early", "late"])
+        // Settled: the next gap pulls again, once.
+        #expect(machine.receive(.delta(version: 4, added: [], removed: []), from: Self.b) == [.send(.pull, to: Self.b)])
+    }
+
     @Test("anti-entropy: a digest to every live peer when due; a differing digest asks for a snapshot")
     func antiEntropy() {
         var machine = Self.table()
