@@ -1209,16 +1209,7 @@ final class SegmentedLog {
     /// rebuilt by the next `open()`).
     private func buildIndex(_ segment: Segment) {
         do {
-            let contents = try SegmentScanner.scan(
-                descriptor: try self.readDescriptor(segment),
-                path: segment.logPath,
-                size: segment.size,
-                start: segment.start,
-                limit: nil,
-                verifyChecksums: false
-            )
-            guard contents.damage == nil else { return }
-            self.writeIndex(of: segment, contents: contents)
+            self.writeIndex(of: segment, contents: try self.scan(segment, verifyChecksums: false))
         } catch {
             self.logger.warning(
                 "file store could not index a sealed segment",

@@ -100,13 +100,7 @@ public final class MemoryMessageStore: MessageStore {
     // MARK: Binary search over the (sorted) sequences
 
     private static func firstIndex(atOrAfter sequence: UInt64, in messages: Deque<StoredMessage>) -> Int {
-        var low = 0
-        var high = messages.count
-        while low < high {
-            let middle = (low + high) / 2
-            if messages[middle].sequence < sequence { low = middle + 1 } else { high = middle }
-        }
-        return low
+        messages.firstPosition(atOrAfter: sequence) { $0.sequence }
     }
 
     private static func index(of sequence: UInt64, in messages: Deque<StoredMessage>) -> Int? {

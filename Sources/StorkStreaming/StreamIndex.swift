@@ -336,13 +336,7 @@ public struct StreamIndex: Sendable {
 
     /// The position in `detail` of the first message with sequence ≥ `sequence`.
     static func position(atOrAfter sequence: UInt64, in detail: ContiguousArray<MessageIndexEntry>) -> Int {
-        var low = 0
-        var high = detail.count
-        while low < high {
-            let middle = (low + high) / 2
-            if detail[middle].sequence < sequence { low = middle + 1 } else { high = middle }
-        }
-        return low
+        detail.firstPosition(atOrAfter: sequence) { $0.sequence }
     }
 
     static func find(_ sequence: UInt64, in detail: ContiguousArray<MessageIndexEntry>) -> MessageIndexEntry? {
@@ -639,13 +633,7 @@ public struct StreamIndex: Sendable {
 
     /// The first block whose last sequence is ≥ `sequence` (`blocks.count` when none is).
     private func firstBlock(endingAtOrAfter sequence: UInt64) -> Int {
-        var low = 0
-        var high = self.blocks.count
-        while low < high {
-            let middle = (low + high) / 2
-            if self.blocks[middle].last < sequence { low = middle + 1 } else { high = middle }
-        }
-        return low
+        self.blocks.firstPosition(atOrAfter: sequence) { $0.last }
     }
 
     /// The block whose span holds `sequence`, if there is one.
@@ -719,12 +707,7 @@ public struct StreamIndex: Sendable {
 
     /// The first sequence stored at or after `timestamp` (ns), if any.
     public func firstSequence(atOrAfter timestamp: Int64) -> UInt64? {
-        var low = 0
-        var high = self.blocks.count
-        while low < high {
-            let middle = (low + high) / 2
-            if self.blocks[middle].lastTime < timestamp { low = middle + 1 } else { high = middle }
-        }
+        let low = self.blocks.firstPosition(atOrAfter: timestamp) { $0.lastTime }
         return self.entries(from: low < self.blocks.count ? self.blocks[low].first : self.lastSequence + 1)
             .first { $0.timestamp >= timestamp }?.sequence
     }
@@ -995,5 +978,21 @@ extension StreamIndex.Block {
             block.subjects = subjects
         }
         return block
+    }
+}
+
+// MARK: - Binary search
+
+extension RandomAccessCollection where Index == Int {
+    /// The position of the first element whose `key` is ≥ `value`, in a collection ascending by `key` (`endIndex`
+    /// when none is).
+    func firstPosition<Key: Comparable>(atOrAfter value: Key, by key: (Element) -> Key) -> Int {
+        var low = self.startIndex
+        var high = self.endIndex
+        while low < high {
+            let middle = (low + high) / 2
+            if key(self[middle]) < value { low = middle + 1 } else { high = middle }
+        }
+        return low
     }
 }

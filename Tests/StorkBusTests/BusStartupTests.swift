@@ -10,21 +10,26 @@ import Testing
 
 @testable import StorkBusCluster
 
-/// An endpoint whose bus is slow to install its relay receiver (a thread preempted there), so that frames
-/// arriving in that window are dropped like on the in-memory network.
-final class SlowReceiverEndpoint: BusNetwork {
+/// An endpoint that notes every frame sent before its bus installed its relay receiver: on a network such a frame's
+/// answer can arrive while there is nowhere to deliver it.
+final class ReceiverOrderEndpoint: BusNetwork {
     let inner: BusTestNetwork.Endpoint
-    let delayMicroseconds: UInt32
-    init(_ inner: BusTestNetwork.Endpoint, delayMicroseconds: UInt32) {
-        self.inner = inner
-        self.delayMicroseconds = delayMicroseconds
-    }
+    private let state = Mutex((installed: false, sentBefore: 0))
+
+    init(_ inner: BusTestNetwork.Endpoint) { self.inner = inner }
+
+    /// Frames sent before the receiver was installed.
+    var sentBeforeReceiver: Int { self.state.withLock { $0.sentBefore } }
+
     var identity: NodeID { self.inner.identity }
     func setRelayReceiver(_ receiver: RelayReceiver?) {
-        if receiver != nil { usleep(self.delayMicroseconds) }
         self.inner.setRelayReceiver(receiver)
+        if receiver != nil { self.state.withLock { $0.installed = true } }
     }
-    func sendRelay(_ payload: [UInt8], to node: NodeID) { self.inner.sendRelay(payload, to: node) }
+    func sendRelay(_ payload: [UInt8], to node: NodeID) {
+        self.state.withLock { if !$0.installed { $0.sentBefore += 1 } }
+        self.inner.sendRelay(payload, to: node)
+    }
     func relayBacklog(to node: NodeID) -> Int { self.inner.relayBacklog(to: node) }
     func isReachable(_ node: NodeID) -> Bool { true }
     func waitForRelayBacklog(to node: NodeID) async {}
@@ -36,16 +41,17 @@ final class SlowReceiverEndpoint: BusNetwork {
 /// dropped and the interest wait for the anti-entropy round (a ManualClock never brings it: a 30 s test timeout).
 @Suite("Bus start-up", .timeLimit(.minutes(1)))
 struct BusStartupTests {
-    @Test("a bus slow to install its relay receiver still learns a peer's interest")
+    @Test("a bus installs its relay receiver before it sends a frame, and learns a peer's interest")
     func slowReceiver() async throws {
         let network = BusTestNetwork()
         let clock = ManualClock()
         let endpointA = network.endpoint("a")
         let endpointC = network.endpoint("c")
+        let orderedA = ReceiverOrderEndpoint(endpointA)
         let routerA = BusRouter()
         let routerC = BusRouter()
         let busA = BusCluster(
-            network: SlowReceiverEndpoint(endpointA, delayMicroseconds: 300_000),
+            network: orderedA,
             router: routerA, clock: clock, logger: quietLogger("bus")
         )
         let busC = BusCluster(network: endpointC, router: routerC, clock: clock, logger: quietLogger("bus"))
@@ -58,6 +64,7 @@ struct BusStartupTests {
             try await until("a knows c wants jobs.1", timeout: .seconds(5)) {
                 busA.interest(in: "jobs.1").nodes == [endpointC.identity]
             }
+            #expect(orderedA.sentBeforeReceiver == 0)
             network.close()
             try await group.waitForAll()
         }
